@@ -1,0 +1,66 @@
+//! Typed values in a frame: postcard, written straight after room for the frame header.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::frame::{HEADER_MAX, encode_header};
+
+/// A postcard flavor that appends to a borrowed `Vec`, so the send buffer is reused.
+struct AppendVec<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendVec<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes `value` as one whole frame in `buf` and returns the range of `buf` to send.
+///
+/// `buf` is cleared first; the header is written in front of the payload, so the frame goes
+/// out as one contiguous slice.
+pub(crate) fn encode_frame<'b, T: Serialize + ?Sized>(
+    value: &T,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8]> {
+    buf.clear();
+    buf.extend_from_slice(&[0; HEADER_MAX]);
+    postcard::serialize_with_flavor(value, AppendVec(buf)).map_err(Error::Encode)?;
+    let payload_len = (buf.len() - HEADER_MAX) as u64;
+    let mut header = [0; HEADER_MAX];
+    let n = encode_header(payload_len, &mut header);
+    let start = HEADER_MAX - n;
+    buf[start..HEADER_MAX].copy_from_slice(&header[start..]);
+    Ok(&buf[start..])
+}
+
+/// Decodes a whole payload; trailing bytes mean the sender sent another type.
+pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
+    match postcard::take_from_bytes(payload) {
+        Ok((value, [])) => Ok(value),
+        Ok(_) => Err(Error::Decode(postcard::Error::DeserializeBadEncoding)),
+        Err(e) => Err(Error::Decode(e)),
+    }
+}
+
+/// Scratch buffers above this size are dropped after use, so one huge message does not pin
+/// its memory for the life of the end.
+pub(crate) const SCRATCH_KEEP: usize = 4 << 20;
+
+pub(crate) fn trim(buf: &mut Vec<u8>) {
+    if buf.capacity() > SCRATCH_KEEP {
+        *buf = Vec::new();
+    }
+}

@@ -1,0 +1,155 @@
+//! The one error type of `mproc-ipc`.
+
+use std::fmt;
+use std::io;
+
+/// What can go wrong on a pipe or a connection.
+///
+/// Every variant is recoverable information, never a panic: bad input from the peer ends up
+/// here. Whether the end is still usable afterwards is said on each variant.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer is gone: end of file at a frame boundary on receive, or a broken pipe / reset
+    /// connection on send. Nothing was lost; the conversation is over.
+    Closed,
+    /// End of file inside a frame: the peer died (or closed) part way through a message.
+    /// The partial message is discarded; a later receive reports [`Error::Closed`].
+    Truncated {
+        /// The length the frame header announced.
+        expected: u64,
+        /// How many payload bytes arrived before end of file.
+        received: u64,
+    },
+    /// The deadline passed before a whole message arrived. Nothing is lost: bytes of a
+    /// message that arrived in part are kept, and the next receive carries on with them.
+    Timeout,
+    /// The peer announced a message larger than this end accepts. Checked before anything
+    /// is allocated. The oversized payload is skipped (not buffered) by later receives, so
+    /// the end stays usable for the messages after it. Raise the limit with
+    /// `set_max_message_size` if such messages are expected.
+    TooLarge {
+        /// The length the frame header announced.
+        len: u64,
+        /// The largest length this end accepts.
+        max: u64,
+    },
+    /// A frame header that no sender writes (a negative length other than -1): the stream is
+    /// out of step and cannot be read further. Every later receive on this end repeats it.
+    InvalidHeader {
+        /// The 4-byte header as a big-endian signed integer.
+        header: i32,
+    },
+    /// A value could not be serialized; nothing was sent and the end stays usable.
+    Encode(postcard::Error),
+    /// A whole frame arrived but its payload is not a valid value of the expected type. The
+    /// frame was consumed whole, so the end stays usable for the next message.
+    Decode(postcard::Error),
+    /// Any other operating-system error.
+    Io(io::Error),
+}
+
+/// `Result` with [`Error`] as the error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Closed => f.write_str("connection closed by the peer"),
+            Error::Truncated { expected, received } => write!(
+                f,
+                "connection closed inside a message: {received} of {expected} payload bytes arrived"
+            ),
+            Error::Timeout => f.write_str("timed out waiting for a message"),
+            Error::TooLarge { len, max } => write!(
+                f,
+                "message of {len} bytes exceeds the limit of {max} bytes (set_max_message_size raises it)"
+            ),
+            Error::InvalidHeader { header } => write!(
+                f,
+                "invalid frame header {header} (0x{:08x}): the stream is out of step",
+                *header as u32
+            ),
+            Error::Encode(e) => write!(f, "cannot encode value: {e}"),
+            Error::Decode(e) => write!(f, "cannot decode message: {e}"),
+            Error::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Encode(e) | Error::Decode(e) => Some(e),
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::Closed,
+            _ => Error::Io(e),
+        }
+    }
+}
+
+impl From<rustix::io::Errno> for Error {
+    fn from(e: rustix::io::Errno) -> Self {
+        io::Error::from(e).into()
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        let kind = match &e {
+            Error::Io(inner) => return io::Error::new(inner.kind(), e),
+            Error::Closed => io::ErrorKind::BrokenPipe,
+            Error::Truncated { .. } => io::ErrorKind::UnexpectedEof,
+            Error::Timeout => io::ErrorKind::TimedOut,
+            Error::TooLarge { .. } | Error::InvalidHeader { .. } | Error::Decode(_) => {
+                io::ErrorKind::InvalidData
+            }
+            Error::Encode(_) => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_lowercase_without_trailing_period() {
+        let all = [
+            Error::Closed,
+            Error::Truncated {
+                expected: 10,
+                received: 3,
+            },
+            Error::Timeout,
+            Error::TooLarge {
+                len: 1 << 60,
+                max: 1 << 30,
+            },
+            Error::InvalidHeader { header: -7 },
+            Error::Io(io::Error::other("boom")),
+        ];
+        for e in all {
+            let s = e.to_string();
+            assert!(s.chars().next().unwrap().is_lowercase(), "{s}");
+            assert!(!s.ends_with('.'), "{s}");
+        }
+    }
+
+    #[test]
+    fn broken_pipe_is_closed() {
+        let e: Error = io::Error::from(io::ErrorKind::BrokenPipe).into();
+        assert!(matches!(e, Error::Closed));
+        let e: Error = rustix::io::Errno::PIPE.into();
+        assert!(matches!(e, Error::Closed));
+    }
+}

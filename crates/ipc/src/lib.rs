@@ -1,0 +1,83 @@
+//! Pipes and duplex connections that carry typed values between processes.
+//!
+//! `mproc-ipc` is the bottom layer of mproc, Python's `multiprocessing` in Rust. It knows
+//! nothing about processes: it moves whole messages over file descriptors that a parent and
+//! its children share.
+//!
+//! - [`pipe`] makes a one-way pipe, `(`[`Receiver`]`, `[`Sender`]`)`: Python's
+//!   `Pipe(duplex=False)`, with the direction checked at compile time.
+//! - [`duplex`] makes two [`Connection`]s on a Unix socket pair: Python's `Pipe()`.
+//!   [`Connection::pair`] gives a different type in each direction.
+//! - [`wait`] tells which of several ends are ready: `multiprocessing.connection.wait`.
+//!
+//! Every end sends and receives typed values (`send` / `recv`, postcard-encoded) or raw bytes
+//! (`send_bytes` / `recv_bytes`), framed exactly like CPython's `multiprocessing.connection`: a
+//! 4-byte big-endian signed length, or `-1` and an 8-byte length above `i32::MAX`. A Python
+//! process holding the other end as a `multiprocessing.connection.Connection` exchanges
+//! `send_bytes` / `recv_bytes` with us.
+//!
+//! ```
+//! # fn main() -> mproc_ipc::Result<()> {
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! enum Msg { Work { id: u32, data: Vec<f64> }, Stop }
+//!
+//! let (parent, child) = mproc_ipc::duplex::<Msg>()?;
+//! parent.send(&Msg::Work { id: 1, data: vec![0.5, 1.5] })?;
+//! // `child` would usually live in another process (ends survive fork); here a thread does.
+//! let worker = std::thread::spawn(move || -> mproc_ipc::Result<()> {
+//!     while let Msg::Work { id, data } = child.recv()? {
+//!         child.send(&Msg::Work { id, data: data.iter().map(|x| x * 2.0).collect() })?;
+//!     }
+//!     Ok(())
+//! });
+//! assert_eq!(parent.recv()?, Msg::Work { id: 1, data: vec![1.0, 3.0] });
+//! parent.send(&Msg::Stop)?;
+//! worker.join().unwrap()?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - Whole frames or nothing: concurrent sends from several threads on one end never
+//!   interleave, and each receive returns one whole frame. A frame goes out in one `writev`
+//!   where the kernel takes it.
+//! - Bad input from the peer is an [`Error`], never a panic, a hang or a large allocation: a
+//!   header above the end's [`max_message_size`](Connection::max_message_size) is
+//!   [`Error::TooLarge`] before any allocation (and the payload is then skipped, so the end
+//!   stays usable); a payload that is not the expected type is [`Error::Decode`] and the next
+//!   frame reads normally; end of file inside a frame is [`Error::Truncated`], at a frame
+//!   boundary [`Error::Closed`].
+//! - Nothing is lost to a timeout or a signal: a receive that times out keeps what arrived of
+//!   a message for the next receive; `EINTR` and short reads and writes are resumed everywhere.
+//! - Every fd is created close-on-exec in the same syscall. Ends survive `fork`; across
+//!   `exec` only after `set_inheritable(true)`.
+//! - Writes to a socket never raise `SIGPIPE`: a vanished peer is [`Error::Closed`].
+//!
+//! # Caveats
+//!
+//! - Frames from several *processes* sharing one sending end: a pipe write of at most 4096
+//!   bytes (`PIPE_BUF`, header included) is atomic, so such frames never interleave; larger
+//!   frames from several processes need a lock held around the send. Several processes
+//!   reading one end each get whole frames only if they take turns (a lock around `recv`).
+//! - Writes to a pipe whose readers are gone raise `SIGPIPE` unless it is ignored; Rust
+//!   programs ignore it by default, and the send then reports [`Error::Closed`].
+//! - `poll` and [`wait`] report that bytes (or end of file) are there, not that a whole frame
+//!   is: a following `recv` may still wait for the rest of a frame a slow peer is writing.
+#![deny(unsafe_code)]
+
+mod codec;
+mod duplex;
+mod end;
+mod error;
+mod frame;
+mod pipe;
+mod sys;
+mod wait;
+
+pub use duplex::{Connection, duplex};
+pub use end::DEFAULT_MAX_MESSAGE_SIZE;
+pub use error::{Error, Result};
+pub use pipe::{Receiver, Sender, pipe};
+pub use wait::wait;
