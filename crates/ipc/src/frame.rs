@@ -302,3 +302,307 @@ fn read_some<I: RawIo>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A byte stream that hands out data in scripted chunk sizes, raises `EINTR` on a script,
+    /// and takes writes in scripted chunk sizes too.
+    #[derive(Default)]
+    struct ScriptedIo {
+        input: Vec<u8>,
+        pos: Cell<usize>,
+        /// Chunk limits for reads and writes, cycled; 0 means "interrupted".
+        chunks: Vec<usize>,
+        step: Cell<usize>,
+        /// Bytes written.
+        output: RefCell<Vec<u8>>,
+        /// Input beyond this offset has "not arrived yet": waits on it time out.
+        arrived: Cell<usize>,
+    }
+
+    impl ScriptedIo {
+        fn new(input: Vec<u8>, chunks: Vec<usize>) -> Self {
+            let arrived = Cell::new(input.len());
+            ScriptedIo {
+                input,
+                chunks,
+                arrived,
+                ..Default::default()
+            }
+        }
+
+        fn limit(&self, want: usize) -> io::Result<usize> {
+            if self.chunks.is_empty() {
+                return Ok(want);
+            }
+            let step = self.step.get();
+            self.step.set(step + 1);
+            match self.chunks[step % self.chunks.len()] {
+                0 => Err(io::ErrorKind::Interrupted.into()),
+                n => Ok(want.min(n)),
+            }
+        }
+
+        fn available(&self) -> &[u8] {
+            &self.input[self.pos.get()..self.arrived.get()]
+        }
+
+        fn take(&self, want: usize) -> io::Result<&[u8]> {
+            let n = self.limit(want)?.min(self.available().len());
+            let start = self.pos.get();
+            self.pos.set(start + n);
+            Ok(&self.input[start..start + n])
+        }
+    }
+
+    impl RawIo for ScriptedIo {
+        fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+            let bytes = self.take(buf.len())?;
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn read_append(&self, dst: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+            let bytes = self.take(max)?;
+            dst.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            let mut n = self.limit(total)?;
+            let written = n;
+            for buf in bufs {
+                let k = n.min(buf.len());
+                self.output.borrow_mut().extend_from_slice(&buf[..k]);
+                n -= k;
+            }
+            Ok(written)
+        }
+
+        fn wait_readable(&self, _deadline: Instant) -> io::Result<bool> {
+            // End of file is readable too: only input that has not arrived yet blocks.
+            Ok(!self.available().is_empty() || self.arrived.get() == self.input.len())
+        }
+    }
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut header = [0; HEADER_MAX];
+        let n = encode_header(payload.len() as u64, &mut header);
+        let mut out = header[HEADER_MAX - n..].to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn read_all(io: &ScriptedIo, max: usize) -> (Vec<Vec<u8>>, Error) {
+        let mut reader = FrameReader::new();
+        let mut frames = Vec::new();
+        loop {
+            let mut dst = Vec::new();
+            match reader.read_frame(io, &mut dst, max, None) {
+                Ok(()) => frames.push(dst),
+                Err(e) => return (frames, e),
+            }
+        }
+    }
+
+    #[test]
+    fn header_matches_cpython() {
+        let mut h = [0; HEADER_MAX];
+        assert_eq!(encode_header(5, &mut h), 4);
+        assert_eq!(&h[8..], &[0, 0, 0, 5]);
+        assert_eq!(encode_header(SHORT_MAX, &mut h), 4);
+        assert_eq!(&h[8..], &[0x7f, 0xff, 0xff, 0xff]);
+        // Python: struct.pack("!i", -1) + struct.pack("!Q", n) for n > 0x7fffffff.
+        assert_eq!(encode_header(SHORT_MAX + 1, &mut h), 12);
+        assert_eq!(h, [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0x80, 0, 0, 0]);
+        assert_eq!(decode_short([0, 0, 1, 0]), ShortHeader::Len(256));
+        assert_eq!(decode_short([0xff; 4]), ShortHeader::Long);
+        assert_eq!(
+            decode_short([0xff, 0xff, 0xff, 0xfe]),
+            ShortHeader::Invalid(-2)
+        );
+    }
+
+    #[test]
+    fn long_header_is_read_and_checked_before_allocating() {
+        // -1 then 2^60: far above any limit.
+        let mut input = vec![0xff; 4];
+        input.extend_from_slice(&(1u64 << 60).to_be_bytes());
+        let io = ScriptedIo::new(input, vec![1, 0, 3]);
+        let mut dst = Vec::new();
+        let err = FrameReader::new()
+            .read_frame(&io, &mut dst, 1 << 20, None)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { len, max } if len == 1 << 60 && max == 1 << 20),
+            "{err}"
+        );
+        assert_eq!(dst.capacity(), 0, "nothing allocated for a rejected frame");
+    }
+
+    #[test]
+    fn long_header_within_limit_reads_payload() {
+        let mut input = vec![0xff; 4];
+        input.extend_from_slice(&3u64.to_be_bytes());
+        input.extend_from_slice(b"abc");
+        let (frames, end) = read_all(&ScriptedIo::new(input, vec![]), 100);
+        assert_eq!(frames, vec![b"abc".to_vec()]);
+        assert!(matches!(end, Error::Closed));
+    }
+
+    #[test]
+    fn oversized_frame_is_skipped_and_the_next_one_reads() {
+        let mut input = frame(&[7; 100]);
+        input.extend(frame(b"next"));
+        let io = ScriptedIo::new(input, vec![13, 0]);
+        let mut reader = FrameReader::new();
+        let mut dst = Vec::new();
+        assert!(matches!(
+            reader.read_frame(&io, &mut dst, 10, None),
+            Err(Error::TooLarge { len: 100, max: 10 })
+        ));
+        reader.read_frame(&io, &mut dst, 10, None).unwrap();
+        assert_eq!(dst, b"next");
+    }
+
+    #[test]
+    fn invalid_header_breaks_the_stream_for_good() {
+        let mut input = (-5i32).to_be_bytes().to_vec();
+        input.extend(frame(b"never"));
+        let io = ScriptedIo::new(input, vec![]);
+        let mut reader = FrameReader::new();
+        for _ in 0..3 {
+            let err = reader
+                .read_frame(&io, &mut Vec::new(), 100, None)
+                .unwrap_err();
+            assert!(matches!(err, Error::InvalidHeader { header: -5 }), "{err}");
+        }
+    }
+
+    #[test]
+    fn eof_in_header_and_payload_is_truncated_then_closed() {
+        let io = ScriptedIo::new(vec![0, 0], vec![]);
+        let (_, err) = read_all(&io, 100);
+        assert!(
+            matches!(
+                err,
+                Error::Truncated {
+                    expected: 4,
+                    received: 2
+                }
+            ),
+            "{err}"
+        );
+
+        let mut input = frame(b"hello");
+        input.truncate(7);
+        let io = ScriptedIo::new(input, vec![]);
+        let mut reader = FrameReader::new();
+        let err = reader
+            .read_frame(&io, &mut Vec::new(), 100, None)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Truncated {
+                    expected: 9,
+                    received: 7
+                }
+            ),
+            "{err}"
+        );
+        let err = reader
+            .read_frame(&io, &mut Vec::new(), 100, None)
+            .unwrap_err();
+        assert!(matches!(err, Error::Closed), "{err}");
+    }
+
+    #[test]
+    fn timeout_mid_frame_keeps_what_arrived() {
+        let mut input = frame(b"first message");
+        input.extend(frame(b"second"));
+        let io = ScriptedIo::new(input, vec![3]);
+        let mut reader = FrameReader::new();
+        let soon = Some(Instant::now() + Duration::from_millis(1));
+        // The stream arrives a few bytes at a time; each receive times out part way.
+        let mut got = Vec::new();
+        for arrived in [2, 6, 10, 30] {
+            io.arrived.set(arrived.min(io.input.len()));
+            let mut dst = b"junk".to_vec();
+            match reader.read_frame(&io, &mut dst, 100, soon) {
+                Ok(()) => got.push(dst),
+                Err(Error::Timeout) => assert!(dst.is_empty()),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let mut dst = Vec::new();
+        reader.read_frame(&io, &mut dst, 100, soon).unwrap();
+        got.push(dst);
+        assert_eq!(got, vec![b"first message".to_vec(), b"second".to_vec()]);
+    }
+
+    #[test]
+    fn write_frame_survives_short_writes_and_interrupts() {
+        let io = ScriptedIo::new(Vec::new(), vec![1, 0, 2, 0, 0, 5]);
+        write_frame(&io, &[0, 0, 0, 3], b"abc").unwrap();
+        write_frame(&io, &[0, 0, 0, 0], b"").unwrap();
+        assert_eq!(
+            *io.output.borrow(),
+            [0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0]
+        );
+    }
+
+    proptest! {
+        /// Any sequence of payloads survives any pattern of short reads, short writes and
+        /// interruptions, byte for byte.
+        #[test]
+        fn prop_payloads_survive_short_reads_and_writes(
+            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..600), 0..12),
+            write_chunks in prop::collection::vec(0usize..700, 1..8),
+            read_chunks in prop::collection::vec(0usize..700, 1..8),
+        ) {
+            // Never an endless run of interruptions: each script has progress in it.
+            prop_assume!(write_chunks.iter().any(|&c| c > 0) && read_chunks.iter().any(|&c| c > 0));
+            let writer = ScriptedIo::new(Vec::new(), write_chunks);
+            for p in &payloads {
+                let mut header = [0; HEADER_MAX];
+                let n = encode_header(p.len() as u64, &mut header);
+                write_frame(&writer, &header[HEADER_MAX - n..], p).unwrap();
+            }
+            let wire = writer.output.into_inner();
+            let (frames, end) = read_all(&ScriptedIo::new(wire, read_chunks), 1 << 20);
+            prop_assert_eq!(frames, payloads);
+            prop_assert!(matches!(end, Error::Closed));
+        }
+
+        /// Any bytes at all give frames and then an error, never a panic or an endless loop.
+        #[test]
+        fn prop_any_bytes_give_frames_or_errors(
+            input in prop::collection::vec(any::<u8>(), 0..256),
+            chunks in prop::collection::vec(1usize..64, 1..4),
+            max in 0usize..300,
+        ) {
+            let io = ScriptedIo::new(input.clone(), chunks);
+            let mut reader = FrameReader::new();
+            let mut consumed = 0;
+            for _ in 0..=input.len() + 1 {
+                let mut dst = Vec::new();
+                match reader.read_frame(&io, &mut dst, max, None) {
+                    Ok(()) => { prop_assert!(dst.len() <= max); consumed += 1; }
+                    Err(Error::TooLarge { len, max: m }) => prop_assert!(len > m),
+                    Err(Error::Closed | Error::Truncated { .. } | Error::InvalidHeader { .. }) => return Ok(()),
+                    Err(e) => prop_assert!(false, "unexpected error {e}"),
+                }
+            }
+            prop_assert!(false, "no end after {consumed} frames");
+        }
+    }
+}

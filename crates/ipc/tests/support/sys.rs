@@ -1,0 +1,150 @@
+//! The test suite's only `unsafe`: `fork(2)` a child that runs a closure, and `_exit(2)`.
+//!
+//! mproc-ipc knows nothing about processes, so its tests make their own children here. The
+//! child of a multi-threaded test binary must not take locks another thread may have held at
+//! the fork (stdout, stderr), so it reports failure by a raw `write(2)` to fd 2 and its exit
+//! code. glibc's `malloc` stays usable in the child (it takes its locks across `fork`).
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+
+/// A forked child; killed and reaped on drop if it was not waited for.
+pub struct Child {
+    pid: Pid,
+    pidfd: OwnedFd,
+    reaped: bool,
+}
+
+/// How a child ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Forks a child that keeps only stdio and the fds in `keep`, runs `f`, and exits 0 if it
+/// returns `Ok`, 1 (after writing the message to stderr) if it returns `Err` or panics.
+pub fn fork_child(keep: &[BorrowedFd<'_>], f: impl FnOnce() -> Result<(), String>) -> Child {
+    let mut keep: Vec<i32> = keep.iter().map(|fd| fd.as_raw_fd()).collect();
+    keep.sort_unstable();
+    // SAFETY: fork has no memory-safety preconditions; what the child may do afterwards is
+    // limited as this module's doc says (no stdio locks; it ends in `_exit`).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        close_all_but(&keep);
+        let code = match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(Ok(())) => 0,
+            Ok(Err(msg)) => {
+                let _ = rustix::io::write(
+                    std::io::stderr(),
+                    format!("child failed: {msg}\n").as_bytes(),
+                );
+                1
+            }
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let _ = rustix::io::write(
+                    std::io::stderr(),
+                    format!("child panicked: {what}\n").as_bytes(),
+                );
+                2
+            }
+        };
+        // SAFETY: `_exit` ends the process at once, running no destructors or atexit
+        // handlers of the parent's copied state.
+        unsafe { libc::_exit(code) }
+    }
+    let pid = Pid::from_raw(pid).expect("positive pid");
+    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).expect("pidfd_open");
+    Child {
+        pid,
+        pidfd,
+        reaped: false,
+    }
+}
+
+/// Closes every fd above 2 that is not in `keep` (sorted).
+fn close_all_but(keep: &[i32]) {
+    let mut from = 3u32;
+    for &fd in keep {
+        let fd = fd as u32;
+        if fd >= from {
+            if fd > from {
+                // SAFETY: closing fds this process does not use again; `close_range` touches
+                // no memory.
+                unsafe { libc::close_range(from, fd - 1, 0) };
+            }
+            from = fd + 1;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::close_range(from, u32::MAX, 0) };
+}
+
+impl Child {
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw_nonzero().get()
+    }
+
+    /// Waits for the child to end, at most `timeout`; kills it and panics past that.
+    pub fn wait(mut self, timeout: Duration) -> Exit {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ts = rustix::time::Timespec::try_from(left).unwrap();
+            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+            match poll(&mut fds, Some(&ts)) {
+                Ok(0) => {
+                    let _ = rustix::process::kill_process(self.pid, Signal::KILL);
+                    panic!(
+                        "child {} still running after {timeout:?}: killed",
+                        self.pid()
+                    );
+                }
+                Ok(_) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => panic!("poll on pidfd: {e}"),
+            }
+        }
+        self.reap()
+    }
+
+    fn reap(&mut self) -> Exit {
+        let status =
+            rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED)
+                .expect("waitid")
+                .expect("an exited child");
+        self.reaped = true;
+        match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (_, Some(sig)) => Exit::Signal(sig),
+            _ => panic!("child neither exited nor was killed"),
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = rustix::process::kill_process(self.pid, Signal::KILL);
+            let _ = self.reap();
+        }
+    }
+}
+
+/// Takes back an fd given up by `into_raw_fd`, through `FromRawFd`.
+pub fn from_raw<T: FromRawFd>(raw: RawFd) -> T {
+    // SAFETY: callers pass an fd they just took out of its owner with `into_raw_fd`, so it is
+    // open and owned by nothing else.
+    unsafe { T::from_raw_fd(raw) }
+}

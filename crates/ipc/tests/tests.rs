@@ -1,0 +1,11 @@
+//! mproc-ipc's integration tests: one binary, so processes are not started by many at once.
+#![allow(unreachable_pub)]
+
+mod support;
+
+mod bad_input;
+mod fds;
+mod props;
+mod python;
+mod roundtrip;
+mod threads;
