@@ -1,1 +1,294 @@
-fn main() {}
+//! mproc-ipc between two processes, beside the raw `read`/`write` floor measured in the same run.
+//!
+//! - `ipc::rtt_small`: round trip of an 8-byte message: raw ping-pong (the floor) vs.
+//!   `send_bytes`/`recv_bytes` vs. typed `send`/`recv` of a small struct; on pipes and on a
+//!   socket pair.
+//! - `ipc::echo_1mib`: a 1 MiB message there and back (the peer receives it whole, then sends
+//!   it back): raw vs. ours.
+//!
+//! The peer is this same binary started again with `MPROC_BENCH_PEER` set; it talks on its
+//! stdin (and stdout, for pipes).
+
+use std::hint::black_box;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput};
+use mproc_benches::{Ratio, report};
+use mproc_ipc::{Connection, Error, Receiver, Sender};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+struct Small {
+    id: u32,
+    value: i16,
+    ok: bool,
+}
+
+const SMALL: Small = Small { id: 7, value: -3, ok: true };
+const MIB: usize = 1 << 20;
+
+fn main() {
+    if let Ok(mode) = std::env::var("MPROC_BENCH_PEER") {
+        return peer(&mode);
+    }
+    let mut c = Criterion::default()
+        .output_directory(&mproc_benches::criterion_dir())
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    rtt_small(&mut c);
+    echo_1mib(&mut c);
+    c.final_summary();
+    report(
+        "ipc::rtt_small",
+        "raw_pipe",
+        &["bytes_pipe", "typed_pipe", "raw_socket", "bytes_duplex", "typed_duplex"],
+        Ratio::Time,
+    );
+    report("ipc::echo_1mib", "raw_pipe", &["bytes_pipe", "raw_socket", "bytes_duplex"], Ratio::Throughput);
+}
+
+// ---- the peer process -------------------------------------------------------------------
+
+fn peer(mode: &str) {
+    let stdin = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+    let stdout = std::io::stdout().as_fd().try_clone_to_owned().unwrap();
+    let size: usize = std::env::var("MPROC_BENCH_SIZE").map_or(8, |s| s.parse().unwrap());
+    match mode {
+        "raw-pipe" => raw_echo(stdin.as_fd(), stdout.as_fd(), size),
+        "raw-socket" => raw_echo(stdin.as_fd(), stdin.as_fd(), size),
+        "bytes-pipe" => bytes_echo(&Receiver::<()>::from(stdin), &Sender::<()>::from(stdout)),
+        "bytes-socket" => {
+            let c = Connection::<()>::from(stdin);
+            bytes_echo(&c, &c)
+        }
+        "typed-pipe" => {
+            let (rx, tx) = (Receiver::<Small>::from(stdin), Sender::<Small>::from(stdout));
+            while let Ok(v) = rx.recv() {
+                tx.send(&v).unwrap();
+            }
+        }
+        "typed-socket" => {
+            let c = Connection::<Small>::from(stdin);
+            while let Ok(v) = c.recv() {
+                c.send(&v).unwrap();
+            }
+        }
+        other => panic!("unknown peer mode {other}"),
+    }
+}
+
+/// Reads `size` bytes whole, writes them back, until end of file.
+fn raw_echo(rx: BorrowedFd<'_>, tx: BorrowedFd<'_>, size: usize) {
+    let mut buf = vec![0u8; size];
+    while read_exact(rx, &mut buf) {
+        write_all(tx, &buf);
+    }
+}
+
+/// Echoes frames with `recv_bytes_into` / `send_bytes` until the other side closes.
+fn bytes_echo(rx: &impl RecvBytes, tx: &impl SendBytes) {
+    let mut buf = Vec::new();
+    loop {
+        match rx.recv_into(&mut buf) {
+            Ok(_) => tx.send(&buf).unwrap(),
+            Err(Error::Closed) => return,
+            Err(e) => panic!("peer: {e}"),
+        }
+    }
+}
+
+trait RecvBytes {
+    fn recv_into(&self, buf: &mut Vec<u8>) -> mproc_ipc::Result<usize>;
+}
+trait SendBytes {
+    fn send(&self, bytes: &[u8]) -> mproc_ipc::Result<()>;
+}
+impl<T> RecvBytes for Receiver<T> {
+    fn recv_into(&self, buf: &mut Vec<u8>) -> mproc_ipc::Result<usize> {
+        self.recv_bytes_into(buf)
+    }
+}
+impl<T> SendBytes for Sender<T> {
+    fn send(&self, bytes: &[u8]) -> mproc_ipc::Result<()> {
+        self.send_bytes(bytes)
+    }
+}
+impl<S, R> RecvBytes for Connection<S, R> {
+    fn recv_into(&self, buf: &mut Vec<u8>) -> mproc_ipc::Result<usize> {
+        self.recv_bytes_into(buf)
+    }
+}
+impl<S, R> SendBytes for Connection<S, R> {
+    fn send(&self, bytes: &[u8]) -> mproc_ipc::Result<()> {
+        self.send_bytes(bytes)
+    }
+}
+
+fn read_exact(fd: BorrowedFd<'_>, mut buf: &mut [u8]) -> bool {
+    while !buf.is_empty() {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(0) => return false,
+            Ok(n) => buf = &mut buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    true
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        match rustix::io::write(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+}
+
+// ---- the measuring side -----------------------------------------------------------------
+
+/// A peer process and our ends of its stdin/stdout (pipes) or its socket (stdin).
+struct Peer {
+    child: Child,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // Our ends may still be open (locals drop in reverse order): end the peer outright.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_peer(mode: &str, size: usize, stdin: OwnedFd, stdout: Option<OwnedFd>) -> Peer {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .env("MPROC_BENCH_PEER", mode)
+        .env("MPROC_BENCH_SIZE", size.to_string())
+        .stdin(Stdio::from(stdin))
+        .stdout(stdout.map_or_else(Stdio::null, Stdio::from))
+        .spawn()
+        .unwrap();
+    Peer { child }
+}
+
+/// Pipes to and from a peer: (our write end, our read end, peer).
+fn pipe_peer(mode: &str, size: usize) -> (OwnedFd, OwnedFd, Peer) {
+    let flags = rustix::pipe::PipeFlags::CLOEXEC;
+    let (peer_in, to_peer) = rustix::pipe::pipe_with(flags).unwrap();
+    let (from_peer, peer_out) = rustix::pipe::pipe_with(flags).unwrap();
+    let peer = spawn_peer(mode, size, peer_in, Some(peer_out));
+    (to_peer, from_peer, peer)
+}
+
+/// A socket pair with a peer: (our end, peer).
+fn socket_peer(mode: &str, size: usize) -> (OwnedFd, Peer) {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+    let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+    let peer = spawn_peer(mode, size, theirs, None);
+    (ours, peer)
+}
+
+fn raw_round_trip(tx: BorrowedFd<'_>, rx: BorrowedFd<'_>, buf: &mut [u8]) {
+    write_all(tx, buf);
+    assert!(read_exact(rx, buf));
+}
+
+fn rtt_small(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ipc::rtt_small");
+    {
+        let (tx, rx, _peer) = pipe_peer("raw-pipe", 8);
+        let mut buf = [1u8; 8];
+        g.bench_function("raw_pipe", |b| b.iter(|| raw_round_trip(tx.as_fd(), rx.as_fd(), black_box(&mut buf))));
+    }
+    {
+        let (tx, rx, _peer) = pipe_peer("bytes-pipe", 8);
+        let (tx, rx) = (Sender::<()>::from(tx), Receiver::<()>::from(rx));
+        let mut buf = Vec::with_capacity(8);
+        g.bench_function("bytes_pipe", |b| {
+            b.iter(|| {
+                tx.send_bytes(black_box(&[1u8; 8])).unwrap();
+                rx.recv_bytes_into(&mut buf).unwrap()
+            })
+        });
+    }
+    {
+        let (tx, rx, _peer) = pipe_peer("typed-pipe", 8);
+        let (tx, rx) = (Sender::<Small>::from(tx), Receiver::<Small>::from(rx));
+        g.bench_function("typed_pipe", |b| {
+            b.iter(|| {
+                tx.send(black_box(&SMALL)).unwrap();
+                rx.recv().unwrap()
+            })
+        });
+    }
+    {
+        let (sock, _peer) = socket_peer("raw-socket", 8);
+        let mut buf = [1u8; 8];
+        g.bench_function("raw_socket", |b| b.iter(|| raw_round_trip(sock.as_fd(), sock.as_fd(), black_box(&mut buf))));
+    }
+    {
+        let (sock, _peer) = socket_peer("bytes-socket", 8);
+        let conn = Connection::<()>::from(sock);
+        let mut buf = Vec::with_capacity(8);
+        g.bench_function("bytes_duplex", |b| {
+            b.iter(|| {
+                conn.send_bytes(black_box(&[1u8; 8])).unwrap();
+                conn.recv_bytes_into(&mut buf).unwrap()
+            })
+        });
+    }
+    {
+        let (sock, _peer) = socket_peer("typed-socket", 8);
+        let conn = Connection::<Small>::from(sock);
+        g.bench_function("typed_duplex", |b| {
+            b.iter(|| {
+                conn.send(black_box(&SMALL)).unwrap();
+                conn.recv().unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn echo_1mib(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ipc::echo_1mib");
+    g.throughput(Throughput::Bytes(2 * MIB as u64));
+    let data: Vec<u8> = (0..MIB).map(|i| i as u8).collect();
+    {
+        let (tx, rx, _peer) = pipe_peer("raw-pipe", MIB);
+        let mut buf = data.clone();
+        g.bench_function("raw_pipe", |b| b.iter(|| raw_round_trip(tx.as_fd(), rx.as_fd(), &mut buf)));
+    }
+    {
+        let (tx, rx, _peer) = pipe_peer("bytes-pipe", MIB);
+        let (tx, rx) = (Sender::<()>::from(tx), Receiver::<()>::from(rx));
+        let mut buf = Vec::new();
+        g.bench_function("bytes_pipe", |b| {
+            b.iter(|| {
+                tx.send_bytes(&data).unwrap();
+                rx.recv_bytes_into(&mut buf).unwrap()
+            })
+        });
+    }
+    {
+        let (sock, _peer) = socket_peer("raw-socket", MIB);
+        let mut buf = data.clone();
+        g.bench_function("raw_socket", |b| b.iter(|| raw_round_trip(sock.as_fd(), sock.as_fd(), &mut buf)));
+    }
+    {
+        let (sock, _peer) = socket_peer("bytes-socket", MIB);
+        let conn = Connection::<()>::from(sock);
+        let mut buf = Vec::new();
+        g.bench_function("bytes_duplex", |b| {
+            b.iter(|| {
+                conn.send_bytes(&data).unwrap();
+                conn.recv_bytes_into(&mut buf).unwrap()
+            })
+        });
+    }
+    g.finish();
+}

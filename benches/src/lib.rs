@@ -1,1 +1,56 @@
-//! Benchmarks live in benches/.
+//! Shared pieces of mproc's criterion benchmarks: peer processes and the ratio report.
+//!
+//! Every benchmark measures its raw-syscall floor in the same run and reports the ratio, so
+//! figures from a noisy machine still compare like with like.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Where criterion writes its results: `<target>/criterion`.
+pub fn criterion_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("criterion")
+}
+
+/// The median time in nanoseconds criterion measured for `group/id` in this run, if it ran.
+pub fn median_ns(group: &str, id: &str) -> Option<f64> {
+    let dir = criterion_dir().join(sanitize(group)).join(sanitize(id)).join("new");
+    let json = fs::read_to_string(dir.join("estimates.json")).ok()?;
+    // {..,"median":{"confidence_interval":{...},"point_estimate":123.4,...},...}
+    let median = &json[json.find("\"median\"")?..];
+    let at = median.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+    let rest = &median[at..];
+    let end = rest.find([',', '}'])?;
+    rest[..end].trim().parse().ok()
+}
+
+/// Criterion's directory name for an id: characters outside `[A-Za-z0-9_-.]` become `_`.
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+}
+
+/// Prints each `ids` entry of `group` as a ratio to `floor`, measured in the same run.
+/// `lower_is_better` ratios are time ratios; otherwise throughput ratios (floor time / time).
+pub fn report(group: &str, floor: &str, ids: &[&str], what: Ratio) {
+    let Some(base) = median_ns(group, floor) else { return };
+    println!("\n{group}: ratios to {floor} ({base:.0} ns), same run");
+    for id in ids {
+        if let Some(t) = median_ns(group, id) {
+            match what {
+                Ratio::Time => println!("  {id:<24} {t:>12.0} ns   {:.3}x the floor's time", t / base),
+                Ratio::Throughput => println!("  {id:<24} {t:>12.0} ns   {:.3}x the floor's throughput", base / t),
+            }
+        }
+    }
+}
+
+/// How [`report`] states a ratio.
+#[derive(Debug, Clone, Copy)]
+pub enum Ratio {
+    /// Time over the floor's time: lower is better.
+    Time,
+    /// The floor's time over time: higher is better.
+    Throughput,
+}
