@@ -26,7 +26,11 @@ struct Small {
     ok: bool,
 }
 
-const SMALL: Small = Small { id: 7, value: -3, ok: true };
+const SMALL: Small = Small {
+    id: 7,
+    value: -3,
+    ok: true,
+};
 const MIB: usize = 1 << 20;
 
 fn main() {
@@ -44,10 +48,21 @@ fn main() {
     report(
         "ipc::rtt_small",
         "raw_pipe",
-        &["bytes_pipe", "typed_pipe", "raw_socket", "bytes_duplex", "typed_duplex"],
+        &[
+            "bytes_pipe",
+            "typed_pipe",
+            "raw_socket",
+            "bytes_duplex",
+            "typed_duplex",
+        ],
         Ratio::Time,
     );
-    report("ipc::echo_1mib", "raw_pipe", &["bytes_pipe", "raw_socket", "bytes_duplex"], Ratio::Throughput);
+    report(
+        "ipc::echo_1mib",
+        "raw_pipe",
+        &["bytes_pipe", "raw_socket", "bytes_duplex"],
+        Ratio::Throughput,
+    );
 }
 
 // ---- the peer process -------------------------------------------------------------------
@@ -65,7 +80,10 @@ fn peer(mode: &str) {
             bytes_echo(&c, &c)
         }
         "typed-pipe" => {
-            let (rx, tx) = (Receiver::<Small>::from(stdin), Sender::<Small>::from(stdout));
+            let (rx, tx) = (
+                Receiver::<Small>::from(stdin),
+                Sender::<Small>::from(stdout),
+            );
             while let Ok(v) = rx.recv() {
                 tx.send(&v).unwrap();
             }
@@ -187,7 +205,13 @@ fn pipe_peer(mode: &str, size: usize) -> (OwnedFd, OwnedFd, Peer) {
 /// A socket pair with a peer: (our end, peer).
 fn socket_peer(mode: &str, size: usize) -> (OwnedFd, Peer) {
     use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
-    let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
     let peer = spawn_peer(mode, size, theirs, None);
     (ours, peer)
 }
@@ -202,7 +226,9 @@ fn rtt_small(c: &mut Criterion) {
     {
         let (tx, rx, _peer) = pipe_peer("raw-pipe", 8);
         let mut buf = [1u8; 8];
-        g.bench_function("raw_pipe", |b| b.iter(|| raw_round_trip(tx.as_fd(), rx.as_fd(), black_box(&mut buf))));
+        g.bench_function("raw_pipe", |b| {
+            b.iter(|| raw_round_trip(tx.as_fd(), rx.as_fd(), black_box(&mut buf)))
+        });
     }
     {
         let (tx, rx, _peer) = pipe_peer("bytes-pipe", 8);
@@ -228,7 +254,9 @@ fn rtt_small(c: &mut Criterion) {
     {
         let (sock, _peer) = socket_peer("raw-socket", 8);
         let mut buf = [1u8; 8];
-        g.bench_function("raw_socket", |b| b.iter(|| raw_round_trip(sock.as_fd(), sock.as_fd(), black_box(&mut buf))));
+        g.bench_function("raw_socket", |b| {
+            b.iter(|| raw_round_trip(sock.as_fd(), sock.as_fd(), black_box(&mut buf)))
+        });
     }
     {
         let (sock, _peer) = socket_peer("bytes-socket", 8);
@@ -261,7 +289,9 @@ fn echo_1mib(c: &mut Criterion) {
     {
         let (tx, rx, _peer) = pipe_peer("raw-pipe", MIB);
         let mut buf = data.clone();
-        g.bench_function("raw_pipe", |b| b.iter(|| raw_round_trip(tx.as_fd(), rx.as_fd(), &mut buf)));
+        g.bench_function("raw_pipe", |b| {
+            b.iter(|| raw_round_trip(tx.as_fd(), rx.as_fd(), &mut buf))
+        });
     }
     {
         let (tx, rx, _peer) = pipe_peer("bytes-pipe", MIB);
@@ -277,7 +307,9 @@ fn echo_1mib(c: &mut Criterion) {
     {
         let (sock, _peer) = socket_peer("raw-socket", MIB);
         let mut buf = data.clone();
-        g.bench_function("raw_socket", |b| b.iter(|| raw_round_trip(sock.as_fd(), sock.as_fd(), &mut buf)));
+        g.bench_function("raw_socket", |b| {
+            b.iter(|| raw_round_trip(sock.as_fd(), sock.as_fd(), &mut buf))
+        });
     }
     {
         let (sock, _peer) = socket_peer("bytes-socket", MIB);
