@@ -33,8 +33,11 @@ pub fn duplex<T>() -> Result<(Connection<T>, Connection<T>)> {
 /// receive takes one whole frame.
 pub struct Connection<S, R = S> {
     end: End,
-    _marker: PhantomData<(fn(&S), fn() -> R)>,
+    _marker: PhantomData<Directions<S, R>>,
 }
+
+/// Sends `S`, receives `R`: the end is `Send + Sync` whatever the types, as it holds neither.
+type Directions<S, R> = (fn(&S), fn() -> R);
 
 impl<S, R> Connection<S, R> {
     /// Creates a connected pair where the first end sends `S` and receives `R`, and the
