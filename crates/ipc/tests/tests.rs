@@ -8,4 +8,5 @@ mod fds;
 mod props;
 mod python;
 mod roundtrip;
+mod signals;
 mod threads;

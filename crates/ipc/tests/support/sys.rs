@@ -148,3 +148,22 @@ pub fn from_raw<T: FromRawFd>(raw: RawFd) -> T {
     // open and owned by nothing else.
     unsafe { T::from_raw_fd(raw) }
 }
+
+/// How many times [`install_counting_handler`]'s handler ran.
+pub static SIGNALS_SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Installs a handler for `SIGUSR1` *without* `SA_RESTART`, so blocking syscalls the signal
+/// interrupts fail with `EINTR` instead of restarting. For forked children only: it changes
+/// the whole process.
+pub fn install_counting_handler() {
+    // SAFETY: an all-zero `sigaction` is a valid starting value (empty mask, no flags).
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = count_signal as *const () as usize;
+    // SAFETY: `action` is initialised and `count_signal` is async-signal-safe (one atomic add).
+    let rc = unsafe { libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "sigaction failed");
+}
