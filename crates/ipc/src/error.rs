@@ -16,9 +16,10 @@ pub enum Error {
     /// End of file inside a frame: the peer died (or closed) part way through a message.
     /// The partial message is discarded; a later receive reports [`Error::Closed`].
     Truncated {
-        /// The length the frame header announced.
+        /// How many bytes the frame has, header included (as far as the bytes that arrived
+        /// tell: a header cut short counts only the header).
         expected: u64,
-        /// How many payload bytes arrived before end of file.
+        /// How many bytes of the frame arrived before end of file.
         received: u64,
     },
     /// The deadline passed before a whole message arrived. Nothing is lost: bytes of a
@@ -58,7 +59,7 @@ impl fmt::Display for Error {
             Error::Closed => f.write_str("connection closed by the peer"),
             Error::Truncated { expected, received } => write!(
                 f,
-                "connection closed inside a message: {received} of {expected} payload bytes arrived"
+                "connection closed inside a message: {received} of its {expected} bytes arrived"
             ),
             Error::Timeout => f.write_str("timed out waiting for a message"),
             Error::TooLarge { len, max } => write!(
