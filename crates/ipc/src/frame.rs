@@ -91,7 +91,7 @@ enum Stage {
     Header,
     /// Reading a payload of `len` bytes.
     Payload { len: usize, header_len: usize },
-    /// Discarding an oversized payload announced as `len` bytes, `remaining` still to come.
+    /// Discarding an oversized frame of `len` bytes (header included), `remaining` still to come.
     Skip { len: u64, remaining: u64 },
     /// An invalid header was read: the stream cannot be followed any more.
     Broken { header: i32 },
