@@ -143,7 +143,7 @@ impl FrameReader {
                     let (len, header_len) = self.read_header(io, deadline)?;
                     if len > max as u64 {
                         self.stage = Stage::Skip {
-                            len,
+                            len: len + header_len as u64,
                             remaining: len,
                         };
                         return Err(Error::TooLarge {

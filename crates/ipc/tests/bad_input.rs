@@ -48,8 +48,10 @@ fn header_claiming_2_pow_60_bytes() {
     // ...and the peer leaving inside it is a truncation.
     write_all(&tx, &[0; 1000]);
     drop(tx);
+    let err = rx.recv_bytes_timeout(DEADLINE).unwrap_err();
     assert!(
-        matches!(rx.recv_bytes_timeout(DEADLINE), Err(Error::Truncated { expected, received: 1012 }) if expected == (1 << 60) + 12)
+        matches!(err, Error::Truncated { expected, received: 1012 } if expected == (1 << 60) + 12),
+        "{err}"
     );
     assert!(matches!(
         rx.recv_bytes_timeout(DEADLINE),
