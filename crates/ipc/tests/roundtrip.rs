@@ -11,9 +11,23 @@ use crate::support::{DEADLINE, assert_success, in_child, msg};
 const SIZES: [usize; 7] = [0, 1, 4095, 4096, 65536, 1 << 20, 64 << 20];
 
 fn payload(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
+    // A 64 KiB block that differs by seed and position, repeated: cheap to make even for
+    // 64 MiB in a debug build, and a misplaced chunk still shows.
+    let block: Vec<u8> = (0..65536usize)
         .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 8) as u8 ^ seed)
-        .collect()
+        .collect();
+    let mut out = Vec::with_capacity(len);
+    let mut round = 0u8;
+    while out.len() < len {
+        let n = (len - out.len()).min(block.len());
+        out.extend_from_slice(&block[..n]);
+        let start = out.len() - n;
+        if let Some(first) = out.get_mut(start) {
+            *first = round; // marks which block this is
+        }
+        round = round.wrapping_add(1);
+    }
+    out
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
