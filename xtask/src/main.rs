@@ -1,1 +1,212 @@
-fn main() {}
+//! `cargo xtask`: the project's one script (alias in `.cargo/config.toml`).
+//!
+//! - `cargo xtask test [ARGS]`: rustfmt check, clippy, every test target (criterion benches
+//!   run once in test mode, a smoke test), then doc tests. `ARGS` go to both test runs after
+//!   `--`, e.g. a test name filter.
+//! - `cargo xtask proptest [--cases N]`: the property tests (named `prop_*`), in release mode
+//!   with `PROPTEST_CASES=N` (default 1024).
+//! - `cargo xtask bench [ARGS]`: the criterion benchmarks, `ARGS` after `--`.
+//! - `cargo xtask tidy`: the house rules of `STYLE.md` a machine can check (`src/tidy.rs`);
+//!   they also run as a `#[test]` of this crate.
+//!
+//! Standard library only, so it builds in a moment on a fresh machine.
+
+mod tidy;
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  test [ARGS]           rustfmt check, clippy, all test targets (benches run once as a smoke
+                        test), doc tests; ARGS go to both test runs after `--`
+  proptest [--cases N]  property tests (`prop_*`) in release mode with PROPTEST_CASES=N
+                        (default 1024)
+  bench [ARGS]          criterion benchmarks of mproc-benches; ARGS go after `--`
+  tidy                  check SAFETY comments, unsafe_code allowances, layering, crate roots
+                        and manifests under crates/
+";
+
+/// Cases per property test when `--cases` is not given.
+const DEFAULT_PROPTEST_CASES: u32 = 1024;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        return usage();
+    };
+    let result = match command.as_str() {
+        "test" => test(rest),
+        "proptest" => proptest(rest),
+        "bench" => bench(rest),
+        "tidy" if rest.is_empty() => tidy(),
+        "help" | "-h" | "--help" => return usage(),
+        _ => {
+            eprintln!("xtask: unknown command or arguments: {}", args.join(" "));
+            return usage();
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+fn usage() -> ExitCode {
+    eprint!("{USAGE}");
+    ExitCode::from(2)
+}
+
+/// The workspace root: the parent of this crate's directory.
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in a subdirectory of the workspace")
+        .to_path_buf()
+}
+
+/// One cargo invocation, run from the workspace root.
+struct Cargo {
+    args: Vec<String>,
+    envs: Vec<(&'static str, String)>,
+}
+
+impl Cargo {
+    fn new(args: &[&str]) -> Self {
+        Cargo {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            envs: Vec::new(),
+        }
+    }
+
+    /// Appends `extra` after a `--`, if there is any.
+    fn trailing(mut self, extra: &[String]) -> Self {
+        if !extra.is_empty() {
+            self.args.push("--".to_owned());
+            self.args.extend(extra.iter().cloned());
+        }
+        self
+    }
+
+    fn env(mut self, key: &'static str, value: String) -> Self {
+        self.envs.push((key, value));
+        self
+    }
+
+    /// Prints `==> <command>` and runs it; a failure becomes the exit code to leave with.
+    fn run(self) -> Result<(), ExitCode> {
+        let shown: Vec<String> = self
+            .envs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .chain(std::iter::once("cargo".to_owned()))
+            .chain(self.args.iter().cloned())
+            .collect();
+        let shown = shown.join(" ");
+        println!("==> {shown}");
+        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (*k, v)))
+            .current_dir(workspace_root())
+            .status();
+        match status {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => {
+                eprintln!("xtask: `{shown}` failed ({status})");
+                let code = status.code().and_then(|c| u8::try_from(c).ok());
+                Err(ExitCode::from(code.filter(|c| *c != 0).unwrap_or(1)))
+            }
+            Err(e) => {
+                eprintln!("xtask: could not run `{shown}`: {e}");
+                Err(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+/// `cargo xtask test`: format, lints, every test target, doc tests; stops at the first failure.
+fn test(extra: &[String]) -> Result<(), ExitCode> {
+    Cargo::new(&["fmt", "--all", "--", "--check"]).run()?;
+    Cargo::new(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .run()?;
+    Cargo::new(&["test", "--workspace", "--all-targets"])
+        .trailing(extra)
+        .run()?;
+    Cargo::new(&["test", "--workspace", "--doc"])
+        .trailing(extra)
+        .run()
+}
+
+/// `cargo xtask proptest [--cases N]`: the `prop_*` tests in release mode, with more cases.
+fn proptest(args: &[String]) -> Result<(), ExitCode> {
+    let mut cases = DEFAULT_PROPTEST_CASES;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let value = match arg.strip_prefix("--cases=") {
+            Some(value) => Some(value),
+            None if arg == "--cases" => args.next().map(String::as_str),
+            None => {
+                eprintln!("xtask proptest: unknown argument `{arg}`");
+                return Err(usage());
+            }
+        };
+        match value.and_then(|v| v.parse().ok()) {
+            Some(n) if n > 0 => cases = n,
+            _ => {
+                eprintln!("xtask proptest: `--cases` needs a positive number");
+                return Err(usage());
+            }
+        }
+    }
+    Cargo::new(&[
+        "test",
+        "--workspace",
+        "--release",
+        "--lib",
+        "--tests",
+        "--",
+        "prop_",
+    ])
+    .env("PROPTEST_CASES", cases.to_string())
+    .run()
+}
+
+/// `cargo xtask bench [ARGS]`: the criterion benchmarks.
+fn bench(extra: &[String]) -> Result<(), ExitCode> {
+    Cargo::new(&["bench", "-p", "mproc-benches"])
+        .trailing(extra)
+        .run()
+}
+
+/// `cargo xtask tidy`: prints every broken rule, one `file:line: message` per line.
+fn tidy() -> Result<(), ExitCode> {
+    println!("==> tidy");
+    let found = match tidy::check(&workspace_root()) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("xtask tidy: could not read the workspace: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    for violation in &found {
+        println!("{violation}");
+    }
+    if found.is_empty() {
+        println!("tidy: ok");
+        Ok(())
+    } else {
+        eprintln!("tidy: {} problem(s)", found.len());
+        Err(ExitCode::FAILURE)
+    }
+}
