@@ -27,14 +27,12 @@ impl postcard::ser_flavors::Flavor for AppendVec<'_> {
     }
 }
 
-/// Encodes `value` as one whole frame in `buf` and returns the range of `buf` to send.
+/// Encodes `value` as one whole frame in `buf`; the frame is `buf[start..]` for the returned
+/// `start`.
 ///
 /// `buf` is cleared first; the header is written in front of the payload, so the frame goes
 /// out as one contiguous slice.
-pub(crate) fn encode_frame<'b, T: Serialize + ?Sized>(
-    value: &T,
-    buf: &'b mut Vec<u8>,
-) -> Result<&'b [u8]> {
+pub(crate) fn encode_frame<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<usize> {
     buf.clear();
     buf.extend_from_slice(&[0; HEADER_MAX]);
     postcard::serialize_with_flavor(value, AppendVec(buf)).map_err(Error::Encode)?;
@@ -43,7 +41,7 @@ pub(crate) fn encode_frame<'b, T: Serialize + ?Sized>(
     let n = encode_header(payload_len, &mut header);
     let start = HEADER_MAX - n;
     buf[start..HEADER_MAX].copy_from_slice(&header[start..]);
-    Ok(&buf[start..])
+    Ok(start)
 }
 
 /// Decodes a whole payload; trailing bytes mean the sender sent another type.

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::end::{End, Kind, impl_end_traits};
 use crate::error::{Error, Result};
+use crate::fdpass::impl_end_serde;
 
 /// Creates a two-way connection carrying `T` both ways, on a Unix stream socket pair.
 ///
@@ -174,3 +175,4 @@ impl<S, R> Connection<S, R> {
 }
 
 impl_end_traits!(Connection<S, R>);
+impl_end_serde!(Connection<S, R>);

@@ -1,19 +1,26 @@
 //! The machinery every end shares: one owned fd, a send lock, a receive lock with the framing
 //! state, and the message-size limit. `Sender`, `Receiver` and `Connection` are typed views.
 
+use std::cell::RefCell;
 use std::fmt;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::FdFlags;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::fdpass;
 use crate::frame::{FrameReader, HEADER_MAX, RawIo, encode_header, write_frame};
 use crate::sys;
 use crate::wait::{far_future, poll_until};
@@ -46,11 +53,13 @@ impl Kind {
     }
 }
 
-/// The receive side's state: where the stream stands, and a buffer for typed payloads.
+/// The receive side's state: where the stream stands, a buffer for typed payloads, and the
+/// fds that came with the frame being read.
 #[derive(Debug, Default)]
 struct ReadSide {
     frames: FrameReader,
     scratch: Vec<u8>,
+    fds: Vec<OwnedFd>,
 }
 
 pub(crate) struct End {
@@ -78,6 +87,16 @@ impl End {
         FdIo {
             fd: self.fd.as_fd(),
             kind: self.kind,
+            outgoing: RefCell::default(),
+            incoming: None,
+        }
+    }
+
+    /// An [`FdIo`] that keeps the fds arriving with frames in `fds`.
+    fn reading<'a>(&'a self, fds: &'a mut Vec<OwnedFd>) -> FdIo<'a> {
+        FdIo {
+            incoming: Some(RefCell::new(fds)),
+            ..self.io()
         }
     }
 
@@ -95,8 +114,23 @@ impl End {
 
     pub(crate) fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
         let mut buf = self.send.lock();
-        let result = codec::encode_frame(value, &mut buf)
-            .and_then(|frame| write_frame(&self.io(), frame, &[]));
+        let (encoded, fds) = fdpass::collecting(|| codec::encode_frame(value, &mut buf));
+        let result = encoded.and_then(|start| {
+            if fds.is_empty() {
+                return write_frame(&self.io(), &buf[start..], &[]);
+            }
+            if self.kind != Kind::Socket {
+                return Err(Error::FdPassing(
+                    "ends can only travel over a duplex Connection (a Unix socket), not a pipe",
+                ));
+            }
+            if fds.len() > fdpass::MAX_FDS {
+                return Err(Error::FdPassing("one message can carry at most 253 ends"));
+            }
+            let mut io = self.io();
+            io.outgoing = RefCell::new(fds);
+            write_frame(&io, &buf[start..], &[])
+        });
         codec::trim(&mut buf);
         result
     }
@@ -111,10 +145,18 @@ impl End {
     pub(crate) fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
         let deadline = deadline(timeout);
         let mut side = self.recv.lock();
-        let ReadSide { frames, scratch } = &mut *side;
-        let result = frames
-            .read_frame(&self.io(), scratch, self.max_message_size, deadline)
-            .and_then(|()| codec::decode(scratch));
+        let ReadSide {
+            frames,
+            scratch,
+            fds,
+        } = &mut *side;
+        let read = frames.read_frame(&self.reading(fds), scratch, self.max_message_size, deadline);
+        let result = match read {
+            Err(Error::Timeout) => return Err(Error::Timeout), // the frame's fds stay with it
+            Err(e) => Err(e),
+            Ok(()) => fdpass::providing(std::mem::take(fds), || codec::decode(scratch)),
+        };
+        fds.clear();
         codec::trim(scratch);
         result
     }
@@ -126,9 +168,12 @@ impl End {
     ) -> Result<usize> {
         let deadline = deadline(timeout);
         let mut side = self.recv.lock();
-        side.frames
-            .read_frame(&self.io(), dst, self.max_message_size, deadline)?;
-        Ok(dst.len())
+        let ReadSide { frames, fds, .. } = &mut *side;
+        let read = frames.read_frame(&self.reading(fds), dst, self.max_message_size, deadline);
+        if !matches!(read, Err(Error::Timeout)) {
+            fds.clear(); // ends sent with a raw frame have nowhere to go: close them
+        }
+        read.map(|()| dst.len())
     }
 
     pub(crate) fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
@@ -173,11 +218,35 @@ fn deadline(timeout: Option<Duration>) -> Option<Instant> {
 struct FdIo<'a> {
     fd: BorrowedFd<'a>,
     kind: Kind,
+    /// Fds to attach (as `SCM_RIGHTS`) to the first bytes written; sockets only.
+    outgoing: RefCell<Vec<OwnedFd>>,
+    /// Where fds that arrive go; `None` on the sending side. Sockets only.
+    incoming: Option<RefCell<&'a mut Vec<OwnedFd>>>,
 }
 
 impl RawIo for FdIo<'_> {
     fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        Ok(rustix::io::read(self.fd, buf)?)
+        match (&self.incoming, self.kind) {
+            // Fds ride on the first bytes of a frame, its header: read those with recvmsg.
+            (Some(incoming), Kind::Socket) => {
+                let mut space =
+                    [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fdpass::MAX_FDS))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let got = rustix::net::recvmsg(
+                    self.fd,
+                    &mut [IoSliceMut::new(buf)],
+                    &mut control,
+                    RecvFlags::CMSG_CLOEXEC,
+                )?;
+                for message in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(fds) = message {
+                        incoming.borrow_mut().extend(fds);
+                    }
+                }
+                Ok(got.bytes)
+            }
+            _ => Ok(rustix::io::read(self.fd, buf)?),
+        }
     }
 
     fn read_append(&self, dst: &mut Vec<u8>, max: usize) -> io::Result<usize> {
@@ -185,15 +254,28 @@ impl RawIo for FdIo<'_> {
     }
 
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        Ok(match self.kind {
-            Kind::Pipe => rustix::io::writev(self.fd, bufs)?,
-            Kind::Socket => rustix::net::sendmsg(
+        if self.kind == Kind::Pipe {
+            return Ok(rustix::io::writev(self.fd, bufs)?);
+        }
+        let mut outgoing = self.outgoing.borrow_mut();
+        if outgoing.is_empty() {
+            let mut none = SendAncillaryBuffer::default();
+            return Ok(rustix::net::sendmsg(
                 self.fd,
                 bufs,
-                &mut rustix::net::SendAncillaryBuffer::default(),
-                rustix::net::SendFlags::NOSIGNAL,
-            )?,
-        })
+                &mut none,
+                SendFlags::NOSIGNAL,
+            )?);
+        }
+        let borrowed: Vec<BorrowedFd<'_>> = outgoing.iter().map(|fd| fd.as_fd()).collect();
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&borrowed));
+        let n = rustix::net::sendmsg(self.fd, bufs, &mut control, SendFlags::NOSIGNAL)?;
+        // The kernel took the fds with these bytes: the rest of the frame goes without.
+        drop(borrowed);
+        outgoing.clear();
+        Ok(n)
     }
 
     fn wait_readable(&self, deadline: Instant) -> io::Result<bool> {

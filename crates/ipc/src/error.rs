@@ -46,6 +46,9 @@ pub enum Error {
     /// A whole frame arrived but its payload is not a valid value of the expected type. The
     /// frame was consumed whole, so the end stays usable for the next message.
     Decode(postcard::Error),
+    /// A value holding ends (file descriptors) could not be sent: ends travel only over a
+    /// duplex [`Connection`](crate::Connection), at most 253 in one message. Nothing was sent.
+    FdPassing(&'static str),
     /// Any other operating-system error.
     Io(io::Error),
 }
@@ -73,6 +76,7 @@ impl fmt::Display for Error {
             ),
             Error::Encode(e) => write!(f, "cannot encode value: {e}"),
             Error::Decode(e) => write!(f, "cannot decode message: {e}"),
+            Error::FdPassing(why) => write!(f, "cannot pass file descriptors: {why}"),
             Error::Io(e) => write!(f, "i/o error: {e}"),
         }
     }
@@ -113,7 +117,7 @@ impl From<Error> for io::Error {
             Error::TooLarge { .. } | Error::InvalidHeader { .. } | Error::Decode(_) => {
                 io::ErrorKind::InvalidData
             }
-            Error::Encode(_) => io::ErrorKind::InvalidInput,
+            Error::Encode(_) | Error::FdPassing(_) => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, e)
     }

@@ -9,6 +9,9 @@
 //! - [`duplex`] makes two [`Connection`]s on a Unix socket pair: Python's `Pipe()`.
 //!   [`Connection::pair`] gives a different type in each direction.
 //! - [`wait`] tells which of several ends are ready: `multiprocessing.connection.wait`.
+//! - Ends are values too: a struct holding a `Sender` or a `Connection` can be sent over a
+//!   duplex `Connection`, and the end arrives working in the other process (its fd travels as
+//!   `SCM_RIGHTS`). That is also how ends reach processes started by `mproc-process`.
 //!
 //! Every end sends and receives typed values (`send` / `recv`, postcard-encoded) or raw bytes
 //! (`send_bytes` / `recv_bytes`), framed exactly like CPython's `multiprocessing.connection`: a
@@ -71,6 +74,7 @@ mod codec;
 mod duplex;
 mod end;
 mod error;
+mod fdpass;
 mod frame;
 mod pipe;
 mod sys;

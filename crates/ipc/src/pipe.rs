@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::end::{End, Kind, impl_end_traits};
 use crate::error::{Error, Result};
+use crate::fdpass::impl_end_serde;
 
 /// Creates a one-way pipe carrying values of type `T`: `(receiver, sender)`, in the order of
 /// Python's `Pipe(duplex=False)`.
@@ -182,3 +183,5 @@ impl<T> Receiver<T> {
 
 impl_end_traits!(Sender<T>);
 impl_end_traits!(Receiver<T>);
+impl_end_serde!(Sender<T>);
+impl_end_serde!(Receiver<T>);

@@ -93,3 +93,112 @@ fn wait_wakes_when_a_child_writes() {
     drop(idle_tx);
     assert_success(child);
 }
+
+/// Counts this process's open fds.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Handoff {
+    label: String,
+    reply: Sender<String>,
+    requests: Receiver<u32>,
+}
+
+#[test]
+fn ends_travel_inside_values_over_a_connection() {
+    let (parent, child_end) = duplex::<Handoff>().unwrap();
+    let child = in_child(&[&child_end], || {
+        let before = open_fds();
+        let Handoff {
+            label,
+            reply,
+            requests,
+        } = child_end.recv().map_err(msg)?;
+        assert_cloexec(&reply);
+        assert_cloexec(&requests);
+        if open_fds() != before + 2 {
+            return Err(format!(
+                "expected exactly 2 new fds, {} -> {}",
+                before,
+                open_fds()
+            ));
+        }
+        while let Ok(n) = requests.recv() {
+            reply.send(&format!("{label} {n}")).map_err(msg)?;
+        }
+        Ok(())
+    });
+    drop(child_end);
+    // Made after the fork: the child can only have these ends by receiving them.
+    let (reply_rx, reply_tx) = pipe::<String>().unwrap();
+    let (req_rx, req_tx) = pipe::<u32>().unwrap();
+    parent
+        .send(&Handoff {
+            label: "got".into(),
+            reply: reply_tx,
+            requests: req_rx,
+        })
+        .unwrap();
+    for n in 0..3 {
+        req_tx.send(&n).unwrap();
+        assert_eq!(reply_rx.recv_timeout(DEADLINE).unwrap(), format!("got {n}"));
+    }
+    drop(req_tx);
+    // The sender's own copies went with the value it sent: only the child holds the reply end.
+    assert!(matches!(
+        reply_rx.recv_timeout(DEADLINE),
+        Err(Error::Closed)
+    ));
+    assert_success(child);
+}
+
+#[test]
+fn ends_cannot_travel_over_a_pipe_or_outside_a_send() {
+    let (rx, tx) = pipe::<Receiver<u8>>().unwrap();
+    let (inner_rx, _inner_tx) = pipe::<u8>().unwrap();
+    let err = tx.send(&inner_rx).unwrap_err();
+    assert!(matches!(err, Error::FdPassing(_)), "{err}");
+    assert!(rx.try_recv().unwrap().is_none(), "nothing was sent");
+    let err = postcard::to_allocvec(&inner_rx).unwrap_err();
+    assert!(
+        err.to_string().contains("serialize") || matches!(err, postcard::Error::SerdeSerCustom),
+        "{err}"
+    );
+    assert!(postcard::from_bytes::<Receiver<u8>>(&[0]).is_err());
+}
+
+#[test]
+fn fds_that_cannot_be_delivered_are_closed() {
+    // In a child: it has no other threads opening fds, so counting them is exact.
+    let child = in_child(&[], || {
+        let (a, b) = duplex::<Vec<Receiver<u8>>>().map_err(msg)?;
+        let base = open_fds();
+        let ends: Vec<_> = (0..3).map(|_| pipe::<u8>().unwrap().0).collect();
+        let made = open_fds();
+        // Received as raw bytes, as the wrong type, and whole: only the last keeps its fds.
+        for _ in 0..3 {
+            a.send(&ends).map_err(msg)?;
+        }
+        drop(ends);
+        b.recv_bytes().map_err(msg)?;
+        let wrong: Connection<(), u64> = Connection::from(OwnedFd::from(b));
+        wrong
+            .recv()
+            .map(drop)
+            .map_err(msg)
+            .err()
+            .ok_or("a Vec is not a u64")?;
+        let b: Connection<(), Vec<Receiver<u8>>> = wrong.cast();
+        let kept = b.recv().map_err(msg)?;
+        if kept.len() != 3 || open_fds() != base + 3 {
+            return Err(format!(
+                "fds: {base} at start, {made} with the ends, {} at the end",
+                open_fds()
+            ));
+        }
+        Ok(())
+    });
+    assert_success(child);
+}

@@ -1,0 +1,105 @@
+//! Ends inside values: passing file descriptors with `SCM_RIGHTS`.
+//!
+//! `Sender`, `Receiver` and `Connection` implement `Serialize` and `Deserialize`, but only
+//! inside a send on a duplex [`Connection`](crate::Connection) (a Unix socket): serializing an
+//! end records its fd in a side table and writes the fd's index in that table; the send then
+//! attaches the table to the frame as `SCM_RIGHTS`. On the receiving side the fds arrive with
+//! the frame's header and deserializing an end takes its fd by index. Anywhere else,
+//! serializing or deserializing an end is an error, never a silent copy of a number.
+//!
+//! This is how a value carrying ends reaches another process: over a connection, or as the
+//! arguments of a process started by `mproc-process`.
+
+use std::cell::RefCell;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use serde::de::Error as _;
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serializer};
+
+/// The most fds one message can carry (the kernel's `SCM_MAX_FD`).
+pub(crate) const MAX_FDS: usize = 253;
+
+thread_local! {
+    /// While a send encodes its value: the fds of the ends it met, in order.
+    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    /// While a receive decodes its value: the fds that came with the frame.
+    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `encode` with fd collection on; returns its result and (duplicates of) the fds met,
+/// in order.
+pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    let outer = OUTGOING.with(|o| o.replace(Some(Vec::new())));
+    let result = encode();
+    let fds = OUTGOING.with(|o| o.replace(outer)).unwrap_or_default();
+    (result, fds)
+}
+
+/// Runs `decode` with `fds` available to the ends inside the value; those it does not take
+/// are closed.
+pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
+    let table = fds.into_iter().map(Some).collect();
+    let outer = INCOMING.with(|i| i.replace(Some(table)));
+    let result = decode();
+    INCOMING.with(|i| i.replace(outer));
+    result
+}
+
+/// `Serialize` for an end: its fd's index in the outgoing table.
+pub(crate) fn serialize_fd<S: Serializer>(
+    fd: BorrowedFd<'_>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    // A duplicate, so the table owns what it sends whatever happens to the end meanwhile.
+    let index = OUTGOING.with(|o| {
+        o.borrow_mut().as_mut().map(|fds| {
+            let dup = fd.try_clone_to_owned()?;
+            fds.push(dup);
+            Ok::<_, std::io::Error>(fds.len() - 1)
+        })
+    });
+    match index {
+        Some(Ok(index)) => serializer.serialize_u32(index as u32),
+        Some(Err(e)) => Err(S::Error::custom(format!(
+            "cannot duplicate an end's fd: {e}"
+        ))),
+        None => Err(S::Error::custom(
+            "an ipc end can only be serialized by a send on a duplex Connection or a process start",
+        )),
+    }
+}
+
+/// `Deserialize` for an end: takes the fd at the index the value holds.
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<OwnedFd, D::Error> {
+    let index = u32::deserialize(deserializer)? as usize;
+    INCOMING.with(|i| match i.borrow_mut().as_mut() {
+        None => Err(D::Error::custom(
+            "an ipc end can only be deserialized by a receive on a duplex Connection or a process start",
+        )),
+        Some(table) => table
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| D::Error::custom(format!("the message carries no file descriptor #{index}"))),
+    })
+}
+
+/// `Serialize` and `Deserialize` for a typed end, by its fd.
+macro_rules! impl_end_serde {
+    ($name:ident < $($g:ident),* >) => {
+        impl<$($g),*> serde::Serialize for $name<$($g),*> {
+            fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+                $crate::fdpass::serialize_fd(std::os::fd::AsFd::as_fd(self), serializer)
+            }
+        }
+
+        impl<'de, $($g),*> serde::Deserialize<'de> for $name<$($g),*> {
+            fn deserialize<De: serde::Deserializer<'de>>(deserializer: De) -> Result<Self, De::Error> {
+                $crate::fdpass::deserialize_fd(deserializer).map(Self::from)
+            }
+        }
+    };
+}
+pub(crate) use impl_end_serde;
