@@ -26,11 +26,7 @@ struct Small {
     ok: bool,
 }
 
-const SMALL: Small = Small {
-    id: 7,
-    value: -3,
-    ok: true,
-};
+const SMALL: Small = Small { id: 7, value: -3, ok: true };
 const MIB: usize = 1 << 20;
 
 fn main() {
@@ -42,27 +38,23 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    rtt_small(&mut c);
+    rtt_small(&mut c, "ipc::rtt_small");
+    // The same with both processes on one CPU: no cross-CPU wake-ups, so the round trip is
+    // two context switches and what we add to them shows clearly.
+    let all = rustix::thread::sched_getaffinity(None).unwrap();
+    let mut one = rustix::thread::CpuSet::new();
+    one.set(rustix::thread::sched_getcpu());
+    rustix::thread::sched_setaffinity(None, &one).unwrap();
+    rtt_small(&mut c, "ipc::rtt_small_one_cpu");
+    rustix::thread::sched_setaffinity(None, &all).unwrap();
     echo_1mib(&mut c);
     c.final_summary();
-    report(
-        "ipc::rtt_small",
-        "raw_pipe",
-        &[
-            "bytes_pipe",
-            "typed_pipe",
-            "raw_socket",
-            "bytes_duplex",
-            "typed_duplex",
-        ],
-        Ratio::Time,
-    );
-    report(
-        "ipc::echo_1mib",
-        "raw_pipe",
-        &["bytes_pipe", "raw_socket", "bytes_duplex"],
-        Ratio::Throughput,
-    );
+    for group in ["ipc::rtt_small", "ipc::rtt_small_one_cpu"] {
+        report(group, "raw_pipe", &["bytes_pipe", "typed_pipe"], Ratio::Time);
+        report(group, "raw_socket", &["bytes_duplex", "typed_duplex"], Ratio::Time);
+    }
+    report("ipc::echo_1mib", "raw_pipe", &["bytes_pipe"], Ratio::Throughput);
+    report("ipc::echo_1mib", "raw_socket", &["bytes_duplex"], Ratio::Throughput);
 }
 
 // ---- the peer process -------------------------------------------------------------------
@@ -80,10 +72,7 @@ fn peer(mode: &str) {
             bytes_echo(&c, &c)
         }
         "typed-pipe" => {
-            let (rx, tx) = (
-                Receiver::<Small>::from(stdin),
-                Sender::<Small>::from(stdout),
-            );
+            let (rx, tx) = (Receiver::<Small>::from(stdin), Sender::<Small>::from(stdout));
             while let Ok(v) = rx.recv() {
                 tx.send(&v).unwrap();
             }
@@ -205,13 +194,8 @@ fn pipe_peer(mode: &str, size: usize) -> (OwnedFd, OwnedFd, Peer) {
 /// A socket pair with a peer: (our end, peer).
 fn socket_peer(mode: &str, size: usize) -> (OwnedFd, Peer) {
     use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
-    let (ours, theirs) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .unwrap();
+    let (ours, theirs) =
+        socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
     let peer = spawn_peer(mode, size, theirs, None);
     (ours, peer)
 }
@@ -221,8 +205,8 @@ fn raw_round_trip(tx: BorrowedFd<'_>, rx: BorrowedFd<'_>, buf: &mut [u8]) {
     assert!(read_exact(rx, buf));
 }
 
-fn rtt_small(c: &mut Criterion) {
-    let mut g = c.benchmark_group("ipc::rtt_small");
+fn rtt_small(c: &mut Criterion, group: &str) {
+    let mut g = c.benchmark_group(group);
     {
         let (tx, rx, _peer) = pipe_peer("raw-pipe", 8);
         let mut buf = [1u8; 8];
@@ -289,9 +273,7 @@ fn echo_1mib(c: &mut Criterion) {
     {
         let (tx, rx, _peer) = pipe_peer("raw-pipe", MIB);
         let mut buf = data.clone();
-        g.bench_function("raw_pipe", |b| {
-            b.iter(|| raw_round_trip(tx.as_fd(), rx.as_fd(), &mut buf))
-        });
+        g.bench_function("raw_pipe", |b| b.iter(|| raw_round_trip(tx.as_fd(), rx.as_fd(), &mut buf)));
     }
     {
         let (tx, rx, _peer) = pipe_peer("bytes-pipe", MIB);
@@ -307,9 +289,7 @@ fn echo_1mib(c: &mut Criterion) {
     {
         let (sock, _peer) = socket_peer("raw-socket", MIB);
         let mut buf = data.clone();
-        g.bench_function("raw_socket", |b| {
-            b.iter(|| raw_round_trip(sock.as_fd(), sock.as_fd(), &mut buf))
-        });
+        g.bench_function("raw_socket", |b| b.iter(|| raw_round_trip(sock.as_fd(), sock.as_fd(), &mut buf)));
     }
     {
         let (sock, _peer) = socket_peer("bytes-socket", MIB);

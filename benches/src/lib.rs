@@ -16,10 +16,7 @@ pub fn criterion_dir() -> PathBuf {
 
 /// The median time in nanoseconds criterion measured for `group/id` in this run, if it ran.
 pub fn median_ns(group: &str, id: &str) -> Option<f64> {
-    let dir = criterion_dir()
-        .join(sanitize(group))
-        .join(sanitize(id))
-        .join("new");
+    let dir = criterion_dir().join(sanitize(group)).join(sanitize(id)).join("new");
     let json = fs::read_to_string(dir.join("estimates.json")).ok()?;
     // {..,"median":{"confidence_interval":{...},"point_estimate":123.4,...},...}
     let median = &json[json.find("\"median\"")?..];
@@ -31,15 +28,7 @@ pub fn median_ns(group: &str, id: &str) -> Option<f64> {
 
 /// Criterion's directory name for an id: characters outside `[A-Za-z0-9_-.]` become `_`.
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
 }
 
 /// Prints each `ids` entry of `group` as a ratio to `floor`, measured in the same run.
@@ -52,14 +41,10 @@ pub fn report(group: &str, floor: &str, ids: &[&str], what: Ratio) {
     for id in ids {
         if let Some(t) = median_ns(group, id) {
             match what {
-                Ratio::Time => println!(
-                    "  {id:<24} {t:>12.0} ns   {:.3}x the floor's time",
-                    t / base
-                ),
-                Ratio::Throughput => println!(
-                    "  {id:<24} {t:>12.0} ns   {:.3}x the floor's throughput",
-                    base / t
-                ),
+                Ratio::Time => println!("  {id:<24} {t:>12.0} ns   {:.3}x the floor's time", t / base),
+                Ratio::Throughput => {
+                    println!("  {id:<24} {t:>12.0} ns   {:.3}x the floor's throughput", base / t)
+                }
             }
         }
     }

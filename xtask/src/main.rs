@@ -76,10 +76,7 @@ struct Cargo {
 
 impl Cargo {
     fn new(args: &[&str]) -> Self {
-        Cargo {
-            args: args.iter().map(|a| a.to_string()).collect(),
-            envs: Vec::new(),
-        }
+        Cargo { args: args.iter().map(|a| a.to_string()).collect(), envs: Vec::new() }
     }
 
     /// Appends `extra` after a `--`, if there is any.
@@ -131,21 +128,9 @@ impl Cargo {
 /// `cargo xtask test`: format, lints, every test target, doc tests; stops at the first failure.
 fn test(extra: &[String]) -> Result<(), ExitCode> {
     Cargo::new(&["fmt", "--all", "--", "--check"]).run()?;
-    Cargo::new(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])
-    .run()?;
-    Cargo::new(&["test", "--workspace", "--all-targets"])
-        .trailing(extra)
-        .run()?;
-    Cargo::new(&["test", "--workspace", "--doc"])
-        .trailing(extra)
-        .run()
+    Cargo::new(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).run()?;
+    Cargo::new(&["test", "--workspace", "--all-targets"]).trailing(extra).run()?;
+    Cargo::new(&["test", "--workspace", "--doc"]).trailing(extra).run()
 }
 
 /// `cargo xtask proptest [--cases N]`: the `prop_*` tests in release mode, with more cases.
@@ -169,24 +154,14 @@ fn proptest(args: &[String]) -> Result<(), ExitCode> {
             }
         }
     }
-    Cargo::new(&[
-        "test",
-        "--workspace",
-        "--release",
-        "--lib",
-        "--tests",
-        "--",
-        "prop_",
-    ])
-    .env("PROPTEST_CASES", cases.to_string())
-    .run()
+    Cargo::new(&["test", "--workspace", "--release", "--lib", "--tests", "--", "prop_"])
+        .env("PROPTEST_CASES", cases.to_string())
+        .run()
 }
 
 /// `cargo xtask bench [ARGS]`: the criterion benchmarks.
 fn bench(extra: &[String]) -> Result<(), ExitCode> {
-    Cargo::new(&["bench", "-p", "mproc-benches"])
-        .trailing(extra)
-        .run()
+    Cargo::new(&["bench", "-p", "mproc-benches"]).trailing(extra).run()
 }
 
 /// `cargo xtask tidy`: prints every broken rule, one `file:line: message` per line.

@@ -21,12 +21,7 @@ use std::path::{Path, PathBuf};
 
 /// Our crates' package names, bottom layer first. A crate may depend on the one just before
 /// it and on no other.
-const LAYERS: [&str; 4] = [
-    "mproc-ipc",
-    "mproc-process",
-    "mproc-pool",
-    "mproc-coroutine",
-];
+const LAYERS: [&str; 4] = ["mproc-ipc", "mproc-process", "mproc-pool", "mproc-coroutine"];
 
 /// How far above an `unsafe` block or impl its `// SAFETY:` comment may be, in lines of
 /// code (comment lines in between are free).
@@ -48,11 +43,7 @@ pub(crate) struct Violation {
 
 impl Violation {
     fn new(path: &str, line: usize, message: impl Into<String>) -> Self {
-        Violation {
-            path: path.to_owned(),
-            line,
-            message: message.into(),
-        }
+        Violation { path: path.to_owned(), line, message: message.into() }
     }
 }
 
@@ -79,10 +70,7 @@ pub(crate) fn check(root: &Path) -> io::Result<Vec<Violation>> {
         }
         let lib = crate_dir.join("src").join("lib.rs");
         if lib.is_file() {
-            found.extend(check_crate_root(
-                &relative(root, &lib),
-                &fs::read_to_string(&lib)?,
-            ));
+            found.extend(check_crate_root(&relative(root, &lib), &fs::read_to_string(&lib)?));
         }
         let mut sources = Vec::new();
         rust_files(&crate_dir, &mut sources)?;
@@ -99,9 +87,8 @@ pub(crate) fn check(root: &Path) -> io::Result<Vec<Violation>> {
 
 /// The entries of `dir`, sorted by path.
 fn sorted_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut entries = fs::read_dir(dir)?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<io::Result<Vec<_>>>()?;
+    let mut entries =
+        fs::read_dir(dir)?.map(|entry| entry.map(|e| e.path())).collect::<io::Result<Vec<_>>>()?;
     entries.sort();
     Ok(entries)
 }
@@ -124,10 +111,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
 /// `path` relative to `root`, with `/` separators.
 fn relative(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
-    rel.components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
+    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -162,12 +146,7 @@ fn code_of(line: &str) -> &str {
 
 /// Whether `line` carries a `// SAFETY:` comment (whole-line or trailing).
 fn has_safety_comment(line: &str) -> bool {
-    line.find("//").is_some_and(|at| {
-        line[at..]
-            .trim_start_matches('/')
-            .trim_start()
-            .starts_with("SAFETY:")
-    })
+    line.find("//").is_some_and(|at| line[at..].trim_start_matches('/').trim_start().starts_with("SAFETY:"))
 }
 
 fn is_ident_char(c: char) -> bool {
@@ -176,8 +155,7 @@ fn is_ident_char(c: char) -> bool {
 
 /// Whether `rest` starts with the keyword `word` (followed by a non-identifier character).
 fn starts_with_word(rest: &str, word: &str) -> bool {
-    rest.strip_prefix(word)
-        .is_some_and(|after| !after.starts_with(is_ident_char))
+    rest.strip_prefix(word).is_some_and(|after| !after.starts_with(is_ident_char))
 }
 
 /// Every use of the `unsafe` keyword in one line of code, by kind.
@@ -204,11 +182,7 @@ fn unsafe_uses(code: &str) -> Vec<Unsafe> {
                 Some(abi) => abi.split_once('"').map_or("", |(_, t)| t).trim_start(),
                 None => tail,
             };
-            if starts_with_word(tail, "fn") {
-                Unsafe::Fn
-            } else {
-                Unsafe::ExternBlock
-            }
+            if starts_with_word(tail, "fn") { Unsafe::Fn } else { Unsafe::ExternBlock }
         } else {
             continue;
         };
@@ -348,11 +322,7 @@ fn check_crate_root(path: &str, text: &str) -> Vec<Violation> {
             "crate root does not start with a `//!` doc comment (name the main types and \
              how they connect)",
         )),
-        None => found.push(Violation::new(
-            path,
-            1,
-            "crate root is empty: it needs a `//!` doc comment",
-        )),
+        None => found.push(Violation::new(path, 1, "crate root is empty: it needs a `//!` doc comment")),
     }
     let denies = text.lines().any(|l| {
         let code = code_of(l).trim();
@@ -400,10 +370,7 @@ fn dependency_section(section: &str) -> Option<(DepKind, Option<String>)> {
     // `[target.'cfg(..)'.dependencies]`: look at what follows the target's cfg.
     let rest = match section.strip_prefix("target.") {
         Some(target) => {
-            let at = KINDS
-                .iter()
-                .filter_map(|(kw, _)| target.rfind(&format!(".{kw}")))
-                .max()?;
+            let at = KINDS.iter().filter_map(|(kw, _)| target.rfind(&format!(".{kw}"))).max()?;
             &target[at + 1..]
         }
         None => section,
@@ -474,21 +441,14 @@ fn parse_manifest(text: &str) -> Manifest {
             continue;
         }
         if line.starts_with('[') {
-            section = line
-                .trim_matches(|c| c == '[' || c == ']')
-                .trim()
-                .to_owned();
+            section = line.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
             table_dep = None;
             if section == "lints" {
                 manifest.lints = Some(idx + 1);
             }
             if let Some((kind, Some(name))) = dependency_section(&section) {
                 table_dep = Some(manifest.dependencies.len());
-                manifest.dependencies.push(Dependency {
-                    line: idx + 1,
-                    name,
-                    kind,
-                });
+                manifest.dependencies.push(Dependency { line: idx + 1, name, kind });
             }
             continue;
         }
@@ -509,11 +469,7 @@ fn parse_manifest(text: &str) -> Manifest {
                     // `name = ..`, `name.workspace = true` or `name = { package = "..", .. }`.
                     let base = unquote(key.split('.').next().unwrap_or(key));
                     let name = inline_value(value, "package").unwrap_or(base);
-                    manifest.dependencies.push(Dependency {
-                        line: idx + 1,
-                        name: name.to_owned(),
-                        kind,
-                    });
+                    manifest.dependencies.push(Dependency { line: idx + 1, name: name.to_owned(), kind });
                 }
                 _ => {}
             },
@@ -592,12 +548,7 @@ mod tests {
     fn workspace_is_tidy() {
         let found = check(&crate::workspace_root()).expect("read the workspace");
         let report: Vec<String> = found.iter().map(ToString::to_string).collect();
-        assert!(
-            found.is_empty(),
-            "tidy found {} problem(s):\n{}",
-            found.len(),
-            report.join("\n")
-        );
+        assert!(found.is_empty(), "tidy found {} problem(s):\n{}", found.len(), report.join("\n"));
     }
 
     /// A small untidy workspace on disk: `check` walks it and reports `file:line` for each
@@ -613,22 +564,11 @@ mod tests {
             "[package]\nname = \"mproc-pool\"\n[dependencies]\nmproc-ipc.workspace = true\n",
         )
         .unwrap();
-        fs::write(
-            src.join("lib.rs"),
-            "//! Pool.\n#![deny(unsafe_code)]\nmod a;\n",
-        )
-        .unwrap();
-        fs::write(
-            src.join("a.rs"),
-            "#![allow(unsafe_code)]\nfn f() {\n    unsafe { g() }\n}\n",
-        )
-        .unwrap();
+        fs::write(src.join("lib.rs"), "//! Pool.\n#![deny(unsafe_code)]\nmod a;\n").unwrap();
+        fs::write(src.join("a.rs"), "#![allow(unsafe_code)]\nfn f() {\n    unsafe { g() }\n}\n").unwrap();
         let found = check(&root).unwrap();
         fs::remove_dir_all(&root).unwrap();
-        let report: Vec<String> = found
-            .iter()
-            .map(|v| format!("{}:{}", v.path, v.line))
-            .collect();
+        let report: Vec<String> = found.iter().map(|v| format!("{}:{}", v.path, v.line)).collect();
         assert_eq!(
             report,
             [
@@ -645,10 +585,7 @@ mod tests {
         let text = "fn f() {\n    let x = 1;\n    unsafe { g() };\n}\n";
         let found = check_unsafe_comments("crates/x/src/sys.rs", text);
         assert_eq!(lines(&found), [3]);
-        assert_eq!(
-            found[0].to_string().split(": ").next(),
-            Some("crates/x/src/sys.rs:3")
-        );
+        assert_eq!(found[0].to_string().split(": ").next(), Some("crates/x/src/sys.rs:3"));
         assert!(found[0].message.contains("SAFETY"), "{}", found[0]);
     }
 
@@ -668,10 +605,7 @@ let a = 1;
 let b = 2;
 unsafe { m() };
 ";
-        assert_eq!(
-            lines(&check_unsafe_comments("f.rs", text)),
-            [] as [usize; 0]
-        );
+        assert_eq!(lines(&check_unsafe_comments("f.rs", text)), [] as [usize; 0]);
     }
 
     #[test]
@@ -733,26 +667,16 @@ let not_unsafe = 1; // unsafe { trailing comment }
 let is_unsafe_fn = 2;
 #[unsafe(no_mangle)]
 ";
-        assert_eq!(
-            lines(&check_unsafe_comments("f.rs", text)),
-            [] as [usize; 0]
-        );
+        assert_eq!(lines(&check_unsafe_comments("f.rs", text)), [] as [usize; 0]);
     }
 
     #[test]
     fn allow_unsafe_code_only_in_sys_modules() {
         let text = "//! Doc.\n#![allow(unsafe_code)]\n";
-        assert_eq!(
-            lines(&check_allow_unsafe("crates/x/src/pipe.rs", text)),
-            [2]
-        );
+        assert_eq!(lines(&check_allow_unsafe("crates/x/src/pipe.rs", text)), [2]);
         let text = "#[allow(dead_code, unsafe_code)]\nfn f() {}\n";
         assert_eq!(lines(&check_allow_unsafe("crates/x/src/a.rs", text)), [1]);
-        for ok in [
-            "crates/x/src/sys.rs",
-            "crates/x/src/sys/fork.rs",
-            "crates/x/tests/support/sys.rs",
-        ] {
+        for ok in ["crates/x/src/sys.rs", "crates/x/src/sys/fork.rs", "crates/x/tests/support/sys.rs"] {
             assert!(check_allow_unsafe(ok, "#![allow(unsafe_code)]\n").is_empty());
         }
         assert!(!is_sys_module("crates/x/src/mysys.rs"));
@@ -775,13 +699,7 @@ let is_unsafe_fn = 2;
     fn manifest_needs_workspace_lints() {
         let good = "[package]\nname = \"mproc-ipc\"\n\n[lints]\nworkspace = true\n";
         assert!(check_manifest_lints("Cargo.toml", good).is_empty());
-        assert_eq!(
-            lines(&check_manifest_lints(
-                "Cargo.toml",
-                "[package]\nname = \"a\"\n"
-            )),
-            [1]
-        );
+        assert_eq!(lines(&check_manifest_lints("Cargo.toml", "[package]\nname = \"a\"\n")), [1]);
         let local = "[package]\nname = \"a\"\n[lints.rust]\nunsafe_code = \"deny\"\n";
         assert_eq!(check_manifest_lints("Cargo.toml", local).len(), 1);
         let other_section = "[lints]\n[features]\nworkspace = true\n";
@@ -847,11 +765,6 @@ mproc-pool.workspace = true
         let manifest = parse_manifest(&text);
         assert_eq!(manifest.name.map(|(_, n)| n).as_deref(), Some("mproc-ipc"));
         assert!(manifest.lints_workspace);
-        assert!(
-            manifest
-                .dependencies
-                .iter()
-                .any(|d| d.name == "rustix" && d.kind == DepKind::Normal)
-        );
+        assert!(manifest.dependencies.iter().any(|d| d.name == "rustix" && d.kind == DepKind::Normal));
     }
 }

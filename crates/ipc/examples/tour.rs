@@ -49,24 +49,17 @@ fn worker() -> Result<(), Box<dyn std::error::Error>> {
     let me = std::process::id();
     loop {
         match conn.recv()? {
-            Job::Square(v) => conn.send(&Reply {
-                worker: me,
-                squares: v.iter().map(|x| x * x).collect(),
-            })?,
+            Job::Square(v) => conn.send(&Reply { worker: me, squares: v.iter().map(|x| x * x).collect() })?,
             Job::Sleep(ms) => {
                 std::thread::sleep(Duration::from_millis(ms));
-                conn.send(&Reply {
-                    worker: me,
-                    squares: vec![],
-                })?;
+                conn.send(&Reply { worker: me, squares: vec![] })?;
             }
             Job::Stop => return Ok(()),
         }
     }
 }
 
-fn start_worker()
--> Result<(Connection<Job, Reply>, std::process::Child), Box<dyn std::error::Error>> {
+fn start_worker() -> Result<(Connection<Job, Reply>, std::process::Child), Box<dyn std::error::Error>> {
     let (ours, theirs) = Connection::<Job, Reply>::pair()?;
     let child = Command::new(std::env::current_exe()?)
         .env("TOUR_CHILD", "1")
@@ -81,10 +74,7 @@ fn typed_worker() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     conn.send(&Job::Square((1..=10).collect()))?;
     let reply = conn.recv()?;
-    println!(
-        "   worker {} squared 1..=10: {:?}",
-        reply.worker, reply.squares
-    );
+    println!("   worker {} squared 1..=10: {:?}", reply.worker, reply.squares);
     let rounds = 10_000;
     let started_rt = Instant::now();
     for i in 0..rounds {
@@ -110,11 +100,7 @@ fn several_workers() -> Result<(), Box<dyn std::error::Error>> {
     let mut order = Vec::new();
     while order.len() < 2 {
         for i in wait(&[&slow, &fast], Some(Duration::from_secs(30)))? {
-            let (name, conn) = if i == 0 {
-                ("slow", &slow)
-            } else {
-                ("fast", &fast)
-            };
+            let (name, conn) = if i == 0 { ("slow", &slow) } else { ("fast", &fast) };
             let reply = conn.recv()?;
             println!("   {name} worker {} answered", reply.worker);
             order.push(name);
@@ -134,19 +120,14 @@ fn python_peer() -> Result<(), Box<dyn std::error::Error>> {
     let script = "import os\nfrom multiprocessing.connection import Connection\n\
                   c = Connection(os.dup(0))\nmsg = c.recv_bytes()\n\
                   c.send_bytes(b'python got ' + str(len(msg)).encode() + b' bytes: ' + msg[:12])\n";
-    let child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .spawn();
+    let child =
+        Command::new("python3").args(["-c", script]).stdin(Stdio::from(OwnedFd::from(theirs))).spawn();
     let Ok(mut child) = child else {
         println!("   (python3 not found: skipped)");
         return Ok(());
     };
     ours.send_bytes(b"hello from Rust, framed like CPython")?;
-    println!(
-        "   {}",
-        String::from_utf8_lossy(&ours.recv_bytes_timeout(Duration::from_secs(30))?)
-    );
+    println!("   {}", String::from_utf8_lossy(&ours.recv_bytes_timeout(Duration::from_secs(30))?));
     child.wait()?;
     Ok(())
 }

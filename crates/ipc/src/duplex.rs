@@ -54,23 +54,13 @@ impl<S, R> Connection<S, R> {
     /// # Ok(()) }
     /// ```
     pub fn pair() -> Result<(Connection<S, R>, Connection<R, S>)> {
-        let (a, b) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
-        Ok((
-            Connection::from_end(End::new(a, Kind::Socket)),
-            Connection::from_end(End::new(b, Kind::Socket)),
-        ))
+        let (a, b) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+        Ok((Connection::from_end(End::new(a, Kind::Socket)), Connection::from_end(End::new(b, Kind::Socket))))
     }
 
     pub(crate) fn from_end(end: End) -> Self {
-        Connection {
-            end,
-            _marker: PhantomData,
-        }
+        Connection { end, _marker: PhantomData }
     }
 
     /// Sends `value` as one frame (postcard inside CPython's framing). [`Error::Closed`] if

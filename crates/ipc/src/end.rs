@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::FdFlags;
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -42,10 +42,7 @@ impl Kind {
     /// Asks the kernel what `fd` is.
     pub(crate) fn of(fd: BorrowedFd<'_>) -> Kind {
         match rustix::fs::fstat(fd) {
-            Ok(st)
-                if rustix::fs::FileType::from_raw_mode(st.st_mode)
-                    == rustix::fs::FileType::Socket =>
-            {
+            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket => {
                 Kind::Socket
             }
             _ => Kind::Pipe,
@@ -84,20 +81,12 @@ impl End {
     }
 
     fn io(&self) -> FdIo<'_> {
-        FdIo {
-            fd: self.fd.as_fd(),
-            kind: self.kind,
-            outgoing: RefCell::default(),
-            incoming: None,
-        }
+        FdIo { fd: self.fd.as_fd(), kind: self.kind, outgoing: RefCell::default(), incoming: None }
     }
 
     /// An [`FdIo`] that keeps the fds arriving with frames in `fds`.
     fn reading<'a>(&'a self, fds: &'a mut Vec<OwnedFd>) -> FdIo<'a> {
-        FdIo {
-            incoming: Some(RefCell::new(fds)),
-            ..self.io()
-        }
+        FdIo { incoming: Some(RefCell::new(fds)), ..self.io() }
     }
 
     pub(crate) fn into_fd(self) -> OwnedFd {
@@ -145,11 +134,7 @@ impl End {
     pub(crate) fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
         let deadline = deadline(timeout);
         let mut side = self.recv.lock();
-        let ReadSide {
-            frames,
-            scratch,
-            fds,
-        } = &mut *side;
+        let ReadSide { frames, scratch, fds } = &mut *side;
         let read = frames.read_frame(&self.reading(fds), scratch, self.max_message_size, deadline);
         let result = match read {
             Err(Error::Timeout) => return Err(Error::Timeout), // the frame's fds stay with it
@@ -161,11 +146,7 @@ impl End {
         result
     }
 
-    pub(crate) fn recv_bytes_into(
-        &self,
-        dst: &mut Vec<u8>,
-        timeout: Option<Duration>,
-    ) -> Result<usize> {
+    pub(crate) fn recv_bytes_into(&self, dst: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize> {
         let deadline = deadline(timeout);
         let mut side = self.recv.lock();
         let ReadSide { frames, fds, .. } = &mut *side;
@@ -183,11 +164,7 @@ impl End {
 
     pub(crate) fn set_inheritable(&self, inheritable: bool) -> Result<()> {
         let flags = rustix::io::fcntl_getfd(&self.fd)?;
-        let flags = if inheritable {
-            flags - FdFlags::CLOEXEC
-        } else {
-            flags | FdFlags::CLOEXEC
-        };
+        let flags = if inheritable { flags - FdFlags::CLOEXEC } else { flags | FdFlags::CLOEXEC };
         rustix::io::fcntl_setfd(&self.fd, flags)?;
         Ok(())
     }
@@ -229,8 +206,7 @@ impl RawIo for FdIo<'_> {
         match (&self.incoming, self.kind) {
             // Fds ride on the first bytes of a frame, its header: read those with recvmsg.
             (Some(incoming), Kind::Socket) => {
-                let mut space =
-                    [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fdpass::MAX_FDS))];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fdpass::MAX_FDS))];
                 let mut control = RecvAncillaryBuffer::new(&mut space);
                 let got = rustix::net::recvmsg(
                     self.fd,
@@ -260,12 +236,7 @@ impl RawIo for FdIo<'_> {
         let mut outgoing = self.outgoing.borrow_mut();
         if outgoing.is_empty() {
             let mut none = SendAncillaryBuffer::default();
-            return Ok(rustix::net::sendmsg(
-                self.fd,
-                bufs,
-                &mut none,
-                SendFlags::NOSIGNAL,
-            )?);
+            return Ok(rustix::net::sendmsg(self.fd, bufs, &mut none, SendFlags::NOSIGNAL)?);
         }
         let borrowed: Vec<BorrowedFd<'_>> = outgoing.iter().map(|fd| fd.as_fd()).collect();
         let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];

@@ -60,10 +60,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Closed => f.write_str("connection closed by the peer"),
-            Error::Truncated { expected, received } => write!(
-                f,
-                "connection closed inside a message: {received} of its {expected} bytes arrived"
-            ),
+            Error::Truncated { expected, received } => {
+                write!(f, "connection closed inside a message: {received} of its {expected} bytes arrived")
+            }
             Error::Timeout => f.write_str("timed out waiting for a message"),
             Error::TooLarge { len, max } => write!(
                 f,
@@ -131,15 +130,9 @@ mod tests {
     fn display_is_lowercase_without_trailing_period() {
         let all = [
             Error::Closed,
-            Error::Truncated {
-                expected: 10,
-                received: 3,
-            },
+            Error::Truncated { expected: 10, received: 3 },
             Error::Timeout,
-            Error::TooLarge {
-                len: 1 << 60,
-                max: 1 << 30,
-            },
+            Error::TooLarge { len: 1 << 60, max: 1 << 30 },
             Error::InvalidHeader { header: -7 },
             Error::Io(io::Error::other("boom")),
         ];

@@ -47,10 +47,7 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 }
 
 /// `Serialize` for an end: its fd's index in the outgoing table.
-pub(crate) fn serialize_fd<S: Serializer>(
-    fd: BorrowedFd<'_>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> Result<S::Ok, S::Error> {
     // A duplicate, so the table owns what it sends whatever happens to the end meanwhile.
     let index = OUTGOING.with(|o| {
         o.borrow_mut().as_mut().map(|fds| {
@@ -61,9 +58,7 @@ pub(crate) fn serialize_fd<S: Serializer>(
     });
     match index {
         Some(Ok(index)) => serializer.serialize_u32(index as u32),
-        Some(Err(e)) => Err(S::Error::custom(format!(
-            "cannot duplicate an end's fd: {e}"
-        ))),
+        Some(Err(e)) => Err(S::Error::custom(format!("cannot duplicate an end's fd: {e}"))),
         None => Err(S::Error::custom(
             "an ipc end can only be serialized by a send on a duplex Connection or a process start",
         )),
@@ -71,9 +66,7 @@ pub(crate) fn serialize_fd<S: Serializer>(
 }
 
 /// `Deserialize` for an end: takes the fd at the index the value holds.
-pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<OwnedFd, D::Error> {
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedFd, D::Error> {
     let index = u32::deserialize(deserializer)? as usize;
     INCOMING.with(|i| match i.borrow_mut().as_mut() {
         None => Err(D::Error::custom(

@@ -116,12 +116,7 @@ impl Default for FrameReader {
 
 impl FrameReader {
     pub(crate) fn new() -> Self {
-        FrameReader {
-            stage: Stage::Header,
-            header: [0; HEADER_MAX],
-            filled: 0,
-            partial: Vec::new(),
-        }
+        FrameReader { stage: Stage::Header, header: [0; HEADER_MAX], filled: 0, partial: Vec::new() }
     }
 
     /// Reads the next whole frame's payload into `dst` (replacing its contents).
@@ -142,20 +137,11 @@ impl FrameReader {
                 Stage::Header => {
                     let (len, header_len) = self.read_header(io, deadline)?;
                     if len > max as u64 {
-                        self.stage = Stage::Skip {
-                            len: len + header_len as u64,
-                            remaining: len,
-                        };
-                        return Err(Error::TooLarge {
-                            len,
-                            max: max as u64,
-                        });
+                        self.stage = Stage::Skip { len: len + header_len as u64, remaining: len };
+                        return Err(Error::TooLarge { len, max: max as u64 });
                     }
                     // `len <= max`, so it fits in usize.
-                    self.stage = Stage::Payload {
-                        len: len as usize,
-                        header_len,
-                    };
+                    self.stage = Stage::Payload { len: len as usize, header_len };
                 }
                 Stage::Payload { len, header_len } => {
                     return self.read_payload(io, dst, len, header_len, deadline);
@@ -188,18 +174,13 @@ impl FrameReader {
                     ShortHeader::Long => HEADER_MAX,
                 }
             };
-            let n = read_some(deadline, io, |io| {
-                io.read(&mut self.header[self.filled..need])
-            })?;
+            let n = read_some(deadline, io, |io| io.read(&mut self.header[self.filled..need]))?;
             if n == 0 {
                 let received = std::mem::take(&mut self.filled) as u64;
                 return Err(if received == 0 {
                     Error::Closed
                 } else {
-                    Error::Truncated {
-                        expected: need as u64,
-                        received,
-                    }
+                    Error::Truncated { expected: need as u64, received }
                 });
             }
             self.filled += n;
@@ -233,10 +214,7 @@ impl FrameReader {
                     let received = (header_len + dst.len()) as u64;
                     dst.clear();
                     self.stage = Stage::Header;
-                    return Err(Error::Truncated {
-                        expected: (header_len + len) as u64,
-                        received,
-                    });
+                    return Err(Error::Truncated { expected: (header_len + len) as u64, received });
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -268,10 +246,7 @@ impl FrameReader {
             };
             if n == 0 {
                 self.stage = Stage::Header;
-                return Err(Error::Truncated {
-                    expected: len,
-                    received: len - remaining,
-                });
+                return Err(Error::Truncated { expected: len, received: len - remaining });
             }
             remaining -= n as u64;
         }
@@ -330,12 +305,7 @@ mod tests {
     impl ScriptedIo {
         fn new(input: Vec<u8>, chunks: Vec<usize>) -> Self {
             let arrived = Cell::new(input.len());
-            ScriptedIo {
-                input,
-                chunks,
-                arrived,
-                ..Default::default()
-            }
+            ScriptedIo { input, chunks, arrived, ..Default::default() }
         }
 
         fn limit(&self, want: usize) -> io::Result<usize> {
@@ -425,10 +395,7 @@ mod tests {
         assert_eq!(h, [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0x80, 0, 0, 0]);
         assert_eq!(decode_short([0, 0, 1, 0]), ShortHeader::Len(256));
         assert_eq!(decode_short([0xff; 4]), ShortHeader::Long);
-        assert_eq!(
-            decode_short([0xff, 0xff, 0xff, 0xfe]),
-            ShortHeader::Invalid(-2)
-        );
+        assert_eq!(decode_short([0xff, 0xff, 0xff, 0xfe]), ShortHeader::Invalid(-2));
     }
 
     #[test]
@@ -438,13 +405,8 @@ mod tests {
         input.extend_from_slice(&(1u64 << 60).to_be_bytes());
         let io = ScriptedIo::new(input, vec![1, 0, 3]);
         let mut dst = Vec::new();
-        let err = FrameReader::new()
-            .read_frame(&io, &mut dst, 1 << 20, None)
-            .unwrap_err();
-        assert!(
-            matches!(err, Error::TooLarge { len, max } if len == 1 << 60 && max == 1 << 20),
-            "{err}"
-        );
+        let err = FrameReader::new().read_frame(&io, &mut dst, 1 << 20, None).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { len, max } if len == 1 << 60 && max == 1 << 20), "{err}");
         assert_eq!(dst.capacity(), 0, "nothing allocated for a rejected frame");
     }
 
@@ -480,9 +442,7 @@ mod tests {
         let io = ScriptedIo::new(input, vec![]);
         let mut reader = FrameReader::new();
         for _ in 0..3 {
-            let err = reader
-                .read_frame(&io, &mut Vec::new(), 100, None)
-                .unwrap_err();
+            let err = reader.read_frame(&io, &mut Vec::new(), 100, None).unwrap_err();
             assert!(matches!(err, Error::InvalidHeader { header: -5 }), "{err}");
         }
     }
@@ -491,37 +451,15 @@ mod tests {
     fn eof_in_header_and_payload_is_truncated_then_closed() {
         let io = ScriptedIo::new(vec![0, 0], vec![]);
         let (_, err) = read_all(&io, 100);
-        assert!(
-            matches!(
-                err,
-                Error::Truncated {
-                    expected: 4,
-                    received: 2
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, Error::Truncated { expected: 4, received: 2 }), "{err}");
 
         let mut input = frame(b"hello");
         input.truncate(7);
         let io = ScriptedIo::new(input, vec![]);
         let mut reader = FrameReader::new();
-        let err = reader
-            .read_frame(&io, &mut Vec::new(), 100, None)
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Truncated {
-                    expected: 9,
-                    received: 7
-                }
-            ),
-            "{err}"
-        );
-        let err = reader
-            .read_frame(&io, &mut Vec::new(), 100, None)
-            .unwrap_err();
+        let err = reader.read_frame(&io, &mut Vec::new(), 100, None).unwrap_err();
+        assert!(matches!(err, Error::Truncated { expected: 9, received: 7 }), "{err}");
+        let err = reader.read_frame(&io, &mut Vec::new(), 100, None).unwrap_err();
         assert!(matches!(err, Error::Closed), "{err}");
     }
 
@@ -554,10 +492,7 @@ mod tests {
         let io = ScriptedIo::new(Vec::new(), vec![1, 0, 2, 0, 0, 5]);
         write_frame(&io, &[0, 0, 0, 3], b"abc").unwrap();
         write_frame(&io, &[0, 0, 0, 0], b"").unwrap();
-        assert_eq!(
-            *io.output.borrow(),
-            [0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0]
-        );
+        assert_eq!(*io.output.borrow(), [0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0]);
     }
 
     proptest! {

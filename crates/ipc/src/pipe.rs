@@ -26,10 +26,7 @@ use crate::fdpass::impl_end_serde;
 /// ```
 pub fn pipe<T>() -> Result<(Receiver<T>, Sender<T>)> {
     let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
-    Ok((
-        Receiver::from_end(End::new(read, Kind::Pipe)),
-        Sender::from_end(End::new(write, Kind::Pipe)),
-    ))
+    Ok((Receiver::from_end(End::new(read, Kind::Pipe)), Sender::from_end(End::new(write, Kind::Pipe))))
 }
 
 /// The sending end of a [`pipe`]: writes whole frames of `T` (or raw bytes).
@@ -51,10 +48,7 @@ pub struct Receiver<T> {
 
 impl<T> Sender<T> {
     pub(crate) fn from_end(end: End) -> Self {
-        Sender {
-            end,
-            _marker: PhantomData,
-        }
+        Sender { end, _marker: PhantomData }
     }
 
     /// Sends `value` as one frame (postcard inside CPython's framing). Blocks while the pipe
@@ -92,10 +86,7 @@ impl<T> Sender<T> {
 
 impl<T> Receiver<T> {
     pub(crate) fn from_end(end: End) -> Self {
-        Receiver {
-            end,
-            _marker: PhantomData,
-        }
+        Receiver { end, _marker: PhantomData }
     }
 
     /// Receives the next value, blocking until a whole frame has arrived.

@@ -29,18 +29,11 @@ use crate::error::Result;
 /// # Ok(()) }
 /// ```
 pub fn wait(ends: &[&dyn AsFd], timeout: Option<Duration>) -> Result<Vec<usize>> {
-    let mut fds: Vec<PollFd<'_>> = ends
-        .iter()
-        .map(|end| PollFd::from_borrowed_fd(end.as_fd(), PollFlags::IN))
-        .collect();
+    let mut fds: Vec<PollFd<'_>> =
+        ends.iter().map(|end| PollFd::from_borrowed_fd(end.as_fd(), PollFlags::IN)).collect();
     let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future));
     poll_until(&mut fds, deadline)?;
-    Ok(fds
-        .iter()
-        .enumerate()
-        .filter(|(_, fd)| !fd.revents().is_empty())
-        .map(|(i, _)| i)
-        .collect())
+    Ok(fds.iter().enumerate().filter(|(_, fd)| !fd.revents().is_empty()).map(|(i, _)| i).collect())
 }
 
 /// `poll(2)` until something is ready or `deadline` passes, going on after signals. Returns
@@ -49,10 +42,7 @@ pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> i
     loop {
         let timeout = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());
-            Timespec::try_from(left).unwrap_or(Timespec {
-                tv_sec: i64::MAX,
-                tv_nsec: 0,
-            })
+            Timespec::try_from(left).unwrap_or(Timespec { tv_sec: i64::MAX, tv_nsec: 0 })
         });
         match poll(fds, timeout.as_ref()) {
             Ok(n) => return Ok(n),

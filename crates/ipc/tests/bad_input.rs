@@ -41,10 +41,7 @@ fn header_claiming_2_pow_60_bytes() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
     // The end now skips the announced payload: a silent peer is a timeout, not a hang...
-    assert!(matches!(
-        rx.recv_bytes_timeout(Duration::from_millis(20)),
-        Err(Error::Timeout)
-    ));
+    assert!(matches!(rx.recv_bytes_timeout(Duration::from_millis(20)), Err(Error::Timeout)));
     // ...and the peer leaving inside it is a truncation.
     write_all(&tx, &[0; 1000]);
     drop(tx);
@@ -53,10 +50,7 @@ fn header_claiming_2_pow_60_bytes() {
         matches!(err, Error::Truncated { expected, received: 1012 } if expected == (1 << 60) + 12),
         "{err}"
     );
-    assert!(matches!(
-        rx.recv_bytes_timeout(DEADLINE),
-        Err(Error::Closed)
-    ));
+    assert!(matches!(rx.recv_bytes_timeout(DEADLINE), Err(Error::Closed)));
 }
 
 #[test]
@@ -69,13 +63,7 @@ fn oversized_frame_is_skipped_and_the_end_stays_usable() {
         tx.send_bytes(&vec![1; 200_000]).unwrap();
         tx.send(&"after".to_string()).unwrap();
     });
-    assert!(matches!(
-        rx.recv_timeout(DEADLINE),
-        Err(Error::TooLarge {
-            len: 200_000,
-            max: 1000
-        })
-    ));
+    assert!(matches!(rx.recv_timeout(DEADLINE), Err(Error::TooLarge { len: 200_000, max: 1000 })));
     assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "after");
     sender.join().unwrap();
     assert!(matches!(rx.recv_timeout(DEADLINE), Err(Error::Closed)));
@@ -100,20 +88,8 @@ fn truncated_frame_then_closed() {
     write_all(&tx, &[9; 10]);
     drop(tx);
     let err = rx.recv_bytes_timeout(DEADLINE).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Truncated {
-                expected: 104,
-                received: 14
-            }
-        ),
-        "{err}"
-    );
-    assert!(matches!(
-        rx.recv_bytes_timeout(DEADLINE),
-        Err(Error::Closed)
-    ));
+    assert!(matches!(err, Error::Truncated { expected: 104, received: 14 }), "{err}");
+    assert!(matches!(rx.recv_bytes_timeout(DEADLINE), Err(Error::Closed)));
 }
 
 #[test]
@@ -132,15 +108,9 @@ fn garbage_payloads_are_decode_errors_and_the_next_frame_reads() {
     for _ in 0..4 {
         let err = rx.recv_timeout(DEADLINE).unwrap_err();
         assert!(matches!(err, Error::Decode(_)), "{err}");
-        assert!(
-            err.to_string().starts_with("cannot decode message"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("cannot decode message"), "{err}");
     }
-    assert_eq!(
-        rx.recv_timeout(DEADLINE).unwrap(),
-        Point { x: 5, flag: true }
-    );
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), Point { x: 5, flag: true });
 }
 
 #[test]
@@ -156,16 +126,7 @@ fn peer_dies_mid_frame() {
     });
     drop(raw);
     let err = ours.recv_timeout(DEADLINE).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Truncated {
-                expected: 1_000_004,
-                received: 5004
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Truncated { expected: 1_000_004, received: 5004 }), "{err}");
     assert!(matches!(ours.recv_timeout(DEADLINE), Err(Error::Closed)));
     assert_success(child);
 }
@@ -185,26 +146,17 @@ fn timeout_on_a_silent_peer_leaves_the_end_usable() {
         Ok(())
     });
     drop((theirs, go_rx));
-    assert!(matches!(
-        ours.recv_timeout(Duration::from_millis(10)),
-        Err(Error::Timeout)
-    ));
+    assert!(matches!(ours.recv_timeout(Duration::from_millis(10)), Err(Error::Timeout)));
     assert!(!ours.poll(Some(Duration::ZERO)).unwrap());
     assert_eq!(ours.try_recv().unwrap(), None);
     go_tx.send(&()).unwrap();
     // Half a frame arrives: receives time out but keep what came.
     assert!(ours.poll(Some(DEADLINE)).unwrap());
-    assert!(matches!(
-        ours.recv_timeout(Duration::from_millis(10)),
-        Err(Error::Timeout)
-    ));
+    assert!(matches!(ours.recv_timeout(Duration::from_millis(10)), Err(Error::Timeout)));
     go_tx.send(&()).unwrap();
     // postcard's u64 is a varint: 42 then zeros is not canonical for a one-byte frame, so
     // decode as raw bytes to see the frame whole.
-    assert_eq!(
-        ours.recv_bytes_timeout(DEADLINE).unwrap(),
-        [42, 0, 0, 0, 0, 0, 0, 0]
-    );
+    assert_eq!(ours.recv_bytes_timeout(DEADLINE).unwrap(), [42, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(ours.recv_timeout(DEADLINE).unwrap(), 7);
     assert_success(child);
 }

@@ -40,10 +40,7 @@ fn cast_changes_the_type_not_the_stream() {
     let b: Connection<String, u32> = b.cast();
     assert_eq!(b.recv_timeout(DEADLINE).unwrap(), 5);
     b.send(&"five".into()).unwrap();
-    assert!(
-        matches!(a.recv_timeout(DEADLINE), Err(Error::Decode(_))),
-        "a string is not a u32"
-    );
+    assert!(matches!(a.recv_timeout(DEADLINE), Err(Error::Decode(_))), "a string is not a u32");
 }
 
 #[test]
@@ -65,16 +62,10 @@ fn wait_reports_ready_ends_in_order() {
     let (rx1, tx1) = pipe::<u8>().unwrap();
     let (rx2, tx2) = pipe::<u8>().unwrap();
     let (c1, c2) = duplex::<u8>().unwrap();
-    assert_eq!(
-        wait(&[&rx1, &rx2, &c1], Some(Duration::from_millis(5))).unwrap(),
-        Vec::<usize>::new()
-    );
+    assert_eq!(wait(&[&rx1, &rx2, &c1], Some(Duration::from_millis(5))).unwrap(), Vec::<usize>::new());
     tx2.send(&1).unwrap();
     c2.send(&2).unwrap();
-    assert_eq!(
-        wait(&[&rx1, &rx2, &c1], Some(DEADLINE)).unwrap(),
-        vec![1, 2]
-    );
+    assert_eq!(wait(&[&rx1, &rx2, &c1], Some(DEADLINE)).unwrap(), vec![1, 2]);
     // A closed peer counts as ready: the receive reports it at once.
     drop(tx1);
     assert_eq!(wait(&[&rx1], None).unwrap(), vec![0]);
@@ -111,19 +102,11 @@ fn ends_travel_inside_values_over_a_connection() {
     let (parent, child_end) = duplex::<Handoff>().unwrap();
     let child = in_child(&[&child_end], || {
         let before = open_fds();
-        let Handoff {
-            label,
-            reply,
-            requests,
-        } = child_end.recv().map_err(msg)?;
+        let Handoff { label, reply, requests } = child_end.recv().map_err(msg)?;
         assert_cloexec(&reply);
         assert_cloexec(&requests);
         if open_fds() != before + 2 {
-            return Err(format!(
-                "expected exactly 2 new fds, {} -> {}",
-                before,
-                open_fds()
-            ));
+            return Err(format!("expected exactly 2 new fds, {} -> {}", before, open_fds()));
         }
         while let Ok(n) = requests.recv() {
             reply.send(&format!("{label} {n}")).map_err(msg)?;
@@ -134,23 +117,14 @@ fn ends_travel_inside_values_over_a_connection() {
     // Made after the fork: the child can only have these ends by receiving them.
     let (reply_rx, reply_tx) = pipe::<String>().unwrap();
     let (req_rx, req_tx) = pipe::<u32>().unwrap();
-    parent
-        .send(&Handoff {
-            label: "got".into(),
-            reply: reply_tx,
-            requests: req_rx,
-        })
-        .unwrap();
+    parent.send(&Handoff { label: "got".into(), reply: reply_tx, requests: req_rx }).unwrap();
     for n in 0..3 {
         req_tx.send(&n).unwrap();
         assert_eq!(reply_rx.recv_timeout(DEADLINE).unwrap(), format!("got {n}"));
     }
     drop(req_tx);
     // The sender's own copies went with the value it sent: only the child holds the reply end.
-    assert!(matches!(
-        reply_rx.recv_timeout(DEADLINE),
-        Err(Error::Closed)
-    ));
+    assert!(matches!(reply_rx.recv_timeout(DEADLINE), Err(Error::Closed)));
     assert_success(child);
 }
 
@@ -162,10 +136,7 @@ fn ends_cannot_travel_over_a_pipe_or_outside_a_send() {
     assert!(matches!(err, Error::FdPassing(_)), "{err}");
     assert!(rx.try_recv().unwrap().is_none(), "nothing was sent");
     let err = postcard::to_allocvec(&inner_rx).unwrap_err();
-    assert!(
-        err.to_string().contains("serialize") || matches!(err, postcard::Error::SerdeSerCustom),
-        "{err}"
-    );
+    assert!(err.to_string().contains("serialize") || matches!(err, postcard::Error::SerdeSerCustom), "{err}");
     assert!(postcard::from_bytes::<Receiver<u8>>(&[0]).is_err());
 }
 
@@ -184,19 +155,11 @@ fn fds_that_cannot_be_delivered_are_closed() {
         drop(ends);
         b.recv_bytes().map_err(msg)?;
         let wrong: Connection<(), u64> = Connection::from(OwnedFd::from(b));
-        wrong
-            .recv()
-            .map(drop)
-            .map_err(msg)
-            .err()
-            .ok_or("a Vec is not a u64")?;
+        wrong.recv().map(drop).map_err(msg).err().ok_or("a Vec is not a u64")?;
         let b: Connection<(), Vec<Receiver<u8>>> = wrong.cast();
         let kept = b.recv().map_err(msg)?;
         if kept.len() != 3 || open_fds() != base + 3 {
-            return Err(format!(
-                "fds: {base} at start, {made} with the ends, {} at the end",
-                open_fds()
-            ));
+            return Err(format!("fds: {base} at start, {made} with the ends, {} at the end", open_fds()));
         }
         Ok(())
     });

@@ -39,30 +39,12 @@ fn tree() -> impl Strategy<Value = Tree> {
     let flat = (
         ".{0,10}",
         prop::collection::vec(leaf(), 0..6),
-        prop::collection::btree_map(
-            any::<u32>(),
-            prop::collection::vec(any::<u8>(), 0..20),
-            0..4,
-        ),
+        prop::collection::btree_map(any::<u32>(), prop::collection::vec(any::<u8>(), 0..20), 0..4),
     )
-        .prop_map(|(label, leaves, index)| Tree {
-            label,
-            leaves,
-            index,
-            children: vec![],
-        });
+        .prop_map(|(label, leaves, index)| Tree { label, leaves, index, children: vec![] });
     flat.prop_recursive(3, 24, 4, |inner| {
-        (
-            ".{0,10}",
-            prop::collection::vec(leaf(), 0..4),
-            prop::collection::vec(inner, 0..4),
-        )
-            .prop_map(|(label, leaves, children)| Tree {
-                label,
-                leaves,
-                index: BTreeMap::new(),
-                children,
-            })
+        (".{0,10}", prop::collection::vec(leaf(), 0..4), prop::collection::vec(inner, 0..4))
+            .prop_map(|(label, leaves, children)| Tree { label, leaves, index: BTreeMap::new(), children })
     })
 }
 

@@ -55,59 +55,38 @@ fn wait_python(mut child: std::process::Child) {
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap();
     let watcher = in_child(&[&pidfd], || {
-        if !mproc_ipc::wait(&[&pidfd], Some(DEADLINE))
-            .map_err(msg)?
-            .is_empty()
-        {
+        if !mproc_ipc::wait(&[&pidfd], Some(DEADLINE)).map_err(msg)?.is_empty() {
             return Ok(());
         }
         let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
-        Err(format!(
-            "python3 (pid {pid:?}) ran past the deadline and was killed"
-        ))
+        Err(format!("python3 (pid {pid:?}) ran past the deadline and was killed"))
     });
     let status = child.wait().unwrap();
     assert_success(watcher);
     assert!(status.success(), "python3 peer failed: {status}");
 }
 
-fn exchange(
-    send: impl Fn(&[u8]) -> mproc_ipc::Result<()>,
-    recv: impl Fn() -> mproc_ipc::Result<Vec<u8>>,
-) {
+fn exchange(send: impl Fn(&[u8]) -> mproc_ipc::Result<()>, recv: impl Fn() -> mproc_ipc::Result<Vec<u8>>) {
     for n in SIZES {
         let sent = ours(n);
         send(&sent).unwrap();
         let back = recv().unwrap();
         assert_eq!(back.len(), n);
-        assert!(
-            back.iter().rev().eq(sent.iter()),
-            "python echo of {n} bytes differs"
-        );
+        assert!(back.iter().rev().eq(sent.iter()), "python echo of {n} bytes differs");
     }
     send(b"quit").unwrap();
     for n in [0, 1, 4096, 70000, 1 << 20] {
-        assert_eq!(
-            recv().unwrap(),
-            python_pattern(n),
-            "python's {n}-byte message"
-        );
+        assert_eq!(recv().unwrap(), python_pattern(n), "python's {n}-byte message");
     }
     assert_eq!(recv().unwrap(), b"done");
-    assert!(
-        matches!(recv(), Err(Error::Closed)),
-        "python closed its end"
-    );
+    assert!(matches!(recv(), Err(Error::Closed)), "python closed its end");
 }
 
 #[test]
 fn python_peer_over_duplex() {
     let (ours_end, theirs) = duplex::<()>().unwrap();
     let child = python("duplex", theirs.into(), None);
-    exchange(
-        |b| ours_end.send_bytes(b),
-        || ours_end.recv_bytes_timeout(DEADLINE),
-    );
+    exchange(|b| ours_end.send_bytes(b), || ours_end.recv_bytes_timeout(DEADLINE));
     wait_python(child);
 }
 
@@ -116,10 +95,7 @@ fn python_peer_over_pipes() {
     let (py_rx, to_py) = pipe::<()>().unwrap();
     let (from_py, py_tx) = pipe::<()>().unwrap();
     let child = python("pipes", py_rx.into(), Some(py_tx.into()));
-    exchange(
-        |b| to_py.send_bytes(b),
-        || from_py.recv_bytes_timeout(DEADLINE),
-    );
+    exchange(|b| to_py.send_bytes(b), || from_py.recv_bytes_timeout(DEADLINE));
     wait_python(child);
 }
 
@@ -134,21 +110,11 @@ fn inheritable_end_survives_exec() {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
         let script = "import os,sys\nfrom multiprocessing.connection import Connection\n\
                       c = Connection(int(sys.argv[1]))\nc.send_bytes(b'got:' + c.recv_bytes())\n";
-        let status = Command::new("python3")
-            .args(["-c", script, &fd.to_string()])
-            .status()
-            .map_err(msg)?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("python3: {status}"))
-        }
+        let status = Command::new("python3").args(["-c", script, &fd.to_string()]).status().map_err(msg)?;
+        if status.success() { Ok(()) } else { Err(format!("python3: {status}")) }
     });
     drop(theirs);
     ours_end.send_bytes(b"across exec").unwrap();
-    assert_eq!(
-        ours_end.recv_bytes_timeout(DEADLINE).unwrap(),
-        b"got:across exec"
-    );
+    assert_eq!(ours_end.recv_bytes_timeout(DEADLINE).unwrap(), b"got:across exec");
     assert_success(child);
 }

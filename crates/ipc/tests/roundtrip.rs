@@ -13,9 +13,8 @@ const SIZES: [usize; 7] = [0, 1, 4095, 4096, 65536, 1 << 20, 64 << 20];
 fn payload(len: usize, seed: u8) -> Vec<u8> {
     // A 64 KiB block that differs by seed and position, repeated: cheap to make even for
     // 64 MiB in a debug build, and a misplaced chunk still shows.
-    let block: Vec<u8> = (0..65536usize)
-        .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 8) as u8 ^ seed)
-        .collect();
+    let block: Vec<u8> =
+        (0..65536usize).map(|i| (i as u8).wrapping_mul(31) ^ (i >> 8) as u8 ^ seed).collect();
     let mut out = Vec::with_capacity(len);
     let mut round = 0u8;
     while out.len() < len {
@@ -120,20 +119,13 @@ fn typed_values_both_ways_over_duplex() {
     });
     drop(child_end);
     for (i, &n) in SIZES.iter().enumerate() {
-        assert_eq!(
-            parent.recv_timeout(DEADLINE).unwrap(),
-            msg_of(n, i as u8),
-            "child to parent, {n} bytes"
-        );
+        assert_eq!(parent.recv_timeout(DEADLINE).unwrap(), msg_of(n, i as u8), "child to parent, {n} bytes");
     }
     for (i, &n) in SIZES.iter().enumerate() {
         let mut m = msg_of(n, 7 + i as u8);
         parent.send(&m).unwrap();
         m.id += 1;
-        assert!(
-            parent.recv_timeout(DEADLINE).unwrap() == m,
-            "echo of a {n}-byte message differs"
-        );
+        assert!(parent.recv_timeout(DEADLINE).unwrap() == m, "echo of a {n}-byte message differs");
     }
     drop(parent);
     assert_success(child);
@@ -179,23 +171,14 @@ fn raw_and_typed_over_two_pipes() {
     for (i, &n) in SIZES.iter().enumerate() {
         let sent = payload(n, i as u8);
         to_child_tx.send_bytes(&sent).unwrap();
-        assert!(
-            to_parent_rx.recv_bytes_timeout(DEADLINE).unwrap() == sent,
-            "raw echo of {n} bytes"
-        );
+        assert!(to_parent_rx.recv_bytes_timeout(DEADLINE).unwrap() == sent, "raw echo of {n} bytes");
     }
     for (i, &n) in SIZES.iter().enumerate() {
         let m = msg_of(n, i as u8);
         to_child_tx.send(&m).unwrap();
-        assert!(
-            to_parent_rx.recv_timeout(DEADLINE).unwrap() == m,
-            "typed echo of {n} bytes"
-        );
+        assert!(to_parent_rx.recv_timeout(DEADLINE).unwrap() == m, "typed echo of {n} bytes");
     }
     drop(to_child_tx);
-    assert!(matches!(
-        to_parent_rx.recv_timeout(DEADLINE),
-        Err(Error::Closed)
-    ));
+    assert!(matches!(to_parent_rx.recv_timeout(DEADLINE), Err(Error::Closed)));
     assert_success(child);
 }

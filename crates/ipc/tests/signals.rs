@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use mproc_ipc::duplex;
 
-use crate::support::{
-    DEADLINE, SIGNALS_SEEN, assert_success, in_child, install_counting_handler, msg,
-};
+use crate::support::{DEADLINE, SIGNALS_SEEN, assert_success, in_child, install_counting_handler, msg};
 
 /// Waits until process `pid` sleeps in the kernel (state `S` in `/proc/PID/stat`): after it
 /// said "ready", the only place it can sleep is the blocking receive.
@@ -20,10 +18,7 @@ fn wait_until_sleeping(pid: i32) {
         if state == 'S' {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "child {pid} never blocked (state {state})"
-        );
+        assert!(Instant::now() < deadline, "child {pid} never blocked (state {state})");
         std::thread::yield_now();
     }
 }

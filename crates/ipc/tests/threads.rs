@@ -23,10 +23,7 @@ fn check(frames: Vec<Vec<u8>>) {
     for f in frames {
         let (thread, seq) = (f[0] as usize, (f[1] as usize) << 8 | f[2] as usize);
         assert_eq!(seq, next[thread], "frames of one thread arrive in order");
-        assert!(
-            f == frame_for(thread, seq),
-            "frame {seq} of thread {thread} arrived whole"
-        );
+        assert!(f == frame_for(thread, seq), "frame {seq} of thread {thread} arrived whole");
         next[thread] += 1;
     }
     assert_eq!(next, [PER_THREAD; THREADS], "every frame arrived");
@@ -39,9 +36,7 @@ fn eight_threads_send_on_one_pipe() {
     let senders: Vec<_> = (0..THREADS)
         .map(|t| {
             let tx = Arc::clone(&tx);
-            std::thread::spawn(move || {
-                (0..PER_THREAD).for_each(|s| tx.send_bytes(&frame_for(t, s)).unwrap())
-            })
+            std::thread::spawn(move || (0..PER_THREAD).for_each(|s| tx.send_bytes(&frame_for(t, s)).unwrap()))
         })
         .collect();
     drop(tx);
@@ -65,9 +60,7 @@ fn eight_threads_send_typed_on_one_connection_while_one_receives() {
             let a = &a;
             scope.spawn(move || (0..PER_THREAD).for_each(|s| a.send(&frame_for(t, s)).unwrap()));
         }
-        let frames = (0..THREADS * PER_THREAD)
-            .map(|_| b.recv_timeout(DEADLINE).unwrap())
-            .collect();
+        let frames = (0..THREADS * PER_THREAD).map(|_| b.recv_timeout(DEADLINE).unwrap()).collect();
         check(frames);
     });
 }
@@ -92,17 +85,11 @@ fn threads_receiving_on_one_end_each_get_whole_frames() {
             tx.send(&frame_for(s % THREADS, s)).unwrap();
         }
         drop(tx);
-        receivers
-            .into_iter()
-            .flat_map(|r| r.join().unwrap())
-            .collect::<Vec<_>>()
+        receivers.into_iter().flat_map(|r| r.join().unwrap()).collect::<Vec<_>>()
     });
     assert_eq!(received.len(), PER_THREAD);
     for f in received {
         let seq = (f[1] as usize) << 8 | f[2] as usize;
-        assert!(
-            f == frame_for(f[0] as usize, seq),
-            "frame {seq} arrived whole"
-        );
+        assert!(f == frame_for(f[0] as usize, seq), "frame {seq} arrived whole");
     }
 }

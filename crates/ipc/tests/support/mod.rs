@@ -20,20 +20,13 @@ pub fn in_child(keep: &[&dyn AsFd], f: impl FnOnce() -> Result<(), String>) -> C
 /// Asserts a child exited with code 0.
 pub fn assert_success(child: Child) {
     let pid = child.pid();
-    assert_eq!(
-        child.wait(DEADLINE),
-        Exit::Code(0),
-        "child {pid} failed (its stderr says why)"
-    );
+    assert_eq!(child.wait(DEADLINE), Exit::Code(0), "child {pid} failed (its stderr says why)");
 }
 
 /// Asserts that `fd` is close-on-exec.
 pub fn assert_cloexec(fd: impl AsFd) {
     let flags = rustix::io::fcntl_getfd(fd).expect("fcntl");
-    assert!(
-        flags.contains(rustix::io::FdFlags::CLOEXEC),
-        "fd is not close-on-exec"
-    );
+    assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "fd is not close-on-exec");
 }
 
 /// Turns any error into the child's failure message.

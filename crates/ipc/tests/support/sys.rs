@@ -41,10 +41,7 @@ pub fn fork_child(keep: &[BorrowedFd<'_>], f: impl FnOnce() -> Result<(), String
         let code = match catch_unwind(AssertUnwindSafe(f)) {
             Ok(Ok(())) => 0,
             Ok(Err(msg)) => {
-                let _ = rustix::io::write(
-                    std::io::stderr(),
-                    format!("child failed: {msg}\n").as_bytes(),
-                );
+                let _ = rustix::io::write(std::io::stderr(), format!("child failed: {msg}\n").as_bytes());
                 1
             }
             Err(payload) => {
@@ -53,10 +50,7 @@ pub fn fork_child(keep: &[BorrowedFd<'_>], f: impl FnOnce() -> Result<(), String
                     .map(|s| s.to_string())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                let _ = rustix::io::write(
-                    std::io::stderr(),
-                    format!("child panicked: {what}\n").as_bytes(),
-                );
+                let _ = rustix::io::write(std::io::stderr(), format!("child panicked: {what}\n").as_bytes());
                 2
             }
         };
@@ -66,11 +60,7 @@ pub fn fork_child(keep: &[BorrowedFd<'_>], f: impl FnOnce() -> Result<(), String
     }
     let pid = Pid::from_raw(pid).expect("positive pid");
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).expect("pidfd_open");
-    Child {
-        pid,
-        pidfd,
-        reaped: false,
-    }
+    Child { pid, pidfd, reaped: false }
 }
 
 /// Closes every fd above 2 that is not in `keep` (sorted).
@@ -106,10 +96,7 @@ impl Child {
             match poll(&mut fds, Some(&ts)) {
                 Ok(0) => {
                     let _ = rustix::process::kill_process(self.pid, Signal::KILL);
-                    panic!(
-                        "child {} still running after {timeout:?}: killed",
-                        self.pid()
-                    );
+                    panic!("child {} still running after {timeout:?}: killed", self.pid());
                 }
                 Ok(_) => break,
                 Err(rustix::io::Errno::INTR) => continue,
@@ -120,10 +107,9 @@ impl Child {
     }
 
     fn reap(&mut self) -> Exit {
-        let status =
-            rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED)
-                .expect("waitid")
-                .expect("an exited child");
+        let status = rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED)
+            .expect("waitid")
+            .expect("an exited child");
         self.reaped = true;
         match (status.exit_status(), status.terminating_signal()) {
             (Some(code), _) => Exit::Code(code),
