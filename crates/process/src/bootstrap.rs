@@ -1,0 +1,130 @@
+//! How a child learns what to run, and how its value comes back.
+//!
+//! Every start method ends the same way: the child holds one end of a duplex connection
+//! whose other end is the parent's. Spawn and ForkServer children then receive a [`Start`]
+//! (which function, and who they are) and the arguments; Fork children already have their
+//! closure. All of them send one [`Outcome`] back and exit.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use mproc_ipc::Connection;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{self, Identity};
+use crate::sys;
+
+/// What a Spawn or ForkServer child runs, sent first on its connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Start {
+    /// `trampoline::<A, R>`, as an offset (see [`sys::offset_of`]).
+    pub(crate) trampoline: i64,
+    /// The user's `fn(A) -> R`, as an offset.
+    pub(crate) func: i64,
+    /// `check_binary`'s offset as the parent sees it: a different binary would see another.
+    pub(crate) check: i64,
+    pub(crate) identity: Identity,
+}
+
+/// What comes back from a child: its value, or why there is none.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Outcome<R> {
+    Value(R),
+    Panicked(String),
+    /// The value (or, for spawned children, the arguments) did not cross: why.
+    Transfer(String),
+}
+
+/// Exit codes of a child that has no value to send: as Python, 1 for a panic.
+pub(crate) const EXIT_PANICKED: i32 = 1;
+/// Exit code of a spawned child that could not read its start message.
+pub(crate) const EXIT_BOOTSTRAP: i32 = 70;
+
+/// A function whose offset both sides compute, to tell whether they run the same binary.
+#[inline(never)]
+pub(crate) fn check_binary() {}
+
+/// The message of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a payload that is not a string".into())
+}
+
+/// Runs `f`, catching a panic, and sends the outcome on `conn`; returns the exit code.
+pub(crate) fn run_and_report<R: Serialize>(conn: &Connection<Outcome<R>, ()>, f: impl FnOnce() -> R) -> i32 {
+    let (outcome, code) = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(value) => (Outcome::Value(value), 0),
+        Err(payload) => (Outcome::Panicked(panic_message(&*payload)), EXIT_PANICKED),
+    };
+    match conn.send(&outcome) {
+        Ok(()) => code,
+        Err(mproc_ipc::Error::Encode(e)) => {
+            let _ = conn.send(&Outcome::Transfer(format!("cannot send the value back: {e}")));
+            EXIT_PANICKED
+        }
+        // The parent is gone or stopped listening: nobody to tell.
+        Err(_) => code,
+    }
+}
+
+/// The child side of Spawn and ForkServer: read the start message, become that process, run
+/// the function, report, and exit. Never returns.
+pub(crate) fn child_main(conn: Connection<(), Start>) -> ! {
+    let start = match conn.recv() {
+        Ok(start) => start,
+        Err(e) => {
+            eprintln!("mproc: a child could not read its start message: {e}");
+            sys::fork::exit_now(EXIT_BOOTSTRAP)
+        }
+    };
+    if start.check != sys::offset_of(check_binary as *const () as usize) {
+        eprintln!("mproc: a child runs a different binary than its parent; not running the function");
+        sys::fork::exit_now(EXIT_BOOTSTRAP)
+    }
+    // A spawned daemon ties its life to its parent's here (a fork server's child already did,
+    // to the server: its parent pid is not the one in its identity).
+    if let Some((parent, _)) = &start.identity.parent {
+        let ppid = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
+        if start.identity.daemon && ppid == Some(*parent) {
+            crate::start::fork::die_with_parent(
+                rustix::process::Pid::from_raw(*parent as i32).expect("a pid"),
+            );
+        }
+    }
+    identity::become_child(start.identity.clone());
+    crate::mark_initialized();
+    let trampoline = sys::trampoline_at(start.trampoline);
+    let code = trampoline((conn.cast(), start.func));
+    exit(code)
+}
+
+/// `trampoline::<A, R>`, with the types erased.
+pub(crate) type Trampoline = fn((Connection<(), ()>, i64)) -> i32;
+
+/// Receives the arguments, runs `fn(A) -> R` at `func`, and reports. Its offset is what a
+/// parent sends as [`Start::trampoline`].
+pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>((conn, func): (Connection<(), ()>, i64)) -> i32 {
+    let args_conn: Connection<(), A> = conn.cast();
+    let args = match args_conn.recv() {
+        Ok(args) => args,
+        Err(e) => {
+            let report: Connection<Outcome<R>, A> = args_conn.cast();
+            let _ = report.send(&Outcome::Transfer(format!("cannot receive the arguments: {e}")));
+            return EXIT_BOOTSTRAP;
+        }
+    };
+    let f: fn(A) -> R = sys::user_fn_at(func);
+    run_and_report(&args_conn.cast(), move || f(args))
+}
+
+/// Leaves the process after the function ran: flushes stdout (this is a fresh process, so
+/// everything in the buffer is ours) and exits, running `atexit` hooks (which join this
+/// process's own children).
+pub(crate) fn exit(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
+}

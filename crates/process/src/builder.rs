@@ -1,0 +1,162 @@
+//! `Builder` and `StartMethod`: how a child is started.
+
+use std::sync::mpsc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::global::PerProcess;
+use crate::identity;
+use crate::process::Process;
+use crate::start;
+
+/// How a child process comes to be, as Python's start methods.
+///
+/// | method | runs | cost | safe from a multi-threaded parent |
+/// |---|---|---|---|
+/// | `Fork` | any closure | a `fork` | only if the child touches no lock another thread held |
+/// | `ForkServer` (default) | `fn(A) -> R` | a request to a one-thread server, which forks | yes |
+/// | `Spawn` | `fn(A) -> R` | a fresh `exec` of this program | yes |
+///
+/// `ForkServer` and `Spawn` need [`init`](crate::init) as the first line of `main`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StartMethod {
+    /// `fork(2)` this process: the child is a copy of it and runs a closure. The fastest, and
+    /// the only one that runs closures. In a parent with other threads the child starts with
+    /// a copy of memory in which another thread may hold a lock (of a logger, an allocator
+    /// other than glibc's, your own `Mutex`): touching it in the child hangs. mproc's own
+    /// locks and stdio are safe.
+    Fork,
+    /// Ask the fork server, a small one-thread copy of this program started on first use, to
+    /// fork the child. Safe whatever threads the parent runs, and cheap per child.
+    #[default]
+    ForkServer,
+    /// Run this program again (`/proc/self/exe`); `init()` makes the new copy run the
+    /// function instead of `main`. Safe and fully fresh, and the slowest.
+    Spawn,
+}
+
+/// Configures and starts a child: `Builder::new().name("worker").daemon(true).spawn(..)`,
+/// like `std::thread::Builder`.
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    name: Option<String>,
+    daemon: bool,
+    start_method: Option<StartMethod>,
+}
+
+impl Builder {
+    /// A builder with the defaults: a `Process-N` name, not a daemon, the default start method.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Names the child (`current_process().name()` in it).
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Makes the child a daemon: the kernel kills it when this process dies (even by
+    /// `SIGKILL`), it is terminated when this program exits, and it may not start children.
+    pub fn daemon(mut self, daemon: bool) -> Builder {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Chooses the start method (default [`StartMethod::ForkServer`]).
+    pub fn start_method(mut self, method: StartMethod) -> Builder {
+        self.start_method = Some(method);
+        self
+    }
+
+    /// Forks a child that runs `f` and sends back its value. Closures can only be started by
+    /// [`StartMethod::Fork`]; any other method set on this builder is an error (use
+    /// [`spawn_fn`](Self::spawn_fn)).
+    pub fn spawn<F, R>(self, f: F) -> Result<Process<R>>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        if !matches!(self.start_method, None | Some(StartMethod::Fork)) {
+            return Err(Error::Unsupported(
+                "a closure can only be started with StartMethod::Fork; use spawn_fn for other methods",
+            ));
+        }
+        let identity = self.child_identity()?;
+        on_long_lived_thread(identity.daemon, move || start::fork::start(identity, f))
+    }
+
+    /// Starts a child that runs `f(args)` by the chosen start method and sends back its value.
+    /// `args` may hold ipc ends (they reach the child open).
+    pub fn spawn_fn<A, R>(self, f: fn(A) -> R, args: A) -> Result<Process<R>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let identity = self.child_identity()?;
+        let daemon = identity.daemon;
+        match self.start_method.unwrap_or_default() {
+            StartMethod::Fork => {
+                on_long_lived_thread(daemon, move || start::fork::start(identity, move || f(args)))
+            }
+            StartMethod::Spawn => {
+                on_long_lived_thread(daemon, move || start::spawn::start(identity, f, &args))
+            }
+            StartMethod::ForkServer => start::forkserver::start(identity, f, &args),
+        }
+    }
+
+    fn child_identity(&self) -> Result<identity::Identity> {
+        if identity::identity().daemon {
+            return Err(Error::DaemonCannotStart);
+        }
+        Ok(identity::child_identity(self.name.clone(), self.daemon))
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread daemons are started from when the caller is not the main thread.
+static STARTER: PerProcess<Option<mpsc::Sender<Job>>> = PerProcess::new();
+
+/// The lock held across a fork.
+pub(crate) fn fork_lock() -> impl Sized {
+    STARTER.lock()
+}
+
+/// Runs `start` where a daemon child's death signal means what it should.
+///
+/// The kernel's parent-death signal fires when the *thread* that started the child exits, not
+/// the process. So a daemon is started from the main thread (which lives as long as the
+/// process) or from a dedicated thread that never exits; anything else starts right here.
+fn on_long_lived_thread<T: Send + 'static>(daemon: bool, start: impl FnOnce() -> T + Send + 'static) -> T {
+    let main_thread = rustix::thread::gettid() == rustix::process::getpid();
+    if !daemon || main_thread {
+        return start();
+    }
+    let (done_tx, done_rx) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = done_tx.send(start());
+    });
+    let job = STARTER.with(
+        || None,
+        |starter| {
+            let sender = starter.get_or_insert_with(|| {
+                let (tx, rx) = mpsc::channel::<Job>();
+                std::thread::Builder::new()
+                    .name("mproc-starter".into())
+                    .spawn(move || rx.into_iter().for_each(|job| job()))
+                    .expect("thread for starting daemons");
+                tx
+            });
+            sender.send(job).err().map(|e| e.0)
+        },
+    );
+    if let Some(job) = job {
+        // The starter thread is gone (it never exits while the process lives): start here.
+        job();
+    }
+    done_rx.recv().expect("the starter thread runs every job")
+}

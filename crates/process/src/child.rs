@@ -1,0 +1,125 @@
+//! One child as mproc tracks it, whether or not a `Process` handle still exists.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use mproc_ipc::Connection;
+use parking_lot::Mutex;
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::status::ExitStatus;
+
+/// What the fork server says about one child it started, on that child's report connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Report {
+    /// The child started; its pidfd comes along (opened by the server, its parent, so it
+    /// cannot name a recycled pid).
+    Started { pid: u32, pidfd: mproc_ipc::Receiver<()> },
+    /// The child ended and the server reaped it.
+    Exited(ExitStatus),
+    /// The server could not start the child.
+    Failed(String),
+}
+
+/// Where a child's end is learned.
+pub(crate) enum Exit {
+    /// Our own child: its pidfd, readable when it ends; `waitid` on it reaps.
+    Own { pidfd: OwnedFd },
+    /// A child of the fork server: a pidfd to watch, and the server's report of its status
+    /// (the server is its parent and reaps it).
+    Server { pidfd: OwnedFd, reports: Connection<(), Report> },
+}
+
+pub(crate) struct ChildState {
+    pub(crate) pid: Pid,
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    exit: Exit,
+    status: Mutex<Option<ExitStatus>>,
+}
+
+impl ChildState {
+    pub(crate) fn new(pid: Pid, name: String, daemon: bool, exit: Exit) -> ChildState {
+        ChildState { pid, name, daemon, exit, status: Mutex::new(None) }
+    }
+
+    pub(crate) fn pid_u32(&self) -> u32 {
+        self.pid.as_raw_nonzero().get() as u32
+    }
+
+    /// Readable when the child has ended (Python's `sentinel`).
+    pub(crate) fn sentinel(&self) -> BorrowedFd<'_> {
+        match &self.exit {
+            Exit::Own { pidfd } | Exit::Server { pidfd, .. } => pidfd.as_fd(),
+        }
+    }
+
+    /// Readable when [`try_status`](Self::try_status) can tell: the pidfd, or the server's
+    /// report (which comes after the server has reaped the child).
+    pub(crate) fn status_fd(&self) -> BorrowedFd<'_> {
+        match &self.exit {
+            Exit::Own { pidfd } => pidfd.as_fd(),
+            Exit::Server { reports, .. } => reports.as_fd(),
+        }
+    }
+
+    /// The exit status if the child has ended (reaping it if it is ours); `None` while it runs.
+    pub(crate) fn try_status(&self) -> Result<Option<ExitStatus>> {
+        let mut status = self.status.lock();
+        if status.is_none() {
+            *status = match &self.exit {
+                Exit::Own { pidfd } => {
+                    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+                    rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), options)?
+                        .map(ExitStatus::from_waitid)
+                }
+                Exit::Server { reports, .. } => match reports.try_recv() {
+                    Ok(Some(Report::Exited(s))) => Some(s),
+                    Ok(Some(other)) => return Err(Error::ForkServer(format!("unexpected report {other:?}"))),
+                    Ok(None) => None,
+                    Err(mproc_ipc::Error::Closed) => {
+                        return Err(Error::ForkServer(format!(
+                            "the server died before reporting how {:?} (pid {}) ended",
+                            self.name,
+                            self.pid_u32()
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+            };
+        }
+        Ok(*status)
+    }
+
+    /// Waits for the child to end, until `deadline` (`None`: for ever); `None` on the deadline.
+    pub(crate) fn wait_status(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
+        loop {
+            if let Some(status) = self.try_status()? {
+                return Ok(Some(status));
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if mproc_ipc::wait(&[&self.status_fd()], left)?.is_empty() {
+                return self.try_status();
+            }
+        }
+    }
+
+    /// Whether the child has ended and been reaped.
+    pub(crate) fn is_done(&self) -> bool {
+        self.status.lock().is_some()
+    }
+
+    /// Sends `signal`; nothing if the child is already gone. Through the pidfd, so a recycled
+    /// pid can never be hit.
+    pub(crate) fn signal(&self, signal: Signal) -> Result<()> {
+        if self.is_done() {
+            return Ok(());
+        }
+        match rustix::process::pidfd_send_signal(self.sentinel(), signal) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Who this process is: `current_process()`, `parent_process()`, `cpu_count()`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// What a process knows of itself; a child gets it from its parent at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Identity {
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    pub(crate) authkey: [u8; 32],
+    /// The parent's pid and name; `None` in the main process.
+    pub(crate) parent: Option<(u32, String)>,
+}
+
+static IDENTITY: Mutex<Option<Identity>> = Mutex::new(None);
+/// Numbers children's default names: `Process-1`, `Process-2`, ... (`Process-1:1` below a
+/// child named `Process-1`).
+static CHILDREN_STARTED: AtomicU32 = AtomicU32::new(0);
+
+fn main_identity() -> Identity {
+    let mut authkey = [0; 32];
+    // getrandom(2) only fails before the kernel's pool is ready at boot; then the key is
+    // still unique enough for naming, and mproc uses it for nothing secret.
+    let _ = rustix::rand::getrandom(&mut authkey, rustix::rand::GetRandomFlags::empty());
+    Identity { name: "MainProcess".into(), daemon: false, authkey, parent: None }
+}
+
+/// This process's identity (made on first use in the main process).
+pub(crate) fn identity() -> Identity {
+    IDENTITY.lock().get_or_insert_with(main_identity).clone()
+}
+
+/// Becomes the child described by `identity` (right after a fork, or at a spawned start).
+pub(crate) fn become_child(identity: Identity) {
+    *IDENTITY.lock() = Some(identity);
+    CHILDREN_STARTED.store(0, Ordering::Relaxed);
+}
+
+/// The lock held across a fork.
+pub(crate) fn lock() -> parking_lot::MutexGuard<'static, Option<Identity>> {
+    IDENTITY.lock()
+}
+
+/// The identity of a new child of this process.
+pub(crate) fn child_identity(name: Option<String>, daemon: bool) -> Identity {
+    let me = identity();
+    let n = CHILDREN_STARTED.fetch_add(1, Ordering::Relaxed) + 1;
+    let name = name.unwrap_or_else(|| match me.parent {
+        None => format!("Process-{n}"),
+        Some(_) => format!("{}:{n}", me.name),
+    });
+    Identity { name, daemon, authkey: me.authkey, parent: Some((std::process::id(), me.name)) }
+}
+
+/// What [`current_process`] tells.
+#[derive(Debug, Clone)]
+pub struct ProcessInfo {
+    pid: u32,
+    identity: Identity,
+}
+
+impl ProcessInfo {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The name: `MainProcess`, the name given at start, or `Process-N` (`Process-N:M` for a
+    /// grandchild), as Python names them.
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+
+    /// Whether this process is a daemon (killed when its parent dies, and not allowed to have
+    /// children).
+    pub fn daemon(&self) -> bool {
+        self.identity.daemon
+    }
+
+    /// 32 random bytes made by the main process and inherited by every child: a shared
+    /// secret the family can use to recognise its own connections.
+    pub fn authkey(&self) -> &[u8; 32] {
+        &self.identity.authkey
+    }
+}
+
+/// This process: its pid, name, daemon flag and authkey (Python's `current_process()`).
+pub fn current_process() -> ProcessInfo {
+    ProcessInfo { pid: std::process::id(), identity: identity() }
+}
+
+/// This process's parent, if it was started by mproc (Python's `parent_process()`); `None` in
+/// the main process.
+pub fn parent_process() -> Option<ParentProcess> {
+    let (pid, name) = identity().parent?;
+    Some(ParentProcess { pid, name })
+}
+
+/// The parent of a process started by mproc.
+#[derive(Debug, Clone)]
+pub struct ParentProcess {
+    pid: u32,
+    name: String,
+}
+
+impl ParentProcess {
+    /// The parent's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The parent's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the parent still runs. A process whose parent died is re-parented (to init or
+    /// a subreaper), so this compares the kernel's idea of our parent with the one we had.
+    pub fn is_alive(&self) -> bool {
+        rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) == Some(self.pid)
+    }
+}
+
+/// How many CPUs this process may run on (its affinity mask), at least 1. This is the
+/// default number of pool workers; unlike a count of the machine's CPUs it respects
+/// `taskset` and container CPU sets.
+pub fn cpu_count() -> usize {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => set.count().max(1) as usize,
+        Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}

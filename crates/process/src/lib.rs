@@ -1,0 +1,239 @@
+//! Start, join and kill child processes like threads: Python's `multiprocessing.Process`,
+//! with no zombies and no `if __name__ == '__main__'` trap.
+//!
+//! - [`Process::spawn`] forks a child that runs a closure; [`Builder`] names it, makes it a
+//!   daemon, or picks a [`StartMethod`]: `Fork` (closures), `ForkServer` (the default, safe in
+//!   a multi-threaded parent) or `Spawn` (a fresh run of this program), the last two running a
+//!   plain `fn(A) -> R` ([`Builder::spawn_fn`]).
+//! - [`Process`] is the handle: [`join`](Process::join) returns the child's value,
+//!   [`exitcode`](Process::exitcode), [`terminate`](Process::terminate),
+//!   [`kill`](Process::kill), [`sentinel`](Process::sentinel) as in Python.
+//! - [`init`] is the first line of `main` in programs that use `ForkServer` or `Spawn`.
+//! - [`current_process`], [`parent_process`], [`active_children`], [`cpu_count`].
+//! - [`ipc`] is `mproc-ipc`, re-exported: pipes and connections to talk to children. Its ends
+//!   can be captured by a forked closure or passed in a spawned child's arguments.
+//!
+//! ```
+//! use mproc_process::{Builder, Process, StartMethod, ipc};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     mproc_process::init(); // first line of main: see `init`
+//!
+//!     // A closure, forked.
+//!     let child = Process::spawn(|| (1..=10u64).product::<u64>())?;
+//!     assert_eq!(child.join()?, 3_628_800);
+//!
+//!     // A conversation: ends captured by the child.
+//!     let (parent_end, child_end) = ipc::duplex::<String>()?;
+//!     let echo = Process::spawn(move || {
+//!         while let Ok(s) = child_end.recv() {
+//!             child_end.send(&s.to_uppercase()).unwrap();
+//!         }
+//!     })?;
+//!     parent_end.send(&"hello".into())?;
+//!     assert_eq!(parent_end.recv()?, "HELLO");
+//!     drop(parent_end);
+//!     echo.join()?;
+//!
+//!     // A panic comes back as an error naming the child.
+//!     let err = Builder::new().name("doomed").start_method(StartMethod::Fork)
+//!         .spawn(|| -> u8 { panic!("no luck") })?.join().unwrap_err();
+//!     assert_eq!(err.to_string(), format!("process \"doomed\" (pid {}) panicked: no luck", match &err {
+//!         mproc_process::Error::Panicked { pid, .. } => *pid, _ => 0 }));
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - No zombies: every child is reaped, whether its handle is joined, dropped or forgotten
+//!   (a reaper thread collects the dropped ones as they end; all waits use the child's pidfd,
+//!   never `waitpid(-1)`, so children started elsewhere in the program are never stolen).
+//! - A child's end is never missed: `join` wakes the moment the child ends, and it tells a
+//!   value, a panic (with its message), a signal and an exit code apart.
+//! - Daemon children die with their parent, also when it is killed with `SIGKILL`; at normal
+//!   exit daemons are terminated and every other child is joined, as Python does.
+//! - A program that forgot [`init`] and asks for `Spawn` or `ForkServer` gets
+//!   [`Error::InitNotCalled`] at once: no second `main`, no fork bomb, no hang.
+//! - Spawn and ForkServer children hold only stdio and the ends passed to them; every fd
+//!   mproc makes is close-on-exec.
+//!
+//! # Caveats
+//!
+//! - `Fork` copies the whole process, fds included, like Python's fork: the child holds what
+//!   the parent held. In a multi-threaded parent the child must not touch locks other threads
+//!   may have held at the fork (see [`StartMethod::Fork`]).
+//! - `init()` must really come first in `main`: whatever runs before it runs again in every
+//!   Spawn child and in the fork server.
+//! - Values and arguments cross as postcard (serde); a type that does not serialize fails that
+//!   child alone, with [`Error::Transfer`].
+#![deny(unsafe_code)]
+
+mod bootstrap;
+mod builder;
+mod child;
+mod error;
+mod global;
+mod identity;
+mod process;
+mod registry;
+mod start;
+mod status;
+mod sys;
+
+use std::ffi::CString;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use builder::{Builder, StartMethod};
+pub use error::{Error, Result};
+pub use identity::{ParentProcess, ProcessInfo, cpu_count, current_process, parent_process};
+pub use mproc_ipc as ipc;
+pub use process::Process;
+pub use status::ExitStatus;
+
+impl<R> Process<R> {
+    /// Forks a child that runs `f` and sends back its value: `Builder::new().spawn(f)`.
+    pub fn spawn<F>(f: F) -> Result<Process<R>>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: serde::Serialize + serde::de::DeserializeOwned + 'static,
+    {
+        Builder::new().spawn(f)
+    }
+}
+
+/// A live child of this process, as [`active_children`] lists it.
+#[derive(Debug, Clone)]
+pub struct ChildInfo {
+    /// Its pid.
+    pub pid: u32,
+    /// Its name.
+    pub name: String,
+    /// Whether it is a daemon.
+    pub daemon: bool,
+}
+
+/// The children of this process that still run (Python's `active_children()`); those that
+/// ended are reaped on the way.
+pub fn active_children() -> Vec<ChildInfo> {
+    registry::active()
+        .iter()
+        .map(|c| ChildInfo { pid: c.pid_u32(), name: c.name.clone(), daemon: c.daemon })
+        .collect()
+}
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+/// In a test binary: the libtest arguments that make a child run only the entry test.
+static TEST_ARGS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// The first line of `main` in a program that starts children with `Spawn` or `ForkServer`.
+///
+/// In a child started by either, `init` runs the function the parent asked for and exits: the
+/// rest of `main` never runs there. In the fork server it serves and exits. Everywhere else it
+/// returns at once and records that the program is ready to start such children; without it
+/// they fail with [`Error::InitNotCalled`] rather than run `main` a second time. This is
+/// Rust's `if __name__ == '__main__':`.
+///
+/// In tests, where `main` belongs to the test harness, use [`test_support!`].
+pub fn init() {
+    become_child_if_asked();
+    mark_initialized();
+}
+
+/// In a program started by mproc as a child or fork server: do that and exit.
+fn become_child_if_asked() {
+    if std::env::var_os(start::spawn::CHILD_ENV).is_none()
+        && std::env::var_os(start::forkserver::SERVER_ENV).is_none()
+    {
+        return;
+    }
+    // Children start children the way this program was started: the same arguments.
+    let _ = TEST_ARGS.set(std::env::args().skip(1).collect());
+    if let Some(conn) = start::spawn::take_bootstrap(start::spawn::CHILD_ENV) {
+        bootstrap::child_main(conn)
+    }
+    if let Some(conn) = start::spawn::take_bootstrap(start::forkserver::SERVER_ENV) {
+        start::forkserver::serve(conn)
+    }
+}
+
+pub(crate) fn mark_initialized() {
+    INITIALIZED.store(true, Ordering::Release);
+}
+
+pub(crate) fn check_initialized() -> Result<()> {
+    if INITIALIZED.load(Ordering::Acquire) { Ok(()) } else { Err(Error::InitNotCalled) }
+}
+
+/// The arguments a spawned copy of this program gets: none, or in a test binary those that
+/// run only the entry test of [`test_support!`].
+pub(crate) fn child_args() -> Vec<CString> {
+    TEST_ARGS.get().map(|args| args.iter().map(|a| sys::spawn::arg(a)).collect()).unwrap_or_default()
+}
+
+/// Lets `#[test]` functions start `Spawn` and `ForkServer` children.
+///
+/// A test binary's `main` belongs to the test harness, so `init()` cannot be its first line.
+/// Put this macro once at the root of the test crate: it defines a test that is the children's
+/// entry point (in the harness's own run it does nothing), and a function `mproc_init()` to
+/// call at the start of each test that starts such children.
+///
+/// ```ignore
+/// mproc_process::test_support!();
+///
+/// #[test]
+/// fn doubles() {
+///     mproc_init();
+///     let child = mproc_process::Builder::new().spawn_fn(|x: u32| x * 2, 21).unwrap();
+///     assert_eq!(child.join().unwrap(), 42);
+/// }
+/// ```
+#[macro_export]
+macro_rules! test_support {
+    () => {
+        /// The entry point of `Spawn` and `ForkServer` children of this test binary.
+        #[test]
+        fn mproc_process_child_entry() {
+            $crate::__private::child_entry();
+        }
+
+        /// Call first in a test that starts `Spawn` or `ForkServer` children.
+        #[allow(dead_code)]
+        fn mproc_init() {
+            $crate::__private::init_for_tests(module_path!(), "mproc_process_child_entry");
+        }
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    /// Records how a spawned copy of this test binary reaches the entry test, and marks the
+    /// program initialized.
+    pub fn init_for_tests(module_path: &str, entry: &str) {
+        let path = match module_path.split_once("::") {
+            Some((_crate, rest)) => format!("{rest}::{entry}"),
+            None => entry.to_string(),
+        };
+        let _ = super::TEST_ARGS.set(vec![
+            "--exact".into(),
+            path,
+            "--nocapture".into(),
+            "--test-threads=1".into(),
+            "-q".into(),
+        ]);
+        super::init();
+    }
+
+    /// The entry test: in a child started by mproc runs it and exits; in the harness's own
+    /// run does nothing (it does not mark the program initialized: only `mproc_init()` does,
+    /// after recording how children reach this entry).
+    pub fn child_entry() {
+        super::become_child_if_asked();
+    }
+
+    /// Forgets `init()` in this process: for tests of the error a program without it gets.
+    pub fn forget_init() {
+        super::INITIALIZED.store(false, std::sync::atomic::Ordering::Release);
+    }
+}

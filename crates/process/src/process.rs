@@ -1,0 +1,174 @@
+//! `Process<R>`: the handle of one child.
+
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mproc_ipc::Connection;
+use rustix::process::Signal;
+use serde::de::DeserializeOwned;
+
+use crate::bootstrap::Outcome;
+use crate::child::ChildState;
+use crate::error::{Error, Result};
+use crate::registry;
+use crate::status::ExitStatus;
+
+/// A child process that will return an `R`: like a `std::thread::JoinHandle`, with Python's
+/// `Process` methods.
+///
+/// Dropping the handle does not stop the child: it runs on, and is reaped when it ends (no
+/// zombie is left), or joined when this program exits (as Python does).
+pub struct Process<R> {
+    state: Arc<ChildState>,
+    /// The child's connection, until its value has been taken.
+    result: Option<Connection<(), Outcome<R>>>,
+}
+
+impl<R> Process<R> {
+    pub(crate) fn new(state: Arc<ChildState>, result: Connection<(), Outcome<R>>) -> Self {
+        registry::add(Arc::clone(&state));
+        Process { state, result: Some(result) }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.state.pid_u32()
+    }
+
+    /// The child's name (given at start, or `Process-N`).
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// Whether the child is a daemon.
+    pub fn daemon(&self) -> bool {
+        self.state.daemon
+    }
+
+    /// Whether the child is still running (reaping it if it has ended).
+    pub fn is_alive(&self) -> bool {
+        matches!(self.state.try_status(), Ok(None))
+    }
+
+    /// Python's `exitcode`: `None` while the child runs, its exit code once it has exited, or
+    /// the negated signal number if a signal killed it (`-9` for `SIGKILL`).
+    pub fn exitcode(&self) -> Option<i32> {
+        self.exit_status().map(ExitStatus::exitcode)
+    }
+
+    /// How the child ended, once it has.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.state.try_status().ok().flatten()
+    }
+
+    /// Asks the child to stop: `SIGTERM` (Python's `terminate`). Nothing if it has ended.
+    pub fn terminate(&self) -> Result<()> {
+        self.state.signal(Signal::TERM)
+    }
+
+    /// Stops the child at once: `SIGKILL`. Nothing if it has ended.
+    pub fn kill(&self) -> Result<()> {
+        self.state.signal(Signal::KILL)
+    }
+
+    /// An fd that becomes readable when the child ends (a pidfd): wait on it with
+    /// `mproc_ipc::wait` together with other ends, or in an event loop.
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        self.state.sentinel()
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Waits for the child to end and returns its value.
+    ///
+    /// The child's panic is [`Error::Panicked`] with its message; death by a signal
+    /// [`Error::Signaled`]; an exit before returning [`Error::Exited`].
+    pub fn join(mut self) -> Result<R> {
+        self.join_until(None)
+    }
+
+    /// As [`join`](Self::join), waiting at most `timeout`: [`Error::Timeout`] leaves the child
+    /// running and the handle usable. It wakes the moment the child ends.
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
+        self.join_until(Some(Instant::now() + timeout))
+    }
+
+    fn join_until(&mut self, deadline: Option<Instant>) -> Result<R> {
+        let conn = self.result.as_ref().ok_or(Error::AlreadyJoined)?;
+        let outcome = receive_outcome(conn, &self.state, deadline)?;
+        // The child sends its value last thing before it exits: wait for the exit too, so
+        // the status is known and the child reaped.
+        let status = match self.state.wait_status(deadline) {
+            Ok(Some(status)) => Some(status),
+            Ok(None) if outcome.is_some() => None, // lingering after its value: reaped later
+            Ok(None) => return Err(Error::Timeout),
+            Err(e) => return Err(e),
+        };
+        self.result = None;
+        self.outcome(outcome, status)
+    }
+
+    fn outcome(&self, outcome: Option<Outcome<R>>, status: Option<ExitStatus>) -> Result<R> {
+        let (name, pid) = (self.state.name.clone(), self.pid());
+        match (outcome, status) {
+            (Some(Outcome::Value(value)), _) => Ok(value),
+            (Some(Outcome::Panicked(message)), _) => Err(Error::Panicked { name, pid, message }),
+            (Some(Outcome::Transfer(message)), _) => Err(Error::Transfer { name, message }),
+            (None, Some(ExitStatus::Signal(signal))) => Err(Error::Signaled { name, pid, signal }),
+            (None, Some(ExitStatus::Code(code))) => Err(Error::Exited { name, pid, code }),
+            (None, None) => Err(Error::Timeout),
+        }
+    }
+}
+
+/// Waits for the child's outcome message, or for its end without one (`None`).
+fn receive_outcome<R: DeserializeOwned>(
+    conn: &Connection<(), Outcome<R>>,
+    state: &ChildState,
+    deadline: Option<Instant>,
+) -> Result<Option<Outcome<R>>> {
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let ready = mproc_ipc::wait(&[conn, &state.sentinel()], left)?;
+    if ready.is_empty() {
+        return Err(Error::Timeout);
+    }
+    // The child sends its value before it ends: if the connection is readable, read it (to
+    // the end of the frame); if only the end is seen, take whatever is already there.
+    let received = match (ready.contains(&0), left) {
+        (true, None) => conn.recv(),
+        (true, Some(left)) => conn.recv_timeout(left),
+        (false, _) => conn.recv_timeout(Duration::ZERO),
+    };
+    match received {
+        Ok(outcome) => Ok(Some(outcome)),
+        Err(mproc_ipc::Error::Closed | mproc_ipc::Error::Truncated { .. }) => Ok(None),
+        Err(mproc_ipc::Error::Timeout) if ready.contains(&1) => Ok(None),
+        Err(mproc_ipc::Error::Timeout) => Err(Error::Timeout),
+        Err(mproc_ipc::Error::Decode(e)) => Err(Error::Transfer {
+            name: state.name.clone(),
+            message: format!("cannot decode the value sent back: {e}"),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        if !self.state.is_done() {
+            registry::adopt(Arc::clone(&self.state));
+        }
+    }
+}
+
+impl<R> fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.state.name)
+            .field("pid", &self.pid())
+            .field("daemon", &self.state.daemon)
+            .field("exitcode", &self.exitcode())
+            .finish()
+    }
+}

@@ -1,0 +1,211 @@
+//! `StartMethod::ForkServer`: children are forked by a small single-threaded server process.
+//!
+//! The server is this program started again (like a Spawn child) that, in `init()`, serves
+//! requests instead of running `main`. It has one thread, so forking it is always safe,
+//! whatever the threads of the program asking. For each request it receives the child's
+//! bootstrap end and a report connection (both as `SCM_RIGHTS`), forks, and tells the client
+//! on the report connection the child's pid (with a pidfd it opened as the child's parent) and,
+//! once it has reaped the child, its exit status. The child then behaves as a Spawn child.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mproc_ipc::{Connection, Receiver};
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::bootstrap::Start;
+use crate::child::{ChildState, Exit, Report};
+use crate::error::{Error, Result};
+use crate::global::PerProcess;
+use crate::identity::Identity;
+use crate::process::Process;
+use crate::start::fork::die_with_parent;
+use crate::start::spawn::{bootstrap_env, finish_start};
+use crate::status::ExitStatus;
+use crate::sys;
+use crate::sys::fork::{Forked, fork};
+
+/// The variable that tells a spawned program it is the fork server: `PARENT_PID:FD`.
+pub(crate) const SERVER_ENV: &str = "MPROC_FORKSERVER";
+
+/// How long the client waits for the server to answer a request: it is local and does
+/// nothing but fork, so only a wedged server takes this long.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One request: start a child on `bootstrap`, report on `reports`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Request {
+    bootstrap: Connection<(), Start>,
+    reports: Connection<Report, ()>,
+    daemon: bool,
+}
+
+/// This process's connection to its fork server.
+static SERVER: PerProcess<Option<Arc<Connection<Request, ()>>>> = PerProcess::new();
+
+/// The lock held across a fork.
+pub(crate) fn fork_lock() -> impl Sized {
+    SERVER.lock()
+}
+
+/// Starts a child running `f(args)` from the fork server (starting the server first if need be).
+pub(crate) fn start<A, R>(identity: Identity, f: fn(A) -> R, args: &A) -> Result<Process<R>>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    crate::check_initialized()?;
+    let (parent_end, child_end) = Connection::<Start, ()>::pair()?;
+    let (reports, server_reports) = Connection::<(), Report>::pair()?;
+    let request = Request { bootstrap: child_end, reports: server_reports.cast(), daemon: identity.daemon };
+    send_request(&request)?;
+    drop(request);
+    let (pid, pidfd) = match reports.recv_timeout(ANSWER_TIMEOUT) {
+        Ok(Report::Started { pid, pidfd }) => (pid, OwnedFd::from(pidfd)),
+        Ok(Report::Failed(why)) => return Err(Error::ForkServer(why)),
+        Ok(other) => return Err(Error::ForkServer(format!("unexpected answer {other:?}"))),
+        Err(e) => return Err(Error::ForkServer(format!("no answer: {e}"))),
+    };
+    let pid = Pid::from_raw(pid as i32).ok_or_else(|| Error::ForkServer("pid 0".into()))?;
+    let exit = Exit::Server { pidfd, reports };
+    let state = Arc::new(ChildState::new(pid, identity.name.clone(), identity.daemon, exit));
+    finish_start(state, parent_end, identity, f, args)
+}
+
+/// Sends `request` to the server, starting it first if there is none (or it died).
+fn send_request(request: &Request) -> Result<()> {
+    for _ in 0..2 {
+        let server = SERVER.with(|| None, |server| server.clone());
+        let server = match server {
+            Some(server) => server,
+            None => {
+                let server = Arc::new(start_server()?);
+                SERVER.with(|| None, |slot| slot.get_or_insert_with(|| server).clone())
+            }
+        };
+        match server.send(request) {
+            Ok(()) => return Ok(()),
+            // The server is gone: forget it and start another.
+            Err(mproc_ipc::Error::Closed) => SERVER.with(|| None, |slot| *slot = None),
+            Err(e) => return Err(Error::ForkServer(format!("cannot send a request: {e}"))),
+        }
+    }
+    Err(Error::ForkServer("the server keeps dying".into()))
+}
+
+/// Starts the server: this program again, with the server variable set.
+fn start_server() -> Result<Connection<Request, ()>> {
+    let (ours, theirs) = Connection::<Request, ()>::pair()?;
+    let env = [bootstrap_env(SERVER_ENV)];
+    let pid = sys::spawn::spawn_self(&crate::child_args(), &env, theirs.as_fd())?;
+    drop(theirs);
+    // The server is our child too: reap it whenever it ends.
+    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
+    let state = Arc::new(ChildState::new(pid, "ForkServer".into(), true, Exit::Own { pidfd }));
+    crate::registry::adopt(state);
+    Ok(ours)
+}
+
+/// A child the server started and has not reaped.
+struct Served {
+    pidfd: OwnedFd,
+    reports: Connection<Report, ()>,
+}
+
+/// The server's loop, in the server process: never returns.
+pub(crate) fn serve(control: Connection<(), Request>) -> ! {
+    let me = rustix::process::getpid();
+    let mut children: HashMap<i32, Served> = HashMap::new();
+    loop {
+        let ready: Vec<usize> = {
+            let mut fds = vec![PollFd::new(&control, PollFlags::IN)];
+            fds.extend(children.values().map(|c| PollFd::new(&c.pidfd, PollFlags::IN)));
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => crate::bootstrap::exit(1),
+            }
+            fds.iter().enumerate().filter(|(_, fd)| !fd.revents().is_empty()).map(|(i, _)| i).collect()
+        };
+        // Reap first: a pidfd that is ready belongs to an ended child.
+        let pids: Vec<i32> = children.keys().copied().collect();
+        for &i in ready.iter().filter(|&&i| i > 0) {
+            let pid = pids[i - 1];
+            let served = children.remove(&pid).expect("known child");
+            let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+            match rustix::process::waitid(WaitId::PidFd(served.pidfd.as_fd()), options) {
+                Ok(Some(status)) => {
+                    let _ = served.reports.send(&Report::Exited(ExitStatus::from_waitid(status)));
+                }
+                _ => {
+                    children.insert(pid, served);
+                }
+            }
+        }
+        if ready.first() == Some(&0) {
+            match control.recv() {
+                Ok(request) => match fork_child(request) {
+                    Forking::Server(pid, served) => {
+                        children.insert(pid, served);
+                    }
+                    Forking::Failed => {}
+                    Forking::Child { bootstrap, daemon } => {
+                        // Only the child's own bootstrap end stays: the server's fds go.
+                        drop(control);
+                        drop(children);
+                        if daemon {
+                            die_with_parent(me);
+                        }
+                        let bootstrap = crate::sys::fork::keep_only(bootstrap.into());
+                        crate::bootstrap::child_main(Connection::from(bootstrap))
+                    }
+                },
+                // The client is gone: so is the server. Children run on (daemons die with
+                // this process, their parent).
+                Err(mproc_ipc::Error::Closed) => crate::bootstrap::exit(0),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// What a fork for a request turned out to be, on each side.
+enum Forking {
+    /// In the server: the new child.
+    Server(i32, Served),
+    /// In the server: the fork failed (the client was told).
+    Failed,
+    /// In the new child.
+    Child { bootstrap: Connection<(), Start>, daemon: bool },
+}
+
+/// Forks the requested child and, in the server, tells the client its pid.
+fn fork_child(request: Request) -> Forking {
+    let Request { bootstrap, reports, daemon } = request;
+    match fork() {
+        Err(e) => {
+            let _ = reports.send(&Report::Failed(format!("fork failed: {e}")));
+            Forking::Failed
+        }
+        Ok(Forked::Child) => Forking::Child { bootstrap, daemon },
+        Ok(Forked::Parent(pid)) => {
+            drop(bootstrap);
+            let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    let _ = reports.send(&Report::Failed(format!("pidfd_open failed: {e}")));
+                    return Forking::Failed;
+                }
+            };
+            let Ok(for_client) = pidfd.try_clone() else { return Forking::Failed };
+            let raw = pid.as_raw_nonzero().get();
+            let _ =
+                reports.send(&Report::Started { pid: raw as u32, pidfd: Receiver::<()>::from(for_client) });
+            Forking::Server(raw, Served { pidfd, reports })
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! `fork(2)`: the only place mproc calls it.
+
+use std::io;
+
+use rustix::process::Pid;
+
+/// Which side of a fork this is.
+pub(crate) enum Forked {
+    /// The new process.
+    Child,
+    /// The calling process; the child's pid.
+    Parent(Pid),
+}
+
+/// Forks this process.
+///
+/// Only the calling thread exists in the child. So the child must not take a lock another
+/// thread may have held at the moment of the fork (its owner is gone and never releases it),
+/// nor rely on the state of other threads' data: a lock held across `fork` by *this* thread is
+/// fine, which is why the callers lock stdout, stderr and mproc's own registries around it.
+/// glibc keeps `malloc` usable in the child. The child must end in [`exit_now`], never by
+/// returning into code that thinks it is the parent.
+pub(crate) fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no memory-safety preconditions of its own; the child side keeps to the
+    // rules in this fn's doc, which every caller follows.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid).expect("fork returns a positive pid"))),
+    }
+}
+
+/// Ends this process at once with `code`: no destructors, no `atexit` hooks, no flushing of
+/// buffers copied from the parent.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// In a freshly forked child: makes `keep` fd [`BOOTSTRAP_FD`](super::spawn::BOOTSTRAP_FD) and
+/// closes every fd above it, so the child holds only stdio and `keep`.
+///
+/// Whatever else in the child's (copied) memory owned an fd must never be used or dropped
+/// afterwards: callers run only the child's function after this and end in an exit.
+pub(crate) fn keep_only(keep: std::os::fd::OwnedFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let target = super::spawn::BOOTSTRAP_FD;
+    let raw = keep.into_raw_fd();
+    if raw != target {
+        // SAFETY: dup2 onto fd 3 replaces whatever fd 3 was; nothing in the child uses it
+        // again (see above). `raw` is open: we owned it.
+        unsafe { libc::dup2(raw, target) };
+    }
+    // SAFETY: closes fds nothing in the child uses again (see above); `raw`, if above 3, is
+    // among them and its duplicate lives on as fd 3.
+    unsafe { libc::close_range(target as u32 + 1, u32::MAX, 0) };
+    // SAFETY: fd 3 is now the open duplicate of `keep`, owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(target) };
+    let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
+    fd
+}

@@ -1,0 +1,58 @@
+//! The only `unsafe` of `mproc-process`: what rustix does not offer.
+//!
+//! - [`fork`](fork::fork): the one call of `fork(2)` in mproc, and `_exit(2)` for the child.
+//! - [`spawn`](spawn::spawn_self): `posix_spawn(3)` of this same program, keeping one fd.
+//! - [`fn_at`]: a function pointer from an address this same binary sent over a pipe.
+//! - [`at_exit`]: `atexit(3)`, so children are joined when the program ends.
+#![allow(unsafe_code)]
+
+pub(crate) mod fork;
+pub(crate) mod spawn;
+
+/// The address of a function, as an offset from a fixed function of this crate. Offsets
+/// (unlike addresses) are the same in every run of one binary, whatever its load address.
+pub(crate) fn offset_of(addr: usize) -> i64 {
+    addr as i64 - anchor as *const () as usize as i64
+}
+
+/// The fixed point offsets are taken from.
+#[inline(never)]
+fn anchor() {}
+
+/// The trampoline at `offset` from [`anchor`].
+///
+/// Sound because of where offsets come from: only from a [`Start`](crate::bootstrap::Start)
+/// received on the bootstrap connection, which only the parent holds, and which the parent
+/// fills with `offset_of(trampoline::<A, R> as usize)`; the child checked that it runs the
+/// same binary before calling this.
+pub(crate) fn trampoline_at(offset: i64) -> crate::bootstrap::Trampoline {
+    // SAFETY: see above: `offset` names a `Trampoline` in this binary.
+    unsafe { fn_at(offset) }
+}
+
+/// The user's function at `offset` from [`anchor`], as a `fn(A) -> R`.
+///
+/// Sound for the same reason as [`trampoline_at`]: only `trampoline::<A, R>` calls it, with
+/// the offset the parent took of the `fn(A) -> R` it paired with that very trampoline.
+pub(crate) fn user_fn_at<A, R>(offset: i64) -> fn(A) -> R {
+    // SAFETY: see above: `offset` names a `fn(A) -> R` in this binary.
+    unsafe { fn_at(offset) }
+}
+
+/// # Safety
+/// `offset` must come from [`offset_of`] of a function of type `F` in a process running this
+/// same binary, and `F` must be a fn pointer type.
+unsafe fn fn_at<F: Copy>(offset: i64) -> F {
+    let addr = (anchor as *const () as usize as i64 + offset) as usize;
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<usize>(), "a fn pointer");
+    // SAFETY: by this fn's contract `addr` is the address of an `F` in this binary, and `F`
+    // is a fn pointer, the size of a usize (asserted).
+    unsafe { std::mem::transmute_copy::<usize, F>(&addr) }
+}
+
+/// Runs `f` when the program exits normally (return from `main`, `std::process::exit`).
+pub(crate) fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain `extern "C" fn()`, which is what atexit takes; registering can
+    // only fail for lack of memory, in which case the hook simply does not run.
+    unsafe { libc::atexit(f) };
+}

@@ -1,0 +1,108 @@
+//! `posix_spawn(3)` of this same program: the `Spawn` start method and the fork server.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr;
+
+use rustix::process::Pid;
+
+/// The fd number a spawned program finds its bootstrap connection under.
+pub(crate) const BOOTSTRAP_FD: i32 = 3;
+
+/// Starts this program again (`/proc/self/exe`) with `args` (argv\[1..\]) and this process's
+/// environment plus `extra_env` (`KEY=VALUE`). The new program holds only stdio and `keep`,
+/// as fd [`BOOTSTRAP_FD`]: every other fd is closed, even those inherited without
+/// close-on-exec (a jobserver's, a caller's). Signals start with the default mask.
+pub(crate) fn spawn_self(args: &[CString], extra_env: &[CString], keep: BorrowedFd<'_>) -> io::Result<Pid> {
+    let exe = c"/proc/self/exe";
+    let argv0 = std::env::args_os().next().and_then(|a| CString::new(a.into_encoded_bytes()).ok());
+    let argv0 = argv0.unwrap_or_else(|| exe.to_owned());
+    let mut argv: Vec<*mut libc::c_char> = Vec::with_capacity(args.len() + 2);
+    argv.push(argv0.as_ptr().cast_mut());
+    argv.extend(args.iter().map(|a| a.as_ptr().cast_mut()));
+    argv.push(ptr::null_mut());
+
+    let inherited: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| !extra_env.iter().any(|e| sets(e, k.as_encoded_bytes())))
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend(v.into_encoded_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut envp: Vec<*mut libc::c_char> =
+        inherited.iter().chain(extra_env).map(|e| e.as_ptr().cast_mut()).collect();
+    envp.push(ptr::null_mut());
+
+    let fd = keep.as_raw_fd();
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: the attr and file-action objects are initialised before use and destroyed after;
+    // every pointer handed to posix_spawn points into a NUL-terminated CString or into a
+    // null-terminated array of them, all alive until it returns.
+    let rc = unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        libc::posix_spawn_file_actions_init(&mut actions);
+        libc::posix_spawnattr_init(&mut attr);
+        // dup2 gives the child `keep` as fd 3 without close-on-exec (onto itself, it clears the
+        // flag), then every fd above it is closed.
+        libc::posix_spawn_file_actions_adddup2(&mut actions, fd, BOOTSTRAP_FD);
+        libc::posix_spawn_file_actions_addclosefrom_np(&mut actions, BOOTSTRAP_FD + 1);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::posix_spawnattr_setsigmask(&mut attr, &empty);
+        libc::posix_spawnattr_setflags(&mut attr, libc::POSIX_SPAWN_SETSIGMASK as libc::c_short);
+        let rc = libc::posix_spawn(&mut pid, exe.as_ptr(), &actions, &attr, argv.as_ptr(), envp.as_ptr());
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        libc::posix_spawnattr_destroy(&mut attr);
+        rc
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(Pid::from_raw(pid).expect("posix_spawn returns a positive pid"))
+}
+
+/// Whether `entry` (`KEY=VALUE`) sets `key`.
+fn sets(entry: &CStr, key: &[u8]) -> bool {
+    let entry = entry.to_bytes();
+    entry.len() > key.len() && entry.starts_with(key) && entry[key.len()] == b'='
+}
+
+/// `KEY=VALUE` as a C string.
+pub(crate) fn env_entry(key: &str, value: &str) -> CString {
+    CString::new(format!("{key}={value}")).expect("no NUL in mproc's own variables")
+}
+
+/// An argument as a C string (arguments never hold NUL bytes).
+pub(crate) fn arg(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+/// Takes ownership of `fd`, the bootstrap socket a parent placed in this program at start,
+/// if it is an open socket.
+///
+/// Sound because it only runs from `init()`, the first line of `main`, on the number the
+/// parent put in this process's environment (with this process's parent pid): the fd was
+/// inherited for exactly this use and nothing in this process has opened or owns it.
+pub(crate) fn inherited_socket(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    // SAFETY: F_GETFD only reads the fd's flags; on a closed number it fails with EBADF.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return None;
+    }
+    // SAFETY: an open fd that nothing in this process owns (see above).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    match rustix::fs::fstat(&owned) {
+        Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket => {
+            Some(owned)
+        }
+        // Not what the parent left here: leave it open, to whoever it belongs.
+        _ => {
+            let _ = owned.into_raw_fd();
+            None
+        }
+    }
+}

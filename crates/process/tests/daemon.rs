@@ -1,0 +1,85 @@
+//! Daemon children die with their parent, even when it is killed with SIGKILL.
+
+use std::time::{Duration, Instant};
+
+use mproc_process::ipc::{Sender, pipe};
+use mproc_process::{Builder, Error, Process, StartMethod, current_process};
+
+use crate::{DEADLINE, METHODS, gone, mproc_init};
+
+fn sleep_long(_: ()) -> u8 {
+    std::thread::sleep(Duration::from_secs(600));
+    0
+}
+
+/// In the middle process: start a daemon grandchild by `method`, report its pid, then wait to
+/// be killed.
+fn middle(method: StartMethod, report: Sender<u32>) -> u8 {
+    let daemon =
+        Builder::new().name("grandchild").daemon(true).start_method(method).spawn_fn(sleep_long, ()).unwrap();
+    report.send(&daemon.pid()).unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+    0
+}
+
+fn middle_fork(report: Sender<u32>) -> u8 {
+    middle(StartMethod::Fork, report)
+}
+fn middle_forkserver(report: Sender<u32>) -> u8 {
+    middle(StartMethod::ForkServer, report)
+}
+fn middle_spawn(report: Sender<u32>) -> u8 {
+    middle(StartMethod::Spawn, report)
+}
+
+fn wait_gone(pid: u32, method: StartMethod) {
+    let deadline = Instant::now() + DEADLINE;
+    // The grandchild is not ours, so no pidfd wait can reap it; its pidfd still says when it
+    // ends.
+    let pidfd = match rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(_) => return, // already gone
+    };
+    let ready = mproc_process::ipc::wait(&[&pidfd], Some(deadline - Instant::now())).unwrap();
+    assert_eq!(ready, vec![0], "{method:?}: daemon grandchild {pid} still alive after its parent was killed");
+}
+
+#[test]
+fn daemon_dies_when_its_parent_is_sigkilled() {
+    mproc_init();
+    // Started from this test's thread, which is not the main thread: the daemon must still be
+    // tied to its parent's life, not to a thread's.
+    for (method, middle) in [
+        (StartMethod::Fork, middle_fork as fn(Sender<u32>) -> u8),
+        (StartMethod::ForkServer, middle_forkserver),
+        (StartMethod::Spawn, middle_spawn),
+    ] {
+        let (rx, tx) = pipe::<u32>().unwrap();
+        let parent =
+            Builder::new().name("middle").start_method(StartMethod::Spawn).spawn_fn(middle, tx).unwrap();
+        let grandchild = rx.recv_timeout(DEADLINE).unwrap();
+        assert!(!gone(grandchild), "{method:?}");
+        parent.kill().unwrap();
+        wait_gone(grandchild, method);
+        drop(parent);
+    }
+}
+
+#[test]
+fn daemons_may_not_start_children() {
+    mproc_init();
+    fn try_child(_: ()) -> String {
+        assert!(current_process().daemon());
+        match Process::spawn(|| 1u8) {
+            Err(Error::DaemonCannotStart) => "refused".into(),
+            other => format!("{other:?}"),
+        }
+    }
+    for method in METHODS {
+        let child = Builder::new().daemon(true).start_method(method).spawn_fn(try_child, ()).unwrap();
+        assert_eq!(child.join().unwrap(), "refused", "{method:?}");
+    }
+}

@@ -1,0 +1,184 @@
+//! Each start method: value, panic, exit code, signals, join_timeout, terminate.
+
+use std::time::Duration;
+
+use mproc_process::{Builder, Error, Process, StartMethod};
+
+use crate::{DEADLINE, METHODS, mproc_init};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn describe(v: (String, Vec<u8>)) -> String {
+    format!("{} has {} bytes", v.0, v.1.len())
+}
+
+fn boom(msg: String) -> u8 {
+    panic!("{msg}")
+}
+
+fn exit_with(code: i32) -> u8 {
+    std::process::exit(code)
+}
+
+fn sleep_then(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn sleep_forever(_: ()) -> u8 {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn start<A, R>(method: StartMethod, f: fn(A) -> R, args: A) -> Process<R>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    R: serde::Serialize + serde::de::DeserializeOwned + 'static,
+{
+    Builder::new().start_method(method).spawn_fn(f, args).unwrap_or_else(|e| panic!("{method:?}: {e}"))
+}
+
+#[test]
+fn values_round_trip() {
+    mproc_init();
+    for method in METHODS {
+        assert_eq!(start(method, square, 12).join().unwrap(), 144, "{method:?}");
+        let big = ("payload".to_string(), vec![7u8; 3 << 20]);
+        assert_eq!(start(method, describe, big).join().unwrap(), "payload has 3145728 bytes", "{method:?}");
+    }
+    let child = Process::spawn(|| vec!["closures".to_string(), "fork".into()]).unwrap();
+    assert_eq!(child.join().unwrap(), ["closures", "fork"]);
+}
+
+#[test]
+fn panic_comes_back_with_its_message() {
+    mproc_init();
+    for method in METHODS {
+        let child =
+            Builder::new().name("boomer").start_method(method).spawn_fn(boom, "kaboom 42".into()).unwrap();
+        let pid = child.pid();
+        match child.join() {
+            Err(Error::Panicked { name, pid: p, message }) => {
+                assert_eq!((name.as_str(), p, message.as_str()), ("boomer", pid, "kaboom 42"), "{method:?}");
+            }
+            other => panic!("{method:?}: expected a panic, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn exit_code_without_a_value() {
+    mproc_init();
+    for method in METHODS {
+        let mut child = start(method, exit_with, 3);
+        let err = child.join_timeout(DEADLINE).unwrap_err();
+        assert!(matches!(err, Error::Exited { code: 3, .. }), "{method:?}: {err}");
+        assert_eq!(child.exitcode(), Some(3), "{method:?}");
+        assert!(!child.is_alive());
+        assert!(err.to_string().contains("exited with code 3"), "{err}");
+    }
+}
+
+#[test]
+fn killed_and_terminated_children() {
+    mproc_init();
+    for method in METHODS {
+        for (signal, exitcode) in [(9, -9), (15, -15)] {
+            let mut child = start(method, sleep_forever, ());
+            assert!(child.is_alive());
+            assert_eq!(child.exitcode(), None);
+            if signal == 9 {
+                child.kill().unwrap()
+            } else {
+                child.terminate().unwrap()
+            }
+            match child.join_timeout(DEADLINE) {
+                Err(Error::Signaled { signal: s, .. }) => assert_eq!(s, signal, "{method:?}"),
+                other => panic!("{method:?}: expected death by signal {signal}, got {other:?}"),
+            }
+            assert_eq!(child.exitcode(), Some(exitcode), "{method:?}");
+            // Signalling a child that has ended is harmless.
+            child.kill().unwrap();
+        }
+    }
+}
+
+#[test]
+fn join_timeout_on_a_sleeping_child() {
+    mproc_init();
+    for method in METHODS {
+        let mut child = start(method, sleep_then, 400);
+        assert!(matches!(child.join_timeout(Duration::from_millis(1)), Err(Error::Timeout)), "{method:?}");
+        assert!(child.is_alive());
+        // Wakes when the child ends, well before the deadline.
+        assert_eq!(child.join_timeout(DEADLINE).unwrap(), 400, "{method:?}");
+        assert!(matches!(child.join_timeout(DEADLINE), Err(Error::AlreadyJoined)));
+    }
+}
+
+#[test]
+fn sentinel_becomes_readable_when_the_child_ends() {
+    mproc_init();
+    for method in METHODS {
+        let child = start(method, sleep_then, 50);
+        let ready = mproc_process::ipc::wait(&[&child.sentinel()], Some(DEADLINE)).unwrap();
+        assert_eq!(ready, vec![0], "{method:?}");
+        assert_eq!(child.join().unwrap(), 50);
+    }
+}
+
+#[test]
+fn closures_need_fork() {
+    let err = Builder::new().start_method(StartMethod::Spawn).spawn(|| 1u8).unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+}
+
+#[test]
+fn pipe_ends_carry_values_both_ways() {
+    use mproc_process::ipc::{Connection, duplex};
+    mproc_init();
+    fn serve(conn: Connection<u64>) -> u64 {
+        let mut total = 0;
+        while let Ok(n) = conn.recv() {
+            total += n;
+            conn.send(&(n * 2)).unwrap();
+        }
+        total
+    }
+    // Through arguments: the end travels as SCM_RIGHTS, and the child holds nothing else, so
+    // it sees the end of the conversation when we drop ours.
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let (ours, theirs) = duplex::<u64>().unwrap();
+        let child = start(method, serve, theirs);
+        for n in 1..=10 {
+            ours.send(&n).unwrap();
+            assert_eq!(ours.recv_timeout(DEADLINE).unwrap(), n * 2, "{method:?}");
+        }
+        drop(ours);
+        assert_eq!(child.join().unwrap(), 55, "{method:?}");
+    }
+    // Captured by a forked closure. A forked child is a copy of this process, so it also
+    // holds a copy of `ours` (as with Python's fork): the conversation ends by a message, not
+    // by end of file.
+    fn serve_until_zero(conn: Connection<u64>) -> u64 {
+        let mut total = 0;
+        loop {
+            match conn.recv().unwrap() {
+                0 => return total,
+                n => {
+                    total += n;
+                    conn.send(&(n * 2)).unwrap();
+                }
+            }
+        }
+    }
+    let (ours, theirs) = duplex::<u64>().unwrap();
+    let child = Process::spawn(move || serve_until_zero(theirs)).unwrap();
+    ours.send(&5).unwrap();
+    assert_eq!(ours.recv_timeout(DEADLINE).unwrap(), 10);
+    ours.send(&0).unwrap();
+    assert_eq!(child.join().unwrap(), 5);
+}

@@ -1,0 +1,72 @@
+//! Many children: busy parents, dropped handles, no zombies.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use mproc_process::{Builder, StartMethod};
+
+use crate::{DEADLINE, mproc_init, open_fds, zombies};
+
+fn add_one(x: u32) -> u32 {
+    x + 1
+}
+
+#[test]
+fn busy_threaded_parent_starts_200_children_by_the_default_method() {
+    mproc_init();
+    let stop = Arc::new(AtomicBool::new(false));
+    let lock = Arc::new(parking_lot::Mutex::new(Vec::<Vec<u8>>::new()));
+    let busy: Vec<_> = (0..8)
+        .map(|t| {
+            let (stop, lock) = (Arc::clone(&stop), Arc::clone(&lock));
+            std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    // Allocate and hold a lock, all the time.
+                    let mut held = lock.lock();
+                    held.push(vec![t as u8; 1 + n % 4096]);
+                    if held.len() > 64 {
+                        held.clear();
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for i in 0..200 {
+        let child = Builder::new().spawn_fn(add_one, i).unwrap();
+        assert_eq!(child.join().unwrap(), i + 1);
+    }
+    stop.store(true, Ordering::Relaxed);
+    busy.into_iter().for_each(|t| t.join().unwrap());
+}
+
+#[test]
+fn a_thousand_dropped_children_leave_no_zombie() {
+    mproc_init();
+    // In a child of its own, so other tests' children do not count.
+    let mut checker = Builder::new()
+        .start_method(StartMethod::Fork)
+        .spawn(|| {
+            let fds_before = open_fds();
+            let mut pids = Vec::new();
+            for i in 0..1000u32 {
+                let method = [StartMethod::Fork, StartMethod::ForkServer][i as usize % 2];
+                let child = Builder::new().start_method(method).spawn_fn(add_one, i).unwrap();
+                pids.push(child.pid());
+                drop(child); // never joined
+            }
+            // Every child ends on its own; the reaper collects them. Wait for it.
+            let deadline = Instant::now() + crate::DEADLINE;
+            while !(zombies().is_empty() && mproc_process::active_children().is_empty()) {
+                assert!(Instant::now() < deadline, "zombies left: {:?}", zombies());
+                std::thread::yield_now();
+            }
+            (fds_before, open_fds(), pids.len())
+        })
+        .unwrap();
+    let (before, after, n) = checker.join_timeout(DEADLINE * 5).unwrap();
+    assert_eq!(n, 1000);
+    assert!(after <= before + 2, "fds grew from {before} to {after}");
+}

@@ -1,0 +1,53 @@
+//! mproc-process's integration tests: one binary, so processes are not started by many at once.
+#![allow(unreachable_pub)]
+
+mproc_process::test_support!();
+
+mod daemon;
+mod fds;
+mod identity;
+mod init;
+mod lifecycle;
+mod stress;
+
+use std::time::Duration;
+
+/// How long a test waits for anything: generous for a loaded machine, bounded so a bug never
+/// hangs the suite.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Every start method.
+pub const METHODS: [mproc_process::StartMethod; 3] = [
+    mproc_process::StartMethod::Fork,
+    mproc_process::StartMethod::ForkServer,
+    mproc_process::StartMethod::Spawn,
+];
+
+/// The pids of this process's children that are zombies (ended, not reaped).
+pub fn zombies() -> Vec<u32> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // pid (comm) state ppid ...: the command name may hold spaces; it ends at the last ')'.
+        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        if rest[0] == "Z" && rest[1].parse::<u32>() == Ok(me) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// This process's open fds.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Whether process `pid` is gone (or a zombie).
+pub fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'),
+    }
+}
