@@ -23,23 +23,30 @@
 //!     let child = Process::spawn(|| (1..=10u64).product::<u64>())?;
 //!     assert_eq!(child.join()?, 3_628_800);
 //!
-//!     // A conversation: ends captured by the child.
+//!     // A conversation: the child captures its end. A forked child is a copy of this
+//!     // process and holds a copy of `parent_end` too (as with Python's fork), so the talk
+//!     // ends with a message rather than with end of file.
 //!     let (parent_end, child_end) = ipc::duplex::<String>()?;
 //!     let echo = Process::spawn(move || {
+//!         let mut n = 0;
 //!         while let Ok(s) = child_end.recv() {
+//!             if s == "bye" { break; }
 //!             child_end.send(&s.to_uppercase()).unwrap();
+//!             n += 1;
 //!         }
+//!         n
 //!     })?;
 //!     parent_end.send(&"hello".into())?;
 //!     assert_eq!(parent_end.recv()?, "HELLO");
-//!     drop(parent_end);
-//!     echo.join()?;
+//!     parent_end.send(&"bye".into())?;
+//!     assert_eq!(echo.join()?, 1);
 //!
 //!     // A panic comes back as an error naming the child.
-//!     let err = Builder::new().name("doomed").start_method(StartMethod::Fork)
-//!         .spawn(|| -> u8 { panic!("no luck") })?.join().unwrap_err();
-//!     assert_eq!(err.to_string(), format!("process \"doomed\" (pid {}) panicked: no luck", match &err {
-//!         mproc_process::Error::Panicked { pid, .. } => *pid, _ => 0 }));
+//!     let doomed = Builder::new().name("doomed").start_method(StartMethod::Fork)
+//!         .spawn(|| -> u8 { panic!("no luck") })?;
+//!     let pid = doomed.pid();
+//!     let err = doomed.join().unwrap_err();
+//!     assert_eq!(err.to_string(), format!("process \"doomed\" (pid {pid}) panicked: no luck"));
 //!     Ok(())
 //! }
 //! ```
@@ -179,7 +186,7 @@ pub(crate) fn child_args() -> Vec<CString> {
 /// entry point (in the harness's own run it does nothing), and a function `mproc_init()` to
 /// call at the start of each test that starts such children.
 ///
-/// ```ignore
+/// ```no_run
 /// mproc_process::test_support!();
 ///
 /// #[test]
