@@ -3,6 +3,8 @@
 //! Every benchmark measures its raw-syscall floor in the same run and reports the ratio, so
 //! figures from a noisy machine still compare like with like.
 
+pub mod sys;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

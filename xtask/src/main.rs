@@ -15,7 +15,8 @@ mod tidy;
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Child, Command, ExitCode, ExitStatus};
+use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [args]
@@ -72,11 +73,14 @@ pub(crate) fn workspace_root() -> PathBuf {
 struct Cargo {
     args: Vec<String>,
     envs: Vec<(&'static str, String)>,
+    /// Past this the command and everything it started are killed: a hung test must fail
+    /// the run, not stall it until CI's own limit.
+    timeout: Option<Duration>,
 }
 
 impl Cargo {
     fn new(args: &[&str]) -> Self {
-        Cargo { args: args.iter().map(|a| a.to_string()).collect(), envs: Vec::new() }
+        Cargo { args: args.iter().map(|a| a.to_string()).collect(), envs: Vec::new(), timeout: None }
     }
 
     /// Appends `extra` after a `--`, if there is any.
@@ -85,6 +89,11 @@ impl Cargo {
             self.args.push("--".to_owned());
             self.args.extend(extra.iter().cloned());
         }
+        self
+    }
+
+    fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
         self
     }
 
@@ -109,7 +118,8 @@ impl Cargo {
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (*k, v)))
             .current_dir(workspace_root())
-            .status();
+            .spawn()
+            .and_then(|child| wait_with_limit(child, self.timeout, &shown));
         match status {
             Ok(status) if status.success() => Ok(()),
             Ok(status) => {
@@ -125,12 +135,63 @@ impl Cargo {
     }
 }
 
+/// How long one test step may run (a normal run takes a minute or two).
+const TEST_STEP_LIMIT: Duration = Duration::from_secs(30 * 60);
+
 /// `cargo xtask test`: format, lints, every test target, doc tests; stops at the first failure.
 fn test(extra: &[String]) -> Result<(), ExitCode> {
     Cargo::new(&["fmt", "--all", "--", "--check"]).run()?;
     Cargo::new(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).run()?;
-    Cargo::new(&["test", "--workspace", "--all-targets"]).trailing(extra).run()?;
-    Cargo::new(&["test", "--workspace", "--doc"]).trailing(extra).run()
+    Cargo::new(&["test", "--workspace", "--all-targets"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()?;
+    Cargo::new(&["test", "--workspace", "--doc"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()
+}
+
+/// Waits for `child`; past `limit`, kills it and every process it started, and fails.
+fn wait_with_limit(mut child: Child, limit: Option<Duration>, shown: &str) -> std::io::Result<ExitStatus> {
+    let Some(limit) = limit else { return child.wait() };
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "xtask: `{shown}` ran past {} minutes: killing it and what it started",
+                limit.as_secs() / 60
+            );
+            for pid in descendants(child.id()) {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+            let _ = child.kill();
+            child.wait()?;
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"));
+        }
+        // A script polling once a second: nothing here is timed.
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Every process below `root`, by the parent pids in /proc.
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.split_off(1)
 }
 
 /// `cargo xtask proptest [--cases N]`: the `prop_*` tests in release mode, with more cases.

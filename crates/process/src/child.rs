@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::status::ExitStatus;
 
+/// How long [`ChildState::wait_status`] asks before it sleeps.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// What the fork server says about one child it started, on that child's report connection.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Report {
@@ -95,6 +98,15 @@ impl ChildState {
 
     /// Waits for the child to end, until `deadline` (`None`: for ever); `None` on the deadline.
     pub(crate) fn wait_status(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
+        // A child that has sent its value is on its way out, microseconds away: asking again
+        // for a moment costs less than sleeping in poll and being woken.
+        let spin_until = Instant::now() + SPIN;
+        while Instant::now() < spin_until && deadline.is_none_or(|d| Instant::now() < d) {
+            if let Some(status) = self.try_status()? {
+                return Ok(Some(status));
+            }
+            std::thread::yield_now();
+        }
         loop {
             if let Some(status) = self.try_status()? {
                 return Ok(Some(status));

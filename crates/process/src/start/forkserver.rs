@@ -25,7 +25,7 @@ use crate::global::PerProcess;
 use crate::identity::Identity;
 use crate::process::Process;
 use crate::start::fork::die_with_parent;
-use crate::start::spawn::{bootstrap_env, finish_start};
+use crate::start::spawn::{bootstrap_env, finish_start, send_start};
 use crate::status::ExitStatus;
 use crate::sys;
 use crate::sys::fork::{Forked, fork};
@@ -65,6 +65,9 @@ where
     let request = Request { bootstrap: child_end, reports: server_reports.cast(), daemon: identity.daemon };
     send_request(&request)?;
     drop(request);
+    // What to run goes straight into the child's connection, while the server forks.
+    let (name, daemon) = (identity.name.clone(), identity.daemon);
+    let (conn, sent) = send_start(parent_end, identity, f, args);
     let (pid, pidfd) = match reports.recv_timeout(ANSWER_TIMEOUT) {
         Ok(Report::Started { pid, pidfd }) => (pid, OwnedFd::from(pidfd)),
         Ok(Report::Failed(why)) => return Err(Error::ForkServer(why)),
@@ -73,8 +76,8 @@ where
     };
     let pid = Pid::from_raw(pid as i32).ok_or_else(|| Error::ForkServer("pid 0".into()))?;
     let exit = Exit::Server { pidfd, reports };
-    let state = Arc::new(ChildState::new(pid, identity.name.clone(), identity.daemon, exit));
-    finish_start(state, parent_end, identity, f, args)
+    let state = Arc::new(ChildState::new(pid, name, daemon, exit));
+    finish_start(state, conn, sent)
 }
 
 /// Sends `request` to the server, starting it first if there is none (or it died).

@@ -8,7 +8,7 @@ use rustix::process::PidfdFlags;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bootstrap::{self, Start};
+use crate::bootstrap::{self, Outcome, Start};
 use crate::child::{ChildState, Exit};
 use crate::error::{Error, Result};
 use crate::identity::Identity;
@@ -32,7 +32,8 @@ where
     drop(child_end);
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
     let state = Arc::new(ChildState::new(pid, identity.name.clone(), identity.daemon, Exit::Own { pidfd }));
-    finish_start(state, parent_end, identity, f, args)
+    let (conn, sent) = send_start(parent_end, identity, f, args);
+    finish_start(state, conn, sent)
 }
 
 /// `KEY=PARENT_PID:FD` for the bootstrap end a spawned child finds as fd 3.
@@ -40,16 +41,16 @@ pub(crate) fn bootstrap_env(key: &str) -> std::ffi::CString {
     sys::spawn::env_entry(key, &format!("{}:{}", std::process::id(), sys::spawn::BOOTSTRAP_FD))
 }
 
-/// Sends a new child what to run (the start message, then the arguments) and makes its
-/// handle. If sending fails the child sees its connection close and exits; the handle, dropped
-/// here, has it reaped.
-pub(crate) fn finish_start<A, R>(
-    state: Arc<ChildState>,
+/// Sends a new child what to run: the start message, then the arguments. They wait in the
+/// socket until the child reads them, so this needs no answer from the child first. Returns
+/// the connection, typed for the child's outcome, and whether sending worked (if not, the
+/// child sees its connection close and exits).
+pub(crate) fn send_start<A, R>(
     conn: Connection<Start, ()>,
     identity: Identity,
     f: fn(A) -> R,
     args: &A,
-) -> Result<Process<R>>
+) -> (Connection<(), Outcome<R>>, std::result::Result<(), mproc_ipc::Error>)
 where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
@@ -63,7 +64,17 @@ where
     let sent = conn.send(&start);
     let conn: Connection<A, ()> = conn.cast();
     let sent = sent.and_then(|()| conn.send(args));
-    let process = Process::new(state, conn.cast());
+    (conn.cast(), sent)
+}
+
+/// Makes the handle of a child whose start was sent; a failed send becomes the error (the
+/// handle, dropped, has the child reaped).
+pub(crate) fn finish_start<R>(
+    state: Arc<ChildState>,
+    conn: Connection<(), Outcome<R>>,
+    sent: std::result::Result<(), mproc_ipc::Error>,
+) -> Result<Process<R>> {
+    let process = Process::new(state, conn);
     match sent {
         Ok(()) => Ok(process),
         Err(e) => Err(Error::Transfer {

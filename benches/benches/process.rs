@@ -1,0 +1,52 @@
+//! Start + join of a child that returns at once, per start method, beside the floors measured
+//! in the same run: a bare `fork` + `_exit` + `waitpid`, and `posix_spawn` of `/bin/true`
+//! (through `std::process::Command`, which uses it) for Spawn, whose child is a fresh program.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::Criterion;
+use mproc_benches::{Ratio, report};
+use mproc_process::{Builder, StartMethod};
+
+fn nothing(x: u32) -> u32 {
+    x
+}
+
+fn main() {
+    mproc_process::init();
+    let mut c = Criterion::default()
+        .output_directory(&mproc_benches::criterion_dir())
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(50)
+        .configure_from_args();
+    let mut g = c.benchmark_group("process::start_join");
+    g.bench_function("raw_fork_exit_waitpid", |b| b.iter(mproc_benches::sys::fork_exit_wait));
+    g.bench_function("raw_posix_spawn_true", |b| {
+        b.iter(|| assert!(std::process::Command::new("/bin/true").status().unwrap().success()))
+    });
+    g.bench_function("fork_closure", |b| {
+        b.iter(|| mproc_process::Process::spawn(|| black_box(7u32)).unwrap().join().unwrap())
+    });
+    for (id, method) in [
+        ("fork_fn", StartMethod::Fork),
+        ("forkserver_fn", StartMethod::ForkServer),
+        ("spawn_fn", StartMethod::Spawn),
+    ] {
+        g.bench_function(id, |b| {
+            b.iter(|| {
+                Builder::new().start_method(method).spawn_fn(nothing, black_box(7)).unwrap().join().unwrap()
+            })
+        });
+    }
+    g.finish();
+    c.final_summary();
+    report(
+        "process::start_join",
+        "raw_fork_exit_waitpid",
+        &["fork_closure", "fork_fn", "forkserver_fn"],
+        Ratio::Time,
+    );
+    report("process::start_join", "raw_posix_spawn_true", &["spawn_fn"], Ratio::Time);
+}
