@@ -33,6 +33,7 @@ fn main() {
     if let Ok(mode) = std::env::var("MPROC_BENCH_PEER") {
         return peer(&mode);
     }
+    mproc_benches::start_run();
     let mut c = Criterion::default()
         .output_directory(&mproc_benches::criterion_dir())
         .warm_up_time(Duration::from_secs(1))

@@ -15,6 +15,7 @@ fn nothing(x: u32) -> u32 {
 
 fn main() {
     mproc_process::init();
+    mproc_benches::start_run();
     let mut c = Criterion::default()
         .output_directory(&mproc_benches::criterion_dir())
         .warm_up_time(Duration::from_secs(1))

@@ -16,10 +16,27 @@ pub fn criterion_dir() -> PathBuf {
     target.join("criterion")
 }
 
+static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+
+/// Marks the start of this run: [`report`] only uses results written after it. Call first.
+pub fn start_run() {
+    STARTED.get_or_init(std::time::SystemTime::now);
+}
+
+/// Whether this is a measuring run (`cargo bench`), not `cargo test` running each bench once.
+pub fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
 /// The median time in nanoseconds criterion measured for `group/id` in this run, if it ran.
 pub fn median_ns(group: &str, id: &str) -> Option<f64> {
     let dir = criterion_dir().join(sanitize(group)).join(sanitize(id)).join("new");
-    let json = fs::read_to_string(dir.join("estimates.json")).ok()?;
+    let file = dir.join("estimates.json");
+    let written = fs::metadata(&file).and_then(|m| m.modified()).ok()?;
+    if written < *STARTED.get()? {
+        return None; // from an earlier run
+    }
+    let json = fs::read_to_string(file).ok()?;
     // {..,"median":{"confidence_interval":{...},"point_estimate":123.4,...},...}
     let median = &json[json.find("\"median\"")?..];
     let at = median.find("\"point_estimate\":")? + "\"point_estimate\":".len();
