@@ -56,6 +56,82 @@ fn main() {
     }
     report("ipc::echo_1mib", "raw_pipe", &["bytes_pipe"], Ratio::Throughput);
     report("ipc::echo_1mib", "raw_socket", &["bytes_duplex"], Ratio::Throughput);
+    paired_runs();
+}
+
+/// The same comparisons, floor and ours alternating in one loop (see `mproc_benches::paired`),
+/// with every process on one CPU: across CPUs the scheduler's placement of each peer (woken
+/// on the same CPU or the other) changes a round trip tenfold and swamps what we measure.
+fn paired_runs() {
+    println!();
+    let all = rustix::thread::sched_getaffinity(None).unwrap();
+    let mut one = rustix::thread::CpuSet::new();
+    one.set(rustix::thread::sched_getcpu());
+    rustix::thread::sched_setaffinity(None, &one).unwrap();
+    paired_on_one_cpu();
+    rustix::thread::sched_setaffinity(None, &all).unwrap();
+}
+
+fn paired_on_one_cpu() {
+    let (raw_tx, raw_rx, _raw) = pipe_peer("raw-pipe", 8);
+    let (tx, rx, _typed) = pipe_peer("typed-pipe", 8);
+    let (tx, rx) = (Sender::<Small>::from(tx), Receiver::<Small>::from(rx));
+    let (btx, brx, _bytes) = pipe_peer("bytes-pipe", 8);
+    let (btx, brx) = (Sender::<()>::from(btx), Receiver::<()>::from(brx));
+    let mut small = [1u8; 8];
+    let mut buf = Vec::with_capacity(8);
+    let mut raw = || raw_round_trip(raw_tx.as_fd(), raw_rx.as_fd(), black_box(&mut small));
+    mproc_benches::paired("ipc rtt 8 B, one CPU: typed vs raw pipe", 2000, Ratio::Time, &mut raw, || {
+        tx.send(black_box(&SMALL)).unwrap();
+        black_box(rx.recv().unwrap());
+    });
+    mproc_benches::paired("ipc rtt 8 B, one CPU: bytes vs raw pipe", 2000, Ratio::Time, &mut raw, || {
+        btx.send_bytes(black_box(&[1u8; 8])).unwrap();
+        brx.recv_bytes_into(&mut buf).unwrap();
+    });
+    let (sock, _raw_sock) = socket_peer("raw-socket", 8);
+    let (conn, _typed_sock) = socket_peer("typed-socket", 8);
+    let conn = Connection::<Small>::from(conn);
+    mproc_benches::paired(
+        "ipc rtt 8 B, one CPU: typed duplex vs raw socket",
+        2000,
+        Ratio::Time,
+        || raw_round_trip(sock.as_fd(), sock.as_fd(), black_box(&mut small)),
+        || {
+            conn.send(black_box(&SMALL)).unwrap();
+            black_box(conn.recv().unwrap());
+        },
+    );
+    let data: Vec<u8> = (0..MIB).map(|i| i as u8).collect();
+    let (raw_tx, raw_rx, _raw_big) = pipe_peer("raw-pipe", MIB);
+    let (btx, brx, _bytes_big) = pipe_peer("bytes-pipe", MIB);
+    let (btx, brx) = (Sender::<()>::from(btx), Receiver::<()>::from(brx));
+    let mut big = data.clone();
+    let mut buf = Vec::new();
+    mproc_benches::paired(
+        "ipc echo 1 MiB, one CPU: bytes vs raw pipe",
+        20,
+        Ratio::Throughput,
+        || raw_round_trip(raw_tx.as_fd(), raw_rx.as_fd(), &mut big),
+        || {
+            btx.send_bytes(&data).unwrap();
+            brx.recv_bytes_into(&mut buf).unwrap();
+        },
+    );
+    let (sock, _raw_sock_big) = socket_peer("raw-socket", MIB);
+    let (conn, _bytes_sock_big) = socket_peer("bytes-socket", MIB);
+    let conn = Connection::<()>::from(conn);
+    let mut big = data.clone();
+    mproc_benches::paired(
+        "ipc echo 1 MiB, one CPU: duplex vs raw socket",
+        20,
+        Ratio::Throughput,
+        || raw_round_trip(sock.as_fd(), sock.as_fd(), &mut big),
+        || {
+            conn.send_bytes(&data).unwrap();
+            conn.recv_bytes_into(&mut buf).unwrap();
+        },
+    );
 }
 
 // ---- the peer process -------------------------------------------------------------------

@@ -77,3 +77,46 @@ pub enum Ratio {
     /// The floor's time over time: higher is better.
     Throughput,
 }
+
+/// Times `ours` against `floor` in alternating batches of `batch` calls, 31 rounds, and prints
+/// the median ratio with its quartiles. Alternating cancels the slow drift of a shared,
+/// noisy machine that separate measurements suffer from. `what` says what the ratio is of.
+pub fn paired(name: &str, batch: usize, what: Ratio, mut floor: impl FnMut(), mut ours: impl FnMut()) {
+    if !measuring() {
+        return;
+    }
+    let time = |f: &mut dyn FnMut()| {
+        let start = std::time::Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        start.elapsed().as_secs_f64()
+    };
+    // One unmeasured round of each to warm up.
+    time(&mut floor);
+    time(&mut ours);
+    let mut ratios: Vec<f64> = (0..31)
+        .map(|round| {
+            let (f, o) = if round % 2 == 0 {
+                let f = time(&mut floor);
+                (f, time(&mut ours))
+            } else {
+                let o = time(&mut ours);
+                (time(&mut floor), o)
+            };
+            match what {
+                Ratio::Time => o / f,
+                Ratio::Throughput => f / o,
+            }
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let unit = match what {
+        Ratio::Time => "time",
+        Ratio::Throughput => "throughput",
+    };
+    println!(
+        "paired {name:<40} median {:.3}x the floor's {unit} (quartiles {:.3}-{:.3}, 31 alternating rounds of {batch})",
+        ratios[15], ratios[7], ratios[23]
+    );
+}
