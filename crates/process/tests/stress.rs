@@ -49,6 +49,7 @@ fn a_thousand_dropped_children_leave_no_zombie() {
     let mut checker = Builder::new()
         .start_method(StartMethod::Fork)
         .spawn(|| {
+            crate::warm_up();
             let fds_before = open_fds();
             let mut pids = Vec::new();
             for i in 0..1000u32 {
