@@ -92,7 +92,7 @@ impl fmt::Display for Error {
             Error::Timeout => f.write_str("timed out waiting for the process"),
             Error::AlreadyJoined => f.write_str("the process was already joined"),
             Error::InitNotCalled => f.write_str(
-                "Spawn and ForkServer need `mproc_process::init()` as the first line of `main` \
+                "the Spawn and ForkServer start methods need `mproc_process::init()` as the first line of `main` \
                  (in tests: `mproc_process::test_support!()` and `mproc_init()`); \
                  Fork works without it",
             ),

@@ -218,10 +218,7 @@ pub mod __private {
     /// Records how a spawned copy of this test binary reaches the entry test, and marks the
     /// program initialized.
     pub fn init_for_tests(module_path: &str, entry: &str) {
-        let path = match module_path.split_once("::") {
-            Some((_crate, rest)) => format!("{rest}::{entry}"),
-            None => entry.to_string(),
-        };
+        let path = entry_test_name(module_path, entry);
         let _ = super::TEST_ARGS.set(vec![
             "--exact".into(),
             path,
@@ -239,8 +236,60 @@ pub mod __private {
         super::become_child_if_asked();
     }
 
+    /// The name libtest knows the entry test by: its module path without the crate's name.
+    pub(crate) fn entry_test_name(module_path: &str, entry: &str) -> String {
+        match module_path.split_once("::") {
+            Some((_crate, rest)) => format!("{rest}::{entry}"),
+            None => entry.to_string(),
+        }
+    }
+
     /// Forgets `init()` in this process: for tests of the error a program without it gets.
     pub fn forget_init() {
         super::INITIALIZED.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_test_name_drops_the_crate() {
+        assert_eq!(__private::entry_test_name("tests", "entry"), "entry");
+        assert_eq!(__private::entry_test_name("tests::support::more", "entry"), "support::more::entry");
+    }
+
+    #[test]
+    fn exitcode_is_pythons() {
+        assert_eq!(ExitStatus::Code(3).exitcode(), 3);
+        assert_eq!(ExitStatus::Signal(9).exitcode(), -9);
+    }
+
+    #[test]
+    fn errors_name_the_process_and_read_as_lowercase_phrases() {
+        let all = [
+            Error::Panicked { name: "w".into(), pid: 7, message: "boom".into() },
+            Error::Signaled { name: "w".into(), pid: 7, signal: 9 },
+            Error::Signaled { name: "w".into(), pid: 7, signal: 64 },
+            Error::Exited { name: "w".into(), pid: 7, code: 0 },
+            Error::Exited { name: "w".into(), pid: 7, code: 2 },
+            Error::Timeout,
+            Error::AlreadyJoined,
+            Error::DaemonCannotStart,
+            Error::ForkServer("gone".into()),
+            Error::InitNotCalled,
+        ];
+        for e in all {
+            let s = e.to_string();
+            assert!(!s.ends_with('.'), "{s}");
+            assert!(s.chars().next().unwrap().is_lowercase(), "{s}");
+            if s.starts_with("process") {
+                assert!(s.contains("\"w\" (pid 7)"), "{s}");
+            }
+        }
+        let killed = Error::Signaled { name: "w".into(), pid: 7, signal: 9 }.to_string();
+        assert_eq!(killed, "process \"w\" (pid 7) was killed by signal 9 (SIGKILL)");
+        assert!(Error::InitNotCalled.to_string().contains("mproc_process::init()"));
     }
 }
