@@ -44,6 +44,7 @@ pub struct Builder {
     name: Option<String>,
     daemon: bool,
     start_method: Option<StartMethod>,
+    close_in_child: Vec<i32>,
 }
 
 impl Builder {
@@ -62,6 +63,38 @@ impl Builder {
     /// `SIGKILL`), it is terminated when this program exits, and it may not start children.
     pub fn daemon(mut self, daemon: bool) -> Builder {
         self.daemon = daemon;
+        self
+    }
+
+    /// With [`StartMethod::Fork`], closes the child's copy of `end` (a file descriptor of the
+    /// parent's) as soon as it starts.
+    ///
+    /// A forked child is a copy of its parent and holds every end the parent holds. An end the
+    /// child reads until end of file then never gets there, because the child itself keeps the
+    /// parent's side open: name the parent's side here. The child's closure must not use
+    /// `end`. Other start methods give children only what they are passed, so this changes
+    /// nothing for them.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use mproc_process::{Builder, ipc};
+    /// let (parent_end, child_end) = ipc::duplex::<u32>()?;
+    /// let summer = Builder::new().close_in_child(&parent_end).spawn(move || {
+    ///     let mut total = 0;
+    ///     while let Ok(n) = child_end.recv() {
+    ///         total += n;
+    ///     }
+    ///     total // the loop ends when the parent drops its end
+    /// })?;
+    /// for n in 1..=4 {
+    ///     parent_end.send(&n)?;
+    /// }
+    /// drop(parent_end);
+    /// assert_eq!(summer.join()?, 10);
+    /// # Ok(()) }
+    /// ```
+    pub fn close_in_child(mut self, end: &impl std::os::fd::AsFd) -> Builder {
+        self.close_in_child.push(std::os::fd::AsRawFd::as_raw_fd(&end.as_fd()));
         self
     }
 
@@ -85,7 +118,8 @@ impl Builder {
             ));
         }
         let identity = self.child_identity()?;
-        on_long_lived_thread(identity.daemon, move || start::fork::start(identity, f))
+        let close = self.close_in_child;
+        on_long_lived_thread(identity.daemon, move || start::fork::start(identity, &close, f))
     }
 
     /// Starts a child that runs `f(args)` by the chosen start method and sends back its value.
@@ -99,7 +133,8 @@ impl Builder {
         let daemon = identity.daemon;
         match self.start_method.unwrap_or_default() {
             StartMethod::Fork => {
-                on_long_lived_thread(daemon, move || start::fork::start(identity, move || f(args)))
+                let close = self.close_in_child;
+                on_long_lived_thread(daemon, move || start::fork::start(identity, &close, move || f(args)))
             }
             StartMethod::Spawn => {
                 on_long_lived_thread(daemon, move || start::spawn::start(identity, f, &args))

@@ -24,8 +24,8 @@
 //!     assert_eq!(child.join()?, 3_628_800);
 //!
 //!     // A conversation: the child captures its end. A forked child is a copy of this
-//!     // process and holds a copy of `parent_end` too (as with Python's fork), so the talk
-//!     // ends with a message rather than with end of file.
+//!     // process and holds a copy of `parent_end` too (as with Python's fork), so here the
+//!     // talk ends with a message (or see `Builder::close_in_child`).
 //!     let (parent_end, child_end) = ipc::duplex::<String>()?;
 //!     let echo = Process::spawn(move || {
 //!         let mut n = 0;
@@ -68,8 +68,10 @@
 //! # Caveats
 //!
 //! - `Fork` copies the whole process, fds included, like Python's fork: the child holds what
-//!   the parent held. In a multi-threaded parent the child must not touch locks other threads
-//!   may have held at the fork (see [`StartMethod::Fork`]).
+//!   the parent held, so a child reading until end of file waits for ever on an end whose
+//!   other side it also holds; [`Builder::close_in_child`] closes the child's copy. In a
+//!   multi-threaded parent the child must not touch locks other threads may have held at the
+//!   fork (see [`StartMethod::Fork`]).
 //! - `init()` must really come first in `main`: whatever runs before it runs again in every
 //!   Spawn child and in the fork server.
 //! - Values and arguments cross as postcard (serde); a type that does not serialize fails that

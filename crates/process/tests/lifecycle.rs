@@ -182,3 +182,26 @@ fn pipe_ends_carry_values_both_ways() {
     ours.send(&0).unwrap();
     assert_eq!(child.join().unwrap(), 5);
 }
+
+#[test]
+fn close_in_child_lets_a_forked_child_see_end_of_file() {
+    use mproc_process::ipc::duplex;
+    let (parent_end, child_end) = duplex::<u64>().unwrap();
+    let mut child = Builder::new()
+        .close_in_child(&parent_end)
+        .spawn(move || {
+            let mut total = 0;
+            while let Ok(n) = child_end.recv() {
+                total += n;
+                child_end.send(&total).unwrap();
+            }
+            total
+        })
+        .unwrap();
+    for n in 1..=3 {
+        parent_end.send(&n).unwrap();
+        assert!(parent_end.recv_timeout(DEADLINE).unwrap() > 0);
+    }
+    drop(parent_end);
+    assert_eq!(child.join_timeout(DEADLINE).unwrap(), 6);
+}

@@ -16,7 +16,8 @@ use crate::registry;
 use crate::sys::fork::{Forked, exit_now, fork};
 
 /// Forks a child that runs `f` and sends its value back.
-pub(crate) fn start<R, F>(identity: Identity, f: F) -> Result<Process<R>>
+/// `close` are the parent's fds the child closes first (`Builder::close_in_child`).
+pub(crate) fn start<R, F>(identity: Identity, close: &[i32], f: F) -> Result<Process<R>>
 where
     F: FnOnce() -> R,
     R: Serialize,
@@ -41,6 +42,7 @@ where
             Forked::Child => {
                 drop((_starter, _server, _identity, _registry, out, err));
                 drop(parent_end);
+                crate::sys::fork::close_copies(close);
                 child(identity, parent_pid, child_end.cast(), f)
             }
             Forked::Parent(pid) => pid,

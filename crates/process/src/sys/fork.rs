@@ -59,3 +59,16 @@ pub(crate) fn keep_only(keep: std::os::fd::OwnedFd) -> std::os::fd::OwnedFd {
     let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
     fd
 }
+
+/// In a freshly forked child: closes the child's copies of `fds`, ends of the parent's that
+/// the child must not hold (so the other side sees end of file when the parent closes its own).
+///
+/// Sound because the objects owning these fds in the child's (copied) memory belong to the
+/// parent's code and are never used or dropped in the child: `Builder::close_in_child`'s
+/// contract is that the child's closure does not capture them.
+pub(crate) fn close_copies(fds: &[i32]) {
+    for &fd in fds {
+        // SAFETY: see above: nothing in the child uses `fd` again.
+        unsafe { libc::close(fd) };
+    }
+}
