@@ -132,29 +132,55 @@ impl End {
     }
 
     pub(crate) fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
-        let deadline = deadline(timeout);
         let mut side = self.recv.lock();
         let ReadSide { frames, scratch, fds } = &mut *side;
-        let read = frames.read_frame(&self.reading(fds), scratch, self.max_message_size, deadline);
-        let result = match read {
-            Err(Error::Timeout) => return Err(Error::Timeout), // the frame's fds stay with it
-            Err(e) => Err(e),
-            Ok(()) => fdpass::providing(std::mem::take(fds), || codec::decode(scratch)),
-        };
-        fds.clear();
+        let result = self
+            .read_frame(frames, fds, scratch, timeout)
+            .and_then(|fds| fdpass::providing(fds, || codec::decode(scratch)));
         codec::trim(scratch);
         result
     }
 
+    /// [`recv`](Self::recv) without waiting: `None` if no whole frame is there yet.
+    pub(crate) fn try_recv<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        match self.recv(Some(Duration::ZERO)) {
+            Err(Error::Timeout) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    pub(crate) fn recv_bytes(&self, timeout: Option<Duration>) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.recv_bytes_into(&mut buf, timeout)?;
+        Ok(buf)
+    }
+
     pub(crate) fn recv_bytes_into(&self, dst: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize> {
-        let deadline = deadline(timeout);
         let mut side = self.recv.lock();
         let ReadSide { frames, fds, .. } = &mut *side;
-        let read = frames.read_frame(&self.reading(fds), dst, self.max_message_size, deadline);
-        if !matches!(read, Err(Error::Timeout)) {
-            fds.clear(); // ends sent with a raw frame have nowhere to go: close them
+        // Ends sent with a raw frame have nowhere to go: dropping them closes them.
+        self.read_frame(frames, fds, dst, timeout).map(|_fds| dst.len())
+    }
+
+    /// Reads one frame into `dst` and hands over the fds that came with it. On a timeout the
+    /// frame is not over, so its fds stay for the receive that finishes it; on any other end
+    /// of the read they go with the frame.
+    fn read_frame(
+        &self,
+        frames: &mut FrameReader,
+        fds: &mut Vec<OwnedFd>,
+        dst: &mut Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<OwnedFd>> {
+        let read = frames.read_frame(&self.reading(fds), dst, self.max_message_size, deadline(timeout));
+        match read {
+            Err(Error::Timeout) => Err(Error::Timeout),
+            Err(e) => {
+                fds.clear();
+                Err(e)
+            }
+            Ok(()) => Ok(std::mem::take(fds)),
         }
-        read.map(|()| dst.len())
     }
 
     pub(crate) fn poll(&self, timeout: Option<Duration>) -> Result<bool> {

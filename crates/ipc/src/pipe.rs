@@ -8,7 +8,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::end::{End, Kind, impl_end_traits};
-use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::error::Error;
+use crate::error::Result;
 use crate::fdpass::impl_end_serde;
 
 /// Creates a one-way pipe carrying values of type `T`: `(receiver, sender)`, in the order of
@@ -114,24 +116,17 @@ impl<T> Receiver<T> {
     where
         T: DeserializeOwned,
     {
-        match self.end.recv(Some(Duration::ZERO)) {
-            Err(Error::Timeout) => Ok(None),
-            other => other.map(Some),
-        }
+        self.end.try_recv()
     }
 
     /// Receives the next frame as raw bytes, as Python's `Connection.recv_bytes`.
     pub fn recv_bytes(&self) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.end.recv_bytes_into(&mut buf, None)?;
-        Ok(buf)
+        self.end.recv_bytes(None)
     }
 
     /// As [`recv_bytes`](Self::recv_bytes), giving up with [`Error::Timeout`] after `timeout`.
     pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.end.recv_bytes_into(&mut buf, Some(timeout))?;
-        Ok(buf)
+        self.end.recv_bytes(Some(timeout))
     }
 
     /// Receives the next frame into `buf`, replacing its contents and reusing its capacity;
