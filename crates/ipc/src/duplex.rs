@@ -140,6 +140,11 @@ impl<S, R> Connection<S, R> {
         self.end.set_max_message_size(max);
     }
 
+    /// Whether receives may read ahead (on by default); see [`Receiver::set_read_ahead`](crate::Receiver::set_read_ahead).
+    pub fn set_read_ahead(&self, on: bool) {
+        self.end.set_read_ahead(on);
+    }
+
     /// Whether the fd survives `exec` into another program (it is close-on-exec by default).
     ///
     /// Making an fd inheritable lets every program started by any thread of this process

@@ -28,6 +28,9 @@ use crate::wait::{far_future, poll_until};
 /// The largest message an end accepts unless told otherwise: 1 GiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 30;
 
+/// Raw payloads up to this size are copied behind their header and written as one slice.
+const SMALL_COPY: usize = 1024;
+
 /// What the fd is: it decides how bytes are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -51,12 +54,14 @@ impl Kind {
 }
 
 /// The receive side's state: where the stream stands, a buffer for typed payloads, and the
-/// fds that came with the frame being read.
+/// fds that have arrived, each with the stream offset of the last byte of the read that brought
+/// it (the kernel stops a read at the end of the bytes sent with fds, and those bytes begin
+/// with the frame's header, so that offset lies inside the frame the fds came with).
 #[derive(Debug, Default)]
 struct ReadSide {
     frames: FrameReader,
     scratch: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    fds: Vec<(u64, OwnedFd)>,
 }
 
 pub(crate) struct End {
@@ -85,7 +90,7 @@ impl End {
     }
 
     /// An [`FdIo`] that keeps the fds arriving with frames in `fds`.
-    fn reading<'a>(&'a self, fds: &'a mut Vec<OwnedFd>) -> FdIo<'a> {
+    fn reading<'a>(&'a self, fds: &'a mut Vec<(u64, OwnedFd)>) -> FdIo<'a> {
         FdIo { incoming: Some(RefCell::new(fds)), ..self.io() }
     }
 
@@ -103,7 +108,12 @@ impl End {
 
     pub(crate) fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
         let mut buf = self.send.lock();
-        let (encoded, fds) = fdpass::collecting(|| codec::encode_frame(value, &mut buf));
+        let (encoded, fdpass::Outgoing { fds, refused }) =
+            fdpass::collecting(|| codec::encode_frame(value, &mut buf));
+        let encoded = match (encoded, refused) {
+            (Err(_), Some(why)) => Err(Error::FdPassing(why)),
+            (encoded, _) => encoded,
+        };
         let result = encoded.and_then(|start| {
             if fds.is_empty() {
                 return write_frame(&self.io(), &buf[start..], &[]);
@@ -127,7 +137,16 @@ impl End {
     pub(crate) fn send_bytes(&self, payload: &[u8]) -> Result<()> {
         let mut header = [0; HEADER_MAX];
         let n = encode_header(payload.len() as u64, &mut header);
-        let _guard = self.send.lock();
+        let mut buf = self.send.lock();
+        if payload.len() <= SMALL_COPY {
+            // One slice for the kernel: copying a few bytes costs less than a second iovec.
+            buf.clear();
+            buf.extend_from_slice(&header[HEADER_MAX - n..]);
+            buf.extend_from_slice(payload);
+            let result = write_frame(&self.io(), &buf, &[]);
+            codec::trim(&mut buf);
+            return result;
+        }
         write_frame(&self.io(), &header[HEADER_MAX - n..], payload)
     }
 
@@ -162,28 +181,51 @@ impl End {
         self.read_frame(frames, fds, dst, timeout).map(|_fds| dst.len())
     }
 
-    /// Reads one frame into `dst` and hands over the fds that came with it. On a timeout the
-    /// frame is not over, so its fds stay for the receive that finishes it; on any other end
-    /// of the read they go with the frame.
+    /// Reads one frame into `dst` and hands over the fds that came with it. Fds of frames
+    /// before it (skipped, or read raw) are closed; fds of frames after it stay for them.
     fn read_frame(
         &self,
         frames: &mut FrameReader,
-        fds: &mut Vec<OwnedFd>,
+        fds: &mut Vec<(u64, OwnedFd)>,
         dst: &mut Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<Vec<OwnedFd>> {
-        let read = frames.read_frame(&self.reading(fds), dst, self.max_message_size, deadline(timeout));
-        match read {
-            Err(Error::Timeout) => Err(Error::Timeout),
-            Err(e) => {
-                fds.clear();
-                Err(e)
-            }
-            Ok(()) => Ok(std::mem::take(fds)),
+        let range = frames.read_frame(&self.reading(fds), dst, self.max_message_size, deadline(timeout))?;
+        if fds.is_empty() {
+            return Ok(Vec::new());
+        }
+        fds.retain(|(at, _)| *at >= range.start);
+        let (mine, later): (Vec<_>, Vec<_>) =
+            std::mem::take(fds).into_iter().partition(|(at, _)| *at < range.end);
+        *fds = later;
+        Ok(mine.into_iter().map(|(_, fd)| fd).collect())
+    }
+
+    /// Whether a receive would return at once from bytes already read ahead (see
+    /// [`FrameReader::ready`]). False while another thread is receiving.
+    pub(crate) fn ready(&self) -> bool {
+        self.recv.try_lock().is_some_and(|side| side.frames.ready(self.max_message_size))
+    }
+
+    pub(crate) fn set_read_ahead(&self, on: bool) {
+        self.recv.lock().frames.set_exact(!on);
+    }
+
+    /// Refuses to hand this end to another process while it holds bytes read from the
+    /// stream: they would stay behind in this copy.
+    pub(crate) fn check_transferable(&self) -> std::result::Result<(), &'static str> {
+        match self.recv.try_lock() {
+            Some(side) if !side.frames.holds_bytes() => Ok(()),
+            Some(_) => Err("this end holds bytes it has read ahead (frames that arrived together, or a \
+                 frame cut short by a timeout); receive them before sending the end, or turn read-ahead off"),
+            None => Err("another thread is receiving on this end"),
         }
     }
 
     pub(crate) fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        if self.ready() {
+            return Ok(true);
+        }
         let mut fds = [PollFd::from_borrowed_fd(self.fd.as_fd(), PollFlags::IN)];
         Ok(poll_until(&mut fds, deadline(timeout))? > 0)
     }
@@ -223,12 +265,13 @@ struct FdIo<'a> {
     kind: Kind,
     /// Fds to attach (as `SCM_RIGHTS`) to the first bytes written; sockets only.
     outgoing: RefCell<Vec<OwnedFd>>,
-    /// Where fds that arrive go; `None` on the sending side. Sockets only.
-    incoming: Option<RefCell<&'a mut Vec<OwnedFd>>>,
+    /// Where fds that arrive go, with the stream offset of the last byte read with them;
+    /// `None` on the sending side. Sockets only.
+    incoming: Option<RefCell<&'a mut Vec<(u64, OwnedFd)>>>,
 }
 
 impl RawIo for FdIo<'_> {
-    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&self, buf: &mut [u8], at: u64) -> io::Result<usize> {
         match (&self.incoming, self.kind) {
             // Fds ride on the first bytes of a frame, its header: read those with recvmsg.
             (Some(incoming), Kind::Socket) => {
@@ -240,9 +283,10 @@ impl RawIo for FdIo<'_> {
                     &mut control,
                     RecvFlags::CMSG_CLOEXEC,
                 )?;
+                let last = at + got.bytes.saturating_sub(1) as u64;
                 for message in control.drain() {
                     if let RecvAncillaryMessage::ScmRights(fds) = message {
-                        incoming.borrow_mut().extend(fds);
+                        incoming.borrow_mut().extend(fds.map(|fd| (last, fd)));
                     }
                 }
                 Ok(got.bytes)
@@ -257,7 +301,13 @@ impl RawIo for FdIo<'_> {
 
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if self.kind == Kind::Pipe {
-            return Ok(rustix::io::writev(self.fd, bufs)?);
+            // A frame in one slice (typed, or small) goes with plain write(2), which costs
+            // less than writev(2).
+            return Ok(match bufs {
+                [one] => rustix::io::write(self.fd, one)?,
+                [one, rest] if rest.is_empty() => rustix::io::write(self.fd, one)?,
+                _ => rustix::io::writev(self.fd, bufs)?,
+            });
         }
         let mut outgoing = self.outgoing.borrow_mut();
         if outgoing.is_empty() {
@@ -314,6 +364,16 @@ macro_rules! impl_end_traits {
             fn from(fd: std::os::fd::OwnedFd) -> Self {
                 let kind = $crate::end::Kind::of(std::os::fd::AsFd::as_fd(&fd));
                 Self::from_end($crate::end::End::new(fd, kind))
+            }
+        }
+
+        impl<$($g),*> $crate::wait::Waitable for $name<$($g),*> {
+            fn wait_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(&self.end)
+            }
+
+            fn ready(&self) -> bool {
+                self.end.ready()
             }
         }
 

@@ -20,20 +20,38 @@ use serde::{Deserialize, Deserializer, Serializer};
 /// The most fds one message can carry (the kernel's `SCM_MAX_FD`).
 pub(crate) const MAX_FDS: usize = 253;
 
+/// What encoding a value met: the fds of its ends, in order, and why an end refused to go.
+#[derive(Default)]
+pub(crate) struct Outgoing {
+    pub(crate) fds: Vec<OwnedFd>,
+    pub(crate) refused: Option<&'static str>,
+}
+
 thread_local! {
-    /// While a send encodes its value: the fds of the ends it met, in order.
-    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    /// While a send encodes its value: what the ends in it said.
+    static OUTGOING: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
     /// While a receive decodes its value: the fds that came with the frame.
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
 
 /// Runs `encode` with fd collection on; returns its result and (duplicates of) the fds met,
 /// in order.
-pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    let outer = OUTGOING.with(|o| o.replace(Some(Vec::new())));
+pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Outgoing) {
+    let outer = OUTGOING.with(|o| o.replace(Some(Outgoing::default())));
     let result = encode();
-    let fds = OUTGOING.with(|o| o.replace(outer)).unwrap_or_default();
-    (result, fds)
+    let outgoing = OUTGOING.with(|o| o.replace(outer)).unwrap_or_default();
+    (result, outgoing)
+}
+
+/// An end cannot go, for the reason `why`: the send reports it as
+/// [`Error::FdPassing`](crate::Error::FdPassing) (postcard would keep only "custom error").
+pub(crate) fn refuse<E: serde::ser::Error>(why: &'static str) -> E {
+    OUTGOING.with(|o| {
+        if let Some(outgoing) = o.borrow_mut().as_mut() {
+            outgoing.refused.get_or_insert(why);
+        }
+    });
+    E::custom(why)
 }
 
 /// Runs `decode` with `fds` available to the ends inside the value; those it does not take
@@ -50,10 +68,10 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> Result<S::Ok, S::Error> {
     // A duplicate, so the table owns what it sends whatever happens to the end meanwhile.
     let index = OUTGOING.with(|o| {
-        o.borrow_mut().as_mut().map(|fds| {
+        o.borrow_mut().as_mut().map(|outgoing| {
             let dup = fd.try_clone_to_owned()?;
-            fds.push(dup);
-            Ok::<_, std::io::Error>(fds.len() - 1)
+            outgoing.fds.push(dup);
+            Ok::<_, std::io::Error>(outgoing.fds.len() - 1)
         })
     });
     match index {
@@ -84,6 +102,9 @@ macro_rules! impl_end_serde {
     ($name:ident < $($g:ident),* >) => {
         impl<$($g),*> serde::Serialize for $name<$($g),*> {
             fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+                if let Err(why) = self.end.check_transferable() {
+                    return Err($crate::fdpass::refuse(why));
+                }
                 $crate::fdpass::serialize_fd(std::os::fd::AsFd::as_fd(self), serializer)
             }
         }

@@ -9,6 +9,7 @@
 //! reads, short writes and interruptions.
 
 use std::io::{self, IoSlice};
+use std::ops::Range;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -24,8 +25,8 @@ const RESERVE_STEP: usize = 16 << 20;
 /// The bytes a file descriptor (or a test double) moves. Implementations may return
 /// [`io::ErrorKind::Interrupted`] at any time and may read or write fewer bytes than asked.
 pub(crate) trait RawIo {
-    /// Reads into `buf`; `Ok(0)` is end of file.
-    fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Reads into `buf`, whose first byte is at stream offset `at`; `Ok(0)` is end of file.
+    fn read(&self, buf: &mut [u8], at: u64) -> io::Result<usize>;
     /// Appends at most `max` bytes to `dst` (in its spare capacity); `Ok(0)` is end of file.
     fn read_append(&self, dst: &mut Vec<u8>, max: usize) -> io::Result<usize>;
     /// Writes some prefix of `bufs`.
@@ -83,27 +84,67 @@ pub(crate) fn write_frame(io: &impl RawIo, header: &[u8], payload: &[u8]) -> Res
     Ok(())
 }
 
+/// How many bytes a header read may take at once when reading ahead: a burst of small frames
+/// arrives in one `read(2)`, and a lone small frame with its header in one.
+const AHEAD: usize = 16 << 10;
+
 /// Where the reader stands in the byte stream. Kept between calls, so a receive that times out
 /// (or fails for a passing reason) loses nothing: the next one carries on.
 #[derive(Debug)]
 enum Stage {
-    /// Reading the header; `filled` of its bytes are in `header`.
+    /// Reading a header (its bytes gather in the read-ahead buffer).
     Header,
-    /// Reading a payload of `len` bytes.
-    Payload { len: usize, header_len: usize },
+    /// Reading a payload of `len` bytes; the frame began at stream offset `start`.
+    Payload { len: usize, header_len: usize, start: u64 },
     /// Discarding an oversized frame of `len` bytes (header included), `remaining` still to come.
     Skip { len: u64, remaining: u64 },
     /// An invalid header was read: the stream cannot be followed any more.
     Broken { header: i32 },
 }
 
-/// Reads frames from a byte stream, one at a time, never past the end of the current frame
-/// (so ends shared by several readers hand out whole frames only).
+/// What the bytes at the start of a buffer say about the frame there.
+enum Parsed {
+    /// A header of `header_len` bytes for a payload of `len`.
+    Header { len: u64, header_len: usize },
+    /// Not a header at all.
+    Invalid(i32),
+    /// At least this many bytes are needed to tell.
+    Need(usize),
+}
+
+fn parse_header(bytes: &[u8]) -> Parsed {
+    let Some(short) = bytes.first_chunk::<4>() else { return Parsed::Need(4) };
+    match decode_short(*short) {
+        ShortHeader::Len(len) => Parsed::Header { len, header_len: 4 },
+        ShortHeader::Invalid(header) => Parsed::Invalid(header),
+        ShortHeader::Long => match bytes.get(4..HEADER_MAX) {
+            Some(long) => {
+                Parsed::Header { len: u64::from_be_bytes(long.try_into().unwrap()), header_len: 12 }
+            }
+            None => Parsed::Need(HEADER_MAX),
+        },
+    }
+}
+
+/// Reads frames from a byte stream, one at a time.
+///
+/// By default a header read takes whatever has arrived, up to [`AHEAD`] bytes, so a small
+/// frame costs one `read(2)` and a burst of them fewer still; the bytes past the frame wait in
+/// the reader for the next call. Payloads are read with their exact length, straight into the
+/// destination. In exact mode every read stops at the end of the current frame, so several
+/// processes taking turns on one end each get whole frames and nothing waits in a buffer.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     stage: Stage,
-    header: [u8; HEADER_MAX],
-    filled: usize,
+    /// Bytes read from the stream and not yet consumed: `ahead[start..end]`. Allocated at the
+    /// first read.
+    ahead: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The stream offset of `ahead[end]`: how many bytes have been read in all.
+    offset: u64,
+    /// Never read past the end of the current frame.
+    exact: bool,
     /// Payload bytes of a frame that arrived in part before a receive gave up.
     partial: Vec<u8>,
 }
@@ -116,10 +157,55 @@ impl Default for FrameReader {
 
 impl FrameReader {
     pub(crate) fn new() -> Self {
-        FrameReader { stage: Stage::Header, header: [0; HEADER_MAX], filled: 0, partial: Vec::new() }
+        FrameReader {
+            stage: Stage::Header,
+            ahead: Vec::new(),
+            start: 0,
+            end: 0,
+            offset: 0,
+            exact: false,
+            partial: Vec::new(),
+        }
     }
 
-    /// Reads the next whole frame's payload into `dst` (replacing its contents).
+    /// Exact mode on or off (see the type's doc).
+    pub(crate) fn set_exact(&mut self, exact: bool) {
+        self.exact = exact;
+    }
+
+    /// Bytes read from the stream that no frame has taken yet, including a frame cut short
+    /// by a timeout.
+    pub(crate) fn holds_bytes(&self) -> bool {
+        self.start < self.end || !self.partial.is_empty() || !matches!(self.stage, Stage::Header)
+    }
+
+    /// Whether the next [`read_frame`](Self::read_frame) returns without reading the stream:
+    /// a whole frame (or an error the buffered bytes already decide) is buffered.
+    ///
+    /// When this is false, the stream itself must become readable for a receive to progress,
+    /// so waiting on the fd is right.
+    pub(crate) fn ready(&self, max: usize) -> bool {
+        let mut buffered = &self.ahead[self.start..self.end];
+        match self.stage {
+            Stage::Broken { .. } => return true,
+            Stage::Payload { .. } => return false,
+            Stage::Skip { remaining, .. } => match buffered.get(remaining as usize..) {
+                Some(rest) if remaining <= buffered.len() as u64 => buffered = rest,
+                _ => return false,
+            },
+            Stage::Header => {}
+        }
+        match parse_header(buffered) {
+            Parsed::Header { len, header_len } => {
+                len > max as u64 || (buffered.len() - header_len) as u64 >= len
+            }
+            Parsed::Invalid(_) => true,
+            Parsed::Need(_) => false,
+        }
+    }
+
+    /// Reads the next whole frame's payload into `dst` (replacing its contents) and returns
+    /// the range of stream offsets the frame (header included) covers.
     ///
     /// `max` bounds the payload length, checked before allocating; `deadline` bounds the wait.
     pub(crate) fn read_frame(
@@ -128,67 +214,85 @@ impl FrameReader {
         dst: &mut Vec<u8>,
         max: usize,
         deadline: Option<Instant>,
-    ) -> Result<()> {
+    ) -> Result<Range<u64>> {
         dst.clear();
         loop {
             match self.stage {
                 Stage::Broken { header } => return Err(Error::InvalidHeader { header }),
                 Stage::Skip { len, remaining } => self.skip(io, len, remaining, deadline)?,
                 Stage::Header => {
-                    let (len, header_len) = self.read_header(io, deadline)?;
+                    let (len, header_len, start) = self.read_header(io, deadline)?;
                     if len > max as u64 {
                         self.stage = Stage::Skip { len: len + header_len as u64, remaining: len };
                         return Err(Error::TooLarge { len, max: max as u64 });
                     }
                     // `len <= max`, so it fits in usize.
-                    self.stage = Stage::Payload { len: len as usize, header_len };
+                    self.stage = Stage::Payload { len: len as usize, header_len, start };
                 }
-                Stage::Payload { len, header_len } => {
-                    return self.read_payload(io, dst, len, header_len, deadline);
+                Stage::Payload { len, header_len, start } => {
+                    self.read_payload(io, dst, len, header_len, deadline)?;
+                    return Ok(start..start + (header_len + len) as u64);
                 }
             }
         }
     }
 
-    /// Fills the header; returns the payload length and the header's own length.
-    fn read_header(&mut self, io: &impl RawIo, deadline: Option<Instant>) -> Result<(u64, usize)> {
+    /// Reads until a whole header is buffered and takes it; returns the payload length, the
+    /// header's own length and the frame's stream offset.
+    fn read_header(&mut self, io: &impl RawIo, deadline: Option<Instant>) -> Result<(u64, usize, u64)> {
         loop {
-            let need = if self.filled < 4 {
-                4
-            } else {
-                match decode_short(self.short()) {
-                    ShortHeader::Len(len) => {
-                        self.filled = 0;
-                        return Ok((len, 4));
-                    }
-                    ShortHeader::Invalid(header) => {
-                        self.filled = 0;
-                        self.stage = Stage::Broken { header };
-                        return Err(Error::InvalidHeader { header });
-                    }
-                    ShortHeader::Long if self.filled == HEADER_MAX => {
-                        self.filled = 0;
-                        let len = u64::from_be_bytes(self.header[4..].try_into().unwrap());
-                        return Ok((len, HEADER_MAX));
-                    }
-                    ShortHeader::Long => HEADER_MAX,
+            let buffered = self.end - self.start;
+            let frame_start = self.offset - buffered as u64;
+            let need = match parse_header(&self.ahead[self.start..self.end]) {
+                Parsed::Header { len, header_len } => {
+                    self.consume(header_len);
+                    return Ok((len, header_len, frame_start));
                 }
+                Parsed::Invalid(header) => {
+                    self.consume(4);
+                    self.stage = Stage::Broken { header };
+                    return Err(Error::InvalidHeader { header });
+                }
+                Parsed::Need(need) => need,
             };
-            let n = read_some(deadline, io, |io| io.read(&mut self.header[self.filled..need]))?;
+            if self.ahead.is_empty() {
+                self.ahead = vec![0; AHEAD];
+            }
+            if self.ahead.len() - self.start < HEADER_MAX {
+                self.ahead.copy_within(self.start..self.end, 0);
+                (self.start, self.end) = (0, buffered);
+            }
+            let limit = if self.exact { self.start + need } else { self.ahead.len() };
+            let at = self.offset;
+            let room = &mut self.ahead[self.end..limit];
+            let n = read_some(deadline, io, |io| io.read(room, at))?;
             if n == 0 {
-                let received = std::mem::take(&mut self.filled) as u64;
-                return Err(if received == 0 {
+                self.consume(buffered);
+                return Err(if buffered == 0 {
                     Error::Closed
                 } else {
-                    Error::Truncated { expected: need as u64, received }
+                    Error::Truncated { expected: need as u64, received: buffered as u64 }
                 });
             }
-            self.filled += n;
+            self.end += n;
+            self.offset += n as u64;
         }
     }
 
-    fn short(&self) -> [u8; 4] {
-        self.header[..4].try_into().unwrap()
+    /// Drops `n` buffered bytes from the front.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+    }
+
+    /// Moves up to `max` buffered bytes into `dst`; returns how many.
+    fn take_buffered(&mut self, dst: &mut Vec<u8>, max: usize) -> usize {
+        let n = max.min(self.end - self.start);
+        dst.extend_from_slice(&self.ahead[self.start..self.start + n]);
+        self.consume(n);
+        n
     }
 
     fn read_payload(
@@ -203,6 +307,8 @@ impl FrameReader {
             std::mem::swap(dst, &mut self.partial);
         }
         dst.reserve(len.min(RESERVE_STEP).saturating_sub(dst.len()));
+        let want = len - dst.len();
+        self.take_buffered(dst, want);
         while dst.len() < len {
             if dst.capacity() == dst.len() {
                 // Grow with what has arrived: at most doubling, never past the frame.
@@ -216,7 +322,7 @@ impl FrameReader {
                     self.stage = Stage::Header;
                     return Err(Error::Truncated { expected: (header_len + len) as u64, received });
                 }
-                Ok(_) => {}
+                Ok(n) => self.offset += n as u64,
                 Err(e) => {
                     self.partial = std::mem::take(dst);
                     return Err(e);
@@ -234,10 +340,14 @@ impl FrameReader {
         mut remaining: u64,
         deadline: Option<Instant>,
     ) -> Result<()> {
+        let buffered = remaining.min((self.end - self.start) as u64);
+        self.consume(buffered as usize);
+        remaining -= buffered;
         let mut sink = [0u8; 8192];
         while remaining > 0 {
             let want = remaining.min(sink.len() as u64) as usize;
-            let n = match read_some(deadline, io, |io| io.read(&mut sink[..want])) {
+            let at = self.offset;
+            let n = match read_some(deadline, io, |io| io.read(&mut sink[..want], at)) {
                 Ok(n) => n,
                 Err(e) => {
                     self.stage = Stage::Skip { len, remaining };
@@ -248,6 +358,7 @@ impl FrameReader {
                 self.stage = Stage::Header;
                 return Err(Error::Truncated { expected: len, received: len - remaining });
             }
+            self.offset += n as u64;
             remaining -= n as u64;
         }
         self.stage = Stage::Header;
@@ -333,7 +444,7 @@ mod tests {
     }
 
     impl RawIo for ScriptedIo {
-        fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        fn read(&self, buf: &mut [u8], _at: u64) -> io::Result<usize> {
             let bytes = self.take(buf.len())?;
             buf[..bytes.len()].copy_from_slice(bytes);
             Ok(bytes.len())
@@ -371,13 +482,14 @@ mod tests {
         out
     }
 
-    fn read_all(io: &ScriptedIo, max: usize) -> (Vec<Vec<u8>>, Error) {
+    fn read_all(io: &ScriptedIo, max: usize, exact: bool) -> (Vec<Vec<u8>>, Error) {
         let mut reader = FrameReader::new();
+        reader.set_exact(exact);
         let mut frames = Vec::new();
         loop {
             let mut dst = Vec::new();
             match reader.read_frame(io, &mut dst, max, None) {
-                Ok(()) => frames.push(dst),
+                Ok(_) => frames.push(dst),
                 Err(e) => return (frames, e),
             }
         }
@@ -415,7 +527,7 @@ mod tests {
         let mut input = vec![0xff; 4];
         input.extend_from_slice(&3u64.to_be_bytes());
         input.extend_from_slice(b"abc");
-        let (frames, end) = read_all(&ScriptedIo::new(input, vec![]), 100);
+        let (frames, end) = read_all(&ScriptedIo::new(input, vec![]), 100, false);
         assert_eq!(frames, vec![b"abc".to_vec()]);
         assert!(matches!(end, Error::Closed));
     }
@@ -450,7 +562,7 @@ mod tests {
     #[test]
     fn eof_in_header_and_payload_is_truncated_then_closed() {
         let io = ScriptedIo::new(vec![0, 0], vec![]);
-        let (_, err) = read_all(&io, 100);
+        let (_, err) = read_all(&io, 100, true);
         assert!(matches!(err, Error::Truncated { expected: 4, received: 2 }), "{err}");
 
         let mut input = frame(b"hello");
@@ -476,7 +588,7 @@ mod tests {
             io.arrived.set(arrived.min(io.input.len()));
             let mut dst = b"junk".to_vec();
             match reader.read_frame(&io, &mut dst, 100, soon) {
-                Ok(()) => got.push(dst),
+                Ok(_) => got.push(dst),
                 Err(Error::Timeout) => assert!(dst.is_empty()),
                 Err(e) => panic!("{e}"),
             }
@@ -485,6 +597,66 @@ mod tests {
         reader.read_frame(&io, &mut dst, 100, soon).unwrap();
         got.push(dst);
         assert_eq!(got, vec![b"first message".to_vec(), b"second".to_vec()]);
+    }
+
+    /// Frames laid end to end, and the stream offset where each one ends.
+    fn stream(payloads: &[&[u8]]) -> (Vec<u8>, Vec<usize>) {
+        let mut wire = Vec::new();
+        let mut ends = Vec::new();
+        for p in payloads {
+            wire.extend(frame(p));
+            ends.push(wire.len());
+        }
+        (wire, ends)
+    }
+
+    #[test]
+    fn read_ahead_takes_a_burst_of_frames_in_one_read() {
+        let (wire, _) = stream(&[b"one", b"two", b"three"]);
+        let io = ScriptedIo::new(wire, vec![]);
+        let mut reader = FrameReader::new();
+        let mut dst = Vec::new();
+        assert!(!reader.ready(100), "nothing read yet");
+        assert_eq!(reader.read_frame(&io, &mut dst, 100, None).unwrap(), 0..7);
+        assert_eq!(dst, b"one");
+        assert_eq!(io.step.get(), 0, "unscripted reads are not counted");
+        assert_eq!(io.pos.get(), io.input.len(), "one read took the whole burst");
+        assert!(reader.ready(100) && reader.holds_bytes());
+        assert_eq!(reader.read_frame(&io, &mut dst, 100, None).unwrap(), 7..14);
+        assert_eq!(dst, b"two");
+        assert_eq!(reader.read_frame(&io, &mut dst, 100, None).unwrap(), 14..23);
+        assert_eq!(dst, b"three");
+        assert!(!reader.ready(100) && !reader.holds_bytes());
+        assert!(matches!(reader.read_frame(&io, &mut dst, 100, None), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn exact_mode_never_reads_past_the_frame() {
+        let (wire, ends) = stream(&[b"one", b"", b"a longer payload", &[9; 5000]]);
+        let io = ScriptedIo::new(wire, vec![]);
+        let mut reader = FrameReader::new();
+        reader.set_exact(true);
+        for end in ends {
+            reader.read_frame(&io, &mut Vec::new(), 1 << 20, None).unwrap();
+            assert_eq!(io.pos.get(), end, "the stream stands at the end of the frame");
+            assert!(!reader.holds_bytes() && !reader.ready(1 << 20));
+        }
+    }
+
+    #[test]
+    fn ready_means_a_receive_returns_without_reading() {
+        let (wire, _) = stream(&[b"whole", &[1; 100], b"after"]);
+        // The first read brings the first frame whole and the second in part.
+        let io = ScriptedIo::new(wire, vec![30, 1000]);
+        let mut reader = FrameReader::new();
+        reader.read_frame(&io, &mut Vec::new(), 1000, None).unwrap();
+        assert!(!reader.ready(1000), "the next frame is only partly buffered");
+        assert!(reader.ready(50), "its header already says it is too large");
+        let err = reader.read_frame(&io, &mut Vec::new(), 50, None).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { len: 100, max: 50 }), "{err}");
+        let mut dst = Vec::new();
+        reader.read_frame(&io, &mut dst, 50, None).unwrap();
+        assert_eq!(dst, b"after", "the oversized frame was skipped, buffered part and all");
     }
 
     #[test]
@@ -503,6 +675,7 @@ mod tests {
             payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..600), 0..12),
             write_chunks in prop::collection::vec(0usize..700, 1..8),
             read_chunks in prop::collection::vec(0usize..700, 1..8),
+            exact in any::<bool>(),
         ) {
             // Never an endless run of interruptions: each script has progress in it.
             prop_assume!(write_chunks.iter().any(|&c| c > 0) && read_chunks.iter().any(|&c| c > 0));
@@ -513,7 +686,7 @@ mod tests {
                 write_frame(&writer, &header[HEADER_MAX - n..], p).unwrap();
             }
             let wire = writer.output.into_inner();
-            let (frames, end) = read_all(&ScriptedIo::new(wire, read_chunks), 1 << 20);
+            let (frames, end) = read_all(&ScriptedIo::new(wire, read_chunks), 1 << 20, exact);
             prop_assert_eq!(frames, payloads);
             prop_assert!(matches!(end, Error::Closed));
         }
@@ -531,7 +704,7 @@ mod tests {
             for _ in 0..=input.len() + 1 {
                 let mut dst = Vec::new();
                 match reader.read_frame(&io, &mut dst, max, None) {
-                    Ok(()) => { prop_assert!(dst.len() <= max); consumed += 1; }
+                    Ok(_) => { prop_assert!(dst.len() <= max); consumed += 1; }
                     Err(Error::TooLarge { len, max: m }) => prop_assert!(len > m),
                     Err(Error::Closed | Error::Truncated { .. } | Error::InvalidHeader { .. }) => return Ok(()),
                     Err(e) => prop_assert!(false, "unexpected error {e}"),

@@ -46,6 +46,9 @@
 //! - Whole frames or nothing: concurrent sends from several threads on one end never
 //!   interleave, and each receive returns one whole frame. A frame goes out in one `writev`
 //!   where the kernel takes it.
+//! - One syscall a small message on each side: a receive reads ahead whatever has arrived (up
+//!   to 16 KiB), and the frames past the one it returns wait in the end, where `poll`,
+//!   [`wait`] (through [`Waitable`]) and the next receive find them.
 //! - Bad input from the peer is an [`Error`], never a panic, a hang or a large allocation: a
 //!   header above the end's [`max_message_size`](Connection::max_message_size) is
 //!   [`Error::TooLarge`] before any allocation (and the payload is then skipped, so the end
@@ -63,7 +66,10 @@
 //! - Frames from several *processes* sharing one sending end: a pipe write of at most 4096
 //!   bytes (`PIPE_BUF`, header included) is atomic, so such frames never interleave; larger
 //!   frames from several processes need a lock held around the send. Several processes
-//!   reading one end each get whole frames only if they take turns (a lock around `recv`).
+//!   reading one end each get whole frames only if they take turns (a lock around `recv`)
+//!   and turn read-ahead off ([`Receiver::set_read_ahead`]).
+//! - Code that polls an end's raw fd itself (its own event loop) must first ask
+//!   [`Waitable::ready`]: a frame read ahead does not make the fd readable.
 //! - Writes to a pipe whose readers are gone raise `SIGPIPE` unless it is ignored; Rust
 //!   programs ignore it by default, and the send then reports [`Error::Closed`].
 //! - `poll` and [`wait`] report that bytes (or end of file) are there, not that a whole frame
@@ -84,4 +90,4 @@ pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{Error, Result};
 pub use pipe::{Receiver, Sender, pipe};
-pub use wait::wait;
+pub use wait::{Waitable, wait};

@@ -152,6 +152,22 @@ impl<T> Receiver<T> {
         self.end.set_max_message_size(max);
     }
 
+    /// Whether receives may read ahead (on by default).
+    ///
+    /// With read-ahead a receive takes whatever has arrived, up to 16 KiB, in one `read(2)`:
+    /// a small message costs one syscall instead of two, and a burst of them far fewer. The
+    /// frames read past the one returned wait inside this end, where [`poll`](Self::poll),
+    /// [`wait`](crate::wait) and every later receive find them; nothing is lost or reordered.
+    ///
+    /// Turn it off for an end that several *processes* read in turns (a shared work queue):
+    /// each receive then stops at the end of its own frame, so no frame waits in one reader's
+    /// buffer while another reader starves. A copy made by `fork` holds what its parent had
+    /// read ahead at that moment; an end holding read-ahead bytes refuses to be sent to
+    /// another process (the bytes would stay behind).
+    pub fn set_read_ahead(&self, on: bool) {
+        self.end.set_read_ahead(on);
+    }
+
     /// Whether the fd survives `exec` into another program; see [`Sender::set_inheritable`].
     pub fn set_inheritable(&self, inheritable: bool) -> Result<()> {
         self.end.set_inheritable(inheritable)

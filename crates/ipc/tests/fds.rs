@@ -165,3 +165,44 @@ fn fds_that_cannot_be_delivered_are_closed() {
     });
     assert_success(child);
 }
+
+#[test]
+fn frames_read_ahead_keep_their_own_fds_and_pin_the_end() {
+    let (a, b) = duplex::<Option<Receiver<u8>>>().unwrap();
+    let (inner_rx, inner_tx) = pipe::<u8>().unwrap();
+    a.send(&None).unwrap();
+    a.send(&Some(inner_rx)).unwrap();
+    a.send(&None).unwrap();
+    // The first receive reads the frame with the end too (the kernel stops after it).
+    assert!(b.recv_timeout(DEADLINE).unwrap().is_none());
+    assert!(b.poll(Some(Duration::ZERO)).unwrap(), "the frame read ahead counts as ready");
+    assert_eq!(wait(&[&b], Some(Duration::ZERO)).unwrap(), vec![0]);
+
+    // Holding a frame read ahead, `b` cannot travel: the frame would stay behind.
+    let (carrier, _far) = duplex::<Connection<Option<Receiver<u8>>>>().unwrap();
+    let err = carrier.send(&b).unwrap_err();
+    assert!(matches!(err, Error::FdPassing(why) if why.contains("read ahead")), "{err}");
+
+    let rx = b.recv_timeout(DEADLINE).unwrap().expect("the frame with the end");
+    inner_tx.send(&7).unwrap();
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), 7, "the fd went to its own frame");
+    assert!(b.recv_timeout(DEADLINE).unwrap().is_none());
+    carrier.send(&b).unwrap();
+}
+
+#[test]
+fn exact_reads_leave_later_frames_to_another_reader() {
+    let (rx, tx) = pipe::<u32>().unwrap();
+    rx.set_read_ahead(false);
+    for n in 0..4 {
+        tx.send(&n).unwrap();
+    }
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), 0);
+    // Another process reading the same pipe finds the rest in the kernel, not in our buffer.
+    let child = in_child(&[&rx], || match (rx.recv(), rx.recv()) {
+        (Ok(1), Ok(2)) => Ok(()),
+        other => Err(format!("the child read {other:?}")),
+    });
+    assert_success(child);
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), 3);
+}

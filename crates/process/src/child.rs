@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use mproc_ipc::Connection;
+use mproc_ipc::{Connection, Waitable};
 use parking_lot::Mutex;
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ pub(crate) enum Exit {
     Own { pidfd: OwnedFd },
     /// A child of the fork server: a pidfd to watch, and the server's report of its status
     /// (the server is its parent and reaps it).
-    Server { pidfd: OwnedFd, reports: Connection<(), Report> },
+    Server { pidfd: OwnedFd, reports: Box<Connection<(), Report>> },
 }
 
 pub(crate) struct ChildState {
@@ -59,12 +59,13 @@ impl ChildState {
         }
     }
 
-    /// Readable when [`try_status`](Self::try_status) can tell: the pidfd, or the server's
-    /// report (which comes after the server has reaped the child).
-    pub(crate) fn status_fd(&self) -> BorrowedFd<'_> {
+    /// Ready when [`try_status`](Self::try_status) can tell: the pidfd, or the server's
+    /// report (which comes after the server has reaped the child, and may already wait inside
+    /// the connection, read ahead with the `Started` report).
+    pub(crate) fn status_source(&self) -> &dyn Waitable {
         match &self.exit {
-            Exit::Own { pidfd } => pidfd.as_fd(),
-            Exit::Server { reports, .. } => reports.as_fd(),
+            Exit::Own { pidfd } => pidfd,
+            Exit::Server { reports, .. } => &**reports,
         }
     }
 
@@ -112,7 +113,7 @@ impl ChildState {
                 return Ok(Some(status));
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if mproc_ipc::wait(&[&self.status_fd()], left)?.is_empty() {
+            if mproc_ipc::wait(&[self.status_source()], left)?.is_empty() {
                 return self.try_status();
             }
         }

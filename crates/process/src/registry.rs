@@ -5,7 +5,6 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::Once;
 
-use rustix::event::{PollFd, PollFlags};
 use rustix::process::Signal;
 
 use crate::child::ChildState;
@@ -81,17 +80,17 @@ fn start_reaper() -> Reaper {
 fn reap_loop(wake: OwnedFd, orphans: &parking_lot::Mutex<Vec<Arc<ChildState>>>) {
     loop {
         let watched: Vec<Arc<ChildState>> = orphans.lock().clone();
-        let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(&wake, PollFlags::IN)];
-        fds.extend(watched.iter().map(|c| PollFd::from_borrowed_fd(c.status_fd(), PollFlags::IN)));
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+        let mut sources: Vec<&dyn mproc_ipc::Waitable> = vec![&wake];
+        sources.extend(watched.iter().map(|c| c.status_source()));
+        match mproc_ipc::wait(&sources, None) {
+            Ok(ready) if ready.first() == Some(&0) => {
+                let mut buf = [0u8; 64];
+                let _ = rustix::io::read(&wake, &mut buf);
+            }
+            Ok(_) => {}
             Err(_) => return,
         }
-        if !fds[0].revents().is_empty() {
-            let mut buf = [0u8; 64];
-            let _ = rustix::io::read(&wake, &mut buf);
-        }
-        drop(fds);
+        drop(sources);
         // An error (a fork server gone) also ends the watch: there is nothing left to reap.
         orphans.lock().retain(|c| matches!(c.try_status(), Ok(None)));
     }

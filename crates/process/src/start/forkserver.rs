@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mproc_ipc::{Connection, Receiver};
-use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -75,7 +74,7 @@ where
         Err(e) => return Err(Error::ForkServer(format!("no answer: {e}"))),
     };
     let pid = Pid::from_raw(pid as i32).ok_or_else(|| Error::ForkServer("pid 0".into()))?;
-    let exit = Exit::Server { pidfd, reports };
+    let exit = Exit::Server { pidfd, reports: Box::new(reports) };
     let state = Arc::new(ChildState::new(pid, name, daemon, exit));
     finish_start(state, conn, sent)
 }
@@ -125,14 +124,14 @@ pub(crate) fn serve(control: Connection<(), Request>) -> ! {
     let me = rustix::process::getpid();
     let mut children: HashMap<i32, Served> = HashMap::new();
     loop {
+        // Requests may arrive together and wait inside `control`, read ahead: `wait` sees them.
         let ready: Vec<usize> = {
-            let mut fds = vec![PollFd::new(&control, PollFlags::IN)];
-            fds.extend(children.values().map(|c| PollFd::new(&c.pidfd, PollFlags::IN)));
-            match rustix::event::poll(&mut fds, None) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            let mut sources: Vec<&dyn mproc_ipc::Waitable> = vec![&control];
+            sources.extend(children.values().map(|c| &c.pidfd as &dyn mproc_ipc::Waitable));
+            match mproc_ipc::wait(&sources, None) {
+                Ok(ready) => ready,
                 Err(_) => crate::bootstrap::exit(1),
             }
-            fds.iter().enumerate().filter(|(_, fd)| !fd.revents().is_empty()).map(|(i, _)| i).collect()
         };
         // Reap first: a pidfd that is ready belongs to an ended child.
         let pids: Vec<i32> = children.keys().copied().collect();
