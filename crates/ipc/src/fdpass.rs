@@ -27,27 +27,34 @@ pub(crate) struct Outgoing {
     pub(crate) refused: Option<&'static str>,
 }
 
-thread_local! {
+/// The side tables of this thread's send and receive in progress. One thread-local for both,
+/// so a thread registers one destructor, once (a forked child that only sends then finds it
+/// registered by its parent and writes no extra page).
+struct Tables {
     /// While a send encodes its value: what the ends in it said.
-    static OUTGOING: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
+    outgoing: RefCell<Option<Outgoing>>,
     /// While a receive decodes its value: the fds that came with the frame.
-    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    incoming: RefCell<Option<Vec<Option<OwnedFd>>>>,
+}
+
+thread_local! {
+    static TABLES: Tables = const { Tables { outgoing: RefCell::new(None), incoming: RefCell::new(None) } };
 }
 
 /// Runs `encode` with fd collection on; returns its result and (duplicates of) the fds met,
 /// in order.
 pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Outgoing) {
-    let outer = OUTGOING.with(|o| o.replace(Some(Outgoing::default())));
+    let outer = TABLES.with(|t| t.outgoing.replace(Some(Outgoing::default())));
     let result = encode();
-    let outgoing = OUTGOING.with(|o| o.replace(outer)).unwrap_or_default();
+    let outgoing = TABLES.with(|t| t.outgoing.replace(outer)).unwrap_or_default();
     (result, outgoing)
 }
 
 /// An end cannot go, for the reason `why`: the send reports it as
 /// [`Error::FdPassing`](crate::Error::FdPassing) (postcard would keep only "custom error").
 pub(crate) fn refuse<E: serde::ser::Error>(why: &'static str) -> E {
-    OUTGOING.with(|o| {
-        if let Some(outgoing) = o.borrow_mut().as_mut() {
+    TABLES.with(|t| {
+        if let Some(outgoing) = t.outgoing.borrow_mut().as_mut() {
             outgoing.refused.get_or_insert(why);
         }
     });
@@ -58,17 +65,17 @@ pub(crate) fn refuse<E: serde::ser::Error>(why: &'static str) -> E {
 /// are closed.
 pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
     let table = fds.into_iter().map(Some).collect();
-    let outer = INCOMING.with(|i| i.replace(Some(table)));
+    let outer = TABLES.with(|t| t.incoming.replace(Some(table)));
     let result = decode();
-    INCOMING.with(|i| i.replace(outer));
+    TABLES.with(|t| t.incoming.replace(outer));
     result
 }
 
 /// `Serialize` for an end: its fd's index in the outgoing table.
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> Result<S::Ok, S::Error> {
     // A duplicate, so the table owns what it sends whatever happens to the end meanwhile.
-    let index = OUTGOING.with(|o| {
-        o.borrow_mut().as_mut().map(|outgoing| {
+    let index = TABLES.with(|t| {
+        t.outgoing.borrow_mut().as_mut().map(|outgoing| {
             let dup = fd.try_clone_to_owned()?;
             outgoing.fds.push(dup);
             Ok::<_, std::io::Error>(outgoing.fds.len() - 1)
@@ -86,7 +93,7 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> 
 /// `Deserialize` for an end: takes the fd at the index the value holds.
 pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedFd, D::Error> {
     let index = u32::deserialize(deserializer)? as usize;
-    INCOMING.with(|i| match i.borrow_mut().as_mut() {
+    TABLES.with(|t| match t.incoming.borrow_mut().as_mut() {
         None => Err(D::Error::custom(
             "an ipc end can only be deserialized by a receive on a duplex Connection or a process start",
         )),

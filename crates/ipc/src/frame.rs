@@ -87,6 +87,9 @@ pub(crate) fn write_frame(io: &impl RawIo, header: &[u8], payload: &[u8]) -> Res
 /// How many bytes a header read may take at once when reading ahead: a burst of small frames
 /// arrives in one `read(2)`, and a lone small frame with its header in one.
 const AHEAD: usize = 16 << 10;
+/// Where the read-ahead buffer starts: it doubles (up to [`AHEAD`]) each time a read fills it,
+/// so an end that only ever carries a few small messages stays small.
+const AHEAD_FIRST: usize = 256;
 
 /// Where the reader stands in the byte stream. Kept between calls, so a receive that times out
 /// (or fails for a passing reason) loses nothing: the next one carries on.
@@ -256,7 +259,7 @@ impl FrameReader {
                 Parsed::Need(need) => need,
             };
             if self.ahead.is_empty() {
-                self.ahead = vec![0; AHEAD];
+                self.ahead = vec![0; AHEAD_FIRST];
             }
             if self.ahead.len() - self.start < HEADER_MAX {
                 self.ahead.copy_within(self.start..self.end, 0);
@@ -276,6 +279,10 @@ impl FrameReader {
             }
             self.end += n;
             self.offset += n as u64;
+            if self.end == self.ahead.len() && self.ahead.len() < AHEAD && !self.exact {
+                // More may be waiting: read more at once next time.
+                self.ahead.resize(self.ahead.len() * 2, 0);
+            }
         }
     }
 
