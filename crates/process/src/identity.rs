@@ -11,6 +11,9 @@ pub(crate) struct Identity {
     pub(crate) name: String,
     pub(crate) daemon: bool,
     pub(crate) authkey: [u8; 32],
+    /// The key of [`FnRef`](crate::FnRef) tags: secret, unlike the authkey, which any code
+    /// can read.
+    pub(crate) fn_key: [u8; 16],
     /// The parent's pid and name; `None` in the main process.
     pub(crate) parent: Option<(u32, String)>,
 }
@@ -25,12 +28,19 @@ fn main_identity() -> Identity {
     // getrandom(2) only fails before the kernel's pool is ready at boot; then the key is
     // still unique enough for naming, and mproc uses it for nothing secret.
     let _ = rustix::rand::getrandom(&mut authkey, rustix::rand::GetRandomFlags::empty());
-    Identity { name: "MainProcess".into(), daemon: false, authkey, parent: None }
+    let mut fn_key = [0; 16];
+    let _ = rustix::rand::getrandom(&mut fn_key, rustix::rand::GetRandomFlags::empty());
+    Identity { name: "MainProcess".into(), daemon: false, authkey, fn_key, parent: None }
 }
 
 /// This process's identity (made on first use in the main process).
 pub(crate) fn identity() -> Identity {
     IDENTITY.lock().get_or_insert_with(main_identity).clone()
+}
+
+/// The key of [`FnRef`](crate::FnRef) tags.
+pub(crate) fn fn_key() -> [u8; 16] {
+    IDENTITY.lock().get_or_insert_with(main_identity).fn_key
 }
 
 /// Becomes the child described by `identity` (right after a fork, or at a spawned start).
@@ -52,7 +62,13 @@ pub(crate) fn child_identity(name: Option<String>, daemon: bool) -> Identity {
         None => format!("Process-{n}"),
         Some(_) => format!("{}:{n}", me.name),
     });
-    Identity { name, daemon, authkey: me.authkey, parent: Some((std::process::id(), me.name)) }
+    Identity {
+        name,
+        daemon,
+        authkey: me.authkey,
+        fn_key: me.fn_key,
+        parent: Some((std::process::id(), me.name)),
+    }
 }
 
 /// What [`current_process`] tells.

@@ -82,6 +82,7 @@ mod bootstrap;
 mod builder;
 mod child;
 mod error;
+mod fnref;
 mod global;
 mod identity;
 mod process;
@@ -96,6 +97,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use builder::{Builder, StartMethod};
 pub use error::{Error, Result};
+pub use fnref::{FnPtr, FnRef};
 pub use identity::{ParentProcess, ProcessInfo, cpu_count, current_process, parent_process};
 pub use mproc_ipc as ipc;
 pub use process::Process;

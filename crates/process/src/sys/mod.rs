@@ -39,6 +39,18 @@ pub(crate) fn user_fn_at<A, R>(offset: i64) -> fn(A) -> R {
     unsafe { fn_at(offset) }
 }
 
+/// The function of type `F` at `offset` from [`anchor`], for [`FnRef::get`](crate::FnRef::get).
+///
+/// Sound because of where an `FnRef`'s offset comes from: `FnRef::new` of an `F` in this
+/// process, or a deserialized `FnRef<F>` whose tag matched, which only code of this crate in a
+/// process of this family computes, for an `F` made by `FnRef::new`, and every process of the
+/// family runs this same binary (checked when it starts).
+pub(crate) fn fn_ref_target<F: crate::FnPtr>(offset: i64) -> F {
+    // SAFETY: see above: `offset` names an `F` in this binary, and `F` is a fn pointer type
+    // (the only `FnPtr` impls are for fn pointers).
+    unsafe { fn_at(offset) }
+}
+
 /// # Safety
 /// `offset` must come from [`offset_of`] of a function of type `F` in a process running this
 /// same binary, and `F` must be a fn pointer type.

@@ -1,0 +1,133 @@
+//! The one error type of `mproc-pool`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mproc_process::ExitStatus;
+
+/// Why a task (or the pool) has no value.
+///
+/// Errors about a task name it (`task #17 (fn(u64) -> u64)`) and the worker that held it
+/// (its name and pid), and say what happened. Cloneable, so a callback and the
+/// [`AsyncResult`](crate::AsyncResult) can both have it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The worker running the task died (killed, segfault, abort, out of memory). The pool
+    /// replaced it; other tasks go on.
+    WorkerDied {
+        /// The task.
+        task: String,
+        /// The worker's name.
+        worker: String,
+        /// The worker's pid.
+        pid: u32,
+        /// How it ended; `None` for a thread worker.
+        status: Option<ExitStatus>,
+    },
+    /// The task ran longer than the pool's `task_timeout`: its worker was killed (and
+    /// replaced).
+    Timeout {
+        /// The task.
+        task: String,
+        /// The worker's name.
+        worker: String,
+        /// The worker's pid.
+        pid: u32,
+        /// The pool's `task_timeout`.
+        timeout: Duration,
+    },
+    /// The task's function panicked; the worker lives on.
+    Panicked {
+        /// The task.
+        task: String,
+        /// The worker's name.
+        worker: String,
+        /// The worker's pid.
+        pid: u32,
+        /// The panic message.
+        message: String,
+    },
+    /// The task's arguments or its value could not cross between processes (serialization).
+    Transfer {
+        /// The task.
+        task: String,
+        /// What failed.
+        message: String,
+    },
+    /// The initializer failed in a worker: the pool cannot run tasks.
+    Initializer {
+        /// Why.
+        message: String,
+    },
+    /// The task was submitted to a pool that is closed or terminated.
+    Closed,
+    /// The pool was terminated before the task finished.
+    Terminated {
+        /// The task.
+        task: String,
+    },
+    /// `get_timeout` or `wait_timeout` ran out before the result was ready; the handle stays
+    /// usable.
+    NotReady,
+    /// The value was already taken from this handle.
+    AlreadyTaken,
+    /// `join` on a pool that is neither closed nor terminated (as Python, which raises).
+    NotClosed,
+    /// A worker could not be started.
+    Start(Arc<mproc_process::Error>),
+}
+
+/// `Result` with [`Error`] as the error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::WorkerDied { task, worker, pid, status } => {
+                write!(f, "{task} failed: worker {worker:?} (pid {pid}) died")?;
+                match status {
+                    Some(ExitStatus::Signal(signal)) => write!(f, " from signal {signal}"),
+                    Some(ExitStatus::Code(code)) => write!(f, " with exit code {code}"),
+                    None => Ok(()),
+                }
+            }
+            Error::Timeout { task, worker, pid, timeout } => {
+                write!(f, "{task} timed out after {timeout:?}; worker {worker:?} (pid {pid}) was killed")
+            }
+            Error::Panicked { task, worker, pid, message } => {
+                write!(f, "{task} panicked in worker {worker:?} (pid {pid}): {message}")
+            }
+            Error::Transfer { task, message } => write!(f, "{task}: {message}"),
+            Error::Initializer { message } => write!(f, "the pool's initializer failed: {message}"),
+            Error::Closed => f.write_str("the pool is closed: it takes no new tasks"),
+            Error::Terminated { task } => write!(f, "{task} was cancelled: the pool was terminated"),
+            Error::NotReady => f.write_str("the result is not ready yet"),
+            Error::AlreadyTaken => f.write_str("the result was already taken"),
+            Error::NotClosed => f.write_str("join needs a closed or terminated pool: call close() first"),
+            Error::Start(e) => write!(f, "cannot start a pool worker: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Start(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+impl From<mproc_process::Error> for Error {
+    fn from(e: mproc_process::Error) -> Self {
+        Error::Start(Arc::new(e))
+    }
+}
+
+impl From<mproc_process::ipc::Error> for Error {
+    fn from(e: mproc_process::ipc::Error) -> Self {
+        Error::Start(Arc::new(e.into()))
+    }
+}

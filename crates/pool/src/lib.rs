@@ -1,0 +1,108 @@
+//! A pool of worker processes that runs `fn(A) -> R` tasks: Python's `multiprocessing.Pool`,
+//! with its whole surface and without its hangs.
+//!
+//! - [`Pool::new`] / [`Pool::builder`]: how many workers, an initializer, `max_tasks_per_child`,
+//!   the start method, a `task_timeout`, or [`threads`](PoolBuilder::threads) instead of
+//!   processes (Python's `multiprocessing.dummy`, for debugging).
+//! - [`apply`](Pool::apply), [`apply_async`](Pool::apply_async) (an [`AsyncResult`], also a
+//!   `Future`), [`apply_async_with`](Pool::apply_async_with) (callbacks),
+//!   [`map`](Pool::map), [`map_chunked`](Pool::map_chunked), [`map_async`](Pool::map_async),
+//!   [`imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered),
+//!   [`starmap`](Pool::starmap), [`close`](Pool::close), [`terminate`](Pool::terminate),
+//!   [`join`](Pool::join).
+//! - [`process`] and [`ipc`] are the layers below, re-exported.
+//!
+//! ```
+//! use mproc_pool::Pool;
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! fn main() -> Result<(), mproc_pool::Error> {
+//!     mproc_pool::process::init(); // first line of main (see mproc_process::init)
+//!     let pool = Pool::new(2)?;
+//!     assert_eq!(pool.map(square, 1..=4)?, vec![1, 4, 9, 16]);
+//!     let pending = pool.apply_async(square, 12);
+//!     assert_eq!(pending.get()?, 144);
+//!     let mut firsts: Vec<u64> = pool.imap(square, 1..).take(3).collect::<Result<_, _>>()?;
+//!     firsts.sort();
+//!     assert_eq!(firsts, vec![1, 4, 9]);
+//!     Ok(())
+//! } // dropping the pool closes it and waits for its tasks
+//! ```
+//!
+//! # Guarantees
+//!
+//! - Every submitted task completes exactly once: with its value or an [`Error`] naming the
+//!   task, the worker (name and pid) and the cause.
+//! - Never a hang: a worker that dies (killed, segfault, abort, out of memory) fails exactly
+//!   the tasks it held with [`Error::WorkerDied`] and is replaced; a task past the
+//!   `task_timeout` fails with [`Error::Timeout`] and its worker is killed and replaced; a
+//!   panicking task fails with its message ([`Error::Panicked`]) and the worker lives on; an
+//!   argument or value that does not serialize fails that task alone ([`Error::Transfer`]).
+//! - Tasks go to workers with room, in batches sized by how long the worker's recent tasks
+//!   took (about half a millisecond of work, at most 4096 tasks), two batches in flight per
+//!   worker: small tasks cost a fraction of a round trip each, and a slow task holds back
+//!   only its own batch.
+//! - Callbacks run on a callback thread, never on the caller's thread nor on the thread that
+//!   collects results.
+//! - Worker lifecycle events (started, died, replaced, retired) are logged through the `log`
+//!   facade.
+//!
+//! # Caveats
+//!
+//! - Tasks are plain `fn` items, not closures: a worker is another process, and only a
+//!   function of this same program can be named there (see [`process::FnRef`]).
+//! - Dropping a pool waits for its tasks: an endless task keeps the drop waiting (unless the
+//!   pool has a `task_timeout`); [`terminate`](Pool::terminate) does not wait.
+//! - A task that fails because its worker died is not retried: it may have had effects.
+#![deny(unsafe_code)]
+
+mod error;
+mod handler;
+mod pool;
+mod result;
+mod sys;
+mod wire;
+mod worker;
+
+pub use error::{Error, Result};
+pub use mproc_process as process;
+pub use mproc_process::ipc;
+pub use pool::{IMap, IMapUnordered, Pool, PoolBuilder};
+pub use result::AsyncResult;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunksize_is_pythons() {
+        // Python: chunksize, extra = divmod(len, processes * 4); if extra: chunksize += 1
+        assert_eq!(pool::default_chunksize(1_000_000, 2), 125_000);
+        assert_eq!(pool::default_chunksize(10, 2), 2);
+        assert_eq!(pool::default_chunksize(9, 2), 2);
+        assert_eq!(pool::default_chunksize(0, 2), 1);
+        assert_eq!(pool::default_chunksize(1, 8), 1);
+    }
+
+    #[test]
+    fn errors_name_the_task_the_worker_and_the_cause() {
+        let died = Error::WorkerDied {
+            task: "task #3 (fn(u64) -> u64)".into(),
+            worker: "PoolWorker-2".into(),
+            pid: 42,
+            status: Some(process::ExitStatus::Signal(9)),
+        };
+        assert_eq!(
+            died.to_string(),
+            "task #3 (fn(u64) -> u64) failed: worker \"PoolWorker-2\" (pid 42) died from signal 9"
+        );
+        let timeout = Error::Timeout {
+            task: "task #1 (fn(()))".into(),
+            worker: "PoolWorker-1".into(),
+            pid: 7,
+            timeout: std::time::Duration::from_millis(50),
+        };
+        assert!(timeout.to_string().contains("timed out after 50ms"));
+    }
+}

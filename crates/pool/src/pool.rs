@@ -1,0 +1,573 @@
+//! `Pool` and its builder: what callers use.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mproc_process::{FnPtr, FnRef, StartMethod};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::handler::{Config, Handler, Queue, Queued, Shared, Worker};
+use crate::result::{AsyncResult, Done, Hook, Slot, decode_chunks, decode_one};
+use crate::wire::{self, Bytes, Driver};
+
+/// What the callback thread runs.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A pool of worker processes (or threads, see [`PoolBuilder::threads`]) that run
+/// `fn(A) -> R` tasks: Python's `multiprocessing.Pool`.
+///
+/// All methods take `&self`: a pool can be shared between threads (it is `Sync`). Dropping it
+/// closes it and waits for every task submitted ([`close`](Self::close) then
+/// [`join`](Self::join)); [`terminate`](Self::terminate) stops at once instead.
+pub struct Pool {
+    shared: Arc<Shared>,
+    handler: Mutex<Option<JoinHandle<()>>>,
+    callbacks: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let queue = self.shared.queue.lock();
+        f.debug_struct("Pool")
+            .field("processes", &self.shared.config.processes)
+            .field("threads", &self.shared.config.threads)
+            .field("queued", &queue.tasks.len())
+            .field("closed", &queue.closed)
+            .field("terminated", &queue.terminate)
+            .finish()
+    }
+}
+
+/// Configures a [`Pool`]: `Pool::builder().processes(4).task_timeout(d).build()`.
+#[derive(Debug, Default)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    init: Option<(FnRef<Driver>, std::result::Result<Bytes, String>)>,
+    max_tasks_per_child: Option<u64>,
+    start_method: Option<StartMethod>,
+    task_timeout: Option<Duration>,
+    threads: bool,
+}
+
+impl PoolBuilder {
+    /// How many workers (default: [`cpu_count`](mproc_process::cpu_count), the CPUs this
+    /// process may run on).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// Runs `f(args)` once in each worker before its first task (and in each replacement).
+    /// If it panics, the pool cannot run tasks: every task fails with
+    /// [`Error::Initializer`].
+    pub fn initializer<A>(mut self, f: fn(A), args: A) -> Self
+    where
+        A: Serialize + DeserializeOwned + 'static,
+    {
+        let input =
+            wire::input(f, &args).map_err(|e| format!("cannot encode the initializer's arguments: {e}"));
+        self.init = Some((wire::driver_ref(wire::init_driver::<A>), input));
+        self
+    }
+
+    /// Replaces a worker after it has run `n` tasks (Python's `maxtasksperchild`): a fresh
+    /// process for leaky or stateful task code.
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.max_tasks_per_child = Some(n.max(1));
+        self
+    }
+
+    /// How workers start (default: `mproc-process`'s default, `ForkServer`). `Fork` and
+    /// `ForkServer` workers start in about a millisecond; `Spawn` is a fresh program.
+    /// `ForkServer` and `Spawn` need [`init`](mproc_process::init) first in `main`.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = Some(method);
+        self
+    }
+
+    /// A task running longer than `timeout` fails with [`Error::Timeout`] and its worker is
+    /// killed and replaced. With a timeout each worker holds one task at a time (its clock
+    /// starts when it is sent), so small tasks are not batched.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Runs the workers as threads of this process instead: Python's
+    /// `multiprocessing.dummy`, the same API for debugging with a debugger and full
+    /// backtraces. Tasks still cross as bytes (so what fails to serialize fails here too). A
+    /// thread cannot be killed: a timed-out task's thread is abandoned (it ends when the task
+    /// returns) and replaced.
+    pub fn threads(mut self) -> Self {
+        self.threads = true;
+        self
+    }
+
+    /// Starts the workers. Fails if one cannot start (for example
+    /// [`mproc_process::Error::InitNotCalled`] inside [`Error::Start`]).
+    pub fn build(self) -> Result<Pool> {
+        let processes = self.processes.unwrap_or_else(mproc_process::cpu_count).max(1);
+        let init = match self.init {
+            None => None,
+            Some((driver, Ok(input))) => Some((driver, input)),
+            Some((_, Err(message))) => return Err(Error::Initializer { message }),
+        };
+        let config = Config {
+            processes,
+            init,
+            max_tasks_per_child: self.max_tasks_per_child,
+            start_method: self.start_method,
+            task_timeout: self.task_timeout,
+            threads: self.threads,
+        };
+        let workers =
+            (1..=processes as u64).map(|n| Worker::start(&config, n)).collect::<Result<Vec<_>>>()?;
+        let (wake_rx, wake_tx) = mproc_process::ipc::pipe::<()>()?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            finished: parking_lot::Condvar::new(),
+            wake: wake_tx,
+            config,
+        });
+        let handler = Handler::new(Arc::clone(&shared), wake_rx, workers);
+        let handler = std::thread::Builder::new()
+            .name("mproc-pool".into())
+            .spawn(move || handler.run())
+            .map_err(|e| Error::Start(Arc::new(mproc_process::Error::Io(e))))?;
+        Ok(Pool {
+            shared,
+            handler: Mutex::new(Some(handler)),
+            callbacks: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        })
+    }
+}
+
+/// Python's default `chunksize` for `map`: the items in about four chunks per worker.
+pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
+    len.div_ceil(processes * 4).max(1)
+}
+
+impl Pool {
+    /// A pool of `processes` workers, started by the default method.
+    pub fn new(processes: usize) -> Result<Pool> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A builder for a pool with more settings.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// How many workers the pool keeps.
+    pub fn processes(&self) -> usize {
+        self.shared.config.processes
+    }
+
+    /// Runs `f(args)` in a worker and waits for its value.
+    pub fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R>
+    where
+        A: Serialize + 'static + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.apply_async(f, args).get()
+    }
+
+    /// Submits `f(args)` and returns at once; the value comes through the [`AsyncResult`].
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, args: A) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let slot = self.submit(wire::apply_driver::<A, R>, wire::input(f, &args), type_name(f), None);
+        AsyncResult::new(vec![slot], decode_one::<R>)
+    }
+
+    /// As [`apply_async`](Self::apply_async), and then `callback(value)` or
+    /// `error_callback(error)` runs on the pool's callback thread (never the caller's, never
+    /// the one that collects results: a slow callback delays only later callbacks).
+    pub fn apply_async_with<A, R>(
+        &self,
+        f: fn(A) -> R,
+        args: A,
+        callback: impl FnOnce(R) + Send + 'static,
+        error_callback: impl FnOnce(Error) + Send + 'static,
+    ) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let hook = self.callback_hook(move |done: Done| {
+            match done.and_then(|bytes| decode_one::<R>(vec![bytes], &[])) {
+                Ok(value) => callback(value),
+                Err(e) => error_callback(e),
+            }
+        });
+        let slot = self.submit(wire::apply_driver::<A, R>, wire::input(f, &args), type_name(f), Some(hook));
+        AsyncResult::new(vec![slot], decode_one::<R>)
+    }
+
+    /// `f` over every item, in parallel, values in order (Python's `map`). Items go in chunks
+    /// of Python's default size (about four chunks per worker); the first error (in item
+    /// order) is returned.
+    pub fn map<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.map_async(f, items).get()
+    }
+
+    /// [`map`](Self::map) with chunks of `chunksize` items.
+    pub fn map_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        self.map_items(f, items, Some(chunksize)).get()
+    }
+
+    /// [`map`](Self::map) without waiting: the values come through the [`AsyncResult`].
+    pub fn map_async<A, R>(&self, f: fn(A) -> R, items: impl IntoIterator<Item = A>) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        self.map_items(f, items, None)
+    }
+
+    fn map_items<A, R>(&self, f: fn(A) -> R, items: Vec<A>, chunksize: Option<usize>) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes())).max(1);
+        let slots = items
+            .chunks(chunksize)
+            .map(|chunk| self.submit(wire::chunk_driver::<A, R>, wire::input(f, chunk), type_name(f), None))
+            .collect();
+        AsyncResult::new(slots, decode_chunks::<R>)
+    }
+
+    /// `f(a, b)` over every pair, values in order (Python's `starmap`).
+    pub fn starmap<A, B, R>(
+        &self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<Vec<R>>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        B: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let items: Vec<(A, B)> = items.into_iter().collect();
+        let chunksize = default_chunksize(items.len(), self.processes());
+        let slots = items
+            .chunks(chunksize)
+            .map(|chunk| self.submit(wire::star_driver::<A, B, R>, wire::input(f, chunk), type_name(f), None))
+            .collect();
+        AsyncResult::new(slots, decode_chunks::<R>).get()
+    }
+
+    /// `f` over the items lazily, values in order (Python's `imap`, chunks of one item).
+    ///
+    /// Items are taken from `items` only as results are consumed, a bounded window ahead (four
+    /// chunks per worker), so an endless iterator is fine and memory stays bounded.
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> IMap<'_, I::IntoIter, A, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.imap_chunked(f, items, 1)
+    }
+
+    /// [`imap`](Self::imap) with chunks of `chunksize` items: fewer, larger messages.
+    pub fn imap_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> IMap<'_, I::IntoIter, A, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        IMap {
+            feed: Feed::new(self, f, items.into_iter(), chunksize),
+            in_flight: VecDeque::new(),
+            ready: Vec::new().into_iter(),
+        }
+    }
+
+    /// `f` over the items lazily, values in the order they are done (Python's
+    /// `imap_unordered`); bounded like [`imap`](Self::imap).
+    pub fn imap_unordered<A, R, I>(&self, f: fn(A) -> R, items: I) -> IMapUnordered<'_, I::IntoIter, A, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let (done_tx, done_rx) = mpsc::channel();
+        IMapUnordered {
+            feed: Feed::new(self, f, items.into_iter(), 1),
+            in_flight: HashMap::new(),
+            done_tx,
+            done_rx,
+            ready: Vec::new().into_iter(),
+        }
+    }
+
+    /// Takes no more tasks; those submitted still run. Then [`join`](Self::join) waits.
+    pub fn close(&self) {
+        self.shared.queue.lock().closed = true;
+        self.shared.wake();
+    }
+
+    /// Stops now: workers are killed, unfinished tasks fail with [`Error::Terminated`]. Returns
+    /// when every worker is gone.
+    pub fn terminate(&self) {
+        self.shared.queue.lock().terminate = true;
+        self.shared.wake();
+        let _ = self.join();
+    }
+
+    /// Waits until every task is done and every worker has left. The pool must be closed (or
+    /// terminated) first, as in Python: otherwise [`Error::NotClosed`].
+    pub fn join(&self) -> Result<()> {
+        {
+            let queue = self.shared.queue.lock();
+            if !queue.closed && !queue.terminate {
+                return Err(Error::NotClosed);
+            }
+        }
+        if let Some(handler) = self.handler.lock().take() {
+            let _ = handler.join();
+        }
+        // Another thread may have taken the handle: wait for the handler's own word.
+        let mut queue = self.shared.queue.lock();
+        while !queue.finished {
+            self.shared.finished.wait(&mut queue);
+        }
+        Ok(())
+    }
+
+    /// Queues one task; its slot is failed at once if it cannot be queued.
+    fn submit(
+        &self,
+        driver: Driver,
+        input: std::result::Result<Bytes, postcard::Error>,
+        what: &'static str,
+        hook: Option<Hook>,
+    ) -> Arc<Slot> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot::new(id, what, hook);
+        let input = match input {
+            Ok(input) => input,
+            Err(e) => {
+                slot.complete(Err(Error::Transfer {
+                    task: slot.task(),
+                    message: format!("cannot encode the arguments: {e}"),
+                }));
+                return slot;
+            }
+        };
+        let mut queue = self.shared.queue.lock();
+        let refused = match &queue.broken {
+            Some(error) => Some(error.clone()),
+            None if queue.closed || queue.terminate => Some(Error::Closed),
+            None => None,
+        };
+        if let Some(error) = refused {
+            drop(queue);
+            slot.complete(Err(error));
+            return slot;
+        }
+        queue.tasks.push_back(Queued {
+            id,
+            driver: wire::driver_ref(driver),
+            input,
+            slot: Arc::clone(&slot),
+        });
+        let wake = std::mem::take(&mut queue.asleep);
+        drop(queue);
+        if wake {
+            self.shared.wake();
+        }
+        slot
+    }
+
+    /// A hook that runs `callback` with the task's outcome on the callback thread.
+    fn callback_hook(&self, callback: impl FnOnce(Done) + Send + 'static) -> Hook {
+        let tx = {
+            let mut callbacks = self.callbacks.lock();
+            let (tx, _) = callbacks.get_or_insert_with(|| {
+                let (tx, rx) = mpsc::channel::<Job>();
+                let thread = std::thread::Builder::new()
+                    .name("mproc-pool-callbacks".into())
+                    .spawn(move || rx.into_iter().for_each(|job| job()))
+                    .expect("a thread for the pool's callbacks");
+                (tx, thread)
+            });
+            tx.clone()
+        };
+        Box::new(move |done: &Done| {
+            let done = done.clone();
+            let _ = tx.send(Box::new(move || callback(done)));
+        })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+        let _ = self.join();
+        // Every task is done: the callback thread runs what is queued and ends.
+        if let Some((tx, thread)) = self.callbacks.lock().take() {
+            drop(tx);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The name of `f`'s type, for errors.
+fn type_name<F: FnPtr>(_f: F) -> &'static str {
+    std::any::type_name::<F>()
+}
+
+/// Takes items from an iterator a chunk at a time and submits them.
+struct Feed<'p, I, A, R> {
+    pool: &'p Pool,
+    f: fn(A) -> R,
+    items: I,
+    chunksize: usize,
+    /// How many chunks may be in flight.
+    window: usize,
+}
+
+impl<'p, I, A, R> Feed<'p, I, A, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    fn new(pool: &'p Pool, f: fn(A) -> R, items: I, chunksize: usize) -> Self {
+        Feed { pool, f, items, chunksize: chunksize.max(1), window: pool.processes() * 4 }
+    }
+
+    /// Submits the next chunk, if the input has one.
+    fn next_chunk(&mut self, hook: Option<Hook>) -> Option<Arc<Slot>> {
+        let chunk: Vec<A> = self.items.by_ref().take(self.chunksize).collect();
+        if chunk.is_empty() {
+            return None;
+        }
+        let input = wire::input(self.f, &chunk);
+        Some(self.pool.submit(wire::chunk_driver::<A, R>, input, type_name(self.f), hook))
+    }
+}
+
+/// The iterator of [`Pool::imap`]: `Ok(value)` per item in order; a failed chunk gives one
+/// `Err` in its place.
+pub struct IMap<'p, I, A, R> {
+    feed: Feed<'p, I, A, R>,
+    in_flight: VecDeque<Arc<Slot>>,
+    ready: std::vec::IntoIter<R>,
+}
+
+impl<I, A, R> Iterator for IMap<'_, I, A, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        loop {
+            if let Some(value) = self.ready.next() {
+                return Some(Ok(value));
+            }
+            while self.in_flight.len() < self.feed.window {
+                match self.feed.next_chunk(None) {
+                    Some(slot) => self.in_flight.push_back(slot),
+                    None => break,
+                }
+            }
+            let slot = self.in_flight.pop_front()?;
+            match AsyncResult::new(vec![slot], decode_chunks::<R>).get() {
+                Ok(values) => self.ready = values.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// The iterator of [`Pool::imap_unordered`]: `Ok(value)` per item as done; a failed item
+/// gives an `Err` in its place.
+pub struct IMapUnordered<'p, I, A, R> {
+    feed: Feed<'p, I, A, R>,
+    in_flight: HashMap<usize, Arc<Slot>>,
+    done_tx: mpsc::Sender<usize>,
+    done_rx: mpsc::Receiver<usize>,
+    ready: std::vec::IntoIter<R>,
+}
+
+impl<I, A, R> Iterator for IMapUnordered<'_, I, A, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        loop {
+            if let Some(value) = self.ready.next() {
+                return Some(Ok(value));
+            }
+            while self.in_flight.len() < self.feed.window {
+                let tx = self.done_tx.clone();
+                let token = next_token();
+                let hook: Hook = Box::new(move |_: &Done| {
+                    let _ = tx.send(token);
+                });
+                match self.feed.next_chunk(Some(hook)) {
+                    Some(slot) => {
+                        self.in_flight.insert(token, slot);
+                    }
+                    None => break,
+                }
+            }
+            if self.in_flight.is_empty() {
+                return None;
+            }
+            let token = self.done_rx.recv().ok()?;
+            let slot = self.in_flight.remove(&token)?;
+            match AsyncResult::new(vec![slot], decode_chunks::<R>).get() {
+                Ok(values) => self.ready = values.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// A number no other in-flight chunk of this process has.
+fn next_token() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

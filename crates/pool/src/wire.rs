@@ -1,0 +1,167 @@
+//! What travels between the pool and its workers, and the drivers that run tasks.
+//!
+//! A task is a driver (a monomorphic `fn(Bytes) -> Outcome` that knows the user function's
+//! types) and its input: the user's [`FnRef`] and arguments, postcard-encoded. The worker
+//! knows no types: it calls the driver, which decodes, calls the user's function and encodes
+//! the value.
+
+use std::fmt;
+use std::sync::Arc;
+
+use mproc_process::FnRef;
+use serde::de::{DeserializeOwned, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Bytes that serialize as one byte string (postcard: a length and the bytes), not as a
+/// sequence of `u8` values. Shared: cloning one (to keep a task's input until it is answered,
+/// or to hand an outcome to a callback) copies nothing.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct Bytes(pub(crate) Arc<Vec<u8>>);
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Bytes {
+        Bytes(Arc::new(v))
+    }
+}
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BytesVisitor;
+        impl<'de> Visitor<'de> for BytesVisitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes::from(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes::from(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = seq.next_element()? {
+                    v.push(b);
+                }
+                Ok(Bytes::from(v))
+            }
+        }
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
+}
+
+/// Why a task has no value, as the worker tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Failure {
+    /// The function panicked with this message.
+    Panicked(String),
+    /// The value could not be encoded.
+    Encode(String),
+    /// The arguments could not be decoded.
+    Decode(String),
+}
+
+/// A task's result in the worker: the encoded value, or why there is none.
+pub(crate) type Outcome = Result<Bytes, Failure>;
+
+/// A driver: runs one task's input, in any process of this program.
+pub(crate) type Driver = fn(Bytes) -> Outcome;
+
+/// One task, on its way to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WireTask {
+    pub(crate) id: u64,
+    pub(crate) driver: FnRef<Driver>,
+    pub(crate) input: Bytes,
+}
+
+/// From the pool to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// Run these, in order, and send their outcomes back in that order.
+    Batch(Vec<WireTask>),
+    /// Leave (after the tasks sent before).
+    Exit,
+}
+
+/// From a worker to the pool.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// Outcomes of the next tasks, in the order they were sent, and the time spent running
+    /// them (for the batch size).
+    Results { outcomes: Vec<(u64, Outcome)>, busy_ns: u64 },
+    /// The initializer failed: the worker leaves.
+    InitFailed(Failure),
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    postcard::from_bytes(bytes).map_err(|e| Failure::Decode(format!("cannot decode the arguments: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Outcome {
+    postcard::to_allocvec(value)
+        .map(Bytes::from)
+        .map_err(|e| Failure::Encode(format!("cannot encode the result: {e}")))
+}
+
+/// Encodes a task's input: the function and its arguments.
+pub(crate) fn input<F: mproc_process::FnPtr, A: Serialize + ?Sized>(
+    f: F,
+    args: &A,
+) -> Result<Bytes, postcard::Error> {
+    postcard::to_allocvec(&(FnRef::new(f), args)).map(Bytes::from)
+}
+
+/// A task's input: the function and its arguments.
+type Input<F, T> = (FnRef<F>, T);
+
+/// `f(a)`.
+pub(crate) fn apply_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Bytes) -> Outcome {
+    let (f, a): Input<fn(A) -> R, A> = decode(&input.0)?;
+    encode(&(f.get())(a))
+}
+
+/// `f` over a chunk of items; the values in order.
+pub(crate) fn chunk_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Bytes) -> Outcome {
+    let (f, items): Input<fn(A) -> R, Vec<A>> = decode(&input.0)?;
+    let f = f.get();
+    encode(&items.into_iter().map(f).collect::<Vec<R>>())
+}
+
+/// `f(a, b)` over a chunk of pairs: `starmap`.
+pub(crate) fn star_driver<
+    A: DeserializeOwned + 'static,
+    B: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+>(
+    input: Bytes,
+) -> Outcome {
+    type Star<A, B, R> = Input<fn(A, B) -> R, Vec<(A, B)>>;
+    let (f, items): Star<A, B, R> = decode(&input.0)?;
+    let f = f.get();
+    encode(&items.into_iter().map(|(a, b)| f(a, b)).collect::<Vec<R>>())
+}
+
+/// The initializer: `f(a)`, once per worker.
+pub(crate) fn init_driver<A: DeserializeOwned + 'static>(input: Bytes) -> Outcome {
+    let (f, a): (FnRef<fn(A)>, A) = decode(&input.0)?;
+    (f.get())(a);
+    Ok(Bytes::default())
+}
+
+/// The driver for `driver` as a reference a worker can call.
+pub(crate) fn driver_ref(driver: Driver) -> FnRef<Driver> {
+    FnRef::new(driver)
+}
