@@ -5,7 +5,7 @@
 //! outcomes, a worker's death, the next task deadline) goes through one `mproc_ipc::wait`.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use mproc_process::ipc::{Connection, Receiver, Sender, Waitable};
@@ -85,7 +85,12 @@ enum Body {
 pub(crate) struct Worker {
     name: String,
     pid: u32,
-    conn: Connection<ToWorker, FromWorker>,
+    /// Read by the handler; written by the worker's writer thread.
+    conn: Arc<Connection<ToWorker, FromWorker>>,
+    /// What the writer thread sends to the worker, in order. The handler never writes to a
+    /// worker itself: a worker blocked writing outcomes to a handler blocked writing tasks to
+    /// it would wait for ever.
+    outbox: mpsc::Sender<ToWorker>,
     body: Body,
     /// Tasks sent and not yet answered, in the order sent (outcomes come in that order).
     held: VecDeque<Queued>,
@@ -133,11 +138,26 @@ impl Worker {
                 builder.spawn_fn(worker::worker_main, WorkerArgs { conn: theirs, init, progress })?;
             (name, process.pid(), Body::Process(Some(Box::new(process))))
         };
+        let conn = Arc::new(ours);
+        let (outbox, inbox) = mpsc::channel::<ToWorker>();
+        let writer = Arc::clone(&conn);
+        std::thread::Builder::new()
+            .name(format!("mproc-pool-w{n}"))
+            .spawn(move || {
+                for message in inbox {
+                    // A failed send means the worker is gone: the handler sees its death.
+                    if writer.send(&message).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(io)?;
         log::info!("mproc-pool: started worker {name:?} (pid {pid})");
         Ok(Worker {
             name,
             pid,
-            conn: ours,
+            conn,
+            outbox,
             body,
             held: VecDeque::new(),
             batch_ends: VecDeque::new(),
@@ -347,9 +367,9 @@ impl Handler {
             if let Some(timeout) = timeout {
                 worker.deadline = Some(Instant::now() + timeout);
             }
-            if let Err(e) = worker.conn.send(&ToWorker::Batch(batch)) {
-                // It is dying: its death fails what it holds.
-                log::debug!("mproc-pool: sending to worker {:?} failed: {e}", worker.name);
+            if worker.outbox.send(ToWorker::Batch(batch)).is_err() {
+                // Its writer has stopped: the worker is dying, and its death fails (or hands
+                // on) what it holds.
                 worker.lost = true;
             }
         }
@@ -363,7 +383,7 @@ impl Handler {
             let w = &self.workers[i];
             if w.sent >= max && w.held.is_empty() && !w.lost {
                 let worker = self.workers.swap_remove(i);
-                let _ = worker.conn.send(&ToWorker::Exit);
+                let _ = worker.outbox.send(ToWorker::Exit);
                 log::info!(
                     "mproc-pool: worker {:?} (pid {}) retired after {} tasks (max_tasks_per_child)",
                     worker.name,
@@ -421,7 +441,7 @@ impl Handler {
         let mut sources: Vec<&dyn Waitable> = vec![&self.wake];
         let mut owners = Vec::new();
         for (i, worker) in self.workers.iter().enumerate() {
-            sources.push(&worker.conn);
+            sources.push(&*worker.conn);
             owners.push(i);
             if let Some(sentinel) = &sentinels[i] {
                 sources.push(sentinel);
@@ -527,7 +547,7 @@ impl Handler {
     /// Close: every task is done; tell the workers to leave and wait for them.
     fn shut_down(&mut self) {
         for worker in &self.workers {
-            let _ = worker.conn.send(&ToWorker::Exit);
+            let _ = worker.outbox.send(ToWorker::Exit);
         }
         for mut worker in self.workers.drain(..).chain(self.retiring.drain(..)) {
             worker.reap();

@@ -257,3 +257,17 @@ fn every_start_method_runs_tasks() {
         assert_eq!(pool.map(square, 0..100).unwrap()[9], 81, "{method:?}");
     }
 }
+
+fn echo(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+#[test]
+fn large_values_both_ways_do_not_deadlock() {
+    // Each task's input and value are larger than a socket's buffer: the pool writes tasks
+    // while the worker writes values, and neither may wait for the other.
+    let pool = pool(2);
+    let items: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 1 << 20]).collect();
+    let back = get(pool.map_async(echo, items.clone())).unwrap();
+    assert!(back == items, "values came back changed");
+}
