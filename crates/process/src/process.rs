@@ -80,6 +80,13 @@ impl<R> Process<R> {
     }
 }
 
+impl<R> mproc_ipc::Waitable for Process<R> {
+    /// The sentinel: readable when the child has ended.
+    fn wait_fd(&self) -> BorrowedFd<'_> {
+        self.state.sentinel()
+    }
+}
+
 impl<R: DeserializeOwned> Process<R> {
     /// Waits for the child to end and returns its value.
     ///

@@ -1,0 +1,350 @@
+//! The executor: a run queue of tasks in one thread, the reactor it sleeps in, and the queue
+//! other threads wake tasks through.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use async_task::Runnable;
+use parking_lot::Mutex;
+
+use crate::reactor::{self, Reactor};
+
+/// How many tasks run between two looks at the reactor while tasks keep being ready.
+const BUDGET: usize = 1024;
+
+/// What other threads reach: the queue their wakes go to, and how to wake the executor.
+struct Remote {
+    id: u64,
+    queue: Mutex<Vec<Runnable>>,
+    /// `queue` may hold something.
+    queued: AtomicBool,
+    /// The executor sleeps (or is about to) in the reactor: wakes must write the eventfd.
+    sleeping: AtomicBool,
+    /// The future given to `block_on` was woken.
+    main_woken: AtomicBool,
+    /// The executor is gone: a task woken now can never run.
+    closed: AtomicBool,
+    eventfd: OwnedFd,
+}
+
+impl Remote {
+    fn push(&self, runnable: Runnable) {
+        if self.closed.load(Ordering::Acquire) {
+            // Its executor is gone, and with it the only thread that may run or drop this
+            // task (its future need not be Send): keep it from being dropped here.
+            std::mem::forget(runnable);
+            return;
+        }
+        self.queue.lock().push(runnable);
+        self.queued.store(true, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            reactor::notify(self.eventfd.as_fd());
+        }
+    }
+}
+
+/// The executor's own state, in its thread.
+pub(crate) struct Local {
+    id: u64,
+    /// The process that made it: a forked child holds a copy, which must stay unused.
+    pid: u32,
+    queue: RefCell<VecDeque<Runnable>>,
+    pub(crate) reactor: Reactor,
+    remote: Arc<Remote>,
+}
+
+impl Local {
+    /// Panics with a clear message in a forked child.
+    fn check_process(&self) {
+        let me = std::process::id();
+        if me != self.pid {
+            panic!(
+                "mproc-coroutine: this Executor was made in process {}, and this is process {me} \
+                 (a forked child): its reactor is shared with the parent, so it cannot run here. \
+                 Make a new Executor in the child.",
+                self.pid
+            );
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.remote.closed.store(true, Ordering::Release);
+        // Tasks woken from other threads but never run: drop them here, in their thread.
+        let queued = std::mem::take(&mut *self.remote.queue.lock());
+        drop(queued);
+    }
+}
+
+thread_local! {
+    /// The executor whose `block_on` runs in this thread now.
+    static CURRENT: RefCell<Option<Rc<Local>>> = const { RefCell::new(None) };
+}
+
+/// The running executor of this thread, if it belongs to this process.
+pub(crate) fn current() -> Option<Rc<Local>> {
+    let local = CURRENT.with(|c| c.borrow().clone())?;
+    (local.pid == std::process::id()).then_some(local)
+}
+
+/// Makes `local` current for the life of the guard.
+struct Enter {
+    previous: Option<Rc<Local>>,
+}
+
+impl Enter {
+    fn new(local: &Rc<Local>) -> Enter {
+        Enter { previous: CURRENT.with(|c| c.replace(Some(Rc::clone(local)))) }
+    }
+}
+
+impl Drop for Enter {
+    fn drop(&mut self) {
+        CURRENT.with(|c| *c.borrow_mut() = self.previous.take());
+    }
+}
+
+/// Wakes the future given to `block_on`.
+struct MainWaker {
+    remote: Arc<Remote>,
+}
+
+impl Wake for MainWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.remote.main_woken.store(true, Ordering::SeqCst);
+        if self.remote.sleeping.load(Ordering::SeqCst) {
+            reactor::notify(self.remote.eventfd.as_fd());
+        }
+    }
+}
+
+/// A coroutine executor that runs in the thread that calls [`block_on`](Self::block_on).
+///
+/// It is not `Send`: it, its tasks and their futures stay in the thread that made it. Wakers
+/// are `Send + Sync` as usual: another thread (a pool's result handler, a thread of yours)
+/// may wake a task, and the executor wakes up from its reactor to run it.
+pub struct Executor {
+    local: Rc<Local>,
+}
+
+impl fmt::Debug for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executor")
+            .field("id", &self.local.id)
+            .field("queued", &self.local.queue.borrow().len())
+            .finish()
+    }
+}
+
+impl Executor {
+    /// A new executor with its own reactor (an epoll fd and an eventfd).
+    pub fn new() -> io::Result<Executor> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let eventfd = reactor::eventfd()?;
+        let reactor = Reactor::new(eventfd.as_fd())?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let remote = Arc::new(Remote {
+            id,
+            queue: Mutex::new(Vec::new()),
+            queued: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            main_woken: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            eventfd,
+        });
+        let local = Local { id, pid: std::process::id(), queue: RefCell::default(), reactor, remote };
+        Ok(Executor { local: Rc::new(local) })
+    }
+
+    /// Starts `future` as a task of this executor; it runs while [`block_on`](Self::block_on)
+    /// runs. Awaiting the [`Task`] gives its output; dropping it cancels the task.
+    pub fn spawn<F>(&self, future: F) -> Task<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        spawn_on(&self.local, future)
+    }
+
+    /// Runs `future` to completion in this thread, running the executor's tasks and waiting
+    /// on its reactor meanwhile, and returns its output.
+    ///
+    /// # Panics
+    ///
+    /// In a forked child, when the executor was made by the parent (its reactor is shared
+    /// with the parent's): make a new executor in the child. A panic of `future` itself
+    /// propagates; panics of spawned tasks are caught (see [`Task`]).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let local = &self.local;
+        local.check_process();
+        let _enter = Enter::new(local);
+        let remote = &local.remote;
+        let waker = Waker::from(Arc::new(MainWaker { remote: Arc::clone(remote) }));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = pin!(future);
+        remote.main_woken.store(true, Ordering::SeqCst);
+        loop {
+            if remote.main_woken.swap(false, Ordering::SeqCst)
+                && let Poll::Ready(output) = future.as_mut().poll(&mut cx)
+            {
+                return output;
+            }
+            let mut ran = 0;
+            while ran < BUDGET {
+                let next = local.queue.borrow_mut().pop_front();
+                let Some(runnable) = next else { break };
+                runnable.run();
+                ran += 1;
+                if remote.main_woken.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            if remote.queued.swap(false, Ordering::SeqCst) {
+                let woken = std::mem::take(&mut *remote.queue.lock());
+                local.queue.borrow_mut().extend(woken);
+            }
+            let idle = local.queue.borrow().is_empty() && !remote.main_woken.load(Ordering::SeqCst);
+            if idle {
+                remote.sleeping.store(true, Ordering::SeqCst);
+                // A wake between the checks above and `sleeping` would not write the
+                // eventfd: look again now that wakers will.
+                if !remote.queued.load(Ordering::SeqCst) && !remote.main_woken.load(Ordering::SeqCst) {
+                    local.reactor.poll(None).expect("mproc-coroutine: epoll_wait failed");
+                }
+                remote.sleeping.store(false, Ordering::SeqCst);
+            } else if ran == BUDGET {
+                // Busy: look at I/O and timers without sleeping, so they are not starved.
+                local.reactor.poll(Some(Duration::ZERO)).expect("mproc-coroutine: epoll_wait failed");
+            }
+        }
+    }
+}
+
+/// Starts `future` as a task of the executor running in this thread (inside
+/// [`Executor::block_on`]).
+///
+/// # Panics
+///
+/// Outside `block_on`, and in a forked child of the process whose executor is running.
+pub fn spawn<F>(future: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    let local = current().unwrap_or_else(|| {
+        panic!("mproc_coroutine::spawn outside Executor::block_on (or in a forked child of it)")
+    });
+    spawn_on(&local, future)
+}
+
+fn spawn_on<F>(local: &Rc<Local>, future: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    let remote = Arc::clone(&local.remote);
+    let schedule = move |runnable: Runnable| {
+        // In the executor's own thread, while it runs: straight onto its queue.
+        let mut runnable = Some(runnable);
+        let _ = CURRENT.try_with(|current| {
+            if let Ok(current) = current.try_borrow()
+                && let Some(local) = &*current
+                && local.id == remote.id
+                && let Ok(mut queue) = local.queue.try_borrow_mut()
+            {
+                queue.push_back(runnable.take().expect("not taken yet"));
+            }
+        });
+        if let Some(runnable) = runnable {
+            remote.push(runnable);
+        }
+    };
+    let (runnable, task) =
+        async_task::Builder::new().propagate_panic(true).spawn_local(move |()| future, schedule);
+    runnable.schedule();
+    Task { inner: Some(task) }
+}
+
+/// A spawned task: await it for its output. Dropping it cancels the task (its future is
+/// dropped at its next stop); [`detach`](Self::detach) lets it run on unobserved.
+///
+/// A panic inside the task is caught: the other tasks go on, and awaiting this one gives
+/// [`Panicked`] with the message.
+#[must_use = "dropping a Task cancels it; call detach() to let it run"]
+pub struct Task<T> {
+    inner: Option<async_task::Task<T>>,
+}
+
+impl<T> fmt::Debug for Task<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task").field("finished", &self.inner.as_ref().map(|t| t.is_finished())).finish()
+    }
+}
+
+impl<T> Task<T> {
+    /// Lets the task run to its end with nobody awaiting it (its output is dropped).
+    pub fn detach(mut self) {
+        if let Some(task) = self.inner.take() {
+            task.detach();
+        }
+    }
+
+    /// Whether the task has finished (with an output or a panic).
+    pub fn is_finished(&self) -> bool {
+        self.inner.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl<T> Future for Task<T> {
+    type Output = Result<T, Panicked>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(task) = self.inner.as_mut() else {
+            return Poll::Ready(Err(Panicked { message: "the task was detached".into() }));
+        };
+        // The task caught its own panic; awaiting re-raises it here, where it becomes a value.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(task).poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(Panicked { message: panic_message(&*payload) })),
+        }
+    }
+}
+
+/// A task panicked; its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Panicked {
+    /// The panic message (or a note that the payload was not a string).
+    pub message: String,
+}
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the task panicked: {}", self.message)
+    }
+}
+
+impl std::error::Error for Panicked {}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a payload that is not a string".into())
+}

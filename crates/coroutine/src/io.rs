@@ -1,0 +1,189 @@
+//! `Async<T>`: an ipc end or a child process, awaited instead of blocked on.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::rc::Rc;
+
+use mproc_pool::ipc::{self, Connection, Receiver, Sender, Waitable};
+use mproc_pool::process::{self, Process};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::executor::{Local, current};
+
+/// An ipc end ([`Receiver`], [`Sender`], [`Connection`]) or a child [`Process`], registered with
+/// the running executor's reactor, so a coroutine awaits it while the thread runs other
+/// coroutines.
+///
+/// ```
+/// use mproc_coroutine::{Async, Executor};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (a, b) = mproc_coroutine::ipc::duplex::<u32>()?;
+/// let ex = Executor::new()?;
+/// let total = ex.block_on(async {
+///     let (a, b) = (Async::new(a)?, Async::new(b)?);
+///     let echo = mproc_coroutine::spawn(async move {
+///         while let Ok(n) = b.recv().await {
+///             b.send(&(n * 2)).await?;
+///         }
+///         Ok::<_, mproc_coroutine::ipc::Error>(())
+///     });
+///     let mut total = 0;
+///     for n in 1..=3 {
+///         a.send(&n).await?;
+///         total += a.recv().await?;
+///     }
+///     drop(a);
+///     echo.await.unwrap()?;
+///     Ok::<_, Box<dyn std::error::Error>>(total)
+/// })?;
+/// assert_eq!(total, 12);
+/// # Ok(()) }
+/// ```
+pub struct Async<T: Waitable> {
+    io: Option<T>,
+    key: usize,
+    local: Rc<Local>,
+}
+
+impl<T: Waitable + fmt::Debug> fmt::Debug for Async<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Async").field(&self.io).finish()
+    }
+}
+
+impl<T: Waitable> Async<T> {
+    /// Registers `io` with the executor running in this thread.
+    ///
+    /// Fails outside [`Executor::block_on`](crate::Executor::block_on) (and in a forked
+    /// child of the process whose executor runs: the reactor belongs to the parent).
+    pub fn new(io: T) -> io::Result<Async<T>> {
+        let local = current().ok_or_else(|| {
+            io::Error::other(
+                "mproc_coroutine::Async::new outside Executor::block_on (or in a forked child of it)",
+            )
+        })?;
+        let key = local.reactor.register(io.wait_fd())?;
+        Ok(Async { io: Some(io), key, local })
+    }
+
+    /// The inner value.
+    pub fn get_ref(&self) -> &T {
+        self.io.as_ref().expect("present until into_inner")
+    }
+
+    /// Unregisters and returns the inner value.
+    pub fn into_inner(mut self) -> T {
+        let io = self.io.take().expect("present until into_inner");
+        self.local.reactor.deregister(self.key, io.wait_fd());
+        io
+    }
+
+    /// Waits until a receive would not wait for the fd: something arrived (or the peer is
+    /// gone), or a frame is already buffered in the end.
+    pub async fn readable(&self) {
+        if self.get_ref().ready() {
+            return;
+        }
+        self.event(false).await;
+    }
+
+    /// Waits until the fd has room to write (or the peer is gone).
+    pub async fn writable(&self) {
+        self.event(true).await;
+    }
+
+    /// Waits for the next readiness event of the fd (edge-triggered: one per change).
+    async fn event(&self, write: bool) {
+        let mut since = None;
+        poll_fn(|cx| self.local.reactor.poll_event(self.key, write, &mut since, cx)).await
+    }
+
+    /// Retries `attempt` until it gives something, waiting for the fd in between.
+    async fn receiving<V>(&self, mut attempt: impl FnMut(&T) -> ipc::Result<Option<V>>) -> ipc::Result<V> {
+        loop {
+            if let Some(value) = attempt(self.get_ref())? {
+                return Ok(value);
+            }
+            self.event(false).await;
+        }
+    }
+}
+
+impl<T: Waitable> Drop for Async<T> {
+    fn drop(&mut self) {
+        if let Some(io) = &self.io {
+            self.local.reactor.deregister(self.key, io.wait_fd());
+        }
+    }
+}
+
+/// A frame is sent once the fd has room; a frame larger than the room left in the pipe or
+/// socket buffer still blocks the thread until the peer has read enough.
+macro_rules! sending {
+    () => {
+        /// Sends `value` as one frame, once the end has room.
+        pub async fn send(&self, value: &S) -> ipc::Result<()> {
+            self.writable_now().await;
+            self.get_ref().send(value)
+        }
+
+        /// Sends raw bytes as one frame, once the end has room.
+        pub async fn send_bytes(&self, bytes: &[u8]) -> ipc::Result<()> {
+            self.writable_now().await;
+            self.get_ref().send_bytes(bytes)
+        }
+
+        /// Waits for room only if there is none now.
+        async fn writable_now(&self) {
+            let fd = self.get_ref().wait_fd();
+            let room = rustix::event::poll(
+                &mut [rustix::event::PollFd::from_borrowed_fd(fd, rustix::event::PollFlags::OUT)],
+                Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 }),
+            );
+            if room != Ok(1) {
+                self.writable().await;
+            }
+        }
+    };
+}
+
+impl<S: Serialize, R: DeserializeOwned> Async<Connection<S, R>> {
+    /// Receives the next value, letting other coroutines run while none has arrived.
+    pub async fn recv(&self) -> ipc::Result<R> {
+        self.receiving(|end| end.try_recv()).await
+    }
+
+    /// Receives the next raw frame.
+    pub async fn recv_bytes(&self) -> ipc::Result<Vec<u8>> {
+        self.receiving(|end| match end.recv_bytes_timeout(std::time::Duration::ZERO) {
+            Err(ipc::Error::Timeout) => Ok(None),
+            other => other.map(Some),
+        })
+        .await
+    }
+
+    sending!();
+}
+
+impl<T: DeserializeOwned> Async<Receiver<T>> {
+    /// Receives the next value, letting other coroutines run while none has arrived.
+    pub async fn recv(&self) -> ipc::Result<T> {
+        self.receiving(|end| end.try_recv()).await
+    }
+}
+
+impl<S: Serialize> Async<Sender<S>> {
+    sending!();
+}
+
+impl<R: DeserializeOwned> Async<Process<R>> {
+    /// Waits for the child to end (through its sentinel, a pidfd), then joins it.
+    pub async fn join(self) -> process::Result<R> {
+        while self.get_ref().is_alive() {
+            self.event(false).await;
+        }
+        self.into_inner().join()
+    }
+}

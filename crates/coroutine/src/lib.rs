@@ -1,0 +1,86 @@
+//! An in-thread coroutine executor that awaits pipes, child processes and pool results.
+//!
+//! Coroutines are Rust futures: tasks that keep their state across suspensions in one
+//! allocation each, one running at a time, all in the thread that calls
+//! [`Executor::block_on`]. A reactor in the same thread (epoll, plus an eventfd for wakes from
+//! other threads, with timers as the epoll timeout; no helper threads) lets them wait on:
+//!
+//! - an ipc end: [`Async`]`<`[`Connection`](ipc::Connection)`>` (or a `Receiver`, a `Sender`):
+//!   `recv().await`, `send(&v).await`;
+//! - a child's end: `Async<`[`Process`](process::Process)`>::join().await`;
+//! - a pool result: [`AsyncResult`](pool::AsyncResult) is a future already;
+//! - time: [`sleep`], [`timeout`];
+//! - each other: [`spawn`] gives a [`Task`], [`channel`], [`join_all`], [`first_of`],
+//!   [`yield_now`].
+//!
+//! So one thread can hold thousands of conversations with child processes at once (what Python
+//! programs do with asyncio and aiomultiprocess).
+//!
+//! ```
+//! use std::time::Duration;
+//! use mproc_coroutine::{Executor, spawn, sleep, timeout, channel};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let ex = Executor::new()?;
+//! let sum = ex.block_on(async {
+//!     let (tx, rx) = channel();
+//!     for i in 0..10u64 {
+//!         let tx = tx.clone();
+//!         spawn(async move {
+//!             sleep(Duration::from_millis(i)).await;
+//!             tx.send(i).unwrap();
+//!         })
+//!         .detach();
+//!     }
+//!     drop(tx);
+//!     let mut sum = 0;
+//!     while let Some(i) = rx.recv().await {
+//!         sum += i;
+//!     }
+//!     assert!(timeout(Duration::from_millis(1), sleep(Duration::from_secs(60))).await.is_err());
+//!     sum
+//! });
+//! assert_eq!(sum, 45);
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - One allocation per task (async-task's cell: header, future and output together).
+//! - A panic inside a task is caught: the other tasks go on, and awaiting the task gives
+//!   [`Panicked`] with the message.
+//! - The executor and its tasks are `!Send` (they stay in their thread); wakers are
+//!   `Send + Sync` and may be woken or dropped from any thread, also after their task finished
+//!   or was cancelled.
+//! - Dropping a [`Task`] cancels it; [`Task::detach`] lets it run on.
+//!
+//! # Fork
+//!
+//! A forked child gets a copy of its parent's memory, executor included, and a copy of its
+//! epoll fd, which still names the *parent's* epoll instance: used from the child it would
+//! take the parent's events. So an executor knows the process that made it: in any other
+//! process [`Executor::block_on`] panics with a message saying so, and [`spawn`] and
+//! [`Async::new`] see no running executor. A child makes its own [`Executor`].
+//!
+//! # Caveats
+//!
+//! - `send` on an `Async` end waits for room in the pipe or socket, then writes the whole
+//!   frame: a frame larger than the room left blocks the thread until the peer reads.
+//! - Waking a task from another thread after its executor was dropped leaks that task (its
+//!   future may not be dropped outside its thread).
+#![deny(unsafe_code)]
+
+mod channel;
+mod combinators;
+mod executor;
+mod io;
+mod reactor;
+mod time;
+
+pub use channel::{LocalReceiver, LocalSender, channel};
+pub use combinators::{first_of, join_all, yield_now};
+pub use executor::{Executor, Panicked, Task, spawn};
+pub use io::Async;
+pub use mproc_pool as pool;
+pub use mproc_pool::{ipc, process};
+pub use time::{Elapsed, Sleep, sleep, sleep_until, timeout};
