@@ -439,13 +439,14 @@ impl Handler {
         let sentinels: Vec<Option<std::os::fd::BorrowedFd<'_>>> =
             self.workers.iter().map(Worker::sentinel).collect();
         let mut sources: Vec<&dyn Waitable> = vec![&self.wake];
+        // For each source after the wake pipe: its worker, and whether it is the sentinel.
         let mut owners = Vec::new();
         for (i, worker) in self.workers.iter().enumerate() {
             sources.push(&*worker.conn);
-            owners.push(i);
+            owners.push((i, false));
             if let Some(sentinel) = &sentinels[i] {
                 sources.push(sentinel);
-                owners.push(i);
+                owners.push((i, true));
             }
         }
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -459,14 +460,17 @@ impl Handler {
         if ready.first() == Some(&0) {
             while let Ok(Some(())) = self.wake.try_recv() {}
         }
-        let mut touched: Vec<usize> = ready.iter().filter(|&&i| i > 0).map(|&i| owners[i - 1]).collect();
-        touched.dedup();
+        // The wait already says which sentinels are readable: no second look at them.
+        let touched: Vec<(usize, bool)> = ready.iter().filter(|&&i| i > 0).map(|&i| owners[i - 1]).collect();
         let mut broken = None;
         let mut dead = Vec::new();
-        for &i in &touched {
+        for (n, &(i, _)) in touched.iter().enumerate() {
+            if n > 0 && touched[n - 1].0 == i {
+                continue;
+            }
+            let exited = touched.iter().any(|&(j, sentinel)| j == i && sentinel);
             let worker = &mut self.workers[i];
             let alive = worker.drain(&mut broken);
-            let exited = worker.sentinel().is_some_and(|s| ready_now(s));
             if !alive || exited || worker.lost {
                 dead.push((i, false));
             }
@@ -570,9 +574,4 @@ impl Handler {
         }
         log::info!("mproc-pool: terminated");
     }
-}
-
-/// Whether `fd` is readable now.
-fn ready_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    mproc_process::ipc::wait(&[&fd], Some(Duration::ZERO)).is_ok_and(|r| !r.is_empty())
 }
