@@ -321,7 +321,9 @@ impl<T> Future for Task<T> {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(task).poll(cx))) {
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(Panicked { message: panic_message(&*payload) })),
+            Err(payload) => {
+                Poll::Ready(Err(Panicked { message: mproc_pool::process::panic_message(&*payload) }))
+            }
         }
     }
 }
@@ -340,11 +342,3 @@ impl fmt::Display for Panicked {
 }
 
 impl std::error::Error for Panicked {}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with a payload that is not a string".into())
-}

@@ -498,22 +498,16 @@ where
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
-        loop {
-            if let Some(value) = self.ready.next() {
-                return Some(Ok(value));
-            }
-            while self.in_flight.len() < self.feed.window {
-                match self.feed.next_chunk(None) {
-                    Some(slot) => self.in_flight.push_back(slot),
+        let IMap { feed, in_flight, ready } = self;
+        next_value(ready, || {
+            while in_flight.len() < feed.window {
+                match feed.next_chunk(None) {
+                    Some(slot) => in_flight.push_back(slot),
                     None => break,
                 }
             }
-            let slot = self.in_flight.pop_front()?;
-            match AsyncResult::new(vec![slot], decode_chunks::<R>).get() {
-                Ok(values) => self.ready = values.into_iter(),
-                Err(e) => return Some(Err(e)),
-            }
-        }
+            in_flight.pop_front()
+        })
     }
 }
 
@@ -536,32 +530,44 @@ where
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
-        loop {
-            if let Some(value) = self.ready.next() {
-                return Some(Ok(value));
-            }
-            while self.in_flight.len() < self.feed.window {
-                let tx = self.done_tx.clone();
+        let IMapUnordered { feed, in_flight, done_tx, done_rx, ready } = self;
+        next_value(ready, || {
+            while in_flight.len() < feed.window {
+                let tx = done_tx.clone();
                 let token = next_token();
                 let hook: Hook = Box::new(move |_: &Done| {
                     let _ = tx.send(token);
                 });
-                match self.feed.next_chunk(Some(hook)) {
+                match feed.next_chunk(Some(hook)) {
                     Some(slot) => {
-                        self.in_flight.insert(token, slot);
+                        in_flight.insert(token, slot);
                     }
                     None => break,
                 }
             }
-            if self.in_flight.is_empty() {
+            if in_flight.is_empty() {
                 return None;
             }
-            let token = self.done_rx.recv().ok()?;
-            let slot = self.in_flight.remove(&token)?;
-            match AsyncResult::new(vec![slot], decode_chunks::<R>).get() {
-                Ok(values) => self.ready = values.into_iter(),
-                Err(e) => return Some(Err(e)),
-            }
+            let token = done_rx.recv().ok()?;
+            in_flight.remove(&token)
+        })
+    }
+}
+
+/// The next value of an `imap`: from the chunk being handed out, or else from the chunk
+/// `next_done` waits for (`None`: no chunk left); a failed chunk gives one `Err`.
+fn next_value<R: DeserializeOwned>(
+    ready: &mut std::vec::IntoIter<R>,
+    mut next_done: impl FnMut() -> Option<Arc<Slot>>,
+) -> Option<Result<R>> {
+    loop {
+        if let Some(value) = ready.next() {
+            return Some(Ok(value));
+        }
+        let slot = next_done()?;
+        match AsyncResult::new(vec![slot], decode_chunks::<R>).get() {
+            Ok(values) => *ready = values.into_iter(),
+            Err(e) => return Some(Err(e)),
         }
     }
 }

@@ -85,15 +85,6 @@ fn run(task: WireTask) -> Outcome {
     let driver = task.driver.get();
     match catch_unwind(AssertUnwindSafe(|| driver(task.input))) {
         Ok(outcome) => outcome,
-        Err(payload) => Err(Failure::Panicked(panic_message(&*payload))),
+        Err(payload) => Err(Failure::Panicked(mproc_process::panic_message(&*payload))),
     }
-}
-
-/// The message of a panic payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with a payload that is not a string".into())
 }

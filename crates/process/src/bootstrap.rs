@@ -44,8 +44,14 @@ pub(crate) const EXIT_BOOTSTRAP: i32 = 70;
 #[inline(never)]
 pub(crate) fn check_binary() {}
 
-/// The message of a panic payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+/// The message of a panic payload (what `catch_unwind` returns): the `&str` or `String` it
+/// holds, or a note that it holds something else. Every mproc layer reports panics with it.
+///
+/// ```
+/// let payload = std::panic::catch_unwind(|| panic!("no luck")).unwrap_err();
+/// assert_eq!(mproc_process::panic_message(&*payload), "no luck");
+/// ```
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -95,6 +95,7 @@ use std::ffi::CString;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub use bootstrap::panic_message;
 pub use builder::{Builder, StartMethod};
 pub use error::{Error, Result};
 pub use fnref::{FnPtr, FnRef};
