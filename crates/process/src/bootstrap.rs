@@ -59,12 +59,17 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic with a payload that is not a string".into())
 }
 
-/// Runs `f`, catching a panic, and sends the outcome on `conn`; returns the exit code.
-pub(crate) fn run_and_report<R: Serialize>(conn: &Connection<Outcome<R>, ()>, f: impl FnOnce() -> R) -> i32 {
-    let (outcome, code) = match catch_unwind(AssertUnwindSafe(f)) {
+/// Runs `f`, catching a panic: its outcome, and the exit code that goes with it.
+pub(crate) fn run<R>(f: impl FnOnce() -> R) -> (Outcome<R>, i32) {
+    match catch_unwind(AssertUnwindSafe(f)) {
         Ok(value) => (Outcome::Value(value), 0),
         Err(payload) => (Outcome::Panicked(panic_message(&*payload)), EXIT_PANICKED),
-    };
+    }
+}
+
+/// Runs `f`, catching a panic, and sends the outcome on `conn`; returns the exit code.
+pub(crate) fn run_and_report<R: Serialize>(conn: &Connection<Outcome<R>, ()>, f: impl FnOnce() -> R) -> i32 {
+    let (outcome, code) = run(f);
     match conn.send(&outcome) {
         Ok(()) => code,
         Err(mproc_ipc::Error::Encode(e)) => {

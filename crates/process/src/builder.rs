@@ -167,8 +167,7 @@ pub(crate) fn fork_lock() -> impl Sized {
 /// the process. So a daemon is started from the main thread (which lives as long as the
 /// process) or from a dedicated thread that never exits; anything else starts right here.
 fn on_long_lived_thread<T: Send + 'static>(daemon: bool, start: impl FnOnce() -> T + Send + 'static) -> T {
-    let main_thread = rustix::thread::gettid() == rustix::process::getpid();
-    if !daemon || main_thread {
+    if !daemon || rustix::thread::gettid() == rustix::process::getpid() {
         return start();
     }
     let (done_tx, done_rx) = mpsc::sync_channel(1);

@@ -8,7 +8,9 @@ use parking_lot::Mutex;
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use serde::{Deserialize, Serialize};
 
+use crate::bootstrap::Outcome;
 use crate::error::{Error, Result};
+use crate::slot::Slot;
 use crate::status::ExitStatus;
 
 /// How long [`ChildState::wait_status`] asks before it sleeps.
@@ -41,11 +43,28 @@ pub(crate) struct ChildState {
     pub(crate) daemon: bool,
     exit: Exit,
     status: Mutex<Option<ExitStatus>>,
+    /// Where a `Fork` child leaves its value.
+    slot: Option<Mutex<Slot>>,
 }
 
 impl ChildState {
     pub(crate) fn new(pid: Pid, name: String, daemon: bool, exit: Exit) -> ChildState {
-        ChildState { pid, name, daemon, exit, status: Mutex::new(None) }
+        ChildState { pid, name, daemon, exit, status: Mutex::new(None), slot: None }
+    }
+
+    /// The state of a child that leaves its value in `slot`.
+    pub(crate) fn with_slot(mut self, slot: Slot) -> ChildState {
+        self.slot = Some(Mutex::new(slot));
+        self
+    }
+
+    /// The value a child with a slot left there, read once it has ended (`None`: it left none).
+    pub(crate) fn take_outcome<R: serde::de::DeserializeOwned>(&self) -> Result<Option<Outcome<R>>> {
+        debug_assert!(self.is_done(), "a slot is read after its child is reaped");
+        match &self.slot {
+            Some(slot) => slot.lock().read(),
+            None => Ok(None),
+        }
     }
 
     pub(crate) fn pid_u32(&self) -> u32 {
@@ -98,10 +117,11 @@ impl ChildState {
     }
 
     /// Waits for the child to end, until `deadline` (`None`: for ever); `None` on the deadline.
-    pub(crate) fn wait_status(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
-        // A child that has sent its value is on its way out, microseconds away: asking again
-        // for a moment costs less than sleeping in poll and being woken.
-        let spin_until = Instant::now() + SPIN;
+    ///
+    /// `soon`: the child is known to be on its way out (it has sent its value), microseconds
+    /// away, so asking again for a moment costs less than sleeping in poll and being woken.
+    pub(crate) fn wait_status(&self, deadline: Option<Instant>, soon: bool) -> Result<Option<ExitStatus>> {
+        let spin_until = if soon { Instant::now() + SPIN } else { Instant::now() };
         while Instant::now() < spin_until && deadline.is_none_or(|d| Instant::now() < d) {
             if let Some(status) = self.try_status()? {
                 return Ok(Some(status));
@@ -133,6 +153,17 @@ impl ChildState {
         match rustix::process::pidfd_send_signal(self.sentinel(), signal) {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Drop for ChildState {
+    fn drop(&mut self) {
+        // A reaped child writes nothing more: its slot may serve the next one.
+        if self.status.get_mut().is_some()
+            && let Some(slot) = &mut self.slot
+        {
+            slot.get_mut().release();
         }
     }
 }

@@ -45,7 +45,9 @@ pub(crate) fn fn_key() -> [u8; 16] {
 
 /// Becomes the child described by `identity` (right after a fork, or at a spawned start).
 pub(crate) fn become_child(identity: Identity) {
-    *IDENTITY.lock() = Some(identity);
+    // The identity copied from the parent is not dropped: freeing it in a forked child would
+    // write to heap pages, each write a page copied.
+    std::mem::forget(IDENTITY.lock().replace(identity));
     CHILDREN_STARTED.store(0, Ordering::Relaxed);
 }
 
@@ -67,7 +69,7 @@ pub(crate) fn child_identity(name: Option<String>, daemon: bool) -> Identity {
         daemon,
         authkey: me.authkey,
         fn_key: me.fn_key,
-        parent: Some((std::process::id(), me.name)),
+        parent: Some((crate::global::pid(), me.name)),
     }
 }
 
@@ -105,7 +107,7 @@ impl ProcessInfo {
 
 /// This process: its pid, name, daemon flag and authkey (Python's `current_process()`).
 pub fn current_process() -> ProcessInfo {
-    ProcessInfo { pid: std::process::id(), identity: identity() }
+    ProcessInfo { pid: crate::global::pid(), identity: identity() }
 }
 
 /// This process's parent, if it was started by mproc (Python's `parent_process()`); `None` in

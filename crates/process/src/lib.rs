@@ -87,6 +87,7 @@ mod global;
 mod identity;
 mod process;
 mod registry;
+mod slot;
 mod start;
 mod status;
 mod sys;

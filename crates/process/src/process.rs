@@ -22,14 +22,34 @@ use crate::status::ExitStatus;
 /// zombie is left), or joined when this program exits (as Python does).
 pub struct Process<R> {
     state: Arc<ChildState>,
-    /// The child's connection, until its value has been taken.
-    result: Option<Connection<(), Outcome<R>>>,
+    /// Where the child's value comes from, until it has been taken.
+    result: Option<Source<R>>,
+}
+
+/// Where a child's value comes from.
+// The size of a connection either way: one per child, and boxing it would add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Source<R> {
+    /// The child sends it on this connection (Spawn and ForkServer children).
+    Connection(Connection<(), Outcome<R>>),
+    /// The child leaves it in its slot, read once it has ended (Fork children).
+    Slot,
 }
 
 impl<R> Process<R> {
+    /// A child that sends its value on `result`.
     pub(crate) fn new(state: Arc<ChildState>, result: Connection<(), Outcome<R>>) -> Self {
+        Self::with_source(state, Source::Connection(result))
+    }
+
+    /// A child that leaves its value in the slot of `state`.
+    pub(crate) fn from_slot(state: Arc<ChildState>) -> Self {
+        Self::with_source(state, Source::Slot)
+    }
+
+    fn with_source(state: Arc<ChildState>, source: Source<R>) -> Self {
         registry::add(Arc::clone(&state));
-        Process { state, result: Some(result) }
+        Process { state, result: Some(source) }
     }
 
     /// The child's pid.
@@ -103,15 +123,22 @@ impl<R: DeserializeOwned> Process<R> {
     }
 
     fn join_until(&mut self, deadline: Option<Instant>) -> Result<R> {
-        let conn = self.result.as_ref().ok_or(Error::AlreadyJoined)?;
-        let outcome = receive_outcome(conn, &self.state, deadline)?;
-        // The child sends its value last thing before it exits: wait for the exit too, so
-        // the status is known and the child reaped.
-        let status = match self.state.wait_status(deadline) {
-            Ok(Some(status)) => Some(status),
-            Ok(None) if outcome.is_some() => None, // lingering after its value: reaped later
-            Ok(None) => return Err(Error::Timeout),
-            Err(e) => return Err(e),
+        let (outcome, status) = match self.result.as_ref().ok_or(Error::AlreadyJoined)? {
+            Source::Connection(conn) => {
+                let outcome = receive_outcome(conn, &self.state, deadline)?;
+                // The child sends its value last thing before it exits: wait for the exit
+                // too, so the status is known and the child reaped.
+                match self.state.wait_status(deadline, outcome.is_some()) {
+                    Ok(Some(status)) => (outcome, Some(status)),
+                    Ok(None) if outcome.is_some() => (outcome, None), // lingering: reaped later
+                    Ok(None) => return Err(Error::Timeout),
+                    Err(e) => return Err(e),
+                }
+            }
+            Source::Slot => match self.state.wait_status(deadline, false)? {
+                Some(status) => (self.state.take_outcome()?, Some(status)),
+                None => return Err(Error::Timeout),
+            },
         };
         self.result = None;
         self.outcome(outcome, status)

@@ -104,6 +104,6 @@ extern "C" fn join_at_exit() {
         let _ = child.signal(Signal::TERM);
     }
     for child in &children {
-        let _ = child.wait_status(None);
+        let _ = child.wait_status(None, false);
     }
 }

@@ -3,27 +3,27 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use mproc_ipc::Connection;
 use rustix::process::{Pid, PidfdFlags, Signal};
 use serde::Serialize;
 
-use crate::bootstrap::{self, Outcome};
+use crate::bootstrap;
 use crate::child::{ChildState, Exit};
 use crate::error::Result;
 use crate::identity::{self, Identity};
 use crate::process::Process;
 use crate::registry;
+use crate::slot::{Slot, SlotWriter};
 use crate::sys::fork::{Forked, exit_now, fork};
 
-/// Forks a child that runs `f` and sends its value back.
+/// Forks a child that runs `f` and leaves its value in a [`Slot`].
 /// `close` are the parent's fds the child closes first (`Builder::close_in_child`).
 pub(crate) fn start<R, F>(identity: Identity, close: &[i32], f: F) -> Result<Process<R>>
 where
     F: FnOnce() -> R,
     R: Serialize,
 {
-    let (parent_end, child_end) = Connection::<(), Outcome<R>>::pair()?;
-    let parent_pid = rustix::process::getpid();
+    let slot = Slot::take()?;
+    let parent_pid = Pid::from_raw(crate::global::pid() as i32).expect("a pid is positive");
     let (name, daemon) = (identity.name.clone(), identity.daemon);
     let pid = {
         // Hold every lock the child will touch, so no other thread holds one at the fork;
@@ -41,32 +41,26 @@ where
         match fork()? {
             Forked::Child => {
                 drop((_starter, _server, _identity, _registry, out, err));
-                drop(parent_end);
                 crate::sys::fork::close_copies(close);
-                child(identity, parent_pid, child_end.cast(), f)
+                child(identity, parent_pid, slot.writer(), f)
             }
             Forked::Parent(pid) => pid,
         }
     };
-    drop(child_end);
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
-    let state = Arc::new(ChildState::new(pid, name, daemon, Exit::Own { pidfd }));
-    Ok(Process::new(state, parent_end))
+    let state = Arc::new(ChildState::new(pid, name, daemon, Exit::Own { pidfd }).with_slot(slot));
+    Ok(Process::from_slot(state))
 }
 
-/// The child side: become the child, run `f`, report, leave. Never returns.
-fn child<R: Serialize>(
-    identity: Identity,
-    parent: Pid,
-    conn: Connection<Outcome<R>, ()>,
-    f: impl FnOnce() -> R,
-) -> ! {
+/// The child side: become the child, run `f`, leave the outcome in the slot, exit. Never
+/// returns.
+fn child<R: Serialize>(identity: Identity, parent: Pid, slot: SlotWriter<'_>, f: impl FnOnce() -> R) -> ! {
     if identity.daemon {
         die_with_parent(parent);
     }
     identity::become_child(identity);
-    let code = bootstrap::run_and_report(&conn, f);
-    drop(conn);
+    let (outcome, code) = bootstrap::run(f);
+    slot.write(&outcome);
     // Flush what the child itself printed, then leave without running the parent's exit
     // hooks or destructors of the parent's state.
     let _ = std::io::stdout().flush();

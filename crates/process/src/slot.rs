@@ -1,0 +1,300 @@
+//! Where a `Fork` child leaves its value: a slot in one memfd per parent process.
+//!
+//! A child that sent its value on a socket would wake its parent twice (the value, then the
+//! exit), and a socket per child costs a `socketpair`. Instead the parent gives each forked
+//! child a slot, a 4 KiB page at `index * 4096` in a memfd the parent creates once: the
+//! child writes its [`Outcome`] there with one `pwrite` and exits, and the parent, woken
+//! once by the exit (the pidfd), reads it with one `pread`. A value too big for the page goes
+//! to the slot's overflow range far out in the (sparse) file, and its pages are freed once
+//! read. Slots are reused once their child is reaped, so the page is already allocated and the
+//! child's write allocates nothing.
+//!
+//! The page starts with a header: a magic number, the *generation* (a count the parent
+//! bumps each time it hands the slot out, so a value can only be taken by the start it
+//! belongs to), where the value is, and its length. The child writes the header last: a
+//! child killed halfway leaves the previous generation, read as "no value".
+//!
+//! A value crossing this way cannot carry ipc ends (there is no socket to carry their fds);
+//! serializing one fails, and the child reports that as the transfer error.
+
+use std::borrow::Cow;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rustix::fs::{FallocateFlags, MemfdFlags};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bootstrap::Outcome;
+use crate::error::{Error, Result};
+
+use crate::global::PerProcess;
+
+/// The bytes of one slot's page.
+const PAGE: u64 = 4096;
+const HEADER: usize = 24;
+const MAGIC: u32 = u32::from_le_bytes(*b"mpRs");
+/// Where the overflow ranges start, and how far apart they are: a slot's value may be up to
+/// 64 GiB.
+const OVERFLOW_BASE: u64 = 1 << 40;
+const OVERFLOW_SPAN: u64 = 1 << 36;
+/// The most slots: every overflow range ends below 2^63, the largest file offset.
+const MAX_SLOTS: u32 = ((i64::MAX as u64 - OVERFLOW_BASE) / OVERFLOW_SPAN) as u32;
+
+/// This process's slots: the memfd and the indexes not in use.
+struct Slots {
+    file: Arc<OwnedFd>,
+    free: Vec<(u32, u64)>,
+    next: u32,
+}
+
+/// Shared by the slots handed out, which come back to it when their child is reaped.
+type Pool = Arc<Mutex<Slots>>;
+
+static POOL: PerProcess<Option<Pool>> = PerProcess::new();
+
+/// One child's slot, held by the parent.
+pub(crate) struct Slot {
+    pool: Pool,
+    file: Arc<OwnedFd>,
+    index: u32,
+    generation: u64,
+    /// Set once the child is reaped: only then may another child get this page.
+    reusable: bool,
+}
+
+/// What the child needs to write its value (plain data: it is used after a fork).
+#[derive(Clone, Copy)]
+pub(crate) struct SlotWriter<'a> {
+    file: &'a OwnedFd,
+    index: u32,
+    generation: u64,
+}
+
+impl Slot {
+    /// A slot for the next child (creating this process's memfd on first use).
+    pub(crate) fn take() -> Result<Slot> {
+        let pool = POOL.with(|| None, |pool| pool.clone());
+        let pool = match pool {
+            Some(pool) => pool,
+            None => {
+                let file = rustix::fs::memfd_create("mproc-results", MemfdFlags::CLOEXEC)?;
+                let fresh = Arc::new(Mutex::new(Slots { file: Arc::new(file), free: Vec::new(), next: 0 }));
+                POOL.with(|| None, |pool| Arc::clone(pool.get_or_insert(fresh)))
+            }
+        };
+        let mut slots = pool.lock();
+        let (index, generation) = match slots.free.pop() {
+            Some((index, generation)) => (index, generation + 1),
+            None if slots.next < MAX_SLOTS => {
+                slots.next += 1;
+                (slots.next - 1, 1)
+            }
+            None => return Err(Error::Io(std::io::Error::other("too many forked children at once"))),
+        };
+        let file = Arc::clone(&slots.file);
+        drop(slots);
+        Ok(Slot { pool, file, index, generation, reusable: false })
+    }
+
+    /// The child's side of this slot.
+    pub(crate) fn writer(&self) -> SlotWriter<'_> {
+        SlotWriter { file: &self.file, index: self.index, generation: self.generation }
+    }
+
+    /// The value the child left, once it has ended; `None` if it left none (it died first,
+    /// or exited without returning). Call it once: an overflow's pages are freed on reading.
+    pub(crate) fn read<R: DeserializeOwned>(&mut self) -> Result<Option<Outcome<R>>> {
+        // Most values are small: read them with the header in one call, into a buffer that
+        // does not reach a stack page shared with a child forked meanwhile.
+        let mut head = [0u8; 1024];
+        let n = read_at(&self.file, &mut head, self.page_offset())?;
+        let Some(header) = Header::parse(&head[..n]) else { return Ok(None) };
+        if header.generation != self.generation {
+            return Ok(None);
+        }
+        let value = if header.overflow {
+            let mut value = vec![0; header.len];
+            let n = read_at(&self.file, &mut value, self.overflow_offset())?;
+            let hole = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            let _ = rustix::fs::fallocate(&*self.file, hole, self.overflow_offset(), header.len as u64);
+            if n < header.len {
+                return Ok(None);
+            }
+            Cow::Owned(value)
+        } else if HEADER + header.len <= n {
+            Cow::Borrowed(&head[HEADER..HEADER + header.len])
+        } else {
+            let mut value = vec![0; header.len];
+            if read_at(&self.file, &mut value, self.page_offset() + HEADER as u64)? < header.len {
+                return Ok(None);
+            }
+            Cow::Owned(value)
+        };
+        Ok(Some(
+            postcard::from_bytes(&value)
+                .unwrap_or_else(|e| Outcome::Transfer(format!("cannot decode the value sent back: {e}"))),
+        ))
+    }
+
+    /// Marks the child reaped, so the slot can serve another once this handle is dropped.
+    pub(crate) fn release(&mut self) {
+        self.reusable = true;
+    }
+
+    fn page_offset(&self) -> u64 {
+        u64::from(self.index) * PAGE
+    }
+
+    fn overflow_offset(&self) -> u64 {
+        OVERFLOW_BASE + u64::from(self.index) * OVERFLOW_SPAN
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A child that may still run could write over the next child's value: its slot is
+        // never used again (its page stays allocated; the leak is 4 KiB).
+        if self.reusable {
+            self.pool.lock().free.push((self.index, self.generation));
+        }
+    }
+}
+
+impl SlotWriter<'_> {
+    /// In the child: writes `outcome` (or, if it cannot be encoded, a transfer error).
+    pub(crate) fn write<R: Serialize>(self, outcome: &Outcome<R>) {
+        // Small values are encoded on the stack: a forked child that touches the heap pays
+        // for copying its pages.
+        let mut small = [0u8; 1024];
+        match postcard::to_slice(outcome, &mut small[HEADER..]) {
+            Ok(value) => {
+                let len = value.len();
+                self.write_page(&mut small[..HEADER + len], false, len);
+            }
+            Err(postcard::Error::SerializeBufferFull) => match postcard::to_stdvec(outcome) {
+                Ok(bytes) if (bytes.len() as u64) < OVERFLOW_SPAN => self.write_large(&bytes),
+                Ok(_) => self.write_failure::<R>("the value is larger than 64 GiB".into()),
+                Err(e) => self.write_failure::<R>(describe(e)),
+            },
+            Err(e) => self.write_failure::<R>(describe(e)),
+        }
+    }
+
+    fn write_failure<R: Serialize>(self, why: String) {
+        let outcome = Outcome::<R>::Transfer(format!("cannot send the value back: {why}"));
+        if let Ok(bytes) = postcard::to_stdvec(&outcome) {
+            self.write_large(&bytes);
+        }
+    }
+
+    /// Writes an encoded value of any size below [`OVERFLOW_SPAN`].
+    fn write_large(self, value: &[u8]) {
+        if value.len() + HEADER <= PAGE as usize {
+            let mut page = vec![0u8; HEADER + value.len()];
+            page[HEADER..].copy_from_slice(value);
+            self.write_page(&mut page, false, value.len());
+        } else if write_at(self.file, value, OVERFLOW_BASE + u64::from(self.index) * OVERFLOW_SPAN) {
+            self.write_page(&mut [0u8; HEADER], true, value.len());
+        }
+    }
+
+    /// Writes the header into `page[..HEADER]` and the page into the slot.
+    fn write_page(self, page: &mut [u8], overflow: bool, len: usize) {
+        Header { generation: self.generation, overflow, len }.put(&mut page[..HEADER]);
+        write_at(self.file, page, u64::from(self.index) * PAGE);
+    }
+}
+
+/// The header at the start of a slot's page.
+struct Header {
+    generation: u64,
+    overflow: bool,
+    len: usize,
+}
+
+impl Header {
+    fn put(&self, out: &mut [u8]) {
+        out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        out[4..8].copy_from_slice(&u32::from(self.overflow).to_le_bytes());
+        out[8..16].copy_from_slice(&self.generation.to_le_bytes());
+        out[16..24].copy_from_slice(&(self.len as u64).to_le_bytes());
+    }
+
+    fn parse(page: &[u8]) -> Option<Header> {
+        let word = |at: usize, n: usize| page.get(at..at + n);
+        let magic = u32::from_le_bytes(word(0, 4)?.try_into().ok()?);
+        let overflow = u32::from_le_bytes(word(4, 4)?.try_into().ok()?);
+        let generation = u64::from_le_bytes(word(8, 8)?.try_into().ok()?);
+        let len = u64::from_le_bytes(word(16, 8)?.try_into().ok()?);
+        if magic != MAGIC || overflow > 1 || len >= OVERFLOW_SPAN {
+            return None;
+        }
+        Some(Header { generation, overflow: overflow == 1, len: usize::try_from(len).ok()? })
+    }
+}
+
+/// Says why a value did not encode. postcard keeps no message for errors a type raises
+/// itself, and the one a forked child meets is an ipc end inside its value.
+fn describe(e: postcard::Error) -> String {
+    match e {
+        postcard::Error::SerdeSerCustom => {
+            "the value failed to serialize (a Fork child's value cannot carry ipc ends, which need \
+             a connection: send them on one passed to the child instead)"
+                .into()
+        }
+        e => e.to_string(),
+    }
+}
+
+/// Reads at `offset` until `buf` is full or the file ends; the bytes read.
+fn read_at(file: &OwnedFd, buf: &mut [u8], offset: u64) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(file, &mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            // A short read of a regular file is its end.
+            Ok(n) if done + n < buf.len() => return Ok(done + n),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `buf` at `offset`; whether it all went.
+fn write_at(file: &OwnedFd, buf: &[u8], offset: u64) -> bool {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pwrite(file, &buf[done..], offset + done as u64) {
+            Ok(0) => return false,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_reads_back_and_garbage_is_no_header() {
+        let mut page = [0u8; HEADER];
+        Header { generation: 7, overflow: true, len: 5000 }.put(&mut page);
+        let header = Header::parse(&page).unwrap();
+        assert_eq!((header.generation, header.overflow, header.len), (7, true, 5000));
+        assert!(Header::parse(&page[..HEADER - 1]).is_none(), "a short page");
+        assert!(Header::parse(&[0u8; HEADER]).is_none(), "a page never written");
+        let mut bad = page;
+        bad[4] = 2;
+        assert!(Header::parse(&bad).is_none(), "an overflow flag that is neither 0 nor 1");
+        let mut huge = page;
+        huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Header::parse(&huge).is_none(), "a length past the overflow range");
+    }
+}

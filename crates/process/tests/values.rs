@@ -1,0 +1,86 @@
+//! A `Fork` child's value comes back through its result slot: every size, every way a child
+//! can end, many children at once, and slots reused without a stale value leaking through.
+
+use mproc_process::{Error, Process, ipc};
+
+use crate::{DEADLINE, mproc_init};
+
+/// A value of `len` bytes whose contents tell where they came from.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u64).wrapping_mul(31).wrapping_add(seed) as u8).collect()
+}
+
+#[test]
+fn values_of_every_size_come_back_whole() {
+    mproc_init();
+    // Around the stack buffer (1 KiB), the slot's page (4 KiB), and far past it.
+    for len in [0, 1, 990, 1000, 1024, 2000, 4070, 4072, 4096, 5000, 1 << 20, 9 << 20] {
+        let child = Process::spawn(move || pattern(len as u64, len)).unwrap();
+        let value = child.join().unwrap_or_else(|e| panic!("{len} bytes: {e}"));
+        assert!(value == pattern(len as u64, len), "{len} bytes came back changed");
+    }
+}
+
+#[test]
+fn many_children_at_once_each_get_their_own_value() {
+    mproc_init();
+    let children: Vec<_> = (0..40u64)
+        .map(|i| Process::spawn(move || (i, pattern(i, (i as usize * 397) % 9000))).unwrap())
+        .collect();
+    // Joined in reverse, so the slots are read in another order than handed out.
+    for (i, child) in children.into_iter().enumerate().rev() {
+        let (n, bytes) = child.join().unwrap();
+        assert_eq!(n, i as u64);
+        assert!(bytes == pattern(n, (i * 397) % 9000), "child {i} got another's bytes");
+    }
+}
+
+#[test]
+fn a_reused_slot_never_hands_back_an_earlier_childs_value() {
+    mproc_init();
+    for round in 0..50u32 {
+        let value = Process::spawn(move || round).unwrap().join().unwrap();
+        assert_eq!(value, round);
+        // The next child most likely gets the same slot, and leaves nothing in it.
+        let quiet = Process::spawn(|| -> u32 { std::process::exit(0) }).unwrap();
+        match quiet.join() {
+            Err(Error::Exited { code: 0, .. }) => {}
+            other => panic!("round {round}: a child that exited without a value gave {other:?}"),
+        }
+        let big = Process::spawn(move || pattern(u64::from(round), 20_000)).unwrap().join().unwrap();
+        assert!(big == pattern(u64::from(round), 20_000));
+        let killed = Process::spawn(|| -> Vec<u8> {
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+            unreachable!()
+        })
+        .unwrap();
+        assert!(matches!(killed.join(), Err(Error::Signaled { signal: 9, .. })));
+    }
+}
+
+#[test]
+fn join_timeout_then_join_reads_the_value_once() {
+    mproc_init();
+    let (go_rx, go_tx) = ipc::pipe::<()>().unwrap();
+    let mut child = Process::spawn(move || {
+        go_rx.recv().unwrap();
+        "after the wait".to_string()
+    })
+    .unwrap();
+    assert!(matches!(child.join_timeout(std::time::Duration::from_millis(20)), Err(Error::Timeout)));
+    go_tx.send(&()).unwrap();
+    assert_eq!(child.join_timeout(DEADLINE).unwrap(), "after the wait");
+    assert!(matches!(child.join_timeout(DEADLINE), Err(Error::AlreadyJoined)));
+}
+
+#[test]
+fn a_value_carrying_an_end_is_a_clear_transfer_error() {
+    mproc_init();
+    let child = Process::spawn(|| ipc::pipe::<u8>().unwrap()).unwrap();
+    match child.join() {
+        Err(Error::Transfer { message, .. }) => {
+            assert!(message.contains("ipc ends"), "unclear: {message}");
+        }
+        other => panic!("expected a transfer error, got {other:?}"),
+    }
+}
