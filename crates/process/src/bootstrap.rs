@@ -60,6 +60,7 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs `f`, catching a panic: its outcome, and the exit code that goes with it.
+#[inline(always)]
 pub(crate) fn run<R>(f: impl FnOnce() -> R) -> (Outcome<R>, i32) {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(value) => (Outcome::Value(value), 0),

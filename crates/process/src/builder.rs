@@ -156,11 +156,6 @@ type Job = Box<dyn FnOnce() + Send>;
 /// The thread daemons are started from when the caller is not the main thread.
 static STARTER: PerProcess<Option<mpsc::Sender<Job>>> = PerProcess::new();
 
-/// The lock held across a fork.
-pub(crate) fn fork_lock() -> impl Sized {
-    STARTER.lock()
-}
-
 /// Runs `start` where a daemon child's death signal means what it should.
 ///
 /// The kernel's parent-death signal fires when the *thread* that started the child exits, not

@@ -20,16 +20,6 @@ struct Reaper {
     orphans: Arc<parking_lot::Mutex<Vec<Arc<ChildState>>>>,
 }
 
-/// The locks held across a fork (in this order), so the child finds them free.
-pub(crate) struct ForkLocks {
-    _children: parking_lot::MutexGuard<'static, Option<(u32, Vec<Arc<ChildState>>)>>,
-    _reaper: parking_lot::MutexGuard<'static, Option<(u32, Option<Reaper>)>>,
-}
-
-pub(crate) fn fork_locks() -> ForkLocks {
-    ForkLocks { _children: CHILDREN.lock(), _reaper: REAPER.lock() }
-}
-
 /// Records a new child.
 pub(crate) fn add(child: Arc<ChildState>) {
     static AT_EXIT: Once = Once::new();

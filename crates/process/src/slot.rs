@@ -164,10 +164,12 @@ impl Drop for Slot {
 
 impl SlotWriter<'_> {
     /// In the child: writes `outcome` (or, if it cannot be encoded, a transfer error).
+    #[inline(always)]
     pub(crate) fn write<R: Serialize>(self, outcome: &Outcome<R>) {
-        // Small values are encoded on the stack: a forked child that touches the heap pays
+        // Small values are encoded on the stack (a small buffer, likely on a stack page the
+        // child has written already): a forked child that touches the heap pays
         // for copying its pages.
-        let mut small = [0u8; 1024];
+        let mut small = [0u8; 256];
         match postcard::to_slice(outcome, &mut small[HEADER..]) {
             Ok(value) => {
                 let len = value.len();

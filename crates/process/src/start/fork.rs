@@ -11,7 +11,6 @@ use crate::child::{ChildState, Exit};
 use crate::error::Result;
 use crate::identity::{self, Identity};
 use crate::process::Process;
-use crate::registry;
 use crate::slot::{Slot, SlotWriter};
 use crate::sys::fork::{Forked, exit_now, fork};
 
@@ -26,21 +25,19 @@ where
     let parent_pid = Pid::from_raw(crate::global::pid() as i32).expect("a pid is positive");
     let (name, daemon) = (identity.name.clone(), identity.daemon);
     let pid = {
-        // Hold every lock the child will touch, so no other thread holds one at the fork;
-        // flush stdio first so the child does not print the parent's pending output again.
+        // Hold the locks the child will touch that are not per-process (those start afresh
+        // in a child: see `global`), so no other thread holds one at the fork; flush stdio
+        // first so the child does not print the parent's pending output again.
         let stdout = std::io::stdout();
         let stderr = std::io::stderr();
         let mut out = stdout.lock();
         let mut err = stderr.lock();
         let _ = out.flush();
         let _ = err.flush();
-        let _registry = registry::fork_locks();
         let _identity = identity::lock();
-        let _server = crate::start::forkserver::fork_lock();
-        let _starter = crate::builder::fork_lock();
         match fork()? {
             Forked::Child => {
-                drop((_starter, _server, _identity, _registry, out, err));
+                drop((_identity, out, err));
                 crate::sys::fork::close_copies(close);
                 child(identity, parent_pid, slot.writer(), f)
             }
@@ -53,7 +50,9 @@ where
 }
 
 /// The child side: become the child, run `f`, leave the outcome in the slot, exit. Never
-/// returns.
+/// returns. Inlined, with what it calls, so the child runs code from few pages: each new
+/// page of code it runs costs it a page fault (a fork does not copy the page tables of code).
+#[inline(always)]
 fn child<R: Serialize>(identity: Identity, parent: Pid, slot: SlotWriter<'_>, f: impl FnOnce() -> R) -> ! {
     if identity.daemon {
         die_with_parent(parent);

@@ -47,11 +47,6 @@ pub(crate) struct Request {
 /// This process's connection to its fork server.
 static SERVER: PerProcess<Option<Arc<Connection<Request, ()>>>> = PerProcess::new();
 
-/// The lock held across a fork.
-pub(crate) fn fork_lock() -> impl Sized {
-    SERVER.lock()
-}
-
 /// Starts a child running `f(args)` from the fork server (starting the server first if need be).
 pub(crate) fn start<A, R>(identity: Identity, f: fn(A) -> R, args: &A) -> Result<Process<R>>
 where

@@ -20,6 +20,7 @@ pub(crate) enum Forked {
 /// fine, which is why the callers lock stdout, stderr and mproc's own registries around it.
 /// glibc keeps `malloc` usable in the child. The child must end in [`exit_now`], never by
 /// returning into code that thinks it is the parent.
+#[inline]
 pub(crate) fn fork() -> io::Result<Forked> {
     // SAFETY: fork has no memory-safety preconditions of its own; the child side keeps to the
     // rules in this fn's doc, which every caller follows.
@@ -32,6 +33,7 @@ pub(crate) fn fork() -> io::Result<Forked> {
 
 /// Ends this process at once with `code`: no destructors, no `atexit` hooks, no flushing of
 /// buffers copied from the parent.
+#[inline]
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` is always safe to call; it does not return.
     unsafe { libc::_exit(code) }
@@ -66,6 +68,7 @@ pub(crate) fn keep_only(keep: std::os::fd::OwnedFd) -> std::os::fd::OwnedFd {
 /// Sound because the objects owning these fds in the child's (copied) memory belong to the
 /// parent's code and are never used or dropped in the child: `Builder::close_in_child`'s
 /// contract is that the child's closure does not capture them.
+#[inline]
 pub(crate) fn close_copies(fds: &[i32]) {
     for &fd in fds {
         // SAFETY: see above: nothing in the child uses `fd` again.

@@ -4,11 +4,12 @@
 //! - [`spawn`](spawn::spawn_self): `posix_spawn(3)` of this same program, keeping one fd.
 //! - [`fn_at`]: a function pointer from an address this same binary sent over a pipe.
 //! - [`at_exit`]: `atexit(3)`, so children are joined when the program ends.
-//! - [`at_fork_in_child`]: `pthread_atfork(3)`, so a forked child forgets its parent's pid.
+//! - [`wiped`]: per-process state, on a page every forked child finds zeroed.
 #![allow(unsafe_code)]
 
 pub(crate) mod fork;
 pub(crate) mod spawn;
+pub(crate) mod wiped;
 
 /// The address of a function, as an offset from a fixed function of this crate. Offsets
 /// (unlike addresses) are the same in every run of one binary, whatever its load address.
@@ -68,12 +69,4 @@ pub(crate) fn at_exit(f: extern "C" fn()) {
     // SAFETY: `f` is a plain `extern "C" fn()`, which is what atexit takes; registering can
     // only fail for lack of memory, in which case the hook simply does not run.
     unsafe { libc::atexit(f) };
-}
-
-/// Runs `f` in the child of every `fork(3)` of this process, whoever calls it, before `fork`
-/// returns there. Whether it could be registered (it fails only for lack of memory).
-pub(crate) fn at_fork_in_child(f: extern "C" fn()) -> bool {
-    // SAFETY: `f` is a plain `extern "C" fn()`, as pthread_atfork takes; the other two
-    // handlers are absent (None).
-    unsafe { libc::pthread_atfork(None, None, Some(f)) == 0 }
 }
