@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::fdpass;
-use crate::frame::{FrameReader, HEADER_MAX, RawIo, encode_header, write_frame};
+use crate::frame::{FrameReader, HEADER_MAX, RawIo, encode_header, write_frame, write_some};
 use crate::sys;
 use crate::wait::{far_future, poll_until};
 
@@ -30,6 +30,10 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 30;
 
 /// Raw payloads up to this size are copied behind their header and written as one slice.
 const SMALL_COPY: usize = 1024;
+
+/// The most bytes one write to a pipe may carry when it must not wait: a pipe that polls
+/// writable has room for this many (`PIPE_BUF`).
+const PIPE_NOWAIT_CHUNK: usize = 4096;
 
 /// What the fd is: it decides how bytes are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,11 +68,27 @@ struct ReadSide {
     fds: Vec<(u64, OwnedFd)>,
 }
 
+/// The send side's state: the encode buffer, and the rest of a frame a non-blocking send
+/// started but could not finish (it goes out before any other frame).
+#[derive(Debug, Default)]
+struct SendSide {
+    buf: Vec<u8>,
+    unsent: Vec<u8>,
+    /// How much of `unsent` is written.
+    written: usize,
+}
+
+impl SendSide {
+    fn pending(&self) -> &[u8] {
+        &self.unsent[self.written..]
+    }
+}
+
 pub(crate) struct End {
     fd: OwnedFd,
     kind: Kind,
-    /// Held for the whole of a send, so frames never interleave; holds the encode buffer.
-    send: Mutex<Vec<u8>>,
+    /// Held for the whole of a send, so frames never interleave.
+    send: Mutex<SendSide>,
     /// Held for the whole of a receive, so each receiver gets whole frames.
     recv: Mutex<ReadSide>,
     max_message_size: usize,
@@ -79,14 +99,25 @@ impl End {
         End {
             fd,
             kind,
-            send: Mutex::new(Vec::new()),
+            send: Mutex::new(SendSide::default()),
             recv: Mutex::new(ReadSide::default()),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 
     fn io(&self) -> FdIo<'_> {
-        FdIo { fd: self.fd.as_fd(), kind: self.kind, outgoing: RefCell::default(), incoming: None }
+        FdIo {
+            fd: self.fd.as_fd(),
+            kind: self.kind,
+            outgoing: RefCell::default(),
+            incoming: None,
+            nowait: false,
+        }
+    }
+
+    /// An [`FdIo`] whose writes never wait: they stop with `WouldBlock` when there is no room.
+    fn io_nowait(&self) -> FdIo<'_> {
+        FdIo { nowait: true, ..self.io() }
     }
 
     /// An [`FdIo`] that keeps the fds arriving with frames in `fds`.
@@ -107,47 +138,133 @@ impl End {
     }
 
     pub(crate) fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
-        let mut buf = self.send.lock();
-        let (encoded, fdpass::Outgoing { fds, refused }) =
-            fdpass::collecting(|| codec::encode_frame(value, &mut buf));
-        let encoded = match (encoded, refused) {
-            (Err(_), Some(why)) => Err(Error::FdPassing(why)),
-            (encoded, _) => encoded,
-        };
-        let result = encoded.and_then(|start| {
-            if fds.is_empty() {
-                return write_frame(&self.io(), &buf[start..], &[]);
-            }
-            if self.kind != Kind::Socket {
-                return Err(Error::FdPassing(
-                    "ends can only travel over a duplex Connection (a Unix socket), not a pipe",
-                ));
-            }
-            if fds.len() > fdpass::MAX_FDS {
-                return Err(Error::FdPassing("one message can carry at most 253 ends"));
-            }
+        let mut side = self.send.lock();
+        self.finish_unsent(&mut side)?;
+        let SendSide { buf, .. } = &mut *side;
+        let result = self.encode(value, buf).and_then(|(start, fds)| {
             let mut io = self.io();
             io.outgoing = RefCell::new(fds);
             write_frame(&io, &buf[start..], &[])
         });
-        codec::trim(&mut buf);
+        codec::trim(buf);
         result
+    }
+
+    /// Encodes `value` as a frame into `buf`: where the frame starts, and the fds its ends
+    /// carry (checked to be sendable on this end).
+    fn encode<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>) -> Result<(usize, Vec<OwnedFd>)> {
+        let (encoded, fdpass::Outgoing { fds, refused }) =
+            fdpass::collecting(|| codec::encode_frame(value, buf));
+        let start = match (encoded, refused) {
+            (Err(_), Some(why)) => return Err(Error::FdPassing(why)),
+            (encoded, _) => encoded?,
+        };
+        if !fds.is_empty() && self.kind != Kind::Socket {
+            return Err(Error::FdPassing(
+                "ends can only travel over a duplex Connection (a Unix socket), not a pipe",
+            ));
+        }
+        if fds.len() > fdpass::MAX_FDS {
+            return Err(Error::FdPassing("one message can carry at most 253 ends"));
+        }
+        Ok((start, fds))
     }
 
     pub(crate) fn send_bytes(&self, payload: &[u8]) -> Result<()> {
         let mut header = [0; HEADER_MAX];
         let n = encode_header(payload.len() as u64, &mut header);
-        let mut buf = self.send.lock();
+        let mut side = self.send.lock();
+        self.finish_unsent(&mut side)?;
+        let buf = &mut side.buf;
         if payload.len() <= SMALL_COPY {
             // One slice for the kernel: copying a few bytes costs less than a second iovec.
             buf.clear();
             buf.extend_from_slice(&header[HEADER_MAX - n..]);
             buf.extend_from_slice(payload);
-            let result = write_frame(&self.io(), &buf, &[]);
-            codec::trim(&mut buf);
+            let result = write_frame(&self.io(), buf, &[]);
+            codec::trim(buf);
             return result;
         }
         write_frame(&self.io(), &header[HEADER_MAX - n..], payload)
+    }
+
+    /// Writes, waiting for room, what a non-blocking send left unsent.
+    fn finish_unsent(&self, side: &mut SendSide) -> Result<()> {
+        if side.pending().is_empty() {
+            return Ok(());
+        }
+        write_frame(&self.io(), side.pending(), &[])?;
+        side.unsent.clear();
+        side.written = 0;
+        Ok(())
+    }
+
+    /// Writes what a non-blocking send left unsent, without waiting: whether it all went.
+    fn flush_unsent(&self, side: &mut SendSide) -> Result<bool> {
+        if side.pending().is_empty() {
+            return Ok(true);
+        }
+        side.written += write_some(&self.io_nowait(), side.pending(), &[])?;
+        if side.pending().is_empty() {
+            side.unsent.clear();
+            side.written = 0;
+            codec::trim(&mut side.unsent);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Starts sending a frame without waiting: `header` then `payload`, with `fds` on its first
+    /// byte. `false` if nothing could be written (the frame is not sent; try again once the
+    /// end is writable); `true` once the frame is taken, written or partly written with the
+    /// rest kept to go out first ([`try_flush`](Self::try_flush)).
+    fn start_frame(
+        &self,
+        side: &mut SendSide,
+        header: &[u8],
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<bool> {
+        let mut io = self.io_nowait();
+        io.outgoing = RefCell::new(fds);
+        let written = write_some(&io, header, payload)?;
+        if written == 0 && header.len() + payload.len() > 0 {
+            return Ok(false);
+        }
+        let (in_header, in_payload) = (written.min(header.len()), written.saturating_sub(header.len()));
+        side.unsent.clear();
+        side.unsent.extend_from_slice(&header[in_header..]);
+        side.unsent.extend_from_slice(&payload[in_payload..]);
+        side.written = 0;
+        Ok(true)
+    }
+
+    pub(crate) fn try_send<T: Serialize + ?Sized>(&self, value: &T) -> Result<bool> {
+        let mut side = self.send.lock();
+        if !self.flush_unsent(&mut side)? {
+            return Ok(false);
+        }
+        let mut buf = std::mem::take(&mut side.buf);
+        let result = self
+            .encode(value, &mut buf)
+            .and_then(|(start, fds)| self.start_frame(&mut side, &buf[start..], &[], fds));
+        codec::trim(&mut buf);
+        side.buf = buf;
+        result
+    }
+
+    pub(crate) fn try_send_bytes(&self, payload: &[u8]) -> Result<bool> {
+        let mut header = [0; HEADER_MAX];
+        let n = encode_header(payload.len() as u64, &mut header);
+        let mut side = self.send.lock();
+        if !self.flush_unsent(&mut side)? {
+            return Ok(false);
+        }
+        self.start_frame(&mut side, &header[HEADER_MAX - n..], payload, Vec::new())
+    }
+
+    pub(crate) fn try_flush(&self) -> Result<bool> {
+        self.flush_unsent(&mut self.send.lock())
     }
 
     pub(crate) fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
@@ -214,6 +331,14 @@ impl End {
     /// Refuses to hand this end to another process while it holds bytes read from the
     /// stream: they would stay behind in this copy.
     pub(crate) fn check_transferable(&self) -> std::result::Result<(), &'static str> {
+        match self.send.try_lock() {
+            Some(side) if side.pending().is_empty() => {}
+            Some(_) => {
+                return Err("this end holds the rest of a frame a non-blocking send started; \
+                     flush it (try_flush) before sending the end");
+            }
+            None => return Err("another thread is sending on this end"),
+        }
         match self.recv.try_lock() {
             Some(side) if !side.frames.holds_bytes() => Ok(()),
             Some(_) => Err("this end holds bytes it has read ahead (frames that arrived together, or a \
@@ -268,6 +393,8 @@ struct FdIo<'a> {
     /// Where fds that arrive go, with the stream offset of the last byte read with them;
     /// `None` on the sending side. Sockets only.
     incoming: Option<RefCell<&'a mut Vec<(u64, OwnedFd)>>>,
+    /// Writes must not wait: they fail with `WouldBlock` when there is no room.
+    nowait: bool,
 }
 
 impl RawIo for FdIo<'_> {
@@ -300,6 +427,17 @@ impl RawIo for FdIo<'_> {
     }
 
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.kind == Kind::Pipe && self.nowait {
+            // A pipe has no per-call "do not wait", and O_NONBLOCK would change the end for
+            // every process sharing it. A pipe that polls writable has room for PIPE_BUF
+            // bytes, so write at most that much, and only then.
+            let mut fds = [PollFd::from_borrowed_fd(self.fd, PollFlags::OUT)];
+            if rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 }))? == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            return Ok(rustix::io::write(self.fd, &first[..first.len().min(PIPE_NOWAIT_CHUNK)])?);
+        }
         if self.kind == Kind::Pipe {
             // A frame in one slice (typed, or small) goes with plain write(2), which costs
             // less than writev(2).
@@ -309,16 +447,17 @@ impl RawIo for FdIo<'_> {
                 _ => rustix::io::writev(self.fd, bufs)?,
             });
         }
+        let flags = if self.nowait { SendFlags::NOSIGNAL | SendFlags::DONTWAIT } else { SendFlags::NOSIGNAL };
         let mut outgoing = self.outgoing.borrow_mut();
         if outgoing.is_empty() {
             let mut none = SendAncillaryBuffer::default();
-            return Ok(rustix::net::sendmsg(self.fd, bufs, &mut none, SendFlags::NOSIGNAL)?);
+            return Ok(rustix::net::sendmsg(self.fd, bufs, &mut none, flags)?);
         }
         let borrowed: Vec<BorrowedFd<'_>> = outgoing.iter().map(|fd| fd.as_fd()).collect();
         let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         control.push(SendAncillaryMessage::ScmRights(&borrowed));
-        let n = rustix::net::sendmsg(self.fd, bufs, &mut control, SendFlags::NOSIGNAL)?;
+        let n = rustix::net::sendmsg(self.fd, bufs, &mut control, flags)?;
         // The kernel took the fds with these bytes: the rest of the frame goes without.
         drop(borrowed);
         outgoing.clear();

@@ -70,18 +70,29 @@ pub(crate) fn decode_short(bytes: [u8; 4]) -> ShortHeader {
 /// Writes one whole frame: `header` then `payload`, in one `writev` where the kernel takes it,
 /// going on after short writes and interruptions.
 pub(crate) fn write_frame(io: &impl RawIo, header: &[u8], payload: &[u8]) -> Result<()> {
+    write_some(io, header, payload).map(drop)
+}
+
+/// Writes as much of `header` then `payload` as `io` takes: all of it, unless `io` does not
+/// wait and runs out of room (`WouldBlock`); the bytes written.
+pub(crate) fn write_some(io: &impl RawIo, header: &[u8], payload: &[u8]) -> Result<usize> {
     let mut bufs = [IoSlice::new(header), IoSlice::new(payload)];
     let mut rest: &mut [IoSlice<'_>] = &mut bufs;
     IoSlice::advance_slices(&mut rest, 0);
+    let mut written = 0;
     while !rest.is_empty() {
         match io.write_vectored(rest) {
             Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
-            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Ok(n) => {
+                IoSlice::advance_slices(&mut rest, n);
+                written += n;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(written),
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(written)
 }
 
 /// How many bytes a header read may take at once when reading ahead: a burst of small frames

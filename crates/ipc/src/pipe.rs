@@ -67,6 +67,31 @@ impl<T> Sender<T> {
         self.end.send_bytes(bytes)
     }
 
+    /// Sends `value` as one frame without waiting for room: `Ok(true)` once the frame is
+    /// taken, `Ok(false)` if the pipe has no room now (nothing was sent: try again once
+    /// the end is writable, as an event loop reports).
+    ///
+    /// A frame larger than the room left is taken in part: the rest stays in this end and
+    /// goes out before any later frame, by [`try_flush`](Self::try_flush) or by the next send.
+    /// Until it has gone, the peer holds half a frame, so flush before dropping the end.
+    pub fn try_send(&self, value: &T) -> Result<bool>
+    where
+        T: Serialize,
+    {
+        self.end.try_send(value)
+    }
+
+    /// [`send_bytes`](Self::send_bytes) without waiting for room, as [`try_send`](Self::try_send).
+    pub fn try_send_bytes(&self, bytes: &[u8]) -> Result<bool> {
+        self.end.try_send_bytes(bytes)
+    }
+
+    /// Writes, without waiting, the rest of a frame [`try_send`](Self::try_send) took in
+    /// part: `Ok(true)` once nothing is left.
+    pub fn try_flush(&self) -> Result<bool> {
+        self.end.try_flush()
+    }
+
     /// Whether the fd survives `exec` into another program (it is close-on-exec by default).
     ///
     /// Making an fd inheritable lets every program started by any thread of this process

@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod fds;
+mod nowait;
 mod props;
 mod python;
 mod roundtrip;

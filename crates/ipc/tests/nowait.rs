@@ -1,0 +1,184 @@
+//! Sends that never wait: `try_send` takes a frame or says there is no room, and a frame
+//! taken in part goes out whole, before any later frame.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use mproc_ipc::{Connection, Error, Receiver, Sender, duplex, pipe};
+use proptest::prelude::*;
+
+/// Runs `f` on another thread and fails if it does not finish in time (a send that waits
+/// would hang here instead of saying "no room").
+fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || tx.send(f()).unwrap());
+    rx.recv_timeout(Duration::from_secs(60)).expect("a non-blocking send waited")
+}
+
+/// Fills the end with `try_send` until it says there is no room; the values it took.
+fn fill<E: Send + 'static>(end: E, send: fn(&E, &Vec<u8>) -> mproc_ipc::Result<bool>) -> (E, Vec<Vec<u8>>) {
+    within(move || {
+        let mut taken = Vec::new();
+        for i in 0u32.. {
+            let value = vec![i as u8; 1000 + (i as usize * 37) % 5000];
+            if !send(&end, &value).unwrap() {
+                break;
+            }
+            taken.push(value);
+        }
+        (end, taken)
+    })
+}
+
+#[test]
+fn a_full_socket_says_no_room_and_loses_nothing() {
+    let (ours, theirs) = duplex::<Vec<u8>>().unwrap();
+    let (ours, taken) = fill(ours, Connection::try_send);
+    assert!(!taken.is_empty(), "an empty socket took nothing");
+    // The last frame taken may be only partly written: the rest goes when there is room.
+    let count = taken.len();
+    let reader = thread::spawn(move || (0..count).map(|_| theirs.recv().unwrap()).collect::<Vec<_>>());
+    let ours = within(move || {
+        while !ours.try_flush().unwrap() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        ours
+    });
+    assert!(reader.join().unwrap() == taken, "frames came back changed or out of order");
+    drop(ours);
+}
+
+#[test]
+fn a_full_pipe_says_no_room_and_loses_nothing() {
+    let (rx, tx) = pipe::<Vec<u8>>().unwrap();
+    let (tx, taken) = fill(tx, Sender::try_send);
+    assert!(!taken.is_empty(), "an empty pipe took nothing");
+    let count = taken.len();
+    let reader = thread::spawn(move || (0..count).map(|_| rx.recv().unwrap()).collect::<Vec<_>>());
+    let tx = within(move || {
+        while !tx.try_flush().unwrap() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        tx
+    });
+    assert_eq!(reader.join().unwrap(), taken);
+    drop(tx);
+}
+
+#[test]
+fn a_frame_taken_in_part_goes_out_before_the_next_blocking_send() {
+    let (ours, theirs) = duplex::<Vec<u8>>().unwrap();
+    let big = vec![7u8; 4 << 20]; // larger than any socket buffer
+    let ours = within({
+        let big = big.clone();
+        move || {
+            assert!(ours.try_send(&big).unwrap(), "an empty socket takes the start of a frame");
+            assert!(!ours.try_flush().unwrap(), "4 MiB cannot all fit");
+            assert!(!ours.try_send(&vec![1]).unwrap(), "no new frame while one is half sent");
+            ours
+        }
+    });
+    let reader = thread::spawn(move || (theirs.recv().unwrap(), theirs.recv().unwrap()));
+    ours.send(&vec![9, 9]).unwrap(); // finishes the big frame first, waiting as it must
+    let (first, second) = reader.join().unwrap();
+    assert!(first == big, "the big frame came back changed");
+    assert_eq!(second, [9, 9]);
+}
+
+#[test]
+fn an_end_holding_half_a_frame_refuses_to_travel() {
+    let (ours, theirs) = duplex::<Vec<u8>>().unwrap();
+    let (carrier, far) = duplex::<Connection<Vec<u8>>>().unwrap();
+    let ours = within(move || {
+        assert!(ours.try_send(&vec![1u8; 4 << 20]).unwrap());
+        ours
+    });
+    match carrier.send(&ours) {
+        Err(Error::FdPassing(why)) => assert!(why.contains("try_flush"), "unclear: {why}"),
+        other => panic!("an end with half a frame travelled: {other:?}"),
+    }
+    drop((theirs, far));
+}
+
+#[test]
+fn raw_frames_go_without_waiting_too() {
+    let (rx, tx): (Receiver<()>, Sender<()>) = pipe().unwrap();
+    let payload = vec![3u8; 200_000]; // more than a pipe holds
+    let tx = within({
+        let payload = payload.clone();
+        move || {
+            assert!(tx.try_send_bytes(&payload).unwrap());
+            tx
+        }
+    });
+    let reader = thread::spawn(move || rx.recv_bytes().unwrap());
+    within(move || {
+        while !tx.try_flush().unwrap() {
+            thread::sleep(Duration::from_millis(1));
+        }
+    });
+    assert!(reader.join().unwrap() == payload);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    TrySend(usize),
+    Send(usize),
+    Flush,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0usize..300_000).prop_map(Op::TrySend),
+        1 => (0usize..50_000).prop_map(Op::Send),
+        2 => Just(Op::Flush),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Whatever mix of waiting and non-waiting sends, the reader gets exactly the frames that
+    /// were taken, whole and in order.
+    #[test]
+    fn the_reader_gets_every_frame_taken_in_order(ops in proptest::collection::vec(op(), 1..40)) {
+        let (ours, theirs) = duplex::<Vec<u8>>().unwrap();
+        let (count_tx, count_rx) = mpsc::channel::<Option<Vec<u8>>>();
+        // A slow reader: it reads a frame only when told one was taken.
+        let reader = thread::spawn(move || {
+            let mut got = Vec::new();
+            while let Ok(Some(expected)) = count_rx.recv() {
+                let value = theirs.recv().unwrap();
+                assert!(value == expected, "frame {} came back changed", got.len());
+                got.push(value.len());
+            }
+            got
+        });
+        let mut taken = Vec::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            let value = |len: usize| vec![i as u8; len];
+            match op {
+                Op::TrySend(len) => {
+                    if ours.try_send(&value(len)).unwrap() {
+                        count_tx.send(Some(value(len))).unwrap();
+                        taken.push(len);
+                    }
+                }
+                Op::Send(len) => {
+                    count_tx.send(Some(value(len))).unwrap();
+                    ours.send(&value(len)).unwrap();
+                    taken.push(len);
+                }
+                Op::Flush => {
+                    let _ = ours.try_flush().unwrap();
+                }
+            }
+        }
+        while !ours.try_flush().unwrap() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        count_tx.send(None).unwrap();
+        prop_assert_eq!(reader.join().unwrap(), taken);
+    }
+}
