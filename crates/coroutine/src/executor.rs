@@ -235,6 +235,26 @@ impl Executor {
     }
 }
 
+impl Drop for Executor {
+    /// Drops every task's future: those queued to run, and those waiting on the reactor
+    /// (their wakers are dropped, and a task nobody can wake any more is freed). A future
+    /// holding an [`Async`](crate::Async) holds the executor too: without this, the two would
+    /// keep each other alive, and with them every end and child the futures hold.
+    fn drop(&mut self) {
+        let _enter = Enter::new(&self.local);
+        loop {
+            let queued = std::mem::take(&mut *self.local.queue.borrow_mut());
+            let woken = std::mem::take(&mut *self.local.remote.queue.lock());
+            let waiting = self.local.reactor.take_wakers();
+            if queued.is_empty() && woken.is_empty() && waiting.is_empty() {
+                break;
+            }
+            // Dropped outside the borrows: a future's drop may touch the executor.
+            drop((queued, woken, waiting));
+        }
+    }
+}
+
 /// Starts `future` as a task of the executor running in this thread (inside
 /// [`Executor::block_on`]).
 ///

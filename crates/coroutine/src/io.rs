@@ -100,6 +100,22 @@ impl<T: Waitable> Async<T> {
         poll_fn(|cx| self.local.reactor.poll_event(self.key, write, &mut since, cx)).await
     }
 
+    /// Retries `start` until the end takes a frame, then `flush` until it has written all of
+    /// it, waiting for the fd to be writable in between.
+    async fn until_written(
+        &self,
+        mut start: impl FnMut(&T) -> ipc::Result<bool>,
+        flush: impl Fn(&T) -> ipc::Result<bool>,
+    ) -> ipc::Result<()> {
+        while !start(self.get_ref())? {
+            self.event(true).await;
+        }
+        while !flush(self.get_ref())? {
+            self.event(true).await;
+        }
+        Ok(())
+    }
+
     /// Retries `attempt` until it gives something, waiting for the fd in between.
     async fn receiving<V>(&self, mut attempt: impl FnMut(&T) -> ipc::Result<Option<V>>) -> ipc::Result<V> {
         loop {
@@ -119,32 +135,19 @@ impl<T: Waitable> Drop for Async<T> {
     }
 }
 
-/// A frame is sent once the fd has room; a frame larger than the room left in the pipe or
-/// socket buffer still blocks the thread until the peer has read enough.
+/// Sends never block the thread: a frame goes out as room allows ([`Sender::try_send`]), and
+/// the coroutine waits for the end to be writable in between.
 macro_rules! sending {
     () => {
-        /// Sends `value` as one frame, once the end has room.
+        /// Sends `value` as one frame, waiting (as a coroutine) for room. When it returns the
+        /// whole frame is in the kernel's buffer.
         pub async fn send(&self, value: &S) -> ipc::Result<()> {
-            self.writable_now().await;
-            self.get_ref().send(value)
+            self.until_written(|end| end.try_send(value), |end| end.try_flush()).await
         }
 
-        /// Sends raw bytes as one frame, once the end has room.
+        /// Sends raw bytes as one frame, waiting (as a coroutine) for room.
         pub async fn send_bytes(&self, bytes: &[u8]) -> ipc::Result<()> {
-            self.writable_now().await;
-            self.get_ref().send_bytes(bytes)
-        }
-
-        /// Waits for room only if there is none now.
-        async fn writable_now(&self) {
-            let fd = self.get_ref().wait_fd();
-            let room = rustix::event::poll(
-                &mut [rustix::event::PollFd::from_borrowed_fd(fd, rustix::event::PollFlags::OUT)],
-                Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 }),
-            );
-            if room != Ok(1) {
-                self.writable().await;
-            }
+            self.until_written(|end| end.try_send_bytes(bytes), |end| end.try_flush()).await
         }
     };
 }

@@ -102,6 +102,17 @@ impl Reactor {
         Poll::Pending
     }
 
+    /// Takes every waker waiting on a source or a timer (when the executor goes away).
+    pub(crate) fn take_wakers(&self) -> Vec<Waker> {
+        let mut wakers: Vec<Waker> = std::mem::take(&mut *self.timers.borrow_mut()).into_values().collect();
+        for source in self.sources.borrow_mut().iter_mut().flatten() {
+            for waiters in &mut source.waiters {
+                wakers.append(waiters);
+            }
+        }
+        wakers
+    }
+
     /// Adds a timer; returns its id.
     pub(crate) fn add_timer(&self, at: Instant, waker: Waker) -> u64 {
         let id = self.next_timer.get();

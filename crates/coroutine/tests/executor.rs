@@ -62,6 +62,55 @@ impl Drop for Guard {
     }
 }
 
+/// Every kind of unfinished task: woken and queued, waiting on a timer, waiting on an fd,
+/// forgotten by everyone. Dropping the executor drops all their futures, and with them what
+/// they hold (here an `Async` end, which itself holds the executor).
+#[test]
+fn dropping_the_executor_drops_every_unfinished_future() {
+    let ex = Executor::new().unwrap();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (ours, theirs) = mproc_coroutine::ipc::duplex::<u8>().unwrap();
+    ex.block_on(async {
+        let guard = || Guard(Arc::clone(&dropped));
+        let (g, end) = (guard(), mproc_coroutine::Async::new(ours).unwrap());
+        spawn(async move {
+            let _guard = g;
+            let _ = end.recv().await; // nothing ever comes
+        })
+        .detach();
+        let g = guard();
+        spawn(async move {
+            let _guard = g;
+            sleep(Duration::from_secs(3600)).await;
+        })
+        .detach();
+        let g = guard();
+        spawn(async move {
+            let _guard = g;
+            loop {
+                yield_now().await; // always queued
+            }
+        })
+        .detach();
+        let g = guard();
+        spawn(async move {
+            let _guard = g;
+            poll_fn(|_| Poll::<()>::Pending).await; // nobody holds its waker
+        })
+        .detach();
+        yield_now().await;
+        yield_now().await;
+    });
+    assert!(dropped.load(Ordering::SeqCst) <= 1, "only a task nobody can wake may be gone yet");
+    drop(ex);
+    assert_eq!(dropped.load(Ordering::SeqCst), 4, "a future outlived its executor");
+    let gone = theirs.recv_timeout(DEADLINE);
+    assert!(
+        matches!(gone, Err(mproc_coroutine::ipc::Error::Closed)),
+        "the Async end outlived its executor: {gone:?}"
+    );
+}
+
 #[test]
 fn dropping_a_task_cancels_it_and_detach_lets_it_run() {
     let ex = Executor::new().unwrap();

@@ -18,6 +18,8 @@ const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// What the fork server says about one child it started, on that child's report connection.
 #[derive(Debug, Serialize, Deserialize)]
+// A few of these per child; boxing the end would cost an allocation per start.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Report {
     /// The child started; its pidfd comes along (opened by the server, its parent, so it
     /// cannot name a recycled pid).
