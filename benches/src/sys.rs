@@ -1,4 +1,5 @@
-//! The raw-syscall floors that need `unsafe`: a bare `fork` + `_exit` + `waitpid`.
+//! What needs `unsafe`: the raw-syscall floor (a bare `fork` + `_exit` + `waitpid`), and an
+//! allocator that counts allocations.
 #![allow(unsafe_code)]
 
 /// Forks a child that exits at once, and waits for it: the floor every fork-based start
@@ -17,5 +18,46 @@ pub fn fork_exit_wait() {
             let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
             assert_eq!(rc, pid, "waitpid");
         }
+    }
+}
+
+/// A global allocator that counts this thread's allocations (and reallocations) and passes
+/// every call to the system allocator: install it with `#[global_allocator]`, read it with
+/// [`allocations`].
+pub struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many allocations this thread has made under [`CountingAlloc`].
+pub fn allocations() -> u64 {
+    ALLOCATIONS.with(std::cell::Cell::get)
+}
+
+fn count() {
+    // A const-initialised thread-local `Cell`: no allocation, no re-entry; gone (and not
+    // counted) while the thread is being torn down.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+// SAFETY: every call goes straight to `System`, which upholds the `GlobalAlloc` contract;
+// counting touches only a thread-local `Cell`.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count();
+        // SAFETY: our caller upholds `alloc`'s contract, which is `System`'s.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `System` with `layout`, as our caller promises.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: our caller upholds `realloc`'s contract, which is `System`'s.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
     }
 }

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use async_task::Runnable;
+/// A task's handle to run it, carrying (as async-task metadata) the executor it belongs to.
+type Runnable = async_task::Runnable<Arc<Remote>>;
 use parking_lot::Mutex;
 
 use crate::reactor::{self, Reactor};
@@ -39,13 +40,17 @@ struct Remote {
 
 impl Remote {
     fn push(&self, runnable: Runnable) {
+        let mut queue = self.queue.lock();
+        // Looked at under the lock the executor closes under: a task queued here is either
+        // drained by the executor's thread, or never queued.
         if self.closed.load(Ordering::Acquire) {
             // Its executor is gone, and with it the only thread that may run or drop this
             // task (its future need not be Send): keep it from being dropped here.
             std::mem::forget(runnable);
             return;
         }
-        self.queue.lock().push(runnable);
+        queue.push(runnable);
+        drop(queue);
         self.queued.store(true, Ordering::SeqCst);
         if self.sleeping.load(Ordering::SeqCst) {
             reactor::notify(self.eventfd.as_fd());
@@ -66,7 +71,7 @@ pub(crate) struct Local {
 impl Local {
     /// Panics with a clear message in a forked child.
     fn check_process(&self) {
-        let me = std::process::id();
+        let me = mproc_pool::process::getpid();
         if me != self.pid {
             panic!(
                 "mproc-coroutine: this Executor was made in process {}, and this is process {me} \
@@ -80,9 +85,13 @@ impl Local {
 
 impl Drop for Local {
     fn drop(&mut self) {
-        self.remote.closed.store(true, Ordering::Release);
         // Tasks woken from other threads but never run: drop them here, in their thread.
-        let queued = std::mem::take(&mut *self.remote.queue.lock());
+        // Closed under the queue's lock, so no wake can queue one after this.
+        let queued = {
+            let mut queue = self.remote.queue.lock();
+            self.remote.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *queue)
+        };
         drop(queued);
     }
 }
@@ -95,7 +104,7 @@ thread_local! {
 /// The running executor of this thread, if it belongs to this process.
 pub(crate) fn current() -> Option<Rc<Local>> {
     let local = CURRENT.with(|c| c.borrow().clone())?;
-    (local.pid == std::process::id()).then_some(local)
+    (local.pid == mproc_pool::process::getpid()).then_some(local)
 }
 
 /// Makes `local` current for the life of the guard.
@@ -167,7 +176,8 @@ impl Executor {
             closed: AtomicBool::new(false),
             eventfd,
         });
-        let local = Local { id, pid: std::process::id(), queue: RefCell::default(), reactor, remote };
+        let local =
+            Local { id, pid: mproc_pool::process::getpid(), queue: RefCell::default(), reactor, remote };
         Ok(Executor { local: Rc::new(local) })
     }
 
@@ -199,22 +209,23 @@ impl Executor {
         let mut future = pin!(future);
         remote.main_woken.store(true, Ordering::SeqCst);
         loop {
-            if remote.main_woken.swap(false, Ordering::SeqCst)
+            if remote.main_woken.load(Ordering::Relaxed)
+                && remote.main_woken.swap(false, Ordering::SeqCst)
                 && let Poll::Ready(output) = future.as_mut().poll(&mut cx)
             {
                 return output;
             }
+            // The queue runs before the main future is polled again (up to the budget): a main
+            // future awaiting many tasks then finds them finished, instead of being woken by
+            // each in turn.
             let mut ran = 0;
             while ran < BUDGET {
                 let next = local.queue.borrow_mut().pop_front();
                 let Some(runnable) = next else { break };
                 runnable.run();
                 ran += 1;
-                if remote.main_woken.load(Ordering::Relaxed) {
-                    break;
-                }
             }
-            if remote.queued.swap(false, Ordering::SeqCst) {
+            if remote.queued.load(Ordering::Relaxed) && remote.queued.swap(false, Ordering::SeqCst) {
                 let woken = std::mem::take(&mut *remote.queue.lock());
                 local.queue.borrow_mut().extend(woken);
             }
@@ -277,27 +288,32 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    let remote = Arc::clone(&local.remote);
-    let schedule = move |runnable: Runnable| {
-        // In the executor's own thread, while it runs: straight onto its queue.
-        let mut runnable = Some(runnable);
-        let _ = CURRENT.try_with(|current| {
-            if let Ok(current) = current.try_borrow()
-                && let Some(local) = &*current
-                && local.id == remote.id
-                && let Ok(mut queue) = local.queue.try_borrow_mut()
-            {
-                queue.push_back(runnable.take().expect("not taken yet"));
-            }
-        });
-        if let Some(runnable) = runnable {
-            remote.push(runnable);
-        }
-    };
-    let (runnable, task) =
-        async_task::Builder::new().propagate_panic(true).spawn_local(move |()| future, schedule);
+    // Every Runnable runs and is dropped in this thread (see `crate::sys::spawn_local`):
+    // `schedule` hands one woken elsewhere to the executor's remote queue.
+    let (runnable, task) = crate::sys::spawn_local(future, Arc::clone(&local.remote), schedule);
     runnable.schedule();
     Task { inner: Some(task) }
+}
+
+/// Queues a woken task on its executor. A plain fn, capturing nothing: the executor travels
+/// in the task's metadata, and async-task guards a schedule function that captures nothing
+/// with no extra reference count.
+fn schedule(runnable: Runnable) {
+    // In the executor's own thread, while it runs: straight onto its queue.
+    let mut runnable = Some(runnable);
+    let _ = CURRENT.try_with(|current| {
+        if let Ok(current) = current.try_borrow()
+            && let Some(local) = &*current
+            && let Some(r) = runnable.as_ref()
+            && local.id == r.metadata().id
+            && let Ok(mut queue) = local.queue.try_borrow_mut()
+        {
+            queue.push_back(runnable.take().expect("not taken yet"));
+        }
+    });
+    if let Some(runnable) = runnable {
+        Arc::clone(runnable.metadata()).push(runnable);
+    }
 }
 
 /// A spawned task: await it for its output. Dropping it cancels the task (its future is
@@ -307,7 +323,7 @@ where
 /// [`Panicked`] with the message.
 #[must_use = "dropping a Task cancels it; call detach() to let it run"]
 pub struct Task<T> {
-    inner: Option<async_task::Task<T>>,
+    inner: Option<async_task::Task<T, Arc<Remote>>>,
 }
 
 impl<T> fmt::Debug for Task<T> {

@@ -53,6 +53,10 @@
 //!   `Send + Sync` and may be woken or dropped from any thread, also after their task finished
 //!   or was cancelled.
 //! - Dropping a [`Task`] cancels it; [`Task::detach`] lets it run on.
+//! - No call blocks the thread: receives and sends on an `Async` end wait as coroutines (a
+//!   frame larger than the room in the pipe or socket goes out in parts, as room appears).
+//! - Dropping the [`Executor`] drops the futures of all its unfinished tasks (queued, waiting
+//!   on I/O or a timer), and with them the ends and children they hold.
 //!
 //! # Fork
 //!
@@ -64,10 +68,12 @@
 //!
 //! # Caveats
 //!
-//! - `send` on an `Async` end waits for room in the pipe or socket, then writes the whole
-//!   frame: a frame larger than the room left blocks the thread until the peer reads.
 //! - Waking a task from another thread after its executor was dropped leaks that task (its
 //!   future may not be dropped outside its thread).
+//! - A future that returns `Pending` without keeping its waker can never be woken: its task's
+//!   memory is freed, but its future is not dropped (async-task's rule), so what it holds leaks.
+//! - Cancelling a task (dropping its [`Task`]) drops its future at once if the task is idle;
+//!   one already woken is dropped when the executor next runs its queue, or with the executor.
 #![deny(unsafe_code)]
 
 mod channel;
@@ -75,6 +81,7 @@ mod combinators;
 mod executor;
 mod io;
 mod reactor;
+mod sys;
 mod time;
 
 pub use channel::{LocalReceiver, LocalSender, channel};

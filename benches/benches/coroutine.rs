@@ -1,0 +1,311 @@
+//! The coroutine executor against tokio's current-thread runtime, async-executor's
+//! `LocalExecutor` and futures' `LocalPool`, in the same run, on three workloads:
+//!
+//! - spawn + await of a task that is ready at once (ns per task);
+//! - spawn N tasks, then await all N (ns per task, N = 1000);
+//! - a task that wakes itself and yields (ns per yield).
+//!
+//! Target (issue 5): ours at most 0.5x the best of the three on each, and one allocation per
+//! task (counted by this binary's allocator, printed, and asserted for ours in every run,
+//! `cargo test` included).
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use futures::task::LocalSpawnExt;
+
+#[global_allocator]
+static ALLOCATOR: mproc_benches::sys::CountingAlloc = mproc_benches::sys::CountingAlloc;
+
+fn allocations() -> u64 {
+    mproc_benches::sys::allocations()
+}
+
+const N: usize = 1000;
+
+/// Wakes itself once, then is ready: the self-wake yield every executor is measured with
+/// (futures has none of its own).
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// One executor under test: how it runs each workload for `iters` rounds, timed inside.
+struct Contender {
+    name: &'static str,
+    spawn_await: fn(u64) -> Duration,
+    spawn_n_join_n: fn(u64) -> Duration,
+    yields: fn(u64) -> Duration,
+}
+
+mod ours {
+    use super::*;
+    use mproc_coroutine::{Executor, spawn, yield_now};
+
+    pub(super) fn spawn_await(iters: u64) -> Duration {
+        let ex = Executor::new().unwrap();
+        ex.block_on(async {
+            let start = Instant::now();
+            for i in 0..iters {
+                black_box(spawn(async move { black_box(i) }).await.unwrap());
+            }
+            start.elapsed()
+        })
+    }
+
+    pub(super) fn spawn_n_join_n(iters: u64) -> Duration {
+        let ex = Executor::new().unwrap();
+        ex.block_on(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let tasks: Vec<_> = (0..N).map(|i| spawn(async move { black_box(i) })).collect();
+                for task in tasks {
+                    black_box(task.await.unwrap());
+                }
+            }
+            start.elapsed()
+        })
+    }
+
+    pub(super) fn yields(iters: u64) -> Duration {
+        let ex = Executor::new().unwrap();
+        ex.block_on(async { spawn(async move { timed_async(iters, yield_now).await }).await.unwrap() })
+    }
+}
+
+/// Times `iters` awaits of `make()`, inside a task.
+async fn timed_async<F: Future<Output = ()>>(iters: u64, make: impl Fn() -> F) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        make().await;
+    }
+    start.elapsed()
+}
+
+mod tokio_ct {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().build().unwrap()
+    }
+
+    pub(super) fn spawn_await(iters: u64) -> Duration {
+        runtime().block_on(async {
+            let start = Instant::now();
+            for i in 0..iters {
+                black_box(tokio::spawn(async move { black_box(i) }).await.unwrap());
+            }
+            start.elapsed()
+        })
+    }
+
+    pub(super) fn spawn_n_join_n(iters: u64) -> Duration {
+        runtime().block_on(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let tasks: Vec<_> = (0..N).map(|i| tokio::spawn(async move { black_box(i) })).collect();
+                for task in tasks {
+                    black_box(task.await.unwrap());
+                }
+            }
+            start.elapsed()
+        })
+    }
+
+    pub(super) fn yields(iters: u64) -> Duration {
+        runtime().block_on(async {
+            tokio::spawn(async move { timed_async(iters, || YieldNow(false)).await }).await.unwrap()
+        })
+    }
+}
+
+mod async_executor_local {
+    use super::*;
+    use async_executor::LocalExecutor;
+
+    pub(super) fn spawn_await(iters: u64) -> Duration {
+        let ex = LocalExecutor::new();
+        futures_lite::future::block_on(ex.run(async {
+            let start = Instant::now();
+            for i in 0..iters {
+                black_box(ex.spawn(async move { black_box(i) }).await);
+            }
+            start.elapsed()
+        }))
+    }
+
+    pub(super) fn spawn_n_join_n(iters: u64) -> Duration {
+        let ex = LocalExecutor::new();
+        futures_lite::future::block_on(ex.run(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let tasks: Vec<_> = (0..N).map(|i| ex.spawn(async move { black_box(i) })).collect();
+                for task in tasks {
+                    black_box(task.await);
+                }
+            }
+            start.elapsed()
+        }))
+    }
+
+    pub(super) fn yields(iters: u64) -> Duration {
+        let ex = LocalExecutor::new();
+        futures_lite::future::block_on(
+            ex.run(ex.spawn(async move { timed_async(iters, || YieldNow(false)).await })),
+        )
+    }
+}
+
+mod futures_local_pool {
+    use super::*;
+    use futures::executor::LocalPool;
+
+    pub(super) fn spawn_await(iters: u64) -> Duration {
+        let mut pool = LocalPool::new();
+        let spawner = pool.spawner();
+        pool.run_until(async {
+            let start = Instant::now();
+            for i in 0..iters {
+                black_box(spawner.spawn_local_with_handle(async move { black_box(i) }).unwrap().await);
+            }
+            start.elapsed()
+        })
+    }
+
+    pub(super) fn spawn_n_join_n(iters: u64) -> Duration {
+        let mut pool = LocalPool::new();
+        let spawner = pool.spawner();
+        pool.run_until(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let tasks: Vec<_> = (0..N)
+                    .map(|i| spawner.spawn_local_with_handle(async move { black_box(i) }).unwrap())
+                    .collect();
+                for task in tasks {
+                    black_box(task.await);
+                }
+            }
+            start.elapsed()
+        })
+    }
+
+    pub(super) fn yields(iters: u64) -> Duration {
+        let mut pool = LocalPool::new();
+        let spawner = pool.spawner();
+        let task =
+            spawner.spawn_local_with_handle(async move { timed_async(iters, || YieldNow(false)).await });
+        pool.run_until(task.unwrap())
+    }
+}
+
+const CONTENDERS: [Contender; 4] = [
+    Contender {
+        name: "mproc",
+        spawn_await: ours::spawn_await,
+        spawn_n_join_n: ours::spawn_n_join_n,
+        yields: ours::yields,
+    },
+    Contender {
+        name: "tokio_current_thread",
+        spawn_await: tokio_ct::spawn_await,
+        spawn_n_join_n: tokio_ct::spawn_n_join_n,
+        yields: tokio_ct::yields,
+    },
+    Contender {
+        name: "async_executor_local",
+        spawn_await: async_executor_local::spawn_await,
+        spawn_n_join_n: async_executor_local::spawn_n_join_n,
+        yields: async_executor_local::yields,
+    },
+    Contender {
+        name: "futures_local_pool",
+        spawn_await: futures_local_pool::spawn_await,
+        spawn_n_join_n: futures_local_pool::spawn_n_join_n,
+        yields: futures_local_pool::yields,
+    },
+];
+
+/// A workload as a contender runs it, for `iters` rounds, timed inside.
+type Workload = fn(u64) -> Duration;
+
+/// Picks a contender's way of running one workload.
+type Pick = fn(&Contender) -> Workload;
+
+/// The workloads: (group, per how many units an iteration counts, the contender's fn).
+const WORKLOADS: [(&str, u64, Pick); 3] = [
+    ("coroutine::spawn_await", 1, |c| c.spawn_await),
+    ("coroutine::spawn_n_join_n", N as u64, |c| c.spawn_n_join_n),
+    ("coroutine::self_wake_yield", 1, |c| c.yields),
+];
+
+/// Allocations per spawned task, for each contender (measured over 10,000 spawn+awaits,
+/// minus the same executor's cost of running with no task at all).
+fn allocations_per_task(c: &Contender) -> f64 {
+    let count = |iters| {
+        let before = allocations();
+        (c.spawn_await)(iters);
+        allocations() - before
+    };
+    let (none, many) = (count(0), count(10_000));
+    (many - none) as f64 / 10_000.0
+}
+
+fn main() {
+    mproc_benches::start_run();
+    let mut crit = Criterion::default()
+        .output_directory(&mproc_benches::criterion_dir())
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+        .configure_from_args();
+    for (group, _, pick) in WORKLOADS {
+        let mut g = crit.benchmark_group(group);
+        for c in &CONTENDERS {
+            g.bench_function(c.name, |b| b.iter_custom(pick(c)));
+        }
+        g.finish();
+    }
+    crit.final_summary();
+    // Checked in every run, `cargo test` included: one allocation per task is a guarantee.
+    // (A few more in all than tasks: the run queue grows while the first ones are spawned.)
+    let ours = allocations_per_task(&CONTENDERS[0]);
+    assert!(ours < 1.01, "mproc-coroutine allocates {ours:.4} times per task, not once");
+    if !mproc_benches::measuring() {
+        return;
+    }
+    println!();
+    for (group, per, _) in WORKLOADS {
+        let ns: Vec<(&str, f64)> = CONTENDERS
+            .iter()
+            .filter_map(|c| mproc_benches::median_ns(group, c.name).map(|t| (c.name, t / per as f64)))
+            .collect();
+        let Some(&(_, ours)) = ns.iter().find(|(name, _)| *name == "mproc") else { continue };
+        let Some(&(best_name, best)) =
+            ns.iter().filter(|(name, _)| *name != "mproc").min_by(|a, b| a.1.total_cmp(&b.1))
+        else {
+            continue;
+        };
+        let all: Vec<String> = ns.iter().map(|(name, t)| format!("{name} {t:.1} ns")).collect();
+        println!(
+            "{group}: mproc {ours:.1} ns per unit = {:.3}x the best other ({best_name} {best:.1} ns); all: {}",
+            ours / best,
+            all.join(", ")
+        );
+    }
+    for c in &CONTENDERS {
+        println!("allocations per spawned task: {:<22} {:.4}", c.name, allocations_per_task(c));
+    }
+}
