@@ -90,4 +90,4 @@ pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{Error, Result};
 pub use pipe::{Receiver, Sender, pipe};
-pub use wait::{Waitable, wait};
+pub use wait::{Waitable, wait, wait_one};

@@ -82,6 +82,26 @@ pub fn wait(ends: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<usi
         .collect())
 }
 
+/// [`wait`] for one end: whether it became ready before `timeout` passed. Allocates nothing.
+///
+/// ```
+/// # fn main() -> mproc_ipc::Result<()> {
+/// use std::time::Duration;
+/// let (rx, tx) = mproc_ipc::pipe::<u32>()?;
+/// assert!(!mproc_ipc::wait_one(&rx, Some(Duration::ZERO))?);
+/// tx.send(&7)?;
+/// assert!(mproc_ipc::wait_one(&rx, Some(Duration::from_secs(5)))?);
+/// # Ok(()) }
+/// ```
+pub fn wait_one(end: &dyn Waitable, timeout: Option<Duration>) -> Result<bool> {
+    if end.ready() {
+        return Ok(true);
+    }
+    let mut fds = [PollFd::from_borrowed_fd(end.wait_fd(), PollFlags::IN)];
+    let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future));
+    Ok(poll_until(&mut fds, deadline)? > 0)
+}
+
 /// `poll(2)` until something is ready or `deadline` passes, going on after signals. Returns
 /// how many entries are ready (0 on the deadline).
 pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Result<usize> {

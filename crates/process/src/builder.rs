@@ -144,7 +144,7 @@ impl Builder {
     }
 
     fn child_identity(&self) -> Result<identity::Identity> {
-        if identity::identity().daemon {
+        if identity::is_daemon() {
             return Err(Error::DaemonCannotStart);
         }
         Ok(identity::child_identity(self.name.clone(), self.daemon))

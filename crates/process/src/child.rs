@@ -135,10 +135,16 @@ impl ChildState {
                 return Ok(Some(status));
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if mproc_ipc::wait(&[self.status_source()], left)?.is_empty() {
+            if !self.wait_ended(left)? {
                 return self.try_status();
             }
         }
+    }
+
+    /// Waits at most `left` (`None`: for ever) until [`try_status`](Self::try_status) can tell;
+    /// whether it can.
+    fn wait_ended(&self, left: Option<std::time::Duration>) -> Result<bool> {
+        Ok(mproc_ipc::wait_one(self.status_source(), left)?)
     }
 
     /// Whether the child has ended and been reaped.

@@ -38,6 +38,11 @@ pub(crate) fn identity() -> Identity {
     IDENTITY.lock().get_or_insert_with(main_identity).clone()
 }
 
+/// Whether this process is a daemon (without copying its identity).
+pub(crate) fn is_daemon() -> bool {
+    IDENTITY.lock().as_ref().is_some_and(|me| me.daemon)
+}
+
 /// The key of [`FnRef`](crate::FnRef) tags.
 pub(crate) fn fn_key() -> [u8; 16] {
     IDENTITY.lock().get_or_insert_with(main_identity).fn_key

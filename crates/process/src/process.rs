@@ -145,13 +145,14 @@ impl<R: DeserializeOwned> Process<R> {
     }
 
     fn outcome(&self, outcome: Option<Outcome<R>>, status: Option<ExitStatus>) -> Result<R> {
-        let (name, pid) = (self.state.name.clone(), self.pid());
+        // Only errors name the child: a value comes back without a copy of the name.
+        let (name, pid) = (|| self.state.name.clone(), self.pid());
         match (outcome, status) {
             (Some(Outcome::Value(value)), _) => Ok(value),
-            (Some(Outcome::Panicked(message)), _) => Err(Error::Panicked { name, pid, message }),
-            (Some(Outcome::Transfer(message)), _) => Err(Error::Transfer { name, message }),
-            (None, Some(ExitStatus::Signal(signal))) => Err(Error::Signaled { name, pid, signal }),
-            (None, Some(ExitStatus::Code(code))) => Err(Error::Exited { name, pid, code }),
+            (Some(Outcome::Panicked(message)), _) => Err(Error::Panicked { name: name(), pid, message }),
+            (Some(Outcome::Transfer(message)), _) => Err(Error::Transfer { name: name(), message }),
+            (None, Some(ExitStatus::Signal(signal))) => Err(Error::Signaled { name: name(), pid, signal }),
+            (None, Some(ExitStatus::Code(code))) => Err(Error::Exited { name: name(), pid, code }),
             (None, None) => Err(Error::Timeout),
         }
     }

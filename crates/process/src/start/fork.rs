@@ -23,8 +23,7 @@ where
 {
     let slot = Slot::take()?;
     let parent_pid = Pid::from_raw(crate::global::pid() as i32).expect("a pid is positive");
-    let (name, daemon) = (identity.name.clone(), identity.daemon);
-    let pid = {
+    let (pid, identity) = {
         // Hold the locks the child will touch that are not per-process (those start afresh
         // in a child: see `global`), so no other thread holds one at the fork; flush stdio
         // first so the child does not print the parent's pending output again.
@@ -41,11 +40,12 @@ where
                 crate::sys::fork::close_copies(close);
                 child(identity, parent_pid, slot.writer(), f)
             }
-            Forked::Parent(pid) => pid,
+            Forked::Parent(pid) => (pid, identity),
         }
     };
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
-    let state = Arc::new(ChildState::new(pid, name, daemon, Exit::Own { pidfd }).with_slot(slot));
+    let exit = Exit::Own { pidfd };
+    let state = Arc::new(ChildState::new(pid, identity.name, identity.daemon, exit).with_slot(slot));
     Ok(Process::from_slot(state))
 }
 
