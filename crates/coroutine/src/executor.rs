@@ -2,7 +2,6 @@
 //! other threads wake tasks through.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -14,19 +13,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-/// A task's handle to run it, carrying (as async-task metadata) the executor it belongs to.
-type Runnable = async_task::Runnable<Arc<Remote>>;
 use parking_lot::Mutex;
 
 use crate::reactor::{self, Reactor};
+use crate::sys::task::{self, JoinHandle, RemoteRef, Tasks};
 
 /// How many tasks run between two looks at the reactor while tasks keep being ready.
 const BUDGET: usize = 1024;
 
 /// What other threads reach: the queue their wakes go to, and how to wake the executor.
-struct Remote {
-    id: u64,
-    queue: Mutex<Vec<Runnable>>,
+pub(crate) struct Remote {
+    queue: Mutex<Vec<RemoteRef>>,
     /// `queue` may hold something.
     queued: AtomicBool,
     /// The executor sleeps (or is about to) in the reactor: wakes must write the eventfd.
@@ -39,22 +36,28 @@ struct Remote {
 }
 
 impl Remote {
-    fn push(&self, runnable: Runnable) {
+    /// Queues a task woken in another thread; gives it back if the executor is gone.
+    pub(crate) fn push_task(&self, task: RemoteRef) -> Result<(), RemoteRef> {
         let mut queue = self.queue.lock();
         // Looked at under the lock the executor closes under: a task queued here is either
-        // drained by the executor's thread, or never queued.
+        // taken by the executor's thread, or never queued.
         if self.closed.load(Ordering::Acquire) {
-            // Its executor is gone, and with it the only thread that may run or drop this
-            // task (its future need not be Send): keep it from being dropped here.
-            std::mem::forget(runnable);
-            return;
+            return Err(task);
         }
-        queue.push(runnable);
+        queue.push(task);
         drop(queue);
         self.queued.store(true, Ordering::SeqCst);
         if self.sleeping.load(Ordering::SeqCst) {
             reactor::notify(self.eventfd.as_fd());
         }
+        Ok(())
+    }
+
+    /// Refuses wakes from now on, and gives back the tasks queued so far.
+    fn close(&self) -> Vec<RemoteRef> {
+        let mut queue = self.queue.lock();
+        self.closed.store(true, Ordering::Release);
+        std::mem::take(&mut *queue)
     }
 }
 
@@ -63,7 +66,7 @@ pub(crate) struct Local {
     id: u64,
     /// The process that made it: a forked child holds a copy, which must stay unused.
     pid: u32,
-    queue: RefCell<VecDeque<Runnable>>,
+    tasks: Rc<Tasks>,
     pub(crate) reactor: Reactor,
     remote: Arc<Remote>,
 }
@@ -83,22 +86,22 @@ impl Local {
     }
 }
 
-impl Drop for Local {
-    fn drop(&mut self) {
-        // Tasks woken from other threads but never run: drop them here, in their thread.
-        // Closed under the queue's lock, so no wake can queue one after this.
-        let queued = {
-            let mut queue = self.remote.queue.lock();
-            self.remote.closed.store(true, Ordering::Release);
-            std::mem::take(&mut *queue)
-        };
-        drop(queued);
-    }
-}
-
 thread_local! {
     /// The executor whose `block_on` runs in this thread now.
     static CURRENT: RefCell<Option<Rc<Local>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the tasks of the executor whose remote side is `remote`, if that executor is
+/// running in this thread (in `block_on`); `None` otherwise.
+pub(crate) fn running_tasks(remote: &Arc<Remote>, f: impl FnOnce(&Tasks)) -> Option<()> {
+    CURRENT
+        .try_with(|current| {
+            let current = current.try_borrow().ok()?;
+            let local = current.as_ref()?;
+            Arc::ptr_eq(&local.remote, remote).then(|| f(&local.tasks))
+        })
+        .ok()
+        .flatten()
 }
 
 /// The running executor of this thread, if it belongs to this process.
@@ -155,7 +158,7 @@ impl fmt::Debug for Executor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Executor")
             .field("id", &self.local.id)
-            .field("queued", &self.local.queue.borrow().len())
+            .field("queued", &self.local.tasks.len())
             .finish()
     }
 }
@@ -168,7 +171,6 @@ impl Executor {
         let reactor = Reactor::new(eventfd.as_fd())?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let remote = Arc::new(Remote {
-            id,
             queue: Mutex::new(Vec::new()),
             queued: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
@@ -176,8 +178,7 @@ impl Executor {
             closed: AtomicBool::new(false),
             eventfd,
         });
-        let local =
-            Local { id, pid: mproc_pool::process::getpid(), queue: RefCell::default(), reactor, remote };
+        let local = Local { id, pid: mproc_pool::process::getpid(), tasks: Rc::default(), reactor, remote };
         Ok(Executor { local: Rc::new(local) })
     }
 
@@ -220,16 +221,17 @@ impl Executor {
             // each in turn.
             let mut ran = 0;
             while ran < BUDGET {
-                let next = local.queue.borrow_mut().pop_front();
-                let Some(runnable) = next else { break };
-                runnable.run();
+                let Some(task) = local.tasks.pop() else { break };
+                local.tasks.run(task);
                 ran += 1;
             }
             if remote.queued.load(Ordering::Relaxed) && remote.queued.swap(false, Ordering::SeqCst) {
                 let woken = std::mem::take(&mut *remote.queue.lock());
-                local.queue.borrow_mut().extend(woken);
+                for task in woken {
+                    local.tasks.take_remote(task);
+                }
             }
-            let idle = local.queue.borrow().is_empty() && !remote.main_woken.load(Ordering::SeqCst);
+            let idle = local.tasks.is_empty() && !remote.main_woken.load(Ordering::SeqCst);
             if idle {
                 remote.sleeping.store(true, Ordering::SeqCst);
                 // A wake between the checks above and `sleeping` would not write the
@@ -247,21 +249,21 @@ impl Executor {
 }
 
 impl Drop for Executor {
-    /// Drops every task's future: those queued to run, and those waiting on the reactor
-    /// (their wakers are dropped, and a task nobody can wake any more is freed). A future
-    /// holding an [`Async`](crate::Async) holds the executor too: without this, the two would
-    /// keep each other alive, and with them every end and child the futures hold.
+    /// Drops every unfinished task's future: queued to run, woken from other threads, or
+    /// waiting on the reactor. A future holding an [`Async`](crate::Async) holds the executor
+    /// too: without this, the two would keep each other alive, and with them every end and
+    /// child the futures hold. Wakes from other threads are refused from now on.
     fn drop(&mut self) {
         let _enter = Enter::new(&self.local);
+        drop(self.local.remote.close());
         loop {
-            let queued = std::mem::take(&mut *self.local.queue.borrow_mut());
-            let woken = std::mem::take(&mut *self.local.remote.queue.lock());
+            self.local.tasks.close_all();
+            // Wakers waiting on fds and timers: their tasks are done now; drop them too.
             let waiting = self.local.reactor.take_wakers();
-            if queued.is_empty() && woken.is_empty() && waiting.is_empty() {
+            if waiting.is_empty() && self.local.tasks.is_empty() {
                 break;
             }
-            // Dropped outside the borrows: a future's drop may touch the executor.
-            drop((queued, woken, waiting));
+            drop(waiting);
         }
     }
 }
@@ -288,42 +290,21 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    // Every Runnable runs and is dropped in this thread (see `crate::sys::spawn_local`):
-    // `schedule` hands one woken elsewhere to the executor's remote queue.
-    let (runnable, task) = crate::sys::spawn_local(future, Arc::clone(&local.remote), schedule);
-    runnable.schedule();
-    Task { inner: Some(task) }
-}
-
-/// Queues a woken task on its executor. A plain fn, capturing nothing: the executor travels
-/// in the task's metadata, and async-task guards a schedule function that captures nothing
-/// with no extra reference count.
-fn schedule(runnable: Runnable) {
-    // In the executor's own thread, while it runs: straight onto its queue.
-    let mut runnable = Some(runnable);
-    let _ = CURRENT.try_with(|current| {
-        if let Ok(current) = current.try_borrow()
-            && let Some(local) = &*current
-            && let Some(r) = runnable.as_ref()
-            && local.id == r.metadata().id
-            && let Ok(mut queue) = local.queue.try_borrow_mut()
-        {
-            queue.push_back(runnable.take().expect("not taken yet"));
-        }
-    });
-    if let Some(runnable) = runnable {
-        Arc::clone(runnable.metadata()).push(runnable);
-    }
+    Task { inner: Some(task::spawn(&local.tasks, &local.remote, future)) }
 }
 
 /// A spawned task: await it for its output. Dropping it cancels the task (its future is
-/// dropped at its next stop); [`detach`](Self::detach) lets it run on unobserved.
+/// dropped at once, or when its current run ends if it drops its own handle);
+/// [`detach`](Self::detach) lets it run on unobserved.
 ///
 /// A panic inside the task is caught: the other tasks go on, and awaiting this one gives
-/// [`Panicked`] with the message.
+/// [`Panicked`] with the message. A task whose executor was dropped before it finished gives
+/// [`Panicked`] saying it was cancelled.
+///
+/// Like the executor, a `Task` is `!Send`: it is awaited in the executor's thread.
 #[must_use = "dropping a Task cancels it; call detach() to let it run"]
 pub struct Task<T> {
-    inner: Option<async_task::Task<T, Arc<Remote>>>,
+    inner: Option<JoinHandle<T>>,
 }
 
 impl<T> fmt::Debug for Task<T> {
@@ -353,14 +334,11 @@ impl<T> Future for Task<T> {
         let Some(task) = self.inner.as_mut() else {
             return Poll::Ready(Err(Panicked { message: "the task was detached".into() }));
         };
-        // The task caught its own panic; awaiting re-raises it here, where it becomes a value.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(task).poll(cx))) {
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => {
-                Poll::Ready(Err(Panicked { message: mproc_pool::process::panic_message(&*payload) }))
-            }
-        }
+        task.poll_output(cx).map(|output| match output {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(message)) => Err(Panicked { message }),
+            None => Err(Panicked { message: "the task was cancelled: its executor was dropped".into() }),
+        })
     }
 }
 

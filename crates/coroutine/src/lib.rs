@@ -46,7 +46,9 @@
 //!
 //! # Guarantees
 //!
-//! - One allocation per task (async-task's cell: header, future and output together).
+//! - One allocation per task (its cell: header, future, then output, in one block). The
+//!   executor's own wakes, yields and runs take no lock and no atomic operation; wakes from
+//!   other threads go through a locked queue and the eventfd.
 //! - A panic inside a task is caught: the other tasks go on, and awaiting the task gives
 //!   [`Panicked`] with the message.
 //! - The executor and its tasks are `!Send` (they stay in their thread); wakers are
@@ -70,8 +72,8 @@
 //!
 //! - Waking a task from another thread after its executor was dropped leaks that task (its
 //!   future may not be dropped outside its thread).
-//! - A future that returns `Pending` without keeping its waker can never be woken: its task's
-//!   memory is freed, but its future is not dropped (async-task's rule), so what it holds leaks.
+//! - A future that returns `Pending` without keeping its waker can never be woken: it stays
+//!   (with what it holds) until its [`Task`] is dropped or the executor is.
 //! - Cancelling a task (dropping its [`Task`]) drops its future at once if the task is idle;
 //!   one already woken is dropped when the executor next runs its queue, or with the executor.
 #![deny(unsafe_code)]

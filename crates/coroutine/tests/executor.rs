@@ -62,8 +62,8 @@ impl Drop for Guard {
     }
 }
 
-/// Every kind of unfinished task: woken and queued, waiting on a timer, waiting on an fd.
-/// Dropping the executor drops all their futures, and with them what
+/// Every kind of unfinished task: woken and queued, waiting on a timer, waiting on an fd,
+/// never to be woken (nobody kept its waker). Dropping the executor drops all their futures, and with them what
 /// they hold (here an `Async` end, which itself holds the executor).
 #[test]
 fn dropping_the_executor_drops_every_unfinished_future() {
@@ -92,12 +92,18 @@ fn dropping_the_executor_drops_every_unfinished_future() {
             }
         })
         .detach();
+        let g = guard();
+        spawn(async move {
+            let _guard = g;
+            poll_fn(|_| Poll::<()>::Pending).await; // nobody keeps its waker
+        })
+        .detach();
         yield_now().await;
         yield_now().await;
     });
     assert_eq!(dropped.load(Ordering::SeqCst), 0, "every task is still unfinished");
     drop(ex);
-    assert_eq!(dropped.load(Ordering::SeqCst), 3, "a future outlived its executor");
+    assert_eq!(dropped.load(Ordering::SeqCst), 4, "a future outlived its executor");
     let gone = theirs.recv_timeout(DEADLINE);
     assert!(
         matches!(gone, Err(mproc_coroutine::ipc::Error::Closed)),

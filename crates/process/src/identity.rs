@@ -2,8 +2,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// What a process knows of itself; a child gets it from its parent at start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,7 +18,15 @@ pub(crate) struct Identity {
     pub(crate) parent: Option<(u32, String)>,
 }
 
+/// Held across mproc's forks (so no other thread is inside it then), and so a std `Mutex`: a
+/// parking_lot one, unlocked in the child while a thread of the parent was waiting for it,
+/// may hand itself to that thread, which does not exist there.
 static IDENTITY: Mutex<Option<Identity>> = Mutex::new(None);
+
+/// The identity lock; a panic while it was held left nothing half-done worth refusing for.
+fn locked() -> MutexGuard<'static, Option<Identity>> {
+    IDENTITY.lock().unwrap_or_else(PoisonError::into_inner)
+}
 /// Numbers children's default names: `Process-1`, `Process-2`, ... (`Process-1:1` below a
 /// child named `Process-1`).
 static CHILDREN_STARTED: AtomicU32 = AtomicU32::new(0);
@@ -35,17 +43,17 @@ fn main_identity() -> Identity {
 
 /// This process's identity (made on first use in the main process).
 pub(crate) fn identity() -> Identity {
-    IDENTITY.lock().get_or_insert_with(main_identity).clone()
+    locked().get_or_insert_with(main_identity).clone()
 }
 
 /// Whether this process is a daemon (without copying its identity).
 pub(crate) fn is_daemon() -> bool {
-    IDENTITY.lock().as_ref().is_some_and(|me| me.daemon)
+    locked().as_ref().is_some_and(|me| me.daemon)
 }
 
 /// The key of [`FnRef`](crate::FnRef) tags.
 pub(crate) fn fn_key() -> [u8; 16] {
-    IDENTITY.lock().get_or_insert_with(main_identity).fn_key
+    locked().get_or_insert_with(main_identity).fn_key
 }
 
 /// Becomes the child described by `identity` (right after a fork, or at a spawned start).
@@ -53,13 +61,13 @@ pub(crate) fn fn_key() -> [u8; 16] {
 pub(crate) fn become_child(identity: Identity) {
     // The identity copied from the parent is not dropped: freeing it in a forked child would
     // write to heap pages, each write a page copied.
-    std::mem::forget(IDENTITY.lock().replace(identity));
+    std::mem::forget(locked().replace(identity));
     CHILDREN_STARTED.store(0, Ordering::Relaxed);
 }
 
 /// The lock held across a fork.
-pub(crate) fn lock() -> parking_lot::MutexGuard<'static, Option<Identity>> {
-    IDENTITY.lock()
+pub(crate) fn lock() -> MutexGuard<'static, Option<Identity>> {
+    locked()
 }
 
 /// The identity of a new child of this process.

@@ -71,3 +71,37 @@ fn a_thousand_dropped_children_leave_no_zombie() {
     assert_eq!(n, 1000);
     assert!(after <= before + 2, "fds grew from {before} to {after}");
 }
+
+/// Fork children started while other threads keep using mproc's own state (the identity,
+/// the registry, the pid): a lock of mproc's that another thread waits for at the moment of a
+/// fork must still be free in the child. Each child also asks who it is, and starts nothing
+/// that could hang: a child stuck on a lock fails the join's deadline.
+#[test]
+fn fork_children_start_while_other_threads_use_mprocs_state() {
+    mproc_init();
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::black_box(mproc_process::current_process());
+                    std::hint::black_box(mproc_process::active_children());
+                }
+            })
+        })
+        .collect();
+    for i in 0..200u32 {
+        let mut child = Builder::new()
+            .start_method(StartMethod::Fork)
+            .spawn(move || (i, mproc_process::current_process().name().to_string()))
+            .unwrap();
+        let (n, name) = child.join_timeout(DEADLINE).unwrap_or_else(|e| panic!("child {i}: {e}"));
+        assert_eq!(n, i);
+        assert!(name.starts_with("Process-"), "{name}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in busy {
+        t.join().unwrap();
+    }
+}

@@ -30,7 +30,9 @@ fn page() -> &'static Page {
 /// Maps the page and marks it wiped on fork. Never unmapped.
 fn map_page() -> &'static [AtomicPtr<()>] {
     use rustix::mm::{Advice, MapFlags, ProtFlags};
-    let size = rustix::param::page_size();
+    // SAFETY: sysconf has no preconditions. (libc's, not rustix's auxv reader: the page size
+    // is what both report, and this one also works under valgrind.)
+    let size = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     // SAFETY: a fresh private anonymous mapping, placed by the kernel: it aliases nothing.
     let addr = unsafe {
         rustix::mm::mmap_anonymous(

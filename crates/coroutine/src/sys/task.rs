@@ -1,0 +1,574 @@
+//! Tasks: one allocation each, holding a header, the future, then its output.
+//!
+//! A task belongs to one executor, which lives in one thread. Its state has two parts:
+//!
+//! - what only that thread touches (`Cell`s: queued, running, woken while running, done, the
+//!   handle's presence, the awaiter's waker), so the executor's own wakes, runs and yields
+//!   cost no atomic operation;
+//! - what any thread may touch: the reference count (wakers are `Send + Sync` and may be
+//!   cloned, woken and dropped anywhere) and the "woken from another thread" flag. A wake from
+//!   another thread takes a reference, puts the task in the executor's remote queue (under its
+//!   lock) and wakes the executor; the executor's thread moves it to its run queue.
+//!
+//! References: the executor holds one while the task is unfinished (its run queue and task
+//! list hold no references of their own, so queueing is free), the [`JoinHandle`] one, each
+//! waker one, each remote-queue entry one. The last one out frees the cell. By then the future
+//! and the output are gone (dropped in the executor's thread): freeing from another thread
+//! touches only the header.
+#![allow(unsafe_code)]
+
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+
+use crate::executor::{Remote, running_tasks};
+
+/// In the run queue.
+const QUEUED: u8 = 1;
+/// Being polled.
+const RUNNING: u8 = 2;
+/// Woken while being polled: runs again.
+const WOKEN: u8 = 4;
+/// The future is gone (finished, panicked or cancelled); the output may wait in the cell.
+const DONE: u8 = 8;
+/// A [`JoinHandle`] exists (not detached).
+const HANDLE: u8 = 16;
+/// The executor's reference is still held.
+const EXEC_REF: u8 = 32;
+/// The handle was dropped while the task ran: drop the future when the poll returns.
+const CANCELLED: u8 = 64;
+
+/// The most references: past this, something leaks wakers in a loop; abort as `Arc` does.
+const MAX_REFS: usize = isize::MAX as usize;
+
+pub(crate) struct Header {
+    refs: AtomicUsize,
+    /// Sitting in the executor's remote queue (woken from another thread).
+    remote_woken: AtomicBool,
+    /// The executor this task belongs to: where wakes from other threads go.
+    remote: Arc<Remote>,
+    vtable: &'static TaskVTable,
+    // Executor thread only:
+    flags: Cell<u8>,
+    /// Where this task is in the executor's list of unfinished tasks.
+    live_index: Cell<usize>,
+    /// Who awaits the output.
+    awaiter: Cell<Option<Waker>>,
+}
+
+// SAFETY: other threads reach a header only through wakers and remote-queue entries, and touch
+// only `refs`, `remote_woken`, `remote` and `vtable` (atomics, an `Arc` of a `Sync` type, a
+// static), or, holding the last reference, the whole header (nobody else can then). The
+// `Cell`s are used only by the executor's thread, which every other path checks for (the
+// executor, its `JoinHandle`s and `TaskRef`s are `!Send`).
+unsafe impl Sync for Header {}
+// SAFETY: as above: what may move to another thread is a reference-counted pointer to it.
+unsafe impl Send for Header {}
+
+/// What differs with the future's type.
+///
+/// # Safety
+///
+/// Each function takes the header of a live task made by [`spawn`] for the future type the
+/// vtable was made for, and is called in that task's executor thread while the task is not
+/// being polled (except `dealloc`, called once, by whoever gives up the last reference).
+struct TaskVTable {
+    /// Polls the future: `true` once it is done (finished or panicked; the output stored, or
+    /// dropped if no handle wants it).
+    ///
+    /// # Safety
+    ///
+    /// See [`TaskVTable`].
+    poll: unsafe fn(NonNull<Header>, &mut Context<'_>) -> bool,
+    /// Drops the future (a cancelled task).
+    ///
+    /// # Safety
+    ///
+    /// See [`TaskVTable`].
+    drop_future: unsafe fn(NonNull<Header>),
+    /// Drops the output if one waits in the cell.
+    ///
+    /// # Safety
+    ///
+    /// See [`TaskVTable`].
+    drop_output: unsafe fn(NonNull<Header>),
+    /// Moves the output (if one waits) into the `Option<Result<Output, String>>` at the pointer.
+    ///
+    /// # Safety
+    ///
+    /// See [`TaskVTable`].
+    take_output: unsafe fn(NonNull<Header>, *mut ()),
+    /// Frees the cell.
+    ///
+    /// # Safety
+    ///
+    /// See [`TaskVTable`].
+    dealloc: unsafe fn(NonNull<Header>),
+}
+
+/// What a cell holds after its header.
+enum Stage<F: Future> {
+    Running(F),
+    /// The output, or the panic message.
+    Finished(Result<F::Output, String>),
+    Empty,
+}
+
+/// The one allocation of a task.
+#[repr(C)]
+struct RawTask<F: Future> {
+    header: Header,
+    stage: UnsafeCell<Stage<F>>,
+}
+
+impl<F: Future> RawTask<F> {
+    const VTABLE: TaskVTable = TaskVTable {
+        poll: Self::poll,
+        drop_future: Self::drop_future,
+        drop_output: Self::drop_output,
+        take_output: Self::take_output,
+        dealloc: Self::dealloc,
+    };
+
+    /// # Safety
+    /// `ptr` is the header of a live `RawTask<F>`, in its executor's thread, not being polled.
+    unsafe fn stage<'a>(ptr: NonNull<Header>) -> &'a mut Stage<F> {
+        // SAFETY: the header is the first field of a `repr(C)` `RawTask<F>`, so the cast gives
+        // the cell; only the executor's thread touches the stage, one use at a time.
+        unsafe { &mut *(*ptr.cast::<RawTask<F>>().as_ptr()).stage.get() }
+    }
+
+    /// # Safety
+    ///
+    /// As for [`TaskVTable`]: a live `RawTask<F>`, on its executor's thread, not being polled.
+    unsafe fn poll(ptr: NonNull<Header>, cx: &mut Context<'_>) -> bool {
+        // SAFETY: called by `run` on the executor's thread, on a live task.
+        let stage = unsafe { Self::stage(ptr) };
+        let Stage::Running(future) = stage else { return true };
+        // SAFETY: the future lives in the cell, which never moves, until it is dropped in place.
+        let future = unsafe { Pin::new_unchecked(future) };
+        let finished = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Pending) => return false,
+            Ok(Poll::Ready(output)) => Ok(output),
+            Err(payload) => Err(mproc_pool::process::panic_message(&*payload)),
+        };
+        // The future goes first (a panic in its drop is caught: the output still counts).
+        let _ = catch_unwind(AssertUnwindSafe(|| *stage = Stage::Empty));
+        // SAFETY: the header of a live task, on its executor's thread.
+        let wanted = unsafe { ptr.as_ref() }.flags.get() & HANDLE != 0;
+        if wanted {
+            *stage = Stage::Finished(finished);
+        } else {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(finished)));
+        }
+        true
+    }
+
+    /// # Safety
+    ///
+    /// As for [`TaskVTable`]: a live `RawTask<F>`, on its executor's thread, not being polled.
+    unsafe fn drop_future(ptr: NonNull<Header>) {
+        // SAFETY: called on the executor's thread, on a live task not being polled.
+        let stage = unsafe { Self::stage(ptr) };
+        if matches!(stage, Stage::Running(_)) {
+            let _ = catch_unwind(AssertUnwindSafe(|| *stage = Stage::Empty));
+        }
+    }
+
+    /// # Safety
+    ///
+    /// As for [`TaskVTable`]: a live `RawTask<F>`, on its executor's thread, not being polled.
+    unsafe fn drop_output(ptr: NonNull<Header>) {
+        // SAFETY: called on the executor's thread, on a live task not being polled.
+        let stage = unsafe { Self::stage(ptr) };
+        if matches!(stage, Stage::Finished(_)) {
+            let _ = catch_unwind(AssertUnwindSafe(|| *stage = Stage::Empty));
+        }
+    }
+
+    /// # Safety
+    ///
+    /// As for [`TaskVTable`], and `out` points at an `Option<Result<F::Output, String>>`.
+    unsafe fn take_output(ptr: NonNull<Header>, out: *mut ()) {
+        // SAFETY: called on the executor's thread, on a live task not being polled.
+        let stage = unsafe { Self::stage(ptr) };
+        if let Stage::Finished(output) = std::mem::replace(stage, Stage::Empty) {
+            // SAFETY: the caller passes an `Option<Result<F::Output, String>>` (see
+            // `take_output` below, called with the handle's `T`, which is `F::Output`).
+            unsafe { *out.cast::<Option<Result<F::Output, String>>>() = Some(output) };
+        }
+    }
+
+    /// # Safety
+    ///
+    /// `ptr` is a `RawTask<F>` whose last reference was just given up.
+    unsafe fn dealloc(ptr: NonNull<Header>) {
+        // SAFETY: the last reference is gone, so nothing else reaches the cell, which came from
+        // `Box::into_raw` in `spawn`.
+        let mut cell = unsafe { Box::from_raw(ptr.cast::<RawTask<F>>().as_ptr()) };
+        if !matches!(cell.stage.get_mut(), Stage::Empty) {
+            // Never so by the rules above; if it were, this may be the wrong thread to drop a
+            // future or an output in: leak it rather.
+            std::mem::forget(std::mem::replace(cell.stage.get_mut(), Stage::Empty));
+        }
+    }
+}
+
+/// A task in its executor's thread: what the run queue and the task list hold (no reference
+/// of their own: the executor's reference covers them).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TaskRef(NonNull<Header>);
+
+impl TaskRef {
+    fn header(&self) -> &Header {
+        // SAFETY: a `TaskRef` is only held while the executor's reference is (see `Tasks`).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+/// A reference-holding pointer to a task, sent to its executor's remote queue from another
+/// thread.
+pub(crate) struct RemoteRef(NonNull<Header>);
+
+// SAFETY: it holds a reference of its own, and other threads only drop it (see `Header`).
+unsafe impl Send for RemoteRef {}
+
+impl Drop for RemoteRef {
+    fn drop(&mut self) {
+        // SAFETY: this entry's own reference.
+        unsafe { drop_ref(self.0) }
+    }
+}
+
+/// An executor's tasks, in its thread: the run queue and the list of unfinished tasks.
+#[derive(Default)]
+pub(crate) struct Tasks {
+    queue: RefCell<VecDeque<TaskRef>>,
+    live: RefCell<Vec<TaskRef>>,
+}
+
+impl Tasks {
+    /// The next task to run.
+    pub(crate) fn pop(&self) -> Option<TaskRef> {
+        self.queue.borrow_mut().pop_front()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.borrow().is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    /// Queues the task if it is neither queued, running (then it runs again) nor done.
+    fn wake(&self, task: TaskRef) {
+        let header = task.header();
+        let flags = header.flags.get();
+        if flags & DONE != 0 {
+            return;
+        }
+        if flags & RUNNING != 0 {
+            header.flags.set(flags | WOKEN);
+        } else if flags & QUEUED == 0 {
+            header.flags.set(flags | QUEUED);
+            self.queue.borrow_mut().push_back(task);
+        }
+    }
+
+    /// Takes a task woken from another thread (out of the remote queue).
+    pub(crate) fn take_remote(&self, woken: RemoteRef) {
+        let task = TaskRef(woken.0);
+        // Cleared first: a wake from elsewhere from now on queues the task again.
+        task.header().remote_woken.store(false, Ordering::Release);
+        self.wake(task);
+        drop(woken);
+    }
+
+    /// Runs a task from the queue once.
+    pub(crate) fn run(&self, task: TaskRef) {
+        let header = task.header();
+        let flags = header.flags.get() & !QUEUED;
+        if flags & DONE != 0 {
+            header.flags.set(flags);
+            self.settle(task);
+            return;
+        }
+        header.flags.set(flags | RUNNING);
+        // A borrowed waker: it takes no reference (it lives no longer than this call; a clone
+        // takes one).
+        let waker = ManuallyDrop::new(raw_waker(task.0));
+        let mut cx = Context::from_waker(&waker);
+        // SAFETY: a live task (the executor's reference), polled on its executor's thread.
+        let finished = unsafe { (header.vtable.poll)(task.0, &mut cx) };
+        let flags = header.flags.get() & !RUNNING;
+        if finished || flags & CANCELLED != 0 {
+            if !finished {
+                // SAFETY: as above, and no longer being polled.
+                unsafe { (header.vtable.drop_future)(task.0) };
+            }
+            header.flags.set((flags | DONE) & !WOKEN);
+            if let Some(awaiter) = header.awaiter.take() {
+                awaiter.wake();
+            }
+            self.settle(task);
+        } else if flags & WOKEN != 0 {
+            header.flags.set((flags & !WOKEN) | QUEUED);
+            self.queue.borrow_mut().push_back(task);
+        } else {
+            header.flags.set(flags);
+        }
+    }
+
+    /// Gives up the executor's reference of a task that is done and out of the queue.
+    fn settle(&self, task: TaskRef) {
+        let header = task.header();
+        let flags = header.flags.get();
+        if flags & DONE == 0 || flags & QUEUED != 0 || flags & EXEC_REF == 0 {
+            return;
+        }
+        header.flags.set(flags & !EXEC_REF);
+        let mut live = self.live.borrow_mut();
+        let index = header.live_index.get();
+        live.swap_remove(index);
+        if let Some(moved) = live.get(index) {
+            moved.header().live_index.set(index);
+        }
+        drop(live);
+        // SAFETY: the executor's reference, given up once (EXEC_REF is now clear).
+        unsafe { drop_ref(task.0) };
+    }
+
+    /// Drops every unfinished task's future (the executor is going away), until dropping them
+    /// starts or wakes no more.
+    pub(crate) fn close_all(&self) {
+        loop {
+            let queued = std::mem::take(&mut *self.queue.borrow_mut());
+            for task in &queued {
+                let header = task.header();
+                header.flags.set(header.flags.get() & !QUEUED);
+            }
+            let live = self.live.borrow().clone();
+            if live.is_empty() {
+                return;
+            }
+            for task in live {
+                let header = task.header();
+                let flags = header.flags.get();
+                if flags & DONE == 0 {
+                    header.flags.set(flags | DONE);
+                    // SAFETY: a live task on its executor's thread, not being polled.
+                    unsafe { (header.vtable.drop_future)(task.0) };
+                    if let Some(awaiter) = header.awaiter.take() {
+                        awaiter.wake();
+                    }
+                }
+                if header.flags.get() & QUEUED == 0 {
+                    self.settle(task);
+                }
+            }
+        }
+    }
+}
+
+/// Starts a task for `future` on the executor whose tasks are `tasks` and whose remote side is
+/// `remote`, queued to run. One allocation.
+pub(crate) fn spawn<F>(tasks: &Rc<Tasks>, remote: &Arc<Remote>, future: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    let cell = Box::new(RawTask {
+        header: Header {
+            // The executor's and the handle's.
+            refs: AtomicUsize::new(2),
+            remote_woken: AtomicBool::new(false),
+            remote: Arc::clone(remote),
+            vtable: &RawTask::<F>::VTABLE,
+            flags: Cell::new(HANDLE | EXEC_REF | QUEUED),
+            live_index: Cell::new(0),
+            awaiter: Cell::new(None),
+        },
+        stage: UnsafeCell::new(Stage::Running(future)),
+    });
+    // SAFETY: `Box::into_raw` is never null; the header is the first field of the repr(C) cell.
+    let task = TaskRef(unsafe { NonNull::new_unchecked(Box::into_raw(cell)) }.cast::<Header>());
+    {
+        let mut live = tasks.live.borrow_mut();
+        task.header().live_index.set(live.len());
+        live.push(task);
+    }
+    tasks.queue.borrow_mut().push_back(task);
+    JoinHandle { task, tasks: Rc::clone(tasks), _output: PhantomData }
+}
+
+/// The handle of a task: awaits its output, cancels it on drop. `!Send`: it stays in the
+/// executor's thread.
+pub(crate) struct JoinHandle<T> {
+    task: TaskRef,
+    tasks: Rc<Tasks>,
+    // `fn() -> T`: the handle is `Unpin` whatever `T` is (outputs are `'static`).
+    _output: PhantomData<fn() -> T>,
+}
+
+impl<T> JoinHandle<T> {
+    /// Whether the task is done (finished, panicked or cancelled).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.task.header().flags.get() & DONE != 0
+    }
+
+    /// Lets the task run on with nobody awaiting it.
+    pub(crate) fn detach(self) {
+        let this = ManuallyDrop::new(self);
+        this.release(false);
+        // SAFETY: read once out of the ManuallyDrop, which is never used again.
+        drop(unsafe { std::ptr::read(&this.tasks) });
+    }
+
+    /// Gives up the handle's reference; `cancel`: stops the task if it is unfinished.
+    fn release(&self, cancel: bool) {
+        let header = self.task.header();
+        let flags = header.flags.get() & !HANDLE;
+        header.flags.set(flags);
+        header.awaiter.take();
+        if flags & DONE != 0 {
+            // SAFETY: a live task on its executor's thread, not being polled (it is done).
+            unsafe { (header.vtable.drop_output)(self.task.0) };
+        } else if cancel {
+            if flags & RUNNING != 0 {
+                // Dropped from inside its own poll: the poll's end drops the future.
+                header.flags.set(flags | CANCELLED);
+            } else {
+                header.flags.set(flags | DONE);
+                // SAFETY: a live task on its executor's thread, not being polled.
+                unsafe { (header.vtable.drop_future)(self.task.0) };
+                self.tasks.settle(self.task);
+            }
+        }
+        // SAFETY: the handle's reference, given up once (the handle is consumed or dropped).
+        unsafe { drop_ref(self.task.0) };
+    }
+
+    /// Polls for the output: `Ready(Some(..))` once finished (the panic message as `Err`),
+    /// `Ready(None)` if it was cancelled (its executor went away).
+    pub(crate) fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, String>>> {
+        let header = self.task.header();
+        if header.flags.get() & DONE == 0 {
+            let stale = header.awaiter.take();
+            match stale {
+                Some(waker) if waker.will_wake(cx.waker()) => header.awaiter.set(Some(waker)),
+                _ => header.awaiter.set(Some(cx.waker().clone())),
+            }
+            return Poll::Pending;
+        }
+        // SAFETY: this handle's task, made by `spawn` with a future whose output is `T`, is done,
+        // and this is its executor's thread (the handle is `!Send`).
+        Poll::Ready(unsafe { take_output::<T>(self.task) })
+    }
+}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        self.release(true);
+    }
+}
+
+/// Takes the output out of a done task's cell.
+///
+/// # Safety
+/// `task` was made by [`spawn`] with a future whose output is `T`, is done, and is on its
+/// executor's thread.
+unsafe fn take_output<T>(task: TaskRef) -> Option<Result<T, String>> {
+    let mut out: Option<Result<T, String>> = None;
+    // SAFETY: forwarded: the vtable's `take_output` writes an `Option<Result<T, String>>`,
+    // `T` being its future's output.
+    unsafe { (task.header().vtable.take_output)(task.0, (&raw mut out).cast()) };
+    out
+}
+
+/// Drops one reference; the last one frees the cell.
+///
+/// # Safety
+/// The caller holds the reference it gives up.
+unsafe fn drop_ref(ptr: NonNull<Header>) {
+    // SAFETY: the caller's reference keeps the header alive until this decrement.
+    let header = unsafe { ptr.as_ref() };
+    if header.refs.fetch_sub(1, Ordering::Release) != 1 {
+        return;
+    }
+    fence(Ordering::Acquire);
+    // SAFETY: that was the last reference.
+    unsafe { (header.vtable.dealloc)(ptr) };
+}
+
+fn raw_waker(ptr: NonNull<Header>) -> Waker {
+    // SAFETY: the vtable's functions uphold the `RawWaker` contract for task headers (see
+    // each); `ptr` is a live task header.
+    unsafe { Waker::from_raw(RawWaker::new(ptr.as_ptr().cast(), &WAKER_VTABLE)) }
+}
+
+static WAKER_VTABLE: RawWakerVTable =
+    RawWakerVTable::new(waker_clone, waker_wake, waker_wake_by_ref, waker_drop);
+
+/// # Safety
+///
+/// `ptr` is the header of a live task (the `RawWaker` contract: a waker's data pointer).
+unsafe fn waker_clone(ptr: *const ()) -> RawWaker {
+    // SAFETY: a waker's pointer is a live task header (the waker holds, or borrows, a reference).
+    let header = unsafe { &*ptr.cast::<Header>() };
+    if header.refs.fetch_add(1, Ordering::Relaxed) > MAX_REFS {
+        std::process::abort();
+    }
+    RawWaker::new(ptr, &WAKER_VTABLE)
+}
+
+/// # Safety
+///
+/// `ptr` is the header of a live task, and the waker's reference is given up here.
+unsafe fn waker_wake(ptr: *const ()) {
+    // SAFETY: forwarded; then this waker's own reference is given up.
+    unsafe {
+        waker_wake_by_ref(ptr);
+        waker_drop(ptr);
+    }
+}
+
+/// # Safety
+///
+/// `ptr` is the header of a live task.
+unsafe fn waker_wake_by_ref(ptr: *const ()) {
+    // SAFETY: a waker's pointer is a live, non-null task header.
+    let ptr = unsafe { NonNull::new_unchecked(ptr.cast_mut().cast::<Header>()) };
+    // SAFETY: as above.
+    let header = unsafe { ptr.as_ref() };
+    // In the executor's thread, while it runs: straight onto its run queue, no atomics.
+    if running_tasks(&header.remote, |tasks| tasks.wake(TaskRef(ptr))).is_some() {
+        return;
+    }
+    if header.remote_woken.swap(true, Ordering::AcqRel) {
+        return; // already in the remote queue
+    }
+    header.refs.fetch_add(1, Ordering::Relaxed);
+    if let Err(refused) = header.remote.push_task(RemoteRef(ptr)) {
+        // The executor is gone; the entry's reference goes with `refused`.
+        drop(refused);
+    }
+}
+
+/// # Safety
+///
+/// `ptr` is the header of a live task, and the waker's reference is given up here.
+unsafe fn waker_drop(ptr: *const ()) {
+    // SAFETY: a waker's pointer is a live, non-null task header, and this waker's reference is
+    // given up once.
+    unsafe { drop_ref(NonNull::new_unchecked(ptr.cast_mut().cast::<Header>())) }
+}
