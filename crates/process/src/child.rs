@@ -47,11 +47,21 @@ pub(crate) struct ChildState {
     status: Mutex<Option<ExitStatus>>,
     /// Where a `Fork` child leaves its value.
     slot: Option<Mutex<Slot>>,
+    /// Joined, and another process (the fork server) reaps it: nothing left to track here.
+    let_go: std::sync::atomic::AtomicBool,
 }
 
 impl ChildState {
     pub(crate) fn new(pid: Pid, name: String, daemon: bool, exit: Exit) -> ChildState {
-        ChildState { pid, name, daemon, exit, status: Mutex::new(None), slot: None }
+        ChildState {
+            pid,
+            name,
+            daemon,
+            exit,
+            status: Mutex::new(None),
+            slot: None,
+            let_go: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// The state of a child that leaves its value in `slot`.
@@ -145,6 +155,22 @@ impl ChildState {
     /// whether it can.
     fn wait_ended(&self, left: Option<std::time::Duration>) -> Result<bool> {
         Ok(mproc_ipc::wait_one(self.status_source(), left)?)
+    }
+
+    /// Stops tracking a child that has sent its value and is reaped by another process (a
+    /// fork server's child): its end need not be waited for here. `false` (and nothing done)
+    /// for a child of ours, which must be reaped.
+    pub(crate) fn let_go(&self) -> bool {
+        let elsewhere = matches!(self.exit, Exit::Server { .. });
+        if elsewhere {
+            self.let_go.store(true, std::sync::atomic::Ordering::Release);
+        }
+        elsewhere
+    }
+
+    /// Whether mproc is done with the child: reaped, or let go.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.let_go.load(std::sync::atomic::Ordering::Acquire) || self.is_done()
     }
 
     /// Whether the child has ended and been reaped.

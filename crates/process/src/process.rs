@@ -113,19 +113,27 @@ impl<R: DeserializeOwned> Process<R> {
     /// The child's panic is [`Error::Panicked`] with its message; death by a signal
     /// [`Error::Signaled`]; an exit before returning [`Error::Exited`].
     pub fn join(mut self) -> Result<R> {
-        self.join_until(None)
+        // The handle goes with the call, so nobody can ask for the exit status afterwards:
+        // a child that sent its value and that the fork server reaps is not waited for.
+        self.join_until(None, false)
     }
 
     /// As [`join`](Self::join), waiting at most `timeout`: [`Error::Timeout`] leaves the child
     /// running and the handle usable. It wakes the moment the child ends.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
-        self.join_until(Some(Instant::now() + timeout))
+        self.join_until(Some(Instant::now() + timeout), true)
     }
 
-    fn join_until(&mut self, deadline: Option<Instant>) -> Result<R> {
+    /// Joins until `deadline`; `need_status`: the exit status must be known afterwards (the
+    /// handle lives on), else a fork server's child is let go once its value is in.
+    fn join_until(&mut self, deadline: Option<Instant>, need_status: bool) -> Result<R> {
         let (outcome, status) = match self.result.as_ref().ok_or(Error::AlreadyJoined)? {
             Source::Connection(conn) => {
                 let outcome = receive_outcome(conn, &self.state, deadline)?;
+                if outcome.is_some() && !need_status && self.state.let_go() {
+                    self.result = None;
+                    return self.outcome(outcome, None);
+                }
                 // The child sends its value last thing before it exits: wait for the exit
                 // too, so the status is known and the child reaped.
                 match self.state.wait_status(deadline, outcome.is_some()) {
@@ -191,7 +199,7 @@ fn receive_outcome<R: DeserializeOwned>(
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
-        if !self.state.is_done() {
+        if !self.state.is_settled() {
             registry::adopt(Arc::clone(&self.state));
         }
     }

@@ -25,7 +25,7 @@ pub(crate) fn add(child: Arc<ChildState>) {
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| crate::sys::at_exit(join_at_exit));
     CHILDREN.with(Vec::new, |children| {
-        children.retain(|c| !c.is_done());
+        children.retain(|c| !c.is_settled());
         children.push(child);
     });
 }
@@ -33,7 +33,7 @@ pub(crate) fn add(child: Arc<ChildState>) {
 /// The children that still run (those that ended are reaped on the way, as in Python).
 pub(crate) fn active() -> Vec<Arc<ChildState>> {
     CHILDREN.with(Vec::new, |children| {
-        children.retain(|c| !matches!(c.try_status(), Ok(Some(_))));
+        children.retain(|c| !c.is_settled() && !matches!(c.try_status(), Ok(Some(_))));
         children.clone()
     })
 }
