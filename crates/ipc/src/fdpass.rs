@@ -41,19 +41,26 @@ thread_local! {
     static TABLES: Tables = const { Tables { outgoing: RefCell::new(None), incoming: RefCell::new(None) } };
 }
 
+/// Runs `f` on this thread's tables; `None` while the thread is being torn down (a send or
+/// receive from an `atexit` hook or a thread-local destructor): ends then cannot travel, and
+/// everything else still can.
+fn with_tables<R>(f: impl FnOnce(&Tables) -> R) -> Option<R> {
+    TABLES.try_with(f).ok()
+}
+
 /// Runs `encode` with fd collection on; returns its result and (duplicates of) the fds met,
 /// in order.
 pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Outgoing) {
-    let outer = TABLES.with(|t| t.outgoing.replace(Some(Outgoing::default())));
+    let outer = with_tables(|t| t.outgoing.replace(Some(Outgoing::default())));
     let result = encode();
-    let outgoing = TABLES.with(|t| t.outgoing.replace(outer)).unwrap_or_default();
-    (result, outgoing)
+    let outgoing = outer.and_then(|outer| with_tables(|t| t.outgoing.replace(outer))).flatten();
+    (result, outgoing.unwrap_or_default())
 }
 
 /// An end cannot go, for the reason `why`: the send reports it as
 /// [`Error::FdPassing`](crate::Error::FdPassing) (postcard would keep only "custom error").
 pub(crate) fn refuse<E: serde::ser::Error>(why: &'static str) -> E {
-    TABLES.with(|t| {
+    with_tables(|t| {
         if let Some(outgoing) = t.outgoing.borrow_mut().as_mut() {
             outgoing.refused.get_or_insert(why);
         }
@@ -65,22 +72,25 @@ pub(crate) fn refuse<E: serde::ser::Error>(why: &'static str) -> E {
 /// are closed.
 pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
     let table = fds.into_iter().map(Some).collect();
-    let outer = TABLES.with(|t| t.incoming.replace(Some(table)));
+    let outer = with_tables(|t| t.incoming.replace(Some(table)));
     let result = decode();
-    TABLES.with(|t| t.incoming.replace(outer));
+    if let Some(outer) = outer {
+        with_tables(|t| t.incoming.replace(outer));
+    }
     result
 }
 
 /// `Serialize` for an end: its fd's index in the outgoing table.
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> Result<S::Ok, S::Error> {
     // A duplicate, so the table owns what it sends whatever happens to the end meanwhile.
-    let index = TABLES.with(|t| {
+    let index = with_tables(|t| {
         t.outgoing.borrow_mut().as_mut().map(|outgoing| {
             let dup = fd.try_clone_to_owned()?;
             outgoing.fds.push(dup);
             Ok::<_, std::io::Error>(outgoing.fds.len() - 1)
         })
-    });
+    })
+    .flatten();
     match index {
         Some(Ok(index)) => serializer.serialize_u32(index as u32),
         Some(Err(e)) => Err(S::Error::custom(format!("cannot duplicate an end's fd: {e}"))),
@@ -93,15 +103,16 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> 
 /// `Deserialize` for an end: takes the fd at the index the value holds.
 pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedFd, D::Error> {
     let index = u32::deserialize(deserializer)? as usize;
-    TABLES.with(|t| match t.incoming.borrow_mut().as_mut() {
+    let taken = with_tables(|t| {
+        t.incoming.borrow_mut().as_mut().map(|table| table.get_mut(index).and_then(Option::take))
+    });
+    match taken.flatten() {
         None => Err(D::Error::custom(
             "an ipc end can only be deserialized by a receive on a duplex Connection or a process start",
         )),
-        Some(table) => table
-            .get_mut(index)
-            .and_then(Option::take)
-            .ok_or_else(|| D::Error::custom(format!("the message carries no file descriptor #{index}"))),
-    })
+        Some(None) => Err(D::Error::custom(format!("the message carries no file descriptor #{index}"))),
+        Some(Some(fd)) => Ok(fd),
+    }
 }
 
 /// `Serialize` and `Deserialize` for a typed end, by its fd.

@@ -93,7 +93,7 @@ extern "C" fn join_at_exit() {
     for child in children.iter().filter(|c| c.daemon) {
         let _ = child.signal(Signal::TERM);
     }
-    for child in &children {
+    for child in children.iter().filter(|c| !c.is_settled()) {
         let _ = child.wait_status(None, false);
     }
 }
