@@ -230,7 +230,8 @@ pub(crate) struct TaskRef(NonNull<Header>);
 
 impl TaskRef {
     fn header(&self) -> &Header {
-        // SAFETY: a `TaskRef` is only held while the executor's reference is (see `Tasks`).
+        // SAFETY: a `TaskRef` is only used while a reference keeps the cell alive: the
+        // executor's (run queue, task list, handles), or a remote entry's (`take_remote`).
         unsafe { self.0.as_ref() }
     }
 }
