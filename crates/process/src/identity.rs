@@ -57,7 +57,8 @@ pub(crate) fn fn_key() -> [u8; 16] {
 }
 
 /// Becomes the child described by `identity` (right after a fork, or at a spawned start).
-#[inline]
+// Inlined into the Fork child's path, which should run code from as few pages as it can.
+#[inline(always)]
 pub(crate) fn become_child(identity: Identity) {
     // The identity copied from the parent is not dropped: freeing it in a forked child would
     // write to heap pages, each write a page copied.
