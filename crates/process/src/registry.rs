@@ -20,6 +20,16 @@ struct Reaper {
     orphans: Arc<parking_lot::Mutex<Vec<Arc<ChildState>>>>,
 }
 
+/// Forgets the children mproc is done with (freeing their state), and makes room for one
+/// more. The Fork start calls it before forking: what it writes would otherwise be written
+/// after the fork, each page a copy while the child runs.
+pub(crate) fn prune() {
+    CHILDREN.with(Vec::new, |children| {
+        children.retain(|c| !c.is_settled());
+        children.reserve(1);
+    });
+}
+
 /// Records a new child.
 pub(crate) fn add(child: Arc<ChildState>) {
     static AT_EXIT: Once = Once::new();

@@ -22,6 +22,7 @@ where
     R: Serialize,
 {
     let slot = Slot::take()?;
+    crate::registry::prune();
     let parent_pid = Pid::from_raw(crate::global::pid() as i32).expect("a pid is positive");
     let (pid, identity) = {
         // Hold the locks the child will touch that are not per-process (those start afresh
