@@ -71,29 +71,64 @@ fn start_reaper() -> Reaper {
     let watched = Arc::clone(&orphans);
     std::thread::Builder::new()
         .name("mproc-reaper".into())
-        .spawn(move || reap_loop(wake_rx, &watched))
+        .spawn(move || while reap_once(&IpcWait, &wake_rx, &watched) {})
         .expect("thread for the reaper");
     Reaper { wake, orphans }
 }
 
-/// Waits on the orphans' status fds and the wake pipe; reaps each orphan as it ends.
-fn reap_loop(wake: OwnedFd, orphans: &parking_lot::Mutex<Vec<Arc<ChildState>>>) {
-    loop {
-        let watched: Vec<Arc<ChildState>> = orphans.lock().clone();
-        let mut sources: Vec<&dyn mproc_ipc::Waitable> = vec![&wake];
-        sources.extend(watched.iter().map(|c| c.status_source()));
-        match mproc_ipc::wait(&sources, None) {
-            Ok(ready) if ready.first() == Some(&0) => {
-                let mut buf = [0u8; 64];
-                let _ = rustix::io::read(&wake, &mut buf);
-            }
-            Ok(_) => {}
-            Err(_) => return,
-        }
-        drop(sources);
-        // An error (a fork server gone) also ends the watch: there is nothing left to reap.
-        orphans.lock().retain(|c| matches!(c.try_status(), Ok(None)));
+/// A child the reaper watches: where its end shows, and whether it has ended (reaping it).
+pub(crate) trait Orphan {
+    fn status_source(&self) -> &dyn mproc_ipc::Waitable;
+    fn try_status(&self) -> crate::Result<Option<crate::ExitStatus>>;
+}
+
+impl Orphan for Arc<ChildState> {
+    fn status_source(&self) -> &dyn mproc_ipc::Waitable {
+        ChildState::status_source(self)
     }
+
+    fn try_status(&self) -> crate::Result<Option<crate::ExitStatus>> {
+        ChildState::try_status(self)
+    }
+}
+
+/// How the reaper sleeps until one of its sources is ready: `mproc_ipc::wait`, or a script
+/// in tests.
+pub(crate) trait Wait {
+    fn wait(&self, sources: &[&dyn mproc_ipc::Waitable]) -> mproc_ipc::Result<Vec<usize>>;
+}
+
+struct IpcWait;
+
+impl Wait for IpcWait {
+    fn wait(&self, sources: &[&dyn mproc_ipc::Waitable]) -> mproc_ipc::Result<Vec<usize>> {
+        mproc_ipc::wait(sources, None)
+    }
+}
+
+/// One round of the reaper: waits on the wake pipe and the orphans' status sources, then
+/// drops every orphan that has ended (reaped by asking) or cannot tell any more (an error: a
+/// fork server gone, with nothing left to reap). `false` when the wait itself fails: the
+/// reaper stops.
+fn reap_once<O: Orphan + Clone>(
+    waiter: &impl Wait,
+    wake: &OwnedFd,
+    orphans: &parking_lot::Mutex<Vec<O>>,
+) -> bool {
+    let watched: Vec<O> = orphans.lock().clone();
+    let mut sources: Vec<&dyn mproc_ipc::Waitable> = vec![wake];
+    sources.extend(watched.iter().map(|c| c.status_source()));
+    match waiter.wait(&sources) {
+        Ok(ready) if ready.first() == Some(&0) => {
+            let mut buf = [0u8; 64];
+            let _ = rustix::io::read(wake, &mut buf);
+        }
+        Ok(_) => {}
+        Err(_) => return false,
+    }
+    drop(sources);
+    orphans.lock().retain(|c| matches!(c.try_status(), Ok(None)));
+    true
 }
 
 /// At exit, as Python does: daemon children are terminated, then every child is waited for,
@@ -105,5 +140,108 @@ extern "C" fn join_at_exit() {
     }
     for child in children.iter().filter(|c| !c.is_settled()) {
         let _ = child.wait_status(None, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::{Error, ExitStatus};
+
+    /// A child whose answers are scripted: `None` (running) until it has been asked `runs`
+    /// times, then `end`.
+    #[derive(Clone)]
+    struct Scripted {
+        fd: Rc<OwnedFd>,
+        asked: Rc<Cell<u32>>,
+        runs: u32,
+        end: Result<ExitStatus, &'static str>,
+    }
+
+    impl Orphan for Scripted {
+        fn status_source(&self) -> &dyn mproc_ipc::Waitable {
+            &*self.fd
+        }
+
+        fn try_status(&self) -> crate::Result<Option<ExitStatus>> {
+            self.asked.set(self.asked.get() + 1);
+            if self.asked.get() <= self.runs {
+                return Ok(None);
+            }
+            self.end.map(Some).map_err(|why| Error::ForkServer(why.into()))
+        }
+    }
+
+    /// Returns the scripted readiness, one answer per round, and records how many sources
+    /// each round watched.
+    struct ScriptedWait {
+        answers: parking_lot::Mutex<Vec<mproc_ipc::Result<Vec<usize>>>>,
+        watched: parking_lot::Mutex<Vec<usize>>,
+    }
+
+    impl Wait for ScriptedWait {
+        fn wait(&self, sources: &[&dyn mproc_ipc::Waitable]) -> mproc_ipc::Result<Vec<usize>> {
+            self.watched.lock().push(sources.len());
+            self.answers.lock().remove(0)
+        }
+    }
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap()
+    }
+
+    fn orphan(runs: u32, end: Result<ExitStatus, &'static str>) -> Scripted {
+        Scripted { fd: Rc::new(pipe().0), asked: Rc::default(), runs, end }
+    }
+
+    #[test]
+    fn the_reaper_drops_each_orphan_once_it_has_ended_or_cannot_tell() {
+        let (wake, wake_tx) = pipe();
+        let quick = orphan(0, Ok(ExitStatus::Code(0)));
+        // Every orphan is asked in every round (asking is a cheap non-blocking `waitid`).
+        let slow = orphan(3, Ok(ExitStatus::Signal(9)));
+        let server_gone = orphan(1, Err("the server died"));
+        let orphans = parking_lot::Mutex::new(vec![quick.clone(), slow.clone(), server_gone.clone()]);
+        let waiter = ScriptedWait {
+            answers: parking_lot::Mutex::new(vec![Ok(vec![1]), Ok(vec![3]), Ok(vec![0]), Ok(vec![2])]),
+            watched: parking_lot::Mutex::default(),
+        };
+        rustix::io::write(&wake_tx, &[1]).unwrap();
+        // Round 1: the quick one ended; the others still run.
+        assert!(reap_once(&waiter, &wake, &orphans));
+        assert_eq!(orphans.lock().len(), 2);
+        // Round 2: the server of the third is gone: nothing left to reap, it is dropped.
+        assert!(reap_once(&waiter, &wake, &orphans));
+        assert_eq!(orphans.lock().len(), 1);
+        // Round 3: only the wake pipe (a new orphan would be added): nothing ends, and the
+        // pipe is drained.
+        assert!(reap_once(&waiter, &wake, &orphans));
+        assert_eq!(orphans.lock().len(), 1);
+        let mut buf = [0u8; 8];
+        rustix::fs::fcntl_setfl(&wake, rustix::fs::OFlags::NONBLOCK).unwrap();
+        assert!(rustix::io::read(&wake, &mut buf).is_err(), "the wake pipe was drained");
+        // Round 4: the slow one ends.
+        assert!(reap_once(&waiter, &wake, &orphans));
+        assert!(orphans.lock().is_empty());
+        // Each round watched the wake pipe and the orphans left.
+        assert_eq!(*waiter.watched.lock(), vec![4, 3, 2, 2]);
+        assert_eq!(quick.asked.get(), 1, "asked once, reaped once");
+        assert_eq!(slow.asked.get(), 4);
+    }
+
+    #[test]
+    fn the_reaper_stops_when_it_cannot_wait() {
+        let (wake, _tx) = pipe();
+        let still = orphan(u32::MAX, Ok(ExitStatus::Code(0)));
+        let orphans = parking_lot::Mutex::new(vec![still.clone()]);
+        let waiter = ScriptedWait {
+            answers: parking_lot::Mutex::new(vec![Err(mproc_ipc::Error::Closed)]),
+            watched: parking_lot::Mutex::default(),
+        };
+        assert!(!reap_once(&waiter, &wake, &orphans));
+        assert_eq!(still.asked.get(), 0, "no status asked after a failed wait");
     }
 }
