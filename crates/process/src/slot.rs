@@ -115,6 +115,12 @@ impl Slot {
             return Ok(None);
         }
         let value = if header.overflow {
+            // The length comes from the child: believe it only as far as the file goes (a
+            // header garbled by a stray write must not make this allocate gigabytes).
+            let size = rustix::fs::fstat(&*self.file)?.st_size as u64;
+            if self.overflow_offset() + header.len as u64 > size {
+                return Ok(None);
+            }
             let mut value = vec![0; header.len];
             let n = read_at(&self.file, &mut value, self.overflow_offset())?;
             let hole = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
@@ -298,5 +304,18 @@ mod tests {
         let mut huge = page;
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(Header::parse(&huge).is_none(), "a length past the overflow range");
+    }
+
+    /// A header that claims more than the file holds (a stray write) reads as no value,
+    /// without allocating what it claims.
+    #[test]
+    fn a_garbled_length_is_no_value_and_no_huge_allocation() {
+        let mut slot = Slot::take().unwrap();
+        let writer = slot.writer();
+        let mut page = [0u8; HEADER];
+        Header { generation: writer.generation, overflow: true, len: 40 << 30 }.put(&mut page);
+        assert!(write_at(writer.file, &page, u64::from(writer.index) * PAGE));
+        assert!(slot.read::<u32>().unwrap().is_none());
+        slot.release();
     }
 }
