@@ -8,7 +8,11 @@
 //!   `Pipe(duplex=False)`, with the direction checked at compile time.
 //! - [`duplex`] makes two [`Connection`]s on a Unix socket pair: Python's `Pipe()`.
 //!   [`Connection::pair`] gives a different type in each direction.
-//! - [`wait`] tells which of several ends are ready: `multiprocessing.connection.wait`.
+//! - [`wait`] tells which of several ends are ready: `multiprocessing.connection.wait`
+//!   ([`wait_one`] for one end, without allocating).
+//! - `try_send` / `try_flush` send without ever waiting, for event loops: a frame is taken
+//!   (the part the kernel has no room for yet stays in the end and goes out first) or refused
+//!   with nothing sent.
 //! - Ends are values too: a struct holding a `Sender` or a `Connection` can be sent over a
 //!   duplex `Connection`, and the end arrives working in the other process (its fd travels as
 //!   `SCM_RIGHTS`). That is also how ends reach processes started by `mproc-process`.
