@@ -173,3 +173,54 @@ fn a_forked_child_cannot_use_its_parents_executor_and_can_make_its_own() {
     });
     assert_eq!(report.unwrap(), (true, true, true));
 }
+
+/// A send larger than the pipe or socket can hold does not block the thread: the coroutine
+/// that lets the child start reading runs while it waits. (A blocking send would deadlock
+/// here: the child reads only once told to, and the telling is another coroutine's.)
+#[test]
+fn a_send_larger_than_the_buffer_lets_the_other_coroutines_run() {
+    let big = vec![7u8; 4 << 20];
+    // Over a pipe.
+    let (go_rx, go_tx) = mproc_coroutine::ipc::pipe::<()>().unwrap();
+    let (data_rx, data_tx) = mproc_coroutine::ipc::pipe::<Vec<u8>>().unwrap();
+    let reader = Builder::new()
+        .start_method(StartMethod::Fork)
+        .close_in_child(&go_tx)
+        .close_in_child(&data_tx)
+        .spawn(move || {
+            // Told to read in time, it reads; if not (the parent's thread is stuck in the
+            // send), it leaves, and that send fails instead of hanging the test.
+            match go_rx.recv_timeout(DEADLINE) {
+                Ok(()) => data_rx.recv().unwrap().len(),
+                Err(_) => 0,
+            }
+        })
+        .unwrap();
+    let ex = Executor::new().unwrap();
+    ex.block_on(bounded(async {
+        let (data_tx, go_tx) = (Async::new(data_tx).unwrap(), Async::new(go_tx).unwrap());
+        let go = spawn(async move { go_tx.send(&()).await.unwrap() });
+        data_tx.send(&big).await.unwrap();
+        go.await.unwrap();
+    }));
+    assert_eq!(reader.join().unwrap(), 4 << 20);
+    // Over a socket.
+    let (ours, theirs) = duplex::<Vec<u8>>().unwrap();
+    let (go_ours, go_theirs) = duplex::<()>().unwrap();
+    let reader = Builder::new()
+        .start_method(StartMethod::Fork)
+        .close_in_child(&ours)
+        .close_in_child(&go_ours)
+        .spawn(move || match go_theirs.recv_timeout(DEADLINE) {
+            Ok(()) => theirs.recv().unwrap().len(),
+            Err(_) => 0,
+        })
+        .unwrap();
+    ex.block_on(bounded(async {
+        let (ours, go_ours) = (Async::new(ours).unwrap(), Async::new(go_ours).unwrap());
+        let go = spawn(async move { go_ours.send(&()).await.unwrap() });
+        ours.send(&big).await.unwrap();
+        go.await.unwrap();
+    }));
+    assert_eq!(reader.join().unwrap(), 4 << 20);
+}
