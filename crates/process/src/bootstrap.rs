@@ -24,6 +24,10 @@ pub(crate) struct Start {
     /// `check_binary`'s offset as the parent sees it: a different binary would see another.
     pub(crate) check: i64,
     pub(crate) identity: Identity,
+    /// A daemon started by Spawn: it must die with the parent in its identity, and leave at
+    /// once if that parent is already gone. (A fork server's daemon child was tied to the
+    /// server, its real parent, before it read this.)
+    pub(crate) dies_with_parent: bool,
 }
 
 /// What comes back from a child: its value, or why there is none.
@@ -96,15 +100,12 @@ pub(crate) fn child_main(conn: Connection<(), Start>) -> ! {
         eprintln!("mproc: a child runs a different binary than its parent; not running the function");
         sys::fork::exit_now(EXIT_BOOTSTRAP)
     }
-    // A spawned daemon ties its life to its parent's here (a fork server's child already did,
-    // to the server: its parent pid is not the one in its identity).
-    if let Some((parent, _)) = &start.identity.parent {
-        let ppid = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
-        if start.identity.daemon && ppid == Some(*parent) {
-            crate::start::fork::die_with_parent(
-                rustix::process::Pid::from_raw(*parent as i32).expect("a pid"),
-            );
-        }
+    // A spawned daemon ties its life to its parent's here; if the parent died before this
+    // line, `die_with_parent` leaves at once rather than run on as an orphan.
+    if start.dies_with_parent
+        && let Some((parent, _)) = &start.identity.parent
+    {
+        crate::start::fork::die_with_parent(rustix::process::Pid::from_raw(*parent as i32).expect("a pid"));
     }
     identity::become_child(start.identity.clone());
     crate::mark_initialized();

@@ -97,3 +97,25 @@ fn daemons_may_not_start_children() {
         assert_eq!(child.join().unwrap(), "refused", "{method:?}");
     }
 }
+
+/// In the middle process: start a Spawn daemon, report its pid, and die at once, most likely
+/// before the new program has even read its start message.
+fn middle_spawn_then_die(report: Sender<u32>) -> u8 {
+    let daemon =
+        Builder::new().daemon(true).start_method(StartMethod::Spawn).spawn_fn(sleep_long, ()).unwrap();
+    report.send(&daemon.pid()).unwrap();
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    unreachable!("killed itself")
+}
+
+/// A Spawn daemon whose parent dies before it has tied its life to the parent's leaves at
+/// once instead of running on as an orphan.
+#[test]
+fn a_spawned_daemon_whose_parent_died_during_its_start_leaves() {
+    mproc_init();
+    let (rx, tx) = pipe::<u32>().unwrap();
+    let parent = Builder::new().start_method(StartMethod::Spawn).spawn_fn(middle_spawn_then_die, tx).unwrap();
+    let grandchild = rx.recv_timeout(DEADLINE).unwrap();
+    wait_gone(grandchild, StartMethod::Spawn);
+    assert!(matches!(parent.join(), Err(Error::Signaled { signal: 9, .. })));
+}

@@ -61,7 +61,7 @@ where
     drop(request);
     // What to run goes straight into the child's connection, while the server forks.
     let (name, daemon) = (identity.name.clone(), identity.daemon);
-    let (conn, sent) = send_start(parent_end, identity, f, args);
+    let (conn, sent) = send_start(parent_end, identity, false, f, args);
     let (pid, pidfd) = match reports.recv_timeout(ANSWER_TIMEOUT) {
         Ok(Report::Started { pid, pidfd }) => (pid, OwnedFd::from(pidfd)),
         Ok(Report::Failed(why)) => return Err(Error::ForkServer(why)),
@@ -99,7 +99,12 @@ fn send_request(request: &Request) -> Result<()> {
 fn start_server() -> Result<Connection<Request, ()>> {
     let (ours, theirs) = Connection::<Request, ()>::pair()?;
     let env = [bootstrap_env(SERVER_ENV)];
-    let pid = sys::spawn::spawn_self(&crate::child_args(), &env, theirs.as_fd())?;
+    let pid = sys::spawn::spawn_self(
+        &crate::child_args(),
+        &env,
+        &crate::start::spawn::BOOTSTRAP_VARS,
+        theirs.as_fd(),
+    )?;
     drop(theirs);
     // The server is our child too: reap it whenever it ends.
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;

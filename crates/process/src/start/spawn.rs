@@ -19,6 +19,10 @@ use crate::sys;
 /// its end of the bootstrap connection.
 pub(crate) const CHILD_ENV: &str = "MPROC_CHILD";
 
+/// Every variable that tells a program it was started by mproc: a spawned program inherits
+/// none of those its parent was started with, only the one set for it.
+pub(crate) const BOOTSTRAP_VARS: [&str; 2] = [CHILD_ENV, crate::start::forkserver::SERVER_ENV];
+
 /// Spawns a child running `f(args)`.
 pub(crate) fn start<A, R>(identity: Identity, f: fn(A) -> R, args: &A) -> Result<Process<R>>
 where
@@ -28,11 +32,12 @@ where
     crate::check_initialized()?;
     let (parent_end, child_end) = Connection::<Start, ()>::pair()?;
     let env = [bootstrap_env(CHILD_ENV)];
-    let pid = sys::spawn::spawn_self(&crate::child_args(), &env, child_end.as_fd())?;
+    let pid = sys::spawn::spawn_self(&crate::child_args(), &env, &BOOTSTRAP_VARS, child_end.as_fd())?;
     drop(child_end);
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
     let state = Arc::new(ChildState::new(pid, identity.name.clone(), identity.daemon, Exit::Own { pidfd }));
-    let (conn, sent) = send_start(parent_end, identity, f, args);
+    let daemon = identity.daemon;
+    let (conn, sent) = send_start(parent_end, identity, daemon, f, args);
     finish_start(state, conn, sent)
 }
 
@@ -48,6 +53,7 @@ pub(crate) fn bootstrap_env(key: &str) -> std::ffi::CString {
 pub(crate) fn send_start<A, R>(
     conn: Connection<Start, ()>,
     identity: Identity,
+    dies_with_parent: bool,
     f: fn(A) -> R,
     args: &A,
 ) -> (Connection<(), Outcome<R>>, std::result::Result<(), mproc_ipc::Error>)
@@ -60,6 +66,7 @@ where
         func: sys::offset_of(f as usize),
         check: sys::offset_of(bootstrap::check_binary as *const () as usize),
         identity,
+        dies_with_parent,
     };
     let sent = conn.send(&start);
     let conn: Connection<A, ()> = conn.cast();
@@ -85,17 +92,67 @@ pub(crate) fn finish_start<R>(
 }
 
 /// In a program started as a child: the bootstrap connection named by `key`, if the variable
-/// is set *for this process* (its parent pid matches: a program run by a child with a plain
-/// `Command` inherits the variable but is not our child).
+/// is set for this process (see [`bootstrap_from`]).
 pub(crate) fn take_bootstrap<S, R>(key: &str) -> Option<Connection<S, R>> {
-    let value = std::env::var(key).ok()?;
+    bootstrap_from(&std::env::var(key).ok()?)
+}
+
+/// The bootstrap connection a variable's value `PARENT_PID:FD` names, if it is this
+/// process's: the fd is a socket (a program run by a child with a plain `Command` inherits the
+/// variable, but not the fd, which is close-on-exec there: it runs its own `main`).
+///
+/// A child whose parent pid is not the one in the variable was re-parented: its parent died
+/// while it started. It leaves here, with a message, rather than run `main` as a program of
+/// its own (the one thing `init` is for).
+pub(crate) fn bootstrap_from<S, R>(value: &str) -> Option<Connection<S, R>> {
     let (ppid, fd) = value.split_once(':')?;
     let (ppid, fd): (u32, i32) = (ppid.parse().ok()?, fd.parse().ok()?);
-    let parent = rustix::process::getppid()?.as_raw_nonzero().get() as u32;
-    if parent != ppid {
-        return None;
-    }
     let fd: OwnedFd = sys::spawn::inherited_socket(fd)?;
+    let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
+    if parent != ppid {
+        eprintln!("mproc: the parent of this child (pid {ppid}) died while it started; leaving");
+        sys::fork::exit_now(bootstrap::EXIT_BOOTSTRAP);
+    }
     let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
     Some(Connection::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+    use crate::Process;
+
+    /// Each case runs in a Fork child: `bootstrap_from` is meant for a program's first line.
+    #[test]
+    fn a_bootstrap_value_is_ours_foreign_or_orphaned() {
+        let ours = |value: String, forget: Option<Connection<u8>>| {
+            Process::spawn(move || {
+                // The fd is taken over by `bootstrap_from`: the test's handle must not close it.
+                std::mem::forget(forget);
+                u8::from(bootstrap_from::<(), ()>(&value).is_some())
+            })
+            .unwrap()
+            .join()
+        };
+        let (socket, _peer) = mproc_ipc::duplex::<u8>().unwrap();
+        let (pipe_rx, _pipe_tx) = mproc_ipc::pipe::<u8>().unwrap();
+        let me = std::process::id();
+        let fd = socket.as_raw_fd();
+        // Started by us: the socket is the connection.
+        assert_eq!(ours(format!("{me}:{fd}"), Some(socket)).unwrap(), 1);
+        // A program that inherited the variable but not the socket: not a child, main runs.
+        assert_eq!(ours(format!("{me}:{}", pipe_rx.as_raw_fd()), None).unwrap(), 0);
+        assert_eq!(ours(format!("{me}:999"), None).unwrap(), 0);
+        assert_eq!(ours("garbage".into(), None).unwrap(), 0);
+        // The socket is there but the parent is not the one named: orphaned during its start;
+        // it leaves with the bootstrap exit code instead of running main.
+        let (socket, _peer) = mproc_ipc::duplex::<u8>().unwrap();
+        let fd = socket.as_raw_fd();
+        match ours(format!("1:{fd}"), Some(socket)) {
+            Err(Error::Exited { code, .. }) => assert_eq!(code, bootstrap::EXIT_BOOTSTRAP),
+            other => panic!("an orphaned child did not leave: {other:?}"),
+        }
+    }
 }

@@ -11,10 +11,17 @@ use rustix::process::Pid;
 pub(crate) const BOOTSTRAP_FD: i32 = 3;
 
 /// Starts this program again (`/proc/self/exe`) with `args` (argv\[1..\]) and this process's
-/// environment plus `extra_env` (`KEY=VALUE`). The new program holds only stdio and `keep`,
+/// environment plus `extra_env` (`KEY=VALUE`), less every variable named in `drop_env` (the
+/// bootstrap variables this process itself was started with: the new program must see only
+/// the one meant for it). The new program holds only stdio and `keep`,
 /// as fd [`BOOTSTRAP_FD`]: every other fd is closed, even those inherited without
 /// close-on-exec (a jobserver's, a caller's). Signals start with the default mask.
-pub(crate) fn spawn_self(args: &[CString], extra_env: &[CString], keep: BorrowedFd<'_>) -> io::Result<Pid> {
+pub(crate) fn spawn_self(
+    args: &[CString],
+    extra_env: &[CString],
+    drop_env: &[&str],
+    keep: BorrowedFd<'_>,
+) -> io::Result<Pid> {
     let exe = c"/proc/self/exe";
     let argv0 = std::env::args_os().next().and_then(|a| CString::new(a.into_encoded_bytes()).ok());
     let argv0 = argv0.unwrap_or_else(|| exe.to_owned());
@@ -25,6 +32,7 @@ pub(crate) fn spawn_self(args: &[CString], extra_env: &[CString], keep: Borrowed
 
     let inherited: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| !extra_env.iter().any(|e| sets(e, k.as_encoded_bytes())))
+        .filter(|(k, _)| !drop_env.iter().any(|d| k.as_encoded_bytes() == d.as_bytes()))
         .filter_map(|(k, v)| {
             let mut kv = k.into_encoded_bytes();
             kv.push(b'=');
@@ -85,8 +93,9 @@ pub(crate) fn arg(s: &str) -> CString {
 /// if it is an open socket.
 ///
 /// Sound because it only runs from `init()`, the first line of `main`, on the number the
-/// parent put in this process's environment (with this process's parent pid): the fd was
-/// inherited for exactly this use and nothing in this process has opened or owns it.
+/// parent put in this process's environment: at that point nothing in this process has opened
+/// or owns an fd above stdio (the fd was inherited for exactly this use, or, in a program
+/// that merely inherited the variable, belongs to no one yet).
 pub(crate) fn inherited_socket(fd: i32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
     // SAFETY: F_GETFD only reads the fd's flags; on a closed number it fails with EBADF.
