@@ -53,18 +53,9 @@ fn a_panicking_task_fails_alone_with_its_message() {
     assert_eq!(survivors.get(), 10);
 }
 
-/// Counts drops of what a future holds.
-struct Guard(Arc<AtomicUsize>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 /// Every kind of unfinished task: woken and queued, waiting on a timer, waiting on an fd,
-/// never to be woken (nobody kept its waker). Dropping the executor drops all their futures, and with them what
-/// they hold (here an `Async` end, which itself holds the executor).
+/// never to be woken (nobody kept its waker). Dropping the executor drops all their futures,
+/// and with them what they hold (here an `Async` end, which itself holds the executor).
 #[test]
 fn dropping_the_executor_drops_every_unfinished_future() {
     let ex = Executor::new().unwrap();

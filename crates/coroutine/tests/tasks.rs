@@ -13,15 +13,6 @@ use mproc_coroutine::{Executor, Task, spawn, yield_now};
 
 use crate::*;
 
-/// Counts drops of what a future holds.
-struct Guard(Arc<AtomicUsize>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 /// 200 tasks each wait for 50 "ticks" through wakers they leave in a shared list; two other
 /// threads wake whatever is in the list, as fast as they can (many wakes are stale or early,
 /// some land while the task runs). A third of the tasks are cancelled half way. Every task

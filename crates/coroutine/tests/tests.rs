@@ -18,3 +18,12 @@ pub const DEADLINE: Duration = Duration::from_secs(120);
 pub async fn bounded<F: std::future::Future>(future: F) -> F::Output {
     mproc_coroutine::timeout(DEADLINE, future).await.expect("finished within the deadline")
 }
+
+/// Counts drops of what a future holds.
+pub struct Guard(pub std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
