@@ -182,7 +182,8 @@ impl<S: Serialize> Async<Sender<S>> {
 }
 
 impl<R: DeserializeOwned> Async<Process<R>> {
-    /// Waits for the child to end (through its sentinel, a pidfd), then joins it.
+    /// Waits for the child to end (through its pidfd, or for a fork server's child the
+    /// server's report of its end), then joins it, which then does not wait.
     pub async fn join(self) -> process::Result<R> {
         while self.get_ref().is_alive() {
             self.event(false).await;

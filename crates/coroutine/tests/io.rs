@@ -224,3 +224,23 @@ fn a_send_larger_than_the_buffer_lets_the_other_coroutines_run() {
     }));
     assert_eq!(reader.join().unwrap(), 4 << 20);
 }
+
+fn sleep_then_triple(x: u32) -> u32 {
+    std::thread::sleep(Duration::from_millis(30));
+    3 * x
+}
+
+/// The exit of a child started by each method is awaited, the fork server's children
+/// included (whose status arrives in a report from the server, after their pidfd is ready).
+#[test]
+fn a_child_of_every_start_method_is_awaited() {
+    mproc_init();
+    let ex = Executor::new().unwrap();
+    for method in [StartMethod::Fork, StartMethod::ForkServer, StartMethod::Spawn] {
+        for _ in 0..5 {
+            let child = Builder::new().start_method(method).spawn_fn(sleep_then_triple, 5).unwrap();
+            let value = ex.block_on(bounded(async { Async::new(child).unwrap().join().await }));
+            assert_eq!(value.unwrap(), 15, "{method:?}");
+        }
+    }
+}

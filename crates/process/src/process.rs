@@ -100,10 +100,17 @@ impl<R> Process<R> {
     }
 }
 
+/// Ready when the child has ended and how it ended is known, so that `join` and
+/// `exit_status` answer without waiting: its pidfd for a child of this process; for a fork
+/// server's child, the connection on which the server reports the end (a little after the
+/// pidfd, which [`sentinel`](Process::sentinel) gives, turns readable).
 impl<R> mproc_ipc::Waitable for Process<R> {
-    /// The sentinel: readable when the child has ended.
     fn wait_fd(&self) -> BorrowedFd<'_> {
-        self.state.sentinel()
+        self.state.status_source().wait_fd()
+    }
+
+    fn ready(&self) -> bool {
+        self.state.status_source().ready()
     }
 }
 

@@ -205,3 +205,20 @@ fn close_in_child_lets_a_forked_child_see_end_of_file() {
     drop(parent_end);
     assert_eq!(child.join_timeout(DEADLINE).unwrap(), 6);
 }
+
+/// A `Process` waited on (it is `Waitable`) is ready once its end is known: its exit status
+/// is there at once, for every start method (a fork server's child's status comes in the
+/// server's report, a little after its pidfd turns readable).
+#[test]
+fn a_waited_process_has_its_status_at_once() {
+    mproc_init();
+    for method in METHODS {
+        for _ in 0..10 {
+            let child = start(method, square, 3);
+            let ready = mproc_process::ipc::wait(&[&child], Some(DEADLINE)).unwrap();
+            assert_eq!(ready, vec![0], "{method:?}");
+            assert!(child.exit_status().is_some(), "{method:?}: ready, but its status is not known");
+            assert_eq!(child.join().unwrap(), 9);
+        }
+    }
+}
