@@ -182,3 +182,45 @@ proptest! {
         prop_assert_eq!(reader.join().unwrap(), taken);
     }
 }
+
+/// A second handle on the same pipe end.
+fn copy(tx: &Sender<u32>) -> Sender<u32> {
+    use std::os::fd::AsFd;
+    Sender::from(tx.as_fd().try_clone_to_owned().unwrap())
+}
+
+/// An end carried by a frame sent without waiting arrives working, whether the frame found
+/// no room at first (refused, then taken later) or went out in parts.
+#[test]
+fn ends_travel_in_frames_sent_without_waiting() {
+    let (ours, theirs) = duplex::<(Vec<u8>, Option<Sender<u32>>)>().unwrap();
+    let (rx, tx) = pipe::<u32>().unwrap();
+    let ours = within(move || {
+        // Fill the socket with plain frames first.
+        while ours.try_send(&(vec![0; 3000], None)).unwrap() {}
+        ours
+    });
+    // No room: refused, with nothing (and no fd) sent.
+    assert!(!ours.try_send(&(vec![1; 100_000], Some(copy(&tx)))).unwrap());
+    let reader = thread::spawn(move || {
+        let mut carried = None;
+        while carried.is_none() {
+            let (_, end) = theirs.recv().unwrap();
+            carried = end;
+        }
+        carried.unwrap().send(&42).unwrap();
+    });
+    // Once the reader makes room, the frame (larger than the room: it goes in parts) is taken.
+    let ours = within(move || {
+        while !ours.try_send(&(vec![1; 100_000], Some(copy(&tx)))).unwrap() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        while !ours.try_flush().unwrap() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        ours
+    });
+    reader.join().unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 42);
+    drop(ours);
+}
