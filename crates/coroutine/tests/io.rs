@@ -244,3 +244,51 @@ fn a_child_of_every_start_method_is_awaited() {
         }
     }
 }
+
+fn plus_one(x: u64) -> u64 {
+    x + 1
+}
+
+/// 2,000 pool results, each awaited by its own coroutine, woken from the pool's handler
+/// thread as they come in any order: every one arrives, once.
+#[test]
+fn many_pool_results_awaited_at_once() {
+    mproc_init();
+    let pool = Pool::new(2).unwrap();
+    let ex = Executor::new().unwrap();
+    let total = ex.block_on(bounded(async {
+        let waits: Vec<_> = (0..2000u64)
+            .map(|x| {
+                let result = pool.apply_async(plus_one, x);
+                spawn(async move { result.await.unwrap() })
+            })
+            .collect();
+        join_all(waits).await.into_iter().map(Result::unwrap).sum::<u64>()
+    }));
+    assert_eq!(total, (1..=2000u64).sum::<u64>());
+}
+
+/// Results awaited when the pool is terminated under them end (with an error), instead of
+/// leaving their coroutines waiting for ever.
+#[test]
+fn awaited_results_end_when_the_pool_is_terminated() {
+    mproc_init();
+    let pool = Pool::new(1).unwrap();
+    let ex = Executor::new().unwrap();
+    let outcomes = ex.block_on(bounded(async {
+        let waits: Vec<_> = (0..4u64)
+            .map(|x| {
+                let result = pool.apply_async(slow_square, x);
+                spawn(async move { result.await })
+            })
+            .collect();
+        yield_now().await;
+        pool.terminate();
+        join_all(waits).await
+    }));
+    assert_eq!(outcomes.len(), 4);
+    for outcome in outcomes {
+        // Finished before the end, or failed by it: never left waiting.
+        let _ = outcome.unwrap();
+    }
+}
