@@ -279,7 +279,7 @@ fn awaited_results_end_when_the_pool_is_terminated() {
         let waits: Vec<_> = (0..4u64)
             .map(|x| {
                 let result = pool.apply_async(slow_square, x);
-                spawn(async move { result.await })
+                spawn(result)
             })
             .collect();
         yield_now().await;
