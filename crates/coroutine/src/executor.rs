@@ -23,41 +23,51 @@ const BUDGET: usize = 1024;
 
 /// What other threads reach: the queue their wakes go to, and how to wake the executor.
 pub(crate) struct Remote {
-    queue: Mutex<Vec<RemoteRef>>,
+    queue: Mutex<RemoteQueue>,
     /// `queue` may hold something.
     queued: AtomicBool,
     /// The executor sleeps (or is about to) in the reactor: wakes must write the eventfd.
     sleeping: AtomicBool,
     /// The future given to `block_on` was woken.
     main_woken: AtomicBool,
-    /// The executor is gone: a task woken now can never run.
-    closed: AtomicBool,
     eventfd: OwnedFd,
+}
+
+/// Tasks woken in other threads, and whether the executor is gone (then a task woken can
+/// never run, and is refused).
+#[derive(Default)]
+struct RemoteQueue {
+    woken: Vec<RemoteRef>,
+    closed: bool,
 }
 
 impl Remote {
     /// Queues a task woken in another thread; gives it back if the executor is gone.
     pub(crate) fn push_task(&self, task: RemoteRef) -> Result<(), RemoteRef> {
         let mut queue = self.queue.lock();
-        // Looked at under the lock the executor closes under: a task queued here is either
-        // taken by the executor's thread, or never queued.
-        if self.closed.load(Ordering::Acquire) {
+        if queue.closed {
             return Err(task);
         }
-        queue.push(task);
+        queue.woken.push(task);
         drop(queue);
-        self.queued.store(true, Ordering::SeqCst);
+        self.raise(&self.queued);
+        Ok(())
+    }
+
+    /// Sets `flag` (one of this executor's "something to do" flags) and wakes the executor
+    /// if it sleeps.
+    fn raise(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::SeqCst);
         if self.sleeping.load(Ordering::SeqCst) {
             reactor::notify(self.eventfd.as_fd());
         }
-        Ok(())
     }
 
     /// Refuses wakes from now on, and gives back the tasks queued so far.
     fn close(&self) -> Vec<RemoteRef> {
         let mut queue = self.queue.lock();
-        self.closed.store(true, Ordering::Release);
-        std::mem::take(&mut *queue)
+        queue.closed = true;
+        std::mem::take(&mut queue.woken)
     }
 }
 
@@ -138,10 +148,7 @@ impl Wake for MainWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.remote.main_woken.store(true, Ordering::SeqCst);
-        if self.remote.sleeping.load(Ordering::SeqCst) {
-            reactor::notify(self.remote.eventfd.as_fd());
-        }
+        self.remote.raise(&self.remote.main_woken);
     }
 }
 
@@ -171,11 +178,10 @@ impl Executor {
         let reactor = Reactor::new(eventfd.as_fd())?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let remote = Arc::new(Remote {
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::default(),
             queued: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             main_woken: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
             eventfd,
         });
         let local = Local { id, pid: mproc_pool::process::getpid(), tasks: Rc::default(), reactor, remote };
@@ -226,7 +232,7 @@ impl Executor {
                 ran += 1;
             }
             if remote.queued.load(Ordering::Relaxed) && remote.queued.swap(false, Ordering::SeqCst) {
-                let woken = std::mem::take(&mut *remote.queue.lock());
+                let woken = std::mem::take(&mut remote.queue.lock().woken);
                 for task in woken {
                     local.tasks.take_remote(task);
                 }

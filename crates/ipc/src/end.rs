@@ -82,6 +82,16 @@ impl SendSide {
     fn pending(&self) -> &[u8] {
         &self.unsent[self.written..]
     }
+
+    /// Counts `n` more pending bytes written; once none is left, the buffer starts over.
+    fn advance(&mut self, n: usize) {
+        self.written += n;
+        if self.pending().is_empty() {
+            self.unsent.clear();
+            self.written = 0;
+            codec::trim(&mut self.unsent);
+        }
+    }
 }
 
 pub(crate) struct End {
@@ -194,8 +204,7 @@ impl End {
             return Ok(());
         }
         write_frame(&self.io(), side.pending(), &[])?;
-        side.unsent.clear();
-        side.written = 0;
+        side.advance(side.pending().len());
         Ok(())
     }
 
@@ -204,14 +213,9 @@ impl End {
         if side.pending().is_empty() {
             return Ok(true);
         }
-        side.written += write_some(&self.io_nowait(), side.pending(), &[])?;
-        if side.pending().is_empty() {
-            side.unsent.clear();
-            side.written = 0;
-            codec::trim(&mut side.unsent);
-            return Ok(true);
-        }
-        Ok(false)
+        let n = write_some(&self.io_nowait(), side.pending(), &[])?;
+        side.advance(n);
+        Ok(side.pending().is_empty())
     }
 
     /// Starts sending a frame without waiting: `header` then `payload`, with `fds` on its first

@@ -145,16 +145,10 @@ impl ChildState {
                 return Ok(Some(status));
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if !self.wait_ended(left)? {
+            if !mproc_ipc::wait_one(self.status_source(), left)? {
                 return self.try_status();
             }
         }
-    }
-
-    /// Waits at most `left` (`None`: for ever) until [`try_status`](Self::try_status) can tell;
-    /// whether it can.
-    fn wait_ended(&self, left: Option<std::time::Duration>) -> Result<bool> {
-        Ok(mproc_ipc::wait_one(self.status_source(), left)?)
     }
 
     /// Stops tracking a child that has sent its value and is reaped by another process (a
@@ -195,9 +189,9 @@ impl Drop for ChildState {
     fn drop(&mut self) {
         // A reaped child writes nothing more: its slot may serve the next one.
         if self.status.get_mut().is_some()
-            && let Some(slot) = &mut self.slot
+            && let Some(slot) = self.slot.take()
         {
-            slot.get_mut().release();
+            slot.into_inner().give_back();
         }
     }
 }

@@ -39,17 +39,15 @@ enum Source<R> {
 impl<R> Process<R> {
     /// A child that sends its value on `result`.
     pub(crate) fn new(state: Arc<ChildState>, result: Connection<(), Outcome<R>>) -> Self {
-        Self::with_source(state, Source::Connection(result))
-    }
-
-    /// A child that leaves its value in the slot of `state`.
-    pub(crate) fn from_slot(state: Arc<ChildState>) -> Self {
-        Self::with_source(state, Source::Slot)
-    }
-
-    fn with_source(state: Arc<ChildState>, source: Source<R>) -> Self {
         registry::add(Arc::clone(&state));
-        Process { state, result: Some(source) }
+        Process { state, result: Some(Source::Connection(result)) }
+    }
+
+    /// A child that leaves its value in the slot of `state`, started after a
+    /// [`registry::prune`].
+    pub(crate) fn from_slot(state: Arc<ChildState>) -> Self {
+        registry::push(Arc::clone(&state));
+        Process { state, result: Some(Source::Slot) }
     }
 
     /// The child's pid.

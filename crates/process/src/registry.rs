@@ -30,14 +30,17 @@ pub(crate) fn prune() {
     });
 }
 
-/// Records a new child.
+/// Records a new child, pruning first.
 pub(crate) fn add(child: Arc<ChildState>) {
+    prune();
+    push(child);
+}
+
+/// Records a new child, the list just pruned (by [`prune`], before a fork).
+pub(crate) fn push(child: Arc<ChildState>) {
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| crate::sys::at_exit(join_at_exit));
-    CHILDREN.with(Vec::new, |children| {
-        children.retain(|c| !c.is_settled());
-        children.push(child);
-    });
+    CHILDREN.with(Vec::new, |children| children.push(child));
 }
 
 /// The children that still run (those that ended are reaped on the way, as in Python).

@@ -60,8 +60,6 @@ pub(crate) struct Slot {
     file: Arc<OwnedFd>,
     index: u32,
     generation: u64,
-    /// Set once the child is reaped: only then may another child get this page.
-    reusable: bool,
 }
 
 /// What the child needs to write its value (plain data: it is used after a fork).
@@ -95,7 +93,7 @@ impl Slot {
         };
         let file = Arc::clone(&slots.file);
         drop(slots);
-        Ok(Slot { pool, file, index, generation, reusable: false })
+        Ok(Slot { pool, file, index, generation })
     }
 
     /// The child's side of this slot.
@@ -144,9 +142,12 @@ impl Slot {
         ))
     }
 
-    /// Marks the child reaped, so the slot can serve another once this handle is dropped.
-    pub(crate) fn release(&mut self) {
-        self.reusable = true;
+    /// Gives the slot back for another child, once its own is reaped (or was never
+    /// started): it writes nothing more. A slot merely dropped is never used again, since a
+    /// child that may still run could write over the next child's value (its page stays
+    /// allocated; the leak is 4 KiB).
+    pub(crate) fn give_back(self) {
+        self.pool.lock().free.push((self.index, self.generation));
     }
 
     fn page_offset(&self) -> u64 {
@@ -155,16 +156,6 @@ impl Slot {
 
     fn overflow_offset(&self) -> u64 {
         OVERFLOW_BASE + u64::from(self.index) * OVERFLOW_SPAN
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        // A child that may still run could write over the next child's value: its slot is
-        // never used again (its page stays allocated; the leak is 4 KiB).
-        if self.reusable {
-            self.pool.lock().free.push((self.index, self.generation));
-        }
     }
 }
 
@@ -316,6 +307,6 @@ mod tests {
         Header { generation: writer.generation, overflow: true, len: 40 << 30 }.put(&mut page);
         assert!(write_at(writer.file, &page, u64::from(writer.index) * PAGE));
         assert!(slot.read::<u32>().unwrap().is_none());
-        slot.release();
+        slot.give_back();
     }
 }

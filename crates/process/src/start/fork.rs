@@ -35,7 +35,15 @@ where
         let _ = out.flush();
         let _ = err.flush();
         let _identity = identity::lock();
-        match fork()? {
+        let forked = match fork() {
+            Ok(forked) => forked,
+            Err(e) => {
+                drop((_identity, out, err));
+                slot.give_back(); // no child was made: the slot is free
+                return Err(e.into());
+            }
+        };
+        match forked {
             Forked::Child => {
                 drop((_identity, out, err));
                 crate::sys::fork::close_copies(close);
