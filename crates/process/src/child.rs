@@ -1,6 +1,7 @@
 //! One child as mproc tracks it, whether or not a `Process` handle still exists.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use mproc_ipc::{Connection, Waitable};
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::Outcome;
 use crate::error::{Error, Result};
+use crate::global::PerProcess;
 use crate::slot::Slot;
 use crate::status::ExitStatus;
 
@@ -32,11 +34,72 @@ pub(crate) enum Report {
 
 /// Where a child's end is learned.
 pub(crate) enum Exit {
-    /// Our own child: its pidfd, readable when it ends; `waitid` on it reaps.
-    Own { pidfd: OwnedFd },
+    /// Our own child: `waitid` on its pid reaps it. Its pidfd, readable when it ends, is
+    /// opened the first time something needs an fd to watch (a sentinel, a timed join, a
+    /// coroutine, the reaper): a plain `join` blocks in `waitid` itself and needs none, which
+    /// saves a start and join three system calls.
+    ///
+    /// The pid cannot name another process meanwhile: a pid is only recycled once its
+    /// process is reaped, and only [`ChildState::try_status`] reaps, under the status lock,
+    /// which whatever opens the pidfd or signals by pid holds too.
+    Own { pidfd: OnceLock<Watch> },
     /// A child of the fork server: a pidfd to watch, and the server's report of its status
     /// (the server is its parent and reaps it).
     Server { pidfd: OwnedFd, reports: Box<Connection<(), Report>> },
+}
+
+impl Exit {
+    /// Our own child, its pidfd opened when first needed.
+    pub(crate) fn own() -> Result<Exit> {
+        prepare_ended()?;
+        Ok(Exit::Own { pidfd: OnceLock::new() })
+    }
+
+    /// Our own child, with the pidfd opened already.
+    pub(crate) fn own_with(pidfd: OwnedFd) -> Exit {
+        Exit::Own { pidfd: OnceLock::from(Watch::Pidfd(pidfd)) }
+    }
+}
+
+/// What shows an own child's end.
+pub(crate) enum Watch {
+    /// Its pidfd.
+    Pidfd(OwnedFd),
+    /// It had ended, or no pidfd could be had: [`ENDED`], readable at once.
+    Ended(BorrowedFd<'static>),
+}
+
+impl Waitable for Watch {
+    fn wait_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Watch::Pidfd(fd) => fd.as_fd(),
+            Watch::Ended(fd) => *fd,
+        }
+    }
+}
+
+/// An fd readable at once and for ever, the read end of a pipe whose write end is closed:
+/// what an own child whose pidfd cannot be had is watched by. One per process, made before
+/// its first child that needs it, so that running out of fds later cannot leave a child
+/// without one.
+static ENDED: PerProcess<Option<&'static OwnedFd>> = PerProcess::new();
+
+fn prepare_ended() -> Result<()> {
+    ENDED.with(
+        || None,
+        |ended| {
+            if ended.is_none() {
+                let (read, _write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+                *ended = Some(Box::leak(Box::new(read)));
+            }
+            Ok(())
+        },
+    )
+}
+
+fn ended() -> BorrowedFd<'static> {
+    let ended = ENDED.with(|| None, |ended| *ended);
+    ended.expect("made by `Exit::own` before any child that watches it").as_fd()
 }
 
 pub(crate) struct ChildState {
@@ -86,8 +149,23 @@ impl ChildState {
     /// Readable when the child has ended (Python's `sentinel`).
     pub(crate) fn sentinel(&self) -> BorrowedFd<'_> {
         match &self.exit {
-            Exit::Own { pidfd } | Exit::Server { pidfd, .. } => pidfd.as_fd(),
+            Exit::Own { pidfd } => pidfd.get_or_init(|| self.open_pidfd()).wait_fd(),
+            Exit::Server { pidfd, .. } => pidfd.as_fd(),
         }
+    }
+
+    /// The child's pidfd, opened while it is not reaped (so its pid still names it). A child
+    /// reaped already, or a process out of fds, gets [`ENDED`], readable at once as the pidfd
+    /// of an ended child is: waiting on it then asks [`try_status`](Self::try_status) again
+    /// (for a process out of fds: a busy wait, not a hang).
+    fn open_pidfd(&self) -> Watch {
+        let status = self.status.lock();
+        let opened = match *status {
+            None => rustix::process::pidfd_open(self.pid, rustix::process::PidfdFlags::empty()).ok(),
+            Some(_) => None,
+        };
+        drop(status);
+        opened.map_or_else(|| Watch::Ended(ended()), Watch::Pidfd)
     }
 
     /// Ready when [`try_status`](Self::try_status) can tell: the pidfd, or the server's
@@ -95,7 +173,7 @@ impl ChildState {
     /// the connection, read ahead with the `Started` report).
     pub(crate) fn status_source(&self) -> &dyn Waitable {
         match &self.exit {
-            Exit::Own { pidfd } => pidfd,
+            Exit::Own { pidfd } => pidfd.get_or_init(|| self.open_pidfd()),
             Exit::Server { reports, .. } => &**reports,
         }
     }
@@ -105,10 +183,9 @@ impl ChildState {
         let mut status = self.status.lock();
         if status.is_none() {
             *status = match &self.exit {
-                Exit::Own { pidfd } => {
+                Exit::Own { .. } => {
                     let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
-                    rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), options)?
-                        .map(ExitStatus::from_waitid)
+                    rustix::process::waitid(WaitId::Pid(self.pid), options)?.map(ExitStatus::from_waitid)
                 }
                 Exit::Server { reports, .. } => match reports.try_recv() {
                     Ok(Some(Report::Exited(s))) => Some(s),
@@ -140,6 +217,9 @@ impl ChildState {
             }
             std::thread::yield_now();
         }
+        if deadline.is_none() && self.waits_in_waitid() {
+            self.wait_exit()?;
+        }
         loop {
             if let Some(status) = self.try_status()? {
                 return Ok(Some(status));
@@ -147,6 +227,29 @@ impl ChildState {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if !mproc_ipc::wait_one(self.status_source(), left)? {
                 return self.try_status();
+            }
+        }
+    }
+
+    /// Whether waiting for the end without a deadline blocks in `waitid` on the pid: our own
+    /// child, with no pidfd opened yet (once one is, waiting polls it, as everyone else does).
+    fn waits_in_waitid(&self) -> bool {
+        matches!(&self.exit, Exit::Own { pidfd } if pidfd.get().is_none())
+    }
+
+    /// Blocks until our own child has ended, without reaping it (`WNOWAIT`: only
+    /// [`try_status`](Self::try_status) reaps, under the status lock). Returns at once if it
+    /// was reaped already: `waitid` then has no such child to wait for.
+    fn wait_exit(&self) -> Result<()> {
+        if self.status.lock().is_some() {
+            return Ok(());
+        }
+        loop {
+            let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+            match rustix::process::waitid(WaitId::Pid(self.pid), options) {
+                Ok(_) | Err(rustix::io::Errno::CHILD) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -172,13 +275,22 @@ impl ChildState {
         self.status.lock().is_some()
     }
 
-    /// Sends `signal`; nothing if the child is already gone. Through the pidfd, so a recycled
-    /// pid can never be hit.
+    /// Sends `signal`; nothing if the child is already gone. A recycled pid is never hit:
+    /// our own child is signalled under the status lock while it is not reaped (so its pid
+    /// still names it), a fork server's through its pidfd.
     pub(crate) fn signal(&self, signal: Signal) -> Result<()> {
-        if self.is_done() {
+        let status = self.status.lock();
+        if status.is_some() {
             return Ok(());
         }
-        match rustix::process::pidfd_send_signal(self.sentinel(), signal) {
+        let sent = match &self.exit {
+            Exit::Own { .. } => rustix::process::kill_process(self.pid, signal),
+            Exit::Server { pidfd, .. } => {
+                drop(status);
+                rustix::process::pidfd_send_signal(pidfd, signal)
+            }
+        };
+        match sent {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
             Err(e) => Err(e.into()),
         }

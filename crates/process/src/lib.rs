@@ -54,8 +54,9 @@
 //! # Guarantees
 //!
 //! - No zombies: every child is reaped, whether its handle is joined, dropped or forgotten
-//!   (a reaper thread collects the dropped ones as they end; all waits use the child's pidfd,
-//!   never `waitpid(-1)`, so children started elsewhere in the program are never stolen).
+//!   (a reaper thread collects the dropped ones as they end; each child is waited for by its
+//!   own pid or pidfd, never `waitpid(-1)`, so children started elsewhere in the program are
+//!   never stolen).
 //! - A child's end is never missed: `join` wakes the moment the child ends, and it tells a
 //!   value, a panic (with its message), a signal and an exit code apart.
 //! - Daemon children die with their parent, also when it is killed with `SIGKILL`; at normal

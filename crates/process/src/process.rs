@@ -91,8 +91,9 @@ impl<R> Process<R> {
         self.state.signal(Signal::KILL)
     }
 
-    /// An fd that becomes readable when the child ends (a pidfd): wait on it with
-    /// `mproc_ipc::wait` together with other ends, or in an event loop.
+    /// An fd that becomes readable when the child ends (its pidfd, opened on the first call;
+    /// for a child already reaped, an fd readable at once): wait on it with `mproc_ipc::wait`
+    /// together with other ends, or in an event loop.
     pub fn sentinel(&self) -> BorrowedFd<'_> {
         self.state.sentinel()
     }

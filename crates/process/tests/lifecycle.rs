@@ -222,3 +222,48 @@ fn a_waited_process_has_its_status_at_once() {
         }
     }
 }
+
+/// A sentinel asked for after the child was reaped (no pidfd can be opened for it any more)
+/// is readable at once, as the pidfd of an ended child is.
+#[test]
+fn a_sentinel_taken_after_the_end_is_readable_at_once() {
+    mproc_init();
+    for method in METHODS {
+        let child = start(method, sleep_then, 20);
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while child.exit_status().is_none() {
+            assert!(std::time::Instant::now() < deadline, "{method:?}: the child never ended");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let ready = mproc_process::ipc::wait(&[&child.sentinel()], Some(DEADLINE)).unwrap();
+        assert_eq!(ready, vec![0], "{method:?}");
+        assert_eq!(child.join().unwrap(), 20, "{method:?}");
+    }
+}
+
+/// A `join` (which blocks in `waitid` on the pid) while another thread reaps the same child
+/// (`active_children` reaps those that ended) still returns the child's value, never "no
+/// such child".
+#[test]
+fn a_join_returns_the_value_while_another_thread_reaps() {
+    mproc_init();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reaper = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(mproc_process::active_children());
+            }
+        })
+    };
+    for n in 0..100u32 {
+        let child = Process::spawn(move || {
+            std::thread::sleep(Duration::from_micros(u64::from(n % 7) * 100));
+            n
+        })
+        .unwrap();
+        assert_eq!(child.join().unwrap(), n);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reaper.join().unwrap();
+}

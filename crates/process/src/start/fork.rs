@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::process::{Pid, Signal};
 use serde::Serialize;
 
 use crate::bootstrap;
@@ -21,6 +21,7 @@ where
     F: FnOnce() -> R,
     R: Serialize,
 {
+    let exit = Exit::own()?;
     let slot = Slot::take()?;
     crate::registry::prune();
     let parent_pid = Pid::from_raw(crate::global::pid() as i32).expect("a pid is positive");
@@ -52,8 +53,6 @@ where
             Forked::Parent(pid) => (pid, identity),
         }
     };
-    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
-    let exit = Exit::Own { pidfd };
     let state = Arc::new(ChildState::new(pid, identity.name, identity.daemon, exit).with_slot(slot));
     Ok(Process::from_slot(state))
 }

@@ -108,7 +108,7 @@ fn start_server() -> Result<Connection<Request, ()>> {
     drop(theirs);
     // The server is our child too: reap it whenever it ends.
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
-    let state = Arc::new(ChildState::new(pid, "ForkServer".into(), true, Exit::Own { pidfd }));
+    let state = Arc::new(ChildState::new(pid, "ForkServer".into(), true, Exit::own_with(pidfd)));
     crate::registry::adopt(state);
     Ok(ours)
 }
