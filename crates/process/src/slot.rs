@@ -2,22 +2,24 @@
 //!
 //! A child that sent its value on a socket would wake its parent twice (the value, then the
 //! exit), and a socket per child costs a `socketpair`. Instead the parent gives each forked
-//! child a slot, a 4 KiB page at `index * 4096` in a memfd the parent creates once: the
-//! child writes its [`Outcome`] there with one `pwrite` and exits, and the parent, woken
-//! once by the exit (the pidfd), reads it with one `pread`. A value too big for the page goes
-//! to the slot's overflow range far out in the (sparse) file, and its pages are freed once
-//! read. Slots are reused once their child is reaped, so the page is already allocated and the
-//! child's write allocates nothing.
+//! child a slot, a 4 KiB page at `index * 4096` in a memfd the parent creates and maps shared
+//! once ([`SharedMap`]): the child, which inherits the mapping, stores its [`Outcome`] there
+//! and exits, and the parent, woken once by the exit, copies it out. No system call on either
+//! side for a value that fits the page. A bigger one goes to the slot's overflow range far
+//! out in the (sparse) file, with `pwrite`, and its pages are freed once read. Slots are
+//! reused once their child is reaped, so the page is already allocated and the child's store
+//! allocates nothing.
 //!
 //! The page starts with a header: a magic number, the *generation* (a count the parent
 //! bumps each time it hands the slot out, so a value can only be taken by the start it
 //! belongs to), where the value is, and its length. The child writes the header last: a
-//! child killed halfway leaves the previous generation, read as "no value".
+//! child killed halfway leaves the previous generation, read as "no value". The page is
+//! memory other processes can write: the parent checks what it reads there as it would
+//! bytes from a socket.
 //!
 //! A value crossing this way cannot carry ipc ends (there is no socket to carry their fds);
 //! serializing one fails, and the child reports that as the transfer error.
 
-use std::borrow::Cow;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -28,23 +30,26 @@ use serde::de::DeserializeOwned;
 
 use crate::bootstrap::Outcome;
 use crate::error::{Error, Result};
-
 use crate::global::PerProcess;
+use crate::sys::shared::SharedMap;
 
 /// The bytes of one slot's page.
 const PAGE: u64 = 4096;
+/// The most slots, and so the most `Fork` children running at once: their pages are mapped
+/// together (1 GiB of address space, allocated only as slots are used).
+const MAX_SLOTS: u32 = 1 << 18;
 const HEADER: usize = 24;
 const MAGIC: u32 = u32::from_le_bytes(*b"mpRs");
 /// Where the overflow ranges start, and how far apart they are: a slot's value may be up to
-/// 64 GiB.
+/// 64 GiB. The last range ends below 2^63, the largest file offset.
 const OVERFLOW_BASE: u64 = 1 << 40;
 const OVERFLOW_SPAN: u64 = 1 << 36;
-/// The most slots: every overflow range ends below 2^63, the largest file offset.
-const MAX_SLOTS: u32 = ((i64::MAX as u64 - OVERFLOW_BASE) / OVERFLOW_SPAN) as u32;
+const _: () = assert!(OVERFLOW_BASE + MAX_SLOTS as u64 * OVERFLOW_SPAN <= i64::MAX as u64);
 
-/// This process's slots: the memfd and the indexes not in use.
+/// This process's slots: the memfd, its pages mapped, and the indexes not in use.
 struct Slots {
     file: Arc<OwnedFd>,
+    pages: Arc<SharedMap>,
     free: Vec<(u32, u64)>,
     next: u32,
 }
@@ -58,6 +63,7 @@ static POOL: PerProcess<Option<Pool>> = PerProcess::new();
 pub(crate) struct Slot {
     pool: Pool,
     file: Arc<OwnedFd>,
+    pages: Arc<SharedMap>,
     index: u32,
     generation: u64,
 }
@@ -66,6 +72,7 @@ pub(crate) struct Slot {
 #[derive(Clone, Copy)]
 pub(crate) struct SlotWriter<'a> {
     file: &'a OwnedFd,
+    pages: &'a SharedMap,
     index: u32,
     generation: u64,
 }
@@ -78,8 +85,11 @@ impl Slot {
             Some(pool) => pool,
             None => {
                 let file = rustix::fs::memfd_create("mproc-results", MemfdFlags::CLOEXEC)?;
-                let fresh = Arc::new(Mutex::new(Slots { file: Arc::new(file), free: Vec::new(), next: 0 }));
-                POOL.with(|| None, |pool| Arc::clone(pool.get_or_insert(fresh)))
+                let len = u64::from(MAX_SLOTS) * PAGE;
+                rustix::fs::ftruncate(&file, len)?; // sparse: pages come as slots are used
+                let pages = Arc::new(SharedMap::map(&file, len as usize)?);
+                let fresh = Slots { file: Arc::new(file), pages, free: Vec::new(), next: 0 };
+                POOL.with(|| None, |pool| Arc::clone(pool.get_or_insert(Arc::new(Mutex::new(fresh)))))
             }
         };
         let mut slots = pool.lock();
@@ -91,53 +101,64 @@ impl Slot {
             }
             None => return Err(Error::Io(std::io::Error::other("too many forked children at once"))),
         };
-        let file = Arc::clone(&slots.file);
+        let (file, pages) = (Arc::clone(&slots.file), Arc::clone(&slots.pages));
         drop(slots);
-        Ok(Slot { pool, file, index, generation })
+        Ok(Slot { pool, file, pages, index, generation })
     }
 
     /// The child's side of this slot.
     pub(crate) fn writer(&self) -> SlotWriter<'_> {
-        SlotWriter { file: &self.file, index: self.index, generation: self.generation }
+        SlotWriter { file: &self.file, pages: &self.pages, index: self.index, generation: self.generation }
     }
 
     /// The value the child left, once it has ended; `None` if it left none (it died first,
     /// or exited without returning). Call it once: an overflow's pages are freed on reading.
     pub(crate) fn read<R: DeserializeOwned>(&mut self) -> Result<Option<Outcome<R>>> {
-        // Most values are small: read them with the header in one call, into a buffer that
-        // does not reach a stack page shared with a child forked meanwhile.
-        let mut head = [0u8; 1024];
-        let n = read_at(&self.file, &mut head, self.page_offset())?;
-        let Some(header) = Header::parse(&head[..n]) else { return Ok(None) };
+        let mut head = [0u8; HEADER];
+        if !self.pages.read(self.page_offset(), &mut head) {
+            return Ok(None);
+        }
+        let Some(header) = Header::parse(&head) else { return Ok(None) };
         if header.generation != self.generation {
             return Ok(None);
         }
-        let value = if header.overflow {
+        // Most values are small: into a buffer on the stack (one that does not reach a stack
+        // page shared with a child forked meanwhile, which a write would copy).
+        let mut small = [0u8; 256];
+        let mut large = Vec::new();
+        let value: &[u8] = if header.overflow {
             // The length comes from the child: believe it only as far as the file goes (a
             // header garbled by a stray write must not make this allocate gigabytes).
             let size = rustix::fs::fstat(&*self.file)?.st_size as u64;
             if self.overflow_offset() + header.len as u64 > size {
                 return Ok(None);
             }
-            let mut value = vec![0; header.len];
-            let n = read_at(&self.file, &mut value, self.overflow_offset())?;
+            large.resize(header.len, 0);
+            let n = read_at(&self.file, &mut large, self.overflow_offset())?;
             let hole = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
             let _ = rustix::fs::fallocate(&*self.file, hole, self.overflow_offset(), header.len as u64);
             if n < header.len {
                 return Ok(None);
             }
-            Cow::Owned(value)
-        } else if HEADER + header.len <= n {
-            Cow::Borrowed(&head[HEADER..HEADER + header.len])
+            &large
         } else {
-            let mut value = vec![0; header.len];
-            if read_at(&self.file, &mut value, self.page_offset() + HEADER as u64)? < header.len {
+            if header.len > PAGE as usize - HEADER {
                 return Ok(None);
             }
-            Cow::Owned(value)
+            let value = match small.get_mut(..header.len) {
+                Some(small) => small,
+                None => {
+                    large.resize(header.len, 0);
+                    &mut large
+                }
+            };
+            if !self.pages.read(self.value_offset(), value) {
+                return Ok(None);
+            }
+            value
         };
         Ok(Some(
-            postcard::from_bytes(&value)
+            postcard::from_bytes(value)
                 .unwrap_or_else(|e| Outcome::Transfer(format!("cannot decode the value sent back: {e}"))),
         ))
     }
@@ -150,8 +171,12 @@ impl Slot {
         self.pool.lock().free.push((self.index, self.generation));
     }
 
-    fn page_offset(&self) -> u64 {
-        u64::from(self.index) * PAGE
+    fn page_offset(&self) -> usize {
+        self.index as usize * PAGE as usize
+    }
+
+    fn value_offset(&self) -> usize {
+        self.page_offset() + HEADER
     }
 
     fn overflow_offset(&self) -> u64 {
@@ -167,13 +192,10 @@ impl SlotWriter<'_> {
         // child has written already): a forked child that touches the heap pays
         // for copying its pages.
         let mut small = [0u8; 256];
-        match postcard::to_slice(outcome, &mut small[HEADER..]) {
-            Ok(value) => {
-                let len = value.len();
-                self.write_page(&mut small[..HEADER + len], false, len);
-            }
+        match postcard::to_slice(outcome, &mut small) {
+            Ok(value) => self.write_value(value),
             Err(postcard::Error::SerializeBufferFull) => match postcard::to_stdvec(outcome) {
-                Ok(bytes) if (bytes.len() as u64) < OVERFLOW_SPAN => self.write_large(&bytes),
+                Ok(bytes) if (bytes.len() as u64) < OVERFLOW_SPAN => self.write_value(&bytes),
                 Ok(_) => self.write_failure::<R>("the value is larger than 64 GiB".into()),
                 Err(e) => self.write_failure::<R>(describe(e)),
             },
@@ -184,25 +206,26 @@ impl SlotWriter<'_> {
     fn write_failure<R: Serialize>(self, why: String) {
         let outcome = Outcome::<R>::Transfer(format!("cannot send the value back: {why}"));
         if let Ok(bytes) = postcard::to_stdvec(&outcome) {
-            self.write_large(&bytes);
+            self.write_value(&bytes);
         }
     }
 
-    /// Writes an encoded value of any size below [`OVERFLOW_SPAN`].
-    fn write_large(self, value: &[u8]) {
-        if value.len() + HEADER <= PAGE as usize {
-            let mut page = vec![0u8; HEADER + value.len()];
-            page[HEADER..].copy_from_slice(value);
-            self.write_page(&mut page, false, value.len());
-        } else if write_at(self.file, value, OVERFLOW_BASE + u64::from(self.index) * OVERFLOW_SPAN) {
-            self.write_page(&mut [0u8; HEADER], true, value.len());
+    /// Writes an encoded value of any size below [`OVERFLOW_SPAN`] (on the page if it fits,
+    /// else in the overflow range), then the header that makes it count.
+    #[inline(always)]
+    fn write_value(self, value: &[u8]) {
+        let page = self.index as usize * PAGE as usize;
+        let overflow = value.len() > PAGE as usize - HEADER;
+        let written = if overflow {
+            write_at(self.file, value, OVERFLOW_BASE + u64::from(self.index) * OVERFLOW_SPAN)
+        } else {
+            self.pages.write(page + HEADER, value)
+        };
+        if written {
+            let mut header = [0u8; HEADER];
+            Header { generation: self.generation, overflow, len: value.len() }.put(&mut header);
+            self.pages.write(page, &header);
         }
-    }
-
-    /// Writes the header into `page[..HEADER]` and the page into the slot.
-    fn write_page(self, page: &mut [u8], overflow: bool, len: usize) {
-        Header { generation: self.generation, overflow, len }.put(&mut page[..HEADER]);
-        write_at(self.file, page, u64::from(self.index) * PAGE);
     }
 }
 
@@ -305,8 +328,30 @@ mod tests {
         let writer = slot.writer();
         let mut page = [0u8; HEADER];
         Header { generation: writer.generation, overflow: true, len: 40 << 30 }.put(&mut page);
-        assert!(write_at(writer.file, &page, u64::from(writer.index) * PAGE));
+        assert!(writer.pages.write(writer.index as usize * PAGE as usize, &page));
         assert!(slot.read::<u32>().unwrap().is_none());
+        slot.give_back();
+    }
+
+    /// A header on the page claiming a value longer than the page (without the overflow flag)
+    /// reads as no value, and so does a slot whose page holds the previous generation.
+    #[test]
+    fn a_page_value_longer_than_the_page_or_of_another_generation_is_no_value() {
+        let mut slot = Slot::take().unwrap();
+        let (pages, at, generation) = (Arc::clone(&slot.pages), slot.page_offset(), slot.generation);
+        let header = |generation, len| {
+            let mut page = [0u8; HEADER];
+            Header { generation, overflow: false, len }.put(&mut page);
+            assert!(pages.write(at, &page));
+        };
+        header(generation, 5000);
+        assert!(slot.read::<u32>().unwrap().is_none());
+        let value = postcard::to_stdvec(&Outcome::Value(7u32)).unwrap();
+        assert!(pages.write(at + HEADER, &value));
+        header(generation - 1, value.len());
+        assert!(slot.read::<u32>().unwrap().is_none());
+        header(generation, value.len());
+        assert!(matches!(slot.read::<u32>().unwrap(), Some(Outcome::Value(7))));
         slot.give_back();
     }
 }

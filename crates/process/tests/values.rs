@@ -13,7 +13,7 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 #[test]
 fn values_of_every_size_come_back_whole() {
     mproc_init();
-    // Around the stack buffers (256 B in the child, 1 KiB in the parent), the slot's page
+    // Around the stack buffers (256 B in the child and in the parent), the slot's page
     // (4 KiB), and far past it.
     for len in [0, 1, 200, 230, 256, 300, 990, 1000, 1024, 2000, 4070, 4072, 4096, 5000, 1 << 20, 9 << 20] {
         let child = Process::spawn(move || pattern(len as u64, len)).unwrap();

@@ -5,9 +5,11 @@
 //! - [`fn_at`]: a function pointer from an address this same binary sent over a pipe.
 //! - [`at_exit`]: `atexit(3)`, so children are joined when the program ends.
 //! - [`wiped`]: per-process state, on a page every forked child finds zeroed.
+//! - [`shared`]: a shared mapping of a file, where `Fork` children leave their values.
 #![allow(unsafe_code)]
 
 pub(crate) mod fork;
+pub(crate) mod shared;
 pub(crate) mod spawn;
 pub(crate) mod wiped;
 
