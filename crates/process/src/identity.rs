@@ -20,13 +20,15 @@ pub(crate) struct Identity {
 
 /// Held across mproc's forks (so no other thread is inside it then), and so a std `Mutex`: a
 /// parking_lot one, unlocked in the child while a thread of the parent was waiting for it,
-/// may hand itself to that thread, which does not exist there.
-static IDENTITY: Mutex<Option<Identity>> = Mutex::new(None);
+/// may hand itself to that thread, which does not exist there. Boxed, so a forked child
+/// becomes its identity by storing a pointer (no copy, no allocation: see [`Held`]).
+static IDENTITY: Mutex<Option<Box<Identity>>> = Mutex::new(None);
 
 /// The identity lock; a panic while it was held left nothing half-done worth refusing for.
-fn locked() -> MutexGuard<'static, Option<Identity>> {
+fn locked() -> MutexGuard<'static, Option<Box<Identity>>> {
     IDENTITY.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
 /// Numbers children's default names: `Process-1`, `Process-2`, ... (`Process-1:1` below a
 /// child named `Process-1`).
 static CHILDREN_STARTED: AtomicU32 = AtomicU32::new(0);
@@ -43,7 +45,7 @@ fn main_identity() -> Identity {
 
 /// This process's identity (made on first use in the main process).
 pub(crate) fn identity() -> Identity {
-    locked().get_or_insert_with(main_identity).clone()
+    Identity::clone(locked().get_or_insert_with(|| Box::new(main_identity())))
 }
 
 /// Whether this process is a daemon (without copying its identity).
@@ -53,22 +55,33 @@ pub(crate) fn is_daemon() -> bool {
 
 /// The key of [`FnRef`](crate::FnRef) tags.
 pub(crate) fn fn_key() -> [u8; 16] {
-    locked().get_or_insert_with(main_identity).fn_key
+    locked().get_or_insert_with(|| Box::new(main_identity())).fn_key
 }
 
-/// Becomes the child described by `identity` (right after a fork, or at a spawned start).
-// Inlined into the Fork child's path, which should run code from as few pages as it can.
-#[inline(always)]
+/// Becomes the child described by `identity` (at a spawned start).
 pub(crate) fn become_child(identity: Identity) {
-    // The identity copied from the parent is not dropped: freeing it in a forked child would
-    // write to heap pages, each write a page copied.
-    std::mem::forget(locked().replace(identity));
-    CHILDREN_STARTED.store(0, Ordering::Relaxed);
+    lock().become_child(Box::new(identity));
 }
 
-/// The lock held across a fork.
-pub(crate) fn lock() -> MutexGuard<'static, Option<Identity>> {
-    locked()
+/// The identity lock, held across a fork.
+pub(crate) fn lock() -> Held {
+    Held(locked())
+}
+
+/// The identity lock, held.
+pub(crate) struct Held(MutexGuard<'static, Option<Box<Identity>>>);
+
+impl Held {
+    /// Becomes the child described by `identity`, and lets the lock go. In a forked child
+    /// (holding the lock the parent took for the fork) this is a few stores, no call: the
+    /// child's path runs code from as few pages as it can, each new page a fault.
+    #[inline(always)]
+    pub(crate) fn become_child(mut self, identity: Box<Identity>) {
+        // The identity copied from the parent is not dropped: freeing it in a forked child
+        // would write to heap pages, each write a page copied.
+        std::mem::forget(self.0.replace(identity));
+        CHILDREN_STARTED.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The identity of a new child of this process.

@@ -188,12 +188,12 @@ impl SlotWriter<'_> {
     /// In the child: writes `outcome` (or, if it cannot be encoded, a transfer error).
     #[inline(always)]
     pub(crate) fn write<R: Serialize>(self, outcome: &Outcome<R>) {
-        // Small values are encoded on the stack (a small buffer, likely on a stack page the
-        // child has written already): a forked child that touches the heap pays
-        // for copying its pages.
-        let mut small = [0u8; 256];
-        match postcard::to_slice(outcome, &mut small) {
-            Ok(value) => self.write_value(value),
+        // Encoded straight into the page, byte by byte: no buffer, no copy, no call into
+        // `memcpy` (each page of code a forked child runs first costs it a fault).
+        let start = self.index as usize * PAGE as usize + HEADER;
+        let page = PageOutput { pages: self.pages, start, at: start, end: start - HEADER + PAGE as usize };
+        match postcard::serialize_with_flavor(outcome, page) {
+            Ok(len) => self.write_header(false, len),
             Err(postcard::Error::SerializeBufferFull) => match postcard::to_stdvec(outcome) {
                 Ok(bytes) if (bytes.len() as u64) < OVERFLOW_SPAN => self.write_value(&bytes),
                 Ok(_) => self.write_failure::<R>("the value is larger than 64 GiB".into()),
@@ -212,20 +212,56 @@ impl SlotWriter<'_> {
 
     /// Writes an encoded value of any size below [`OVERFLOW_SPAN`] (on the page if it fits,
     /// else in the overflow range), then the header that makes it count.
-    #[inline(always)]
     fn write_value(self, value: &[u8]) {
-        let page = self.index as usize * PAGE as usize;
         let overflow = value.len() > PAGE as usize - HEADER;
         let written = if overflow {
             write_at(self.file, value, OVERFLOW_BASE + u64::from(self.index) * OVERFLOW_SPAN)
         } else {
-            self.pages.write(page + HEADER, value)
+            self.pages.write(self.index as usize * PAGE as usize + HEADER, value)
         };
         if written {
-            let mut header = [0u8; HEADER];
-            Header { generation: self.generation, overflow, len: value.len() }.put(&mut header);
-            self.pages.write(page, &header);
+            self.write_header(overflow, value.len());
         }
+    }
+
+    /// Writes the header, last: it makes the value written before it count.
+    #[inline(always)]
+    fn write_header(self, overflow: bool, len: usize) {
+        let mut header = [0u8; HEADER];
+        Header { generation: self.generation, overflow, len }.put(&mut header);
+        self.pages.write(self.index as usize * PAGE as usize, &header);
+    }
+}
+
+/// A postcard output that stores into a slot's page, from `start` up to `end`; its output is
+/// the length written.
+struct PageOutput<'a> {
+    pages: &'a SharedMap,
+    start: usize,
+    at: usize,
+    end: usize,
+}
+
+impl postcard::ser_flavors::Flavor for PageOutput<'_> {
+    type Output = usize;
+
+    #[inline(always)]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if self.at < self.end && self.pages.write_byte(self.at, byte) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(postcard::Error::SerializeBufferFull)
+        }
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        bytes.iter().try_for_each(|&byte| self.try_push(byte))
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.at - self.start)
     }
 }
 
@@ -237,6 +273,7 @@ struct Header {
 }
 
 impl Header {
+    #[inline(always)]
     fn put(&self, out: &mut [u8]) {
         out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         out[4..8].copy_from_slice(&u32::from(self.overflow).to_le_bytes());

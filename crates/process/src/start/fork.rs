@@ -25,6 +25,8 @@ where
     let slot = Slot::take()?;
     crate::registry::prune();
     let parent_pid = Pid::from_raw(crate::global::pid() as i32).expect("a pid is positive");
+    // Boxed here, before the fork: the child then becomes it by storing a pointer.
+    let identity = Box::new(identity);
     let (pid, identity) = {
         // Hold the locks the child will touch that are not per-process (those start afresh
         // in a child: see `global`), so no other thread holds one at the fork; flush stdio
@@ -35,42 +37,48 @@ where
         let mut err = stderr.lock();
         let _ = out.flush();
         let _ = err.flush();
-        let _identity = identity::lock();
+        let held = identity::lock();
         let forked = match fork() {
             Ok(forked) => forked,
             Err(e) => {
-                drop((_identity, out, err));
+                drop((held, out, err));
                 slot.give_back(); // no child was made: the slot is free
                 return Err(e.into());
             }
         };
         match forked {
             Forked::Child => {
-                drop((_identity, out, err));
+                drop(err);
+                drop(out);
+                if identity.daemon {
+                    die_with_parent(parent_pid);
+                }
+                held.become_child(identity);
                 crate::sys::fork::close_copies(close);
-                child(identity, parent_pid, slot.writer(), f)
+                child(&stdout, slot.writer(), f)
             }
-            Forked::Parent(pid) => (pid, identity),
+            Forked::Parent(pid) => {
+                drop((held, out, err));
+                (pid, identity)
+            }
         }
     };
     let state = Arc::new(ChildState::new(pid, identity.name, identity.daemon, exit).with_slot(slot));
     Ok(Process::from_slot(state))
 }
 
-/// The child side: become the child, run `f`, leave the outcome in the slot, exit. Never
-/// returns. Inlined, with what it calls, so the child runs code from few pages: each new
-/// page of code it runs costs it a page fault (a fork does not copy the page tables of code).
+/// The child side, once it has become the child: run `f`, leave the outcome in the slot,
+/// exit. Never returns. Inlined, with what it calls, so the child runs code from few pages:
+/// each new page of code it runs costs it a page fault (a fork does not copy the page tables
+/// of code).
 #[inline(always)]
-fn child<R: Serialize>(identity: Identity, parent: Pid, slot: SlotWriter<'_>, f: impl FnOnce() -> R) -> ! {
-    if identity.daemon {
-        die_with_parent(parent);
-    }
-    identity::become_child(identity);
+fn child<R: Serialize>(stdout: &std::io::Stdout, slot: SlotWriter<'_>, f: impl FnOnce() -> R) -> ! {
     let (outcome, code) = bootstrap::run(f);
     slot.write(&outcome);
-    // Flush what the child itself printed, then leave without running the parent's exit
-    // hooks or destructors of the parent's state.
-    let _ = std::io::stdout().flush();
+    // Flush what the child itself printed (through the handle the parent took, which saves
+    // the child a call), then leave without running the parent's exit hooks or destructors
+    // of the parent's state.
+    let _ = (&mut &*stdout).flush();
     exit_now(code)
 }
 

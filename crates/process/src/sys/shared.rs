@@ -74,6 +74,18 @@ impl SharedMap {
         true
     }
 
+    /// Stores `byte` at `offset`; `false` (nothing written) if that is not inside the map.
+    #[inline(always)]
+    pub(crate) fn write_byte(&self, offset: usize, byte: u8) -> bool {
+        if offset >= self.len {
+            return false;
+        }
+        // SAFETY: `offset` is inside the mapping (checked above), valid for writes for the
+        // life of the process.
+        unsafe { self.base.as_ptr().add(offset).write_volatile(byte) };
+        true
+    }
+
     /// Copies the bytes at `offset` into `out`; `false` (nothing read) if that is not inside
     /// the map.
     pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> bool {
