@@ -107,7 +107,7 @@ pub(crate) fn child_main(conn: Connection<(), Start>) -> ! {
     {
         crate::start::fork::die_with_parent(rustix::process::Pid::from_raw(*parent as i32).expect("a pid"));
     }
-    identity::become_child(start.identity.clone());
+    identity::become_child(Box::new(start.identity.clone()));
     crate::mark_initialized();
     let trampoline = sys::trampoline_at(start.trampoline);
     let code = trampoline((conn.cast(), start.func));

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::bootstrap::Outcome;
 use crate::error::{Error, Result};
 use crate::global::PerProcess;
+use crate::identity::Identity;
 use crate::slot::Slot;
 use crate::status::ExitStatus;
 
@@ -104,8 +105,8 @@ fn ended() -> BorrowedFd<'static> {
 
 pub(crate) struct ChildState {
     pub(crate) pid: Pid,
-    pub(crate) name: String,
-    pub(crate) daemon: bool,
+    /// What the child was started as (its name, whether it is a daemon).
+    pub(crate) identity: Box<Identity>,
     exit: Exit,
     status: Mutex<Option<ExitStatus>>,
     /// Where a `Fork` child leaves its value.
@@ -115,11 +116,10 @@ pub(crate) struct ChildState {
 }
 
 impl ChildState {
-    pub(crate) fn new(pid: Pid, name: String, daemon: bool, exit: Exit) -> ChildState {
+    pub(crate) fn new(pid: Pid, identity: Box<Identity>, exit: Exit) -> ChildState {
         ChildState {
             pid,
-            name,
-            daemon,
+            identity,
             exit,
             status: Mutex::new(None),
             slot: None,
@@ -194,7 +194,7 @@ impl ChildState {
                     Err(mproc_ipc::Error::Closed) => {
                         return Err(Error::ForkServer(format!(
                             "the server died before reporting how {:?} (pid {}) ended",
-                            self.name,
+                            self.identity.name,
                             self.pid_u32()
                         )));
                     }

@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::sys::leaked::Leaked;
 
 /// What a process knows of itself; a child gets it from its parent at start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,15 +19,13 @@ pub(crate) struct Identity {
     pub(crate) parent: Option<(u32, String)>,
 }
 
-/// Held across mproc's forks (so no other thread is inside it then), and so a std `Mutex`: a
-/// parking_lot one, unlocked in the child while a thread of the parent was waiting for it,
-/// may hand itself to that thread, which does not exist there. Boxed, so a forked child
-/// becomes its identity by storing a pointer (no copy, no allocation: see [`Held`]).
-static IDENTITY: Mutex<Option<Box<Identity>>> = Mutex::new(None);
+/// This process's identity. No lock: nothing of it is held across a fork, and a forked child
+/// becomes its identity with one store (see [`Leaked`]).
+static IDENTITY: Leaked<Identity> = Leaked::new();
 
-/// The identity lock; a panic while it was held left nothing half-done worth refusing for.
-fn locked() -> MutexGuard<'static, Option<Box<Identity>>> {
-    IDENTITY.lock().unwrap_or_else(PoisonError::into_inner)
+/// This process's identity (made on first use in the main process).
+fn me() -> &'static Identity {
+    IDENTITY.get_or_init(main_identity)
 }
 
 /// Numbers children's default names: `Process-1`, `Process-2`, ... (`Process-1:1` below a
@@ -45,48 +44,32 @@ fn main_identity() -> Identity {
 
 /// This process's identity (made on first use in the main process).
 pub(crate) fn identity() -> Identity {
-    Identity::clone(locked().get_or_insert_with(|| Box::new(main_identity())))
+    me().clone()
 }
 
 /// Whether this process is a daemon (without copying its identity).
 pub(crate) fn is_daemon() -> bool {
-    locked().as_ref().is_some_and(|me| me.daemon)
+    IDENTITY.get().is_some_and(|me| me.daemon)
 }
 
 /// The key of [`FnRef`](crate::FnRef) tags.
 pub(crate) fn fn_key() -> [u8; 16] {
-    locked().get_or_insert_with(|| Box::new(main_identity())).fn_key
+    me().fn_key
 }
 
-/// Becomes the child described by `identity` (at a spawned start).
-pub(crate) fn become_child(identity: Identity) {
-    lock().become_child(Box::new(identity));
-}
-
-/// The identity lock, held across a fork.
-pub(crate) fn lock() -> Held {
-    Held(locked())
-}
-
-/// The identity lock, held.
-pub(crate) struct Held(MutexGuard<'static, Option<Box<Identity>>>);
-
-impl Held {
-    /// Becomes the child described by `identity`, and lets the lock go. In a forked child
-    /// (holding the lock the parent took for the fork) this is a few stores, no call: the
-    /// child's path runs code from as few pages as it can, each new page a fault.
-    #[inline(always)]
-    pub(crate) fn become_child(mut self, identity: Box<Identity>) {
-        // The identity copied from the parent is not dropped: freeing it in a forked child
-        // would write to heap pages, each write a page copied.
-        std::mem::forget(self.0.replace(identity));
-        CHILDREN_STARTED.store(0, Ordering::Relaxed);
-    }
+/// Becomes the child described by `identity`: at a spawned start, or in a forked child (a
+/// few stores, no call: each page of code a forked child runs first costs it a fault). The
+/// identity the process had before is not dropped: freeing it in a forked child would write
+/// to heap pages, each write a page copied.
+#[inline(always)]
+pub(crate) fn become_child(identity: Box<Identity>) {
+    IDENTITY.set(Box::leak(identity));
+    CHILDREN_STARTED.store(0, Ordering::Relaxed);
 }
 
 /// The identity of a new child of this process.
 pub(crate) fn child_identity(name: Option<String>, daemon: bool) -> Identity {
-    let me = identity();
+    let me = me();
     let n = CHILDREN_STARTED.fetch_add(1, Ordering::Relaxed) + 1;
     let name = name.unwrap_or_else(|| match me.parent {
         None => format!("Process-{n}"),
@@ -97,7 +80,20 @@ pub(crate) fn child_identity(name: Option<String>, daemon: bool) -> Identity {
         daemon,
         authkey: me.authkey,
         fn_key: me.fn_key,
-        parent: Some((crate::global::pid(), me.name)),
+        parent: Some((crate::global::pid(), me.name.clone())),
+    }
+}
+
+/// The identity of a daemon child mproc starts for itself (the fork server), which does not
+/// count among the user's children.
+pub(crate) fn helper_identity(name: &str) -> Identity {
+    let me = me();
+    Identity {
+        name: name.into(),
+        daemon: true,
+        authkey: me.authkey,
+        fn_key: me.fn_key,
+        parent: Some((crate::global::pid(), me.name.clone())),
     }
 }
 

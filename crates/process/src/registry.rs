@@ -138,7 +138,7 @@ fn reap_once<O: Orphan + Clone>(
 /// so none is orphaned silently and none is left a zombie.
 extern "C" fn join_at_exit() {
     let children = CHILDREN.with(Vec::new, std::mem::take);
-    for child in children.iter().filter(|c| c.daemon) {
+    for child in children.iter().filter(|c| c.identity.daemon) {
         let _ = child.signal(Signal::TERM);
     }
     for child in children.iter().filter(|c| !c.is_settled()) {

@@ -1,7 +1,6 @@
 //! `StartMethod::Fork`: the child is a copy of this process and runs a closure.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use rustix::process::{Pid, Signal};
 use serde::Serialize;
@@ -12,7 +11,8 @@ use crate::error::Result;
 use crate::identity::{self, Identity};
 use crate::process::Process;
 use crate::slot::{Slot, SlotWriter};
-use crate::sys::fork::{Forked, exit_now, fork};
+use crate::sys::fork::{Forked, exit_now, fork, single_threaded};
+use crate::sys::leaked::ArcSlot;
 
 /// Forks a child that runs `f` and leaves its value in a [`Slot`].
 /// `close` are the parent's fds the child closes first (`Builder::close_in_child`).
@@ -25,45 +25,44 @@ where
     let slot = Slot::take()?;
     crate::registry::prune();
     let parent_pid = Pid::from_raw(crate::global::pid() as i32).expect("a pid is positive");
-    // Boxed here, before the fork: the child then becomes it by storing a pointer.
+    // Everything the parent allocates is allocated here, before the fork: what it writes
+    // after the fork, while the child runs, lands on pages the child shares, each a page
+    // copied. The identity is boxed, so the child becomes it by storing a pointer.
     let identity = Box::new(identity);
-    let (pid, identity) = {
-        // Hold the locks the child will touch that are not per-process (those start afresh
-        // in a child: see `global`), so no other thread holds one at the fork; flush stdio
-        // first so the child does not print the parent's pending output again.
-        let stdout = std::io::stdout();
-        let stderr = std::io::stderr();
-        let mut out = stdout.lock();
-        let mut err = stderr.lock();
-        let _ = out.flush();
-        let _ = err.flush();
-        let held = identity::lock();
-        let forked = match fork() {
-            Ok(forked) => forked,
-            Err(e) => {
-                drop((held, out, err));
-                slot.give_back(); // no child was made: the slot is free
-                return Err(e.into());
+    let state = ArcSlot::<ChildState>::new();
+    // Flush stdio first so the child does not print the parent's pending output again. If
+    // other threads run, hold the stdio locks across the fork, so none of them holds one
+    // then (the child could never print). mproc's own per-process state needs no lock held:
+    // a child starts it afresh (see `global`).
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let mut out = stdout.lock();
+    let _ = out.flush();
+    let held = if single_threaded() {
+        drop(out);
+        None
+    } else {
+        Some((out, stderr.lock()))
+    };
+    let forked = fork();
+    let pid = match forked {
+        Ok(Forked::Child) => {
+            drop(held);
+            if identity.daemon {
+                die_with_parent(parent_pid);
             }
-        };
-        match forked {
-            Forked::Child => {
-                drop(err);
-                drop(out);
-                if identity.daemon {
-                    die_with_parent(parent_pid);
-                }
-                held.become_child(identity);
-                crate::sys::fork::close_copies(close);
-                child(&stdout, slot.writer(), f)
-            }
-            Forked::Parent(pid) => {
-                drop((held, out, err));
-                (pid, identity)
-            }
+            identity::become_child(identity);
+            crate::sys::fork::close_copies(close);
+            child(&stdout, slot.writer(), f)
+        }
+        Ok(Forked::Parent(pid)) => pid,
+        Err(e) => {
+            slot.give_back(); // no child was made: the slot is free
+            return Err(e.into());
         }
     };
-    let state = Arc::new(ChildState::new(pid, identity.name, identity.daemon, exit).with_slot(slot));
+    drop(held);
+    let state = state.fill(ChildState::new(pid, identity, exit).with_slot(slot));
     Ok(Process::from_slot(state))
 }
 

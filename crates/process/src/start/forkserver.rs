@@ -60,7 +60,7 @@ where
     send_request(&request)?;
     drop(request);
     // What to run goes straight into the child's connection, while the server forks.
-    let (name, daemon) = (identity.name.clone(), identity.daemon);
+    let started_as = Box::new(identity.clone());
     let (conn, sent) = send_start(parent_end, identity, false, f, args);
     let (pid, pidfd) = match reports.recv_timeout(ANSWER_TIMEOUT) {
         Ok(Report::Started { pid, pidfd }) => (pid, OwnedFd::from(pidfd)),
@@ -70,7 +70,7 @@ where
     };
     let pid = Pid::from_raw(pid as i32).ok_or_else(|| Error::ForkServer("pid 0".into()))?;
     let exit = Exit::Server { pidfd, reports: Box::new(reports) };
-    let state = Arc::new(ChildState::new(pid, name, daemon, exit));
+    let state = Arc::new(ChildState::new(pid, started_as, exit));
     finish_start(state, conn, sent)
 }
 
@@ -108,7 +108,8 @@ fn start_server() -> Result<Connection<Request, ()>> {
     drop(theirs);
     // The server is our child too: reap it whenever it ends.
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
-    let state = Arc::new(ChildState::new(pid, "ForkServer".into(), true, Exit::own_with(pidfd)));
+    let server = Box::new(crate::identity::helper_identity("ForkServer"));
+    let state = Arc::new(ChildState::new(pid, server, Exit::own_with(pidfd)));
     crate::registry::adopt(state);
     Ok(ours)
 }

@@ -35,8 +35,8 @@ where
     let pid = sys::spawn::spawn_self(&crate::child_args(), &env, &BOOTSTRAP_VARS, child_end.as_fd())?;
     drop(child_end);
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
-    let state = Arc::new(ChildState::new(pid, identity.name.clone(), identity.daemon, Exit::own_with(pidfd)));
     let daemon = identity.daemon;
+    let state = Arc::new(ChildState::new(pid, Box::new(identity.clone()), Exit::own_with(pidfd)));
     let (conn, sent) = send_start(parent_end, identity, daemon, f, args);
     finish_start(state, conn, sent)
 }

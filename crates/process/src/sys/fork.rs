@@ -17,7 +17,7 @@ pub(crate) enum Forked {
 /// Only the calling thread exists in the child. So the child must not take a lock another
 /// thread may have held at the moment of the fork (its owner is gone and never releases it),
 /// nor rely on the state of other threads' data: a lock held across `fork` by *this* thread is
-/// fine, which is why the callers lock stdout, stderr and mproc's own registries around it.
+/// fine, which is why the callers lock stdout and stderr around it when other threads run.
 /// glibc keeps `malloc` usable in the child. The child must end in [`exit_now`], never by
 /// returning into code that thinks it is the parent.
 #[inline]
@@ -29,6 +29,25 @@ pub(crate) fn fork() -> io::Result<Forked> {
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent(Pid::from_raw(pid).expect("fork returns a positive pid"))),
     }
+}
+
+/// Whether the calling thread is the only one in this process: glibc's
+/// `__libc_single_threaded`, found at run time so that mproc links with other C libraries too
+/// (there the answer is "maybe not"). Then no other thread can hold a lock at a fork.
+pub(crate) fn single_threaded() -> bool {
+    static FLAG: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let addr = *FLAG.get_or_init(|| {
+        // SAFETY: dlsym with a NUL-terminated name; it only looks the symbol up.
+        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__libc_single_threaded".as_ptr()) as usize }
+    });
+    if addr == 0 {
+        return false;
+    }
+    // SAFETY: `addr` is glibc's `char __libc_single_threaded`, which lives as long as the
+    // process and which glibc documents for applications to read; an `AtomicU8` has the
+    // layout of a `char`, and reading it atomically races with no write.
+    let flag = unsafe { &*(addr as *const std::sync::atomic::AtomicU8) };
+    flag.load(std::sync::atomic::Ordering::Relaxed) != 0
 }
 
 /// Ends this process at once with `code`: no destructors, no `atexit` hooks, no flushing of

@@ -6,9 +6,12 @@
 //! - [`at_exit`]: `atexit(3)`, so children are joined when the program ends.
 //! - [`wiped`]: per-process state, on a page every forked child finds zeroed.
 //! - [`shared`]: a shared mapping of a file, where `Fork` children leave their values.
+//! - [`leaked`]: a `&'static T` one store replaces, for what a forked child changes; an `Arc`
+//!   allocated before a fork and filled after it.
 #![allow(unsafe_code)]
 
 pub(crate) mod fork;
+pub(crate) mod leaked;
 pub(crate) mod shared;
 pub(crate) mod spawn;
 pub(crate) mod wiped;
