@@ -190,10 +190,11 @@ impl SlotWriter<'_> {
     pub(crate) fn write<R: Serialize>(self, outcome: &Outcome<R>) {
         // Encoded straight into the page, byte by byte: no buffer, no copy, no call into
         // `memcpy` (each page of code a forked child runs first costs it a fault).
-        let start = self.index as usize * PAGE as usize + HEADER;
-        let page = PageOutput { pages: self.pages, start, at: start, end: start - HEADER + PAGE as usize };
-        match postcard::serialize_with_flavor(outcome, page) {
-            Ok(len) => self.write_header(false, len),
+        let page = PageOutput { pages: self.pages, page: self.index as usize * PAGE as usize, len: 0 };
+        // `postcard::serialize_with_flavor`, spelt out so that it is inlined too.
+        let mut encoder = postcard::Serializer { output: page };
+        match outcome.serialize(&mut encoder) {
+            Ok(()) => self.write_header(false, encoder.output.len),
             Err(postcard::Error::SerializeBufferFull) => match postcard::to_stdvec(outcome) {
                 Ok(bytes) if (bytes.len() as u64) < OVERFLOW_SPAN => self.write_value(&bytes),
                 Ok(_) => self.write_failure::<R>("the value is larger than 64 GiB".into()),
@@ -233,13 +234,12 @@ impl SlotWriter<'_> {
     }
 }
 
-/// A postcard output that stores into a slot's page, from `start` up to `end`; its output is
-/// the length written.
+/// A postcard output that stores into the slot's page at `page` (after the header); its
+/// output is the length written.
 struct PageOutput<'a> {
     pages: &'a SharedMap,
-    start: usize,
-    at: usize,
-    end: usize,
+    page: usize,
+    len: usize,
 }
 
 impl postcard::ser_flavors::Flavor for PageOutput<'_> {
@@ -247,8 +247,8 @@ impl postcard::ser_flavors::Flavor for PageOutput<'_> {
 
     #[inline(always)]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        if self.at < self.end && self.pages.write_byte(self.at, byte) {
-            self.at += 1;
+        if self.len < PAGE as usize - HEADER && self.pages.write_byte(self.page + HEADER + self.len, byte) {
+            self.len += 1;
             Ok(())
         } else {
             Err(postcard::Error::SerializeBufferFull)
@@ -261,7 +261,7 @@ impl postcard::ser_flavors::Flavor for PageOutput<'_> {
     }
 
     fn finalize(self) -> postcard::Result<usize> {
-        Ok(self.at - self.start)
+        Ok(self.len)
     }
 }
 

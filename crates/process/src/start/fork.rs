@@ -30,6 +30,7 @@ where
     // copied. The identity is boxed, so the child becomes it by storing a pointer.
     let identity = Box::new(identity);
     let state = ArcSlot::<ChildState>::new();
+    let writer = slot.writer();
     // Flush stdio first so the child does not print the parent's pending output again. If
     // other threads run, hold the stdio locks across the fork, so none of them holds one
     // then (the child could never print). mproc's own per-process state needs no lock held:
@@ -47,13 +48,15 @@ where
     let forked = fork();
     let pid = match forked {
         Ok(Forked::Child) => {
-            drop(held);
+            if let Some(locks) = held {
+                drop(locks);
+            }
             if identity.daemon {
                 die_with_parent(parent_pid);
             }
             identity::become_child(identity);
             crate::sys::fork::close_copies(close);
-            child(&stdout, slot.writer(), f)
+            child(&stdout, writer, f)
         }
         Ok(Forked::Parent(pid)) => pid,
         Err(e) => {
