@@ -2,6 +2,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Instant;
 
 use mproc_ipc::{Connection, Waitable};
@@ -104,27 +105,63 @@ fn ended() -> BorrowedFd<'static> {
 }
 
 pub(crate) struct ChildState {
-    pub(crate) pid: Pid,
-    /// What the child was started as (its name, whether it is a daemon).
-    pub(crate) identity: Box<Identity>,
+    /// The child's pid; 0 until it is started (a `Fork` child's state is made, and listed,
+    /// before the fork: see [`unstarted`](Self::unstarted)).
+    pid: AtomicI32,
+    /// What the child was started as (its name, whether it is a daemon); set with the pid.
+    identity: OnceLock<Box<Identity>>,
     exit: Exit,
     status: Mutex<Option<ExitStatus>>,
     /// Where a `Fork` child leaves its value.
     slot: Option<Mutex<Slot>>,
-    /// Joined, and another process (the fork server) reaps it: nothing left to track here.
-    let_go: std::sync::atomic::AtomicBool,
+    /// Joined, and another process (the fork server) reaps it, or never started: nothing
+    /// left to track here.
+    let_go: AtomicBool,
 }
 
 impl ChildState {
     pub(crate) fn new(pid: Pid, identity: Box<Identity>, exit: Exit) -> ChildState {
+        let state = ChildState::unstarted(exit);
+        state.started(pid, identity);
+        state
+    }
+
+    /// The state of a child about to be forked: made (and listed) before the fork, so that
+    /// the parent writes as little as it can after it (each page it writes then, while the
+    /// child runs, is a copy). Until [`started`](Self::started) it counts as running and
+    /// nothing waits for it or signals it.
+    pub(crate) fn unstarted(exit: Exit) -> ChildState {
         ChildState {
-            pid,
-            identity,
+            pid: AtomicI32::new(0),
+            identity: OnceLock::new(),
             exit,
             status: Mutex::new(None),
             slot: None,
-            let_go: std::sync::atomic::AtomicBool::new(false),
+            let_go: AtomicBool::new(false),
         }
+    }
+
+    /// The child was started as `pid`, with `identity` (kept here: freeing it right after a
+    /// fork would write to pages the child shares).
+    pub(crate) fn started(&self, pid: Pid, identity: Box<Identity>) {
+        let _ = self.identity.set(identity);
+        self.pid.store(pid.as_raw_nonzero().get(), Ordering::Release);
+    }
+
+    /// What the child was started as. Only asked of started children (the registry lists
+    /// no other).
+    pub(crate) fn identity(&self) -> &Identity {
+        self.identity.get().expect("the identity of a child not started yet")
+    }
+
+    /// The child could not be started: nothing to track (and its slot is free again).
+    pub(crate) fn never_started(&self) {
+        self.let_go.store(true, Ordering::Release);
+    }
+
+    /// The child's pid, once started.
+    pub(crate) fn pid(&self) -> Option<Pid> {
+        Pid::from_raw(self.pid.load(Ordering::Acquire))
     }
 
     /// The state of a child that leaves its value in `slot`.
@@ -142,8 +179,9 @@ impl ChildState {
         }
     }
 
+    /// The child's pid (0 before it is started).
     pub(crate) fn pid_u32(&self) -> u32 {
-        self.pid.as_raw_nonzero().get() as u32
+        self.pid.load(Ordering::Acquire) as u32
     }
 
     /// Readable when the child has ended (Python's `sentinel`).
@@ -160,9 +198,9 @@ impl ChildState {
     /// (for a process out of fds: a busy wait, not a hang).
     fn open_pidfd(&self) -> Watch {
         let status = self.status.lock();
-        let opened = match *status {
-            None => rustix::process::pidfd_open(self.pid, rustix::process::PidfdFlags::empty()).ok(),
-            Some(_) => None,
+        let opened = match (*status, self.pid()) {
+            (None, Some(pid)) => rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok(),
+            _ => None,
         };
         drop(status);
         opened.map_or_else(|| Watch::Ended(ended()), Watch::Pidfd)
@@ -184,8 +222,9 @@ impl ChildState {
         if status.is_none() {
             *status = match &self.exit {
                 Exit::Own { .. } => {
+                    let Some(pid) = self.pid() else { return Ok(None) };
                     let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
-                    rustix::process::waitid(WaitId::Pid(self.pid), options)?.map(ExitStatus::from_waitid)
+                    rustix::process::waitid(WaitId::Pid(pid), options)?.map(ExitStatus::from_waitid)
                 }
                 Exit::Server { reports, .. } => match reports.try_recv() {
                     Ok(Some(Report::Exited(s))) => Some(s),
@@ -194,7 +233,7 @@ impl ChildState {
                     Err(mproc_ipc::Error::Closed) => {
                         return Err(Error::ForkServer(format!(
                             "the server died before reporting how {:?} (pid {}) ended",
-                            self.identity.name,
+                            self.identity().name,
                             self.pid_u32()
                         )));
                     }
@@ -241,12 +280,13 @@ impl ChildState {
     /// [`try_status`](Self::try_status) reaps, under the status lock). Returns at once if it
     /// was reaped already: `waitid` then has no such child to wait for.
     fn wait_exit(&self) -> Result<()> {
+        let Some(pid) = self.pid() else { return Ok(()) };
         if self.status.lock().is_some() {
             return Ok(());
         }
         loop {
             let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
-            match rustix::process::waitid(WaitId::Pid(self.pid), options) {
+            match rustix::process::waitid(WaitId::Pid(pid), options) {
                 Ok(_) | Err(rustix::io::Errno::CHILD) => return Ok(()),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
@@ -260,14 +300,14 @@ impl ChildState {
     pub(crate) fn let_go(&self) -> bool {
         let elsewhere = matches!(self.exit, Exit::Server { .. });
         if elsewhere {
-            self.let_go.store(true, std::sync::atomic::Ordering::Release);
+            self.let_go.store(true, Ordering::Release);
         }
         elsewhere
     }
 
     /// Whether mproc is done with the child: reaped, or let go.
     pub(crate) fn is_settled(&self) -> bool {
-        self.let_go.load(std::sync::atomic::Ordering::Acquire) || self.is_done()
+        self.let_go.load(Ordering::Acquire) || self.is_done()
     }
 
     /// Whether the child has ended and been reaped.
@@ -284,7 +324,10 @@ impl ChildState {
             return Ok(());
         }
         let sent = match &self.exit {
-            Exit::Own { .. } => rustix::process::kill_process(self.pid, signal),
+            Exit::Own { .. } => match self.pid() {
+                Some(pid) => rustix::process::kill_process(pid, signal),
+                None => Ok(()),
+            },
             Exit::Server { pidfd, .. } => {
                 drop(status);
                 rustix::process::pidfd_send_signal(pidfd, signal)
@@ -299,8 +342,9 @@ impl ChildState {
 
 impl Drop for ChildState {
     fn drop(&mut self) {
-        // A reaped child writes nothing more: its slot may serve the next one.
-        if self.status.get_mut().is_some()
+        // A reaped child writes nothing more, and one never started wrote nothing: its slot
+        // may serve the next one.
+        if (self.status.get_mut().is_some() || *self.pid.get_mut() == 0)
             && let Some(slot) = self.slot.take()
         {
             slot.into_inner().give_back();

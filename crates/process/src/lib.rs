@@ -145,7 +145,7 @@ pub fn getpid() -> u32 {
 pub fn active_children() -> Vec<ChildInfo> {
     registry::active()
         .iter()
-        .map(|c| ChildInfo { pid: c.pid_u32(), name: c.identity.name.clone(), daemon: c.identity.daemon })
+        .map(|c| ChildInfo { pid: c.pid_u32(), name: c.identity().name.clone(), daemon: c.identity().daemon })
         .collect()
 }
 

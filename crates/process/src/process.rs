@@ -43,10 +43,9 @@ impl<R> Process<R> {
         Process { state, result: Some(Source::Connection(result)) }
     }
 
-    /// A child that leaves its value in the slot of `state`, started after a
-    /// [`registry::prune`].
+    /// A child that leaves its value in the slot of `state`, listed already (before its
+    /// fork).
     pub(crate) fn from_slot(state: Arc<ChildState>) -> Self {
-        registry::push(Arc::clone(&state));
         Process { state, result: Some(Source::Slot) }
     }
 
@@ -57,12 +56,12 @@ impl<R> Process<R> {
 
     /// The child's name (given at start, or `Process-N`).
     pub fn name(&self) -> &str {
-        &self.state.identity.name
+        &self.state.identity().name
     }
 
     /// Whether the child is a daemon.
     pub fn daemon(&self) -> bool {
-        self.state.identity.daemon
+        self.state.identity().daemon
     }
 
     /// Whether the child is still running (reaping it if it has ended).
@@ -160,7 +159,7 @@ impl<R: DeserializeOwned> Process<R> {
 
     fn outcome(&self, outcome: Option<Outcome<R>>, status: Option<ExitStatus>) -> Result<R> {
         // Only errors name the child: a value comes back without a copy of the name.
-        let (name, pid) = (|| self.state.identity.name.clone(), self.pid());
+        let (name, pid) = (|| self.state.identity().name.clone(), self.pid());
         match (outcome, status) {
             (Some(Outcome::Value(value)), _) => Ok(value),
             (Some(Outcome::Panicked(message)), _) => Err(Error::Panicked { name: name(), pid, message }),
@@ -196,7 +195,7 @@ fn receive_outcome<R: DeserializeOwned>(
         Err(mproc_ipc::Error::Timeout) if ready.contains(&1) => Ok(None),
         Err(mproc_ipc::Error::Timeout) => Err(Error::Timeout),
         Err(mproc_ipc::Error::Decode(e)) => Err(Error::Transfer {
-            name: state.identity.name.clone(),
+            name: state.identity().name.clone(),
             message: format!("cannot decode the value sent back: {e}"),
         }),
         Err(e) => Err(e.into()),
@@ -214,9 +213,9 @@ impl<R> Drop for Process<R> {
 impl<R> fmt::Debug for Process<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Process")
-            .field("name", &self.state.identity.name)
+            .field("name", &self.state.identity().name)
             .field("pid", &self.pid())
-            .field("daemon", &self.state.identity.daemon)
+            .field("daemon", &self.state.identity().daemon)
             .field("exitcode", &self.exitcode())
             .finish()
     }

@@ -21,8 +21,7 @@ struct Reaper {
 }
 
 /// Forgets the children mproc is done with (freeing their state), and makes room for one
-/// more. The Fork start calls it before forking: what it writes would otherwise be written
-/// after the fork, each page a copy while the child runs.
+/// more.
 pub(crate) fn prune() {
     CHILDREN.with(Vec::new, |children| {
         children.retain(|c| !c.is_settled());
@@ -36,18 +35,20 @@ pub(crate) fn add(child: Arc<ChildState>) {
     push(child);
 }
 
-/// Records a new child, the list just pruned (by [`prune`], before a fork).
+/// Records a new child (a `Fork` child before it is forked), the list just pruned (by
+/// [`prune`]).
 pub(crate) fn push(child: Arc<ChildState>) {
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| crate::sys::at_exit(join_at_exit));
     CHILDREN.with(Vec::new, |children| children.push(child));
 }
 
-/// The children that still run (those that ended are reaped on the way, as in Python).
+/// The children that still run (those that ended are reaped on the way, as in Python); a
+/// child being forked by another thread right now is not listed yet.
 pub(crate) fn active() -> Vec<Arc<ChildState>> {
     CHILDREN.with(Vec::new, |children| {
         children.retain(|c| !c.is_settled() && !matches!(c.try_status(), Ok(Some(_))));
-        children.clone()
+        children.iter().filter(|c| c.pid().is_some()).cloned().collect()
     })
 }
 
@@ -138,10 +139,11 @@ fn reap_once<O: Orphan + Clone>(
 /// so none is orphaned silently and none is left a zombie.
 extern "C" fn join_at_exit() {
     let children = CHILDREN.with(Vec::new, std::mem::take);
-    for child in children.iter().filter(|c| c.identity.daemon) {
+    for child in children.iter().filter(|c| c.pid().is_some() && c.identity().daemon) {
         let _ = child.signal(Signal::TERM);
     }
-    for child in children.iter().filter(|c| !c.is_settled()) {
+    // (A child another thread is forking right now has no pid yet: nothing to wait for.)
+    for child in children.iter().filter(|c| !c.is_settled() && c.pid().is_some()) {
         let _ = child.wait_status(None, false);
     }
 }

@@ -46,10 +46,11 @@ const OVERFLOW_BASE: u64 = 1 << 40;
 const OVERFLOW_SPAN: u64 = 1 << 36;
 const _: () = assert!(OVERFLOW_BASE + MAX_SLOTS as u64 * OVERFLOW_SPAN <= i64::MAX as u64);
 
-/// This process's slots: the memfd, its pages mapped, and the indexes not in use.
+/// This process's slots: the memfd, its pages mapped (both kept for the life of the process),
+/// and the indexes not in use.
 struct Slots {
-    file: Arc<OwnedFd>,
-    pages: Arc<SharedMap>,
+    file: &'static OwnedFd,
+    pages: &'static SharedMap,
     free: Vec<(u32, u64)>,
     next: u32,
 }
@@ -62,8 +63,8 @@ static POOL: PerProcess<Option<Pool>> = PerProcess::new();
 /// One child's slot, held by the parent.
 pub(crate) struct Slot {
     pool: Pool,
-    file: Arc<OwnedFd>,
-    pages: Arc<SharedMap>,
+    file: &'static OwnedFd,
+    pages: &'static SharedMap,
     index: u32,
     generation: u64,
 }
@@ -87,8 +88,8 @@ impl Slot {
                 let file = rustix::fs::memfd_create("mproc-results", MemfdFlags::CLOEXEC)?;
                 let len = u64::from(MAX_SLOTS) * PAGE;
                 rustix::fs::ftruncate(&file, len)?; // sparse: pages come as slots are used
-                let pages = Arc::new(SharedMap::map(&file, len as usize)?);
-                let fresh = Slots { file: Arc::new(file), pages, free: Vec::new(), next: 0 };
+                let pages = Box::leak(Box::new(SharedMap::map(&file, len as usize)?));
+                let fresh = Slots { file: Box::leak(Box::new(file)), pages, free: Vec::new(), next: 0 };
                 POOL.with(|| None, |pool| Arc::clone(pool.get_or_insert(Arc::new(Mutex::new(fresh)))))
             }
         };
@@ -101,14 +102,14 @@ impl Slot {
             }
             None => return Err(Error::Io(std::io::Error::other("too many forked children at once"))),
         };
-        let (file, pages) = (Arc::clone(&slots.file), Arc::clone(&slots.pages));
+        let (file, pages) = (slots.file, slots.pages);
         drop(slots);
         Ok(Slot { pool, file, pages, index, generation })
     }
 
     /// The child's side of this slot.
-    pub(crate) fn writer(&self) -> SlotWriter<'_> {
-        SlotWriter { file: &self.file, pages: &self.pages, index: self.index, generation: self.generation }
+    pub(crate) fn writer(&self) -> SlotWriter<'static> {
+        SlotWriter { file: self.file, pages: self.pages, index: self.index, generation: self.generation }
     }
 
     /// The value the child left, once it has ended; `None` if it left none (it died first,
@@ -129,14 +130,14 @@ impl Slot {
         let value: &[u8] = if header.overflow {
             // The length comes from the child: believe it only as far as the file goes (a
             // header garbled by a stray write must not make this allocate gigabytes).
-            let size = rustix::fs::fstat(&*self.file)?.st_size as u64;
+            let size = rustix::fs::fstat(self.file)?.st_size as u64;
             if self.overflow_offset() + header.len as u64 > size {
                 return Ok(None);
             }
             large.resize(header.len, 0);
-            let n = read_at(&self.file, &mut large, self.overflow_offset())?;
+            let n = read_at(self.file, &mut large, self.overflow_offset())?;
             let hole = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-            let _ = rustix::fs::fallocate(&*self.file, hole, self.overflow_offset(), header.len as u64);
+            let _ = rustix::fs::fallocate(self.file, hole, self.overflow_offset(), header.len as u64);
             if n < header.len {
                 return Ok(None);
             }
@@ -375,7 +376,7 @@ mod tests {
     #[test]
     fn a_page_value_longer_than_the_page_or_of_another_generation_is_no_value() {
         let mut slot = Slot::take().unwrap();
-        let (pages, at, generation) = (Arc::clone(&slot.pages), slot.page_offset(), slot.generation);
+        let (pages, at, generation) = (slot.pages, slot.page_offset(), slot.generation);
         let header = |generation, len| {
             let mut page = [0u8; HEADER];
             Header { generation, overflow: false, len }.put(&mut page);

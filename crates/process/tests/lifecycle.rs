@@ -267,3 +267,29 @@ fn a_join_returns_the_value_while_another_thread_reaps() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     reaper.join().unwrap();
 }
+
+/// A `Fork` child's state is listed before its fork: `active_children` called meanwhile from
+/// another thread never lists one that has no pid yet, nor fails.
+#[test]
+fn active_children_while_another_thread_forks_lists_only_started_children() {
+    mproc_init();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut seen = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for child in mproc_process::active_children() {
+                    assert_ne!(child.pid, 0, "a child listed before it was started: {child:?}");
+                    seen += 1;
+                }
+            }
+            seen
+        })
+    };
+    for n in 0..200u32 {
+        assert_eq!(Process::spawn(move || n).unwrap().join().unwrap(), n);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+}

@@ -1,6 +1,7 @@
 //! `StartMethod::Fork`: the child is a copy of this process and runs a closure.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use rustix::process::{Pid, Signal};
 use serde::Serialize;
@@ -12,7 +13,6 @@ use crate::identity::{self, Identity};
 use crate::process::Process;
 use crate::slot::{Slot, SlotWriter};
 use crate::sys::fork::{Forked, exit_now, fork, single_threaded};
-use crate::sys::leaked::ArcSlot;
 
 /// Forks a child that runs `f` and leaves its value in a [`Slot`].
 /// `close` are the parent's fds the child closes first (`Builder::close_in_child`).
@@ -21,16 +21,17 @@ where
     F: FnOnce() -> R,
     R: Serialize,
 {
+    // Everything the parent writes, it writes here, before the fork: what it writes after the
+    // fork, while the child runs, lands on pages the child shares, each a page copied. So the
+    // child's state is made and listed now, and only its pid is stored afterwards. The
+    // identity is boxed, so the child becomes it by storing a pointer.
     let exit = Exit::own()?;
     let slot = Slot::take()?;
-    crate::registry::prune();
-    let parent_pid = Pid::from_raw(crate::global::pid() as i32).expect("a pid is positive");
-    // Everything the parent allocates is allocated here, before the fork: what it writes
-    // after the fork, while the child runs, lands on pages the child shares, each a page
-    // copied. The identity is boxed, so the child becomes it by storing a pointer.
-    let identity = Box::new(identity);
-    let state = ArcSlot::<ChildState>::new();
     let writer = slot.writer();
+    let parent_pid = Pid::from_raw(crate::global::pid() as i32).expect("a pid is positive");
+    let identity = Box::new(identity);
+    let state = Arc::new(ChildState::unstarted(exit).with_slot(slot));
+    crate::registry::add(Arc::clone(&state));
     // Flush stdio first so the child does not print the parent's pending output again. If
     // other threads run, hold the stdio locks across the fork, so none of them holds one
     // then (the child could never print). mproc's own per-process state needs no lock held:
@@ -45,8 +46,7 @@ where
     } else {
         Some((out, stderr.lock()))
     };
-    let forked = fork();
-    let pid = match forked {
+    match fork() {
         Ok(Forked::Child) => {
             if let Some(locks) = held {
                 drop(locks);
@@ -58,15 +58,17 @@ where
             crate::sys::fork::close_copies(close);
             child(&stdout, writer, f)
         }
-        Ok(Forked::Parent(pid)) => pid,
-        Err(e) => {
-            slot.give_back(); // no child was made: the slot is free
-            return Err(e.into());
+        Ok(Forked::Parent(pid)) => {
+            drop(held);
+            state.started(pid, identity);
+            Ok(Process::from_slot(state))
         }
-    };
-    drop(held);
-    let state = state.fill(ChildState::new(pid, identity, exit).with_slot(slot));
-    Ok(Process::from_slot(state))
+        Err(e) => {
+            drop(held);
+            state.never_started();
+            Err(e.into())
+        }
+    }
 }
 
 /// The child side, once it has become the child: run `f`, leave the outcome in the slot,

@@ -1,5 +1,5 @@
 //! [`Leaked`]: a `&'static T` one store replaces, for state a forked child must be able to
-//! change without a lock; [`ArcSlot`]: an `Arc` allocated before a fork, filled after it.
+//! change without a lock.
 //!
 //! A lock held across a fork costs the parent a page copy when it lets go (its page is shared
 //! copy-on-write with the child just made), and a lock another thread held at the fork never
@@ -52,24 +52,5 @@ impl<T> Leaked<T> {
     #[inline(always)]
     pub(crate) fn set(&self, value: &'static T) {
         self.value.store(ptr::from_ref(value).cast_mut(), Ordering::Release);
-    }
-}
-
-/// An `Arc<T>`'s memory, allocated now and filled later: for a value that can only be made
-/// after a fork, allocated before it (the allocator's own writes after a fork land on pages
-/// the child shares, each a page copy).
-pub(crate) struct ArcSlot<T>(std::sync::Arc<std::mem::MaybeUninit<T>>);
-
-impl<T> ArcSlot<T> {
-    pub(crate) fn new() -> Self {
-        ArcSlot(std::sync::Arc::new_uninit())
-    }
-
-    /// The `Arc` holding `value`.
-    #[inline(always)]
-    pub(crate) fn fill(mut self, value: T) -> std::sync::Arc<T> {
-        std::sync::Arc::get_mut(&mut self.0).expect("an ArcSlot is never shared").write(value);
-        // SAFETY: the value was written just above.
-        unsafe { self.0.assume_init() }
     }
 }

@@ -6,8 +6,7 @@
 //! - [`at_exit`]: `atexit(3)`, so children are joined when the program ends.
 //! - [`wiped`]: per-process state, on a page every forked child finds zeroed.
 //! - [`shared`]: a shared mapping of a file, where `Fork` children leave their values.
-//! - [`leaked`]: a `&'static T` one store replaces, for what a forked child changes; an `Arc`
-//!   allocated before a fork and filled after it.
+//! - [`leaked`]: a `&'static T` one store replaces, for what a forked child changes.
 #![allow(unsafe_code)]
 
 pub(crate) mod fork;
