@@ -263,6 +263,12 @@ pub mod __private {
         }
     }
 
+    /// Whether mproc sees this process as single-threaded (so a Fork start holds no lock
+    /// across the fork): for the test of that path.
+    pub fn single_threaded() -> bool {
+        crate::sys::fork::single_threaded()
+    }
+
     /// Forgets `init()` in this process: for tests of the error a program without it gets.
     pub fn forget_init() {
         super::INITIALIZED.store(false, std::sync::atomic::Ordering::Release);
