@@ -2,8 +2,8 @@
 //!
 //! A child that sent its value on a socket would wake its parent twice (the value, then the
 //! exit), and a socket per child costs a `socketpair`. Instead the parent gives each forked
-//! child a slot, a 4 KiB page at `index * 4096` in a memfd the parent creates and maps shared
-//! once ([`SharedMap`]): the child, which inherits the mapping, stores its [`Outcome`] there
+//! child a slot, a 4 KiB page of a memfd the parent creates and maps shared in chunks
+//! ([`SharedMap`]): the child, which inherits the mapping, stores its [`Outcome`] there
 //! and exits, and the parent, woken once by the exit, copies it out. No system call on either
 //! side for a value that fits the page. A bigger one goes to the slot's overflow range far
 //! out in the (sparse) file, with `pwrite`, and its pages are freed once read. Slots are
@@ -31,12 +31,13 @@ use serde::de::DeserializeOwned;
 use crate::bootstrap::Outcome;
 use crate::error::{Error, Result};
 use crate::global::PerProcess;
-use crate::sys::shared::SharedMap;
+use crate::sys::shared::{CHUNK, SharedMap};
 
 /// The bytes of one slot's page.
 const PAGE: u64 = 4096;
-/// The most slots, and so the most `Fork` children running at once: their pages are mapped
-/// together (1 GiB of address space, allocated only as slots are used).
+/// The most slots, and so the most `Fork` children running at once. Their pages are mapped in
+/// chunks of 2 MiB of address space (511 slots each with 4 KiB pages: see [`SharedMap`]), as
+/// slots are first used.
 const MAX_SLOTS: u32 = 1 << 18;
 const HEADER: usize = 24;
 const MAGIC: u32 = u32::from_le_bytes(*b"mpRs");
@@ -46,13 +47,28 @@ const OVERFLOW_BASE: u64 = 1 << 40;
 const OVERFLOW_SPAN: u64 = 1 << 36;
 const _: () = assert!(OVERFLOW_BASE + MAX_SLOTS as u64 * OVERFLOW_SPAN <= i64::MAX as u64);
 
-/// This process's slots: the memfd, its pages mapped (both kept for the life of the process),
-/// and the indexes not in use.
+/// This process's slots: the memfd, the chunks of it mapped (both kept for the life of the
+/// process), and the indexes not in use.
 struct Slots {
     file: &'static OwnedFd,
-    pages: &'static SharedMap,
+    chunks: Vec<&'static SharedMap>,
     free: Vec<(u32, u64)>,
     next: u32,
+}
+
+impl Slots {
+    /// The chunk slot `index` is in, mapped first if it is the next one; its page's offset in
+    /// the chunk.
+    fn place(&mut self, index: u32) -> Result<(&'static SharedMap, usize)> {
+        let first = crate::sys::page_size();
+        let per_chunk = (CHUNK - first) / PAGE as usize;
+        let (chunk, at) = (index as usize / per_chunk, index as usize % per_chunk);
+        while self.chunks.len() <= chunk {
+            let offset = (self.chunks.len() * CHUNK) as u64;
+            self.chunks.push(Box::leak(Box::new(SharedMap::map_chunk(self.file, offset)?)));
+        }
+        Ok((self.chunks[chunk], first + at * PAGE as usize))
+    }
 }
 
 /// Shared by the slots handed out, which come back to it when their child is reaped.
@@ -64,7 +80,9 @@ static POOL: PerProcess<Option<Pool>> = PerProcess::new();
 pub(crate) struct Slot {
     pool: Pool,
     file: &'static OwnedFd,
+    /// The chunk its page is in, and where.
     pages: &'static SharedMap,
+    page: usize,
     index: u32,
     generation: u64,
 }
@@ -74,6 +92,7 @@ pub(crate) struct Slot {
 pub(crate) struct SlotWriter<'a> {
     file: &'a OwnedFd,
     pages: &'a SharedMap,
+    page: usize,
     index: u32,
     generation: u64,
 }
@@ -86,10 +105,11 @@ impl Slot {
             Some(pool) => pool,
             None => {
                 let file = rustix::fs::memfd_create("mproc-results", MemfdFlags::CLOEXEC)?;
-                let len = u64::from(MAX_SLOTS) * PAGE;
-                rustix::fs::ftruncate(&file, len)?; // sparse: pages come as slots are used
-                let pages = Box::leak(Box::new(SharedMap::map(&file, len as usize)?));
-                let fresh = Slots { file: Box::leak(Box::new(file)), pages, free: Vec::new(), next: 0 };
+                // Sparse: pages come as slots are used. The chunks lie below the overflow
+                // ranges, which lie past the end.
+                rustix::fs::ftruncate(&file, OVERFLOW_BASE)?;
+                let fresh =
+                    Slots { file: Box::leak(Box::new(file)), chunks: Vec::new(), free: Vec::new(), next: 0 };
                 POOL.with(|| None, |pool| Arc::clone(pool.get_or_insert(Arc::new(Mutex::new(fresh)))))
             }
         };
@@ -97,19 +117,28 @@ impl Slot {
         let (index, generation) = match slots.free.pop() {
             Some((index, generation)) => (index, generation + 1),
             None if slots.next < MAX_SLOTS => {
+                let index = slots.next;
+                slots.place(index)?; // maps its chunk first if need be
                 slots.next += 1;
-                (slots.next - 1, 1)
+                (index, 1)
             }
             None => return Err(Error::Io(std::io::Error::other("too many forked children at once"))),
         };
-        let (file, pages) = (slots.file, slots.pages);
+        let file = slots.file;
+        let (pages, page) = slots.place(index)?;
         drop(slots);
-        Ok(Slot { pool, file, pages, index, generation })
+        Ok(Slot { pool, file, pages, page, index, generation })
     }
 
     /// The child's side of this slot.
     pub(crate) fn writer(&self) -> SlotWriter<'static> {
-        SlotWriter { file: self.file, pages: self.pages, index: self.index, generation: self.generation }
+        SlotWriter {
+            file: self.file,
+            pages: self.pages,
+            page: self.page,
+            index: self.index,
+            generation: self.generation,
+        }
     }
 
     /// The value the child left, once it has ended; `None` if it left none (it died first,
@@ -173,7 +202,7 @@ impl Slot {
     }
 
     fn page_offset(&self) -> usize {
-        self.index as usize * PAGE as usize
+        self.page
     }
 
     fn value_offset(&self) -> usize {
@@ -191,7 +220,7 @@ impl SlotWriter<'_> {
     pub(crate) fn write<R: Serialize>(self, outcome: &Outcome<R>) {
         // Encoded straight into the page, byte by byte: no buffer, no copy, no call into
         // `memcpy` (each page of code a forked child runs first costs it a fault).
-        let page = PageOutput { pages: self.pages, page: self.index as usize * PAGE as usize, len: 0 };
+        let page = PageOutput { pages: self.pages, page: self.page, len: 0 };
         // `postcard::serialize_with_flavor`, spelt out so that it is inlined too.
         let mut encoder = postcard::Serializer { output: page };
         match outcome.serialize(&mut encoder) {
@@ -219,7 +248,7 @@ impl SlotWriter<'_> {
         let written = if overflow {
             write_at(self.file, value, OVERFLOW_BASE + u64::from(self.index) * OVERFLOW_SPAN)
         } else {
-            self.pages.write(self.index as usize * PAGE as usize + HEADER, value)
+            self.pages.write(self.page + HEADER, value)
         };
         if written {
             self.write_header(overflow, value.len());
@@ -231,7 +260,7 @@ impl SlotWriter<'_> {
     fn write_header(self, overflow: bool, len: usize) {
         let mut header = [0u8; HEADER];
         Header { generation: self.generation, overflow, len }.put(&mut header);
-        self.pages.write(self.index as usize * PAGE as usize, &header);
+        self.pages.write(self.page, &header);
     }
 }
 
@@ -366,7 +395,7 @@ mod tests {
         let writer = slot.writer();
         let mut page = [0u8; HEADER];
         Header { generation: writer.generation, overflow: true, len: 40 << 30 }.put(&mut page);
-        assert!(writer.pages.write(writer.index as usize * PAGE as usize, &page));
+        assert!(writer.pages.write(writer.page, &page));
         assert!(slot.read::<u32>().unwrap().is_none());
         slot.give_back();
     }
@@ -391,5 +420,24 @@ mod tests {
         header(generation, value.len());
         assert!(matches!(slot.read::<u32>().unwrap(), Some(Outcome::Value(7))));
         slot.give_back();
+    }
+
+    /// Slots past the first chunk (511 with 4 KiB pages) get chunks of their own, and each
+    /// keeps its own value.
+    #[test]
+    fn slots_across_chunks_keep_their_own_values() {
+        let mut slots: Vec<Slot> = (0..1200).map(|_| Slot::take().unwrap()).collect();
+        for (i, slot) in slots.iter().enumerate() {
+            slot.writer().write(&Outcome::Value(i as u64 * 7));
+        }
+        for (i, slot) in slots.iter_mut().enumerate() {
+            assert!(
+                matches!(slot.read::<u64>().unwrap(), Some(Outcome::Value(v)) if v == i as u64 * 7),
+                "slot {i}"
+            );
+        }
+        for slot in slots {
+            slot.give_back();
+        }
     }
 }

@@ -68,6 +68,13 @@ unsafe fn fn_at<F: Copy>(offset: i64) -> F {
     unsafe { std::mem::transmute_copy::<usize, F>(&addr) }
 }
 
+/// The size of a page of memory. (libc's `sysconf`, not rustix's auxv reader: both report the
+/// same size, and this one also works under valgrind.)
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
 /// Runs `f` when the program exits normally (return from `main`, `std::process::exit`).
 pub(crate) fn at_exit(f: extern "C" fn()) {
     // SAFETY: `f` is a plain `extern "C" fn()`, which is what atexit takes; registering can

@@ -1,5 +1,5 @@
-//! A shared mapping of the start of a file: the pages where `Fork` children leave their
-//! values (see [`crate::slot`]).
+//! Shared mappings of a file: the pages where `Fork` children leave their values (see
+//! [`crate::slot`]).
 //!
 //! A forked child inherits the mapping, so it writes its value with plain stores (no system
 //! call, no `libc` code to fault in), and the parent reads it the same way once the child is
@@ -11,10 +11,22 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 
-/// `len` bytes of a file, mapped shared for the rest of the process's life.
+/// The address space one [`SharedMap`] takes: what one page-table page maps (512 entries of
+/// 4 KiB pages on x86-64 and arm64), on a boundary of its size.
+pub(crate) const CHUNK: usize = 2 << 20;
+
+/// A chunk of a file's pages, mapped shared for the rest of the process's life, behind a private
+/// *anchor* page.
+///
+/// A fork copies the page tables of private memory only: a child's first store to a shared
+/// mapping would otherwise allocate the page-table pages that map it (two, with their memory
+/// charges), a cost as large as the store's own fault. The anchor, a private page written
+/// once, sits in the same [`CHUNK`] as the file's pages, so every forked child inherits the
+/// page-table page that maps them all, and its store only fills one entry.
 pub(crate) struct SharedMap {
     base: NonNull<u8>,
-    len: usize,
+    /// Where the file's pages start: past the anchor.
+    first: usize,
 }
 
 // SAFETY: the mapping is never unmapped and only touched through volatile accesses of
@@ -25,24 +37,48 @@ unsafe impl Send for SharedMap {}
 unsafe impl Sync for SharedMap {}
 
 impl SharedMap {
-    /// Maps the first `len` bytes of `file` (which must be at least that long: a page past
-    /// its end would raise `SIGBUS`). Pages are allocated by the file when first written.
-    pub(crate) fn map(file: &OwnedFd, len: usize) -> io::Result<SharedMap> {
+    /// Maps `file` from `offset` (a multiple of [`CHUNK`]) as one chunk: the anchor in place
+    /// of the chunk's first page (of the system's page size), then the file's bytes up to
+    /// `offset + CHUNK`, which the file must hold (a page past its end would raise `SIGBUS`).
+    /// Pages are allocated by the file when first written.
+    pub(crate) fn map_chunk(file: &OwnedFd, offset: u64) -> io::Result<SharedMap> {
         use rustix::mm::{MapFlags, ProtFlags};
-        // SAFETY: a fresh shared mapping of `file`, placed by the kernel: it aliases no Rust
-        // memory, and it is never unmapped, so the pointer stays valid for the process.
-        let addr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::NORESERVE,
-                file,
-                0,
-            )
+        let first = super::page_size();
+        // Twice the chunk, unused, so that a chunk-aligned one fits inside.
+        // SAFETY: a fresh inaccessible mapping placed by the kernel: it aliases nothing.
+        let reserved = unsafe {
+            rustix::mm::mmap_anonymous(std::ptr::null_mut(), 2 * CHUNK, ProtFlags::empty(), MapFlags::PRIVATE)
         }?;
-        let base = NonNull::new(addr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(SharedMap { base, len })
+        let start = (reserved as usize).next_multiple_of(CHUNK);
+        let (head, tail) = (start - reserved as usize, CHUNK - (start - reserved as usize));
+        // SAFETY: only parts of the reservation just made, which nothing uses, are replaced
+        // or unmapped; what stays mapped is never unmapped, so the pointer stays valid.
+        unsafe {
+            if head > 0 {
+                rustix::mm::munmap(reserved, head)?;
+            }
+            if tail > 0 {
+                rustix::mm::munmap((start + CHUNK) as *mut _, tail)?;
+            }
+            let anchor = rustix::mm::mmap_anonymous(
+                start as *mut _,
+                first,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED,
+            )?;
+            // Written, so the anchor is memory a fork must copy (and its page table with it).
+            anchor.cast::<u8>().write_volatile(1);
+            rustix::mm::mmap(
+                (start + first) as *mut _,
+                CHUNK - first,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED,
+                file,
+                offset + first as u64,
+            )?;
+        }
+        let base = NonNull::new(start as *mut u8).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SharedMap { base, first })
     }
 
     /// Copies `bytes` to `offset`, a multiple of 8; `false` (nothing written) if that is not
@@ -77,7 +113,7 @@ impl SharedMap {
     /// Stores `byte` at `offset`; `false` (nothing written) if that is not inside the map.
     #[inline(always)]
     pub(crate) fn write_byte(&self, offset: usize, byte: u8) -> bool {
-        if offset >= self.len {
+        if !self.holds(offset, 1) {
             return false;
         }
         // SAFETY: `offset` is inside the mapping (checked above), valid for writes for the
@@ -101,6 +137,6 @@ impl SharedMap {
     }
 
     fn holds(&self, offset: usize, len: usize) -> bool {
-        offset.checked_add(len).is_some_and(|end| end <= self.len)
+        offset >= self.first && offset.checked_add(len).is_some_and(|end| end <= CHUNK)
     }
 }

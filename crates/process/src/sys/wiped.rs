@@ -30,9 +30,7 @@ fn page() -> &'static Page {
 /// Maps the page and marks it wiped on fork. Never unmapped.
 fn map_page() -> &'static [AtomicPtr<()>] {
     use rustix::mm::{Advice, MapFlags, ProtFlags};
-    // SAFETY: sysconf has no preconditions. (libc's, not rustix's auxv reader: the page size
-    // is what both report, and this one also works under valgrind.)
-    let size = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let size = super::page_size();
     // SAFETY: a fresh private anonymous mapping, placed by the kernel: it aliases nothing.
     let addr = unsafe {
         rustix::mm::mmap_anonymous(
