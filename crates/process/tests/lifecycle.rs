@@ -241,31 +241,42 @@ fn a_sentinel_taken_after_the_end_is_readable_at_once() {
     }
 }
 
+/// Runs `main` while another thread calls `meanwhile` over and over (and fails if that
+/// thread panicked).
+fn while_another_thread_calls(meanwhile: impl Fn() + Send + 'static, main: impl FnOnce()) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                meanwhile();
+            }
+        })
+    };
+    main();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    other.join().expect("the other thread panicked");
+}
+
 /// A `join` (which blocks in `waitid` on the pid) while another thread reaps the same child
 /// (`active_children` reaps those that ended) still returns the child's value, never "no
 /// such child".
 #[test]
 fn a_join_returns_the_value_while_another_thread_reaps() {
     mproc_init();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reaper = {
-        let stop = std::sync::Arc::clone(&stop);
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                drop(mproc_process::active_children());
+    while_another_thread_calls(
+        || drop(mproc_process::active_children()),
+        || {
+            for n in 0..100u32 {
+                let child = Process::spawn(move || {
+                    std::thread::sleep(Duration::from_micros(u64::from(n % 7) * 100));
+                    n
+                })
+                .unwrap();
+                assert_eq!(child.join().unwrap(), n);
             }
-        })
-    };
-    for n in 0..100u32 {
-        let child = Process::spawn(move || {
-            std::thread::sleep(Duration::from_micros(u64::from(n % 7) * 100));
-            n
-        })
-        .unwrap();
-        assert_eq!(child.join().unwrap(), n);
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    reaper.join().unwrap();
+        },
+    );
 }
 
 /// A `Fork` child's state is listed before its fork: `active_children` called meanwhile from
@@ -273,23 +284,16 @@ fn a_join_returns_the_value_while_another_thread_reaps() {
 #[test]
 fn active_children_while_another_thread_forks_lists_only_started_children() {
     mproc_init();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let stop = std::sync::Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut seen = 0usize;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for child in mproc_process::active_children() {
-                    assert_ne!(child.pid, 0, "a child listed before it was started: {child:?}");
-                    seen += 1;
-                }
+    while_another_thread_calls(
+        || {
+            for child in mproc_process::active_children() {
+                assert_ne!(child.pid, 0, "a child listed before it was started: {child:?}");
             }
-            seen
-        })
-    };
-    for n in 0..200u32 {
-        assert_eq!(Process::spawn(move || n).unwrap().join().unwrap(), n);
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    watcher.join().unwrap();
+        },
+        || {
+            for n in 0..200u32 {
+                assert_eq!(Process::spawn(move || n).unwrap().join().unwrap(), n);
+            }
+        },
+    );
 }
