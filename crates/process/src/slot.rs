@@ -1,18 +1,22 @@
-//! Where a `Fork` child leaves its value: a slot in one memfd per parent process.
+//! Where a `Fork` child leaves its value: a slot in a memfd of its parent's.
 //!
 //! A child that sent its value on a socket would wake its parent twice (the value, then the
 //! exit), and a socket per child costs a `socketpair`. Instead the parent gives each forked
 //! child a slot, a 4 KiB page of a memfd the parent creates and maps shared in chunks
 //! ([`SharedMap`]): the child, which inherits the mapping, stores its [`Outcome`] there
 //! and exits, and the parent, woken once by the exit, copies it out. No system call on either
-//! side for a value that fits the page. A bigger one goes to the slot's overflow range far
-//! out in the (sparse) file, with `pwrite`, and its pages are freed once read. Slots are
-//! reused once their child is reaped, so the page is already allocated and the child's store
-//! allocates nothing.
+//! side for a value that fits the page. A bigger one goes to a second memfd with `pwrite`,
+//! at a range the child takes from a counter in shared memory ([`SharedCounter`]), so that
+//! file is only as long as the big values not read yet; their pages are freed once read, and
+//! the file emptied when no slot is in use. Both files obey the file size limit
+//! (`ulimit -f`), checked before each write or growth, so going past it is a clear error, not
+//! the `SIGXFSZ` that would kill the writer. Slots are reused once their child is reaped, so
+//! the page is already allocated and the child's store allocates nothing.
 //!
 //! The page starts with a header: a magic number, the *generation* (a count the parent
 //! bumps each time it hands the slot out, so a value can only be taken by the start it
-//! belongs to), where the value is, and its length. The child writes the header last: a
+//! belongs to), whether the value is on the page or in the overflow file (and where), and
+//! its length. The child writes the header last: a
 //! child killed halfway leaves the previous generation, read as "no value". The page is
 //! memory other processes can write: the parent checks what it reads there as it would
 //! bytes from a socket.
@@ -31,7 +35,7 @@ use serde::de::DeserializeOwned;
 use crate::bootstrap::Outcome;
 use crate::error::{Error, Result};
 use crate::global::PerProcess;
-use crate::sys::shared::{CHUNK, SharedMap};
+use crate::sys::shared::{CHUNK, SharedCounter, SharedMap};
 
 /// The bytes of one slot's page.
 const PAGE: u64 = 4096;
@@ -39,21 +43,34 @@ const PAGE: u64 = 4096;
 /// chunks of 2 MiB of address space (511 slots each with 4 KiB pages: see [`SharedMap`]), as
 /// slots are first used.
 const MAX_SLOTS: u32 = 1 << 18;
-const HEADER: usize = 24;
+const HEADER: usize = 32;
 const MAGIC: u32 = u32::from_le_bytes(*b"mpRs");
-/// Where the overflow ranges start, and how far apart they are: a slot's value may be up to
-/// 64 GiB. The last range ends below 2^63, the largest file offset.
-const OVERFLOW_BASE: u64 = 1 << 40;
-const OVERFLOW_SPAN: u64 = 1 << 36;
-const _: () = assert!(OVERFLOW_BASE + MAX_SLOTS as u64 * OVERFLOW_SPAN <= i64::MAX as u64);
+/// The largest value a `Fork` child can send back: 64 GiB.
+const MAX_VALUE: u64 = 1 << 36;
 
-/// This process's slots: the memfd, the chunks of it mapped (both kept for the life of the
-/// process), and the indexes not in use.
+/// This process's slots: the memfd of their pages and the chunks of it mapped, the overflow
+/// memfd and the counter its ranges are taken from (all kept for the life of the process),
+/// and the indexes not in use.
+///
+/// Two files, because only the parent sizes the first (grown as chunks are mapped), while
+/// children extend the second as they write past its end.
 struct Slots {
-    file: &'static OwnedFd,
+    pages_file: &'static OwnedFd,
+    /// How long the pages' file is.
+    size: u64,
     chunks: Vec<&'static SharedMap>,
+    overflow: Overflow,
     free: Vec<(u32, u64)>,
     next: u32,
+}
+
+/// Where values too big for a page go: a memfd, and a counter in shared memory from which a
+/// child takes the range it writes (so the file is only as long as the big values not read
+/// yet, whatever the slots' indexes). Emptied whenever no slot is in use.
+#[derive(Clone, Copy)]
+struct Overflow {
+    file: &'static OwnedFd,
+    next: &'static SharedCounter,
 }
 
 impl Slots {
@@ -65,7 +82,20 @@ impl Slots {
         let (chunk, at) = (index as usize / per_chunk, index as usize % per_chunk);
         while self.chunks.len() <= chunk {
             let offset = (self.chunks.len() * CHUNK) as u64;
-            self.chunks.push(Box::leak(Box::new(SharedMap::map_chunk(self.file, offset)?)));
+            let end = offset + CHUNK as u64;
+            if end > self.size {
+                // Checked first: past the limit, the kernel would kill this process with
+                // `SIGXFSZ` rather than fail the call.
+                if end > file_size_limit() {
+                    return Err(Error::Io(std::io::Error::other(format!(
+                        "the pages where Fork children leave their values need a {end}-byte memfd, \
+                         past this process's file size limit (ulimit -f)"
+                    ))));
+                }
+                rustix::fs::ftruncate(self.pages_file, end)?; // sparse: pages come as used
+                self.size = end;
+            }
+            self.chunks.push(Box::leak(Box::new(SharedMap::map_chunk(self.pages_file, offset)?)));
         }
         Ok((self.chunks[chunk], first + at * PAGE as usize))
     }
@@ -79,7 +109,7 @@ static POOL: PerProcess<Option<Pool>> = PerProcess::new();
 /// One child's slot, held by the parent.
 pub(crate) struct Slot {
     pool: Pool,
-    file: &'static OwnedFd,
+    overflow: Overflow,
     /// The chunk its page is in, and where.
     pages: &'static SharedMap,
     page: usize,
@@ -90,10 +120,9 @@ pub(crate) struct Slot {
 /// What the child needs to write its value (plain data: it is used after a fork).
 #[derive(Clone, Copy)]
 pub(crate) struct SlotWriter<'a> {
-    file: &'a OwnedFd,
+    overflow: Overflow,
     pages: &'a SharedMap,
     page: usize,
-    index: u32,
     generation: u64,
 }
 
@@ -104,12 +133,22 @@ impl Slot {
         let pool = match pool {
             Some(pool) => pool,
             None => {
-                let file = rustix::fs::memfd_create("mproc-results", MemfdFlags::CLOEXEC)?;
-                // Sparse: pages come as slots are used. The chunks lie below the overflow
-                // ranges, which lie past the end.
-                rustix::fs::ftruncate(&file, OVERFLOW_BASE)?;
-                let fresh =
-                    Slots { file: Box::leak(Box::new(file)), chunks: Vec::new(), free: Vec::new(), next: 0 };
+                let pages_file = rustix::fs::memfd_create("mproc-results", MemfdFlags::CLOEXEC)?;
+                let overflow = Overflow {
+                    file: Box::leak(Box::new(rustix::fs::memfd_create(
+                        "mproc-results-overflow",
+                        MemfdFlags::CLOEXEC,
+                    )?)),
+                    next: Box::leak(Box::new(SharedCounter::new()?)),
+                };
+                let fresh = Slots {
+                    pages_file: Box::leak(Box::new(pages_file)),
+                    size: 0,
+                    chunks: Vec::new(),
+                    overflow,
+                    free: Vec::new(),
+                    next: 0,
+                };
                 POOL.with(|| None, |pool| Arc::clone(pool.get_or_insert(Arc::new(Mutex::new(fresh)))))
             }
         };
@@ -124,19 +163,18 @@ impl Slot {
             }
             None => return Err(Error::Io(std::io::Error::other("too many forked children at once"))),
         };
-        let file = slots.file;
+        let overflow = slots.overflow;
         let (pages, page) = slots.place(index)?;
         drop(slots);
-        Ok(Slot { pool, file, pages, page, index, generation })
+        Ok(Slot { pool, overflow, pages, page, index, generation })
     }
 
     /// The child's side of this slot.
     pub(crate) fn writer(&self) -> SlotWriter<'static> {
         SlotWriter {
-            file: self.file,
+            overflow: self.overflow,
             pages: self.pages,
             page: self.page,
-            index: self.index,
             generation: self.generation,
         }
     }
@@ -157,16 +195,19 @@ impl Slot {
         let mut small = [0u8; 256];
         let mut large = Vec::new();
         let value: &[u8] = if header.overflow {
-            // The length comes from the child: believe it only as far as the file goes (a
+            // The range comes from the child: believe it only as far as the file goes (a
             // header garbled by a stray write must not make this allocate gigabytes).
-            let size = rustix::fs::fstat(self.file)?.st_size as u64;
-            if self.overflow_offset() + header.len as u64 > size {
+            let file = self.overflow.file;
+            let size = rustix::fs::fstat(file)?.st_size as u64;
+            if header.offset.checked_add(header.len as u64).is_none_or(|end| end > size) {
                 return Ok(None);
             }
             large.resize(header.len, 0);
-            let n = read_at(self.file, &mut large, self.overflow_offset())?;
+            let n = read_at(file, &mut large, header.offset)?;
             let hole = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-            let _ = rustix::fs::fallocate(self.file, hole, self.overflow_offset(), header.len as u64);
+            let _ = rustix::fs::fallocate(file, hole, header.offset, header.len as u64);
+            // The last range taken, if no child took one since: the next may start there.
+            self.overflow.next.rewind(header.offset + header.len as u64, header.offset);
             if n < header.len {
                 return Ok(None);
             }
@@ -198,7 +239,14 @@ impl Slot {
     /// child that may still run could write over the next child's value (its page stays
     /// allocated; the leak is 4 KiB).
     pub(crate) fn give_back(self) {
-        self.pool.lock().free.push((self.index, self.generation));
+        let mut slots = self.pool.lock();
+        slots.free.push((self.index, self.generation));
+        // No slot in use, so no child that could still write to the overflow file and no big
+        // value left to read there: empty it.
+        if slots.free.len() == slots.next as usize && self.overflow.next.get() != 0 {
+            self.overflow.next.reset();
+            let _ = rustix::fs::ftruncate(self.overflow.file, 0);
+        }
     }
 
     fn page_offset(&self) -> usize {
@@ -207,10 +255,6 @@ impl Slot {
 
     fn value_offset(&self) -> usize {
         self.page_offset() + HEADER
-    }
-
-    fn overflow_offset(&self) -> u64 {
-        OVERFLOW_BASE + u64::from(self.index) * OVERFLOW_SPAN
     }
 }
 
@@ -224,9 +268,9 @@ impl SlotWriter<'_> {
         // `postcard::serialize_with_flavor`, spelt out so that it is inlined too.
         let mut encoder = postcard::Serializer { output: page };
         match outcome.serialize(&mut encoder) {
-            Ok(()) => self.write_header(false, encoder.output.len),
+            Ok(()) => self.write_header(false, encoder.output.len, 0),
             Err(postcard::Error::SerializeBufferFull) => match postcard::to_stdvec(outcome) {
-                Ok(bytes) if (bytes.len() as u64) < OVERFLOW_SPAN => self.write_value(&bytes),
+                Ok(bytes) if bytes.len() as u64 <= MAX_VALUE => self.write_value(&bytes),
                 Ok(_) => self.write_failure::<R>("the value is larger than 64 GiB".into()),
                 Err(e) => self.write_failure::<R>(describe(e)),
             },
@@ -241,25 +285,36 @@ impl SlotWriter<'_> {
         }
     }
 
-    /// Writes an encoded value of any size below [`OVERFLOW_SPAN`] (on the page if it fits,
-    /// else in the overflow range), then the header that makes it count.
+    /// Writes an encoded value of at most [`MAX_VALUE`] bytes (on the page if it fits, else in
+    /// a range of the overflow file), then the header that makes it count.
     fn write_value(self, value: &[u8]) {
-        let overflow = value.len() > PAGE as usize - HEADER;
-        let written = if overflow {
-            write_at(self.file, value, OVERFLOW_BASE + u64::from(self.index) * OVERFLOW_SPAN)
-        } else {
-            self.pages.write(self.page + HEADER, value)
-        };
-        if written {
-            self.write_header(overflow, value.len());
+        let len = value.len() as u64;
+        if len <= PAGE - HEADER as u64 {
+            if self.pages.write(self.page + HEADER, value) {
+                self.write_header(false, value.len(), 0);
+            }
+            return;
+        }
+        let offset = self.overflow.next.fetch_add(len);
+        // Checked first: past the limit, the kernel would kill this child with `SIGXFSZ`
+        // rather than fail the write.
+        if offset.checked_add(len).is_none_or(|end| end > file_size_limit()) {
+            // (A transfer error reads the same whatever the value's type: `()` will do.)
+            return self.write_failure::<()>(format!(
+                "the value ({len} bytes) would end past this process's file size limit (ulimit -f), \
+                 which the file it crosses in obeys"
+            ));
+        }
+        if write_at(self.overflow.file, value, offset) {
+            self.write_header(true, value.len(), offset);
         }
     }
 
     /// Writes the header, last: it makes the value written before it count.
     #[inline(always)]
-    fn write_header(self, overflow: bool, len: usize) {
+    fn write_header(self, overflow: bool, len: usize, offset: u64) {
         let mut header = [0u8; HEADER];
-        Header { generation: self.generation, overflow, len }.put(&mut header);
+        Header { generation: self.generation, overflow, len, offset }.put(&mut header);
         self.pages.write(self.page, &header);
     }
 }
@@ -300,6 +355,8 @@ struct Header {
     generation: u64,
     overflow: bool,
     len: usize,
+    /// Where in the overflow file the value is, if it is there.
+    offset: u64,
 }
 
 impl Header {
@@ -309,6 +366,7 @@ impl Header {
         out[4..8].copy_from_slice(&u32::from(self.overflow).to_le_bytes());
         out[8..16].copy_from_slice(&self.generation.to_le_bytes());
         out[16..24].copy_from_slice(&(self.len as u64).to_le_bytes());
+        out[24..32].copy_from_slice(&self.offset.to_le_bytes());
     }
 
     fn parse(page: &[u8]) -> Option<Header> {
@@ -317,10 +375,11 @@ impl Header {
         let overflow = u32::from_le_bytes(word(4, 4)?.try_into().ok()?);
         let generation = u64::from_le_bytes(word(8, 8)?.try_into().ok()?);
         let len = u64::from_le_bytes(word(16, 8)?.try_into().ok()?);
-        if magic != MAGIC || overflow > 1 || len >= OVERFLOW_SPAN {
+        let offset = u64::from_le_bytes(word(24, 8)?.try_into().ok()?);
+        if magic != MAGIC || overflow > 1 || len > MAX_VALUE {
             return None;
         }
-        Some(Header { generation, overflow: overflow == 1, len: usize::try_from(len).ok()? })
+        Some(Header { generation, overflow: overflow == 1, len: usize::try_from(len).ok()?, offset })
     }
 }
 
@@ -335,6 +394,11 @@ fn describe(e: postcard::Error) -> String {
         }
         e => e.to_string(),
     }
+}
+
+/// The largest file this process may write (`RLIMIT_FSIZE`, `ulimit -f`).
+fn file_size_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Fsize).current.unwrap_or(u64::MAX)
 }
 
 /// Reads at `offset` until `buf` is full or the file ends; the bytes read.
@@ -374,9 +438,9 @@ mod tests {
     #[test]
     fn a_header_reads_back_and_garbage_is_no_header() {
         let mut page = [0u8; HEADER];
-        Header { generation: 7, overflow: true, len: 5000 }.put(&mut page);
+        Header { generation: 7, overflow: true, len: 5000, offset: 9 }.put(&mut page);
         let header = Header::parse(&page).unwrap();
-        assert_eq!((header.generation, header.overflow, header.len), (7, true, 5000));
+        assert_eq!((header.generation, header.overflow, header.len, header.offset), (7, true, 5000, 9));
         assert!(Header::parse(&page[..HEADER - 1]).is_none(), "a short page");
         assert!(Header::parse(&[0u8; HEADER]).is_none(), "a page never written");
         let mut bad = page;
@@ -384,20 +448,50 @@ mod tests {
         assert!(Header::parse(&bad).is_none(), "an overflow flag that is neither 0 nor 1");
         let mut huge = page;
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(Header::parse(&huge).is_none(), "a length past the overflow range");
+        assert!(Header::parse(&huge).is_none(), "a length past the largest value");
     }
 
-    /// A header that claims more than the file holds (a stray write) reads as no value,
-    /// without allocating what it claims.
+    /// A header that claims more than the overflow file holds (a stray write) reads as no
+    /// value, without allocating what it claims; so does a range that wraps around.
     #[test]
-    fn a_garbled_length_is_no_value_and_no_huge_allocation() {
+    fn a_garbled_length_or_offset_is_no_value_and_no_huge_allocation() {
         let mut slot = Slot::take().unwrap();
         let writer = slot.writer();
-        let mut page = [0u8; HEADER];
-        Header { generation: writer.generation, overflow: true, len: 40 << 30 }.put(&mut page);
-        assert!(writer.pages.write(writer.page, &page));
-        assert!(slot.read::<u32>().unwrap().is_none());
+        for (len, offset) in [(40 << 30, 0), (5000, 1 << 40), (5000, u64::MAX - 10)] {
+            let mut page = [0u8; HEADER];
+            Header { generation: writer.generation, overflow: true, len, offset }.put(&mut page);
+            assert!(writer.pages.write(writer.page, &page));
+            assert!(slot.read::<u32>().unwrap().is_none(), "len {len} at {offset}");
+        }
         slot.give_back();
+    }
+
+    /// Big values take ranges of the overflow file one after the other, whatever their slots'
+    /// indexes, and the file is emptied once no slot is in use. (In a forked child, whose
+    /// slots are its own: other tests here hold slots meanwhile.)
+    #[test]
+    fn overflow_ranges_are_dense_and_emptied_when_no_slot_is_in_use() {
+        let seen = crate::Process::spawn(|| {
+            let mut slots: Vec<Slot> = (0..3).map(|_| Slot::take().unwrap()).collect();
+            for (i, slot) in slots.iter().enumerate() {
+                slot.writer().write(&Outcome::Value(vec![i as u8; 10_000]));
+            }
+            let file = slots[0].overflow.file;
+            let written = rustix::fs::fstat(file).unwrap().st_size;
+            for (i, slot) in slots.iter_mut().enumerate() {
+                let value = slot.read::<Vec<u8>>().unwrap();
+                assert!(matches!(value, Some(Outcome::Value(v)) if v == vec![i as u8; 10_000]), "slot {i}");
+            }
+            for slot in slots {
+                slot.give_back();
+            }
+            (written, rustix::fs::fstat(file).unwrap().st_size)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+        assert!(seen.0 > 30_000 && seen.0 < 31_000, "three values of 10 kB, end to end: {} bytes", seen.0);
+        assert_eq!(seen.1, 0, "emptied once every slot was given back");
     }
 
     /// A header on the page claiming a value longer than the page (without the overflow flag)
@@ -408,7 +502,7 @@ mod tests {
         let (pages, at, generation) = (slot.pages, slot.page_offset(), slot.generation);
         let header = |generation, len| {
             let mut page = [0u8; HEADER];
-            Header { generation, overflow: false, len }.put(&mut page);
+            Header { generation, overflow: false, len, offset: 0 }.put(&mut page);
             assert!(pages.write(at, &page));
         };
         header(generation, 5000);

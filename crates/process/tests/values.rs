@@ -85,3 +85,37 @@ fn a_value_carrying_an_end_is_a_clear_transfer_error() {
         other => panic!("expected a transfer error, got {other:?}"),
     }
 }
+
+/// Under a file size limit (`ulimit -f`), which the memfds behind the slots obey: a process
+/// whose limit is below what the slot pages need gets a clear error from the start, a value
+/// past the limit comes back as a clear transfer error, and neither is killed by `SIGXFSZ`.
+#[test]
+fn a_file_size_limit_gives_clear_errors_and_kills_nobody() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    mproc_init();
+    // In a forked child, whose slots are its own (made afresh), so the limit touches no
+    // other test.
+    let mut checked = Process::spawn(|| {
+        let hard = getrlimit(Resource::Fsize).maximum;
+        let limit =
+            |bytes: u64| setrlimit(Resource::Fsize, Rlimit { current: Some(bytes), maximum: hard }).unwrap();
+        limit(1 << 20);
+        match Process::spawn(|| 1u8) {
+            Err(e) => assert!(e.to_string().contains("ulimit -f"), "{e}"),
+            Ok(child) => panic!("started under a 1 MiB limit; joined: {:?}", child.join()),
+        }
+        limit(3 << 20);
+        match Process::spawn(|| vec![7u8; 4 << 20]).unwrap().join() {
+            Err(Error::Transfer { message, .. }) => assert!(message.contains("ulimit -f"), "{message}"),
+            other => panic!("expected a transfer error naming the limit, got {:?}", other.map(|v| v.len())),
+        }
+        // Under the limit, big values still come back, as many as run at once.
+        let children: Vec<_> = (0..4).map(|_| Process::spawn(|| vec![7u8; 512 << 10]).unwrap()).collect();
+        for child in children {
+            assert_eq!(child.join().unwrap().len(), 512 << 10);
+        }
+        true
+    })
+    .unwrap();
+    assert!(checked.join_timeout(DEADLINE).unwrap());
+}

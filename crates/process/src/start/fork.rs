@@ -26,12 +26,13 @@ where
     // child's state is made and listed now, and only its pid is stored afterwards. The
     // identity is boxed, so the child becomes it by storing a pointer.
     let exit = Exit::own()?;
+    crate::registry::prune(); // first: the slots of the children it forgets come back
     let slot = Slot::take()?;
     let writer = slot.writer();
     let parent_pid = Pid::from_raw(crate::global::pid() as i32).expect("a pid is positive");
     let identity = Box::new(identity);
     let state = Arc::new(ChildState::unstarted(exit).with_slot(slot));
-    crate::registry::add(Arc::clone(&state));
+    crate::registry::push(Arc::clone(&state));
     // Flush stdio first so the child does not print the parent's pending output again. If
     // other threads run, hold the stdio locks across the fork, so none of them holds one
     // then (the child could never print). mproc's own per-process state needs no lock held:

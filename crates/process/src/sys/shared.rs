@@ -1,5 +1,5 @@
-//! Shared mappings of a file: the pages where `Fork` children leave their values (see
-//! [`crate::slot`]).
+//! Memory shared with forked children: the pages where `Fork` children leave their values
+//! (see [`crate::slot`]), and the counter they take overflow ranges from.
 //!
 //! A forked child inherits the mapping, so it writes its value with plain stores (no system
 //! call, no `libc` code to fault in), and the parent reads it the same way once the child is
@@ -10,6 +10,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The address space one [`SharedMap`] takes: what one page-table page maps (512 entries of
 /// 4 KiB pages on x86-64 and arm64), on a boundary of its size.
@@ -138,5 +139,66 @@ impl SharedMap {
 
     fn holds(&self, offset: usize, len: usize) -> bool {
         offset >= self.first && offset.checked_add(len).is_some_and(|end| end <= CHUNK)
+    }
+}
+
+/// A counter in memory shared with every child forked after it was made: where `Fork`
+/// children take the ranges of the overflow file they write their big values to.
+///
+/// Other processes may store anything in it: it is only ever touched atomically, and what it
+/// hands out is checked by whoever uses it.
+pub(crate) struct SharedCounter {
+    word: NonNull<AtomicU64>,
+}
+
+// SAFETY: the page is never unmapped and only touched through atomic operations.
+unsafe impl Send for SharedCounter {}
+// SAFETY: as above.
+unsafe impl Sync for SharedCounter {}
+
+impl SharedCounter {
+    /// A counter at 0, on a page of its own.
+    pub(crate) fn new() -> io::Result<SharedCounter> {
+        use rustix::mm::{MapFlags, ProtFlags};
+        // SAFETY: a fresh shared anonymous mapping placed by the kernel: it aliases no Rust
+        // memory, and it is never unmapped, so the pointer stays valid for the process.
+        let addr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                super::page_size(),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+            )
+        }?;
+        let word =
+            NonNull::new(addr.cast::<AtomicU64>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SharedCounter { word })
+    }
+
+    fn word(&self) -> &AtomicU64 {
+        // SAFETY: the page is mapped for the life of the process, page-aligned (so aligned
+        // for an `AtomicU64`), zero-filled when made (a valid 0), and only ever accessed
+        // atomically, by this process and its children.
+        unsafe { self.word.as_ref() }
+    }
+
+    /// Adds `n`; the value before.
+    pub(crate) fn fetch_add(&self, n: u64) -> u64 {
+        self.word().fetch_add(n, Ordering::AcqRel)
+    }
+
+    /// Back to `to` if it is at `at` (nothing was added since).
+    pub(crate) fn rewind(&self, at: u64, to: u64) {
+        let _ = self.word().compare_exchange(at, to, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The value now.
+    pub(crate) fn get(&self) -> u64 {
+        self.word().load(Ordering::Acquire)
+    }
+
+    /// Back to 0.
+    pub(crate) fn reset(&self) {
+        self.word().store(0, Ordering::Release);
     }
 }
