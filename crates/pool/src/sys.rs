@@ -30,7 +30,13 @@ unsafe impl Sync for Progress {}
 impl Progress {
     /// A new shared word (zero), and the fd a worker maps it from.
     pub(crate) fn create() -> io::Result<(Progress, OwnedFd)> {
-        let fd = rustix::fs::memfd_create("mproc-pool-progress", MemfdFlags::CLOEXEC)?;
+        // Sealed against exec (which systems with `vm.memfd_noexec = 2` require) where the
+        // kernel knows the flag (Linux 6.3).
+        let name = "mproc-pool-progress";
+        let fd = match rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::NOEXEC_SEAL) {
+            Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)?,
+            made => made?,
+        };
         rustix::fs::ftruncate(&fd, LEN as u64)?;
         Ok((Progress::map(&fd)?, fd))
     }

@@ -133,12 +133,9 @@ impl Slot {
         let pool = match pool {
             Some(pool) => pool,
             None => {
-                let pages_file = rustix::fs::memfd_create("mproc-results", MemfdFlags::CLOEXEC)?;
+                let pages_file = data_memfd("mproc-results")?;
                 let overflow = Overflow {
-                    file: Box::leak(Box::new(rustix::fs::memfd_create(
-                        "mproc-results-overflow",
-                        MemfdFlags::CLOEXEC,
-                    )?)),
+                    file: Box::leak(Box::new(data_memfd("mproc-results-overflow")?)),
                     next: Box::leak(Box::new(SharedCounter::new()?)),
                 };
                 let fresh = Slots {
@@ -393,6 +390,15 @@ fn describe(e: postcard::Error) -> String {
                 .into()
         }
         e => e.to_string(),
+    }
+}
+
+/// A memfd for data, never to be executed: sealed so (which systems with
+/// `vm.memfd_noexec = 2` require) where the kernel knows the flag (Linux 6.3).
+fn data_memfd(name: &str) -> std::io::Result<OwnedFd> {
+    match rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::NOEXEC_SEAL) {
+        Err(rustix::io::Errno::INVAL) => Ok(rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)?),
+        made => Ok(made?),
     }
 }
 
