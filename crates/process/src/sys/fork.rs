@@ -44,8 +44,11 @@ pub(crate) fn single_threaded() -> bool {
         return false;
     }
     // SAFETY: `addr` is glibc's `char __libc_single_threaded`, which lives as long as the
-    // process and which glibc documents for applications to read; an `AtomicU8` has the
-    // layout of a `char`, and reading it atomically races with no write.
+    // process and which glibc documents for applications to read without a lock; an
+    // `AtomicU8` has the layout of a `char`. glibc clears it (a plain byte store) in the
+    // thread that creates a second thread; a byte load is atomic on every target glibc
+    // supports, and a `true` read here can only come from before any thread was created,
+    // when this thread was the only one.
     let flag = unsafe { &*(addr as *const std::sync::atomic::AtomicU8) };
     flag.load(std::sync::atomic::Ordering::Relaxed) != 0
 }
