@@ -77,6 +77,11 @@
 //!   Spawn child and in the fork server.
 //! - Values and arguments cross as postcard (serde); a type that does not serialize fails that
 //!   child alone, with [`Error::Transfer`].
+//! - The first `Fork` start makes three fds the process keeps (two memfds where children
+//!   leave their values, and a pipe end that stands for an ended child) and maps 2 MiB of
+//!   address space per 511 `Fork` children running at once. The memfds obey the file size
+//!   limit (`ulimit -f`): under a very low one, a `Fork` start or a big value fails with a
+//!   clear error.
 #![deny(unsafe_code)]
 
 mod bootstrap;
