@@ -6,11 +6,12 @@ use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rustix::event::{PollFd, PollFlags};
-use rustix::io::FdFlags;
+use rustix::io::{Errno, FdFlags, ReadWriteFlags};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
     SendFlags,
@@ -31,9 +32,18 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 30;
 /// Raw payloads up to this size are copied behind their header and written as one slice.
 const SMALL_COPY: usize = 1024;
 
-/// The most bytes one write to a pipe may carry when it must not wait: a pipe that polls
-/// writable has room for this many (`PIPE_BUF`).
+/// The most bytes one write to a pipe may carry when it must not wait and the kernel takes
+/// no `RWF_NOWAIT` for pipes: a pipe that polls writable has room for this many (`PIPE_BUF`).
 const PIPE_NOWAIT_CHUNK: usize = 4096;
+
+/// Set once a pipe refused `RWF_NOWAIT` (an older kernel): from then on, writes that must not
+/// wait poll first and write at most [`PIPE_NOWAIT_CHUNK`] bytes.
+static PIPES_REFUSE_NOWAIT: AtomicBool = AtomicBool::new(false);
+
+/// Behaves from now on as if pipes refused `RWF_NOWAIT` (for the tests of the fallback).
+pub(crate) fn refuse_pipe_nowait() {
+    PIPES_REFUSE_NOWAIT.store(true, Ordering::Relaxed);
+}
 
 /// What the fd is: it decides how bytes are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,9 +442,22 @@ impl RawIo for FdIo<'_> {
 
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if self.kind == Kind::Pipe && self.nowait {
-            // A pipe has no per-call "do not wait", and O_NONBLOCK would change the end for
-            // every process sharing it. A pipe that polls writable has room for PIPE_BUF
-            // bytes, so write at most that much, and only then.
+            // O_NONBLOCK would change the end for every process sharing it; `RWF_NOWAIT`
+            // says "do not wait" for this call alone: as much as fits goes now (the offset
+            // -1, all ones, is "none", which a pipe needs).
+            if !PIPES_REFUSE_NOWAIT.load(Ordering::Relaxed) {
+                match rustix::io::pwritev2(self.fd, bufs, u64::MAX, ReadWriteFlags::NOWAIT) {
+                    Ok(n) => return Ok(n),
+                    Err(Errno::AGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+                    // Older kernels (before 5.x) do not take it for pipes.
+                    Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => {
+                        PIPES_REFUSE_NOWAIT.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // Without it: a pipe that polls writable has room for PIPE_BUF bytes, so write
+            // at most that much, and only then.
             let mut fds = [PollFd::from_borrowed_fd(self.fd, PollFlags::OUT)];
             if rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 }))? == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());

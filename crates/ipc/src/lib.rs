@@ -95,3 +95,13 @@ pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{Error, Result};
 pub use pipe::{Receiver, Sender, pipe};
 pub use wait::{Waitable, wait, wait_one};
+
+/// For mproc's own tests: not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    /// Makes this process write to pipes without `RWF_NOWAIT`, as on a kernel that refuses
+    /// it for pipes, so that the fallback is tested too.
+    pub fn refuse_pipe_nowait() {
+        crate::end::refuse_pipe_nowait();
+    }
+}

@@ -6,6 +6,8 @@ use std::thread;
 use std::time::Duration;
 
 use mproc_ipc::{Connection, Error, Receiver, Sender, duplex, pipe};
+
+use crate::support;
 use proptest::prelude::*;
 
 /// Runs `f` on another thread and fails if it does not finish in time (a send that waits
@@ -51,6 +53,22 @@ fn a_full_socket_says_no_room_and_loses_nothing() {
 
 #[test]
 fn a_full_pipe_says_no_room_and_loses_nothing() {
+    full_pipe_round();
+}
+
+/// The same on a kernel that refuses `RWF_NOWAIT` for pipes (before 5.x): mproc then polls
+/// and writes `PIPE_BUF` bytes at a time. In a forked child, whose choice is its own.
+#[test]
+fn a_full_pipe_says_no_room_and_loses_nothing_without_rwf_nowait() {
+    support::assert_success(support::in_child(&[], || {
+        mproc_ipc::__private::refuse_pipe_nowait();
+        full_pipe_round();
+        Ok(())
+    }));
+}
+
+/// Fills a pipe without waiting, then reads every frame back whole and in order.
+fn full_pipe_round() {
     let (rx, tx) = pipe::<Vec<u8>>().unwrap();
     let (tx, taken) = fill(tx, Sender::try_send);
     assert!(!taken.is_empty(), "an empty pipe took nothing");
