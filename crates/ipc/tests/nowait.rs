@@ -1,6 +1,7 @@
 //! Sends that never wait: `try_send` takes a frame or says there is no room, and a frame
 //! taken in part goes out whole, before any later frame.
 
+use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -16,6 +17,15 @@ fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || tx.send(f()).unwrap());
     rx.recv_timeout(Duration::from_secs(60)).expect("a non-blocking send waited")
+}
+
+/// Waits (bounded) until `end` has room to write: what an event loop would wait for between
+/// sends that found none.
+fn writable(end: &impl AsFd) {
+    let mut fds = [rustix::event::PollFd::new(end, rustix::event::PollFlags::OUT)];
+    let deadline = rustix::event::Timespec { tv_sec: 60, tv_nsec: 0 };
+    let ready = rustix::event::poll(&mut fds, Some(&deadline)).unwrap();
+    assert_eq!(ready, 1, "no room to write within 60 s");
 }
 
 /// Fills the end with `try_send` until it says there is no room; the values it took.
@@ -43,7 +53,7 @@ fn a_full_socket_says_no_room_and_loses_nothing() {
     let reader = thread::spawn(move || (0..count).map(|_| theirs.recv().unwrap()).collect::<Vec<_>>());
     let ours = within(move || {
         while !ours.try_flush().unwrap() {
-            thread::sleep(Duration::from_millis(1));
+            writable(&ours);
         }
         ours
     });
@@ -76,7 +86,7 @@ fn full_pipe_round() {
     let reader = thread::spawn(move || (0..count).map(|_| rx.recv().unwrap()).collect::<Vec<_>>());
     let tx = within(move || {
         while !tx.try_flush().unwrap() {
-            thread::sleep(Duration::from_millis(1));
+            writable(&tx);
         }
         tx
     });
@@ -133,7 +143,7 @@ fn raw_frames_go_without_waiting_too() {
     let reader = thread::spawn(move || rx.recv_bytes().unwrap());
     within(move || {
         while !tx.try_flush().unwrap() {
-            thread::sleep(Duration::from_millis(1));
+            writable(&tx);
         }
     });
     assert!(reader.join().unwrap() == payload);
@@ -194,7 +204,7 @@ proptest! {
             }
         }
         while !ours.try_flush().unwrap() {
-            thread::sleep(Duration::from_millis(1));
+            writable(&ours);
         }
         count_tx.send(None).unwrap();
         prop_assert_eq!(reader.join().unwrap(), taken);
@@ -231,10 +241,10 @@ fn ends_travel_in_frames_sent_without_waiting() {
     // Once the reader makes room, the frame (larger than the room: it goes in parts) is taken.
     let ours = within(move || {
         while !ours.try_send(&(vec![1; 100_000], Some(copy(&tx)))).unwrap() {
-            thread::sleep(Duration::from_millis(1));
+            writable(&ours);
         }
         while !ours.try_flush().unwrap() {
-            thread::sleep(Duration::from_millis(1));
+            writable(&ours);
         }
         ours
     });
