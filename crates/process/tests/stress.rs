@@ -1,5 +1,6 @@
 //! Many children: busy parents, dropped handles, no zombies.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -80,9 +81,9 @@ fn a_thousand_dropped_children_leave_no_zombie() {
 }
 
 /// Fork children started while other threads keep using mproc's own state (the identity,
-/// the registry, the pid): a lock of mproc's that another thread waits for at the moment of a
-/// fork must still be free in the child. Each child also asks who it is, and starts nothing
-/// that could hang: a child stuck on a lock fails the join's deadline.
+/// the registry, the pid) and take the stdio locks: a lock that another thread holds or waits
+/// for at the moment of a fork must still be free in the child. Each child also asks who it
+/// is and takes the stdio locks itself: a child stuck on a lock fails the join's deadline.
 #[test]
 fn fork_children_start_while_other_threads_use_mprocs_state() {
     mproc_init();
@@ -94,6 +95,8 @@ fn fork_children_start_while_other_threads_use_mprocs_state() {
                 while !stop.load(Ordering::Relaxed) {
                     std::hint::black_box(mproc_process::current_process());
                     std::hint::black_box(mproc_process::active_children());
+                    let _ = std::io::stdout().lock().flush();
+                    let _ = std::io::stderr().lock().flush();
                 }
             })
         })
@@ -101,7 +104,11 @@ fn fork_children_start_while_other_threads_use_mprocs_state() {
     for i in 0..200u32 {
         let mut child = Builder::new()
             .start_method(StartMethod::Fork)
-            .spawn(move || (i, mproc_process::current_process().name().to_string()))
+            .spawn(move || {
+                let _ = std::io::stdout().lock().flush();
+                let _ = std::io::stderr().lock().flush();
+                (i, mproc_process::current_process().name().to_string())
+            })
             .unwrap();
         let (n, name) = child.join_timeout(DEADLINE).unwrap_or_else(|e| panic!("child {i}: {e}"));
         assert_eq!(n, i);
