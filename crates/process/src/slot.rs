@@ -540,4 +540,31 @@ mod tests {
             slot.give_back();
         }
     }
+
+    proptest::proptest! {
+        /// Whatever a child (buggy or hostile) leaves in its page, reading it gives a value or
+        /// nothing: never a panic, never an allocation past what the files hold.
+        #[test]
+        fn prop_any_page_reads_as_a_value_or_nothing(
+            flags in 0u32..3,
+            len in proptest::prop_oneof![0u64..5000, proptest::num::u64::ANY],
+            offset in proptest::prop_oneof![0u64..100_000, proptest::num::u64::ANY],
+            same_generation in proptest::bool::ANY,
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let mut slot = Slot::take().unwrap();
+            let mut page = [0u8; HEADER];
+            page[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+            page[4..8].copy_from_slice(&flags.to_le_bytes());
+            let generation = if same_generation { slot.generation } else { slot.generation + 1 };
+            page[8..16].copy_from_slice(&generation.to_le_bytes());
+            page[16..24].copy_from_slice(&len.to_le_bytes());
+            page[24..32].copy_from_slice(&offset.to_le_bytes());
+            assert!(slot.pages.write(slot.page, &page));
+            assert!(slot.pages.write(slot.page + HEADER, &body));
+            let _ = slot.read::<Vec<u8>>();
+            let _ = slot.read::<(u8, String)>();
+            slot.give_back();
+        }
+    }
 }
