@@ -28,6 +28,13 @@ fn writable(end: &impl AsFd) {
     assert_eq!(ready, 1, "no room to write within 60 s");
 }
 
+/// Flushes what `end` holds of a frame taken in part, waiting for room between tries.
+fn flush_all<E: AsFd>(end: &E, try_flush: fn(&E) -> mproc_ipc::Result<bool>) {
+    while !try_flush(end).unwrap() {
+        writable(end);
+    }
+}
+
 /// Fills the end with `try_send` until it says there is no room; the values it took.
 fn fill<E: Send + 'static>(end: E, send: fn(&E, &Vec<u8>) -> mproc_ipc::Result<bool>) -> (E, Vec<Vec<u8>>) {
     within(move || {
@@ -52,9 +59,7 @@ fn a_full_socket_says_no_room_and_loses_nothing() {
     let count = taken.len();
     let reader = thread::spawn(move || (0..count).map(|_| theirs.recv().unwrap()).collect::<Vec<_>>());
     let ours = within(move || {
-        while !ours.try_flush().unwrap() {
-            writable(&ours);
-        }
+        flush_all(&ours, Connection::try_flush);
         ours
     });
     assert!(reader.join().unwrap() == taken, "frames came back changed or out of order");
@@ -85,9 +90,7 @@ fn full_pipe_round() {
     let count = taken.len();
     let reader = thread::spawn(move || (0..count).map(|_| rx.recv().unwrap()).collect::<Vec<_>>());
     let tx = within(move || {
-        while !tx.try_flush().unwrap() {
-            writable(&tx);
-        }
+        flush_all(&tx, Sender::try_flush);
         tx
     });
     assert_eq!(reader.join().unwrap(), taken);
@@ -141,11 +144,7 @@ fn raw_frames_go_without_waiting_too() {
         }
     });
     let reader = thread::spawn(move || rx.recv_bytes().unwrap());
-    within(move || {
-        while !tx.try_flush().unwrap() {
-            writable(&tx);
-        }
-    });
+    within(move || flush_all(&tx, Sender::try_flush));
     assert!(reader.join().unwrap() == payload);
 }
 
@@ -203,9 +202,7 @@ proptest! {
                 }
             }
         }
-        while !ours.try_flush().unwrap() {
-            writable(&ours);
-        }
+        flush_all(&ours, Connection::try_flush);
         count_tx.send(None).unwrap();
         prop_assert_eq!(reader.join().unwrap(), taken);
     }
@@ -243,9 +240,7 @@ fn ends_travel_in_frames_sent_without_waiting() {
         while !ours.try_send(&(vec![1; 100_000], Some(copy(&tx)))).unwrap() {
             writable(&ours);
         }
-        while !ours.try_flush().unwrap() {
-            writable(&ours);
-        }
+        flush_all(&ours, Connection::try_flush);
         ours
     });
     reader.join().unwrap();

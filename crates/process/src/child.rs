@@ -181,15 +181,20 @@ impl ChildState {
 
     /// The child's pid (0 before it is started).
     pub(crate) fn pid_u32(&self) -> u32 {
-        self.pid.load(Ordering::Acquire) as u32
+        self.pid().map_or(0, |pid| pid.as_raw_nonzero().get() as u32)
     }
 
     /// Readable when the child has ended (Python's `sentinel`).
     pub(crate) fn sentinel(&self) -> BorrowedFd<'_> {
         match &self.exit {
-            Exit::Own { pidfd } => pidfd.get_or_init(|| self.open_pidfd()).wait_fd(),
+            Exit::Own { pidfd } => self.watch(pidfd).wait_fd(),
             Exit::Server { pidfd, .. } => pidfd.as_fd(),
         }
+    }
+
+    /// What shows our own child's end: its pidfd, opened on first use.
+    fn watch<'a>(&self, pidfd: &'a OnceLock<Watch>) -> &'a Watch {
+        pidfd.get_or_init(|| self.open_pidfd())
     }
 
     /// The child's pidfd, opened while it is not reaped (so its pid still names it). A child
@@ -211,7 +216,7 @@ impl ChildState {
     /// the connection, read ahead with the `Started` report).
     pub(crate) fn status_source(&self) -> &dyn Waitable {
         match &self.exit {
-            Exit::Own { pidfd } => pidfd.get_or_init(|| self.open_pidfd()),
+            Exit::Own { pidfd } => self.watch(pidfd),
             Exit::Server { reports, .. } => &**reports,
         }
     }

@@ -20,13 +20,9 @@ struct Reaper {
     orphans: Arc<parking_lot::Mutex<Vec<Arc<ChildState>>>>,
 }
 
-/// Forgets the children mproc is done with (freeing their state), and makes room for one
-/// more.
+/// Forgets the children mproc is done with (freeing their state).
 pub(crate) fn prune() {
-    CHILDREN.with(Vec::new, |children| {
-        children.retain(|c| !c.is_settled());
-        children.reserve(1);
-    });
+    CHILDREN.with(Vec::new, |children| children.retain(|c| !c.is_settled()));
 }
 
 /// Records a new child, pruning first.
@@ -36,7 +32,8 @@ pub(crate) fn add(child: Arc<ChildState>) {
 }
 
 /// Records a new child (a `Fork` child before it is forked), the list just pruned (by
-/// [`prune`]).
+/// [`prune`]: a Fork start prunes before it takes a slot, so those of forgotten children
+/// come back first).
 pub(crate) fn push(child: Arc<ChildState>) {
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| crate::sys::at_exit(join_at_exit));

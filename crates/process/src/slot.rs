@@ -152,16 +152,13 @@ impl Slot {
         let mut slots = pool.lock();
         let (index, generation) = match slots.free.pop() {
             Some((index, generation)) => (index, generation + 1),
-            None if slots.next < MAX_SLOTS => {
-                let index = slots.next;
-                slots.place(index)?; // maps its chunk first if need be
-                slots.next += 1;
-                (index, 1)
-            }
+            None if slots.next < MAX_SLOTS => (slots.next, 1),
             None => return Err(Error::Io(std::io::Error::other("too many forked children at once"))),
         };
-        let overflow = slots.overflow;
+        // Maps the chunk of a new index first; the index counts as used once that worked.
         let (pages, page) = slots.place(index)?;
+        slots.next = slots.next.max(index + 1);
+        let overflow = slots.overflow;
         drop(slots);
         Ok(Slot { pool, overflow, pages, page, index, generation })
     }
@@ -180,7 +177,7 @@ impl Slot {
     /// or exited without returning). Call it once: an overflow's pages are freed on reading.
     pub(crate) fn read<R: DeserializeOwned>(&mut self) -> Result<Option<Outcome<R>>> {
         let mut head = [0u8; HEADER];
-        if !self.pages.read(self.page_offset(), &mut head) {
+        if !self.pages.read(self.page, &mut head) {
             return Ok(None);
         }
         let Some(header) = Header::parse(&head) else { return Ok(None) };
@@ -220,7 +217,7 @@ impl Slot {
                     &mut large
                 }
             };
-            if !self.pages.read(self.value_offset(), value) {
+            if !self.pages.read(self.page + HEADER, value) {
                 return Ok(None);
             }
             value
@@ -245,14 +242,6 @@ impl Slot {
             let _ = rustix::fs::ftruncate(self.overflow.file, 0);
         }
     }
-
-    fn page_offset(&self) -> usize {
-        self.page
-    }
-
-    fn value_offset(&self) -> usize {
-        self.page_offset() + HEADER
-    }
 }
 
 impl SlotWriter<'_> {
@@ -268,15 +257,17 @@ impl SlotWriter<'_> {
             Ok(()) => self.write_header(false, encoder.output.len, 0),
             Err(postcard::Error::SerializeBufferFull) => match postcard::to_stdvec(outcome) {
                 Ok(bytes) if bytes.len() as u64 <= MAX_VALUE => self.write_value(&bytes),
-                Ok(_) => self.write_failure::<R>("the value is larger than 64 GiB".into()),
-                Err(e) => self.write_failure::<R>(describe(e)),
+                Ok(_) => self.write_failure("the value is larger than 64 GiB".into()),
+                Err(e) => self.write_failure(describe(e)),
             },
-            Err(e) => self.write_failure::<R>(describe(e)),
+            Err(e) => self.write_failure(describe(e)),
         }
     }
 
-    fn write_failure<R: Serialize>(self, why: String) {
-        let outcome = Outcome::<R>::Transfer(format!("cannot send the value back: {why}"));
+    /// Writes a transfer error saying `why`. (Its encoding is the same whatever the value's
+    /// type: `()` stands for it.)
+    fn write_failure(self, why: String) {
+        let outcome = Outcome::<()>::Transfer(format!("cannot send the value back: {why}"));
         if let Ok(bytes) = postcard::to_stdvec(&outcome) {
             self.write_value(&bytes);
         }
@@ -296,8 +287,7 @@ impl SlotWriter<'_> {
         // Checked first: past the limit, the kernel would kill this child with `SIGXFSZ`
         // rather than fail the write.
         if offset.checked_add(len).is_none_or(|end| end > file_size_limit()) {
-            // (A transfer error reads the same whatever the value's type: `()` will do.)
-            return self.write_failure::<()>(format!(
+            return self.write_failure(format!(
                 "the value ({len} bytes) would end past this process's file size limit (ulimit -f), \
                  which the file it crosses in obeys"
             ));
@@ -505,7 +495,7 @@ mod tests {
     #[test]
     fn a_page_value_longer_than_the_page_or_of_another_generation_is_no_value() {
         let mut slot = Slot::take().unwrap();
-        let (pages, at, generation) = (slot.pages, slot.page_offset(), slot.generation);
+        let (pages, at, generation) = (slot.pages, slot.page, slot.generation);
         let header = |generation, len| {
             let mut page = [0u8; HEADER];
             Header { generation, overflow: false, len, offset: 0 }.put(&mut page);
