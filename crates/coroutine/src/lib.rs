@@ -83,6 +83,7 @@ mod combinators;
 mod executor;
 mod io;
 mod reactor;
+mod sync;
 mod sys;
 mod time;
 
