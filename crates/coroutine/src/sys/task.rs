@@ -339,8 +339,12 @@ impl Tasks {
     /// Takes a task woken from another thread (out of the remote queue).
     fn take_remote(&self, woken: RemoteRef) {
         let task = TaskRef(woken.0);
-        // Cleared first: a wake from elsewhere from now on queues the task again.
-        task.header().remote_woken.store(false, Ordering::Release);
+        // Cleared first: a wake from elsewhere from now on queues the task again. A swap, not a
+        // store: a wake that found the flag still set (and so queued nothing) made its changes
+        // before its own swap, and the run below must see them; the acquire here does that.
+        // (With a plain store, the run could miss them and the wake be lost: the loom test
+        // `a_remote_wake_racing_the_runs_is_never_lost` finds that interleaving.)
+        task.header().remote_woken.swap(false, Ordering::AcqRel);
         self.wake(task);
         drop(woken);
     }
@@ -678,9 +682,16 @@ impl Remote {
 
     /// Sets `flag` (one of this executor's "something to do" flags) and wakes the executor
     /// if it sleeps.
+    ///
+    /// With [`sleep_unless_woken`](Self::sleep_unless_woken), a store then a load on each
+    /// side with a `SeqCst` fence between: at least one side sees the other's store, so the
+    /// executor either sees the flag before it sleeps or is woken through the eventfd. (Fences
+    /// rather than `SeqCst` accesses: loom checks fences, and takes `SeqCst` accesses for
+    /// acquire/release only.)
     fn raise(&self, flag: &AtomicBool) {
-        flag.store(true, Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) {
+        flag.store(true, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
             reactor::notify(self.eventfd.as_fd());
         }
     }
@@ -703,13 +714,14 @@ impl Remote {
     /// Runs `sleep` (the reactor's wait) unless a wake from another thread came first. A wake
     /// that comes while it runs writes the eventfd, which `sleep` must wake on.
     pub(crate) fn sleep_unless_woken(&self, sleep: impl FnOnce()) {
-        self.sleeping.store(true, Ordering::SeqCst);
+        self.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
         // A wake between the caller's checks and `sleeping` would not write the eventfd: look
-        // again now that wakers will.
-        if !self.queued.load(Ordering::SeqCst) && !self.main_woken.load(Ordering::SeqCst) {
+        // again now that wakers will (see `raise`).
+        if !self.queued.load(Ordering::Acquire) && !self.main_woken.load(Ordering::Acquire) {
             sleep();
         }
-        self.sleeping.store(false, Ordering::SeqCst);
+        self.sleeping.store(false, Ordering::Relaxed);
     }
 
     /// Refuses wakes from now on, and gives back the tasks queued so far.
@@ -763,3 +775,6 @@ impl Drop for Running {
         drop(left);
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests;
