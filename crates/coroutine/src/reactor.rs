@@ -136,6 +136,7 @@ impl Reactor {
     ) -> Readiness<'a> {
         Readiness { reactor: self, key, dir: usize::from(write), now, wait: None }
     }
+
     /// Takes every waker waiting on a source or a timer (when the executor goes away).
     pub(crate) fn take_wakers(&self) -> Vec<Waker> {
         let mut wakers: Vec<Waker> = std::mem::take(&mut *self.timers.borrow_mut()).into_values().collect();

@@ -696,9 +696,14 @@ impl Remote {
         }
     }
 
-    /// Wakes the future given to `block_on` (from any thread).
+    /// Wakes the future given to `block_on` (from any thread). In the executor's own thread
+    /// (a task it runs finished, a local channel) it is not asleep: setting the flag is all.
     pub(crate) fn wake_main(&self) {
-        self.raise(&self.main_woken);
+        if running_here(self, |_| ()).is_some() {
+            self.main_woken.store(true, Ordering::Relaxed);
+        } else {
+            self.raise(&self.main_woken);
+        }
     }
 
     /// Whether the future given to `block_on` was woken since the last call (which clears it).
@@ -745,13 +750,14 @@ loom::thread_local! {
 }
 
 /// Runs `f` on the tasks of the executor whose remote side is `remote`, if that executor is
-/// running in this thread; `None` otherwise.
-fn running_here(remote: &Arc<Remote>, f: impl FnOnce(&Tasks)) -> Option<()> {
+/// running in this thread; `None` otherwise. (By address: the caller holds `remote` alive, so
+/// no other executor's can be at that address.)
+fn running_here(remote: &Remote, f: impl FnOnce(&Tasks)) -> Option<()> {
     CURRENT_TASKS
         .try_with(|running| {
             let running = running.try_borrow().ok()?;
             let tasks = running.as_ref()?;
-            Arc::ptr_eq(&tasks.remote, remote).then(|| f(tasks))
+            std::ptr::eq(&*tasks.remote, remote).then(|| f(tasks))
         })
         .ok()
         .flatten()

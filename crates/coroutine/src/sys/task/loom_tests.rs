@@ -242,3 +242,27 @@ fn a_remote_wake_racing_the_executors_sleep_wakes_it() {
         close(tasks, running);
     });
 }
+
+/// The same for the future given to `block_on`, woken from another thread (a pool result):
+/// the executor sees the wake before it sleeps, or is woken through the eventfd.
+#[test]
+fn a_remote_wake_of_the_main_future_racing_the_executors_sleep_wakes_it() {
+    model(|| {
+        let (tasks, running) = executor();
+        let remote = Arc::clone(tasks.remote());
+        let waking = {
+            let remote = Arc::clone(&remote);
+            thread::spawn(move || remote.wake_main())
+        };
+        while !remote.take_main_wake() {
+            remote.sleep_unless_woken(|| {
+                let mut count = [0u8; 8];
+                while rustix::io::read(&remote.eventfd, &mut count).is_err() {
+                    thread::yield_now();
+                }
+            });
+        }
+        waking.join().unwrap();
+        close(tasks, running);
+    });
+}
