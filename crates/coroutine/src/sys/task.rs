@@ -326,10 +326,18 @@ impl Tasks {
     }
 
     /// Moves the tasks woken from other threads since the last call to the run queue.
+    #[inline]
     pub(crate) fn take_remote_wakes(&self) {
-        let remote = &self.remote;
-        if remote.queued.load(Ordering::Relaxed) && remote.queued.swap(false, Ordering::SeqCst) {
-            let woken = std::mem::take(&mut remote.queue.lock().woken);
+        // Once per turn of the executor's loop: a load when nothing came, the rest out of line.
+        if self.remote.queued.load(Ordering::Relaxed) {
+            self.take_remote_queue();
+        }
+    }
+
+    #[cold]
+    fn take_remote_queue(&self) {
+        if self.remote.queued.swap(false, Ordering::SeqCst) {
+            let woken = std::mem::take(&mut self.remote.queue.lock().woken);
             for task in woken {
                 self.take_remote(task);
             }
@@ -698,6 +706,7 @@ impl Remote {
 
     /// Wakes the future given to `block_on` (from any thread). In the executor's own thread
     /// (a task it runs finished, a local channel) it is not asleep: setting the flag is all.
+    #[inline]
     pub(crate) fn wake_main(&self) {
         if running_here(self, |_| ()).is_some() {
             self.main_woken.store(true, Ordering::Relaxed);
@@ -707,11 +716,13 @@ impl Remote {
     }
 
     /// Whether the future given to `block_on` was woken since the last call (which clears it).
+    #[inline]
     pub(crate) fn take_main_wake(&self) -> bool {
         self.main_woken.load(Ordering::Relaxed) && self.main_woken.swap(false, Ordering::SeqCst)
     }
 
     /// Whether the future given to `block_on` was woken and not polled since.
+    #[inline]
     pub(crate) fn main_woken(&self) -> bool {
         self.main_woken.load(Ordering::SeqCst)
     }
