@@ -80,19 +80,26 @@
 //!   is: a following `recv` may still wait for the rest of a frame a slow peer is writing.
 #![deny(unsafe_code)]
 
+mod address;
 mod codec;
 mod duplex;
 mod end;
 mod error;
 mod fdpass;
 mod frame;
+mod handshake;
+mod listener;
+#[cfg(feature = "pickle")]
+mod pickle;
 mod pipe;
 mod sys;
 mod wait;
 
+pub use address::Address;
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
-pub use error::{Error, Result};
+pub use error::{AuthError, Error, Result};
+pub use listener::{Client, ClientBuilder, Listener, ListenerBuilder};
 pub use pipe::{Receiver, Sender, pipe};
 pub use wait::{Waitable, wait, wait_one};
 
