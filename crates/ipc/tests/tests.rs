@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod fds;
+mod listener;
 mod nowait;
 mod props;
 mod python;
