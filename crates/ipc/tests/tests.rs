@@ -9,6 +9,7 @@ mod listener;
 mod nowait;
 mod props;
 mod python;
+mod python_listener;
 mod roundtrip;
 mod signals;
 mod threads;
