@@ -138,12 +138,30 @@ impl Cargo {
 /// How long one test step may run (a normal run takes a minute or two).
 const TEST_STEP_LIMIT: Duration = Duration::from_secs(30 * 60);
 
-/// `cargo xtask test`: format, lints, every test target, doc tests; stops at the first failure.
+/// `cargo xtask test`: format, lints, every test target, doc tests, then mproc-ipc's `pickle`
+/// feature; stops at the first failure.
 fn test(extra: &[String]) -> Result<(), ExitCode> {
     Cargo::new(&["fmt", "--all", "--", "--check"]).run()?;
     Cargo::new(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).run()?;
     Cargo::new(&["test", "--workspace", "--all-targets"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()?;
-    Cargo::new(&["test", "--workspace", "--doc"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()
+    Cargo::new(&["test", "--workspace", "--doc"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()?;
+    // mproc-ipc's optional `pickle` feature: its lints, and the tests and doc tests it adds
+    // (their names say pickle).
+    Cargo::new(&[
+        "clippy",
+        "-p",
+        "mproc-ipc",
+        "--all-targets",
+        "--features",
+        "pickle",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .run()?;
+    Cargo::new(&["test", "-p", "mproc-ipc", "--features", "pickle", "--", "pickle"])
+        .timeout(TEST_STEP_LIMIT)
+        .run()
 }
 
 /// Waits for `child`; past `limit`, kills it and every process it started, and fails.
