@@ -21,11 +21,22 @@ use crate::handshake::{DEFAULT_TIMEOUT, Handshake};
 use crate::wait::{Waitable, poll_until};
 
 /// The authkey and what goes with it, for either side.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct AuthOptions {
     authkey: Option<Vec<u8>>,
     allow_legacy_md5: bool,
     handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for AuthOptions {
+    /// Whether there is a key, never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthOptions")
+            .field("authkey", &self.authkey.as_ref().map(|_| "<hidden>"))
+            .field("allow_legacy_md5", &self.allow_legacy_md5)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
 }
 
 impl AuthOptions {

@@ -101,6 +101,15 @@ fn a_wrong_key_fails_both_sides_clearly_and_the_listener_goes_on() {
     assert!(matches!(client, Err(Error::Authentication(AuthError::Rejected))), "{client:?}");
     let shown = server.unwrap_err().to_string();
     assert!(shown.starts_with("authentication failed: "), "{shown}");
+    // The key never shows in a Debug.
+    let secret = String::from_utf8_lossy(KEY).into_owned();
+    for shown in [
+        format!("{listener:?}"),
+        format!("{:?}", Listener::builder(listener.address()).authkey(KEY)),
+        format!("{:?}", Client::builder(listener.address()).authkey(KEY)),
+    ] {
+        assert!(!shown.contains(&secret) && !shown.contains(&format!("{:?}", KEY)), "{shown}");
+    }
 
     let (server, client) = pair(&listener, |address| Client::connect::<String, String>(address, Some(KEY)));
     server.unwrap();

@@ -56,7 +56,7 @@ mpc.answer_challenge = answer_challenge
 "##;
 
 /// The Python side. `argv`: shim (0/1), role (client/listener), family, address, key (`-`:
-/// none), what (echo/pickle). Exits 3 on `AuthenticationError`.
+/// none), what (echo/pickle). Exits 3 on `AuthenticationError`, after saying so on stderr.
 const PEER: &str = r##"
 import socket, sys
 shim, role, family, address, key, what = sys.argv[1:7]
@@ -147,7 +147,8 @@ fn pythons() -> Vec<Python> {
                 continue;
             }
             seen.push(real.to_string());
-            found.push(Python { exe, minor });
+            // Run the interpreter itself: a shim costs a program start every time.
+            found.push(Python { exe: real.into(), minor });
         }
     }
     assert!(!found.is_empty(), "python3 must be installed: the interop tests need a real CPython peer");
@@ -187,6 +188,7 @@ fn start(
     let child = Command::new(&python.exe)
         .args(["-c", PEER, if shim { "1" } else { "0" }, role, family, address, &key, what, SHIM])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("python3 runs");
     let name = format!("{} ({speaks:?}) as {role} on {family} {address}", python.exe.display());
@@ -216,8 +218,8 @@ impl Peer {
         }
     }
 
-    /// Waits (at most the deadline, then kills) and returns the exit code.
-    fn exit_code(mut self) -> i32 {
+    /// Waits (at most the deadline, then kills) and returns how Python ended.
+    fn ended(mut self) -> Ended {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap();
         if mproc_ipc::wait(&[&pidfd], Some(DEADLINE)).unwrap().is_empty() {
@@ -225,7 +227,24 @@ impl Peer {
             let _ = self.child.wait();
             panic!("{}: still running after {DEADLINE:?}: killed", self.name);
         }
-        self.child.wait().unwrap().code().unwrap_or(-1)
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        // Python has exited: its stderr ends.
+        let mut stderr = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        Ended { code, stderr }
+    }
+}
+
+/// How a Python peer ended: its exit code (3: `AuthenticationError`) and what it wrote to stderr.
+#[derive(Debug)]
+struct Ended {
+    code: i32,
+    stderr: String,
+}
+
+impl Ended {
+    fn authentication_error(&self) -> bool {
+        self.code == 3 && self.stderr.starts_with("AuthenticationError:")
     }
 }
 
@@ -278,10 +297,10 @@ fn python_client(
     listener: &Listener,
     key: Option<&[u8]>,
     exchange: impl FnOnce(&Connection<(), ()>, &str),
-) -> (mproc_ipc::Result<()>, i32) {
+) -> (mproc_ipc::Result<()>, Ended) {
     let peer = start(python, speaks, "client", family, &python_spelling(listener.address()), key, "echo");
     let accepted = listener.accept_timeout::<(), ()>(DEADLINE).map(|conn| exchange(&conn, &peer.name));
-    (accepted, peer.exit_code())
+    (accepted, peer.ended())
 }
 
 /// Our `Client` to a Python `Listener`: what our `connect` gave, and Python's exit code.
@@ -291,11 +310,11 @@ fn python_listener(
     family: &str,
     key: Option<&[u8]>,
     client: impl FnOnce(Address) -> mproc_ipc::Result<Connection<(), ()>>,
-) -> (mproc_ipc::Result<()>, i32) {
+) -> (mproc_ipc::Result<()>, Ended) {
     let mut peer = start(python, speaks, "listener", family, &python_address(family), key, "echo");
     let address = peer.address(family);
     let connected = client(address).map(|conn| echo(&conn, &peer.name));
-    (connected, peer.exit_code())
+    (connected, peer.ended())
 }
 
 #[test]
@@ -313,11 +332,11 @@ fn python_clients_and_listeners_with_the_right_key_or_none() {
                 let listener = Listener::bind(our_address(family), key).unwrap();
                 let (ours, theirs) = python_client(&python, speaks, family, &listener, key, echo);
                 ours.unwrap();
-                assert_eq!(theirs, 0, "{python:?} client on {family}");
+                assert_eq!(theirs.code, 0, "{python:?} client on {family}: {theirs:?}");
                 let (ours, theirs) =
                     python_listener(&python, speaks, family, key, |a| Client::connect(a, key));
                 ours.unwrap();
-                assert_eq!(theirs, 0, "{python:?} listener on {family}");
+                assert_eq!(theirs.code, 0, "{python:?} listener on {family}: {theirs:?}");
             }
         }
     }
@@ -338,7 +357,10 @@ fn a_wrong_key_fails_on_both_sides() {
                     matches!(ours, Err(Error::Authentication(AuthError::WrongDigest))),
                     "{python:?} {speaks:?}: {ours:?}"
                 );
-                assert_eq!(theirs, 3, "{python:?} {speaks:?}: Python's AuthenticationError");
+                assert!(
+                    theirs.authentication_error(),
+                    "{python:?} {speaks:?}: Python's AuthenticationError: {theirs:?}"
+                );
 
                 let (ours, theirs) = python_listener(&python, speaks, family, Some(b"wrong"), |a| {
                     Client::builder(a).authkey(KEY).allow_legacy_md5(true).connect()
@@ -347,7 +369,10 @@ fn a_wrong_key_fails_on_both_sides() {
                     matches!(ours, Err(Error::Authentication(AuthError::Rejected))),
                     "{python:?} {speaks:?}: {ours:?}"
                 );
-                assert_eq!(theirs, 3, "{python:?} {speaks:?}: Python's AuthenticationError");
+                assert!(
+                    theirs.authentication_error(),
+                    "{python:?} {speaks:?}: Python's AuthenticationError: {theirs:?}"
+                );
             }
         }
     }
@@ -364,12 +389,12 @@ fn legacy_md5_pythons_work_when_allowed_and_fail_clearly_otherwise() {
                 Listener::builder(our_address(family)).authkey(KEY).allow_legacy_md5(true).bind().unwrap();
             let (ours, theirs) = python_client(&python, speaks, family, &listener, Some(KEY), echo);
             ours.unwrap();
-            assert_eq!(theirs, 0, "{python:?} legacy client, allowed");
+            assert_eq!(theirs.code, 0, "{python:?} legacy client, allowed: {theirs:?}");
             let (ours, theirs) = python_listener(&python, speaks, family, Some(KEY), |a| {
                 Client::builder(a).authkey(KEY).allow_legacy_md5(true).connect()
             });
             ours.unwrap();
-            assert_eq!(theirs, 0, "{python:?} legacy listener, allowed");
+            assert_eq!(theirs.code, 0, "{python:?} legacy listener, allowed: {theirs:?}");
 
             let listener = Listener::bind(our_address(family), Some(KEY)).unwrap();
             let (ours, theirs) = python_client(&python, speaks, family, &listener, Some(KEY), echo);
@@ -377,11 +402,11 @@ fn legacy_md5_pythons_work_when_allowed_and_fail_clearly_otherwise() {
                 panic!("{python:?}: {ours:?}")
             };
             assert!(e.to_string().contains("allow_legacy_md5(true)"), "the error names the option: {e}");
-            assert_eq!(theirs, 3, "{python:?}: Python's AuthenticationError");
+            assert!(theirs.authentication_error(), "{python:?}: Python's AuthenticationError: {theirs:?}");
             let (ours, theirs) =
                 python_listener(&python, speaks, family, Some(KEY), |a| Client::connect(a, Some(KEY)));
             assert!(matches!(ours, Err(Error::Authentication(AuthError::LegacyMd5))), "{python:?}: {ours:?}");
-            assert_eq!(theirs, 3, "{python:?}: Python's AuthenticationError");
+            assert!(theirs.authentication_error(), "{python:?}: Python's AuthenticationError: {theirs:?}");
         }
     }
 }
@@ -416,7 +441,8 @@ fn pickled_values_both_ways_with_python() {
             let theirs: (i64, String, Vec<i64>, BTreeMap<String, i64>) =
                 conn.cast::<(), _>().recv_pickle_timeout(DEADLINE).unwrap();
             assert_eq!(theirs, (1 << 40, "from python".into(), vec![], BTreeMap::new()));
-            assert_eq!(peer.exit_code(), 0);
+            let ended = peer.ended();
+            assert_eq!(ended.code, 0, "{ended:?}");
         }
     }
 }
