@@ -55,12 +55,18 @@ fn typed_round_trips_over_every_address_with_and_without_a_key() {
                 assert_ne!(bound.port(), 0, "the kernel's port is reported");
             }
             let (server, client) = pair(&listener, move |address| {
-                let conn: Connection<String> = Client::connect(address, key)?;
+                let conn: Connection<String> = Client::connect(address.clone(), key)?;
+                if let Address::Tcp(_) = address {
+                    assert!(rustix::net::sockopt::tcp_nodelay(&conn)?, "TCP_NODELAY on connected ends");
+                }
                 conn.send(&"ping".to_string())?;
                 conn.recv_timeout(DEADLINE)
             });
             let server = server.unwrap();
             assert_cloexec(&server);
+            if let Address::Tcp(_) = address {
+                assert!(rustix::net::sockopt::tcp_nodelay(&server).unwrap(), "TCP_NODELAY on accepted ends");
+            }
             assert_eq!(server.recv_timeout(DEADLINE).unwrap(), "ping", "{address} key {key:?}");
             server.send(&"pong".to_string()).unwrap();
             assert_eq!(client.join().unwrap().unwrap(), "pong", "{address}");
@@ -272,6 +278,29 @@ fn a_silent_client_meets_the_deadline_and_others_still_get_in() {
     drop(silent);
     // A listener nobody connects to gives up when asked to.
     assert!(matches!(listener.accept_timeout::<(), ()>(Duration::from_millis(1)), Err(Error::Timeout)));
+
+    // And the other way round: a client facing a silent listener.
+    let hostile = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let client = Client::builder(hostile.local_addr().unwrap())
+        .authkey(KEY)
+        .handshake_timeout(Duration::from_millis(200))
+        .connect::<(), ()>();
+    assert!(matches!(client, Err(Error::Authentication(AuthError::Timeout(_)))), "{client:?}");
+}
+
+#[test]
+fn a_listener_is_waitable_with_ends() {
+    let listener = Listener::bind((Ipv4Addr::LOCALHOST, 0), Some(KEY)).unwrap();
+    let (other, _keep) = mproc_ipc::duplex::<()>().unwrap();
+    assert!(mproc_ipc::wait(&[&listener, &other], Some(Duration::ZERO)).unwrap().is_empty());
+    let address = listener.address().clone();
+    let client = std::thread::spawn(move || Client::connect::<String, String>(address, Some(KEY)));
+    assert_eq!(mproc_ipc::wait(&[&listener, &other], Some(DEADLINE)).unwrap(), [0]);
+    let server: Connection<String> = listener.accept_timeout(DEADLINE).unwrap();
+    let client = client.join().unwrap().unwrap();
+    client.send(&"ready".into()).unwrap();
+    assert_eq!(mproc_ipc::wait(&[&other, &server], Some(DEADLINE)).unwrap(), [1]);
+    assert_eq!(server.recv_timeout(DEADLINE).unwrap(), "ready");
 }
 
 /// Where a hostile client stops: 0 at once, 9 never (a whole handshake, then it hangs up).
