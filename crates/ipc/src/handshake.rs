@@ -20,6 +20,7 @@ use sha2::Sha256;
 
 use crate::end::{DEFAULT_MAX_MESSAGE_SIZE, End};
 use crate::error::{AuthError, Error, Result};
+use crate::wait::far_future;
 
 /// The longest message a peer may send before it is authenticated (as CPython's
 /// `recv_bytes(256)`).
@@ -85,7 +86,7 @@ impl Handshake {
     }
 
     fn run(&self, end: &mut End, steps: impl FnOnce(&End, Instant) -> Result<()>) -> Result<()> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now().checked_add(self.timeout).unwrap_or_else(far_future);
         end.set_max_message_size(MAX_MESSAGE);
         let result = steps(end, deadline).map_err(|e| match e {
             Error::Timeout => Error::Authentication(AuthError::Timeout(self.timeout)),

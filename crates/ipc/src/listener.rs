@@ -18,7 +18,7 @@ use crate::end::{End, Kind};
 use crate::error::AuthError;
 use crate::error::{Error, Result};
 use crate::handshake::{DEFAULT_TIMEOUT, Handshake};
-use crate::wait::{Waitable, poll_until};
+use crate::wait::{Waitable, far_future, poll_until};
 
 /// The authkey and what goes with it, for either side.
 #[derive(Clone)]
@@ -160,7 +160,7 @@ impl Listener {
     /// As [`accept`](Self::accept), giving up with [`Error::Timeout`] if no connection arrives
     /// within `timeout` (the handshake of one that arrives has its own deadline).
     pub fn accept_timeout<S, R>(&self, timeout: Duration) -> Result<Connection<S, R>> {
-        self.accept_until(Some(Instant::now() + timeout))
+        self.accept_until(Some(Instant::now().checked_add(timeout).unwrap_or_else(far_future)))
     }
 
     fn accept_until<S, R>(&self, deadline: Option<Instant>) -> Result<Connection<S, R>> {

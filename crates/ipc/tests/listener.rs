@@ -288,6 +288,25 @@ fn a_silent_client_meets_the_deadline_and_others_still_get_in() {
     assert!(matches!(client, Err(Error::Authentication(AuthError::Timeout(_)))), "{client:?}");
 }
 
+/// Timeouts too long to add to now (`Duration::MAX`) mean "no deadline", not a panic.
+#[test]
+fn endless_timeouts_are_no_deadline() {
+    let listener = Listener::builder((Ipv4Addr::LOCALHOST, 0))
+        .authkey(KEY)
+        .handshake_timeout(Duration::MAX)
+        .bind()
+        .unwrap();
+    let address = listener.address().clone();
+    let client = std::thread::spawn(move || {
+        Client::builder(address)
+            .authkey(KEY)
+            .handshake_timeout(Duration::from_secs(1 << 40))
+            .connect::<(), ()>()
+    });
+    listener.accept_timeout::<(), ()>(Duration::MAX).unwrap();
+    client.join().unwrap().unwrap();
+}
+
 #[test]
 fn a_listener_is_waitable_with_ends() {
     let listener = Listener::bind((Ipv4Addr::LOCALHOST, 0), Some(KEY)).unwrap();
