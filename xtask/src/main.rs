@@ -144,13 +144,30 @@ const TEST_STEP_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// runs in seconds).
 const LOOM_STEP_LIMIT: Duration = Duration::from_secs(10 * 60);
 
-/// `cargo xtask test`: format, lints, every test target, doc tests, loom model checks; stops
-/// at the first failure.
+/// `cargo xtask test`: format, lints, every test target, doc tests, mproc-ipc's `pickle`
+/// feature, loom model checks; stops at the first failure.
 fn test(extra: &[String]) -> Result<(), ExitCode> {
     Cargo::new(&["fmt", "--all", "--", "--check"]).run()?;
     Cargo::new(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).run()?;
     Cargo::new(&["test", "--workspace", "--all-targets"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()?;
     Cargo::new(&["test", "--workspace", "--doc"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()?;
+    // mproc-ipc's optional `pickle` feature: its lints, and the tests and doc tests it adds
+    // (their names say pickle).
+    Cargo::new(&[
+        "clippy",
+        "-p",
+        "mproc-ipc",
+        "--all-targets",
+        "--features",
+        "pickle",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .run()?;
+    Cargo::new(&["test", "-p", "mproc-ipc", "--features", "pickle", "--", "pickle"])
+        .timeout(TEST_STEP_LIMIT)
+        .run()?;
     loom()
 }
 
