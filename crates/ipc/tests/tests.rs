@@ -7,6 +7,8 @@ mod bad_input;
 mod fds;
 mod listener;
 mod nowait;
+#[cfg(feature = "pickle")]
+mod pickle_input;
 mod props;
 mod python;
 mod python_listener;
