@@ -16,7 +16,8 @@ use crate::reactor::{self, Reactor};
 use crate::sync::Arc;
 use crate::sys::task::{self, JoinHandle, Remote, Running, Tasks};
 
-/// How many tasks run between two looks at the reactor while tasks keep being ready.
+/// How many polls (tasks, or the main future) run between two looks at the reactor while
+/// something keeps being ready.
 const BUDGET: usize = 1024;
 
 /// The executor's own state, in its thread.
@@ -152,11 +153,14 @@ impl Executor {
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);
         remote.wake_main();
+        // Polls (of tasks and of the main future) since the reactor was last looked at.
+        let mut since_io = 0;
         loop {
-            if remote.take_main_wake()
-                && let Poll::Ready(output) = future.as_mut().poll(&mut cx)
-            {
-                return output;
+            if remote.take_main_wake() {
+                since_io += 1;
+                if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                    return output;
+                }
             }
             // The queue runs before the main future is polled again (up to the budget): a main
             // future awaiting many tasks then finds them finished, instead of being woken by
@@ -167,14 +171,18 @@ impl Executor {
                 local.tasks.run(task);
                 ran += 1;
             }
+            since_io += ran;
             local.tasks.take_remote_wakes();
             if local.tasks.is_empty() && !remote.main_woken() {
                 remote.sleep_unless_woken(|| {
                     local.reactor.poll(None).expect("mproc-coroutine: epoll_wait failed");
                 });
-            } else if ran == BUDGET {
-                // Busy: look at I/O and timers without sleeping, so they are not starved.
+                since_io = 0;
+            } else if since_io >= BUDGET {
+                // Busy (tasks, or a main future that keeps waking itself): look at I/O and
+                // timers without sleeping, so they are not starved.
                 local.reactor.poll(Some(Duration::ZERO)).expect("mproc-coroutine: epoll_wait failed");
+                since_io = 0;
             }
         }
     }

@@ -251,3 +251,32 @@ fn spawn_outside_block_on_is_a_clear_panic() {
         err.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| err.downcast_ref::<String>().cloned());
     assert!(message.unwrap().contains("outside Executor::block_on"));
 }
+
+/// A main future that keeps waking itself (polling a flag with `yield_now`) while a task waits
+/// for its end to become readable: the executor never sleeps, but it must still look at the
+/// reactor now and then, or the task is never woken (before, only a full budget of *tasks*
+/// made it look, so this loop ran out with nothing arrived).
+#[test]
+fn a_main_future_that_keeps_waking_itself_does_not_starve_io() {
+    let (ours, theirs) = mproc_coroutine::ipc::duplex::<u32>().unwrap();
+    let ex = Executor::new().unwrap();
+    let arrived = ex.block_on(async {
+        let ours = mproc_coroutine::Async::new(ours).unwrap();
+        let arrived = Rc::new(Cell::new(None));
+        let receiver = spawn({
+            let arrived = Rc::clone(&arrived);
+            async move { arrived.set(Some(ours.recv().await.unwrap())) }
+        });
+        yield_now().await; // the task runs, finds nothing, and waits on the reactor
+        theirs.send(&7).unwrap();
+        for _ in 0..100_000 {
+            if arrived.get().is_some() {
+                break;
+            }
+            yield_now().await;
+        }
+        drop(receiver);
+        arrived.get()
+    });
+    assert_eq!(arrived, Some(7));
+}
