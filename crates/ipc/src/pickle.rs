@@ -40,7 +40,9 @@ impl<S, R> Connection<S, R> {
 
     /// Receives a pickled value, as Python's `Connection.recv` (what a Python peer sent with
     /// `conn.send(obj)`). A frame that is not a pickle of an `R` is [`Error::Pickle`], and the
-    /// next receive goes on after it.
+    /// next receive goes on after it; so is a pickle nested more than 128 deep, or one that
+    /// would unpickle to more than [`max_message_size`](Self::max_message_size) bytes (each
+    /// reference to a shared object unpickles to a copy of it).
     pub fn recv_pickle(&self) -> Result<R>
     where
         R: DeserializeOwned,
