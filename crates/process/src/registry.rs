@@ -72,7 +72,13 @@ fn start_reaper() -> Reaper {
     let watched = Arc::clone(&orphans);
     std::thread::Builder::new()
         .name("mproc-reaper".into())
-        .spawn(move || while reap_once(&IpcWait, &wake_rx, &watched) {})
+        // After each round the children it reaped are forgotten (their state, pidfd
+        // included, freed): a reaped child holds no fd.
+        .spawn(move || {
+            while reap_once(&IpcWait, &wake_rx, &watched) {
+                prune();
+            }
+        })
         .expect("thread for the reaper");
     Reaper { wake, orphans }
 }

@@ -163,8 +163,10 @@ fn the_fork_server_and_its_daemons_die_with_a_killed_parent_despite_a_fork_child
     assert_eq!(crate::ppid(daemons[1]), server);
     parent.kill().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let lingering: Vec<u32> =
-        [server, daemons[0], daemons[1]].into_iter().filter(|&pid| !crate::wait_gone_until(pid, deadline)).collect();
+    let lingering: Vec<u32> = [server, daemons[0], daemons[1]]
+        .into_iter()
+        .filter(|&pid| !crate::wait_gone_until(pid, deadline))
+        .collect();
     // The Fork child is no daemon: it runs on, orphaned, until killed here.
     crate::kill_if_alive(forked);
     for pid in &lingering {

@@ -55,7 +55,12 @@ fn children_of_a_test_that_never_calls_mproc_init() {
 fn a_test_run_alone_starts_children_which_print_nothing_of_the_harness() {
     use std::io::Read;
     let mut run = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "init::children_of_a_test_that_never_calls_mproc_init", "--test-threads=1", "--nocapture"])
+        .args([
+            "--exact",
+            "init::children_of_a_test_that_never_calls_mproc_init",
+            "--test-threads=1",
+            "--nocapture",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

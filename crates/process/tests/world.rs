@@ -66,7 +66,8 @@ fn spawned_children_and_the_fork_server_carry_the_programs_name() {
     mproc_init();
     let ours = comm("self");
     for method in [StartMethod::Spawn, StartMethod::ForkServer] {
-        let (child, parent) = Builder::new().start_method(method).spawn_fn(names, ()).unwrap().join().unwrap();
+        let (child, parent) =
+            Builder::new().start_method(method).spawn_fn(names, ()).unwrap().join().unwrap();
         assert_eq!(child, ours, "{method:?}");
         if method == StartMethod::ForkServer {
             assert_eq!(parent, ours, "the fork server");

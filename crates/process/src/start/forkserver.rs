@@ -99,12 +99,7 @@ fn send_request(request: &Request) -> Result<()> {
 fn start_server() -> Result<Connection<Request, ()>> {
     let (ours, theirs) = Connection::<Request, ()>::pair()?;
     let env = [bootstrap_env(SERVER_ENV)];
-    let pid = sys::spawn::spawn_self(
-        &crate::child_args(),
-        &env,
-        &crate::start::spawn::BOOTSTRAP_VARS,
-        theirs.as_fd(),
-    )?;
+    let pid = sys::spawn::spawn_self(&env, &crate::start::spawn::BOOTSTRAP_VARS, theirs.as_fd())?;
     drop(theirs);
     // The server is our child too: reap it whenever it ends.
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
@@ -121,23 +116,33 @@ struct Served {
 }
 
 /// The server's loop, in the server process: never returns.
+///
+/// The server lives as long as the process that started it: it watches that process's pidfd,
+/// not the end of `control`, since a copy of the client's end may live on in any process
+/// forked from the client (a `Fork` child holds one). When the client dies, even by
+/// `SIGKILL`, the server leaves at once, and its daemon children die with it.
 pub(crate) fn serve(control: Connection<(), Request>) -> ! {
     let me = rustix::process::getpid();
+    let Some(client) = parent_pidfd() else { crate::bootstrap::exit(0) };
     let mut children: HashMap<i32, Served> = HashMap::new();
     loop {
         // Requests may arrive together and wait inside `control`, read ahead: `wait` sees them.
         let ready: Vec<usize> = {
-            let mut sources: Vec<&dyn mproc_ipc::Waitable> = vec![&control];
+            let mut sources: Vec<&dyn mproc_ipc::Waitable> = vec![&control, &client];
             sources.extend(children.values().map(|c| &c.pidfd as &dyn mproc_ipc::Waitable));
             match mproc_ipc::wait(&sources, None) {
                 Ok(ready) => ready,
                 Err(_) => crate::bootstrap::exit(1),
             }
         };
+        if ready.contains(&1) {
+            // The client is gone: so is the server (see above).
+            crate::bootstrap::exit(0);
+        }
         // Reap first: a pidfd that is ready belongs to an ended child.
         let pids: Vec<i32> = children.keys().copied().collect();
-        for &i in ready.iter().filter(|&&i| i > 0) {
-            let pid = pids[i - 1];
+        for &i in ready.iter().filter(|&&i| i > 1) {
+            let pid = pids[i - 2];
             let served = children.remove(&pid).expect("known child");
             let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
             match rustix::process::waitid(WaitId::PidFd(served.pidfd.as_fd()), options) {
@@ -159,6 +164,7 @@ pub(crate) fn serve(control: Connection<(), Request>) -> ! {
                     Forking::Child { bootstrap, daemon } => {
                         // Only the child's own bootstrap end stays: the server's fds go.
                         drop(control);
+                        drop(client);
                         drop(children);
                         if daemon {
                             die_with_parent(me);
@@ -167,13 +173,23 @@ pub(crate) fn serve(control: Connection<(), Request>) -> ! {
                         crate::bootstrap::child_main(Connection::from(bootstrap))
                     }
                 },
-                // The client is gone: so is the server. Children run on (daemons die with
-                // this process, their parent).
+                // The client closed its end: the server is done. Children run on (daemons
+                // die with this process, their parent).
                 Err(mproc_ipc::Error::Closed) => crate::bootstrap::exit(0),
                 Err(_) => {}
             }
         }
     }
+}
+
+/// A pidfd of this process's parent, the client, or `None` if the parent is gone already
+/// (this process was re-parented). The pid is opened, then the parent asked again: if it is
+/// still ours, the pidfd was opened while the parent lived, so it names the parent and not a
+/// process that reused its pid.
+fn parent_pidfd() -> Option<OwnedFd> {
+    let parent = rustix::process::getppid()?;
+    let pidfd = rustix::process::pidfd_open(parent, PidfdFlags::empty()).ok()?;
+    (rustix::process::getppid() == Some(parent)).then_some(pidfd)
 }
 
 /// What a fork for a request turned out to be, on each side.

@@ -32,7 +32,7 @@ where
     crate::check_initialized()?;
     let (parent_end, child_end) = Connection::<Start, ()>::pair()?;
     let env = [bootstrap_env(CHILD_ENV)];
-    let pid = sys::spawn::spawn_self(&crate::child_args(), &env, &BOOTSTRAP_VARS, child_end.as_fd())?;
+    let pid = sys::spawn::spawn_self(&env, &BOOTSTRAP_VARS, child_end.as_fd())?;
     drop(child_end);
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
     let daemon = identity.daemon;

@@ -75,6 +75,29 @@ pub(crate) fn page_size() -> usize {
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
+/// Makes `$f` (a `fn()`) run before `main`, as the loader runs every function in a binary's
+/// `.init_array` (glibc passes them `argc`, `argv` and `envp`, which a C `fn()` may ignore;
+/// the standard library's own such function, which records the arguments, is ordered
+/// before): for [`test_support!`](crate::test_support), so a copy of a test binary becomes
+/// its child before the test harness starts.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __before_main {
+    ($f:path) => {
+        // SAFETY: the section holds pointers to functions the loader calls before `main`;
+        // this one is an `extern "C" fn()` that calls a safe Rust `fn()`.
+        #[allow(unsafe_code)]
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        static MPROC_BEFORE_MAIN: extern "C" fn() = {
+            extern "C" fn mproc_before_main() {
+                $f()
+            }
+            mproc_before_main
+        };
+    };
+}
+
 /// Runs `f` when the program exits normally (return from `main`, `std::process::exit`).
 pub(crate) fn at_exit(f: extern "C" fn()) {
     // SAFETY: `f` is a plain `extern "C" fn()`, which is what atexit takes; registering can
