@@ -28,6 +28,41 @@ pub(crate) struct Start {
     /// once if that parent is already gone. (A fork server's daemon child was tied to the
     /// server, its real parent, before it read this.)
     pub(crate) dies_with_parent: bool,
+    /// The parent's working directory and environment at the start, for a child forked by
+    /// the fork server (which has the server's, from when the server started). A Spawn child
+    /// got them at its exec.
+    pub(crate) world: Option<World>,
+}
+
+/// A process's working directory and environment, as a child should start with them.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct World {
+    /// `None` if the parent's directory could not be named (it was removed).
+    cwd: Option<std::path::PathBuf>,
+    /// Every variable, but mproc's own bootstrap variables.
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+}
+
+impl World {
+    /// This process's.
+    pub(crate) fn current() -> World {
+        let ours = |key: &std::ffi::OsString| {
+            crate::start::spawn::BOOTSTRAP_VARS.iter().any(|v| key.as_encoded_bytes() == v.as_bytes())
+        };
+        World {
+            cwd: std::env::current_dir().ok(),
+            env: std::env::vars_os().filter(|(k, _)| !ours(k)).collect(),
+        }
+    }
+
+    /// Makes it this process's, in a child before its function runs: the directory (if it
+    /// can be entered; else the child stays where it is), then the variables that differ.
+    pub(crate) fn enter(self) {
+        if let Some(cwd) = &self.cwd {
+            let _ = std::env::set_current_dir(cwd);
+        }
+        sys::replace_env(&self.env);
+    }
 }
 
 /// What comes back from a child: its value, or why there is none.
@@ -120,6 +155,9 @@ pub(crate) fn child_main(conn: Connection<(), Start>) -> ! {
         && let Some((parent, _)) = &start.identity.parent
     {
         crate::start::fork::die_with_parent(rustix::process::Pid::from_raw(*parent as i32).expect("a pid"));
+    }
+    if let Some(world) = start.world {
+        world.enter();
     }
     identity::become_child(Box::new(start.identity.clone()));
     crate::mark_initialized();

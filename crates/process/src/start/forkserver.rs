@@ -5,7 +5,9 @@
 //! whatever the threads of the program asking. For each request it receives the child's
 //! bootstrap end and a report connection (both as `SCM_RIGHTS`), forks, and tells the client
 //! on the report connection the child's pid (with a pidfd it opened as the child's parent) and,
-//! once it has reaped the child, its exit status. The child then behaves as a Spawn child.
+//! once it has reaped the child, its exit status. The child then behaves as a Spawn child,
+//! first taking the working directory and environment its parent had at the request (the
+//! server's are those of when it started).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -17,7 +19,7 @@ use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::bootstrap::Start;
+use crate::bootstrap::{Start, World};
 use crate::child::{ChildState, Exit, Report};
 use crate::error::{Error, Result};
 use crate::global::PerProcess;
@@ -61,7 +63,7 @@ where
     drop(request);
     // What to run goes straight into the child's connection, while the server forks.
     let started_as = Box::new(identity.clone());
-    let (conn, sent) = send_start(parent_end, identity, false, f, args);
+    let (conn, sent) = send_start(parent_end, identity, false, Some(World::current()), f, args);
     let (pid, pidfd) = match reports.recv_timeout(ANSWER_TIMEOUT) {
         Ok(Report::Started { pid, pidfd }) => (pid, OwnedFd::from(pidfd)),
         Ok(Report::Failed(why)) => return Err(Error::ForkServer(why)),

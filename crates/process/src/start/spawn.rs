@@ -8,7 +8,7 @@ use rustix::process::PidfdFlags;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bootstrap::{self, Outcome, Start};
+use crate::bootstrap::{self, Outcome, Start, World};
 use crate::child::{ChildState, Exit};
 use crate::error::{Error, Result};
 use crate::identity::Identity;
@@ -37,7 +37,7 @@ where
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
     let daemon = identity.daemon;
     let state = Arc::new(ChildState::new(pid, Box::new(identity.clone()), Exit::own_with(pidfd)));
-    let (conn, sent) = send_start(parent_end, identity, daemon, f, args);
+    let (conn, sent) = send_start(parent_end, identity, daemon, None, f, args);
     finish_start(state, conn, sent)
 }
 
@@ -46,7 +46,8 @@ pub(crate) fn bootstrap_env(key: &str) -> std::ffi::CString {
     sys::spawn::env_entry(key, &format!("{}:{}", std::process::id(), sys::spawn::BOOTSTRAP_FD))
 }
 
-/// Sends a new child what to run: the start message, then the arguments. They wait in the
+/// Sends a new child what to run: the start message (with `world`, the directory and
+/// environment it is to take, for a child that does not inherit them), then the arguments. They wait in the
 /// socket until the child reads them, so this needs no answer from the child first. Returns
 /// the connection, typed for the child's outcome, and whether sending worked (if not, the
 /// child sees its connection close and exits).
@@ -54,6 +55,7 @@ pub(crate) fn send_start<A, R>(
     conn: Connection<Start, ()>,
     identity: Identity,
     dies_with_parent: bool,
+    world: Option<World>,
     f: fn(A) -> R,
     args: &A,
 ) -> (Connection<(), Outcome<R>>, std::result::Result<(), mproc_ipc::Error>)
@@ -67,6 +69,7 @@ where
         check: sys::offset_of(bootstrap::check_binary as *const () as usize),
         identity,
         dies_with_parent,
+        world,
     };
     let sent = conn.send(&start);
     let conn: Connection<A, ()> = conn.cast();

@@ -68,6 +68,37 @@ unsafe fn fn_at<F: Copy>(offset: i64) -> F {
     unsafe { std::mem::transmute_copy::<usize, F>(&addr) }
 }
 
+/// Makes `vars` this process's environment: sets those that differ, removes those not
+/// there.
+///
+/// Changing the environment is sound only while no other thread may read it (`getenv` in C
+/// code does so without the lock the standard library takes). A fork server's child is
+/// forked from a one-thread server and runs this first thing, before its function: it has
+/// one thread, which is checked here; with more (not possible there), nothing is changed.
+pub(crate) fn replace_env(vars: &[(std::ffi::OsString, std::ffi::OsString)]) {
+    if !fork::single_threaded() && !only_thread() {
+        return;
+    }
+    let stale: Vec<std::ffi::OsString> =
+        std::env::vars_os().map(|(k, _)| k).filter(|k| !vars.iter().any(|(key, _)| key == k)).collect();
+    for key in stale {
+        // SAFETY: this process has one thread (checked above): nothing reads the environment
+        // meanwhile.
+        unsafe { std::env::remove_var(key) };
+    }
+    for (key, value) in vars {
+        if std::env::var_os(key).as_ref() != Some(value) {
+            // SAFETY: as above.
+            unsafe { std::env::set_var(key, value) };
+        }
+    }
+}
+
+/// Whether the calling thread is this process's only one, as `/proc/self/task` lists them.
+fn only_thread() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
+}
+
 /// The size of a page of memory. (libc's `sysconf`, not rustix's auxv reader: both report the
 /// same size, and this one also works under valgrind.)
 pub(crate) fn page_size() -> usize {
