@@ -59,8 +59,15 @@
 //!   never stolen).
 //! - A child's end is never missed: `join` wakes the moment the child ends, and it tells a
 //!   value, a panic (with its message), a signal and an exit code apart.
-//! - Daemon children die with their parent, also when it is killed with `SIGKILL`; at normal
-//!   exit daemons are terminated and every other child is joined, as Python does.
+//! - Daemon children die with their parent, also when it is killed with `SIGKILL`, and so does
+//!   the fork server (which watches its parent's pidfd), whatever other children still hold
+//!   the parent's fds; at normal exit daemons are terminated and every other child is joined,
+//!   as Python does.
+//! - A child reaped holds no fd once its handle is gone, and each child's sentinel is an fd
+//!   of its own (an event loop can register every one).
+//! - Every child starts in its parent's current working directory and environment (a
+//!   `ForkServer` child gets them with its start, not from the server), and a Spawn child or
+//!   the fork server carries the program's name in `ps`, `pgrep` and `killall`.
 //! - A program that forgot [`init`] and asks for `Spawn` or `ForkServer` gets
 //!   [`Error::InitNotCalled`] at once: no second `main`, no fork bomb, no hang.
 //! - Spawn and ForkServer children hold only stdio and the ends passed to them; every fd
