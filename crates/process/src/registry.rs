@@ -53,6 +53,7 @@ pub(crate) fn active() -> Vec<Arc<ChildState>> {
 /// zombie is ever left behind.
 pub(crate) fn adopt(child: Arc<ChildState>) {
     if matches!(child.try_status(), Ok(Some(_))) {
+        prune(); // reaped just now: its state goes (see `Process`'s drop)
         return;
     }
     REAPER.with(

@@ -62,9 +62,18 @@ fn reaped_children_hold_no_fd() {
     let mut child = Builder::new()
         .start_method(StartMethod::Fork)
         .spawn(|| {
-            // What the first start and the first dropped handle open (the slots' files, the
-            // reaper) stays open: open it first.
-            drop(Builder::new().start_method(StartMethod::Fork).spawn(|| ()).unwrap());
+            // What the first start and the first dropped handle of a running child open (the
+            // slots' files, the reaper's pipe) stays open: open it first.
+            let (wait_rx, wait_tx) = pipe::<u8>().unwrap();
+            let first = Builder::new()
+                .start_method(StartMethod::Fork)
+                .close_in_child(&wait_tx)
+                .spawn(move || {
+                    let _ = wait_rx.recv();
+                })
+                .unwrap();
+            drop(first);
+            drop(wait_tx);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             while !crate::children().is_empty() && std::time::Instant::now() < deadline {
                 std::thread::yield_now();
