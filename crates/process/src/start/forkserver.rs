@@ -52,8 +52,8 @@ static SERVER: PerProcess<Option<Arc<Connection<Request, ()>>>> = PerProcess::ne
 /// Starts a child running `f(args)` from the fork server (starting the server first if need be).
 pub(crate) fn start<A, R>(identity: Identity, f: fn(A) -> R, args: &A) -> Result<Process<R>>
 where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
 {
     crate::check_initialized()?;
     let (parent_end, child_end) = Connection::<Start, ()>::pair()?;

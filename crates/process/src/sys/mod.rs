@@ -2,7 +2,7 @@
 //!
 //! - [`fork`](fork::fork): the one call of `fork(2)` in mproc, and `_exit(2)` for the child.
 //! - [`spawn`](spawn::spawn_self): `posix_spawn(3)` of this same program, keeping one fd.
-//! - [`fn_at`]: a function pointer from an address this same binary sent over a pipe.
+//! - [`fn_ref_target`]: the function an [`FnRef`](crate::FnRef) names, from its offset.
 //! - [`at_exit`]: `atexit(3)`, so children are joined when the program ends.
 //! - [`wiped`]: per-process state, on a page every forked child finds zeroed.
 //! - [`shared`]: a shared mapping of a file, where `Fork` children leave their values.
@@ -24,26 +24,6 @@ pub(crate) fn offset_of(addr: usize) -> i64 {
 /// The fixed point offsets are taken from.
 #[inline(never)]
 fn anchor() {}
-
-/// The trampoline at `offset` from [`anchor`].
-///
-/// Sound because of where offsets come from: only from a [`Start`](crate::bootstrap::Start)
-/// received on the bootstrap connection, which only the parent holds, and which the parent
-/// fills with `offset_of(trampoline::<A, R> as usize)`; the child checked that it runs the
-/// same binary before calling this.
-pub(crate) fn trampoline_at(offset: i64) -> crate::bootstrap::Trampoline {
-    // SAFETY: see above: `offset` names a `Trampoline` in this binary.
-    unsafe { fn_at(offset) }
-}
-
-/// The user's function at `offset` from [`anchor`], as a `fn(A) -> R`.
-///
-/// Sound for the same reason as [`trampoline_at`]: only `trampoline::<A, R>` calls it, with
-/// the offset the parent took of the `fn(A) -> R` it paired with that very trampoline.
-pub(crate) fn user_fn_at<A, R>(offset: i64) -> fn(A) -> R {
-    // SAFETY: see above: `offset` names a `fn(A) -> R` in this binary.
-    unsafe { fn_at(offset) }
-}
 
 /// The function of type `F` at `offset` from [`anchor`], for [`FnRef::get`](crate::FnRef::get).
 ///
