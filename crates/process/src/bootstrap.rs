@@ -176,8 +176,9 @@ pub(crate) fn child_main(conn: Connection<(), Start>) -> ! {
 /// `trampoline::<A, R>`, with the types erased.
 pub(crate) type Trampoline = fn(Connection<(), ()>) -> i32;
 
-/// What a parent sends after the trampoline: the user's function and its arguments.
-pub(crate) type Call<A, R> = (FnRef<fn(A) -> R>, A);
+/// What a parent sends after the trampoline: the user's function and its arguments (which
+/// the parent writes from a borrowed `Args`, `&A`).
+pub(crate) type Call<A, R, Args = A> = (FnRef<fn(A) -> R>, Args);
 
 /// Receives the user's function and its arguments ([`Call`]), runs it, and reports. What a
 /// parent sends, as an [`FnRef`], after the [`Start`].

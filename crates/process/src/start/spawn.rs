@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::FnRef;
-use crate::bootstrap::{self, Outcome, Start, Trampoline, World};
+use crate::bootstrap::{self, Call, Outcome, Start, Trampoline, World};
 use crate::child::{ChildState, Exit};
 use crate::error::{Error, Result};
 use crate::identity::Identity;
@@ -76,8 +76,7 @@ where
     let sent = conn.send(&start);
     let conn: Connection<FnRef<Trampoline>, ()> = conn.cast();
     let sent = sent.and_then(|()| conn.send(&trampoline));
-    // `Call<A, R>` as the child reads it, written from a borrowed `A`.
-    let conn: Connection<(FnRef<fn(A) -> R>, &A), ()> = conn.cast();
+    let conn: Connection<Call<A, R, &A>, ()> = conn.cast();
     let sent = sent.and_then(|()| conn.send(&(FnRef::new(f), args)));
     (conn.cast(), sent)
 }
