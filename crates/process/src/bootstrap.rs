@@ -29,13 +29,13 @@ pub(crate) struct Start {
     /// server, its real parent, before it read this.)
     pub(crate) dies_with_parent: bool,
     /// The parent's working directory and environment at the start, for a child forked by
-    /// the fork server (which has the server's, from when the server started). A Spawn child
-    /// got them at its exec.
+    /// the fork server when they differ from the server's (from when the server started).
+    /// A Spawn child got them at its exec.
     pub(crate) world: Option<World>,
 }
 
 /// A process's working directory and environment, as a child should start with them.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct World {
     /// `None` if the parent's directory could not be named (it was removed).
     cwd: Option<std::path::PathBuf>,

@@ -47,7 +47,17 @@ pub(crate) struct Request {
 }
 
 /// This process's connection to its fork server.
-static SERVER: PerProcess<Option<Arc<Connection<Request, ()>>>> = PerProcess::new();
+static SERVER: PerProcess<Option<Arc<Server>>> = PerProcess::new();
+
+/// The fork server, as its client sees it.
+struct Server {
+    conn: Connection<Request, ()>,
+    /// The directory and environment this process had just before it started the server:
+    /// the server's own (or, if they changed meanwhile, not theirs, which only makes the next
+    /// start send them). A child forked by the server has them; it is sent the client's
+    /// current ones only when they differ.
+    world: World,
+}
 
 /// Starts a child running `f(args)` from the fork server (starting the server first if need be).
 pub(crate) fn start<A, R>(identity: Identity, f: fn(A) -> R, args: &A) -> Result<Process<R>>
@@ -59,11 +69,12 @@ where
     let (parent_end, child_end) = Connection::<Start, ()>::pair()?;
     let (reports, server_reports) = Connection::<(), Report>::pair()?;
     let request = Request { bootstrap: child_end, reports: server_reports.cast(), daemon: identity.daemon };
-    send_request(&request)?;
+    let server = send_request(&request)?;
     drop(request);
     // What to run goes straight into the child's connection, while the server forks.
     let started_as = Box::new(identity.clone());
-    let (conn, sent) = send_start(parent_end, identity, false, Some(World::current()), f, args);
+    let world = Some(World::current()).filter(|now| *now != server.world);
+    let (conn, sent) = send_start(parent_end, identity, false, world, f, args);
     let (pid, pidfd) = match reports.recv_timeout(ANSWER_TIMEOUT) {
         Ok(Report::Started { pid, pidfd }) => (pid, OwnedFd::from(pidfd)),
         Ok(Report::Failed(why)) => return Err(Error::ForkServer(why)),
@@ -76,8 +87,9 @@ where
     finish_start(state, conn, sent)
 }
 
-/// Sends `request` to the server, starting it first if there is none (or it died).
-fn send_request(request: &Request) -> Result<()> {
+/// Sends `request` to the server, starting it first if there is none (or it died); the
+/// server it went to.
+fn send_request(request: &Request) -> Result<Arc<Server>> {
     for _ in 0..2 {
         let server = SERVER.with(|| None, |server| server.clone());
         let server = match server {
@@ -87,8 +99,8 @@ fn send_request(request: &Request) -> Result<()> {
                 SERVER.with(|| None, |slot| slot.get_or_insert_with(|| server).clone())
             }
         };
-        match server.send(request) {
-            Ok(()) => return Ok(()),
+        match server.conn.send(request) {
+            Ok(()) => return Ok(server),
             // The server is gone: forget it and start another.
             Err(mproc_ipc::Error::Closed) => SERVER.with(|| None, |slot| *slot = None),
             Err(e) => return Err(Error::ForkServer(format!("cannot send a request: {e}"))),
@@ -98,9 +110,10 @@ fn send_request(request: &Request) -> Result<()> {
 }
 
 /// Starts the server: this program again, with the server variable set.
-fn start_server() -> Result<Connection<Request, ()>> {
+fn start_server() -> Result<Server> {
     let (ours, theirs) = Connection::<Request, ()>::pair()?;
     let env = [bootstrap_env(SERVER_ENV)];
+    let world = World::current();
     let pid = sys::spawn::spawn_self(&env, &crate::start::spawn::BOOTSTRAP_VARS, theirs.as_fd())?;
     drop(theirs);
     // The server is our child too: reap it whenever it ends.
@@ -108,7 +121,7 @@ fn start_server() -> Result<Connection<Request, ()>> {
     let server = Box::new(crate::identity::helper_identity("ForkServer"));
     let state = Arc::new(ChildState::new(pid, server, Exit::own_with(pidfd)));
     crate::registry::adopt(state);
-    Ok(ours)
+    Ok(Server { conn: ours, world })
 }
 
 /// A child the server started and has not reaped.
