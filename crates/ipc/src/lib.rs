@@ -17,6 +17,11 @@
 //!   duplex `Connection`, and the end arrives working in the other process (its fd travels as
 //!   `SCM_RIGHTS`). That is also how ends reach processes started by `mproc-process`.
 //!
+//! - [`Shared`] is memory shared between processes (a sealed memfd mapped shared) holding a
+//!   layout of atomics, robust process-shared mutexes ([`ShmMutex`]: a holder's death hands
+//!   the lock over with [`LockError::OwnerDied`]) and condition variables ([`ShmCondvar`]),
+//!   plus plain bytes. It travels like an end (module `shm`'s docs say how).
+//!
 //! Every end sends and receives typed values (`send` / `recv`, postcard-encoded) or raw bytes
 //! (`send_bytes` / `recv_bytes`), framed exactly like CPython's `multiprocessing.connection`: a
 //! 4-byte big-endian signed length, or `-1` and an 8-byte length above `i32::MAX`. A Python
@@ -87,6 +92,7 @@ mod error;
 mod fdpass;
 mod frame;
 mod pipe;
+mod shm;
 mod sys;
 mod wait;
 
@@ -94,6 +100,7 @@ pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{Error, Result};
 pub use pipe::{Receiver, Sender, pipe};
+pub use shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex, ShmRecursiveMutex, ShmType, WaitOutcome};
 pub use wait::{Waitable, wait, wait_one};
 
 /// For mproc's own tests: not part of the API.

@@ -56,3 +56,5 @@ impl<S, R> FromRawFd for Connection<S, R> {
         Connection::from(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }
+
+pub(crate) mod shm;

@@ -9,5 +9,6 @@ mod nowait;
 mod props;
 mod python;
 mod roundtrip;
+mod shm;
 mod signals;
 mod threads;
