@@ -92,15 +92,24 @@ mod error;
 mod fdpass;
 mod frame;
 mod pipe;
+mod shared_memory;
 mod shm;
+mod sync;
 mod sys;
+mod value;
 mod wait;
 
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{Error, Result};
 pub use pipe::{Receiver, Sender, pipe};
+pub use shared_memory::SharedMemory;
 pub use shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex, ShmRecursiveMutex, ShmType, WaitOutcome};
+pub use sync::{
+    BoundedSemaphore, Condition, ConditionGuard, ConditionResult, Event, Lock, LockGuard, LockResult, RLock,
+    ReleasedTooManyTimes, Semaphore,
+};
+pub use value::{Array, ArrayGuard, ArrayResult, Plain, Value, ValueGuard, ValueResult};
 pub use wait::{Waitable, wait, wait_one};
 
 /// For mproc's own tests: not part of the API.

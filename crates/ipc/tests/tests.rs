@@ -11,4 +11,5 @@ mod python;
 mod roundtrip;
 mod shm;
 mod signals;
+mod sync;
 mod threads;
