@@ -9,6 +9,7 @@ mod nowait;
 mod props;
 mod python;
 mod roundtrip;
+mod shared_memory;
 mod shm;
 mod signals;
 mod sync;
