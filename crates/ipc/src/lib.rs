@@ -85,6 +85,7 @@
 //!   is: a following `recv` may still wait for the rest of a frame a slow peer is writing.
 #![deny(unsafe_code)]
 
+mod barrier;
 mod codec;
 mod duplex;
 mod end;
@@ -99,6 +100,7 @@ mod sys;
 mod value;
 mod wait;
 
+pub use barrier::{Barrier, BrokenBarrier};
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod barrier;
 mod fds;
 mod nowait;
 mod props;
