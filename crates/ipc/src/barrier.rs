@@ -196,10 +196,9 @@ impl Barrier {
     fn a_party_died(&self) -> bool {
         let mut died = false;
         for slot in self.slots.iter() {
-            match slot.try_lock() {
-                Err(LockError::OwnerDied(_)) => died = true,
-                // Free, held by a live thread, or by this one.
-                Ok(_) | Err(_) => {}
+            // Otherwise free, held by a live thread, or by this one.
+            if let Err(LockError::OwnerDied(_)) = slot.try_lock() {
+                died = true;
             }
         }
         died
