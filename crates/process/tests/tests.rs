@@ -9,6 +9,7 @@ mod identity;
 mod init;
 mod lifecycle;
 mod stress;
+mod sync;
 mod values;
 
 use std::time::Duration;
