@@ -191,3 +191,15 @@ impl<P: Plain> Array<P> {
         r.map(wrap).map_err(|e| e.map(wrap))
     }
 }
+
+impl<P: Plain + std::fmt::Debug> std::fmt::Debug for ValueGuard<'_, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ValueGuard").field(&**self).finish()
+    }
+}
+
+impl<P: Plain + std::fmt::Debug> std::fmt::Debug for ArrayGuard<'_, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ArrayGuard").field(&&**self).finish()
+    }
+}
