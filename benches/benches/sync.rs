@@ -124,7 +124,9 @@ fn pingpong(c: &mut Criterion) {
     {
         let (tx, rx, child) = pipe_peer();
         let mut buf = [1u8; 8];
-        g.bench_function("raw_pipe", |b| b.iter(|| pipe_round_trip(tx.as_fd(), rx.as_fd(), black_box(&mut buf))));
+        g.bench_function("raw_pipe", |b| {
+            b.iter(|| pipe_round_trip(tx.as_fd(), rx.as_fd(), black_box(&mut buf)))
+        });
         child.kill().unwrap();
         let _ = child.join();
     }

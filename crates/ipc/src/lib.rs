@@ -86,6 +86,7 @@
 #![deny(unsafe_code)]
 
 mod barrier;
+mod carried;
 mod codec;
 mod duplex;
 mod end;
@@ -101,6 +102,7 @@ mod value;
 mod wait;
 
 pub use barrier::{Barrier, BrokenBarrier};
+pub use carried::Carried;
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{Error, Result};
