@@ -78,6 +78,11 @@ impl Handshake {
     }
 
     /// The client's side: answer the listener's challenge, then challenge it.
+    ///
+    /// Our challenge waits for the listener's verdict on our answer, though sending it along
+    /// would save a round trip: a listener that turns us away closes with that challenge
+    /// unread, so its kernel resets the connection, and the reset can destroy the
+    /// `#FAILURE#` before we read it (the clear error would become `Closed`).
     pub(crate) fn connect(&self, end: &mut End) -> Result<()> {
         self.run(end, |end, deadline| {
             self.answer_challenge(end, deadline)?;
