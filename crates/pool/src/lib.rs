@@ -60,7 +60,9 @@
 mod error;
 mod handler;
 mod pool;
+mod remote;
 mod result;
+mod shared;
 mod sys;
 mod wire;
 mod worker;
