@@ -77,6 +77,8 @@ pub enum Error {
     NotClosed,
     /// A worker could not be started.
     Start(Arc<mproc_process::Error>),
+    /// The pool's configuration cannot work (the message says which setting and why).
+    Config(&'static str),
 }
 
 /// `Result` with [`Error`] as the error type.
@@ -107,6 +109,7 @@ impl fmt::Display for Error {
             Error::AlreadyTaken => f.write_str("the result was already taken"),
             Error::NotClosed => f.write_str("join needs a closed or terminated pool: call close() first"),
             Error::Start(e) => write!(f, "cannot start a pool worker: {e}"),
+            Error::Config(why) => f.write_str(why),
         }
     }
 }

@@ -56,9 +56,18 @@ pub struct PoolBuilder {
     start_method: Option<StartMethod>,
     task_timeout: Option<Duration>,
     threads: bool,
+    max_message_size: Option<usize>,
 }
 
 impl PoolBuilder {
+    /// The largest task input or value, in bytes, that may cross to or from a worker
+    /// (default [`DEFAULT_MAX_MESSAGE_SIZE`](mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE),
+    /// 1 GiB). A task past it fails alone with [`Error::Transfer`].
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = Some(bytes);
+        self
+    }
+
     /// How many workers (default: [`cpu_count`](mproc_process::cpu_count), the CPUs this
     /// process may run on).
     pub fn processes(mut self, n: usize) -> Self {

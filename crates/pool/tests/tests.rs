@@ -4,6 +4,8 @@
 mproc_pool::process::test_support!();
 
 mod api;
+mod edges;
+mod errors;
 mod failures;
 mod props;
 mod sys;
