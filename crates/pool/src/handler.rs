@@ -6,24 +6,16 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mproc_process::ExitStatus;
 use mproc_process::ipc::{Receiver, Waitable};
 
 use crate::error::Error;
 use crate::remote::{Body, Worker};
+use crate::scheduler::{self, Load, Policy};
 use crate::shared::{Queued, Shared};
 use crate::wire::{ToWorker, WireTask};
-
-/// The work a batch should hold, judged by how long the worker's recent tasks took: long
-/// enough that the round trip is paid rarely, short enough that a batch never holds much
-/// work back from an idle worker.
-const BATCH_WORK: Duration = Duration::from_micros(500);
-/// The most tasks in one batch.
-const BATCH_MAX: usize = 4096;
-/// The most input bytes in one batch (a batch takes at least one task whatever its size).
-const BATCH_BYTES: usize = 1 << 20;
 
 pub(crate) struct Handler {
     shared: Arc<Shared>,
@@ -73,56 +65,63 @@ impl Handler {
         self.shared.finished.notify_all();
     }
 
-    /// Hands pending tasks to workers that have room, in batches sized by their recent tasks.
+    /// How the pool schedules.
+    fn policy(&self) -> Policy {
+        let config = &self.shared.config;
+        Policy { one_at_a_time: config.task_timeout.is_some(), max_tasks: config.max_tasks_per_child }
+    }
+
+    /// What the scheduler needs to know of each worker.
+    fn loads(&self) -> Vec<Load> {
+        self.workers.iter().map(|w| w.load()).collect()
+    }
+
+    /// Hands pending tasks to workers with room, as the scheduler says; then, while a worker
+    /// that could take tasks has none and another holds tasks it has not started, takes
+    /// those back and hands them out again.
     fn dispatch(&mut self) {
-        let timeout = self.shared.config.task_timeout;
-        let max_tasks = self.shared.config.max_tasks_per_child;
-        // With a timeout a worker holds one task at a time, so the task's clock starts when
-        // it is sent; otherwise two batches, so a worker never idles while its next one travels.
-        let depth = if timeout.is_some() { 1 } else { 2 };
-        let mut open: usize = self.workers.iter().filter(|w| !w.lost && w.batch_ends.len() < depth).count();
-        for worker in &mut self.workers {
-            if self.pending.is_empty() {
-                break;
+        let policy = self.policy();
+        // Each round either empties `pending` into batches or takes back from a worker,
+        // which then is fenced (not taken from again until it says `Resumed`): bounded.
+        for _ in 0..=self.workers.len() {
+            let loads = self.loads();
+            for (i, n) in policy.batches(self.pending.len(), &loads) {
+                self.send_batch(i, n);
             }
-            if worker.lost || worker.batch_ends.len() >= depth {
-                continue;
+            let loads = self.loads();
+            let Some(victim) = policy.take_back_from(self.pending.len(), &loads) else { break };
+            let taken = self.workers[victim].take_back();
+            log::debug!(
+                "mproc-pool: took back {} unstarted task(s) from worker {:?} for an idle worker",
+                taken.len(),
+                self.workers[victim].name
+            );
+            for task in taken.into_iter().rev() {
+                self.pending.push_front(task);
             }
-            let room = max_tasks.map_or(u64::MAX, |max| max.saturating_sub(worker.sent));
-            if room == 0 {
-                continue;
-            }
-            let by_time = (BATCH_WORK.as_nanos() as f64 / worker.task_ns.max(1.0)) as usize;
-            // Leave a fair share for the other workers with room.
-            let share = self.pending.len().div_ceil(open.max(1));
-            open = open.saturating_sub(1);
-            let mut n = by_time.clamp(1, BATCH_MAX).min(share).min(room.min(BATCH_MAX as u64) as usize);
-            if timeout.is_some() {
-                n = 1;
-            }
-            let mut batch = Vec::with_capacity(n);
-            let mut bytes = 0;
-            while batch.len() < n {
-                let Some(task) = self.pending.front() else { break };
-                if !batch.is_empty() && bytes + task.input.0.len() > BATCH_BYTES {
-                    break;
-                }
-                let task = self.pending.pop_front().expect("front exists");
-                bytes += task.input.0.len();
-                batch.push(WireTask { id: task.id, driver: task.driver, input: task.input.clone() });
-                worker.held.push_back(task);
-            }
-            let last = batch.last().map(|t| t.id).expect("a batch has a task");
-            worker.sent += batch.len() as u64;
-            worker.batch_ends.push_back(last);
-            if let Some(timeout) = timeout {
-                worker.deadline = Some(Instant::now() + timeout);
-            }
-            if worker.outbox.send(ToWorker::Batch(batch)).is_err() {
-                // Its writer has stopped: the worker is dying, and its death fails (or hands
-                // on) what it holds.
-                worker.lost = true;
-            }
+        }
+    }
+
+    /// Sends worker `i` a batch of up to `n` pending tasks (fewer past the byte budget).
+    fn send_batch(&mut self, i: usize, n: usize) {
+        let n = scheduler::fit_bytes(self.pending.iter().map(|t| t.input.0.len()), n);
+        if n == 0 {
+            return;
+        }
+        let worker = &mut self.workers[i];
+        let mut batch = Vec::with_capacity(n);
+        for task in self.pending.drain(..n) {
+            batch.push(WireTask { id: task.id, driver: task.driver, input: task.input.clone() });
+            worker.held.push_back(task);
+        }
+        worker.sent_batch(n);
+        if let Some(timeout) = self.shared.config.task_timeout {
+            worker.deadline = Some(Instant::now() + timeout);
+        }
+        if worker.outbox.send(ToWorker::Batch(batch)).is_err() {
+            // Its writer has stopped: the worker is dying, and its death fails (or hands
+            // on) what it holds.
+            worker.lost = true;
         }
     }
 
@@ -175,8 +174,8 @@ impl Handler {
     /// Sleeps until something happens: a new task (when a worker has room for it), a
     /// worker's outcomes or death, or the next deadline. Then handles what happened.
     fn wait_for_events(&mut self) {
-        let depth = if self.shared.config.task_timeout.is_some() { 1 } else { 2 };
-        let has_room = self.workers.iter().any(|w| !w.lost && w.batch_ends.len() < depth);
+        let policy = self.policy();
+        let has_room = self.loads().iter().any(|w| policy.has_room(w));
         {
             let mut queue = self.shared.queue.lock();
             if queue.terminate || has_room && !queue.tasks.is_empty() {
@@ -254,10 +253,10 @@ impl Handler {
             self.shared.queue.lock().broken.get_or_insert(error);
         }
         // Tasks it never started go to another worker, in their order; the rest fail.
-        let started = worker.progress.get();
+        let started = worker.claimed();
         let broken = self.shared.queue.lock().broken.clone();
         if broken.is_none() {
-            while worker.held.back().is_some_and(|h| h.id > started) {
+            while worker.held.len() > started {
                 let held = worker.held.pop_back().expect("back exists");
                 self.pending.push_front(held);
             }

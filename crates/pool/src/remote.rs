@@ -9,14 +9,13 @@ use std::time::Instant;
 use mproc_process::ipc::{Connection, Receiver};
 use mproc_process::{Builder, ExitStatus, Process};
 
+use crate::claim;
 use crate::error::Error;
+use crate::scheduler::{self, FIRST_GUESS_NS, Load};
 use crate::shared::{Config, Queued};
 use crate::sys::Progress;
 use crate::wire::{Failure, FromWorker, ToWorker, WireTask};
 use crate::worker::{self, WorkerArgs};
-
-/// What a task is assumed to take before any has been measured.
-const FIRST_GUESS_NS: f64 = 20_000.0;
 
 pub(crate) enum Body {
     Process(Option<Box<Process<()>>>),
@@ -35,9 +34,10 @@ pub(crate) struct Worker {
     pub(crate) body: Body,
     /// Tasks sent and not yet answered, in the order sent (outcomes come in that order).
     pub(crate) held: VecDeque<Queued>,
-    /// The id of each outstanding batch's last task.
-    pub(crate) batch_ends: VecDeque<u64>,
-    /// Tasks sent in all (for `max_tasks_per_child`).
+    /// How many tasks of each batch in flight are not answered yet, oldest first (the
+    /// batches are `held`, cut in order).
+    pub(crate) batches: VecDeque<usize>,
+    /// Tasks sent in all, less those taken back (for `max_tasks_per_child`).
     pub(crate) sent: u64,
     /// Recent time per task, nanoseconds.
     pub(crate) task_ns: f64,
@@ -45,7 +45,9 @@ pub(crate) struct Worker {
     pub(crate) deadline: Option<Instant>,
     /// Its connection failed: it is dead or dying.
     pub(crate) lost: bool,
-    /// The last task it started.
+    /// Its progress word is fenced (tasks were taken back) and it has not said `Resumed`.
+    pub(crate) fenced: bool,
+    /// The shared word through which it claims tasks (`claim.rs`).
     pub(crate) progress: Progress,
 }
 
@@ -101,11 +103,12 @@ impl Worker {
             outbox,
             body,
             held: VecDeque::new(),
-            batch_ends: VecDeque::new(),
+            batches: VecDeque::new(),
             sent: 0,
             task_ns: FIRST_GUESS_NS,
             deadline: None,
             lost: false,
+            fenced: false,
             progress,
         })
     }
@@ -131,9 +134,7 @@ impl Worker {
                         continue;
                     };
                     let held = self.held.remove(at).expect("position is in range");
-                    while self.batch_ends.front().is_some_and(|&end| end <= id) {
-                        self.batch_ends.pop_front();
-                    }
+                    self.answered_one();
                     let task = || held.slot.task();
                     held.slot.complete(outcome.map_err(|failure| match failure {
                         Failure::Panicked(message) => Error::Panicked {
@@ -147,14 +148,12 @@ impl Worker {
                         }
                     }));
                 }
-                if n > 0 {
-                    let per = busy_ns as f64 / n as f64;
-                    self.task_ns = 0.5 * self.task_ns + 0.5 * per;
-                }
+                self.task_ns = scheduler::observe(self.task_ns, busy_ns, n);
                 if self.held.is_empty() {
                     self.deadline = None;
                 }
             }
+            FromWorker::Resumed => self.fenced = false,
             FromWorker::InitFailed(failure) => {
                 let message = match failure {
                     Failure::Panicked(m) => format!("it panicked in worker {:?}: {m}", self.name),
@@ -205,12 +204,74 @@ impl Worker {
         }
     }
 
+    /// Records a batch of `tasks` sent (the tasks already pushed on `held`).
+    pub(crate) fn sent_batch(&mut self, tasks: usize) {
+        self.sent += tasks as u64;
+        self.batches.push_back(tasks);
+    }
+
+    /// One task (the oldest held: outcomes come in order) was answered.
+    fn answered_one(&mut self) {
+        if let Some(front) = self.batches.front_mut() {
+            *front -= 1;
+            if *front == 0 {
+                self.batches.pop_front();
+            }
+        }
+    }
+
+    /// How many of the tasks it holds it has claimed (started, or finished with the outcome
+    /// on its way); the rest it has not started.
+    pub(crate) fn claimed(&self) -> usize {
+        claim::claimed_prefix(self.held.iter().map(|h| h.id), claim::last_claim(self.progress.word()))
+    }
+
+    /// What the scheduler needs to know of it.
+    pub(crate) fn load(&self) -> Load {
+        Load {
+            usable: !self.lost && !self.fenced,
+            batches: self.batches.len(),
+            sent: self.sent,
+            task_ns: self.task_ns,
+            held: self.held.len(),
+            claimed: if self.fenced { self.held.len() } else { self.claimed() },
+        }
+    }
+
+    /// Takes back every task it has not claimed (by the fence of `claim.rs`, then `Resume`),
+    /// in the order they were sent: none if it is fenced already.
+    pub(crate) fn take_back(&mut self) -> Vec<Queued> {
+        if self.fenced {
+            return Vec::new();
+        }
+        let Some(last) = claim::fence(self.progress.word()) else { return Vec::new() };
+        self.fenced = true;
+        let keep = claim::claimed_prefix(self.held.iter().map(|h| h.id), last);
+        let taken: Vec<Queued> = self.held.drain(keep..).collect();
+        // The batches in flight now end at `keep`.
+        let mut left = keep;
+        self.batches.retain_mut(|n| {
+            let kept = (*n).min(left);
+            left -= kept;
+            *n = kept;
+            kept > 0
+        });
+        self.sent -= taken.len() as u64;
+        if self.held.is_empty() {
+            self.deadline = None;
+        }
+        if self.outbox.send(ToWorker::Resume).is_err() {
+            self.lost = true;
+        }
+        taken
+    }
+
     /// Fails every task it holds with `error(task)`.
     pub(crate) fn fail_held(&mut self, error: impl Fn(String) -> Error) {
         for held in self.held.drain(..) {
             held.slot.complete(Err(error(held.slot.task())));
         }
-        self.batch_ends.clear();
+        self.batches.clear();
         self.deadline = None;
     }
 }

@@ -226,7 +226,8 @@ fn a_panicking_callback_is_logged_and_later_callbacks_run() {
         let tx = tx.clone();
         drop(pool.apply_async_with(square, x, move |v| tx.send(v).unwrap(), |e| panic!("{e}")));
     }
-    let mut got: Vec<u64> = (0..10).map(|_| rx.recv_timeout(DEADLINE).expect("later callbacks run")).collect();
+    let mut got: Vec<u64> =
+        (0..10).map(|_| rx.recv_timeout(DEADLINE).expect("later callbacks run")).collect();
     got.sort_unstable();
     assert_eq!(got, (0..10u64).map(|x| x * x).collect::<Vec<_>>());
     let errors = ERRORS.0.lock().unwrap();
