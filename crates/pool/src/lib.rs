@@ -57,10 +57,14 @@
 //! - A task that fails because its worker died is not retried: it may have had effects.
 #![deny(unsafe_code)]
 
+mod claim;
 mod error;
 mod handler;
 mod pool;
+mod remote;
 mod result;
+mod scheduler;
+mod shared;
 mod sys;
 mod wire;
 mod worker;

@@ -12,8 +12,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::handler::{Config, Handler, Queue, Queued, Shared, Worker};
+use crate::handler::Handler;
+use crate::remote::Worker;
 use crate::result::{AsyncResult, Done, Hook, Slot, decode_chunks, decode_one};
+use crate::shared::{Config, Queue, Queued, Shared};
 use crate::wire::{self, Bytes, Driver};
 
 /// What the callback thread runs.

@@ -1,15 +1,16 @@
 //! The only `unsafe` of `mproc-pool`: a word of memory shared with a worker.
 //!
-//! A worker writes there the id of each task as it starts it, with one store and no syscall;
-//! when the worker dies the pool reads it to tell the tasks that had started (failed with
-//! it) from those that never did (handed to another worker). It is an 8-byte `memfd`, mapped
-//! shared in the pool and in the worker.
+//! A worker claims there each task before it starts it, and the pool takes back the tasks it
+//! has not claimed, each with one atomic operation and no syscall (the protocol is
+//! `claim.rs`); when the worker dies the pool reads it to tell the tasks that had started
+//! (failed with it) from those that never did (handed to another worker). It is an 8-byte
+//! `memfd`, mapped shared in the pool and in the worker.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use rustix::fs::MemfdFlags;
 use rustix::mm::{MapFlags, ProtFlags};
@@ -64,20 +65,11 @@ impl Progress {
         Ok(Progress { cell })
     }
 
-    fn cell(&self) -> &AtomicU64 {
+    /// The word, for the claim protocol (`claim.rs`): the only way it is read or written.
+    pub(crate) fn word(&self) -> &AtomicU64 {
         // SAFETY: `cell` points to a live, aligned, `LEN`-byte shared mapping owned by `self`
         // (unmapped only in drop), accessed only atomically.
         unsafe { self.cell.as_ref() }
-    }
-
-    /// Records that task `id` starts.
-    pub(crate) fn set(&self, id: u64) {
-        self.cell().store(id, Ordering::Release);
-    }
-
-    /// The last task started (0: none).
-    pub(crate) fn get(&self) -> u64 {
-        self.cell().load(Ordering::Acquire)
     }
 }
 
@@ -91,16 +83,17 @@ impl Drop for Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn both_mappings_see_one_word() {
         let (a, fd) = Progress::create().unwrap();
         let b = Progress::map(&fd).unwrap();
-        assert_eq!(b.get(), 0);
-        a.set(17);
-        assert_eq!(b.get(), 17);
+        assert_eq!(b.word().load(Ordering::Relaxed), 0);
+        a.word().store(17, Ordering::Relaxed);
+        assert_eq!(b.word().load(Ordering::Relaxed), 17);
         drop(a);
-        b.set(3);
-        assert_eq!(Progress::map(&fd).unwrap().get(), 3);
+        b.word().store(3, Ordering::Relaxed);
+        assert_eq!(Progress::map(&fd).unwrap().word().load(Ordering::Relaxed), 3);
     }
 }

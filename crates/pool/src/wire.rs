@@ -92,6 +92,9 @@ pub(crate) struct WireTask {
 pub(crate) enum ToWorker {
     /// Run these, in order, and send their outcomes back in that order.
     Batch(Vec<WireTask>),
+    /// The pool fenced the worker's progress word and took back every task it had not
+    /// claimed: skip what came before this, clear the fence, go on (`claim.rs`).
+    Resume,
     /// Leave (after the tasks sent before).
     Exit,
 }
@@ -102,6 +105,8 @@ pub(crate) enum FromWorker {
     /// Outcomes of the next tasks, in the order they were sent, and the time spent running
     /// them (for the batch size).
     Results { outcomes: Vec<(u64, Outcome)>, busy_ns: u64 },
+    /// The fence is cleared: the worker can be sent tasks again (`claim.rs`).
+    Resumed,
     /// The initializer failed: the worker leaves.
     InitFailed(Failure),
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use mproc_process::ipc::{Connection, Receiver};
 use serde::{Deserialize, Serialize};
 
+use crate::claim::Claimer;
 use crate::sys::Progress;
 use crate::wire::{Failure, FromWorker, Outcome, ToWorker, WireTask};
 
@@ -39,17 +40,28 @@ pub(crate) fn serve(conn: &Connection<FromWorker, ToWorker>, init: Option<WireTa
         let _ = conn.send(&FromWorker::InitFailed(failure));
         return;
     }
+    let mut claimer = Claimer::new(progress.word());
     let mut outcomes = Vec::new();
     loop {
         let tasks = match conn.recv() {
             Ok(ToWorker::Batch(tasks)) => tasks,
+            Ok(ToWorker::Resume) => {
+                claimer.resume();
+                if conn.send(&FromWorker::Resumed).is_err() {
+                    return;
+                }
+                continue;
+            }
             // Told to leave, or the pool is gone: nothing more will come.
             Ok(ToWorker::Exit) | Err(_) => return,
         };
         let mut since = Instant::now();
         for task in tasks {
             let id = task.id;
-            progress.set(id);
+            if !claimer.claim(id) {
+                // The pool took back the rest (and everything up to its `Resume`).
+                break;
+            }
             outcomes.push((id, run(task)));
             let busy = since.elapsed();
             if busy >= FLUSH_AFTER {

@@ -8,6 +8,7 @@ mod edges;
 mod errors;
 mod failures;
 mod props;
+mod spread;
 mod sys;
 
 pub use sys::segfault;
