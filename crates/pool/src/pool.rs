@@ -64,9 +64,11 @@ pub struct PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// The largest task input or value, in bytes, that may cross to or from a worker
-    /// (default [`DEFAULT_MAX_MESSAGE_SIZE`](mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE),
-    /// 1 GiB). A task past it fails alone with [`Error::Transfer`].
+    /// The largest task input or value, in bytes as encoded, that may cross to or from a
+    /// worker (default [`DEFAULT_MAX_MESSAGE_SIZE`](mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE),
+    /// 1 GiB). For `map` and friends, a chunk's items and values count together. A task past
+    /// it fails alone with [`Error::Transfer`] (an argument at once, a value once computed),
+    /// and the pool goes on.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = Some(bytes);
         self

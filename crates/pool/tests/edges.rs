@@ -13,35 +13,47 @@ use crate::*;
 
 // ---- 1. max_tasks_per_child never hangs ----------------------------------------------------
 
-/// 500 tasks submitted at once, one at a time, and through `map_chunked(.., 1)`, on a fresh
-/// pool of `workers` that retires each after `max` tasks: every value right.
-fn retiring_pool_runs_everything(workers: usize, max: u64) {
-    let pool = Pool::builder()
-        .processes(workers)
-        .max_tasks_per_child(max)
-        .start_method(StartMethod::Fork)
-        .build()
-        .unwrap();
-    let at_once: Vec<_> = (0..500).map(|x| pool.apply_async(square, x)).collect();
+/// `n` tasks submitted at once, one at a time, and through `map_chunked(.., 1)`, on a pool
+/// that retires its workers: every value right.
+fn retiring_pool_runs_everything(pool: Pool, n: u64, what: &str) {
+    let at_once: Vec<_> = (0..n).map(|x| pool.apply_async(square, x)).collect();
     for (x, r) in at_once.into_iter().enumerate() {
-        assert_eq!(get(r).unwrap(), (x * x) as u64, "at once: task {x} ({workers} workers, max {max})");
+        assert_eq!(get(r).unwrap(), (x * x) as u64, "at once: task {x} ({what})");
     }
-    for x in 0..500u64 {
+    for x in 0..n {
         let value = get(pool.apply_async(square, x));
-        assert_eq!(value.unwrap(), x * x, "one at a time: task {x} ({workers} workers, max {max})");
+        assert_eq!(value.unwrap(), x * x, "one at a time: task {x} ({what})");
     }
-    let mapped = pool.map_chunked(square, 0..500, 1).unwrap();
-    assert_eq!(mapped, (0..500u64).map(|x| x * x).collect::<Vec<_>>());
+    let mapped = pool.map_chunked(square, 0..n, 1).unwrap();
+    assert_eq!(mapped, (0..n).map(|x| x * x).collect::<Vec<_>>(), "map_chunked ({what})");
 }
 
+/// The matrix (1, 2 and 4 workers, `max_tasks_per_child` 1 and 3, 500 tasks each
+/// way, 20 times) on thread workers, whose replacements cost little (the handler that
+/// retires and replaces them is the same); then on worker processes, fewer times.
 #[test]
 fn max_tasks_per_child_never_hangs() {
     mproc_init();
     for round in 0..20 {
         for workers in [1, 2, 4] {
             for max in [1, 3] {
-                eprintln!("round {round}: {workers} workers, max_tasks_per_child({max})");
-                within(DEADLINE, move || retiring_pool_runs_everything(workers, max));
+                let what = format!("round {round}: {workers} threads, max_tasks_per_child({max})");
+                within(DEADLINE, move || {
+                    let pool = Pool::builder().processes(workers).max_tasks_per_child(max).threads();
+                    retiring_pool_runs_everything(pool.build().unwrap(), 500, &what);
+                });
+            }
+        }
+    }
+    for round in 0..2 {
+        for workers in [1, 2, 4] {
+            for max in [1, 3] {
+                let what = format!("round {round}: {workers} processes, max_tasks_per_child({max})");
+                within(DEADLINE, move || {
+                    let pool = Pool::builder().processes(workers).max_tasks_per_child(max);
+                    let pool = pool.start_method(StartMethod::Fork).build().unwrap();
+                    retiring_pool_runs_everything(pool, 100, &what);
+                });
             }
         }
     }

@@ -134,15 +134,9 @@ pub(crate) fn signal_name(signal: i32) -> Option<&'static str> {
     })
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Ipc(e) => Some(e),
-            Error::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// A wrapped error's message is part of the `Display` (`talking to the child: ...`), so it is
+/// not also a `source()`: each cause prints once.
+impl std::error::Error for Error {}
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
@@ -174,5 +168,27 @@ impl From<Error> for io::Error {
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No message in an error's chain repeats the message of the error below it.
+    #[test]
+    fn each_cause_prints_once() {
+        let errors = [
+            Error::Ipc(mproc_ipc::Error::Io(io::Error::other("boom"))),
+            Error::Io(io::Error::other("boom")),
+            Error::Signaled { name: "child".into(), pid: 1, signal: 9 },
+        ];
+        for e in errors {
+            let mut at: &dyn std::error::Error = &e;
+            while let Some(below) = at.source() {
+                assert!(!at.to_string().contains(&below.to_string()), "{at} repeats {below}");
+                at = below;
+            }
+        }
     }
 }
