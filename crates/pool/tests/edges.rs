@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use mproc_pool::process::{Process, StartMethod};
 use mproc_pool::{Error, Pool};
@@ -31,16 +30,8 @@ fn retiring_pool_runs_everything(workers: usize, max: u64) {
         let value = get(pool.apply_async(square, x));
         assert_eq!(value.unwrap(), x * x, "one at a time: task {x} ({workers} workers, max {max})");
     }
-    let pool = Arc::new(pool);
-    let mapped = within(DEADLINE, move || pool.map_chunked(square, 0..500, 1));
-    assert_eq!(mapped.unwrap(), (0..500u64).map(|x| x * x).collect::<Vec<_>>());
-}
-
-/// `f()` on another thread, waited for with a deadline.
-fn within<T: Send + 'static>(deadline: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(f()));
-    rx.recv_timeout(deadline).unwrap_or_else(|_| panic!("not done within {deadline:?}"))
+    let mapped = pool.map_chunked(square, 0..500, 1).unwrap();
+    assert_eq!(mapped, (0..500u64).map(|x| x * x).collect::<Vec<_>>());
 }
 
 #[test]
@@ -50,7 +41,7 @@ fn max_tasks_per_child_never_hangs() {
         for workers in [1, 2, 4] {
             for max in [1, 3] {
                 eprintln!("round {round}: {workers} workers, max_tasks_per_child({max})");
-                retiring_pool_runs_everything(workers, max);
+                within(DEADLINE, move || retiring_pool_runs_everything(workers, max));
             }
         }
     }
@@ -87,37 +78,41 @@ fn assert_names_the_limit(result: Result<impl std::fmt::Debug, Error>, size: usi
 
 #[test]
 fn a_result_past_the_limit_fails_its_task_and_the_pool_goes_on() {
-    let pool = limited_pool(2);
-    let workers: Vec<u32> = pool.map_chunked(pid_after, [20, 20], 1).unwrap();
-    let big = pool.apply_async(bytes_of_len, 100_000);
-    let after: Vec<_> = (0..100).map(|x| pool.apply_async(square, x)).collect();
-    assert_names_the_limit(get(big), 100_000);
-    for (x, r) in after.into_iter().enumerate() {
-        assert_eq!(get(r).unwrap(), (x * x) as u64);
-    }
-    // Values just under the limit, many at once, still arrive (batches split to fit).
-    let fits = pool.map_chunked(bytes_of_len, vec![LIMIT - 1024; 8], 1).unwrap();
-    assert!(fits.iter().all(|v| v.len() == LIMIT - 1024));
-    let now: Vec<u32> = pool.map_chunked(pid_after, [20, 20], 1).unwrap();
-    let mut both = [workers.clone(), now.clone()];
-    both.iter_mut().for_each(|p| p.sort_unstable());
-    assert_eq!(both[0], both[1], "no worker was replaced");
-    let _pending = pool.apply_async(bytes_of_len, 200_000);
-    pool.terminate();
+    within(DEADLINE, || {
+        let pool = limited_pool(2);
+        let workers: Vec<u32> = pool.map_chunked(pid_after, [20, 20], 1).unwrap();
+        let big = pool.apply_async(bytes_of_len, 100_000);
+        let after: Vec<_> = (0..100).map(|x| pool.apply_async(square, x)).collect();
+        assert_names_the_limit(get(big), 100_000);
+        for (x, r) in after.into_iter().enumerate() {
+            assert_eq!(get(r).unwrap(), (x * x) as u64);
+        }
+        // Values just under the limit, many at once, still arrive (batches split to fit).
+        let fits = pool.map_chunked(bytes_of_len, vec![LIMIT - 1024; 8], 1).unwrap();
+        assert!(fits.iter().all(|v| v.len() == LIMIT - 1024));
+        let now: Vec<u32> = pool.map_chunked(pid_after, [20, 20], 1).unwrap();
+        let mut both = [workers.clone(), now.clone()];
+        both.iter_mut().for_each(|p| p.sort_unstable());
+        assert_eq!(both[0], both[1], "no worker was replaced");
+        let _pending = pool.apply_async(bytes_of_len, 200_000);
+        pool.terminate();
+    });
 }
 
 #[test]
 fn an_argument_past_the_limit_fails_its_task_and_the_pool_goes_on() {
-    let pool = limited_pool(2);
-    let workers: Vec<u32> = pool.map_chunked(pid_after, [20, 20], 1).unwrap();
-    assert_names_the_limit(get(pool.apply_async(len_of, vec![1; 100_000])), 100_000);
-    // Arguments just under the limit, many at once, still go (batches split to fit).
-    let fits = pool.map_chunked(len_of, vec![vec![1; LIMIT - 1024]; 8], 1).unwrap();
-    assert_eq!(fits, vec![LIMIT - 1024; 8]);
-    let now: Vec<u32> = pool.map_chunked(pid_after, [20, 20], 1).unwrap();
-    let mut both = [workers, now];
-    both.iter_mut().for_each(|p| p.sort_unstable());
-    assert_eq!(both[0], both[1], "no worker was replaced");
+    within(DEADLINE, || {
+        let pool = limited_pool(2);
+        let workers: Vec<u32> = pool.map_chunked(pid_after, [20, 20], 1).unwrap();
+        assert_names_the_limit(get(pool.apply_async(len_of, vec![1; 100_000])), 100_000);
+        // Arguments just under the limit, many at once, still go (batches split to fit).
+        let fits = pool.map_chunked(len_of, vec![vec![1; LIMIT - 1024]; 8], 1).unwrap();
+        assert_eq!(fits, vec![LIMIT - 1024; 8]);
+        let now: Vec<u32> = pool.map_chunked(pid_after, [20, 20], 1).unwrap();
+        let mut both = [workers, now];
+        both.iter_mut().for_each(|p| p.sort_unstable());
+        assert_eq!(both[0], both[1], "no worker was replaced");
+    });
 }
 
 /// Writes a frame header no sender writes to the worker's connection (the socket with the
@@ -138,13 +133,15 @@ fn garble_the_stream(_: ()) -> u8 {
 
 #[test]
 fn a_worker_whose_stream_is_out_of_step_is_killed_not_waited_for() {
-    let pool = pool(2);
-    let garbled = get(pool.apply_async(garble_the_stream, ()));
-    assert!(matches!(garbled, Err(Error::WorkerDied { .. })), "{garbled:?}");
-    let after: Vec<_> = (0..100).map(|x| pool.apply_async(square, x)).collect();
-    for (x, r) in after.into_iter().enumerate() {
-        assert_eq!(get(r).unwrap(), (x * x) as u64);
-    }
+    within(DEADLINE, || {
+        let pool = pool(2);
+        let garbled = get(pool.apply_async(garble_the_stream, ()));
+        assert!(matches!(garbled, Err(Error::WorkerDied { .. })), "{garbled:?}");
+        let after: Vec<_> = (0..100).map(|x| pool.apply_async(square, x)).collect();
+        for (x, r) in after.into_iter().enumerate() {
+            assert_eq!(get(r).unwrap(), (x * x) as u64);
+        }
+    });
 }
 
 // ---- 3. finished results survive a crash later in the batch --------------------------------
@@ -185,11 +182,14 @@ fn finished_results_survive_a_crash_later_in_the_batch() {
     mproc_init();
     let path = std::env::temp_dir().join(format!("mproc-pool-append-{}", std::process::id()));
     for run in 0..50 {
-        let cold = Pool::new(2).unwrap();
-        only_the_crashing_task_fails(&cold, &path);
-        let warm = Pool::new(2).unwrap();
-        warm.map(square, 0..100_000).unwrap();
-        only_the_crashing_task_fails(&warm, &path);
+        let path = path.clone();
+        within(DEADLINE, move || {
+            let cold = Pool::new(2).unwrap();
+            only_the_crashing_task_fails(&cold, &path);
+            let warm = Pool::new(2).unwrap();
+            warm.map(square, 0..100_000).unwrap();
+            only_the_crashing_task_fails(&warm, &path);
+        });
         eprintln!("run {run} done");
     }
     let _ = std::fs::remove_file(path);
@@ -216,25 +216,27 @@ static ERRORS: Errors = Errors(Mutex::new(Vec::new()));
 
 #[test]
 fn a_panicking_callback_is_logged_and_later_callbacks_run() {
-    let _ = log::set_logger(&ERRORS);
-    log::set_max_level(log::LevelFilter::Error);
-    let pool = pool(2);
-    let first = pool.apply_async_with(square, 3, |_| panic!("the callback is broken"), |_| {});
-    get(first).unwrap();
-    let (tx, rx) = mpsc::channel();
-    for x in 0..10u64 {
-        let tx = tx.clone();
-        drop(pool.apply_async_with(square, x, move |v| tx.send(v).unwrap(), |e| panic!("{e}")));
-    }
-    let mut got: Vec<u64> =
-        (0..10).map(|_| rx.recv_timeout(DEADLINE).expect("later callbacks run")).collect();
-    got.sort_unstable();
-    assert_eq!(got, (0..10u64).map(|x| x * x).collect::<Vec<_>>());
-    let errors = ERRORS.0.lock().unwrap();
-    assert!(
-        errors.iter().any(|e| e.contains("the callback is broken") && e.contains("task #")),
-        "{errors:?}"
-    );
+    within(DEADLINE, || {
+        let _ = log::set_logger(&ERRORS);
+        log::set_max_level(log::LevelFilter::Error);
+        let pool = pool(2);
+        let first = pool.apply_async_with(square, 3, |_| panic!("the callback is broken"), |_| {});
+        get(first).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for x in 0..10u64 {
+            let tx = tx.clone();
+            drop(pool.apply_async_with(square, x, move |v| tx.send(v).unwrap(), |e| panic!("{e}")));
+        }
+        let mut got: Vec<u64> =
+            (0..10).map(|_| rx.recv_timeout(DEADLINE).expect("later callbacks run")).collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..10u64).map(|x| x * x).collect::<Vec<_>>());
+        let errors = ERRORS.0.lock().unwrap();
+        assert!(
+            errors.iter().any(|e| e.contains("the callback is broken") && e.contains("task #")),
+            "{errors:?}"
+        );
+    });
 }
 
 // ---- 5. a pool in a forked child -----------------------------------------------------------
@@ -306,17 +308,19 @@ fn successful_tells_the_truth_after_the_result_is_taken() {
 
 #[test]
 fn workers_dying_in_their_initializer_fail_the_tasks() {
-    mproc_init();
-    let pool = Pool::builder().processes(2).initializer(sys::exit_at_once, ()).build().unwrap();
-    let pending: Vec<_> = (0..10).map(|x| pool.apply_async(square, x)).collect();
-    for r in pending {
-        match get(r) {
-            Err(Error::Initializer { message }) => {
-                assert!(message.contains("exit_at_once"), "{message}");
-                assert!(message.contains("exit code 0"), "{message}");
+    within(DEADLINE, || {
+        mproc_init();
+        let pool = Pool::builder().processes(2).initializer(sys::exit_at_once, ()).build().unwrap();
+        let pending: Vec<_> = (0..10).map(|x| pool.apply_async(square, x)).collect();
+        for r in pending {
+            match get(r) {
+                Err(Error::Initializer { message }) => {
+                    assert!(message.contains("exit_at_once"), "{message}");
+                    assert!(message.contains("exit code 0"), "{message}");
+                }
+                other => panic!("expected an initializer error, got {other:?}"),
             }
-            other => panic!("expected an initializer error, got {other:?}"),
         }
-    }
-    assert!(matches!(get(pool.apply_async(square, 1)), Err(Error::Initializer { .. })));
+        assert!(matches!(get(pool.apply_async(square, 1)), Err(Error::Initializer { .. })));
+    });
 }
