@@ -81,7 +81,8 @@ impl Handler {
                 self.shut_down();
                 break;
             }
-            self.wait_for_events();
+            let touched = self.wait();
+            self.handle(&touched);
         }
         let mut queue = self.shared.queue.lock();
         queue.finished = true;
@@ -203,15 +204,16 @@ impl Handler {
     }
 
     /// Sleeps until something happens: a new task (when a worker has room for it), a
-    /// worker's outcomes or death, or the next deadline. Then handles what happened.
-    fn wait_for_events(&mut self) {
+    /// worker's outcomes or death, or the next deadline. The workers with news: `(index,
+    /// whether it is its exit)`, in order of index.
+    fn wait(&mut self) -> Vec<(usize, bool)> {
         let policy = self.policy();
         let has_room = self.loads().iter().any(|w| policy.has_room(w));
         {
             let mut queue = self.shared.queue.lock();
             // Tasks a worker could take, new or handed back: no sleep, dispatch them.
             if queue.terminate || has_room && !(queue.tasks.is_empty() && self.pending.is_empty()) {
-                return;
+                return Vec::new();
             }
             // New tasks wake the handler only when a worker could take them; otherwise the
             // next outcome will.
@@ -243,7 +245,12 @@ impl Handler {
             while let Ok(Some(())) = self.wake.try_recv() {}
         }
         // The wait already says which sentinels are readable: no second look at them.
-        let touched: Vec<(usize, bool)> = ready.iter().filter(|&&i| i > 0).map(|&i| owners[i - 1]).collect();
+        ready.iter().filter(|&&i| i > 0).map(|&i| owners[i - 1]).collect()
+    }
+
+    /// Takes the outcomes of the workers with news (`touched`, from [`wait`](Self::wait)),
+    /// and buries those that died or overran their task.
+    fn handle(&mut self, touched: &[(usize, bool)]) {
         let mut broken = None;
         let mut dead = Vec::new();
         for (n, &(i, _)) in touched.iter().enumerate() {

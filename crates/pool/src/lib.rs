@@ -48,9 +48,13 @@
 //! - Retiring workers (`max_tasks_per_child`) never strand a task: their successors take
 //!   what is pending.
 //! - Tasks go to workers with room, in batches sized by how long the worker's recent tasks
-//!   took (about half a millisecond of work, at most 4096 tasks), two batches in flight per
-//!   worker: small tasks cost a fraction of a round trip each, and a slow task holds back
-//!   only its own batch.
+//!   took (about half a millisecond of work, at most 4096 tasks, never more than a fair
+//!   share of what is pending), two batches in flight per worker: small tasks cost a
+//!   fraction of a round trip each.
+//! - No worker sits idle while tasks it could run wait unstarted in another worker's batch:
+//!   the pool takes them back and hands them out again, exactly once (a task taken back
+//!   never runs where it was first sent; one the worker had started is never taken), so a
+//!   run of slow tasks after many trivial ones spreads over every worker.
 //! - Callbacks run on a callback thread, never on the caller's thread nor on the thread that
 //!   collects results. A panicking callback is logged (`log::error!`, naming its task) and
 //!   the next ones run.
