@@ -182,17 +182,23 @@ pub(crate) fn chunk_driver<A: DeserializeOwned + 'static, R: Serialize + 'static
 
 /// `f` over `items`, in order; a panic names the item it happened on.
 fn each_item<A, R>(items: Vec<A>, f: impl Fn(A) -> R) -> Result<Vec<R>, Failure> {
-    let mut values = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item))) {
-            Ok(value) => values.push(value),
-            Err(payload) => {
-                let message = mproc_process::panic_message(&*payload);
-                return Err(Failure::ItemPanicked { item: i as u64, message });
-            }
-        }
-    }
-    Ok(values)
+    // Counted as they finish rather than caught one by one, so the loop stays a plain `map`
+    // (and its `collect` may reuse the input's allocation).
+    let done = std::cell::Cell::new(0u64);
+    let run = || {
+        items
+            .into_iter()
+            .map(|item| {
+                let value = f(item);
+                done.set(done.get() + 1);
+                value
+            })
+            .collect()
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).map_err(|payload| Failure::ItemPanicked {
+        item: done.get(),
+        message: mproc_process::panic_message(&*payload),
+    })
 }
 
 /// `f(a, b)` over a chunk of pairs: `starmap`.

@@ -9,7 +9,7 @@ use mproc_process::ipc::{Connection, Receiver};
 use serde::{Deserialize, Serialize};
 
 use crate::claim::Claimer;
-use crate::sys::Progress;
+use crate::sys::{self, Progress};
 use crate::wire::{Failure, FromWorker, Outcome, ToWorker, WireTask};
 
 /// A worker sends what it has finished at least this often while it works through a batch,
@@ -80,13 +80,14 @@ impl Unsent<'_> {
             self.flush(conn, since)?;
         }
         self.record.clear();
-        let logged = match postcard::to_extend(&(id, &outcome), std::mem::take(&mut self.record)) {
-            Ok(record) => {
-                self.record = record;
-                self.log.log_append(&self.record)
-            }
-            Err(_) => false,
-        };
+        let logged = size <= sys::LOG_BYTES
+            && match postcard::to_extend(&(id, &outcome), std::mem::take(&mut self.record)) {
+                Ok(record) => {
+                    self.record = record;
+                    self.log.log_append(&self.record)
+                }
+                Err(_) => false,
+            };
         self.outcomes.push((id, outcome));
         self.bytes += size;
         if !logged {
