@@ -11,11 +11,12 @@ use std::time::Instant;
 use mproc_process::ExitStatus;
 use mproc_process::ipc::{Receiver, Waitable};
 
+use crate::claim;
 use crate::error::Error;
 use crate::remote::{Body, Worker};
 use crate::scheduler::{self, Load, Policy};
 use crate::shared::{Queued, Shared};
-use crate::wire::{ToWorker, WireTask};
+use crate::wire::{self, ToWorker, WireTask};
 
 pub(crate) struct Handler {
     shared: Arc<Shared>,
@@ -25,12 +26,37 @@ pub(crate) struct Handler {
     retiring: Vec<Worker>,
     pending: VecDeque<Queued>,
     started: u64,
+    /// Workers that died before running a task since one last ran one: each named, with how
+    /// it ended.
+    early_deaths: Vec<String>,
+}
+
+/// How many workers may die in a row before running a task before the pool stops replacing
+/// them (an initializer that exits, say, would otherwise have them replaced for ever).
+const EARLY_DEATHS: usize = 3;
+
+/// How a worker ended, for logs and errors: `exited with exit code 0`, `died from signal 9
+/// (SIGKILL)`.
+fn ended(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(status @ ExitStatus::Code(_)) => format!("exited with {status}"),
+        Some(status @ ExitStatus::Signal(_)) => format!("died from {status}"),
+        None => "ended (a thread)".into(),
+    }
 }
 
 impl Handler {
     pub(crate) fn new(shared: Arc<Shared>, wake: Receiver<()>, workers: Vec<Worker>) -> Handler {
         let started = workers.len() as u64;
-        Handler { shared, wake, workers, retiring: Vec::new(), pending: VecDeque::new(), started }
+        Handler {
+            shared,
+            wake,
+            workers,
+            retiring: Vec::new(),
+            pending: VecDeque::new(),
+            started,
+            early_deaths: Vec::new(),
+        }
     }
 
     /// The handler thread's loop.
@@ -48,8 +74,9 @@ impl Handler {
             if let Some(error) = broken {
                 self.fail_everything(&error);
             }
-            self.dispatch();
+            // Retire first: a retired worker's successor can take tasks at once.
             self.retire();
+            self.dispatch();
             if closed && self.pending.is_empty() && self.workers.iter().all(|w| w.held.is_empty()) {
                 self.shut_down();
                 break;
@@ -105,7 +132,11 @@ impl Handler {
 
     /// Sends worker `i` a batch of up to `n` pending tasks (fewer past the byte budget).
     fn send_batch(&mut self, i: usize, n: usize) {
-        let n = scheduler::fit_bytes(self.pending.iter().map(|t| t.input.0.len()), n);
+        // Within the byte budget, and within the message limit (each task's input is within
+        // it: `submit` checked).
+        let budget = scheduler::BATCH_BYTES.min(self.shared.config.max_message_size);
+        let n =
+            scheduler::fit_bytes(self.pending.iter().map(|t| t.input.0.len() + wire::PER_TASK), n, budget);
         if n == 0 {
             return;
         }
@@ -180,7 +211,8 @@ impl Handler {
         let has_room = self.loads().iter().any(|w| policy.has_room(w));
         {
             let mut queue = self.shared.queue.lock();
-            if queue.terminate || has_room && !queue.tasks.is_empty() {
+            // Tasks a worker could take, new or handed back: no sleep, dispatch them.
+            if queue.terminate || has_room && !(queue.tasks.is_empty() && self.pending.is_empty()) {
                 return Vec::new();
             }
             // New tasks wake the handler only when a worker could take them; otherwise the
@@ -228,6 +260,10 @@ impl Handler {
             let exited = touched.iter().any(|&(j, sentinel)| j == i && sentinel);
             let worker = &mut self.workers[i];
             let alive = worker.drain(&mut broken);
+            if worker.answered > 0 {
+                // Workers run tasks: deaths before a first task are no longer "in a row".
+                self.early_deaths.clear();
+            }
             if !alive || exited || worker.lost {
                 dead.push((i, false));
             }
@@ -248,16 +284,30 @@ impl Handler {
         }
     }
 
-    /// A worker died or overran its task: fail what it held, reap it, replace it.
+    /// A worker died, overran its task or can no longer be read: fail what it held, reap it,
+    /// replace it.
     fn bury(&mut self, mut worker: Worker, timed_out: bool) {
-        if timed_out {
-            worker.kill();
-        }
+        // The pool has given up on it: it may still live (overdue, or blocked in a send on a
+        // stream the pool cannot read), so it is killed before it is waited for. One that
+        // has ended already keeps how it ended.
+        worker.kill();
+        let status = worker.reap();
+        // Gone: what it sent is all in the stream, what it finished and did not send is in
+        // its log.
         let mut broken = None;
         worker.drain(&mut broken);
-        let status = worker.reap();
+        worker.recover_logged();
         if let Some(error) = broken {
             self.shared.queue.lock().broken.get_or_insert(error);
+        }
+        let early = !timed_out && worker.answered == 0 && claim::last_claim(worker.progress.word()) == 0;
+        if early {
+            self.early_deaths.push(format!("{:?} (pid {}) {}", worker.name, worker.pid, ended(status)));
+            if self.early_deaths.len() >= EARLY_DEATHS {
+                let error = self.early_deaths_error();
+                log::error!("mproc-pool: {error}");
+                self.shared.queue.lock().broken.get_or_insert(error);
+            }
         }
         // Tasks it never started go to another worker, in their order; the rest fail.
         let started = worker.claimed();
@@ -281,18 +331,32 @@ impl Handler {
             worker.fail_held(|task| Error::Timeout { task, worker: name.clone(), pid, timeout });
         } else {
             log::warn!(
-                "mproc-pool: worker {name:?} (pid {pid}) died ({}), failing the {lost} task(s) it held",
-                match status {
-                    Some(ExitStatus::Signal(s)) => format!("signal {s}"),
-                    Some(ExitStatus::Code(c)) => format!("exit code {c}"),
-                    None => "thread ended".into(),
-                }
+                "mproc-pool: worker {name:?} (pid {pid}) {}, failing the {lost} task(s) it held",
+                ended(status)
             );
             worker.fail_held(|task| Error::WorkerDied { task, worker: name.clone(), pid, status });
         }
         if broken.is_none() {
             log::info!("mproc-pool: replacing worker {name:?}");
             self.replace();
+        }
+    }
+
+    /// Why the pool stops replacing workers that die before their first task.
+    fn early_deaths_error(&self) -> Error {
+        let deaths = self.early_deaths.join(", ");
+        let n = self.early_deaths.len();
+        match &self.shared.config.init {
+            Some(_) => Error::Initializer {
+                message: format!(
+                    "{n} workers in a row ended before running a task, in or right after the \
+                     initializer ({}): {deaths}",
+                    self.shared.config.init_name
+                ),
+            },
+            None => Error::Broken {
+                message: format!("{n} workers in a row ended before running a task: {deaths}"),
+            },
         }
     }
 

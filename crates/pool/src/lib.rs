@@ -103,7 +103,7 @@ mod tests {
         };
         assert_eq!(
             died.to_string(),
-            "task #3 (fn(u64) -> u64) failed: worker \"PoolWorker-2\" (pid 42) died from signal 9"
+            "task #3 (fn(u64) -> u64) failed: worker \"PoolWorker-2\" (pid 42) died from signal 9 (SIGKILL)"
         );
         let timeout = Error::Timeout {
             task: "task #1 (fn(()))".into(),

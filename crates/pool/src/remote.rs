@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::scheduler::{self, FIRST_GUESS_NS, Load};
 use crate::shared::{Config, Queued};
 use crate::sys::Progress;
-use crate::wire::{Failure, FromWorker, ToWorker, WireTask};
+use crate::wire::{self, Failure, FromWorker, Outcome, ToWorker, WireTask};
 use crate::worker::{self, WorkerArgs};
 
 pub(crate) enum Body {
@@ -45,6 +45,8 @@ pub(crate) struct Worker {
     pub(crate) deadline: Option<Instant>,
     /// Its connection failed: it is dead or dying.
     pub(crate) lost: bool,
+    /// Tasks it has answered.
+    pub(crate) answered: u64,
     /// Its progress word is fenced (tasks were taken back) and it has not said `Resumed`.
     pub(crate) fenced: bool,
     /// The shared word through which it claims tasks (`claim.rs`).
@@ -54,7 +56,10 @@ pub(crate) struct Worker {
 impl Worker {
     /// Starts worker number `n`.
     pub(crate) fn start(config: &Config, n: u64) -> Result<Worker, Error> {
-        let (ours, theirs) = Connection::<ToWorker, FromWorker>::pair()?;
+        let (mut ours, mut theirs) = Connection::<ToWorker, FromWorker>::pair()?;
+        let limit = config.max_message_size;
+        ours.set_max_message_size(wire::frame_limit(limit));
+        theirs.set_max_message_size(wire::frame_limit(limit));
         let io = |e: std::io::Error| Error::Start(Arc::new(mproc_process::Error::Io(e)));
         let (progress, progress_fd) = Progress::create().map_err(io)?;
         let init = config.init.as_ref().map(|(driver, input)| WireTask {
@@ -67,7 +72,7 @@ impl Worker {
             let theirs_progress = Progress::map(&progress_fd).map_err(io)?;
             std::thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || worker::serve(&theirs, init, &theirs_progress))
+                .spawn(move || worker::serve(&theirs, init, &theirs_progress, limit))
                 .map_err(io)?;
             (name, std::process::id(), Body::Thread)
         } else {
@@ -77,8 +82,10 @@ impl Worker {
                 builder = builder.start_method(method);
             }
             let progress = Receiver::from(progress_fd);
-            let process =
-                builder.spawn_fn(worker::worker_main, WorkerArgs { conn: theirs, init, progress })?;
+            let process = builder.spawn_fn(
+                worker::worker_main,
+                WorkerArgs { conn: theirs, init, progress, max_message_size: limit },
+            )?;
             (name, process.pid(), Body::Process(Some(Box::new(process))))
         };
         let conn = Arc::new(ours);
@@ -108,6 +115,7 @@ impl Worker {
             task_ns: FIRST_GUESS_NS,
             deadline: None,
             lost: false,
+            answered: 0,
             fenced: false,
             progress,
         })
@@ -126,27 +134,12 @@ impl Worker {
             FromWorker::Results { outcomes, busy_ns } => {
                 let n = outcomes.len();
                 for (id, outcome) in outcomes {
-                    let Some(at) = self.held.iter().position(|h| h.id == id) else {
+                    if !self.complete(id, outcome) {
                         log::error!(
                             "mproc-pool: worker {:?} answered task #{id}, which it does not hold",
                             self.name
                         );
-                        continue;
-                    };
-                    let held = self.held.remove(at).expect("position is in range");
-                    self.answered_one();
-                    let task = || held.slot.task();
-                    held.slot.complete(outcome.map_err(|failure| match failure {
-                        Failure::Panicked(message) => Error::Panicked {
-                            task: task(),
-                            worker: self.name.clone(),
-                            pid: self.pid,
-                            message,
-                        },
-                        Failure::Encode(message) | Failure::Decode(message) => {
-                            Error::Transfer { task: task(), message }
-                        }
-                    }));
+                    }
                 }
                 self.task_ns = scheduler::observe(self.task_ns, busy_ns, n);
                 if self.held.is_empty() {
@@ -156,12 +149,58 @@ impl Worker {
             FromWorker::Resumed => self.fenced = false,
             FromWorker::InitFailed(failure) => {
                 let message = match failure {
-                    Failure::Panicked(m) => format!("it panicked in worker {:?}: {m}", self.name),
+                    Failure::Panicked(m) | Failure::ItemPanicked { message: m, .. } => {
+                        format!("it panicked in worker {:?}: {m}", self.name)
+                    }
                     Failure::Encode(m) | Failure::Decode(m) => m,
+                    Failure::TooLarge { size, limit } => wire::past_the_limit("value", size, limit),
                 };
                 log::error!("mproc-pool: the initializer failed in worker {:?}: {message}", self.name);
                 broken.get_or_insert(Error::Initializer { message });
             }
+        }
+    }
+
+    /// Completes task `id` with `outcome`, if it holds it (false if not: answered already).
+    fn complete(&mut self, id: u64, outcome: Outcome) -> bool {
+        let Some(at) = self.held.iter().position(|h| h.id == id) else { return false };
+        let held = self.held.remove(at).expect("position is in range");
+        self.answered_one();
+        self.answered += 1;
+        let task = || held.slot.task();
+        held.slot.complete(outcome.map_err(|failure| match failure {
+            Failure::Panicked(message) => {
+                Error::Panicked { task: task(), worker: self.name.clone(), pid: self.pid, message }
+            }
+            Failure::ItemPanicked { item, message } => Error::Panicked {
+                task: held.slot.item(item),
+                worker: self.name.clone(),
+                pid: self.pid,
+                message,
+            },
+            Failure::Encode(message) | Failure::Decode(message) => Error::Transfer { task: task(), message },
+            Failure::TooLarge { size, limit } => {
+                Error::Transfer { task: task(), message: wire::past_the_limit("value", size, limit) }
+            }
+        }));
+        true
+    }
+
+    /// Once it is gone: completes the tasks whose outcomes it logged and never sent (or sent
+    /// and the stream already delivered: those it no longer holds are skipped).
+    pub(crate) fn recover_logged(&mut self) {
+        let mut recovered = 0;
+        for record in self.progress.log_records() {
+            match postcard::from_bytes::<(u64, Outcome)>(&record) {
+                Ok((id, outcome)) => recovered += usize::from(self.complete(id, outcome)),
+                Err(e) => log::error!("mproc-pool: worker {:?} left an unreadable outcome: {e}", self.name),
+            }
+        }
+        if recovered > 0 {
+            log::debug!(
+                "mproc-pool: worker {:?} finished {recovered} task(s) it had not sent: delivered from its log",
+                self.name
+            );
         }
     }
 

@@ -129,12 +129,13 @@ pub(crate) fn observe(task_ns: f64, busy_ns: u64, n: usize) -> f64 {
 }
 
 /// How many of the next tasks, with input sizes `sizes`, fit one batch of at most `n`:
-/// [`BATCH_BYTES`] of input, and always at least one task.
-pub(crate) fn fit_bytes(sizes: impl IntoIterator<Item = usize>, n: usize) -> usize {
+/// `budget` bytes (at most [`BATCH_BYTES`], less under a lower message limit), and always at
+/// least one task.
+pub(crate) fn fit_bytes(sizes: impl IntoIterator<Item = usize>, n: usize, budget: usize) -> usize {
     let mut bytes = 0;
     let mut count = 0;
     for size in sizes.into_iter().take(n) {
-        if count > 0 && bytes + size > BATCH_BYTES {
+        if count > 0 && bytes + size > budget {
             break;
         }
         bytes += size;
@@ -261,10 +262,13 @@ mod tests {
 
     #[test]
     fn a_batch_stops_at_its_byte_budget_but_holds_one_task() {
-        assert_eq!(fit_bytes([10, 10, 10], 2), 2);
-        assert_eq!(fit_bytes([BATCH_BYTES, 1], 5), 1);
-        assert_eq!(fit_bytes([BATCH_BYTES + 1, 1], 5), 1);
-        assert_eq!(fit_bytes([BATCH_BYTES / 2, BATCH_BYTES / 2, 1], 5), 2);
-        assert_eq!(fit_bytes([], 5), 0);
+        assert_eq!(fit_bytes([10, 10, 10], 2, BATCH_BYTES), 2);
+        assert_eq!(fit_bytes([BATCH_BYTES, 1], 5, BATCH_BYTES), 1);
+        assert_eq!(fit_bytes([BATCH_BYTES + 1, 1], 5, BATCH_BYTES), 1);
+        assert_eq!(fit_bytes([BATCH_BYTES / 2, BATCH_BYTES / 2, 1], 5, BATCH_BYTES), 2);
+        assert_eq!(fit_bytes([], 5, BATCH_BYTES), 0);
+        // A lower message limit: smaller batches, still one task at least.
+        assert_eq!(fit_bytes([600, 600, 600], 5, 1000), 1);
+        assert_eq!(fit_bytes([400, 600, 600], 5, 1000), 2);
     }
 }

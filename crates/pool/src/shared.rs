@@ -18,6 +18,10 @@ use crate::wire::{Bytes, Driver};
 pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) init: Option<(FnRef<Driver>, Bytes)>,
+    /// The initializer's type, for errors.
+    pub(crate) init_name: &'static str,
+    /// The largest task input or value, in bytes.
+    pub(crate) max_message_size: usize,
     pub(crate) max_tasks_per_child: Option<u64>,
     pub(crate) start_method: Option<StartMethod>,
     pub(crate) task_timeout: Option<Duration>,

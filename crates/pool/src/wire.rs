@@ -67,10 +67,45 @@ impl<'de> Deserialize<'de> for Bytes {
 pub(crate) enum Failure {
     /// The function panicked with this message.
     Panicked(String),
+    /// The function panicked on item `item` of a chunk (`map` and friends).
+    ItemPanicked {
+        /// The item's index in the chunk.
+        item: u64,
+        /// The panic message.
+        message: String,
+    },
     /// The value could not be encoded.
     Encode(String),
     /// The arguments could not be decoded.
     Decode(String),
+    /// The value, encoded, is larger than the pool's message limit: it stayed in the worker.
+    TooLarge {
+        /// Its size in bytes.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// What a message may hold per task beyond the task's input or value: its id, its driver,
+/// the lengths (postcard varints), a failure's tag.
+pub(crate) const PER_TASK: usize = 64;
+/// What a message may hold beyond its tasks: its tag, the list's length, `busy_ns`.
+pub(crate) const PER_MESSAGE: usize = 64;
+
+/// The limit an end between the pool and a worker is set to, for a pool whose tasks' inputs
+/// and values may be `max_message_size` bytes: batches and outcome messages are cut so that
+/// their tasks' bytes (with [`PER_TASK`] each) stay within it, or hold a single task.
+pub(crate) fn frame_limit(max_message_size: usize) -> usize {
+    max_message_size.saturating_add(PER_TASK + PER_MESSAGE)
+}
+
+/// Why a task's `what` ("arguments", "value") did not cross: its size past the limit.
+pub(crate) fn past_the_limit(what: &str, size: u64, limit: u64) -> String {
+    format!(
+        "cannot send the {what}: {size} bytes, past the pool's limit of {limit} bytes \
+         (PoolBuilder::max_message_size raises it)"
+    )
 }
 
 /// A task's result in the worker: the encoded value, or why there is none.
@@ -142,7 +177,22 @@ pub(crate) fn apply_driver<A: DeserializeOwned + 'static, R: Serialize + 'static
 pub(crate) fn chunk_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Bytes) -> Outcome {
     let (f, items): Input<fn(A) -> R, Vec<A>> = decode(&input.0)?;
     let f = f.get();
-    encode(&items.into_iter().map(f).collect::<Vec<R>>())
+    encode(&each_item(items, f)?)
+}
+
+/// `f` over `items`, in order; a panic names the item it happened on.
+fn each_item<A, R>(items: Vec<A>, f: impl Fn(A) -> R) -> Result<Vec<R>, Failure> {
+    let mut values = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item))) {
+            Ok(value) => values.push(value),
+            Err(payload) => {
+                let message = mproc_process::panic_message(&*payload);
+                return Err(Failure::ItemPanicked { item: i as u64, message });
+            }
+        }
+    }
+    Ok(values)
 }
 
 /// `f(a, b)` over a chunk of pairs: `starmap`.
@@ -156,7 +206,7 @@ pub(crate) fn star_driver<
     type Star<A, B, R> = Input<fn(A, B) -> R, Vec<(A, B)>>;
     let (f, items): Star<A, B, R> = decode(&input.0)?;
     let f = f.get();
-    encode(&items.into_iter().map(|(a, b)| f(a, b)).collect::<Vec<R>>())
+    encode(&each_item(items, |(a, b)| f(a, b))?)
 }
 
 /// The initializer: `f(a)`, once per worker.

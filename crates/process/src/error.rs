@@ -47,7 +47,9 @@ pub enum Error {
     /// and would run `main` again.
     InitNotCalled,
     /// A daemon process may not start children (as in Python): they would be orphaned when
-    /// it is killed with its parent.
+    /// it is killed with its parent. A pool's workers are daemons, so a task cannot start a
+    /// `Process` or a pool of processes: use threads in the task (a thread pool), or do the
+    /// work from a non-daemon `Process`.
     DaemonCannotStart,
     /// The child's value could not be sent back (it failed to serialize), or the arguments
     /// could not be sent to it.
@@ -96,7 +98,11 @@ impl fmt::Display for Error {
                  (in tests: `mproc_process::test_support!()` and `mproc_init()`); \
                  Fork works without it",
             ),
-            Error::DaemonCannotStart => f.write_str("daemonic processes are not allowed to have children"),
+            Error::DaemonCannotStart => f.write_str(
+                "daemonic processes are not allowed to have children: a daemon is killed with its parent, \
+                 which would leave its children orphaned (a pool's workers are daemons: inside a task, \
+                 use threads, such as a thread pool, or start the work from a non-daemon Process instead)",
+            ),
             Error::Transfer { name, message } => write!(f, "process {name:?}: {message}"),
             Error::Unsupported(why) => f.write_str(why),
             Error::ForkServer(why) => write!(f, "fork server: {why}"),
