@@ -5,9 +5,11 @@ mod support;
 
 mod bad_input;
 mod fds;
+mod listener;
 mod nowait;
 mod props;
 mod python;
+mod python_listener;
 mod roundtrip;
 mod signals;
 mod threads;
