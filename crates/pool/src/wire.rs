@@ -68,10 +68,45 @@ impl<'de> Deserialize<'de> for Bytes {
 pub(crate) enum Failure {
     /// The function panicked with this message.
     Panicked(String),
+    /// The function panicked on item `item` of a chunk (`map` and friends).
+    ItemPanicked {
+        /// The item's index in the chunk.
+        item: u64,
+        /// The panic message.
+        message: String,
+    },
     /// The value could not be encoded.
     Encode(String),
     /// The arguments could not be decoded.
     Decode(String),
+    /// The value, encoded, is larger than the pool's message limit: it stayed in the worker.
+    TooLarge {
+        /// Its size in bytes.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// What a message may hold per task beyond the task's input or value: its id, its driver,
+/// the lengths (postcard varints), a failure's tag.
+pub(crate) const PER_TASK: usize = 64;
+/// What a message may hold beyond its tasks: its tag, the list's length, `busy_ns`.
+pub(crate) const PER_MESSAGE: usize = 64;
+
+/// The limit an end between the pool and a worker is set to, for a pool whose tasks' inputs
+/// and values may be `max_message_size` bytes: batches and outcome messages are cut so that
+/// their tasks' bytes (with [`PER_TASK`] each) stay within it, or hold a single task.
+pub(crate) fn frame_limit(max_message_size: usize) -> usize {
+    max_message_size.saturating_add(PER_TASK + PER_MESSAGE)
+}
+
+/// Why a task's `what` ("arguments", "value") did not cross: its size past the limit.
+pub(crate) fn past_the_limit(what: &str, size: u64, limit: u64) -> String {
+    format!(
+        "cannot send the {what}: {size} bytes, past the pool's limit of {limit} bytes \
+         (PoolBuilder::max_message_size raises it)"
+    )
 }
 
 /// A task's result in the worker: the encoded value, or why there is none.
@@ -93,6 +128,9 @@ pub(crate) struct WireTask {
 pub(crate) enum ToWorker {
     /// Run these, in order, and send their outcomes back in that order.
     Batch(Vec<WireTask>),
+    /// The pool fenced the worker's progress word and took back every task it had not
+    /// claimed: skip what came before this, clear the fence, go on (`claim.rs`).
+    Resume,
     /// Leave (after the tasks sent before).
     Exit,
 }
@@ -103,6 +141,8 @@ pub(crate) enum FromWorker {
     /// Outcomes of the next tasks, in the order they were sent, and the time spent running
     /// them (for the batch size).
     Results { outcomes: Vec<(u64, Outcome)>, busy_ns: u64 },
+    /// The fence is cleared: the worker can be sent tasks again (`claim.rs`).
+    Resumed,
     /// The initializer failed: the worker leaves.
     InitFailed(Failure),
 }
@@ -148,7 +188,28 @@ pub(crate) fn apply_driver<A: DeserializeOwned + 'static, R: Serialize + 'static
 pub(crate) fn chunk_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Carried) -> Outcome {
     let (f, items): Input<fn(A) -> R, Vec<A>> = decode(&input)?;
     let f = f.get();
-    encode(&items.into_iter().map(f).collect::<Vec<R>>())
+    encode(&each_item(items, f)?)
+}
+
+/// `f` over `items`, in order; a panic names the item it happened on.
+fn each_item<A, R>(items: Vec<A>, f: impl Fn(A) -> R) -> Result<Vec<R>, Failure> {
+    // Counted as they finish rather than caught one by one, so the loop stays a plain `map`
+    // (and its `collect` may reuse the input's allocation).
+    let done = std::cell::Cell::new(0u64);
+    let run = || {
+        items
+            .into_iter()
+            .map(|item| {
+                let value = f(item);
+                done.set(done.get() + 1);
+                value
+            })
+            .collect()
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).map_err(|payload| Failure::ItemPanicked {
+        item: done.get(),
+        message: mproc_process::panic_message(&*payload),
+    })
 }
 
 /// `f(a, b)` over a chunk of pairs: `starmap`.
@@ -162,7 +223,7 @@ pub(crate) fn star_driver<
     type Star<A, B, R> = Input<fn(A, B) -> R, Vec<(A, B)>>;
     let (f, items): Star<A, B, R> = decode(&input)?;
     let f = f.get();
-    encode(&items.into_iter().map(|(a, b)| f(a, b)).collect::<Vec<R>>())
+    encode(&each_item(items, |(a, b)| f(a, b))?)
 }
 
 /// The initializer: `f(a)`, once per worker.
