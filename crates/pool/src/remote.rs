@@ -268,7 +268,10 @@ impl Worker {
     /// What the scheduler needs to know of it.
     pub(crate) fn load(&self) -> Load {
         Load {
-            usable: !self.lost && !self.fenced,
+            // A fenced worker is sent nothing while it holds tasks (the new ones could not be
+            // taken back before it reads `Resume`, and it may be deep in a long task); an idle
+            // one reads `Resume` at once, and what follows it.
+            usable: !self.lost && (!self.fenced || self.held.is_empty()),
             batches: self.batches.len(),
             sent: self.sent,
             task_ns: self.task_ns,
