@@ -49,6 +49,9 @@ pub enum Error {
     /// A value holding ends (file descriptors) could not be sent: ends travel only over a
     /// duplex [`Connection`](crate::Connection), at most 253 in one message. Nothing was sent.
     FdPassing(&'static str),
+    /// A call the object's state does not allow: a `put` on a queue handle that was
+    /// closed, a `task_done` with no item left to mark. Nothing changed.
+    Misuse(&'static str),
     /// Any other operating-system error.
     Io(io::Error),
 }
@@ -76,6 +79,7 @@ impl fmt::Display for Error {
             Error::Encode(e) => write!(f, "cannot encode value: {e}"),
             Error::Decode(e) => write!(f, "cannot decode message: {e}"),
             Error::FdPassing(why) => write!(f, "cannot pass file descriptors: {why}"),
+            Error::Misuse(what) => f.write_str(what),
             Error::Io(e) => write!(f, "i/o error: {e}"),
         }
     }
@@ -116,7 +120,7 @@ impl From<Error> for io::Error {
             Error::TooLarge { .. } | Error::InvalidHeader { .. } | Error::Decode(_) => {
                 io::ErrorKind::InvalidData
             }
-            Error::Encode(_) | Error::FdPassing(_) => io::ErrorKind::InvalidInput,
+            Error::Encode(_) | Error::FdPassing(_) | Error::Misuse(_) => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, e)
     }

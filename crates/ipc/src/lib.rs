@@ -92,6 +92,7 @@ mod error;
 mod fdpass;
 mod frame;
 mod pipe;
+mod queue;
 mod shm;
 mod sys;
 mod wait;
@@ -100,6 +101,7 @@ pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{Error, Result};
 pub use pipe::{Receiver, Sender, pipe};
+pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
 pub use shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex, ShmRecursiveMutex, ShmType, WaitOutcome};
 pub use wait::{Waitable, wait, wait_one};
 
@@ -110,5 +112,13 @@ pub mod __private {
     /// it for pipes, so that the fallback is tested too.
     pub fn refuse_pipe_nowait() {
         crate::end::refuse_pipe_nowait();
+    }
+
+    pub use crate::queue::QueueCrash;
+
+    /// Arms `point`: this process kills itself with `SIGKILL` when a queue operation of
+    /// any thread reaches it.
+    pub fn crash_at(point: QueueCrash) {
+        crate::queue::crash_at(point);
     }
 }

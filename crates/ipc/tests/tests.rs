@@ -8,6 +8,8 @@ mod fds;
 mod nowait;
 mod props;
 mod python;
+mod queue;
+mod queue_soak;
 mod roundtrip;
 mod shm;
 mod signals;
