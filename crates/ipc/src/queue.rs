@@ -135,7 +135,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
 /// # Ok(()) }
 /// ```
 ///
-/// `&Queue` may be shared between threads. See the [module doc](self) for how it stays whole
+/// `&Queue` may be shared between threads, and `clone` gives another handle on the same queue. See the [module doc](self) for how it stays whole
 /// when a process dies inside `put` or `get`.
 pub struct Queue<T> {
     ring: Ring,
@@ -318,6 +318,13 @@ impl<T> Queue<T> {
     }
 }
 
+impl<T> Clone for Queue<T> {
+    /// Another handle on the same queue (its `closed` flag copied).
+    fn clone(&self) -> Self {
+        Queue { ring: self.ring.clone(), closed: AtomicBool::new(self.closed.load(Ordering::Relaxed)), _marker: PhantomData }
+    }
+}
+
 impl<T> AsFd for Queue<T> {
     /// The shared memory's file: what a forked child must keep open (or inherit) for the
     /// queue to travel by value later; the mapping itself survives without it.
@@ -389,6 +396,13 @@ impl<T> JoinableQueue<T> {
     /// As [`join`](Self::join), waiting at most `timeout` ([`Error::Timeout`]).
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
         self.queue.ring.join(Some(deadline_in(timeout)))
+    }
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    /// Another handle on the same queue.
+    fn clone(&self) -> Self {
+        JoinableQueue { queue: self.queue.clone() }
     }
 }
 
@@ -476,6 +490,13 @@ impl<T> SimpleQueue<T> {
     /// This handle puts no more (see [`Queue::close`]).
     pub fn close(&self) {
         self.queue.close()
+    }
+}
+
+impl<T> Clone for SimpleQueue<T> {
+    /// Another handle on the same queue.
+    fn clone(&self) -> Self {
+        SimpleQueue { queue: self.queue.clone() }
     }
 }
 

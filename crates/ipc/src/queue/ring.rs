@@ -41,8 +41,15 @@ const PAGE: u64 = 4096;
 /// with an item there; they find it within this time.
 const SLICE: Duration = Duration::from_millis(50);
 
-/// How many times a blocking call looks (without the lock) before it sleeps.
-const SPINS: u32 = 200;
+/// How long a blocking call looks (without the lock) for its condition before it sleeps:
+/// about what a sleep and a wake-up cost, so a partner that is already on its way is met
+/// without either.
+const SPIN: Duration = Duration::from_micros(20);
+
+/// How many times `lock` tries the mutex (spinning between tries) before it sleeps on it:
+/// glibc's robust mutexes sleep at once on contention, where the holder only ever holds the
+/// lock for a copy and a commit.
+const LOCK_TRIES: u32 = 64;
 
 /// A range of whole pages of the data, `[from, to)`.
 type Pages = (u64, u64);
@@ -169,6 +176,7 @@ fn crash_slow(point: QueueCrash) {
 }
 
 /// A queue's shared region and this process's view of it.
+#[derive(Clone)]
 pub(crate) struct Ring {
     shared: Shared<Header>,
     /// The hot ring's size (bytes).
@@ -277,7 +285,20 @@ impl Ring {
     /// lock is only ever held for a copy and a commit (never across a wait), and a dead
     /// holder's is handed over at once.
     fn lock(&self) -> Result<Locked<'_>> {
-        let guard = match self.shared.0.lock_until(None) {
+        let mut taken = self.shared.0.try_lock();
+        for _ in 0..LOCK_TRIES {
+            if !matches!(taken, Err(LockError::Timeout)) {
+                break;
+            }
+            for _ in 0..8 {
+                std::hint::spin_loop();
+            }
+            taken = self.shared.0.try_lock();
+        }
+        if matches!(taken, Err(LockError::Timeout)) {
+            taken = self.shared.0.lock_until(None);
+        }
+        let guard = match taken {
             Ok(guard) | Err(LockError::OwnerDied(guard)) => guard,
             Err(LockError::Timeout) => return Err(Error::Timeout),
             Err(LockError::Io(e)) => return Err(Error::Io(e)),
@@ -326,12 +347,7 @@ impl Ring {
     ) -> Result<bool> {
         let spin = deadline.is_none_or(|d| d > Instant::now());
         if spin && self.full(&self.snapshot()) {
-            for _ in 0..SPINS {
-                std::hint::spin_loop();
-                if !self.full(&self.snapshot()) {
-                    break;
-                }
-            }
+            spin_until(|| !self.full(&self.snapshot()));
         }
         let mut locked = self.lock()?;
         crash_point(QueueCrash::PutLocked);
@@ -427,12 +443,7 @@ impl Ring {
             if !spin {
                 return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
             }
-            for _ in 0..SPINS {
-                std::hint::spin_loop();
-                if self.snapshot().count > 0 {
-                    break;
-                }
-            }
+            spin_until(|| self.snapshot().count > 0);
         }
         let mut locked = self.lock()?;
         crash_point(QueueCrash::GetLocked);
@@ -553,6 +564,22 @@ impl Ring {
             self.sleep(&mut locked, &self.shared.3, SLEEP_JOIN, deadline);
         }
         Ok(())
+    }
+}
+
+/// Looks for `cond` for up to [`SPIN`].
+fn spin_until(cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    loop {
+        for _ in 0..16 {
+            std::hint::spin_loop();
+            if cond() {
+                return;
+            }
+        }
+        if start.elapsed() >= SPIN {
+            return;
+        }
     }
 }
 
