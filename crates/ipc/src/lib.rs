@@ -21,6 +21,12 @@
 //!   layout of atomics, robust process-shared mutexes ([`ShmMutex`]: a holder's death hands
 //!   the lock over with [`LockError::OwnerDied`]) and condition variables ([`ShmCondvar`]),
 //!   plus plain bytes. It travels like an end (module `shm`'s docs say how).
+//! - [`Queue`] (with a `maxsize`, `put`/`get` and their `try_`/timed forms, `qsize`, `empty`,
+//!   `full`, `close`), [`JoinableQueue`] (`task_done`, `join`) and [`SimpleQueue`]: Python's
+//!   queues, kept in a `Shared` region with no feeder thread. A `put` that returned is in
+//!   shared memory; a value that does not serialize fails in `put`; a process killed inside
+//!   `put` or `get` leaves the queue whole. They travel like ends. (Module `queue`'s docs give
+//!   the layout and the commit protocol.)
 //!
 //! Every end sends and receives typed values (`send` / `recv`, postcard-encoded) or raw bytes
 //! (`send_bytes` / `recv_bytes`), framed exactly like CPython's `multiprocessing.connection`: a

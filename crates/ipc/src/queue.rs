@@ -321,7 +321,11 @@ impl<T> Queue<T> {
 impl<T> Clone for Queue<T> {
     /// Another handle on the same queue (its `closed` flag copied).
     fn clone(&self) -> Self {
-        Queue { ring: self.ring.clone(), closed: AtomicBool::new(self.closed.load(Ordering::Relaxed)), _marker: PhantomData }
+        Queue {
+            ring: self.ring.clone(),
+            closed: AtomicBool::new(self.closed.load(Ordering::Relaxed)),
+            _marker: PhantomData,
+        }
     }
 }
 
