@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's one script (alias in `.cargo/config.toml`).
 //!
 //! - `cargo xtask test [ARGS]`: rustfmt check, clippy, every test target (criterion benches
-//!   run once in test mode, a smoke test), then doc tests. `ARGS` go to both test runs after
+//!   run once in test mode, a smoke test), then doc tests, then the loom model checks of the
+//!   coroutine task cell (`--cfg loom`, in `target/loom`). `ARGS` go to both test runs after
 //!   `--`, e.g. a test name filter.
 //! - `cargo xtask proptest [--cases N]`: the property tests (named `prop_*`), in release mode
 //!   with `PROPTEST_CASES=N` (default 1024).
@@ -23,7 +24,8 @@ usage: cargo xtask <command> [args]
 
 commands:
   test [ARGS]           rustfmt check, clippy, all test targets (benches run once as a smoke
-                        test), doc tests; ARGS go to both test runs after `--`
+                        test), doc tests, the coroutine task cell's loom model checks; ARGS go
+                        to both test runs after `--`
   proptest [--cases N]  property tests (`prop_*`) in release mode with PROPTEST_CASES=N
                         (default 1024)
   bench [ARGS]          criterion benchmarks of mproc-benches; ARGS go after `--`
@@ -138,12 +140,46 @@ impl Cargo {
 /// How long one test step may run (a normal run takes a minute or two).
 const TEST_STEP_LIMIT: Duration = Duration::from_secs(30 * 60);
 
-/// `cargo xtask test`: format, lints, every test target, doc tests; stops at the first failure.
+/// How long the loom step may run (it builds in about a minute and a half on 2 cores and
+/// runs in seconds).
+const LOOM_STEP_LIMIT: Duration = Duration::from_secs(10 * 60);
+
+/// `cargo xtask test`: format, lints, every test target, doc tests, mproc-ipc's `pickle`
+/// feature, loom model checks; stops at the first failure.
 fn test(extra: &[String]) -> Result<(), ExitCode> {
     Cargo::new(&["fmt", "--all", "--", "--check"]).run()?;
     Cargo::new(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).run()?;
     Cargo::new(&["test", "--workspace", "--all-targets"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()?;
-    Cargo::new(&["test", "--workspace", "--doc"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()
+    Cargo::new(&["test", "--workspace", "--doc"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()?;
+    // mproc-ipc's optional `pickle` feature: its lints, and the tests and doc tests it adds
+    // (their names say pickle).
+    Cargo::new(&[
+        "clippy",
+        "-p",
+        "mproc-ipc",
+        "--all-targets",
+        "--features",
+        "pickle",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .run()?;
+    Cargo::new(&["test", "-p", "mproc-ipc", "--features", "pickle", "--", "pickle"])
+        .timeout(TEST_STEP_LIMIT)
+        .run()?;
+    loom()
+}
+
+/// The loom model checks of the coroutine task cell's cross-thread protocol
+/// (`crates/coroutine/src/sys/task/loom_tests.rs`): the crate's unit tests built with
+/// `--cfg loom`, which swaps its atomics, cells and mutex for loom's (`src/sync.rs`). Their
+/// own target directory, so the normal build is not rebuilt with the changed `RUSTFLAGS`.
+fn loom() -> Result<(), ExitCode> {
+    Cargo::new(&["test", "-p", "mproc-coroutine", "--lib", "--target-dir", "target/loom"])
+        .env("RUSTFLAGS", "--cfg loom".to_owned())
+        .timeout(LOOM_STEP_LIMIT)
+        .run()
 }
 
 /// Waits for `child`; past `limit`, kills it and every process it started, and fails.

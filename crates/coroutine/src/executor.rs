@@ -5,71 +5,19 @@ use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 use crate::reactor::{self, Reactor};
-use crate::sys::task::{self, JoinHandle, RemoteRef, Tasks};
+use crate::sync::Arc;
+use crate::sys::task::{self, JoinHandle, Remote, Running, Tasks};
 
 /// How many tasks run between two looks at the reactor while tasks keep being ready.
 const BUDGET: usize = 1024;
-
-/// What other threads reach: the queue their wakes go to, and how to wake the executor.
-pub(crate) struct Remote {
-    queue: Mutex<RemoteQueue>,
-    /// `queue` may hold something.
-    queued: AtomicBool,
-    /// The executor sleeps (or is about to) in the reactor: wakes must write the eventfd.
-    sleeping: AtomicBool,
-    /// The future given to `block_on` was woken.
-    main_woken: AtomicBool,
-    eventfd: OwnedFd,
-}
-
-/// Tasks woken in other threads, and whether the executor is gone (then a task woken can
-/// never run, and is refused).
-#[derive(Default)]
-struct RemoteQueue {
-    woken: Vec<RemoteRef>,
-    closed: bool,
-}
-
-impl Remote {
-    /// Queues a task woken in another thread; gives it back if the executor is gone.
-    pub(crate) fn push_task(&self, task: RemoteRef) -> Result<(), RemoteRef> {
-        let mut queue = self.queue.lock();
-        if queue.closed {
-            return Err(task);
-        }
-        queue.woken.push(task);
-        drop(queue);
-        self.raise(&self.queued);
-        Ok(())
-    }
-
-    /// Sets `flag` (one of this executor's "something to do" flags) and wakes the executor
-    /// if it sleeps.
-    fn raise(&self, flag: &AtomicBool) {
-        flag.store(true, Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) {
-            reactor::notify(self.eventfd.as_fd());
-        }
-    }
-
-    /// Refuses wakes from now on, and gives back the tasks queued so far.
-    fn close(&self) -> Vec<RemoteRef> {
-        let mut queue = self.queue.lock();
-        queue.closed = true;
-        std::mem::take(&mut queue.woken)
-    }
-}
 
 /// The executor's own state, in its thread.
 pub(crate) struct Local {
@@ -78,7 +26,6 @@ pub(crate) struct Local {
     pid: u32,
     tasks: Rc<Tasks>,
     pub(crate) reactor: Reactor,
-    remote: Arc<Remote>,
 }
 
 impl Local {
@@ -101,39 +48,29 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<Local>>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` on the tasks of the executor whose remote side is `remote`, if that executor is
-/// running in this thread (in `block_on`); `None` otherwise.
-pub(crate) fn running_tasks(remote: &Arc<Remote>, f: impl FnOnce(&Tasks)) -> Option<()> {
-    CURRENT
-        .try_with(|current| {
-            let current = current.try_borrow().ok()?;
-            let local = current.as_ref()?;
-            Arc::ptr_eq(&local.remote, remote).then(|| f(&local.tasks))
-        })
-        .ok()
-        .flatten()
-}
-
 /// The running executor of this thread, if it belongs to this process.
 pub(crate) fn current() -> Option<Rc<Local>> {
     let local = CURRENT.with(|c| c.borrow().clone())?;
     (local.pid == mproc_pool::process::getpid()).then_some(local)
 }
 
-/// Makes `local` current for the life of the guard.
+/// Makes `local` current for the life of the guard (and its tasks the running ones).
 struct Enter {
     previous: Option<Rc<Local>>,
+    _running: Running,
 }
 
 impl Enter {
     fn new(local: &Rc<Local>) -> Enter {
-        Enter { previous: CURRENT.with(|c| c.replace(Some(Rc::clone(local)))) }
+        let previous = CURRENT.with(|c| c.replace(Some(Rc::clone(local))));
+        Enter { previous, _running: Running::enter(&local.tasks) }
     }
 }
 
 impl Drop for Enter {
     fn drop(&mut self) {
-        CURRENT.with(|c| *c.borrow_mut() = self.previous.take());
+        let left = CURRENT.with(|c| c.replace(self.previous.take()));
+        drop(left);
     }
 }
 
@@ -143,12 +80,18 @@ struct MainWaker {
 }
 
 impl Wake for MainWaker {
-    fn wake(self: Arc<Self>) {
+    fn wake(self: std::sync::Arc<Self>) {
         self.wake_by_ref();
     }
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.remote.raise(&self.remote.main_woken);
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.remote.wake_main();
+    }
+}
+
+impl fmt::Debug for Local {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Executor")
     }
 }
 
@@ -177,14 +120,8 @@ impl Executor {
         let eventfd = reactor::eventfd()?;
         let reactor = Reactor::new(eventfd.as_fd())?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let remote = Arc::new(Remote {
-            queue: Mutex::default(),
-            queued: AtomicBool::new(false),
-            sleeping: AtomicBool::new(false),
-            main_woken: AtomicBool::new(false),
-            eventfd,
-        });
-        let local = Local { id, pid: mproc_pool::process::getpid(), tasks: Rc::default(), reactor, remote };
+        let tasks = Rc::new(Tasks::new(Arc::new(Remote::new(eventfd))));
+        let local = Local { id, pid: mproc_pool::process::getpid(), tasks, reactor };
         Ok(Executor { local: Rc::new(local) })
     }
 
@@ -210,14 +147,13 @@ impl Executor {
         let local = &self.local;
         local.check_process();
         let _enter = Enter::new(local);
-        let remote = &local.remote;
-        let waker = Waker::from(Arc::new(MainWaker { remote: Arc::clone(remote) }));
+        let remote = local.tasks.remote();
+        let waker = Waker::from(std::sync::Arc::new(MainWaker { remote: Arc::clone(remote) }));
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);
-        remote.main_woken.store(true, Ordering::SeqCst);
+        remote.wake_main();
         loop {
-            if remote.main_woken.load(Ordering::Relaxed)
-                && remote.main_woken.swap(false, Ordering::SeqCst)
+            if remote.take_main_wake()
                 && let Poll::Ready(output) = future.as_mut().poll(&mut cx)
             {
                 return output;
@@ -231,21 +167,11 @@ impl Executor {
                 local.tasks.run(task);
                 ran += 1;
             }
-            if remote.queued.load(Ordering::Relaxed) && remote.queued.swap(false, Ordering::SeqCst) {
-                let woken = std::mem::take(&mut remote.queue.lock().woken);
-                for task in woken {
-                    local.tasks.take_remote(task);
-                }
-            }
-            let idle = local.tasks.is_empty() && !remote.main_woken.load(Ordering::SeqCst);
-            if idle {
-                remote.sleeping.store(true, Ordering::SeqCst);
-                // A wake between the checks above and `sleeping` would not write the
-                // eventfd: look again now that wakers will.
-                if !remote.queued.load(Ordering::SeqCst) && !remote.main_woken.load(Ordering::SeqCst) {
+            local.tasks.take_remote_wakes();
+            if local.tasks.is_empty() && !remote.main_woken() {
+                remote.sleep_unless_woken(|| {
                     local.reactor.poll(None).expect("mproc-coroutine: epoll_wait failed");
-                }
-                remote.sleeping.store(false, Ordering::SeqCst);
+                });
             } else if ran == BUDGET {
                 // Busy: look at I/O and timers without sleeping, so they are not starved.
                 local.reactor.poll(Some(Duration::ZERO)).expect("mproc-coroutine: epoll_wait failed");
@@ -261,7 +187,7 @@ impl Drop for Executor {
     /// child the futures hold. Wakes from other threads are refused from now on.
     fn drop(&mut self) {
         let _enter = Enter::new(&self.local);
-        drop(self.local.remote.close());
+        drop(self.local.tasks.remote().close());
         loop {
             self.local.tasks.close_all();
             // Wakers waiting on fds and timers: their tasks are done now; drop them too.
@@ -296,7 +222,7 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    Task { inner: Some(task::spawn(&local.tasks, &local.remote, future)) }
+    Task { inner: Some(task::spawn(&local.tasks, future)) }
 }
 
 /// A spawned task: await it for its output. Dropping it cancels the task (its future is

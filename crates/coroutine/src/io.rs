@@ -1,7 +1,6 @@
 //! `Async<T>`: an ipc end or a child process, awaited instead of blocked on.
 
 use std::fmt;
-use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
 
@@ -11,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::executor::{Local, current};
+use crate::reactor::Readiness;
 
 /// An ipc end ([`Receiver`], [`Sender`], [`Connection`]) or a child [`Process`], registered with
 /// the running executor's reactor, so a coroutine awaits it while the thread runs other
@@ -81,23 +81,25 @@ impl<T: Waitable> Async<T> {
     }
 
     /// Waits until a receive would not wait for the fd: something arrived (or the peer is
-    /// gone), or a frame is already buffered in the end.
+    /// gone), or a frame is already buffered in the end. Ready at once if that is so now.
     pub async fn readable(&self) {
         if self.get_ref().ready() {
             return;
         }
-        self.event(false).await;
+        let io = self.get_ref();
+        self.local.reactor.readiness(self.key, false, Some(io.wait_fd())).await;
     }
 
-    /// Waits until the fd has room to write (or the peer is gone).
+    /// Waits until the fd has room to write (or the peer is gone). Ready at once if it has now.
     pub async fn writable(&self) {
-        self.event(true).await;
+        let io = self.get_ref();
+        self.local.reactor.readiness(self.key, true, Some(io.wait_fd())).await;
     }
 
-    /// Waits for the next readiness event of the fd (edge-triggered: one per change).
-    async fn event(&self, write: bool) {
-        let mut since = None;
-        poll_fn(|cx| self.local.reactor.poll_event(self.key, write, &mut since, cx)).await
+    /// Waits for the next readiness event of the fd (edge-triggered: one per change), after an
+    /// attempt found it not ready (so an event taken before the attempt does not matter).
+    fn event(&self, write: bool) -> Readiness<'_> {
+        self.local.reactor.readiness(self.key, write, None)
     }
 
     /// Retries `start` until the end takes a frame, then `flush` until it has written all of

@@ -53,7 +53,9 @@
 //!   [`Panicked`] with the message.
 //! - The executor and its tasks are `!Send` (they stay in their thread); wakers are
 //!   `Send + Sync` and may be woken or dropped from any thread, also after their task finished
-//!   or was cancelled.
+//!   or was cancelled. That cross-thread protocol is model-checked with loom.
+//! - A wait on an `Async` holds one waker however often it is polled, and none once dropped;
+//!   [`Async::readable`] and [`Async::writable`] return at once when the end is ready now.
 //! - Dropping a [`Task`] cancels it; [`Task::detach`] lets it run on.
 //! - No call blocks the thread: receives and sends on an `Async` end wait as coroutines (a
 //!   frame larger than the room in the pipe or socket goes out in parts, as room appears).
@@ -70,12 +72,12 @@
 //!
 //! # Caveats
 //!
-//! - Waking a task from another thread after its executor was dropped leaks that task (its
-//!   future may not be dropped outside its thread).
+//! - Waking a task from another thread after its executor was dropped does nothing: its
+//!   future was dropped with the executor, and its cell is freed with the last waker.
 //! - A future that returns `Pending` without keeping its waker can never be woken: it stays
 //!   (with what it holds) until its [`Task`] is dropped or the executor is.
-//! - Cancelling a task (dropping its [`Task`]) drops its future at once if the task is idle;
-//!   one already woken is dropped when the executor next runs its queue, or with the executor.
+//! - Cancelling a task (dropping its [`Task`]) drops its future at once; a task that drops
+//!   its own `Task` while it runs is dropped when that run ends.
 #![deny(unsafe_code)]
 
 mod channel;
@@ -83,6 +85,7 @@ mod combinators;
 mod executor;
 mod io;
 mod reactor;
+mod sync;
 mod sys;
 mod time;
 

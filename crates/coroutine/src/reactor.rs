@@ -3,13 +3,15 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, CreateFlags, EventData, EventFlags};
-use rustix::event::{EventfdFlags, Timespec};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
 /// The epoll key of the eventfd; sources use their slot + 1.
 const WAKE_KEY: u64 = 0;
@@ -20,7 +22,52 @@ const WAKE_KEY: u64 = 0;
 #[derive(Default)]
 struct Source {
     ticks: [u64; 2],
-    waiters: [Vec<Waker>; 2],
+    waiters: [Waiters; 2],
+}
+
+/// The wakers of the waits on one direction of a source: one entry per waiting [`Readiness`]
+/// future, which replaces its waker in place when polled again and removes its entry when
+/// dropped, so the list is as long as the number of waits, however often they are polled or
+/// given up (a receive under a timeout in a loop).
+#[derive(Default)]
+struct Waiters {
+    /// `None`: a wait that was woken (or is between polls) and still owns its entry.
+    entries: Vec<Option<Waker>>,
+    /// Indexes of entries no wait owns.
+    free: Vec<usize>,
+}
+
+impl Waiters {
+    /// An entry for a new wait.
+    fn insert(&mut self) -> usize {
+        match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.entries.push(None);
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    /// Sets the waker of entry `index`, unless it already wakes the same task.
+    fn set(&mut self, index: usize, waker: &Waker) {
+        let entry = &mut self.entries[index];
+        match entry {
+            Some(kept) if kept.will_wake(waker) => {}
+            _ => *entry = Some(waker.clone()),
+        }
+    }
+
+    /// Gives up entry `index` (its wait is dropped).
+    fn remove(&mut self, index: usize) {
+        self.entries[index] = None;
+        self.free.push(index);
+    }
+
+    /// Takes every waker (the entries stay with their waits).
+    fn take_all(&mut self, into: &mut Vec<Waker>) {
+        into.extend(self.entries.iter_mut().filter_map(Option::take));
+    }
 }
 
 pub(crate) struct Reactor {
@@ -79,27 +126,15 @@ impl Reactor {
         self.free.borrow_mut().push(key);
     }
 
-    /// `Ready` once the fd has had a readiness event (in that direction) after `since`, the
-    /// event count this waiter saw first (`None` on its first poll: it is recorded). An fd
-    /// that is gone counts as ready.
-    pub(crate) fn poll_event(
-        &self,
+    /// A wait for the next readiness event of `key` in one direction (`write`), or, with
+    /// `now` given (the registered fd), for the fd to be ready now or later.
+    pub(crate) fn readiness<'a>(
+        &'a self,
         key: usize,
         write: bool,
-        since: &mut Option<u64>,
-        cx: &mut Context<'_>,
-    ) -> Poll<()> {
-        let mut sources = self.sources.borrow_mut();
-        let Some(source) = sources.get_mut(key).and_then(Option::as_mut) else { return Poll::Ready(()) };
-        let dir = usize::from(write);
-        let now = source.ticks[dir];
-        match *since {
-            Some(seen) if seen != now => return Poll::Ready(()),
-            Some(_) => {}
-            None => *since = Some(now),
-        }
-        source.waiters[dir].push(cx.waker().clone());
-        Poll::Pending
+        now: Option<BorrowedFd<'a>>,
+    ) -> Readiness<'a> {
+        Readiness { reactor: self, key, dir: usize::from(write), now, wait: None }
     }
 
     /// Takes every waker waiting on a source or a timer (when the executor goes away).
@@ -107,7 +142,7 @@ impl Reactor {
         let mut wakers: Vec<Waker> = std::mem::take(&mut *self.timers.borrow_mut()).into_values().collect();
         for source in self.sources.borrow_mut().iter_mut().flatten() {
             for waiters in &mut source.waiters {
-                wakers.append(waiters);
+                waiters.take_all(&mut wakers);
             }
         }
         wakers
@@ -168,7 +203,7 @@ impl Reactor {
                 for (dir, mask) in [read, write].into_iter().enumerate() {
                     if flags.intersects(mask) {
                         source.ticks[dir] += 1;
-                        wakers.append(&mut source.waiters[dir]);
+                        source.waiters[dir].take_all(&mut wakers);
                     }
                 }
             }
@@ -192,6 +227,77 @@ impl Reactor {
             waker.wake();
         }
         Ok(())
+    }
+}
+
+/// The future of [`Reactor::readiness`]: `Ready` once the fd has had a readiness event in its
+/// direction after the first poll (or is ready at the first poll, when asked), or is no longer
+/// registered. It holds one entry in the source's waiters from its first poll until it is
+/// dropped.
+pub(crate) struct Readiness<'a> {
+    reactor: &'a Reactor,
+    key: usize,
+    dir: usize,
+    /// Check the fd's state at the first poll (`readable()` / `writable()`): an edge taken
+    /// while nobody waited is not seen again.
+    now: Option<BorrowedFd<'a>>,
+    /// The event count seen at the first poll, and this wait's entry in the waiters.
+    wait: Option<(u64, usize)>,
+}
+
+impl Future for Readiness<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let mut sources = this.reactor.sources.borrow_mut();
+        let Some(source) = sources.get_mut(this.key).and_then(Option::as_mut) else {
+            return Poll::Ready(());
+        };
+        let ticks = source.ticks[this.dir];
+        let (seen, index) = match this.wait {
+            Some(wait) => wait,
+            None => {
+                // Interest first, then the state: an event after the check is counted.
+                let wait = (ticks, source.waiters[this.dir].insert());
+                this.wait = Some(wait);
+                if let Some(fd) = this.now.take()
+                    && ready_now(fd, this.dir == 1)
+                {
+                    return Poll::Ready(());
+                }
+                wait
+            }
+        };
+        if ticks != seen {
+            return Poll::Ready(());
+        }
+        source.waiters[this.dir].set(index, cx.waker());
+        Poll::Pending
+    }
+}
+
+impl Drop for Readiness<'_> {
+    fn drop(&mut self) {
+        let Some((_, index)) = self.wait else { return };
+        // The source outlives the wait (its `Async` is borrowed by it); `try_borrow_mut`
+        // only guards a drop from inside the reactor's own borrow, which never happens.
+        if let Ok(mut sources) = self.reactor.sources.try_borrow_mut()
+            && let Some(Some(source)) = sources.get_mut(self.key)
+        {
+            source.waiters[self.dir].remove(index);
+        }
+    }
+}
+
+/// Whether `fd` is readable (`write`: writable) now, by a `poll(2)` that does not wait. An
+/// error or a hang-up counts as ready, as it does for the reactor's events.
+fn ready_now(fd: BorrowedFd<'_>, write: bool) -> bool {
+    let wanted = if write { PollFlags::OUT } else { PollFlags::IN | PollFlags::RDHUP };
+    let mut fds = [PollFd::new(&fd, wanted)];
+    match rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        Ok(n) => n > 0,
+        Err(_) => true,
     }
 }
 

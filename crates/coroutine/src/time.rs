@@ -36,12 +36,6 @@ pub struct Sleep {
     timer: Option<(u64, Rc<Local>)>,
 }
 
-impl fmt::Debug for Local {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Executor")
-    }
-}
-
 impl Future for Sleep {
     type Output = ();
 

@@ -2,10 +2,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
-use mproc_coroutine::ipc::{Connection, duplex};
+use mproc_coroutine::ipc::{Connection, duplex, pipe};
 use mproc_coroutine::pool::Pool;
 use mproc_coroutine::process::{Builder, Process, StartMethod};
 use mproc_coroutine::{Async, Executor, LocalSender, channel, join_all, spawn, timeout, yield_now};
@@ -291,4 +295,89 @@ fn awaited_results_end_when_the_pool_is_terminated() {
         // Finished before the end, or failed by it: never left waiting.
         let _ = outcome.unwrap();
     }
+}
+
+/// A waker that counts what holds it: `Arc::strong_count` less the test's own `Arc` and the
+/// `Waker` made from the other one is the number of clones kept elsewhere (the reactor's).
+struct CountingWake;
+
+impl Wake for CountingWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+fn kept_clones(count: &Arc<CountingWake>) -> usize {
+    Arc::strong_count(count) - 2
+}
+
+#[test]
+fn a_waiting_receive_keeps_one_waker_however_often_it_is_polled_or_dropped() {
+    let (ours, _theirs) = duplex::<u64>().unwrap();
+    let ex = Executor::new().unwrap();
+    ex.block_on(async {
+        let ours = Async::new(ours).unwrap();
+        let count = Arc::new(CountingWake);
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        // Polled again and again on a quiet end (no reactor turn in between): one waker.
+        let mut recv = Box::pin(ours.recv());
+        for _ in 0..100 {
+            assert!(recv.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(kept_clones(&count), 1, "wakers kept for one waiting receive");
+        // A receive that is dropped (a timeout in a loop) leaves none behind.
+        for _ in 0..100 {
+            let mut bounded_recv = pin!(timeout(DEADLINE, ours.recv()));
+            assert!(bounded_recv.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(kept_clones(&count), 1, "wakers kept after 100 dropped receives");
+        drop(recv);
+        assert_eq!(kept_clones(&count), 0, "wakers kept once nothing waits");
+    });
+}
+
+/// How long `readable()` / `writable()` may take on an end that is ready now (they should not
+/// wait at all; bounded so that the test fails instead of hanging if they do).
+const READY_NOW: Duration = Duration::from_secs(10);
+
+/// Makes the executor's reactor take every readiness edge pending on its fds (edge-triggered,
+/// each is reported once), while this coroutine waits for a message of its own.
+async fn turn_the_reactor() {
+    let (a, b) = duplex::<u8>().unwrap();
+    let (a, b) = (Async::new(a).unwrap(), Async::new(b).unwrap());
+    // Runs after this coroutine waits for the message: only the reactor can wake it.
+    let sender = spawn(async move { b.send(&1).await });
+    assert_eq!(bounded(a.recv()).await.unwrap(), 1);
+    sender.await.unwrap().unwrap();
+}
+
+#[test]
+fn writable_resolves_on_an_end_with_room_now() {
+    let (ours, _theirs) = duplex::<u64>().unwrap();
+    let (_rx, tx) = pipe::<u64>().unwrap();
+    let ex = Executor::new().unwrap();
+    ex.block_on(async {
+        let (ours, tx) = (Async::new(ours).unwrap(), Async::new(tx).unwrap());
+        // Their edge (room to write, from registration) is taken while nobody waits.
+        turn_the_reactor().await;
+        timeout(READY_NOW, ours.writable()).await.expect("an idle socket is writable");
+        timeout(READY_NOW, tx.writable()).await.expect("an empty pipe is writable");
+    });
+}
+
+#[test]
+fn readable_resolves_on_an_end_with_data_now() {
+    let (ours, theirs) = duplex::<u64>().unwrap();
+    let (rx, tx) = pipe::<u64>().unwrap();
+    theirs.send(&7).unwrap();
+    tx.send(&8).unwrap();
+    let ex = Executor::new().unwrap();
+    ex.block_on(async {
+        let (ours, rx) = (Async::new(ours).unwrap(), Async::new(rx).unwrap());
+        // Their edge (data there, from registration) is taken while nobody waits.
+        turn_the_reactor().await;
+        timeout(READY_NOW, ours.readable()).await.expect("a socket with data is readable");
+        timeout(READY_NOW, rx.readable()).await.expect("a pipe with data is readable");
+        assert_eq!(bounded(ours.recv()).await.unwrap(), 7);
+        assert_eq!(bounded(rx.recv()).await.unwrap(), 8);
+    });
 }

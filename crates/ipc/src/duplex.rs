@@ -12,6 +12,7 @@ use crate::end::{End, Kind, impl_end_traits};
 use crate::error::Error;
 use crate::error::Result;
 use crate::fdpass::impl_end_serde;
+use crate::sys::impl_from_raw_fd;
 
 /// Creates a two-way connection carrying `T` both ways, on a Unix stream socket pair.
 ///
@@ -191,3 +192,7 @@ impl<S, R> Connection<S, R> {
 
 impl_end_traits!(Connection<S, R>);
 impl_end_serde!(Connection<S, R>);
+impl_from_raw_fd!(
+    Connection<S, R>,
+    "a connected stream socket (or anything both readable and writable)"
+);

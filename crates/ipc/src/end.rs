@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::{Errno, FdFlags, ReadWriteFlags};
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -50,9 +50,12 @@ pub(crate) fn refuse_pipe_nowait() {
 pub(crate) enum Kind {
     /// A pipe or anything else `writev` serves.
     Pipe,
-    /// A socket: written with `sendmsg(MSG_NOSIGNAL)`, so a vanished peer is an error, never
-    /// a `SIGPIPE`.
+    /// A Unix socket: written with `sendmsg(MSG_NOSIGNAL)`, so a vanished peer is an error,
+    /// never a `SIGPIPE`. Carries fds.
     Socket,
+    /// Any other socket (TCP): written as a Unix socket is, but carries no fds (the kernel
+    /// would drop them silently).
+    NetSocket,
 }
 
 impl Kind {
@@ -60,7 +63,10 @@ impl Kind {
     pub(crate) fn of(fd: BorrowedFd<'_>) -> Kind {
         match rustix::fs::fstat(fd) {
             Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket => {
-                Kind::Socket
+                match rustix::net::sockopt::socket_domain(fd) {
+                    Ok(AddressFamily::UNIX) => Kind::Socket,
+                    _ => Kind::NetSocket,
+                }
             }
             _ => Kind::Pipe,
         }
@@ -179,9 +185,14 @@ impl End {
             (Err(_), Some(why)) => return Err(Error::FdPassing(why)),
             (encoded, _) => encoded?,
         };
-        if !fds.is_empty() && self.kind != Kind::Socket {
+        if !fds.is_empty() && self.kind == Kind::Pipe {
             return Err(Error::FdPassing(
                 "ends can only travel over a duplex Connection (a Unix socket), not a pipe",
+            ));
+        }
+        if !fds.is_empty() && self.kind == Kind::NetSocket {
+            return Err(Error::FdPassing(
+                "ends can only travel over a Unix socket, not a TCP connection (fds do not cross the network)",
             ));
         }
         if fds.len() > fdpass::MAX_FDS {

@@ -52,8 +52,53 @@ pub enum Error {
     /// A call the object's state does not allow: a `put` on a queue handle that was
     /// closed, a `task_done` with no item left to mark. Nothing changed.
     Misuse(&'static str),
+    /// The authkey handshake of a [`Listener`](crate::Listener) or [`Client`](crate::Client)
+    /// failed (Python's `multiprocessing.AuthenticationError`): that one connection is closed,
+    /// the listener goes on accepting.
+    Authentication(AuthError),
+    /// A value could not be pickled or unpickled (the `pickle` feature). As for
+    /// [`Error::Encode`] and [`Error::Decode`], the end stays usable.
+    #[cfg(feature = "pickle")]
+    Pickle(serde_pickle::Error),
     /// Any other operating-system error.
     Io(io::Error),
+}
+
+/// Why an authkey handshake failed (inside [`Error::Authentication`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The peer's answer to our challenge is wrong: it holds another authkey.
+    WrongDigest,
+    /// The peer rejected our answer to its challenge: it holds another authkey.
+    Rejected,
+    /// The peer speaks only the legacy HMAC-MD5 handshake (Python 3.11 and earlier), which
+    /// this end accepts only when allowed (`allow_legacy_md5(true)`).
+    LegacyMd5,
+    /// The peer did not finish the handshake within the handshake timeout.
+    Timeout(std::time::Duration),
+    /// The peer sent something the handshake has no place for (a message too long, not a
+    /// challenge, an unknown digest).
+    Protocol(String),
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::WrongDigest => {
+                f.write_str("the peer's answer to our challenge is wrong (another authkey)")
+            }
+            AuthError::Rejected => {
+                f.write_str("the peer rejected our answer to its challenge (another authkey)")
+            }
+            AuthError::LegacyMd5 => f.write_str(
+                "the peer speaks only the legacy HMAC-MD5 handshake (Python 3.11 or earlier); \
+                 allow_legacy_md5(true) accepts it",
+            ),
+            AuthError::Timeout(limit) => write!(f, "the peer did not finish the handshake within {limit:?}"),
+            AuthError::Protocol(what) => write!(f, "the peer does not follow the handshake: {what}"),
+        }
+    }
 }
 
 /// `Result` with [`Error`] as the error type.
@@ -80,6 +125,9 @@ impl fmt::Display for Error {
             Error::Decode(e) => write!(f, "cannot decode message: {e}"),
             Error::FdPassing(why) => write!(f, "cannot pass file descriptors: {why}"),
             Error::Misuse(what) => f.write_str(what),
+            Error::Authentication(why) => write!(f, "authentication failed: {why}"),
+            #[cfg(feature = "pickle")]
+            Error::Pickle(e) => write!(f, "cannot pickle or unpickle value: {e}"),
             Error::Io(e) => write!(f, "i/o error: {e}"),
         }
     }
@@ -90,6 +138,8 @@ impl std::error::Error for Error {
         match self {
             Error::Encode(e) | Error::Decode(e) => Some(e),
             Error::Io(e) => Some(e),
+            #[cfg(feature = "pickle")]
+            Error::Pickle(e) => Some(e),
             _ => None,
         }
     }
@@ -121,6 +171,10 @@ impl From<Error> for io::Error {
                 io::ErrorKind::InvalidData
             }
             Error::Encode(_) | Error::FdPassing(_) | Error::Misuse(_) => io::ErrorKind::InvalidInput,
+            Error::Authentication(AuthError::Timeout(_)) => io::ErrorKind::TimedOut,
+            Error::Authentication(_) => io::ErrorKind::PermissionDenied,
+            #[cfg(feature = "pickle")]
+            Error::Pickle(_) => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)
     }
@@ -138,6 +192,11 @@ mod tests {
             Error::Timeout,
             Error::TooLarge { len: 1 << 60, max: 1 << 30 },
             Error::InvalidHeader { header: -7 },
+            Error::Authentication(AuthError::WrongDigest),
+            Error::Authentication(AuthError::Rejected),
+            Error::Authentication(AuthError::LegacyMd5),
+            Error::Authentication(AuthError::Timeout(std::time::Duration::from_secs(5))),
+            Error::Authentication(AuthError::Protocol("a message of 300 bytes".into())),
             Error::Io(io::Error::other("boom")),
         ];
         for e in all {

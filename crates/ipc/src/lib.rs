@@ -13,6 +13,12 @@
 //! - `try_send` / `try_flush` send without ever waiting, for event loops: a frame is taken
 //!   (the part the kernel has no room for yet stays in the end and goes out first) or refused
 //!   with nothing sent.
+//! - [`Listener`] and [`Client`] connect processes that did not start one another, over a Unix
+//!   socket path, a Linux abstract name or TCP ([`Address`]): Python's
+//!   `multiprocessing.connection.Listener` / `Client`, with the same `authkey` handshake, so
+//!   either side may be CPython. [`Listener::accept`] gives a [`Connection`].
+//! - With the `pickle` feature, `Connection::send_pickle` / `recv_pickle` exchange values
+//!   with a Python peer's plain `conn.send(obj)` / `conn.recv()`.
 //! - Ends are values too: a struct holding a `Sender` or a `Connection` can be sent over a
 //!   duplex `Connection`, and the end arrives working in the other process (its fd travels as
 //!   `SCM_RIGHTS`). That is also how ends reach processes started by `mproc-process`.
@@ -75,6 +81,12 @@
 //! - Every fd is created close-on-exec in the same syscall. Ends survive `fork`; across
 //!   `exec` only after `set_inheritable(true)`.
 //! - Writes to a socket never raise `SIGPIPE`: a vanished peer is [`Error::Closed`].
+//! - Authentication: with an authkey, [`Listener::accept`] and [`Client::connect`] return a
+//!   connection only after both sides proved they hold the key (CPython 3.12's HMAC-SHA256
+//!   challenge each way, digests compared in constant time; legacy HMAC-MD5 only when
+//!   allowed). Before that a peer can make us read at most 256 bytes a message, and the whole
+//!   handshake has a deadline ([`ListenerBuilder::handshake_timeout`]); a failed handshake is
+//!   an error of that one connection and leaves nothing behind.
 //!
 //! # Caveats
 //!
@@ -87,28 +99,51 @@
 //!   [`Waitable::ready`]: a frame read ahead does not make the fd readable.
 //! - Writes to a pipe whose readers are gone raise `SIGPIPE` unless it is ignored; Rust
 //!   programs ignore it by default, and the send then reports [`Error::Closed`].
+//! - An authkey authenticates, it does not encrypt: over a network, what follows the handshake
+//!   travels in clear (as in Python). TCP connections carry no ends (fds): sending one is
+//!   [`Error::FdPassing`].
 //! - `poll` and [`wait`] report that bytes (or end of file) are there, not that a whole frame
 //!   is: a following `recv` may still wait for the rest of a frame a slow peer is writing.
 #![deny(unsafe_code)]
 
+mod address;
+mod barrier;
+mod carried;
 mod codec;
 mod duplex;
 mod end;
 mod error;
 mod fdpass;
 mod frame;
+mod handshake;
+mod listener;
+#[cfg(feature = "pickle")]
+mod pickle;
 mod pipe;
 mod queue;
+mod shared_memory;
 mod shm;
+mod sync;
 mod sys;
+mod value;
 mod wait;
 
+pub use address::Address;
+pub use barrier::{Barrier, BrokenBarrier};
+pub use carried::Carried;
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
-pub use error::{Error, Result};
+pub use error::{AuthError, Error, Result};
+pub use listener::{Client, ClientBuilder, Listener, ListenerBuilder};
 pub use pipe::{Receiver, Sender, pipe};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
+pub use shared_memory::SharedMemory;
 pub use shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex, ShmRecursiveMutex, ShmType, WaitOutcome};
+pub use sync::{
+    BoundedSemaphore, Condition, ConditionGuard, ConditionResult, Event, Lock, LockGuard, LockResult, RLock,
+    ReleasedTooManyTimes, Semaphore,
+};
+pub use value::{Array, ArrayGuard, ArrayResult, Plain, Value, ValueGuard, ValueResult};
 pub use wait::{Waitable, wait, wait_one};
 
 /// For mproc's own tests: not part of the API.

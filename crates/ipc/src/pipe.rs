@@ -12,6 +12,7 @@ use crate::end::{End, Kind, impl_end_traits};
 use crate::error::Error;
 use crate::error::Result;
 use crate::fdpass::impl_end_serde;
+use crate::sys::impl_from_raw_fd;
 
 /// Creates a one-way pipe carrying values of type `T`: `(receiver, sender)`, in the order of
 /// Python's `Pipe(duplex=False)`.
@@ -212,3 +213,5 @@ impl_end_traits!(Sender<T>);
 impl_end_traits!(Receiver<T>);
 impl_end_serde!(Sender<T>);
 impl_end_serde!(Receiver<T>);
+impl_from_raw_fd!(Sender<T>, "the write end of a pipe or a socket");
+impl_from_raw_fd!(Receiver<T>, "the read end of a pipe or a socket");

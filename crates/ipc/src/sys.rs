@@ -3,13 +3,13 @@
 //! Two things need it: reading straight into a `Vec`'s spare capacity (so a large message is
 //! not zero-filled before the kernel overwrites it), and `FromRawFd`, whose contract is unsafe
 //! by definition. Each block below says why it is sound.
+//!
+//! This is the bottom of the crate: it names no end type. `FromRawFd` is a macro here that
+//! each handle module (`pipe`, `duplex`) invokes for its types.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
-
-use crate::duplex::Connection;
-use crate::pipe::{Receiver, Sender};
+use std::os::fd::BorrowedFd;
 
 /// `read(2)` of at most `max` bytes appended to `dst`, into its spare capacity.
 pub(crate) fn read_append(fd: BorrowedFd<'_>, dst: &mut Vec<u8>, max: usize) -> io::Result<usize> {
@@ -23,38 +23,23 @@ pub(crate) fn read_append(fd: BorrowedFd<'_>, dst: &mut Vec<u8>, max: usize) -> 
     Ok(n)
 }
 
-impl<T> FromRawFd for Receiver<T> {
-    /// Takes ownership of `fd`, the read end of a pipe or a socket.
-    ///
-    /// # Safety
-    /// `fd` must be an open file descriptor that nothing else owns or closes.
-    unsafe fn from_raw_fd(fd: RawFd) -> Self {
-        // SAFETY: the caller hands over an open, otherwise unowned fd, as this fn requires.
-        Receiver::from(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
+/// `FromRawFd` for a typed end that is `From<OwnedFd>`, with `$what` saying which fd it takes.
+/// Written here, with the crate's other `unsafe`, and invoked by the module of each end type.
+macro_rules! impl_from_raw_fd {
+    ($name:ident < $($g:ident),* >, $what:literal) => {
+        #[allow(unsafe_code)]
+        impl<$($g),*> std::os::fd::FromRawFd for $name<$($g),*> {
+            #[doc = concat!("Takes ownership of `fd`, ", $what, ".")]
+            ///
+            /// # Safety
+            /// `fd` must be an open file descriptor that nothing else owns or closes.
+            unsafe fn from_raw_fd(fd: std::os::fd::RawFd) -> Self {
+                // SAFETY: the caller hands over an open, otherwise unowned fd, as this fn requires.
+                Self::from(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+            }
+        }
+    };
 }
-
-impl<T> FromRawFd for Sender<T> {
-    /// Takes ownership of `fd`, the write end of a pipe or a socket.
-    ///
-    /// # Safety
-    /// `fd` must be an open file descriptor that nothing else owns or closes.
-    unsafe fn from_raw_fd(fd: RawFd) -> Self {
-        // SAFETY: the caller hands over an open, otherwise unowned fd, as this fn requires.
-        Sender::from(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-}
-
-impl<S, R> FromRawFd for Connection<S, R> {
-    /// Takes ownership of `fd`, a connected stream socket (or anything both readable and
-    /// writable).
-    ///
-    /// # Safety
-    /// `fd` must be an open file descriptor that nothing else owns or closes.
-    unsafe fn from_raw_fd(fd: RawFd) -> Self {
-        // SAFETY: the caller hands over an open, otherwise unowned fd, as this fn requires.
-        Connection::from(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-}
+pub(crate) use impl_from_raw_fd;
 
 pub(crate) mod shm;

@@ -4,13 +4,18 @@
 mod support;
 
 mod bad_input;
+mod barrier;
 mod fds;
+mod listener;
 mod nowait;
 mod props;
 mod python;
 mod queue;
 mod queue_soak;
+mod python_listener;
 mod roundtrip;
+mod shared_memory;
 mod shm;
 mod signals;
+mod sync;
 mod threads;

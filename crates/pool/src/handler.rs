@@ -15,7 +15,9 @@ use parking_lot::Mutex;
 use crate::error::Error;
 use crate::result::Slot;
 use crate::sys::Progress;
-use crate::wire::{Bytes, Driver, Failure, FromWorker, ToWorker, WireTask};
+use mproc_process::ipc::Carried;
+
+use crate::wire::{Driver, Failure, FromWorker, ToWorker, WireTask};
 use crate::worker::{self, WorkerArgs};
 
 /// The work a batch should hold, judged by how long the worker's recent tasks took: long
@@ -33,7 +35,7 @@ const FIRST_GUESS_NS: f64 = 20_000.0;
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) processes: usize,
-    pub(crate) init: Option<(FnRef<Driver>, Bytes)>,
+    pub(crate) init: Option<(FnRef<Driver>, Carried)>,
     pub(crate) max_tasks_per_child: Option<u64>,
     pub(crate) start_method: Option<StartMethod>,
     pub(crate) task_timeout: Option<Duration>,
@@ -44,7 +46,7 @@ pub(crate) struct Config {
 pub(crate) struct Queued {
     pub(crate) id: u64,
     pub(crate) driver: FnRef<Driver>,
-    pub(crate) input: Bytes,
+    pub(crate) input: Carried,
     pub(crate) slot: Arc<Slot>,
 }
 
@@ -353,11 +355,11 @@ impl Handler {
             let mut bytes = 0;
             while batch.len() < n {
                 let Some(task) = self.pending.front() else { break };
-                if !batch.is_empty() && bytes + task.input.0.len() > BATCH_BYTES {
+                if !batch.is_empty() && bytes + task.input.bytes().len() > BATCH_BYTES {
                     break;
                 }
                 let task = self.pending.pop_front().expect("front exists");
-                bytes += task.input.0.len();
+                bytes += task.input.bytes().len();
                 batch.push(WireTask { id: task.id, driver: task.driver, input: task.input.clone() });
                 worker.held.push_back(task);
             }

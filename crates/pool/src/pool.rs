@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::handler::{Config, Handler, Queue, Queued, Shared, Worker};
 use crate::result::{AsyncResult, Done, Hook, Slot, decode_chunks, decode_one};
-use crate::wire::{self, Bytes, Driver};
+use mproc_process::ipc::Carried;
+
+use crate::wire::{self, Driver};
 
 /// What the callback thread runs.
 type Job = Box<dyn FnOnce() + Send>;
@@ -49,7 +51,7 @@ impl std::fmt::Debug for Pool {
 #[derive(Debug, Default)]
 pub struct PoolBuilder {
     processes: Option<usize>,
-    init: Option<(FnRef<Driver>, std::result::Result<Bytes, String>)>,
+    init: Option<(FnRef<Driver>, std::result::Result<Carried, String>)>,
     max_tasks_per_child: Option<u64>,
     start_method: Option<StartMethod>,
     task_timeout: Option<Duration>,
@@ -71,8 +73,8 @@ impl PoolBuilder {
     where
         A: Serialize + DeserializeOwned + 'static,
     {
-        let input =
-            wire::input(f, &args).map_err(|e| format!("cannot encode the initializer's arguments: {e}"));
+        let input = wire::input(f, &args)
+            .map_err(|e| format!("cannot encode the initializer's arguments: {}", wire::encode_error(&e)));
         self.init = Some((wire::driver_ref(wire::init_driver::<A>), input));
         self
     }
@@ -371,7 +373,7 @@ impl Pool {
     fn submit(
         &self,
         driver: Driver,
-        input: std::result::Result<Bytes, postcard::Error>,
+        input: std::result::Result<Carried, mproc_process::ipc::Error>,
         what: &'static str,
         hook: Option<Hook>,
     ) -> Arc<Slot> {
@@ -382,7 +384,7 @@ impl Pool {
             Err(e) => {
                 slot.complete(Err(Error::Transfer {
                     task: slot.task(),
-                    message: format!("cannot encode the arguments: {e}"),
+                    message: format!("cannot encode the arguments: {}", wire::encode_error(&e)),
                 }));
                 return slot;
             }

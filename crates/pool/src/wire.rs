@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use mproc_process::FnRef;
+use mproc_process::ipc::Carried;
 use serde::de::{DeserializeOwned, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -77,14 +78,14 @@ pub(crate) enum Failure {
 pub(crate) type Outcome = Result<Bytes, Failure>;
 
 /// A driver: runs one task's input, in any process of this program.
-pub(crate) type Driver = fn(Bytes) -> Outcome;
+pub(crate) type Driver = fn(Carried) -> Outcome;
 
 /// One task, on its way to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct WireTask {
     pub(crate) id: u64,
     pub(crate) driver: FnRef<Driver>,
-    pub(crate) input: Bytes,
+    pub(crate) input: Carried,
 }
 
 /// From the pool to a worker.
@@ -106,8 +107,8 @@ pub(crate) enum FromWorker {
     InitFailed(Failure),
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
-    postcard::from_bytes(bytes).map_err(|e| Failure::Decode(format!("cannot decode the arguments: {e}")))
+fn decode<T: DeserializeOwned>(input: &Carried) -> Result<T, Failure> {
+    input.decode().map_err(|e| Failure::Decode(format!("cannot decode the arguments: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Outcome {
@@ -116,26 +117,36 @@ fn encode<T: Serialize>(value: &T) -> Outcome {
         .map_err(|e| Failure::Encode(format!("cannot encode the result: {e}")))
 }
 
-/// Encodes a task's input: the function and its arguments.
+/// Encodes a task's input: the function and its arguments, with the fds of the ipc ends and
+/// shared state inside them (which go to the worker with the task).
 pub(crate) fn input<F: mproc_process::FnPtr, A: Serialize + ?Sized>(
     f: F,
     args: &A,
-) -> Result<Bytes, postcard::Error> {
-    postcard::to_allocvec(&(FnRef::new(f), args)).map(Bytes::from)
+) -> Result<Carried, mproc_process::ipc::Error> {
+    Carried::encode(&(FnRef::new(f), args))
+}
+
+/// Why arguments could not be encoded, said once (an ipc `Encode` error would repeat
+/// "cannot encode").
+pub(crate) fn encode_error(e: &mproc_process::ipc::Error) -> String {
+    match e {
+        mproc_process::ipc::Error::Encode(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// A task's input: the function and its arguments.
 type Input<F, T> = (FnRef<F>, T);
 
 /// `f(a)`.
-pub(crate) fn apply_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Bytes) -> Outcome {
-    let (f, a): Input<fn(A) -> R, A> = decode(&input.0)?;
+pub(crate) fn apply_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Carried) -> Outcome {
+    let (f, a): Input<fn(A) -> R, A> = decode(&input)?;
     encode(&(f.get())(a))
 }
 
 /// `f` over a chunk of items; the values in order.
-pub(crate) fn chunk_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Bytes) -> Outcome {
-    let (f, items): Input<fn(A) -> R, Vec<A>> = decode(&input.0)?;
+pub(crate) fn chunk_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Carried) -> Outcome {
+    let (f, items): Input<fn(A) -> R, Vec<A>> = decode(&input)?;
     let f = f.get();
     encode(&items.into_iter().map(f).collect::<Vec<R>>())
 }
@@ -146,17 +157,17 @@ pub(crate) fn star_driver<
     B: DeserializeOwned + 'static,
     R: Serialize + 'static,
 >(
-    input: Bytes,
+    input: Carried,
 ) -> Outcome {
     type Star<A, B, R> = Input<fn(A, B) -> R, Vec<(A, B)>>;
-    let (f, items): Star<A, B, R> = decode(&input.0)?;
+    let (f, items): Star<A, B, R> = decode(&input)?;
     let f = f.get();
     encode(&items.into_iter().map(|(a, b)| f(a, b)).collect::<Vec<R>>())
 }
 
 /// The initializer: `f(a)`, once per worker.
-pub(crate) fn init_driver<A: DeserializeOwned + 'static>(input: Bytes) -> Outcome {
-    let (f, a): (FnRef<fn(A)>, A) = decode(&input.0)?;
+pub(crate) fn init_driver<A: DeserializeOwned + 'static>(input: Carried) -> Outcome {
+    let (f, a): (FnRef<fn(A)>, A) = decode(&input)?;
     (f.get())(a);
     Ok(Bytes::default())
 }

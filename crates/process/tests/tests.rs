@@ -10,6 +10,7 @@ mod init;
 mod lifecycle;
 mod queues;
 mod stress;
+mod sync;
 mod values;
 
 use std::time::Duration;

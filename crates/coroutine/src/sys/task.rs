@@ -15,22 +15,29 @@
 //! waker one, each remote-queue entry one. The last one out frees the cell. By then the future
 //! and the output are gone (dropped in the executor's thread): freeing from another thread
 //! touches only the header.
+//!
+//! This module is the bottom of the executor: it holds the task cell, the queues a task is
+//! put in (the run queue, [`Tasks`], and the remote queue, [`Remote`]) and the thread-local
+//! that says which executor's tasks run in this thread ([`Running`]); the executor drives
+//! them. Its cross-thread protocol (reference counts, remote wakes racing runs, cancellation,
+//! the executor's drop and sleep) is model-checked by the loom tests in `loom_tests.rs`: the
+//! atomics, cells and mutex here come from [`crate::sync`], loom's in that build.
 #![allow(unsafe_code)]
 
-use std::cell::{Cell, RefCell, UnsafeCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
+use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
-use crate::executor::{Remote, running_tasks};
+use crate::reactor;
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Cell, Mutex, Ordering, UnsafeCell, fence};
 
 /// In the run queue.
 const QUEUED: u8 = 1;
@@ -139,38 +146,48 @@ impl<F: Future> RawTask<F> {
         dealloc: Self::dealloc,
     };
 
+    /// Runs `f` on the stage of the task at `ptr`.
+    ///
     /// # Safety
-    /// `ptr` is the header of a live `RawTask<F>`, in its executor's thread, not being polled.
-    unsafe fn stage<'a>(ptr: NonNull<Header>) -> &'a mut Stage<F> {
+    /// `ptr` is the header of a live `RawTask<F>`, in its executor's thread, and nothing else
+    /// uses its stage meanwhile (`f` neither).
+    unsafe fn with_stage<R>(ptr: NonNull<Header>, f: impl FnOnce(&mut Stage<F>) -> R) -> R {
         // SAFETY: the header is the first field of a `repr(C)` `RawTask<F>`, so the cast gives
-        // the cell; only the executor's thread touches the stage, one use at a time.
-        unsafe { &mut *(*ptr.cast::<RawTask<F>>().as_ptr()).stage.get() }
+        // the live cell.
+        let cell = unsafe { &*ptr.cast::<RawTask<F>>().as_ptr() };
+        // SAFETY: only the executor's thread touches the stage, one use at a time (the caller's
+        // promise), so this is the only reference to it.
+        cell.stage.with_mut(|stage| f(unsafe { &mut *stage }))
     }
 
     /// # Safety
     ///
     /// As for [`TaskVTable`]: a live `RawTask<F>`, on its executor's thread, not being polled.
     unsafe fn poll(ptr: NonNull<Header>, cx: &mut Context<'_>) -> bool {
-        // SAFETY: called by `run` on the executor's thread, on a live task.
-        let stage = unsafe { Self::stage(ptr) };
-        let Stage::Running(future) = stage else { return true };
-        // SAFETY: the future lives in the cell, which never moves, until it is dropped in place.
-        let future = unsafe { Pin::new_unchecked(future) };
-        let finished = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-            Ok(Poll::Pending) => return false,
-            Ok(Poll::Ready(output)) => Ok(output),
-            Err(payload) => Err(mproc_pool::process::panic_message(&*payload)),
+        // SAFETY: the header of a live task (the caller's promise).
+        let header = unsafe { ptr.as_ref() };
+        let poll_stage = |stage: &mut Stage<F>| {
+            let Stage::Running(future) = stage else { return true };
+            // SAFETY: the future lives in the cell, which never moves, until it is dropped in
+            // place.
+            let future = unsafe { Pin::new_unchecked(future) };
+            let finished = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                Ok(Poll::Pending) => return false,
+                Ok(Poll::Ready(output)) => Ok(output),
+                Err(payload) => Err(mproc_pool::process::panic_message(&*payload)),
+            };
+            // The future goes first (a panic in its drop is caught: the output still counts).
+            let _ = catch_unwind(AssertUnwindSafe(|| *stage = Stage::Empty));
+            if header.flags.get() & HANDLE != 0 {
+                *stage = Stage::Finished(finished);
+            } else {
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(finished)));
+            }
+            true
         };
-        // The future goes first (a panic in its drop is caught: the output still counts).
-        let _ = catch_unwind(AssertUnwindSafe(|| *stage = Stage::Empty));
-        // SAFETY: the header of a live task, on its executor's thread.
-        let wanted = unsafe { ptr.as_ref() }.flags.get() & HANDLE != 0;
-        if wanted {
-            *stage = Stage::Finished(finished);
-        } else {
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(finished)));
-        }
-        true
+        // SAFETY: called by `run` on the executor's thread, on a live task; nothing in the poll
+        // touches this task's stage (a task dropping its own handle only sets a flag).
+        unsafe { Self::with_stage(ptr, poll_stage) }
     }
 
     /// # Safety
@@ -178,9 +195,12 @@ impl<F: Future> RawTask<F> {
     /// As for [`TaskVTable`]: a live `RawTask<F>`, on its executor's thread, not being polled.
     unsafe fn drop_future(ptr: NonNull<Header>) {
         // SAFETY: called on the executor's thread, on a live task not being polled.
-        let stage = unsafe { Self::stage(ptr) };
-        if matches!(stage, Stage::Running(_)) {
-            let _ = catch_unwind(AssertUnwindSafe(|| *stage = Stage::Empty));
+        unsafe {
+            Self::with_stage(ptr, |stage| {
+                if matches!(stage, Stage::Running(_)) {
+                    let _ = catch_unwind(AssertUnwindSafe(|| *stage = Stage::Empty));
+                }
+            })
         }
     }
 
@@ -189,9 +209,12 @@ impl<F: Future> RawTask<F> {
     /// As for [`TaskVTable`]: a live `RawTask<F>`, on its executor's thread, not being polled.
     unsafe fn drop_output(ptr: NonNull<Header>) {
         // SAFETY: called on the executor's thread, on a live task not being polled.
-        let stage = unsafe { Self::stage(ptr) };
-        if matches!(stage, Stage::Finished(_)) {
-            let _ = catch_unwind(AssertUnwindSafe(|| *stage = Stage::Empty));
+        unsafe {
+            Self::with_stage(ptr, |stage| {
+                if matches!(stage, Stage::Finished(_)) {
+                    let _ = catch_unwind(AssertUnwindSafe(|| *stage = Stage::Empty));
+                }
+            })
         }
     }
 
@@ -200,8 +223,8 @@ impl<F: Future> RawTask<F> {
     /// As for [`TaskVTable`], and `out` points at an `Option<Result<F::Output, String>>`.
     unsafe fn take_output(ptr: NonNull<Header>, out: *mut ()) {
         // SAFETY: called on the executor's thread, on a live task not being polled.
-        let stage = unsafe { Self::stage(ptr) };
-        if let Stage::Finished(output) = std::mem::replace(stage, Stage::Empty) {
+        let stage = unsafe { Self::with_stage(ptr, |stage| std::mem::replace(stage, Stage::Empty)) };
+        if let Stage::Finished(output) = stage {
             // SAFETY: the caller passes an `Option<Result<F::Output, String>>` (see
             // `take_output` below, called with the handle's `T`, which is `F::Output`).
             unsafe { *out.cast::<Option<Result<F::Output, String>>>() = Some(output) };
@@ -214,12 +237,17 @@ impl<F: Future> RawTask<F> {
     unsafe fn dealloc(ptr: NonNull<Header>) {
         // SAFETY: the last reference is gone, so nothing else reaches the cell, which came from
         // `Box::into_raw` in `spawn`.
-        let mut cell = unsafe { Box::from_raw(ptr.cast::<RawTask<F>>().as_ptr()) };
-        if !matches!(cell.stage.get_mut(), Stage::Empty) {
-            // Never so by the rules above; if it were, this may be the wrong thread to drop a
-            // future or an output in: leak it rather.
-            std::mem::forget(std::mem::replace(cell.stage.get_mut(), Stage::Empty));
-        }
+        let cell = unsafe { Box::from_raw(ptr.cast::<RawTask<F>>().as_ptr()) };
+        debug_assert!(cell.header.flags.get() & DONE != 0, "a task freed before it was done");
+        cell.stage.with_mut(|stage| {
+            // SAFETY: the last reference is ours: nothing else uses the stage.
+            let stage = unsafe { &mut *stage };
+            if !matches!(stage, Stage::Empty) {
+                // Never so by the rules above; if it were, this may be the wrong thread to
+                // drop a future or an output in: leak it rather.
+                std::mem::forget(std::mem::replace(stage, Stage::Empty));
+            }
+        });
     }
 }
 
@@ -250,14 +278,25 @@ impl Drop for RemoteRef {
     }
 }
 
-/// An executor's tasks, in its thread: the run queue and the list of unfinished tasks.
-#[derive(Default)]
+/// An executor's tasks, in its thread: the run queue, the list of unfinished tasks, and the
+/// executor's remote side, where their wakes from other threads go.
 pub(crate) struct Tasks {
     queue: RefCell<VecDeque<TaskRef>>,
     live: RefCell<Vec<TaskRef>>,
+    remote: Arc<Remote>,
 }
 
 impl Tasks {
+    /// No tasks yet; wakes from other threads go to `remote`.
+    pub(crate) fn new(remote: Arc<Remote>) -> Tasks {
+        Tasks { queue: RefCell::default(), live: RefCell::default(), remote }
+    }
+
+    /// Where wakes from other threads go.
+    pub(crate) fn remote(&self) -> &Arc<Remote> {
+        &self.remote
+    }
+
     /// The next task to run.
     pub(crate) fn pop(&self) -> Option<TaskRef> {
         self.queue.borrow_mut().pop_front()
@@ -286,11 +325,34 @@ impl Tasks {
         }
     }
 
+    /// Moves the tasks woken from other threads since the last call to the run queue.
+    #[inline]
+    pub(crate) fn take_remote_wakes(&self) {
+        // Once per turn of the executor's loop: a load when nothing came, the rest out of line.
+        if self.remote.queued.load(Ordering::Relaxed) {
+            self.take_remote_queue();
+        }
+    }
+
+    #[cold]
+    fn take_remote_queue(&self) {
+        if self.remote.queued.swap(false, Ordering::SeqCst) {
+            let woken = std::mem::take(&mut self.remote.queue.lock().woken);
+            for task in woken {
+                self.take_remote(task);
+            }
+        }
+    }
+
     /// Takes a task woken from another thread (out of the remote queue).
-    pub(crate) fn take_remote(&self, woken: RemoteRef) {
+    fn take_remote(&self, woken: RemoteRef) {
         let task = TaskRef(woken.0);
-        // Cleared first: a wake from elsewhere from now on queues the task again.
-        task.header().remote_woken.store(false, Ordering::Release);
+        // Cleared first: a wake from elsewhere from now on queues the task again. A swap, not a
+        // store: a wake that found the flag still set (and so queued nothing) made its changes
+        // before its own swap, and the run below must see them; the acquire here does that.
+        // (With a plain store, the run could miss them and the wake be lost: the loom test
+        // `a_remote_wake_racing_the_runs_is_never_lost` finds that interleaving.)
+        task.header().remote_woken.swap(false, Ordering::AcqRel);
         self.wake(task);
         drop(woken);
     }
@@ -381,9 +443,9 @@ impl Tasks {
     }
 }
 
-/// Starts a task for `future` on the executor whose tasks are `tasks` and whose remote side is
-/// `remote`, queued to run. One allocation.
-pub(crate) fn spawn<F>(tasks: &Rc<Tasks>, remote: &Arc<Remote>, future: F) -> JoinHandle<F::Output>
+/// Starts a task for `future` on the executor whose tasks are `tasks`, queued to run. One
+/// allocation.
+pub(crate) fn spawn<F>(tasks: &Rc<Tasks>, future: F) -> JoinHandle<F::Output>
 where
     F: Future + 'static,
     F::Output: 'static,
@@ -393,7 +455,7 @@ where
             // The executor's and the handle's.
             refs: AtomicUsize::new(2),
             remote_woken: AtomicBool::new(false),
-            remote: Arc::clone(remote),
+            remote: Arc::clone(&tasks.remote),
             vtable: &RawTask::<F>::VTABLE,
             flags: Cell::new(HANDLE | EXEC_REF | QUEUED),
             live_index: Cell::new(0),
@@ -425,6 +487,13 @@ impl<T> JoinHandle<T> {
     /// Whether the task is done (finished, panicked or cancelled).
     pub(crate) fn is_finished(&self) -> bool {
         self.task.header().flags.get() & DONE != 0
+    }
+
+    /// A waker of the task, as its future would clone from its context (for the loom tests).
+    #[cfg(all(test, loom))]
+    pub(crate) fn waker(&self) -> Waker {
+        // SAFETY: a live task (the handle's reference); the clone takes a reference of its own.
+        unsafe { Waker::from_raw(waker_clone(self.task.0.as_ptr().cast())) }
     }
 
     /// Lets the task run on with nobody awaiting it.
@@ -552,7 +621,7 @@ unsafe fn waker_wake_by_ref(ptr: *const ()) {
     // SAFETY: as above.
     let header = unsafe { ptr.as_ref() };
     // In the executor's thread, while it runs: straight onto its run queue, no atomics.
-    if running_tasks(&header.remote, |tasks| tasks.wake(TaskRef(ptr))).is_some() {
+    if running_here(&header.remote, |tasks| tasks.wake(TaskRef(ptr))).is_some() {
         return;
     }
     if header.remote_woken.swap(true, Ordering::AcqRel) {
@@ -573,3 +642,156 @@ unsafe fn waker_drop(ptr: *const ()) {
     // given up once.
     unsafe { drop_ref(NonNull::new_unchecked(ptr.cast_mut().cast::<Header>())) }
 }
+
+/// What other threads reach of an executor: the queue their wakes go to, and how to wake the
+/// executor when it sleeps in its reactor (the eventfd).
+pub(crate) struct Remote {
+    queue: Mutex<RemoteQueue>,
+    /// `queue` may hold something.
+    queued: AtomicBool,
+    /// The executor sleeps (or is about to) in the reactor: wakes must write the eventfd.
+    sleeping: AtomicBool,
+    /// The future given to `block_on` was woken.
+    main_woken: AtomicBool,
+    eventfd: OwnedFd,
+}
+
+/// Tasks woken in other threads, and whether the executor is gone (then a task woken can
+/// never run, and is refused).
+#[derive(Default)]
+struct RemoteQueue {
+    woken: Vec<RemoteRef>,
+    closed: bool,
+}
+
+impl Remote {
+    /// The remote side of an executor whose reactor wakes when `eventfd` is written.
+    pub(crate) fn new(eventfd: OwnedFd) -> Remote {
+        Remote {
+            queue: Mutex::new(RemoteQueue::default()),
+            queued: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            main_woken: AtomicBool::new(false),
+            eventfd,
+        }
+    }
+
+    /// Queues a task woken in another thread; gives it back if the executor is gone.
+    fn push_task(&self, task: RemoteRef) -> Result<(), RemoteRef> {
+        let mut queue = self.queue.lock();
+        if queue.closed {
+            return Err(task);
+        }
+        queue.woken.push(task);
+        drop(queue);
+        self.raise(&self.queued);
+        Ok(())
+    }
+
+    /// Sets `flag` (one of this executor's "something to do" flags) and wakes the executor
+    /// if it sleeps.
+    ///
+    /// With [`sleep_unless_woken`](Self::sleep_unless_woken), a store then a load on each
+    /// side with a `SeqCst` fence between: at least one side sees the other's store, so the
+    /// executor either sees the flag before it sleeps or is woken through the eventfd. (Fences
+    /// rather than `SeqCst` accesses: loom checks fences, and takes `SeqCst` accesses for
+    /// acquire/release only.)
+    fn raise(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            reactor::notify(self.eventfd.as_fd());
+        }
+    }
+
+    /// Wakes the future given to `block_on` (from any thread). In the executor's own thread
+    /// (a task it runs finished, a local channel) it is not asleep: setting the flag is all.
+    #[inline]
+    pub(crate) fn wake_main(&self) {
+        if running_here(self, |_| ()).is_some() {
+            self.main_woken.store(true, Ordering::Relaxed);
+        } else {
+            self.raise(&self.main_woken);
+        }
+    }
+
+    /// Whether the future given to `block_on` was woken since the last call (which clears it).
+    #[inline]
+    pub(crate) fn take_main_wake(&self) -> bool {
+        self.main_woken.load(Ordering::Relaxed) && self.main_woken.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether the future given to `block_on` was woken and not polled since.
+    #[inline]
+    pub(crate) fn main_woken(&self) -> bool {
+        self.main_woken.load(Ordering::SeqCst)
+    }
+
+    /// Runs `sleep` (the reactor's wait) unless a wake from another thread came first. A wake
+    /// that comes while it runs writes the eventfd, which `sleep` must wake on.
+    pub(crate) fn sleep_unless_woken(&self, sleep: impl FnOnce()) {
+        self.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        // A wake between the caller's checks and `sleeping` would not write the eventfd: look
+        // again now that wakers will (see `raise`).
+        if !self.queued.load(Ordering::Acquire) && !self.main_woken.load(Ordering::Acquire) {
+            sleep();
+        }
+        self.sleeping.store(false, Ordering::Relaxed);
+    }
+
+    /// Refuses wakes from now on, and gives back the tasks queued so far.
+    pub(crate) fn close(&self) -> Vec<RemoteRef> {
+        let mut queue = self.queue.lock();
+        queue.closed = true;
+        std::mem::take(&mut queue.woken)
+    }
+}
+
+#[cfg(not(loom))]
+std::thread_local! {
+    /// The tasks of the executor running in this thread now.
+    static CURRENT_TASKS: RefCell<Option<Rc<Tasks>>> = const { RefCell::new(None) };
+}
+
+#[cfg(loom)]
+loom::thread_local! {
+    /// The tasks of the executor running in this thread now.
+    static CURRENT_TASKS: RefCell<Option<Rc<Tasks>>> = RefCell::new(None);
+}
+
+/// Runs `f` on the tasks of the executor whose remote side is `remote`, if that executor is
+/// running in this thread; `None` otherwise. (By address: the caller holds `remote` alive, so
+/// no other executor's can be at that address.)
+fn running_here(remote: &Remote, f: impl FnOnce(&Tasks)) -> Option<()> {
+    CURRENT_TASKS
+        .try_with(|running| {
+            let running = running.try_borrow().ok()?;
+            let tasks = running.as_ref()?;
+            std::ptr::eq(&*tasks.remote, remote).then(|| f(tasks))
+        })
+        .ok()
+        .flatten()
+}
+
+/// While it lives, the tasks it was made with are the ones running in this thread: their
+/// wakes here go straight to their run queue.
+pub(crate) struct Running {
+    previous: Option<Rc<Tasks>>,
+}
+
+impl Running {
+    pub(crate) fn enter(tasks: &Rc<Tasks>) -> Running {
+        Running { previous: CURRENT_TASKS.with(|r| r.replace(Some(Rc::clone(tasks)))) }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let left = CURRENT_TASKS.with(|r| r.replace(self.previous.take()));
+        drop(left);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests;

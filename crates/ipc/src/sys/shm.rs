@@ -466,3 +466,62 @@ impl<T: ShmType> std::ops::Deref for Shared<T> {
         unsafe { self.map.view::<T>(0) }
     }
 }
+
+/// Plain data that [`Value`](crate::Value) and [`Array`](crate::Array) hold: `Copy`, with
+/// no padding, valid for every byte pattern (so whatever a process killed mid-write leaves is
+/// a value): the integers, the floats, and arrays of them.
+///
+/// # Safety
+/// Every byte pattern of `size_of::<Self>()` bytes is a valid `Self`; alignment at most 64.
+pub unsafe trait Plain: Copy + Send + Sync + 'static {}
+
+macro_rules! plain {
+    ($($t:ty),*) => {$(
+        // SAFETY: a primitive number: no padding, every bit pattern valid.
+        unsafe impl Plain for $t {}
+    )*};
+}
+plain!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
+// SAFETY: an array of `Plain` has no padding between elements and every pattern is valid.
+unsafe impl<P: Plain, const N: usize> Plain for [P; N] {}
+
+/// A held lock and the `len` plain values it guards, at the data bytes of a region.
+pub struct ArrayGuard<'a, P: Plain> {
+    _guard: crate::shm::ShmGuard<'a>,
+    ptr: NonNull<P>,
+    len: usize,
+}
+
+impl<'a, P: Plain> ArrayGuard<'a, P> {
+    /// The `len` values of `P` in `shared`'s data, guarded by `guard`, which must be the lock
+    /// that every access to those bytes holds (in every process).
+    pub(crate) fn new<T: ShmType>(
+        shared: &'a Shared<T>,
+        guard: crate::shm::ShmGuard<'a>,
+        len: usize,
+    ) -> Self {
+        const { assert!(align_of::<P>() <= 64) };
+        let bytes = len.checked_mul(size_of::<P>()).expect("array size overflows");
+        assert!(bytes <= shared.map.len() - data_offset::<T>(), "array larger than the region");
+        let ptr = shared.map.base().wrapping_add(data_offset::<T>()).cast::<P>();
+        ArrayGuard { _guard: guard, ptr: NonNull::new(ptr).unwrap_or(NonNull::dangling()), len }
+    }
+}
+
+impl<P: Plain> std::ops::Deref for ArrayGuard<'_, P> {
+    type Target = [P];
+
+    fn deref(&self) -> &[P] {
+        // SAFETY: the range is in the mapping (checked in `new`), aligned (the data start is
+        // 64-aligned), every pattern is a valid `P`, and the lock held makes this the only
+        // access: every process reaches these bytes only through an `ArrayGuard` of this lock.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<P: Plain> std::ops::DerefMut for ArrayGuard<'_, P> {
+    fn deref_mut(&mut self) -> &mut [P] {
+        // SAFETY: as in `deref`; `&mut self` makes it the only reference in this process too.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
