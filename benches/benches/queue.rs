@@ -93,13 +93,16 @@ impl RawPeer {
         let flags = rustix::pipe::PipeFlags::CLOEXEC;
         let (peer_in, to) = rustix::pipe::pipe_with(flags).unwrap();
         let (from, peer_out) = rustix::pipe::pipe_with(flags).unwrap();
-        let child = Process::spawn(move || {
-            let mut buf = [0u8; 8];
-            while read_exact(peer_in.as_fd(), &mut buf) {
-                write_all(peer_out.as_fd(), &buf);
-            }
-        })
-        .unwrap();
+        // The child must not keep a copy of our write end, or it never sees end of file.
+        let child = mproc_process::Builder::new()
+            .close_in_child(&to)
+            .spawn(move || {
+                let mut buf = [0u8; 8];
+                while read_exact(peer_in.as_fd(), &mut buf) {
+                    write_all(peer_out.as_fd(), &buf);
+                }
+            })
+            .unwrap();
         RawPeer { to, from, child: Some(child) }
     }
 
@@ -111,7 +114,7 @@ impl RawPeer {
 
 impl Drop for RawPeer {
     fn drop(&mut self) {
-        // Closing our write end ends the child's loop.
+        // Closing our write end (its only one) ends the child's loop.
         let to = std::mem::replace(&mut self.to, rustix::io::dup(&self.from).unwrap());
         drop(to);
         if let Some(child) = self.child.take() {
