@@ -76,14 +76,14 @@
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::sys::shm::{RawMutex, Taken, data_offset};
-pub use crate::sys::shm::{Shared, ShmMutex, ShmRecursiveMutex, ShmType};
+pub use crate::sys::shm::{Shared, ShmCondvar, ShmGuard, ShmMutex, ShmRecursiveMutex, ShmType};
 
 impl<T: ShmType> Shared<T> {
     /// A new anonymous shared `T` (initialized), with no data bytes.
@@ -231,28 +231,6 @@ impl<G: std::fmt::Debug> std::error::Error for LockError<G> {
     }
 }
 
-/// Holds a [`ShmMutex`] or [`ShmRecursiveMutex`]; unlocks on drop.
-///
-/// Not `Send`: a pthread mutex is unlocked by the thread that locked it.
-#[must_use = "the lock is released when the guard is dropped"]
-pub struct ShmGuard<'a> {
-    raw: &'a RawMutex,
-    _not_send: PhantomData<*const ()>,
-}
-
-impl std::fmt::Debug for ShmGuard<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ShmGuard")
-    }
-}
-
-impl Drop for ShmGuard<'_> {
-    fn drop(&mut self) {
-        // Only fails if this thread does not hold it, which a guard rules out.
-        let _ = self.raw.unlock();
-    }
-}
-
 fn lock_raw(raw: &RawMutex, deadline: Option<Instant>) -> Result<ShmGuard<'_>, LockError<ShmGuard<'_>>> {
     let guard = |raw| ShmGuard { raw, _not_send: PhantomData };
     match raw.lock_until(deadline) {
@@ -312,16 +290,6 @@ pub struct WaitOutcome {
     pub timed_out: bool,
     /// Relocking found the mutex's owner dead: the guarded state may need repair.
     pub owner_died: bool,
-}
-
-/// A condition variable in shared memory, used with a [`ShmMutex`] (or
-/// [`ShmRecursiveMutex`] held once). A sequence number and a waiter count; waits are futex
-/// waits on the sequence number. Zeroed memory is a ready condvar.
-#[repr(C)]
-#[derive(Debug)]
-pub struct ShmCondvar {
-    seq: AtomicU32,
-    waiters: AtomicU32,
 }
 
 impl ShmCondvar {

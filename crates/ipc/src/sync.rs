@@ -91,6 +91,15 @@ impl Lock {
 
 /// Python's `multiprocessing.RLock`: a recursive lock shared between processes. The thread
 /// holding it may acquire it again; it is free once every guard is dropped.
+///
+/// ```
+/// # fn main() -> mproc_ipc::Result<()> {
+/// let lock = mproc_ipc::RLock::new()?;
+/// let outer = lock.acquire().map_err(|e| std::io::Error::other(e.to_string()))?;
+/// let inner = lock.acquire().map_err(|e| std::io::Error::other(e.to_string()))?;
+/// drop((inner, outer)); // free again
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RLock {
@@ -211,6 +220,15 @@ impl Semaphore {
 
 /// A [`Semaphore`] whose `release` above its initial value is an error (Python's
 /// `multiprocessing.BoundedSemaphore`, whose `release` raises `ValueError` then).
+///
+/// ```
+/// # fn main() -> mproc_ipc::Result<()> {
+/// let sem = mproc_ipc::BoundedSemaphore::new(1)?;
+/// assert!(sem.release().is_err(), "already at its bound");
+/// assert!(sem.try_acquire());
+/// assert!(sem.release().is_ok());
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct BoundedSemaphore {

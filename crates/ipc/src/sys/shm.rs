@@ -349,7 +349,7 @@ zero_is_ready!(
     std::sync::atomic::AtomicI64,
     std::sync::atomic::AtomicUsize,
     std::sync::atomic::AtomicIsize,
-    crate::shm::ShmCondvar
+    ShmCondvar
 );
 
 // SAFETY: glibc's mutex words are only touched with its atomics; a dead owner's state is
@@ -487,7 +487,7 @@ unsafe impl<P: Plain, const N: usize> Plain for [P; N] {}
 
 /// A held lock and the `len` plain values it guards, at the data bytes of a region.
 pub struct ArrayGuard<'a, P: Plain> {
-    _guard: crate::shm::ShmGuard<'a>,
+    _guard: ShmGuard<'a>,
     ptr: NonNull<P>,
     len: usize,
 }
@@ -495,11 +495,7 @@ pub struct ArrayGuard<'a, P: Plain> {
 impl<'a, P: Plain> ArrayGuard<'a, P> {
     /// The `len` values of `P` in `shared`'s data, guarded by `guard`, which must be the lock
     /// that every access to those bytes holds (in every process).
-    pub(crate) fn new<T: ShmType>(
-        shared: &'a Shared<T>,
-        guard: crate::shm::ShmGuard<'a>,
-        len: usize,
-    ) -> Self {
+    pub(crate) fn new<T: ShmType>(shared: &'a Shared<T>, guard: ShmGuard<'a>, len: usize) -> Self {
         const { assert!(align_of::<P>() <= 64) };
         let bytes = len.checked_mul(size_of::<P>()).expect("array size overflows");
         assert!(bytes <= shared.map.len() - data_offset::<T>(), "array larger than the region");
@@ -524,4 +520,36 @@ impl<P: Plain> std::ops::DerefMut for ArrayGuard<'_, P> {
         // SAFETY: as in `deref`; `&mut self` makes it the only reference in this process too.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
+}
+
+/// Holds a [`ShmMutex`] or [`ShmRecursiveMutex`]; unlocks on drop.
+///
+/// Not `Send`: a pthread mutex is unlocked by the thread that locked it.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct ShmGuard<'a> {
+    pub(crate) raw: &'a RawMutex,
+    pub(crate) _not_send: PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for ShmGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShmGuard")
+    }
+}
+
+impl Drop for ShmGuard<'_> {
+    fn drop(&mut self) {
+        // Only fails if this thread does not hold it, which a guard rules out.
+        let _ = self.raw.unlock();
+    }
+}
+
+/// A condition variable in shared memory, used with a [`ShmMutex`] (or
+/// [`ShmRecursiveMutex`] held once). A sequence number and a waiter count; waits are futex
+/// waits on the sequence number. Zeroed memory is a ready condvar.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ShmCondvar {
+    pub(crate) seq: std::sync::atomic::AtomicU32,
+    pub(crate) waiters: std::sync::atomic::AtomicU32,
 }
