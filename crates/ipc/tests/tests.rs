@@ -11,6 +11,8 @@ mod nowait;
 mod props;
 mod python;
 mod python_listener;
+mod queue;
+mod queue_soak;
 mod roundtrip;
 mod shared_memory;
 mod shm;

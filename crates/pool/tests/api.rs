@@ -294,3 +294,25 @@ fn a_task_gets_shared_state_in_its_arguments() {
     assert_eq!(value.get(), 55);
     assert!(done.is_set());
 }
+
+fn square_into(args: (mproc_pool::process::ipc::Queue<u64>, u64)) -> u64 {
+    let (queue, n) = args;
+    queue.put(&(n * n)).unwrap();
+    n
+}
+
+#[test]
+fn a_task_gets_a_queue_in_its_arguments() {
+    use mproc_pool::process::ipc::Queue;
+    let pool = pool(2);
+    let queue = Queue::<u64>::new().unwrap();
+    let results: Vec<_> = (1..=10).map(|n| pool.apply_async(square_into, (queue.clone(), n))).collect();
+    for r in results {
+        r.get().unwrap();
+    }
+    let mut squares: Vec<u64> =
+        (0..10).map(|_| queue.get_timeout(std::time::Duration::from_secs(120)).unwrap()).collect();
+    squares.sort_unstable();
+    assert_eq!(squares, (1..=10u64).map(|n| n * n).collect::<Vec<_>>());
+    assert!(queue.empty());
+}

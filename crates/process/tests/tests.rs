@@ -8,6 +8,7 @@ mod fds;
 mod identity;
 mod init;
 mod lifecycle;
+mod queues;
 mod stress;
 mod sync;
 mod sys;
