@@ -297,6 +297,43 @@ fn awaited_results_end_when_the_pool_is_terminated() {
     }
 }
 
+/// Two children reaped before they are registered (so neither has a pidfd): each registration
+/// is its own, and dropping one leaves the other awaitable.
+#[test]
+fn children_reaped_before_registration_register_each_on_its_own() {
+    let ex = Executor::new().unwrap();
+    let reaped = |value: u8| {
+        let (go_rx, go_tx) = mproc_coroutine::ipc::pipe::<u8>().unwrap();
+        let child = Builder::new()
+            .start_method(StartMethod::Fork)
+            .close_in_child(&go_tx)
+            .spawn(move || {
+                let _ = go_rx.recv();
+                value
+            })
+            .unwrap();
+        // Our own pidfd (mproc opens none for a child nobody watched) says when it has ended;
+        // `is_alive` then reaps it.
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(child.pid() as i32).unwrap(),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .unwrap();
+        drop(go_tx);
+        assert_eq!(mproc_coroutine::ipc::wait(&[&pidfd], Some(Duration::from_secs(120))).unwrap(), vec![0]);
+        assert!(!child.is_alive());
+        child
+    };
+    let (first, second) = (reaped(1), reaped(2));
+    let value = ex.block_on(bounded(async {
+        let first = Async::new(first).unwrap();
+        let second = Async::new(second).expect("a second reaped child registers");
+        drop(first);
+        second.join().await
+    }));
+    assert_eq!(value.unwrap(), 2);
+}
+
 /// A waker that counts what holds it: `Arc::strong_count` less the test's own `Arc` and the
 /// `Waker` made from the other one is the number of clones kept elsewhere (the reactor's).
 struct CountingWake;

@@ -27,6 +27,11 @@ impl postcard::ser_flavors::Flavor for AppendVec<'_> {
     }
 }
 
+/// Appends `value`'s postcard encoding to `buf`.
+pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
+    postcard::serialize_with_flavor(value, AppendVec(buf)).map_err(Error::Encode)
+}
+
 /// Encodes `value` as one whole frame in `buf`; the frame is `buf[start..]` for the returned
 /// `start`.
 ///

@@ -49,6 +49,9 @@ pub enum Error {
     /// A value holding ends (file descriptors) could not be sent: ends travel only over a
     /// duplex [`Connection`](crate::Connection), at most 253 in one message. Nothing was sent.
     FdPassing(&'static str),
+    /// A call the object's state does not allow: a `put` on a queue handle that was
+    /// closed, a `task_done` with no item left to mark. Nothing changed.
+    Misuse(&'static str),
     /// The authkey handshake of a [`Listener`](crate::Listener) or [`Client`](crate::Client)
     /// failed (Python's `multiprocessing.AuthenticationError`): that one connection is closed,
     /// the listener goes on accepting.
@@ -121,6 +124,7 @@ impl fmt::Display for Error {
             Error::Encode(e) => write!(f, "cannot encode value: {e}"),
             Error::Decode(e) => write!(f, "cannot decode message: {e}"),
             Error::FdPassing(why) => write!(f, "cannot pass file descriptors: {why}"),
+            Error::Misuse(what) => f.write_str(what),
             Error::Authentication(why) => write!(f, "authentication failed: {why}"),
             #[cfg(feature = "pickle")]
             Error::Pickle(e) => write!(f, "cannot pickle or unpickle value: {e}"),
@@ -129,17 +133,9 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Encode(e) | Error::Decode(e) => Some(e),
-            Error::Io(e) => Some(e),
-            #[cfg(feature = "pickle")]
-            Error::Pickle(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// A wrapped error's message is part of the `Display` (`i/o error: ...`), so it is not also a
+/// `source()`: each cause prints once.
+impl std::error::Error for Error {}
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
@@ -166,7 +162,7 @@ impl From<Error> for io::Error {
             Error::TooLarge { .. } | Error::InvalidHeader { .. } | Error::Decode(_) => {
                 io::ErrorKind::InvalidData
             }
-            Error::Encode(_) | Error::FdPassing(_) => io::ErrorKind::InvalidInput,
+            Error::Encode(_) | Error::FdPassing(_) | Error::Misuse(_) => io::ErrorKind::InvalidInput,
             Error::Authentication(AuthError::Timeout(_)) => io::ErrorKind::TimedOut,
             Error::Authentication(_) => io::ErrorKind::PermissionDenied,
             #[cfg(feature = "pickle")]
@@ -199,6 +195,21 @@ mod tests {
             let s = e.to_string();
             assert!(s.chars().next().unwrap().is_lowercase(), "{s}");
             assert!(!s.ends_with('.'), "{s}");
+        }
+    }
+
+    /// No message in an error's chain repeats the message of the error below it.
+    #[test]
+    fn each_cause_prints_once() {
+        let postcard = postcard::from_bytes::<u8>(&[]).unwrap_err();
+        for e in
+            [Error::Encode(postcard.clone()), Error::Decode(postcard), Error::Io(io::Error::other("boom"))]
+        {
+            let mut at: &dyn std::error::Error = &e;
+            while let Some(below) = at.source() {
+                assert!(!at.to_string().contains(&below.to_string()), "{at} repeats {below}");
+                at = below;
+            }
         }
     }
 

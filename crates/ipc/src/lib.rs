@@ -23,6 +23,17 @@
 //!   duplex `Connection`, and the end arrives working in the other process (its fd travels as
 //!   `SCM_RIGHTS`). That is also how ends reach processes started by `mproc-process`.
 //!
+//! - [`Shared`] is memory shared between processes (a sealed memfd mapped shared) holding a
+//!   layout of atomics, robust process-shared mutexes ([`ShmMutex`]: a holder's death hands
+//!   the lock over with [`LockError::OwnerDied`]) and condition variables ([`ShmCondvar`]),
+//!   plus plain bytes. It travels like an end (module `shm`'s docs say how).
+//! - [`Queue`] (with a `maxsize`, `put`/`get` and their `try_`/timed forms, `qsize`, `empty`,
+//!   `full`, `close`), [`JoinableQueue`] (`task_done`, `join`) and [`SimpleQueue`]: Python's
+//!   queues, kept in a `Shared` region with no feeder thread. A `put` that returned is in
+//!   shared memory; a value that does not serialize fails in `put`; a process killed inside
+//!   `put` or `get` leaves the queue whole. They travel like ends. (Module `queue`'s docs give
+//!   the layout and the commit protocol.)
+//!
 //! Every end sends and receives typed values (`send` / `recv`, postcard-encoded) or raw bytes
 //! (`send_bytes` / `recv_bytes`), framed exactly like CPython's `multiprocessing.connection`: a
 //! 4-byte big-endian signed length, or `-1` and an 8-byte length above `i32::MAX`. A Python
@@ -96,6 +107,8 @@
 #![deny(unsafe_code)]
 
 mod address;
+mod barrier;
+mod carried;
 mod codec;
 mod duplex;
 mod end;
@@ -107,15 +120,30 @@ mod listener;
 #[cfg(feature = "pickle")]
 mod pickle;
 mod pipe;
+mod queue;
+mod shared_memory;
+mod shm;
+mod sync;
 mod sys;
+mod value;
 mod wait;
 
 pub use address::Address;
+pub use barrier::{Barrier, BrokenBarrier};
+pub use carried::Carried;
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{AuthError, Error, Result};
 pub use listener::{Client, ClientBuilder, Listener, ListenerBuilder};
 pub use pipe::{Receiver, Sender, pipe};
+pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
+pub use shared_memory::SharedMemory;
+pub use shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex, ShmRecursiveMutex, ShmType, WaitOutcome};
+pub use sync::{
+    BoundedSemaphore, Condition, ConditionGuard, ConditionResult, Event, Lock, LockGuard, LockResult, RLock,
+    ReleasedTooManyTimes, Semaphore,
+};
+pub use value::{Array, ArrayGuard, ArrayResult, Plain, Value, ValueGuard, ValueResult};
 pub use wait::{Waitable, wait, wait_one};
 
 /// For mproc's own tests: not part of the API.
@@ -125,5 +153,13 @@ pub mod __private {
     /// it for pipes, so that the fallback is tested too.
     pub fn refuse_pipe_nowait() {
         crate::end::refuse_pipe_nowait();
+    }
+
+    pub use crate::queue::QueueCrash;
+
+    /// Arms `point`: this process kills itself with `SIGKILL` when a queue operation of
+    /// any thread reaches it.
+    pub fn crash_at(point: QueueCrash) {
+        crate::queue::crash_at(point);
     }
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod barrier;
 mod fds;
 mod listener;
 mod nowait;
@@ -12,6 +13,11 @@ mod pickle_input;
 mod props;
 mod python;
 mod python_listener;
+mod queue;
+mod queue_soak;
 mod roundtrip;
+mod shared_memory;
+mod shm;
 mod signals;
+mod sync;
 mod threads;

@@ -2,8 +2,9 @@
 //!
 //! Every start method ends the same way: the child holds one end of a duplex connection
 //! whose other end is the parent's. Spawn and ForkServer children then receive a [`Start`]
-//! (which function, and who they are) and the arguments; Fork children already have their
-//! closure. All of them send one [`Outcome`] back and exit.
+//! (who they are), the [`trampoline`] to run as an [`FnRef`], and the user's function (an
+//! `FnRef` too) with its arguments; Fork children already have their closure. All of them
+//! send one [`Outcome`] back and exit.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -11,16 +12,15 @@ use mproc_ipc::Connection;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::FnRef;
 use crate::identity::{self, Identity};
 use crate::sys;
 
-/// What a Spawn or ForkServer child runs, sent first on its connection.
+/// Who a Spawn or ForkServer child is, sent first on its connection. What it runs comes
+/// next, as [`FnRef`]s: their tags are checked under the function key of the identity here,
+/// which the child takes first.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Start {
-    /// `trampoline::<A, R>`, as an offset (see [`sys::offset_of`]).
-    pub(crate) trampoline: i64,
-    /// The user's `fn(A) -> R`, as an offset.
-    pub(crate) func: i64,
     /// `check_binary`'s offset as the parent sees it: a different binary would see another.
     pub(crate) check: i64,
     pub(crate) identity: Identity,
@@ -28,6 +28,41 @@ pub(crate) struct Start {
     /// once if that parent is already gone. (A fork server's daemon child was tied to the
     /// server, its real parent, before it read this.)
     pub(crate) dies_with_parent: bool,
+    /// The parent's working directory and environment at the start, for a child forked by
+    /// the fork server when they differ from the server's (from when the server started).
+    /// A Spawn child got them at its exec.
+    pub(crate) world: Option<World>,
+}
+
+/// A process's working directory and environment, as a child should start with them.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct World {
+    /// `None` if the parent's directory could not be named (it was removed).
+    cwd: Option<std::path::PathBuf>,
+    /// Every variable, but mproc's own bootstrap variables.
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+}
+
+impl World {
+    /// This process's.
+    pub(crate) fn current() -> World {
+        let ours = |key: &std::ffi::OsString| {
+            crate::start::spawn::BOOTSTRAP_VARS.iter().any(|v| key.as_encoded_bytes() == v.as_bytes())
+        };
+        World {
+            cwd: std::env::current_dir().ok(),
+            env: std::env::vars_os().filter(|(k, _)| !ours(k)).collect(),
+        }
+    }
+
+    /// Makes it this process's, in a child before its function runs: the directory (if it
+    /// can be entered; else the child stays where it is), then the variables that differ.
+    pub(crate) fn enter(self) {
+        if let Some(cwd) = &self.cwd {
+            let _ = std::env::set_current_dir(cwd);
+        }
+        sys::replace_env(&self.env);
+    }
 }
 
 /// What comes back from a child: its value, or why there is none.
@@ -121,30 +156,47 @@ pub(crate) fn child_main(conn: Connection<(), Start>) -> ! {
     {
         crate::start::fork::die_with_parent(rustix::process::Pid::from_raw(*parent as i32).expect("a pid"));
     }
+    if let Some(world) = start.world {
+        world.enter();
+    }
     identity::become_child(Box::new(start.identity.clone()));
     crate::mark_initialized();
-    let trampoline = sys::trampoline_at(start.trampoline);
-    let code = trampoline((conn.cast(), start.func));
+    let conn: Connection<(), FnRef<Trampoline>> = conn.cast();
+    let trampoline = match conn.recv() {
+        Ok(trampoline) => trampoline,
+        Err(e) => {
+            eprintln!("mproc: a child could not read what to run: {e}");
+            sys::fork::exit_now(EXIT_BOOTSTRAP)
+        }
+    };
+    let code = (trampoline.get())(conn.cast());
     exit(code)
 }
 
 /// `trampoline::<A, R>`, with the types erased.
-pub(crate) type Trampoline = fn((Connection<(), ()>, i64)) -> i32;
+pub(crate) type Trampoline = fn(Connection<(), ()>) -> i32;
 
-/// Receives the arguments, runs `fn(A) -> R` at `func`, and reports. Its offset is what a
-/// parent sends as [`Start::trampoline`].
-pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>((conn, func): (Connection<(), ()>, i64)) -> i32 {
-    let args_conn: Connection<(), A> = conn.cast();
-    let args = match args_conn.recv() {
-        Ok(args) => args,
+/// What a parent sends after the trampoline: the user's function and its arguments (which
+/// the parent writes from a borrowed `Args`, `&A`).
+pub(crate) type Call<A, R, Args = A> = (FnRef<fn(A) -> R>, Args);
+
+/// Receives the user's function and its arguments ([`Call`]), runs it, and reports. What a
+/// parent sends, as an [`FnRef`], after the [`Start`].
+pub(crate) fn trampoline<A, R>(conn: Connection<(), ()>) -> i32
+where
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    let call_conn: Connection<(), Call<A, R>> = conn.cast();
+    let (f, args) = match call_conn.recv() {
+        Ok(call) => call,
         Err(e) => {
-            let report: Connection<Outcome<R>, A> = args_conn.cast();
+            let report: Connection<Outcome<R>, ()> = call_conn.cast();
             let _ = report.send(&Outcome::Transfer(format!("cannot receive the arguments: {e}")));
             return EXIT_BOOTSTRAP;
         }
     };
-    let f: fn(A) -> R = sys::user_fn_at(func);
-    run_and_report(&args_conn.cast(), move || f(args))
+    run_and_report(&call_conn.cast(), move || (f.get())(args))
 }
 
 /// Leaves the process after the function ran: flushes stdout (this is a fresh process, so

@@ -1,5 +1,6 @@
 //! `Builder` and `StartMethod`: how a child is started.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::mpsc;
 
 use serde::Serialize;
@@ -42,30 +43,33 @@ pub enum StartMethod {
 }
 
 /// Configures and starts a child: `Builder::new().name("worker").daemon(true).spawn(..)`,
-/// like `std::thread::Builder`.
+/// like `std::thread::Builder`. `'a` is how long the ends given to
+/// [`close_in_child`](Self::close_in_child) are borrowed.
 #[derive(Debug, Clone, Default)]
-pub struct Builder {
+pub struct Builder<'a> {
     name: Option<String>,
     daemon: bool,
     start_method: Option<StartMethod>,
-    close_in_child: Vec<i32>,
+    /// Held, not their numbers: each stays open until the start, so the number the child
+    /// closes is this end's and nothing else's.
+    close_in_child: Vec<BorrowedFd<'a>>,
 }
 
-impl Builder {
+impl<'a> Builder<'a> {
     /// A builder with the defaults: a `Process-N` name, not a daemon, the default start method.
-    pub fn new() -> Builder {
+    pub fn new() -> Builder<'a> {
         Builder::default()
     }
 
     /// Names the child (`current_process().name()` in it).
-    pub fn name(mut self, name: impl Into<String>) -> Builder {
+    pub fn name(mut self, name: impl Into<String>) -> Builder<'a> {
         self.name = Some(name.into());
         self
     }
 
     /// Makes the child a daemon: the kernel kills it when this process dies (even by
     /// `SIGKILL`), it is terminated when this program exits, and it may not start children.
-    pub fn daemon(mut self, daemon: bool) -> Builder {
+    pub fn daemon(mut self, daemon: bool) -> Builder<'a> {
         self.daemon = daemon;
         self
     }
@@ -78,6 +82,18 @@ impl Builder {
     /// parent's side open: name the parent's side here. The child's closure must not use
     /// `end`. Other start methods give children only what they are passed, so this changes
     /// nothing for them.
+    ///
+    /// The builder borrows `end` until it starts the child: the child closes that very end,
+    /// never whatever took its fd number after it was closed.
+    ///
+    /// ```compile_fail
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (parent_end, _child_end) = mproc_process::ipc::duplex::<u32>()?;
+    /// let builder = mproc_process::Builder::new().close_in_child(&parent_end);
+    /// drop(parent_end); // error: still borrowed by the builder
+    /// let child = builder.spawn(|| 1u32)?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -97,13 +113,17 @@ impl Builder {
     /// assert_eq!(summer.join()?, 10);
     /// # Ok(()) }
     /// ```
-    pub fn close_in_child(mut self, end: &impl std::os::fd::AsFd) -> Builder {
-        self.close_in_child.push(std::os::fd::AsRawFd::as_raw_fd(&end.as_fd()));
-        self
+    pub fn close_in_child<'b>(self, end: &'b impl AsFd) -> Builder<'b>
+    where
+        'a: 'b,
+    {
+        let mut close_in_child: Vec<BorrowedFd<'b>> = self.close_in_child;
+        close_in_child.push(end.as_fd());
+        Builder { name: self.name, daemon: self.daemon, start_method: self.start_method, close_in_child }
     }
 
     /// Chooses the start method (default [`StartMethod::ForkServer`]).
-    pub fn start_method(mut self, method: StartMethod) -> Builder {
+    pub fn start_method(mut self, method: StartMethod) -> Builder<'a> {
         self.start_method = Some(method);
         self
     }
@@ -122,7 +142,7 @@ impl Builder {
             ));
         }
         let identity = self.child_identity()?;
-        let close = self.close_in_child;
+        let close = self.close_numbers();
         on_long_lived_thread(identity.daemon, move || start::fork::start(identity, &close, f))
     }
 
@@ -137,7 +157,7 @@ impl Builder {
         let daemon = identity.daemon;
         match self.start_method.unwrap_or_default() {
             StartMethod::Fork => {
-                let close = self.close_in_child;
+                let close = self.close_numbers();
                 on_long_lived_thread(daemon, move || start::fork::start(identity, &close, move || f(args)))
             }
             StartMethod::Spawn => {
@@ -145,6 +165,14 @@ impl Builder {
             }
             StartMethod::ForkServer => start::forkserver::start(identity, f, &args),
         }
+    }
+
+    /// The numbers of the ends to close in a Fork child, for a start that may run on another
+    /// thread (a daemon's). They name those ends for as long as `self` lives, which is the
+    /// whole start: `spawn` and `spawn_fn` hold `self` until it returns, and the start runs
+    /// on its own thread or one it waits for.
+    fn close_numbers(&self) -> Vec<i32> {
+        self.close_in_child.iter().map(|end| end.as_raw_fd()).collect()
     }
 
     fn child_identity(&self) -> Result<identity::Identity> {

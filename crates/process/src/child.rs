@@ -37,13 +37,14 @@ pub(crate) enum Report {
 /// Where a child's end is learned.
 pub(crate) enum Exit {
     /// Our own child: `waitid` on its pid reaps it. Its pidfd, readable when it ends, is
-    /// opened the first time something needs an fd to watch (a sentinel, a timed join, a
-    /// coroutine, the reaper): a plain `join` blocks in `waitid` itself and needs none, which
-    /// saves a start and join three system calls.
+    /// opened the first time something waits (a join, a sentinel, a coroutine, the reaper):
+    /// a child only asked `is_alive` and reaped so needs none.
     ///
     /// The pid cannot name another process meanwhile: a pid is only recycled once its
     /// process is reaped, and only [`ChildState::try_status`] reaps, under the status lock,
-    /// which whatever opens the pidfd or signals by pid holds too.
+    /// which whatever opens the pidfd or signals by pid holds too. Waiting itself is on the
+    /// pidfd, never on the pid: another thread may reap the child while one waits, and its
+    /// pid then name another child.
     Own { pidfd: OnceLock<Watch> },
     /// A child of the fork server: a pidfd to watch, and the server's report of its status
     /// (the server is its parent and reaps it).
@@ -65,9 +66,10 @@ impl Exit {
 
 /// What shows an own child's end.
 pub(crate) enum Watch {
-    /// Its pidfd.
+    /// Its pidfd, or for a child reaped already an fd of its own that is readable at once
+    /// (see [`ended_fd`]).
     Pidfd(OwnedFd),
-    /// It had ended, or no pidfd could be had: [`ENDED`], readable at once.
+    /// No fd could be had (the process is out of them): [`ENDED`], readable at once.
     Ended(BorrowedFd<'static>),
 }
 
@@ -80,10 +82,19 @@ impl Waitable for Watch {
     }
 }
 
+/// An fd of its own, readable at once and for ever: the read end of a fresh pipe whose write
+/// end is closed. What a child reaped before anything watched it is watched by, so that each
+/// such child has its own (an event loop registers each fd once: a shared one could be
+/// registered for one child only, and unregistered for all by dropping one).
+fn ended_fd() -> Option<OwnedFd> {
+    let (read, _write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ok()?;
+    Some(read)
+}
+
 /// An fd readable at once and for ever, the read end of a pipe whose write end is closed:
-/// what an own child whose pidfd cannot be had is watched by. One per process, made before
-/// its first child that needs it, so that running out of fds later cannot leave a child
-/// without one.
+/// what an own child is watched by when the process is out of fds. One per process, made
+/// before its first child that needs it, so that running out of fds later cannot leave a
+/// child without one.
 static ENDED: PerProcess<Option<&'static OwnedFd>> = PerProcess::new();
 
 fn prepare_ended() -> Result<()> {
@@ -198,16 +209,18 @@ impl ChildState {
     }
 
     /// The child's pidfd, opened while it is not reaped (so its pid still names it). A child
-    /// reaped already, or a process out of fds, gets [`ENDED`], readable at once as the pidfd
-    /// of an ended child is: waiting on it then asks [`try_status`](Self::try_status) again
-    /// (for a process out of fds: a busy wait, not a hang).
+    /// reaped already gets an fd of its own readable at once, as the pidfd of an ended child
+    /// is ([`ended_fd`]); a process out of fds gets [`ENDED`]: waiting on it then asks
+    /// [`try_status`](Self::try_status) again (a busy wait, not a hang).
     fn open_pidfd(&self) -> Watch {
         let status = self.status.lock();
         let opened = match (*status, self.pid()) {
             (None, Some(pid)) => rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok(),
             _ => None,
         };
+        let reaped = status.is_some();
         drop(status);
+        let opened = if reaped { ended_fd() } else { opened };
         opened.map_or_else(|| Watch::Ended(ended()), Watch::Pidfd)
     }
 
@@ -261,9 +274,6 @@ impl ChildState {
             }
             std::thread::yield_now();
         }
-        if deadline.is_none() && self.waits_in_waitid() {
-            self.wait_exit()?;
-        }
         loop {
             if let Some(status) = self.try_status()? {
                 return Ok(Some(status));
@@ -271,30 +281,6 @@ impl ChildState {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if !mproc_ipc::wait_one(self.status_source(), left)? {
                 return self.try_status();
-            }
-        }
-    }
-
-    /// Whether waiting for the end without a deadline blocks in `waitid` on the pid: our own
-    /// child, with no pidfd opened yet (once one is, waiting polls it, as everyone else does).
-    fn waits_in_waitid(&self) -> bool {
-        matches!(&self.exit, Exit::Own { pidfd } if pidfd.get().is_none())
-    }
-
-    /// Blocks until our own child has ended, without reaping it (`WNOWAIT`: only
-    /// [`try_status`](Self::try_status) reaps, under the status lock). Returns at once if it
-    /// was reaped already: `waitid` then has no such child to wait for.
-    fn wait_exit(&self) -> Result<()> {
-        let Some(pid) = self.pid() else { return Ok(()) };
-        if self.status.lock().is_some() {
-            return Ok(());
-        }
-        loop {
-            let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
-            match rustix::process::waitid(WaitId::Pid(pid), options) {
-                Ok(_) | Err(rustix::io::Errno::CHILD) => return Ok(()),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
             }
         }
     }

@@ -33,13 +33,34 @@ fn me() -> &'static Identity {
 static CHILDREN_STARTED: AtomicU32 = AtomicU32::new(0);
 
 fn main_identity() -> Identity {
-    let mut authkey = [0; 32];
-    // getrandom(2) only fails before the kernel's pool is ready at boot; then the key is
-    // still unique enough for naming, and mproc uses it for nothing secret.
-    let _ = rustix::rand::getrandom(&mut authkey, rustix::rand::GetRandomFlags::empty());
-    let mut fn_key = [0; 16];
-    let _ = rustix::rand::getrandom(&mut fn_key, rustix::rand::GetRandomFlags::empty());
+    // The function key is what makes `FnRef` tags unforgeable: a process that cannot draw it
+    // must not run with a guessable one (all zeros), so it stops here, loudly.
+    let random = |buf: &mut [u8]| {
+        fill_random(buf, |rest| rustix::rand::getrandom(rest, rustix::rand::GetRandomFlags::empty()))
+            .unwrap_or_else(|e| panic!("mproc: cannot draw this process's secret keys (getrandom): {e}"))
+    };
+    let (mut authkey, mut fn_key) = ([0; 32], [0; 16]);
+    random(&mut authkey);
+    random(&mut fn_key);
     Identity { name: "MainProcess".into(), daemon: false, authkey, fn_key, parent: None }
+}
+
+/// Fills `buf` from `source` (getrandom(2), or a script in tests), which may fill less than
+/// asked or be interrupted: all of it, or the error that stopped it.
+fn fill_random(
+    buf: &mut [u8],
+    mut source: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match source(&mut buf[done..]) {
+            Ok(0) => return Err(rustix::io::Errno::AGAIN),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// This process's identity (made on first use in the main process).
@@ -173,5 +194,33 @@ pub fn cpu_count() -> usize {
     match rustix::thread::sched_getaffinity(None) {
         Ok(set) => set.count().max(1) as usize,
         Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Short reads and interruptions are carried on from; a failure is an error, never a key
+    /// left partly zero.
+    #[test]
+    fn random_keys_are_filled_whole_or_not_at_all() {
+        let mut answers = vec![Ok(3), Err(rustix::io::Errno::INTR), Ok(13)].into_iter();
+        let mut key = [0u8; 16];
+        let mut asked = Vec::new();
+        fill_random(&mut key, |rest| {
+            asked.push(rest.len());
+            rest.fill(7);
+            answers.next().unwrap()
+        })
+        .unwrap();
+        assert_eq!(asked, [16, 13, 13]);
+        assert_eq!(key, [7; 16]);
+
+        let mut key = [0u8; 16];
+        let failed = fill_random(&mut key, |_| Err(rustix::io::Errno::NOSYS));
+        assert_eq!(failed, Err(rustix::io::Errno::NOSYS));
+        let failed = fill_random(&mut key, |_| Ok(0));
+        assert!(failed.is_err(), "a source that gives nothing is an error, not a loop");
     }
 }

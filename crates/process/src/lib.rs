@@ -59,8 +59,15 @@
 //!   never stolen).
 //! - A child's end is never missed: `join` wakes the moment the child ends, and it tells a
 //!   value, a panic (with its message), a signal and an exit code apart.
-//! - Daemon children die with their parent, also when it is killed with `SIGKILL`; at normal
-//!   exit daemons are terminated and every other child is joined, as Python does.
+//! - Daemon children die with their parent, also when it is killed with `SIGKILL`, and so does
+//!   the fork server (which watches its parent's pidfd), whatever other children still hold
+//!   the parent's fds; at normal exit daemons are terminated and every other child is joined,
+//!   as Python does.
+//! - A child reaped holds no fd once its handle is gone, and each child's sentinel is an fd
+//!   of its own (an event loop can register every one).
+//! - Every child starts in its parent's current working directory and environment (a
+//!   `ForkServer` child gets them with its start, not from the server), and a Spawn child or
+//!   the fork server carries the program's name in `ps`, `pgrep` and `killall`.
 //! - A program that forgot [`init`] and asks for `Spawn` or `ForkServer` gets
 //!   [`Error::InitNotCalled`] at once: no second `main`, no fork bomb, no hang.
 //! - Spawn and ForkServer children hold only stdio and the ends passed to them; every fd
@@ -98,8 +105,6 @@ mod start;
 mod status;
 mod sys;
 
-use std::ffi::CString;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use bootstrap::panic_message;
@@ -155,8 +160,6 @@ pub fn active_children() -> Vec<ChildInfo> {
 }
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
-/// In a test binary: the libtest arguments that make a child run only the entry test.
-static TEST_ARGS: OnceLock<Vec<String>> = OnceLock::new();
 
 /// The first line of `main` in a program that starts children with `Spawn` or `ForkServer`.
 ///
@@ -179,14 +182,26 @@ fn become_child_if_asked() {
     {
         return;
     }
-    // Children start children the way this program was started: the same arguments.
-    let _ = TEST_ARGS.set(std::env::args().skip(1).collect());
     if let Some(conn) = start::spawn::take_bootstrap(start::spawn::CHILD_ENV) {
+        take_program_name();
         bootstrap::child_main(conn)
     }
     if let Some(conn) = start::spawn::take_bootstrap(start::forkserver::SERVER_ENV) {
+        take_program_name(); // which the server's children inherit
         start::forkserver::serve(conn)
     }
+}
+
+/// Names this process after the program, as `ps -o comm`, `pgrep -x`, `top` and `killall` show
+/// it: a spawned copy runs `/proc/self/exe`, which the kernel names `exe`. The name is what the
+/// kernel gives the program when run by its own name: the last part of `argv[0]` (which a
+/// spawned copy shares with its parent), at most 15 bytes. Written to `/proc/self/comm`, the
+/// process's (its main thread's) name, whichever thread runs this.
+fn take_program_name() {
+    let Some(argv0) = std::env::args_os().next() else { return };
+    let Some(name) = std::path::Path::new(&argv0).file_name() else { return };
+    let name = name.as_encoded_bytes();
+    let _ = std::fs::write("/proc/self/comm", &name[..name.len().min(15)]);
 }
 
 pub(crate) fn mark_initialized() {
@@ -197,25 +212,21 @@ pub(crate) fn check_initialized() -> Result<()> {
     if INITIALIZED.load(Ordering::Acquire) { Ok(()) } else { Err(Error::InitNotCalled) }
 }
 
-/// The arguments a spawned copy of this program gets: none, or in a test binary those that
-/// run only the entry test of [`test_support!`].
-pub(crate) fn child_args() -> Vec<CString> {
-    TEST_ARGS.get().map(|args| args.iter().map(|a| sys::spawn::arg(a)).collect()).unwrap_or_default()
-}
-
 /// Lets `#[test]` functions start `Spawn` and `ForkServer` children.
 ///
 /// A test binary's `main` belongs to the test harness, so `init()` cannot be its first line.
-/// Put this macro once at the root of the test crate: it defines a test that is the children's
-/// entry point (in the harness's own run it does nothing), and a function `mproc_init()` to
-/// call at the start of each test that starts such children.
+/// Put this macro once at the root of the test crate: it does what `init()` does, before the
+/// harness's `main` runs (a function in the binary's `.init_array`, which the loader calls
+/// first). So a spawned copy of the test binary becomes the child (or the fork server) before
+/// the harness prints or runs anything, and every test may start children, run alone or in a
+/// suite. It also defines `pub fn mproc_init()`, which does nothing more, for tests that call
+/// it (in a shared `tests/common/mod.rs` too).
 ///
 /// ```no_run
 /// mproc_process::test_support!();
 ///
 /// #[test]
 /// fn doubles() {
-///     mproc_init();
 ///     let child = mproc_process::Builder::new().spawn_fn(|x: u32| x * 2, 21).unwrap();
 ///     assert_eq!(child.join().unwrap(), 42);
 /// }
@@ -223,49 +234,23 @@ pub(crate) fn child_args() -> Vec<CString> {
 #[macro_export]
 macro_rules! test_support {
     () => {
-        /// The entry point of `Spawn` and `ForkServer` children of this test binary.
-        #[test]
-        fn mproc_process_child_entry() {
-            $crate::__private::child_entry();
-        }
+        $crate::__before_main!($crate::__private::before_main);
 
-        /// Call first in a test that starts `Spawn` or `ForkServer` children.
+        /// Makes this test binary ready to start `Spawn` and `ForkServer` children: nothing
+        /// more than `test_support!()` did already, before the test harness started. Kept for
+        /// tests that call it first.
         #[allow(dead_code)]
-        fn mproc_init() {
-            $crate::__private::init_for_tests(module_path!(), "mproc_process_child_entry");
+        pub fn mproc_init() {
+            $crate::__private::before_main();
         }
     };
 }
 
 #[doc(hidden)]
 pub mod __private {
-    /// Records how a spawned copy of this test binary reaches the entry test, and marks the
-    /// program initialized.
-    pub fn init_for_tests(module_path: &str, entry: &str) {
-        let path = entry_test_name(module_path, entry);
-        let _ = super::TEST_ARGS.set(vec![
-            "--exact".into(),
-            path,
-            "--nocapture".into(),
-            "--test-threads=1".into(),
-            "-q".into(),
-        ]);
+    /// `init()`, run before the test harness's `main` (see [`test_support!`]).
+    pub fn before_main() {
         super::init();
-    }
-
-    /// The entry test: in a child started by mproc runs it and exits; in the harness's own
-    /// run does nothing (it does not mark the program initialized: only `mproc_init()` does,
-    /// after recording how children reach this entry).
-    pub fn child_entry() {
-        super::become_child_if_asked();
-    }
-
-    /// The name libtest knows the entry test by: its module path without the crate's name.
-    pub(crate) fn entry_test_name(module_path: &str, entry: &str) -> String {
-        match module_path.split_once("::") {
-            Some((_crate, rest)) => format!("{rest}::{entry}"),
-            None => entry.to_string(),
-        }
     }
 
     /// Whether mproc sees this process as single-threaded (so a Fork start holds no lock
@@ -283,12 +268,6 @@ pub mod __private {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn entry_test_name_drops_the_crate() {
-        assert_eq!(__private::entry_test_name("tests", "entry"), "entry");
-        assert_eq!(__private::entry_test_name("tests::support::more", "entry"), "support::more::entry");
-    }
 
     #[test]
     fn exitcode_is_pythons() {

@@ -204,7 +204,11 @@ fn receive_outcome<R: DeserializeOwned>(
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
-        if !self.state.is_settled() {
+        if self.state.is_settled() {
+            // Nothing left to track: free its state (its pidfd, its slot) now, not at the
+            // next start.
+            registry::prune();
+        } else {
             registry::adopt(Arc::clone(&self.state));
         }
     }

@@ -53,6 +53,7 @@ pub(crate) fn active() -> Vec<Arc<ChildState>> {
 /// zombie is ever left behind.
 pub(crate) fn adopt(child: Arc<ChildState>) {
     if matches!(child.try_status(), Ok(Some(_))) {
+        prune(); // reaped just now: its state goes (see `Process`'s drop)
         return;
     }
     REAPER.with(
@@ -72,7 +73,13 @@ fn start_reaper() -> Reaper {
     let watched = Arc::clone(&orphans);
     std::thread::Builder::new()
         .name("mproc-reaper".into())
-        .spawn(move || while reap_once(&IpcWait, &wake_rx, &watched) {})
+        // After each round the children it reaped are forgotten (their state, pidfd
+        // included, freed): a reaped child holds no fd.
+        .spawn(move || {
+            while reap_once(&IpcWait, &wake_rx, &watched) {
+                prune();
+            }
+        })
         .expect("thread for the reaper");
     Reaper { wake, orphans }
 }

@@ -7,8 +7,8 @@
 //! and exits, and the parent, woken once by the exit, copies it out. No system call on either
 //! side for a value that fits the page. A bigger one goes to a second memfd with `pwrite`,
 //! at a range the child takes from a counter in shared memory ([`SharedCounter`]), so that
-//! file is only as long as the big values not read yet; their pages are freed once read, and
-//! the file emptied when no slot is in use. Both files obey the file size limit
+//! file is only as long as the big values not read yet; their pages are freed once read, their
+//! ranges taken again by later values, and the file emptied when no slot is in use. Both files obey the file size limit
 //! (`ulimit -f`), checked before each write or growth, so going past it is a clear error, not
 //! the `SIGXFSZ` that would kill the writer. Slots are reused once their child is reaped, so
 //! the page is already allocated and the child's store allocates nothing.
@@ -62,6 +62,13 @@ struct Slots {
     overflow: Overflow,
     free: Vec<(u32, u64)>,
     next: u32,
+    /// The ranges of the overflow file whose values were read, below the counter, sorted and
+    /// merged: the counter comes back below those that reach it (see
+    /// [`free_overflow`](Self::free_overflow)).
+    freed: Vec<(u64, u64)>,
+    /// Whether a value was read from the overflow file since it was last emptied (it may
+    /// then be long although the counter is back at 0).
+    overflow_read: bool,
 }
 
 /// Where values too big for a page go: a memfd, and a counter in shared memory from which a
@@ -98,6 +105,31 @@ impl Slots {
             self.chunks.push(Box::leak(Box::new(SharedMap::map_chunk(self.pages_file, offset)?)));
         }
         Ok((self.chunks[chunk], first + at * PAGE as usize))
+    }
+
+    /// The range `start..end` of the overflow file was read: it joins the freed ranges
+    /// (merged with those next to it), and while the last of them ends at the counter, the
+    /// counter goes back to its start. So the space of values read is taken again by later
+    /// ones whatever order they were read in, even while some child holds its slot for long
+    /// (when none does, the file is emptied anyway). A child takes a range only by moving
+    /// the counter up: one that took a range after the last freed one keeps the counter
+    /// where it is until its own range is read and freed too.
+    fn free_overflow(&mut self, start: u64, end: u64) {
+        self.overflow_read = true;
+        let at = self.freed.partition_point(|&(s, _)| s < start);
+        self.freed.insert(at, (start, end));
+        if at + 1 < self.freed.len() && self.freed[at].1 == self.freed[at + 1].0 {
+            self.freed[at].1 = self.freed.remove(at + 1).1;
+        }
+        if at > 0 && self.freed[at - 1].1 == self.freed[at].0 {
+            self.freed[at - 1].1 = self.freed.remove(at).1;
+        }
+        while let Some(&(start, end)) = self.freed.last() {
+            if !self.overflow.next.rewind(end, start) {
+                break;
+            }
+            self.freed.pop();
+        }
     }
 }
 
@@ -145,6 +177,8 @@ impl Slot {
                     overflow,
                     free: Vec::new(),
                     next: 0,
+                    freed: Vec::new(),
+                    overflow_read: false,
                 };
                 POOL.with(|| None, |pool| Arc::clone(pool.get_or_insert(Arc::new(Mutex::new(fresh)))))
             }
@@ -200,8 +234,8 @@ impl Slot {
             let n = read_at(file, &mut large, header.offset)?;
             let hole = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
             let _ = rustix::fs::fallocate(file, hole, header.offset, header.len as u64);
-            // The last range taken, if no child took one since: the next may start there.
-            self.overflow.next.rewind(header.offset + header.len as u64, header.offset);
+            // Its space serves later values (once the counter comes back below it).
+            self.pool.lock().free_overflow(header.offset, header.offset + header.len as u64);
             if n < header.len {
                 return Ok(None);
             }
@@ -237,8 +271,10 @@ impl Slot {
         slots.free.push((self.index, self.generation));
         // No slot in use, so no child that could still write to the overflow file and no big
         // value left to read there: empty it.
-        if slots.free.len() == slots.next as usize && self.overflow.next.get() != 0 {
+        if slots.free.len() == slots.next as usize && (self.overflow.next.get() != 0 || slots.overflow_read) {
             self.overflow.next.reset();
+            slots.freed.clear();
+            slots.overflow_read = false;
             let _ = rustix::fs::ftruncate(self.overflow.file, 0);
         }
     }

@@ -119,3 +119,59 @@ fn a_spawned_daemon_whose_parent_died_during_its_start_leaves() {
     wait_gone(grandchild, StartMethod::Spawn);
     assert!(matches!(parent.join(), Err(Error::Signaled { signal: 9, .. })));
 }
+
+/// In the middle process: two ForkServer daemons (as a pool's workers are), then a long-lived
+/// Fork child that is no daemon (a copy of the middle, holding whatever it holds). Reports the
+/// pids of the fork server, the daemons and the Fork child, then waits to be killed.
+fn middle_with_a_fork_child(report: Sender<Vec<u32>>) -> u8 {
+    let daemons: Vec<u32> = (0..2)
+        .map(|_| {
+            let daemon = Builder::new()
+                .daemon(true)
+                .start_method(StartMethod::ForkServer)
+                .spawn_fn(sleep_long, ())
+                .unwrap();
+            let pid = daemon.pid();
+            std::mem::forget(daemon);
+            pid
+        })
+        .collect();
+    let forked = Builder::new().start_method(StartMethod::Fork).spawn(|| sleep_long(())).unwrap();
+    let mut pids = vec![crate::ppid(daemons[0]), daemons[0], daemons[1], forked.pid()];
+    pids.dedup();
+    report.send(&pids).unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+    0
+}
+
+/// The fork server and its daemon children go with a parent killed by SIGKILL, whatever its
+/// other children hold: here a long-lived Fork child, a copy of the parent with all its fds.
+/// (The server wakes on the parent's end, an event: the deadline is a bound on a hang, and
+/// is no measure of the second it takes.)
+#[test]
+fn the_fork_server_and_its_daemons_die_with_a_killed_parent_despite_a_fork_child() {
+    mproc_init();
+    let (rx, tx) = pipe::<Vec<u32>>().unwrap();
+    let parent = Builder::new()
+        .name("middle")
+        .start_method(StartMethod::Spawn)
+        .spawn_fn(middle_with_a_fork_child, tx)
+        .unwrap();
+    let pids = rx.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(pids.len(), 4, "server, two daemons, the Fork child: {pids:?}");
+    let (server, daemons, forked) = (pids[0], &pids[1..3], pids[3]);
+    assert_eq!(crate::ppid(daemons[1]), server);
+    parent.kill().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lingering: Vec<u32> = [server, daemons[0], daemons[1]]
+        .into_iter()
+        .filter(|&pid| !crate::wait_gone_until(pid, deadline))
+        .collect();
+    // The Fork child is no daemon: it runs on, orphaned, until killed here.
+    crate::kill_if_alive(forked);
+    for pid in &lingering {
+        crate::kill_if_alive(*pid);
+    }
+    assert!(lingering.is_empty(), "still alive after the parent was killed (server {server}): {lingering:?}");
+    assert!(matches!(parent.join(), Err(Error::Signaled { signal: 9, .. })));
+}

@@ -8,8 +8,12 @@ mod fds;
 mod identity;
 mod init;
 mod lifecycle;
+mod queues;
 mod stress;
+mod sync;
+mod sys;
 mod values;
+mod world;
 
 use std::time::Duration;
 
@@ -34,6 +38,21 @@ pub fn zombies() -> Vec<u32> {
         // pid (comm) state ppid ...: the command name may hold spaces; it ends at the last ')'.
         let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
         if rest[0] == "Z" && rest[1].parse::<u32>() == Ok(me) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The pids of this process's children, running or zombies.
+pub fn children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        if rest[1].parse::<u32>() == Ok(me) {
             found.push(pid);
         }
     }
@@ -71,4 +90,35 @@ pub fn warm_up() {
         assert!(std::time::Instant::now() < deadline, "warm-up child never ended");
         std::thread::yield_now();
     }
+}
+
+/// The parent pid of process `pid`, from `/proc`.
+pub fn ppid(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits until process `pid` (not necessarily ours) has ended, at most until `deadline`;
+/// whether it did. Event-driven: its pidfd turns readable when it ends.
+pub fn wait_gone_until(pid: u32, deadline: std::time::Instant) -> bool {
+    let pidfd = match rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(_) => return true, // already gone
+    };
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    mproc_process::ipc::wait(&[&pidfd], Some(left)).unwrap() == vec![0]
+}
+
+/// Sends SIGKILL to process `pid` (not necessarily ours) if it still runs.
+pub fn kill_if_alive(pid: u32) {
+    let Ok(pidfd) = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    ) else {
+        return;
+    };
+    let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
 }

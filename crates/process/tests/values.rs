@@ -119,3 +119,49 @@ fn a_file_size_limit_gives_clear_errors_and_kills_nobody() {
     .unwrap();
     assert!(checked.join_timeout(DEADLINE).unwrap());
 }
+
+/// While a long-lived Fork child holds its slot (so the overflow file is never emptied), big
+/// values read out of order leave holes the next ones reuse: the file's offsets do not creep
+/// up to a finite file size limit. (In a forked child, whose limit and slots are its own.)
+#[test]
+fn big_values_reuse_the_space_of_those_read_while_a_fork_child_lives_on() {
+    const LEN: usize = 300_000;
+    let mut child = Process::spawn(|| {
+        // Room for the slots' pages (2 MiB) and a few big values at once, far from 40 of them.
+        let limit = 4 << 20;
+        rustix::process::setrlimit(
+            rustix::process::Resource::Fsize,
+            rustix::process::Rlimit { current: Some(limit), maximum: Some(limit) },
+        )
+        .unwrap();
+        let (hold_rx, hold_tx) = ipc::pipe::<u8>().unwrap();
+        let long_lived = mproc_process::Builder::new()
+            .close_in_child(&hold_tx)
+            .spawn(move || {
+                let _ = hold_rx.recv();
+            })
+            .unwrap();
+        let mut failures = Vec::new();
+        for round in 0..20u64 {
+            // The first takes the lower range and is read first: the second's range, read
+            // next, was the last taken, and the counter comes back only to the first's end.
+            let first = Process::spawn(move || pattern(round, LEN)).unwrap();
+            ipc::wait(&[&first.sentinel()], Some(DEADLINE)).unwrap();
+            let second = Process::spawn(move || pattern(round + 100, LEN)).unwrap();
+            ipc::wait(&[&second.sentinel()], Some(DEADLINE)).unwrap();
+            for (child, seed) in [(first, round), (second, round + 100)] {
+                match child.join() {
+                    Ok(value) if value == pattern(seed, LEN) => {}
+                    Ok(_) => failures.push(format!("round {round}: a value came back changed")),
+                    Err(e) => failures.push(format!("round {round}: {e}")),
+                }
+            }
+        }
+        drop(hold_tx);
+        long_lived.join().unwrap();
+        failures
+    })
+    .unwrap();
+    let failures = child.join_timeout(DEADLINE).unwrap();
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -5,7 +5,9 @@ mod sys;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-pub use sys::{Child, Exit, SIGNALS_SEEN, fork_child, from_raw, install_counting_handler};
+pub use sys::{
+    Child, Exit, SIGNALS_SEEN, fork_child, from_raw, install_counting_handler, kill_self, shared_words,
+};
 
 /// How long any test waits for anything before it fails: generous, so a loaded machine
 /// never fails a test, and bounded, so a bug never hangs the suite.

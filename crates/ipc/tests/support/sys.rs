@@ -106,6 +106,12 @@ impl Child {
         self.reap()
     }
 
+    /// Kills the child with `SIGKILL` (if it is still running) and reaps it.
+    pub fn kill(mut self) -> Exit {
+        let _ = rustix::process::kill_process(self.pid, Signal::KILL);
+        self.reap()
+    }
+
     fn reap(&mut self) -> Exit {
         let status = rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED)
             .expect("waitid")
@@ -152,4 +158,29 @@ pub fn install_counting_handler() {
     // SAFETY: `action` is initialised and `count_signal` is async-signal-safe (one atomic add).
     let rc = unsafe { libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "sigaction failed");
+}
+
+/// Ends this process with `SIGKILL` at once: no unwinding, no lock released, as a process
+/// killed from outside.
+pub fn kill_self() -> ! {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), Signal::KILL);
+    unreachable!("a process survived its own SIGKILL")
+}
+
+/// `n` words of memory shared with every child forked afterwards, zeroed; never unmapped.
+pub fn shared_words(n: usize) -> &'static [std::sync::atomic::AtomicU64] {
+    let len = (n * 8).max(1);
+    // SAFETY: a fresh shared anonymous mapping placed by the kernel aliases no Rust memory.
+    let addr = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::SHARED,
+        )
+    }
+    .expect("mmap");
+    // SAFETY: the mapping is `n` zeroed, page-aligned words (a valid 0 for each `AtomicU64`),
+    // never unmapped, and only ever accessed atomically.
+    unsafe { std::slice::from_raw_parts(addr.cast::<std::sync::atomic::AtomicU64>(), n) }
 }

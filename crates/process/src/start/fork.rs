@@ -15,7 +15,9 @@ use crate::slot::{Slot, SlotWriter};
 use crate::sys::fork::{Forked, exit_now, fork, single_threaded};
 
 /// Forks a child that runs `f` and leaves its value in a [`Slot`].
-/// `close` are the parent's fds the child closes first (`Builder::close_in_child`).
+/// `close` are the parent's fds the child closes first (`Builder::close_in_child`): ends the
+/// caller holds open for the whole call (the builder borrows them), so each number names
+/// that end in the child too.
 pub(crate) fn start<R, F>(identity: Identity, close: &[i32], f: F) -> Result<Process<R>>
 where
     F: FnOnce() -> R,

@@ -5,7 +5,9 @@
 //! whatever the threads of the program asking. For each request it receives the child's
 //! bootstrap end and a report connection (both as `SCM_RIGHTS`), forks, and tells the client
 //! on the report connection the child's pid (with a pidfd it opened as the child's parent) and,
-//! once it has reaped the child, its exit status. The child then behaves as a Spawn child.
+//! once it has reaped the child, its exit status. The child then behaves as a Spawn child,
+//! first taking the working directory and environment its parent had at the request (the
+//! server's are those of when it started).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -17,7 +19,7 @@ use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::bootstrap::Start;
+use crate::bootstrap::{Start, World};
 use crate::child::{ChildState, Exit, Report};
 use crate::error::{Error, Result};
 use crate::global::PerProcess;
@@ -45,23 +47,34 @@ pub(crate) struct Request {
 }
 
 /// This process's connection to its fork server.
-static SERVER: PerProcess<Option<Arc<Connection<Request, ()>>>> = PerProcess::new();
+static SERVER: PerProcess<Option<Arc<Server>>> = PerProcess::new();
+
+/// The fork server, as its client sees it.
+struct Server {
+    conn: Connection<Request, ()>,
+    /// The directory and environment this process had just before it started the server:
+    /// the server's own (or, if they changed meanwhile, not theirs, which only makes the next
+    /// start send them). A child forked by the server has them; it is sent the client's
+    /// current ones only when they differ.
+    world: World,
+}
 
 /// Starts a child running `f(args)` from the fork server (starting the server first if need be).
 pub(crate) fn start<A, R>(identity: Identity, f: fn(A) -> R, args: &A) -> Result<Process<R>>
 where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
 {
     crate::check_initialized()?;
     let (parent_end, child_end) = Connection::<Start, ()>::pair()?;
     let (reports, server_reports) = Connection::<(), Report>::pair()?;
     let request = Request { bootstrap: child_end, reports: server_reports.cast(), daemon: identity.daemon };
-    send_request(&request)?;
+    let server = send_request(&request)?;
     drop(request);
     // What to run goes straight into the child's connection, while the server forks.
     let started_as = Box::new(identity.clone());
-    let (conn, sent) = send_start(parent_end, identity, false, f, args);
+    let world = Some(World::current()).filter(|now| *now != server.world);
+    let (conn, sent) = send_start(parent_end, identity, false, world, f, args);
     let (pid, pidfd) = match reports.recv_timeout(ANSWER_TIMEOUT) {
         Ok(Report::Started { pid, pidfd }) => (pid, OwnedFd::from(pidfd)),
         Ok(Report::Failed(why)) => return Err(Error::ForkServer(why)),
@@ -74,8 +87,9 @@ where
     finish_start(state, conn, sent)
 }
 
-/// Sends `request` to the server, starting it first if there is none (or it died).
-fn send_request(request: &Request) -> Result<()> {
+/// Sends `request` to the server, starting it first if there is none (or it died); the
+/// server it went to.
+fn send_request(request: &Request) -> Result<Arc<Server>> {
     for _ in 0..2 {
         let server = SERVER.with(|| None, |server| server.clone());
         let server = match server {
@@ -85,8 +99,8 @@ fn send_request(request: &Request) -> Result<()> {
                 SERVER.with(|| None, |slot| slot.get_or_insert_with(|| server).clone())
             }
         };
-        match server.send(request) {
-            Ok(()) => return Ok(()),
+        match server.conn.send(request) {
+            Ok(()) => return Ok(server),
             // The server is gone: forget it and start another.
             Err(mproc_ipc::Error::Closed) => SERVER.with(|| None, |slot| *slot = None),
             Err(e) => return Err(Error::ForkServer(format!("cannot send a request: {e}"))),
@@ -96,22 +110,18 @@ fn send_request(request: &Request) -> Result<()> {
 }
 
 /// Starts the server: this program again, with the server variable set.
-fn start_server() -> Result<Connection<Request, ()>> {
+fn start_server() -> Result<Server> {
     let (ours, theirs) = Connection::<Request, ()>::pair()?;
     let env = [bootstrap_env(SERVER_ENV)];
-    let pid = sys::spawn::spawn_self(
-        &crate::child_args(),
-        &env,
-        &crate::start::spawn::BOOTSTRAP_VARS,
-        theirs.as_fd(),
-    )?;
+    let world = World::current();
+    let pid = sys::spawn::spawn_self(&env, &crate::start::spawn::BOOTSTRAP_VARS, theirs.as_fd())?;
     drop(theirs);
     // The server is our child too: reap it whenever it ends.
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
     let server = Box::new(crate::identity::helper_identity("ForkServer"));
     let state = Arc::new(ChildState::new(pid, server, Exit::own_with(pidfd)));
     crate::registry::adopt(state);
-    Ok(ours)
+    Ok(Server { conn: ours, world })
 }
 
 /// A child the server started and has not reaped.
@@ -121,23 +131,33 @@ struct Served {
 }
 
 /// The server's loop, in the server process: never returns.
+///
+/// The server lives as long as the process that started it: it watches that process's pidfd,
+/// not the end of `control`, since a copy of the client's end may live on in any process
+/// forked from the client (a `Fork` child holds one). When the client dies, even by
+/// `SIGKILL`, the server leaves at once, and its daemon children die with it.
 pub(crate) fn serve(control: Connection<(), Request>) -> ! {
     let me = rustix::process::getpid();
+    let Some(client) = parent_pidfd() else { crate::bootstrap::exit(0) };
     let mut children: HashMap<i32, Served> = HashMap::new();
     loop {
         // Requests may arrive together and wait inside `control`, read ahead: `wait` sees them.
         let ready: Vec<usize> = {
-            let mut sources: Vec<&dyn mproc_ipc::Waitable> = vec![&control];
+            let mut sources: Vec<&dyn mproc_ipc::Waitable> = vec![&control, &client];
             sources.extend(children.values().map(|c| &c.pidfd as &dyn mproc_ipc::Waitable));
             match mproc_ipc::wait(&sources, None) {
                 Ok(ready) => ready,
                 Err(_) => crate::bootstrap::exit(1),
             }
         };
+        if ready.contains(&1) {
+            // The client is gone: so is the server (see above).
+            crate::bootstrap::exit(0);
+        }
         // Reap first: a pidfd that is ready belongs to an ended child.
         let pids: Vec<i32> = children.keys().copied().collect();
-        for &i in ready.iter().filter(|&&i| i > 0) {
-            let pid = pids[i - 1];
+        for &i in ready.iter().filter(|&&i| i > 1) {
+            let pid = pids[i - 2];
             let served = children.remove(&pid).expect("known child");
             let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
             match rustix::process::waitid(WaitId::PidFd(served.pidfd.as_fd()), options) {
@@ -159,6 +179,7 @@ pub(crate) fn serve(control: Connection<(), Request>) -> ! {
                     Forking::Child { bootstrap, daemon } => {
                         // Only the child's own bootstrap end stays: the server's fds go.
                         drop(control);
+                        drop(client);
                         drop(children);
                         if daemon {
                             die_with_parent(me);
@@ -167,13 +188,23 @@ pub(crate) fn serve(control: Connection<(), Request>) -> ! {
                         crate::bootstrap::child_main(Connection::from(bootstrap))
                     }
                 },
-                // The client is gone: so is the server. Children run on (daemons die with
-                // this process, their parent).
+                // The client closed its end: the server is done. Children run on (daemons
+                // die with this process, their parent).
                 Err(mproc_ipc::Error::Closed) => crate::bootstrap::exit(0),
                 Err(_) => {}
             }
         }
     }
+}
+
+/// A pidfd of this process's parent, the client, or `None` if the parent is gone already
+/// (this process was re-parented). The pid is opened, then the parent asked again: if it is
+/// still ours, the pidfd was opened while the parent lived, so it names the parent and not a
+/// process that reused its pid.
+fn parent_pidfd() -> Option<OwnedFd> {
+    let parent = rustix::process::getppid()?;
+    let pidfd = rustix::process::pidfd_open(parent, PidfdFlags::empty()).ok()?;
+    (rustix::process::getppid() == Some(parent)).then_some(pidfd)
 }
 
 /// What a fork for a request turned out to be, on each side.

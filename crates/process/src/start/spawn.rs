@@ -8,7 +8,8 @@ use rustix::process::PidfdFlags;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bootstrap::{self, Outcome, Start};
+use crate::FnRef;
+use crate::bootstrap::{self, Call, Outcome, Start, Trampoline, World};
 use crate::child::{ChildState, Exit};
 use crate::error::{Error, Result};
 use crate::identity::Identity;
@@ -26,18 +27,18 @@ pub(crate) const BOOTSTRAP_VARS: [&str; 2] = [CHILD_ENV, crate::start::forkserve
 /// Spawns a child running `f(args)`.
 pub(crate) fn start<A, R>(identity: Identity, f: fn(A) -> R, args: &A) -> Result<Process<R>>
 where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
 {
     crate::check_initialized()?;
     let (parent_end, child_end) = Connection::<Start, ()>::pair()?;
     let env = [bootstrap_env(CHILD_ENV)];
-    let pid = sys::spawn::spawn_self(&crate::child_args(), &env, &BOOTSTRAP_VARS, child_end.as_fd())?;
+    let pid = sys::spawn::spawn_self(&env, &BOOTSTRAP_VARS, child_end.as_fd())?;
     drop(child_end);
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
     let daemon = identity.daemon;
     let state = Arc::new(ChildState::new(pid, Box::new(identity.clone()), Exit::own_with(pidfd)));
-    let (conn, sent) = send_start(parent_end, identity, daemon, f, args);
+    let (conn, sent) = send_start(parent_end, identity, daemon, None, f, args);
     finish_start(state, conn, sent)
 }
 
@@ -46,7 +47,10 @@ pub(crate) fn bootstrap_env(key: &str) -> std::ffi::CString {
     sys::spawn::env_entry(key, &format!("{}:{}", std::process::id(), sys::spawn::BOOTSTRAP_FD))
 }
 
-/// Sends a new child what to run: the start message, then the arguments. They wait in the
+/// Sends a new child what to run: the start message (with `world`, the directory and
+/// environment it is to take, for a child that does not inherit them), then the trampoline
+/// and the user's function (as [`FnRef`]s, the way a pool names functions too) with the
+/// arguments. They wait in the
 /// socket until the child reads them, so this needs no answer from the child first. Returns
 /// the connection, typed for the child's outcome, and whether sending worked (if not, the
 /// child sees its connection close and exits).
@@ -54,23 +58,26 @@ pub(crate) fn send_start<A, R>(
     conn: Connection<Start, ()>,
     identity: Identity,
     dies_with_parent: bool,
+    world: Option<World>,
     f: fn(A) -> R,
     args: &A,
 ) -> (Connection<(), Outcome<R>>, std::result::Result<(), mproc_ipc::Error>)
 where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
 {
     let start = Start {
-        trampoline: sys::offset_of(bootstrap::trampoline::<A, R> as *const () as usize),
-        func: sys::offset_of(f as usize),
         check: sys::offset_of(bootstrap::check_binary as *const () as usize),
         identity,
         dies_with_parent,
+        world,
     };
+    let trampoline = FnRef::new(bootstrap::trampoline::<A, R> as Trampoline);
     let sent = conn.send(&start);
-    let conn: Connection<A, ()> = conn.cast();
-    let sent = sent.and_then(|()| conn.send(args));
+    let conn: Connection<FnRef<Trampoline>, ()> = conn.cast();
+    let sent = sent.and_then(|()| conn.send(&trampoline));
+    let conn: Connection<Call<A, R, &A>, ()> = conn.cast();
+    let sent = sent.and_then(|()| conn.send(&(FnRef::new(f), args)));
     (conn.cast(), sent)
 }
 

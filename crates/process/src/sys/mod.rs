@@ -2,7 +2,7 @@
 //!
 //! - [`fork`](fork::fork): the one call of `fork(2)` in mproc, and `_exit(2)` for the child.
 //! - [`spawn`](spawn::spawn_self): `posix_spawn(3)` of this same program, keeping one fd.
-//! - [`fn_at`]: a function pointer from an address this same binary sent over a pipe.
+//! - [`fn_ref_target`]: the function an [`FnRef`](crate::FnRef) names, from its offset.
 //! - [`at_exit`]: `atexit(3)`, so children are joined when the program ends.
 //! - [`wiped`]: per-process state, on a page every forked child finds zeroed.
 //! - [`shared`]: a shared mapping of a file, where `Fork` children leave their values.
@@ -24,26 +24,6 @@ pub(crate) fn offset_of(addr: usize) -> i64 {
 /// The fixed point offsets are taken from.
 #[inline(never)]
 fn anchor() {}
-
-/// The trampoline at `offset` from [`anchor`].
-///
-/// Sound because of where offsets come from: only from a [`Start`](crate::bootstrap::Start)
-/// received on the bootstrap connection, which only the parent holds, and which the parent
-/// fills with `offset_of(trampoline::<A, R> as usize)`; the child checked that it runs the
-/// same binary before calling this.
-pub(crate) fn trampoline_at(offset: i64) -> crate::bootstrap::Trampoline {
-    // SAFETY: see above: `offset` names a `Trampoline` in this binary.
-    unsafe { fn_at(offset) }
-}
-
-/// The user's function at `offset` from [`anchor`], as a `fn(A) -> R`.
-///
-/// Sound for the same reason as [`trampoline_at`]: only `trampoline::<A, R>` calls it, with
-/// the offset the parent took of the `fn(A) -> R` it paired with that very trampoline.
-pub(crate) fn user_fn_at<A, R>(offset: i64) -> fn(A) -> R {
-    // SAFETY: see above: `offset` names a `fn(A) -> R` in this binary.
-    unsafe { fn_at(offset) }
-}
 
 /// The function of type `F` at `offset` from [`anchor`], for [`FnRef::get`](crate::FnRef::get).
 ///
@@ -68,11 +48,65 @@ unsafe fn fn_at<F: Copy>(offset: i64) -> F {
     unsafe { std::mem::transmute_copy::<usize, F>(&addr) }
 }
 
+/// Makes `vars` this process's environment: sets those that differ, removes those not
+/// there.
+///
+/// Changing the environment is sound only while no other thread may read it (`getenv` in C
+/// code does so without the lock the standard library takes). A fork server's child is
+/// forked from a one-thread server and runs this first thing, before its function: it has
+/// one thread, which is checked here; with more (not possible there), nothing is changed.
+pub(crate) fn replace_env(vars: &[(std::ffi::OsString, std::ffi::OsString)]) {
+    if !fork::single_threaded() && !only_thread() {
+        return;
+    }
+    let stale: Vec<std::ffi::OsString> =
+        std::env::vars_os().map(|(k, _)| k).filter(|k| !vars.iter().any(|(key, _)| key == k)).collect();
+    for key in stale {
+        // SAFETY: this process has one thread (checked above): nothing reads the environment
+        // meanwhile.
+        unsafe { std::env::remove_var(key) };
+    }
+    for (key, value) in vars {
+        if std::env::var_os(key).as_ref() != Some(value) {
+            // SAFETY: as above.
+            unsafe { std::env::set_var(key, value) };
+        }
+    }
+}
+
+/// Whether the calling thread is this process's only one, as `/proc/self/task` lists them.
+fn only_thread() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
+}
+
 /// The size of a page of memory. (libc's `sysconf`, not rustix's auxv reader: both report the
 /// same size, and this one also works under valgrind.)
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+/// Makes `$f` (a `fn()`) run before `main`, as the loader runs every function in a binary's
+/// `.init_array` (glibc passes them `argc`, `argv` and `envp`, which a C `fn()` may ignore;
+/// the standard library's own such function, which records the arguments, is ordered
+/// before): for [`test_support!`](crate::test_support), so a copy of a test binary becomes
+/// its child before the test harness starts.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __before_main {
+    ($f:path) => {
+        // SAFETY: the section holds pointers to functions the loader calls before `main`;
+        // this one is an `extern "C" fn()` that calls a safe Rust `fn()`.
+        #[allow(unsafe_code)]
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        static MPROC_BEFORE_MAIN: extern "C" fn() = {
+            extern "C" fn mproc_before_main() {
+                $f()
+            }
+            mproc_before_main
+        };
+    };
 }
 
 /// Runs `f` when the program exits normally (return from `main`, `std::process::exit`).

@@ -187,9 +187,9 @@ impl SharedCounter {
         self.word().fetch_add(n, Ordering::AcqRel)
     }
 
-    /// Back to `to` if it is at `at` (nothing was added since).
-    pub(crate) fn rewind(&self, at: u64, to: u64) {
-        let _ = self.word().compare_exchange(at, to, Ordering::AcqRel, Ordering::Acquire);
+    /// Back to `to` if it is at `at` (nothing was added since); whether it went back.
+    pub(crate) fn rewind(&self, at: u64, to: u64) -> bool {
+        self.word().compare_exchange(at, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// The value now.

@@ -10,25 +10,17 @@ use rustix::process::Pid;
 /// The fd number a spawned program finds its bootstrap connection under.
 pub(crate) const BOOTSTRAP_FD: i32 = 3;
 
-/// Starts this program again (`/proc/self/exe`) with `args` (argv\[1..\]) and this process's
-/// environment plus `extra_env` (`KEY=VALUE`), less every variable named in `drop_env` (the
+/// Starts this program again (`/proc/self/exe`) with this process's `argv[0]` and no other
+/// argument, and this process's environment plus `extra_env` (`KEY=VALUE`), less every variable named in `drop_env` (the
 /// bootstrap variables this process itself was started with: the new program must see only
 /// the one meant for it). The new program holds only stdio and `keep`,
 /// as fd [`BOOTSTRAP_FD`]: every other fd is closed, even those inherited without
 /// close-on-exec (a jobserver's, a caller's). Signals start with the default mask.
-pub(crate) fn spawn_self(
-    args: &[CString],
-    extra_env: &[CString],
-    drop_env: &[&str],
-    keep: BorrowedFd<'_>,
-) -> io::Result<Pid> {
+pub(crate) fn spawn_self(extra_env: &[CString], drop_env: &[&str], keep: BorrowedFd<'_>) -> io::Result<Pid> {
     let exe = c"/proc/self/exe";
     let argv0 = std::env::args_os().next().and_then(|a| CString::new(a.into_encoded_bytes()).ok());
     let argv0 = argv0.unwrap_or_else(|| exe.to_owned());
-    let mut argv: Vec<*mut libc::c_char> = Vec::with_capacity(args.len() + 2);
-    argv.push(argv0.as_ptr().cast_mut());
-    argv.extend(args.iter().map(|a| a.as_ptr().cast_mut()));
-    argv.push(ptr::null_mut());
+    let argv: [*mut libc::c_char; 2] = [argv0.as_ptr().cast_mut(), ptr::null_mut()];
 
     let inherited: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| !extra_env.iter().any(|e| sets(e, k.as_encoded_bytes())))
@@ -82,11 +74,6 @@ fn sets(entry: &CStr, key: &[u8]) -> bool {
 /// `KEY=VALUE` as a C string.
 pub(crate) fn env_entry(key: &str, value: &str) -> CString {
     CString::new(format!("{key}={value}")).expect("no NUL in mproc's own variables")
-}
-
-/// An argument as a C string (arguments never hold NUL bytes).
-pub(crate) fn arg(s: &str) -> CString {
-    CString::new(s).unwrap_or_default()
 }
 
 /// Takes ownership of `fd`, the bootstrap socket a parent placed in this program at start,

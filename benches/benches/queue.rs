@@ -1,0 +1,255 @@
+//! mproc-ipc's queues between processes, beside Python's `multiprocessing.Queue` and the raw
+//! pipe round trip, measured in the same run.
+//!
+//! - `queue::1to1`: one producer process puts small items (`u64`), the parent gets them.
+//! - `queue::4x4`: four producer and four consumer processes over one queue.
+//! - `queue::pingpong`: an item there and back through two queues between two processes,
+//!   beside `raw_pipe`, an 8-byte `write`/`read` round trip over two pipes (the floor).
+//!
+//! Python's figures come from running `python3` from this bench (when measuring), with the
+//! same item counts.
+
+use std::hint::black_box;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use mproc_benches::{Ratio, report};
+use mproc_ipc::Queue;
+use mproc_process::Process;
+
+/// Items per measured run of the throughput benches.
+const ITEMS: u64 = 400_000;
+const STOP: u64 = u64::MAX;
+
+fn one_to_one(n: u64) -> Duration {
+    let queue = Queue::<u64>::new().unwrap();
+    let start = Instant::now();
+    let producer = {
+        let queue = queue.clone();
+        Process::spawn(move || {
+            for i in 0..n {
+                queue.put(&i).unwrap();
+            }
+        })
+        .unwrap()
+    };
+    for _ in 0..n {
+        black_box(queue.get().unwrap());
+    }
+    let elapsed = start.elapsed();
+    producer.join().unwrap();
+    elapsed
+}
+
+fn four_by_four(n: u64) -> Duration {
+    let queue = Queue::<u64>::new().unwrap();
+    let per = n / 4;
+    let start = Instant::now();
+    let spawn = |produce: bool| {
+        let queue = queue.clone();
+        Process::spawn(move || {
+            for i in 0..per {
+                if produce {
+                    queue.put(&i).unwrap();
+                } else {
+                    black_box(queue.get().unwrap());
+                }
+            }
+        })
+        .unwrap()
+    };
+    let children: Vec<_> = (0..8).map(|i| spawn(i % 2 == 0)).collect();
+    for child in children {
+        child.join().unwrap();
+    }
+    start.elapsed()
+}
+
+/// A child that echoes items from `there` to `back` until `STOP`.
+fn echo_child(there: &Queue<u64>, back: &Queue<u64>) -> Process<()> {
+    let (there, back) = (there.clone(), back.clone());
+    Process::spawn(move || {
+        loop {
+            let v = there.get().unwrap();
+            if v == STOP {
+                return;
+            }
+            back.put(&v).unwrap();
+        }
+    })
+    .unwrap()
+}
+
+/// A child that echoes 8 bytes from one pipe to another until end of file: the floor.
+struct RawPeer {
+    to: std::os::fd::OwnedFd,
+    from: std::os::fd::OwnedFd,
+    child: Option<Process<()>>,
+}
+
+impl RawPeer {
+    fn new() -> RawPeer {
+        let flags = rustix::pipe::PipeFlags::CLOEXEC;
+        let (peer_in, to) = rustix::pipe::pipe_with(flags).unwrap();
+        let (from, peer_out) = rustix::pipe::pipe_with(flags).unwrap();
+        // The child must not keep a copy of our write end, or it never sees end of file.
+        let child = mproc_process::Builder::new()
+            .close_in_child(&to)
+            .spawn(move || {
+                let mut buf = [0u8; 8];
+                while read_exact(peer_in.as_fd(), &mut buf) {
+                    write_all(peer_out.as_fd(), &buf);
+                }
+            })
+            .unwrap();
+        RawPeer { to, from, child: Some(child) }
+    }
+
+    fn round_trip(&self, buf: &mut [u8; 8]) {
+        write_all(self.to.as_fd(), buf);
+        assert!(read_exact(self.from.as_fd(), buf));
+    }
+}
+
+impl Drop for RawPeer {
+    fn drop(&mut self) {
+        // Closing our write end (its only one) ends the child's loop.
+        let to = std::mem::replace(&mut self.to, rustix::io::dup(&self.from).unwrap());
+        drop(to);
+        if let Some(child) = self.child.take() {
+            child.join().unwrap();
+        }
+    }
+}
+
+fn read_exact(fd: BorrowedFd<'_>, mut buf: &mut [u8]) -> bool {
+    while !buf.is_empty() {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(0) => return false,
+            Ok(n) => buf = &mut buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    true
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        match rustix::io::write(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+}
+
+fn pingpong(c: &mut Criterion, group: &str) {
+    let mut g = c.benchmark_group(group);
+    {
+        let peer = RawPeer::new();
+        let mut buf = [1u8; 8];
+        g.bench_function("raw_pipe", |b| b.iter(|| peer.round_trip(black_box(&mut buf))));
+    }
+    {
+        let (there, back) = (Queue::<u64>::new().unwrap(), Queue::<u64>::new().unwrap());
+        let child = echo_child(&there, &back);
+        g.bench_function("queues", |b| {
+            b.iter(|| {
+                there.put(black_box(&7)).unwrap();
+                black_box(back.get().unwrap());
+            })
+        });
+        there.put(&STOP).unwrap();
+        child.join().unwrap();
+    }
+    g.finish();
+}
+
+const PYTHON: &str = r#"
+import multiprocessing as mp, sys, time
+N = int(sys.argv[1])
+def produce(q, n):
+    for i in range(n):
+        q.put(i)
+def consume(q, n):
+    for _ in range(n):
+        q.get()
+if __name__ == '__main__':
+    mp.set_start_method('fork')
+    q = mp.Queue()
+    t = time.perf_counter()
+    p = mp.Process(target=produce, args=(q, N)); p.start()
+    consume(q, N)
+    p.join()
+    print(f"python3 multiprocessing.Queue 1->1: {N / (time.perf_counter() - t):,.0f} items/s")
+    q = mp.Queue()
+    t = time.perf_counter()
+    ps = [mp.Process(target=f, args=(q, N // 4)) for f in (produce, consume) * 4]
+    for p in ps: p.start()
+    for p in ps: p.join()
+    print(f"python3 multiprocessing.Queue 4x4: {N / (time.perf_counter() - t):,.0f} items/s")
+"#;
+
+fn main() {
+    mproc_process::init();
+    mproc_benches::start_run();
+    let mut c = Criterion::default()
+        .output_directory(&mproc_benches::criterion_dir())
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(10)
+        .configure_from_args();
+    {
+        let mut g = c.benchmark_group("queue");
+        g.throughput(Throughput::Elements(ITEMS));
+        g.bench_function("1to1", |b| b.iter_custom(|iters| (0..iters).map(|_| one_to_one(ITEMS)).sum()));
+        g.bench_function("4x4", |b| b.iter_custom(|iters| (0..iters).map(|_| four_by_four(ITEMS)).sum()));
+        g.finish();
+    }
+    pingpong(&mut c, "queue::pingpong");
+    // On one CPU too: the round trip is then two context switches, without the scheduler's
+    // cross-CPU wake-up placement.
+    let all = rustix::thread::sched_getaffinity(None).unwrap();
+    let mut one = rustix::thread::CpuSet::new();
+    one.set(rustix::thread::sched_getcpu());
+    rustix::thread::sched_setaffinity(None, &one).unwrap();
+    pingpong(&mut c, "queue::pingpong_one_cpu");
+    {
+        let peer = RawPeer::new();
+        let (there, back) = (Queue::<u64>::new().unwrap(), Queue::<u64>::new().unwrap());
+        let child = echo_child(&there, &back);
+        let mut buf = [1u8; 8];
+        mproc_benches::paired(
+            "queue ping-pong, one CPU: queues vs raw pipe",
+            2000,
+            Ratio::Time,
+            || peer.round_trip(black_box(&mut buf)),
+            || {
+                there.put(black_box(&7)).unwrap();
+                black_box(back.get().unwrap());
+            },
+        );
+        there.put(&STOP).unwrap();
+        child.join().unwrap();
+    }
+    rustix::thread::sched_setaffinity(None, &all).unwrap();
+    c.final_summary();
+    if !mproc_benches::measuring() {
+        return;
+    }
+    for id in ["1to1", "4x4"] {
+        if let Some(ns) = mproc_benches::median_ns("queue", id) {
+            println!("queue::{id}: {:.0} items/s (median of this run)", ITEMS as f64 / (ns * 1e-9));
+        }
+    }
+    for group in ["queue::pingpong", "queue::pingpong_one_cpu"] {
+        report(group, "raw_pipe", &["queues"], Ratio::Time);
+    }
+    match std::process::Command::new("python3").arg("-c").arg(PYTHON).arg(ITEMS.to_string()).output() {
+        Ok(out) if out.status.success() => print!("{}", String::from_utf8_lossy(&out.stdout)),
+        Ok(out) => println!("python3 failed: {}", String::from_utf8_lossy(&out.stderr)),
+        Err(e) => println!("python3 not run: {e}"),
+    }
+}

@@ -1,0 +1,529 @@
+//! Queues between processes: Python's `multiprocessing.Queue`, `SimpleQueue` and
+//! `JoinableQueue`, kept in shared memory.
+//!
+//! A [`Queue`] is a region of shared memory (a sealed memfd, see [`crate::shm`]) holding a
+//! robust process-shared mutex, three condition variables, the queue's state, and the items'
+//! bytes. There is no feeder thread and no pipe: `put` encodes the value (postcard) in the
+//! calling thread, copies it into the region under the lock, and commits; `get` copies the
+//! first item out under the lock, commits, and decodes after unlocking. So:
+//!
+//! - a value that does not serialize fails *in `put`*, before anything is locked or written;
+//! - when `put` returns, the item is in memory that belongs to no single process: the producer
+//!   may exit or be killed at once and the item is still there;
+//! - a process killed at any instruction (holding the lock, half way through an item or
+//!   through the state) leaves the queue whole, by the commit protocol below.
+//!
+//! # Layout
+//!
+//! ```text
+//! header  ShmMutex | ShmCondvar not_empty | not_full | all_done | words:
+//!         magic, hot ring size, maxsize, GEN (commit word), sleeper counts,
+//!         state slot 0 (8 words), state slot 1 (8 words)
+//! data    [0, small)             the hot ring: small items cycle through these pages
+//!         [small, small + 8 GiB) sparse: records that do not fit the ring go on past it
+//! ```
+//!
+//! A record is an 8-byte length and the postcard bytes, padded to 8, always contiguous. Two
+//! markers redirect the reader: `WRAP` (the next record is at offset 0) and `JUMP` (a target
+//! offset follows). The state is `head` (the next record or marker to read), `tail` (where
+//! the next record goes), `count`, the number of markers between them, whether the writer is
+//! filling the segment at 0 below the reader's (`writer_below`), that segment's end, the
+//! highest byte written since the queue was last empty, and `unfinished` (items not yet
+//! `task_done`).
+//!
+//! Where a record goes: after the tail while it fits in the hot ring; else wrapped to 0
+//! (a `WRAP` at the tail) if the reader has left room there; else on past the ring's end,
+//! into the sparse space. Behind a wrap, the writer fills `[0, head)` and, when a record does
+//! not fit below the head, `JUMP`s past the highest byte written. So an item of any size is
+//! placed at once (never split, never waiting for a reader), and at most two markers are
+//! ever pending. Whole pages past the hot ring are given back (`fallocate(PUNCH_HOLE)`) as
+//! the reader leaves them, and everything past it when the queue empties, when `head` and
+//! `tail` go back to 0.
+//!
+//! # Commit protocol
+//!
+//! Every change runs under the mutex and ends in one store. The state lives in two slots;
+//! the commit word `GEN` names the current one (`GEN & 1`). An operation reads the current
+//! slot, writes whatever it writes *outside* the live data (a new record and its markers go
+//! past the tail, in free space), writes the new state into the other slot, and then stores
+//! `GEN + 1`: that store is the commit. So for a process killed anywhere:
+//!
+//! - before the commit store, nothing it did is visible: the record or state it was writing
+//!   lies in memory no one reads, and is overwritten by the next operation; the next locker
+//!   gets the mutex with "owner died" and has nothing to repair (it reads the state `GEN`
+//!   names, which is whole);
+//! - after it, the operation happened, whole.
+//!
+//! `qsize`, `empty` and `full` read the state without the lock, as a seqlock: the slot `GEN`
+//! names, then `GEN` again (a commit writes only the other slot, and a reader that saw any of
+//! its stores sees `GEN` move, and reads again). All three come from one state, the same one
+//! a `put` or `get` that returned had committed.
+//!
+//! Waits: a blocking `get` (`put` on a full queue, `join`) first looks a few hundred times
+//! without the lock, then sleeps on its condition variable. Each wake-up is a `notify_one`
+//! after the commit, made only when someone sleeps (a count in the header). A process woken
+//! and then killed before it took the item would leave the others asleep: so every sleep
+//! lasts at most 50 ms before it looks again.
+//!
+//! # Limits
+//!
+//! An item, and all the items in a queue at once, fit in the 8 GiB of sparse space past the
+//! hot ring (beyond that `put` fails with an error, the queue unchanged). Memory is used only
+//! by the pages written: the hot ring once it cycled (256 KiB by default, see
+//! [`QueueBuilder::ring_bytes`]) plus the pages of large items while they are queued. Items
+//! are postcard: ends (file descriptors) cannot travel inside them.
+
+mod ring;
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::shm::Shared;
+pub use ring::QueueCrash;
+pub(crate) use ring::crash_at;
+use ring::{Header, Ring};
+
+/// The hot ring's default size.
+const DEFAULT_RING_BYTES: usize = 256 << 10;
+
+thread_local! {
+    /// Encoding and decoding buffers, reused by each thread's puts and gets.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer (a fresh one if it is in use, as from a
+/// `Serialize` impl that puts to a queue).
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    let mut f = Some(f);
+    let done =
+        SCRATCH.try_with(|cell| cell.try_borrow_mut().ok().map(|mut buf| (f.take().unwrap())(&mut buf)));
+    match done {
+        Ok(Some(r)) => r,
+        _ => (f.take().unwrap())(&mut Vec::new()),
+    }
+}
+
+/// A multi-producer, multi-consumer FIFO queue of `T` between processes: Python's
+/// `multiprocessing.Queue`, in shared memory.
+///
+/// Share it by `fork` (a forked child inherits it), or send it inside a value over a duplex
+/// [`Connection`](crate::Connection), which is also how it reaches the arguments of a process
+/// started by `mproc-process` or a pool task. Every copy is the same queue.
+///
+/// ```
+/// # fn main() -> mproc_ipc::Result<()> {
+/// use std::time::Duration;
+/// use mproc_ipc::Queue;
+///
+/// let queue = Queue::<String>::with_maxsize(2)?;
+/// queue.put(&"first".to_string())?;
+/// assert!(queue.try_put(&"second".to_string())?);
+/// assert!(queue.full());
+/// assert!(!queue.try_put(&"third".to_string())?); // full: not taken
+/// assert_eq!(queue.get()?, "first");
+/// assert_eq!(queue.qsize(), 1);
+/// assert_eq!(queue.try_get()?, Some("second".to_string()));
+/// assert!(matches!(queue.get_timeout(Duration::from_millis(1)), Err(mproc_ipc::Error::Timeout)));
+/// # Ok(()) }
+/// ```
+///
+/// `&Queue` may be shared between threads, and `clone` gives another handle on the same queue. See the [module doc](self) for how it stays whole
+/// when a process dies inside `put` or `get`.
+pub struct Queue<T> {
+    ring: Ring,
+    /// Set by [`close`](Queue::close): this handle puts no more.
+    closed: AtomicBool,
+    _marker: PhantomData<fn(T) -> T>,
+}
+
+/// Builds a [`Queue`] or a [`JoinableQueue`] with a bound and a ring size.
+#[derive(Debug, Clone)]
+pub struct QueueBuilder<T> {
+    maxsize: Option<usize>,
+    ring_bytes: usize,
+    _marker: PhantomData<fn(T) -> T>,
+}
+
+impl<T> QueueBuilder<T> {
+    /// At most `maxsize` items (`put` waits while the queue holds that many). Unbounded by
+    /// default. A `maxsize` of 0 means unbounded, as in Python.
+    pub fn maxsize(mut self, maxsize: usize) -> Self {
+        self.maxsize = (maxsize > 0).then_some(maxsize);
+        self
+    }
+
+    /// The size of the hot ring, where small items cycle without a system call (rounded up
+    /// to the page size; 256 KiB by default). Items that do not fit it go to sparse memory
+    /// past it, which costs page faults and is given back when they are got.
+    pub fn ring_bytes(mut self, bytes: usize) -> Self {
+        self.ring_bytes = bytes;
+        self
+    }
+
+    /// The queue.
+    pub fn build(self) -> Result<Queue<T>> {
+        let maxsize = self.maxsize.map_or(u64::MAX, |m| m as u64);
+        Ok(Queue {
+            ring: Ring::new(self.ring_bytes as u64, maxsize)?,
+            closed: AtomicBool::new(false),
+            _marker: PhantomData,
+        })
+    }
+
+    /// The queue, as a [`JoinableQueue`].
+    pub fn joinable(self) -> Result<JoinableQueue<T>> {
+        Ok(JoinableQueue { queue: self.build()? })
+    }
+}
+
+fn deadline_in(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or(now + Duration::from_secs(86400 * 365))
+}
+
+impl<T> Queue<T> {
+    /// An unbounded queue.
+    pub fn new() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    /// A queue of at most `maxsize` items (0: unbounded, as in Python).
+    pub fn with_maxsize(maxsize: usize) -> Result<Self> {
+        Self::builder().maxsize(maxsize).build()
+    }
+
+    /// A builder, for the bound and the ring's size.
+    pub fn builder() -> QueueBuilder<T> {
+        QueueBuilder { maxsize: None, ring_bytes: DEFAULT_RING_BYTES, _marker: PhantomData }
+    }
+
+    /// The bound given at creation, `None` for none.
+    pub fn maxsize(&self) -> Option<usize> {
+        self.ring.maxsize().map(|m| m as usize)
+    }
+
+    /// How many items the queue holds now. Exact at the moment it is read: the puts and gets
+    /// that returned before it are counted (Python's is approximate).
+    pub fn qsize(&self) -> usize {
+        self.ring.qsize() as usize
+    }
+
+    /// Whether the queue holds no item, from the same state [`qsize`](Self::qsize) reads.
+    pub fn empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    /// Whether the queue holds `maxsize` items (never for an unbounded one).
+    pub fn full(&self) -> bool {
+        self.ring.maxsize().is_some_and(|m| self.ring.qsize() >= m)
+    }
+
+    /// This process puts no more items through this handle (Python's `close`): later puts
+    /// on it fail with [`Error::Misuse`]. Gets still work, and other handles (in this process
+    /// or others) are not affected. Nothing needs flushing: every item put is already in the
+    /// shared memory. Idempotent.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    fn put_with(&self, value: &T, deadline: Option<Instant>, timeout_is_error: bool) -> Result<bool>
+    where
+        T: Serialize,
+    {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::Misuse("put on a closed queue"));
+        }
+        with_scratch(|buf| {
+            buf.clear();
+            // Encoded before anything is locked: a value that does not serialize fails here,
+            // the queue untouched.
+            crate::codec::encode_append(value, buf)?;
+            self.ring.put(buf, deadline, timeout_is_error)
+        })
+    }
+
+    /// Puts `value` at the end, waiting while the queue is full. When it returns, the item
+    /// is in shared memory: this process may exit at once. A value that does not serialize
+    /// is [`Error::Encode`], and nothing is put.
+    pub fn put(&self, value: &T) -> Result<()>
+    where
+        T: Serialize,
+    {
+        self.put_with(value, None, true).map(drop)
+    }
+
+    /// Puts `value`, waiting at most `timeout` for room: [`Error::Timeout`] if the queue stayed
+    /// full (Python's `put(timeout=...)`, which raises `Full`).
+    pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<()>
+    where
+        T: Serialize,
+    {
+        self.put_with(value, Some(deadline_in(timeout)), true).map(drop)
+    }
+
+    /// Puts `value` if there is room now: `Ok(false)` (nothing put) if the queue is full
+    /// (Python's `put_nowait`).
+    pub fn try_put(&self, value: &T) -> Result<bool>
+    where
+        T: Serialize,
+    {
+        self.put_with(value, Some(Instant::now()), false)
+    }
+
+    fn get_with(&self, deadline: Option<Instant>, timeout_is_error: bool) -> Result<Option<T>>
+    where
+        T: DeserializeOwned,
+    {
+        with_scratch(|buf| {
+            if !self.ring.get(buf, deadline, timeout_is_error)? {
+                return Ok(None);
+            }
+            // The item is taken: a payload that does not decode is an error for this get, and
+            // the next item reads normally.
+            postcard::from_bytes(buf).map(Some).map_err(Error::Decode)
+        })
+    }
+
+    /// Takes the first item, waiting for one as long as it takes.
+    pub fn get(&self) -> Result<T>
+    where
+        T: DeserializeOwned,
+    {
+        self.get_with(None, true).map(|v| v.expect("a blocking get returns an item"))
+    }
+
+    /// Takes the first item, waiting at most `timeout`: [`Error::Timeout`] if none came.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T>
+    where
+        T: DeserializeOwned,
+    {
+        self.get_with(Some(deadline_in(timeout)), true)
+            .map(|v| v.expect("a timed get returns an item or an error"))
+    }
+
+    /// Takes the first item if there is one now (Python's `get_nowait`).
+    pub fn try_get(&self) -> Result<Option<T>>
+    where
+        T: DeserializeOwned,
+    {
+        self.get_with(Some(Instant::now()), false)
+    }
+}
+
+impl<T> Clone for Queue<T> {
+    /// Another handle on the same queue (its `closed` flag copied).
+    fn clone(&self) -> Self {
+        Queue {
+            ring: self.ring.clone(),
+            closed: AtomicBool::new(self.closed.load(Ordering::Relaxed)),
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T> AsFd for Queue<T> {
+    /// The shared memory's file: what a forked child must keep open (or inherit) for the
+    /// queue to travel by value later; the mapping itself survives without it.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ring.shared().mapping().fd().as_fd()
+    }
+}
+
+impl<T> std::fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("qsize", &self.qsize()).field("maxsize", &self.maxsize()).finish()
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        self.ring.shared().serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let shared = Shared::<Header>::deserialize(deserializer)?;
+        let ring = Ring::attach(shared).map_err(serde::de::Error::custom)?;
+        Ok(Queue { ring, closed: AtomicBool::new(false), _marker: PhantomData })
+    }
+}
+
+/// A [`Queue`] whose items are counted until [`task_done`](JoinableQueue::task_done):
+/// Python's `JoinableQueue`. It derefs to its `Queue` for `put`, `get` and the rest.
+///
+/// ```
+/// # fn main() -> mproc_ipc::Result<()> {
+/// let queue = mproc_ipc::JoinableQueue::<u32>::new()?;
+/// queue.put(&7)?;
+/// assert_eq!(queue.get()?, 7);
+/// queue.task_done()?;
+/// queue.join()?; // every item put is done
+/// # Ok(()) }
+/// ```
+pub struct JoinableQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> JoinableQueue<T> {
+    /// An unbounded joinable queue.
+    pub fn new() -> Result<Self> {
+        Queue::builder().joinable()
+    }
+
+    /// A joinable queue of at most `maxsize` items (0: unbounded).
+    pub fn with_maxsize(maxsize: usize) -> Result<Self> {
+        Queue::builder().maxsize(maxsize).joinable()
+    }
+
+    /// One item got earlier is done. [`Error::Misuse`] if that is more than the items put
+    /// (Python's `ValueError`).
+    pub fn task_done(&self) -> Result<()> {
+        self.queue.ring.task_done()
+    }
+
+    /// Waits until every item put has been marked done. A consumer killed between its `get`
+    /// and its `task_done` never marks its item: use [`join_timeout`](Self::join_timeout)
+    /// where that can happen.
+    pub fn join(&self) -> Result<()> {
+        self.queue.ring.join(None)
+    }
+
+    /// As [`join`](Self::join), waiting at most `timeout` ([`Error::Timeout`]).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
+        self.queue.ring.join(Some(deadline_in(timeout)))
+    }
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    /// Another handle on the same queue.
+    fn clone(&self) -> Self {
+        JoinableQueue { queue: self.queue.clone() }
+    }
+}
+
+impl<T> Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+
+    fn deref(&self) -> &Queue<T> {
+        &self.queue
+    }
+}
+
+impl<T> AsFd for JoinableQueue<T> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.queue.as_fd()
+    }
+}
+
+impl<T> std::fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinableQueue").field("queue", &self.queue).finish()
+    }
+}
+
+impl<T> Serialize for JoinableQueue<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        self.queue.serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        Queue::deserialize(deserializer).map(|queue| JoinableQueue { queue })
+    }
+}
+
+/// An unbounded queue with only `put`, `get` and `empty`: Python's `SimpleQueue`.
+///
+/// ```
+/// # fn main() -> mproc_ipc::Result<()> {
+/// let queue = mproc_ipc::SimpleQueue::<Vec<u8>>::new()?;
+/// queue.put(&vec![1, 2])?;
+/// assert_eq!(queue.get()?, [1, 2]);
+/// assert!(queue.empty());
+/// # Ok(()) }
+/// ```
+pub struct SimpleQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> SimpleQueue<T> {
+    /// An empty queue.
+    pub fn new() -> Result<Self> {
+        Ok(SimpleQueue { queue: Queue::new()? })
+    }
+
+    /// Puts `value` at the end (never waits: the queue is unbounded).
+    pub fn put(&self, value: &T) -> Result<()>
+    where
+        T: Serialize,
+    {
+        self.queue.put(value)
+    }
+
+    /// Takes the first item, waiting for one as long as it takes.
+    pub fn get(&self) -> Result<T>
+    where
+        T: DeserializeOwned,
+    {
+        self.queue.get()
+    }
+
+    /// Takes the first item, waiting at most `timeout` ([`Error::Timeout`]).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T>
+    where
+        T: DeserializeOwned,
+    {
+        self.queue.get_timeout(timeout)
+    }
+
+    /// Whether the queue holds no item.
+    pub fn empty(&self) -> bool {
+        self.queue.empty()
+    }
+
+    /// This handle puts no more (see [`Queue::close`]).
+    pub fn close(&self) {
+        self.queue.close()
+    }
+}
+
+impl<T> Clone for SimpleQueue<T> {
+    /// Another handle on the same queue.
+    fn clone(&self) -> Self {
+        SimpleQueue { queue: self.queue.clone() }
+    }
+}
+
+impl<T> AsFd for SimpleQueue<T> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.queue.as_fd()
+    }
+}
+
+impl<T> std::fmt::Debug for SimpleQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimpleQueue").field("empty", &self.empty()).finish()
+    }
+}
+
+impl<T> Serialize for SimpleQueue<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        self.queue.serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for SimpleQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        Queue::deserialize(deserializer).map(|queue| SimpleQueue { queue })
+    }
+}
