@@ -120,3 +120,51 @@ pub fn paired(name: &str, batch: usize, what: Ratio, mut floor: impl FnMut(), mu
         ratios[15], ratios[7], ratios[23]
     );
 }
+
+/// A figure with the target it must meet, for [`report_targets`].
+#[derive(Debug, Clone)]
+pub struct Target {
+    name: String,
+    value: f64,
+    bound: f64,
+    /// The target is a ceiling (ratios to an ideal) rather than a floor (rates).
+    at_most: bool,
+    unit: &'static str,
+}
+
+impl Target {
+    /// `value` must be at most `bound` (a ratio to an ideal or a floor, say).
+    pub fn at_most(name: impl Into<String>, value: f64, bound: f64, unit: &'static str) -> Target {
+        Target { name: name.into(), value, bound, at_most: true, unit }
+    }
+
+    /// `value` must be at least `bound` (a rate, say).
+    pub fn at_least(name: impl Into<String>, value: f64, bound: f64, unit: &'static str) -> Target {
+        Target { name: name.into(), value, bound, at_most: false, unit }
+    }
+
+    /// Whether the figure meets its target.
+    pub fn met(&self) -> bool {
+        if self.at_most { self.value <= self.bound } else { self.value >= self.bound }
+    }
+}
+
+/// Prints each figure beside its target, one `target NAME: ...: met` or `...: MISSED` line
+/// each (`cargo xtask bench` gathers these lines and lists the missed ones at the end).
+pub fn report_targets(targets: &[Target]) {
+    if targets.is_empty() {
+        return;
+    }
+    println!();
+    for t in targets {
+        let (op, digits) = if t.at_most { ("<=", 3) } else { (">=", 0) };
+        println!(
+            "target {}: {:.digits$}{} (target {op} {:.digits$}): {}",
+            t.name,
+            t.value,
+            t.unit,
+            t.bound,
+            if t.met() { "met" } else { "MISSED" }
+        );
+    }
+}

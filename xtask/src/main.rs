@@ -256,9 +256,60 @@ fn proptest(args: &[String]) -> Result<(), ExitCode> {
         .run()
 }
 
-/// `cargo xtask bench [ARGS]`: the criterion benchmarks.
+/// `cargo xtask bench [ARGS]`: the criterion benchmarks; then every figure that has a target
+/// (the benches print `target NAME: ...: met` or `...: MISSED` lines), the missed ones named.
 fn bench(extra: &[String]) -> Result<(), ExitCode> {
-    Cargo::new(&["bench", "-p", "mproc-benches"]).trailing(extra).run()
+    let mut args = vec!["bench".to_owned(), "-p".to_owned(), "mproc-benches".to_owned()];
+    if !extra.is_empty() {
+        args.push("--".to_owned());
+        args.extend(extra.iter().cloned());
+    }
+    println!("==> cargo {}", args.join(" "));
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = match Command::new(cargo)
+        .args(&args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("xtask: could not run cargo bench: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    let mut targets = Vec::new();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let Ok(line) = line else { break };
+        println!("{line}");
+        if line.starts_with("target ") {
+            targets.push(line);
+        }
+    }
+    let status = child.wait().map_err(|e| {
+        eprintln!("xtask: waiting for cargo bench: {e}");
+        ExitCode::FAILURE
+    })?;
+    if !targets.is_empty() {
+        let missed: Vec<&String> = targets.iter().filter(|t| t.ends_with("MISSED")).collect();
+        println!("\n==> targets: {} met, {} missed", targets.len() - missed.len(), missed.len());
+        for t in &targets {
+            println!("  {t}");
+        }
+        if !missed.is_empty() {
+            println!("missed:");
+            for t in missed {
+                println!("  {t}");
+            }
+        }
+    }
+    if status.success() {
+        Ok(())
+    } else {
+        eprintln!("xtask: cargo bench failed ({status})");
+        Err(ExitCode::FAILURE)
+    }
 }
 
 /// `cargo xtask tidy`: prints every broken rule, one `file:line: message` per line.

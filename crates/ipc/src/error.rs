@@ -129,17 +129,9 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Encode(e) | Error::Decode(e) => Some(e),
-            Error::Io(e) => Some(e),
-            #[cfg(feature = "pickle")]
-            Error::Pickle(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// A wrapped error's message is part of the `Display` (`i/o error: ...`), so it is not also a
+/// `source()`: each cause prints once.
+impl std::error::Error for Error {}
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
@@ -199,6 +191,21 @@ mod tests {
             let s = e.to_string();
             assert!(s.chars().next().unwrap().is_lowercase(), "{s}");
             assert!(!s.ends_with('.'), "{s}");
+        }
+    }
+
+    /// No message in an error's chain repeats the message of the error below it.
+    #[test]
+    fn each_cause_prints_once() {
+        let postcard = postcard::from_bytes::<u8>(&[]).unwrap_err();
+        for e in
+            [Error::Encode(postcard.clone()), Error::Decode(postcard), Error::Io(io::Error::other("boom"))]
+        {
+            let mut at: &dyn std::error::Error = &e;
+            while let Some(below) = at.source() {
+                assert!(!at.to_string().contains(&below.to_string()), "{at} repeats {below}");
+                at = below;
+            }
         }
     }
 

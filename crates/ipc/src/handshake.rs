@@ -72,25 +72,21 @@ impl Handshake {
     /// The listener's side: challenge, then answer the client's challenge.
     pub(crate) fn serve(&self, end: &mut End) -> Result<()> {
         self.run(end, |end, deadline| {
-            let ours = self.send_challenge(end)?;
-            self.check_answer(end, &ours, deadline)?;
-            let refused = self.answer(end, deadline)?;
-            self.read_verdict(end, refused, deadline)
+            self.deliver_challenge(end, deadline)?;
+            self.answer_challenge(end, deadline)
         })
     }
 
     /// The client's side: answer the listener's challenge, then challenge it.
     ///
-    /// Our challenge goes right behind our answer, before the listener's verdict on it: the
-    /// listener reads it once it has welcomed us (CPython reads frames one by one, so it
-    /// waits in the socket), which saves a round trip; if the listener turns us away, it
-    /// never reads it.
+    /// Our challenge waits for the listener's verdict on our answer, though sending it along
+    /// would save a round trip: a listener that turns us away closes with that challenge
+    /// unread, so its kernel resets the connection, and the reset can destroy the
+    /// `#FAILURE#` before we read it (the clear error would become `Closed`).
     pub(crate) fn connect(&self, end: &mut End) -> Result<()> {
         self.run(end, |end, deadline| {
-            let refused = self.answer(end, deadline)?;
-            let ours = self.send_challenge(end)?;
-            self.read_verdict(end, refused, deadline)?;
-            self.check_answer(end, &ours, deadline)
+            self.answer_challenge(end, deadline)?;
+            self.deliver_challenge(end, deadline)
         })
     }
 
@@ -111,9 +107,7 @@ impl Handshake {
         result
     }
 
-    /// Sends `#CHALLENGE#{sha256}` and 40 random bytes; returns the challenge (the part the
-    /// answer is an HMAC of: from the digest prefix on).
-    fn send_challenge(&self, end: &End) -> Result<Vec<u8>> {
+    fn deliver_challenge(&self, end: &End, deadline: Instant) -> Result<()> {
         let mut message = Vec::with_capacity(CHALLENGE.len() + 8 + NONCE_LEN);
         message.extend_from_slice(CHALLENGE);
         message.extend_from_slice(b"{sha256}");
@@ -122,14 +116,8 @@ impl Handshake {
         // A few dozen bytes on a fresh connection: the socket's send buffer takes them whatever
         // the peer does, so this never waits.
         end.send_bytes(&message)?;
-        message.drain(..CHALLENGE.len());
-        Ok(message)
-    }
-
-    /// Reads the peer's answer to our `challenge` and tells it `#WELCOME#` or `#FAILURE#`.
-    fn check_answer(&self, end: &End, challenge: &[u8], deadline: Instant) -> Result<()> {
         let answer = recv(end, deadline)?;
-        match self.verify(challenge, &answer) {
+        match self.verify(&message[CHALLENGE.len()..], &answer) {
             Ok(()) => end.send_bytes(WELCOME),
             Err(why) => {
                 // The peer learns it failed (Python raises AuthenticationError); a peer already
@@ -150,9 +138,7 @@ impl Handshake {
         }
     }
 
-    /// Reads the peer's challenge and sends our answer. Whether the challenge was a legacy
-    /// one we were not allowed to answer in kind.
-    fn answer(&self, end: &End, deadline: Instant) -> Result<bool> {
+    fn answer_challenge(&self, end: &End, deadline: Instant) -> Result<()> {
         let message = recv(end, deadline)?;
         let Some(challenge) = message.strip_prefix(CHALLENGE) else {
             return Err(protocol(format!("expected a challenge, got {}", show(&message))));
@@ -172,11 +158,6 @@ impl Handshake {
             _ => prefixed(b"{sha256}", &hmac_of::<Hmac<Sha256>>(&self.authkey, challenge)),
         };
         end.send_bytes(&answer)?;
-        Ok(legacy_refused)
-    }
-
-    /// Reads the peer's verdict on our answer.
-    fn read_verdict(&self, end: &End, legacy_refused: bool, deadline: Instant) -> Result<()> {
         let reply = recv(end, deadline)?;
         if reply == WELCOME {
             Ok(())

@@ -23,6 +23,11 @@
 //!   duplex `Connection`, and the end arrives working in the other process (its fd travels as
 //!   `SCM_RIGHTS`). That is also how ends reach processes started by `mproc-process`.
 //!
+//! - [`Shared`] is memory shared between processes (a sealed memfd mapped shared) holding a
+//!   layout of atomics, robust process-shared mutexes ([`ShmMutex`]: a holder's death hands
+//!   the lock over with [`LockError::OwnerDied`]) and condition variables ([`ShmCondvar`]),
+//!   plus plain bytes. It travels like an end (module `shm`'s docs say how).
+//!
 //! Every end sends and receives typed values (`send` / `recv`, postcard-encoded) or raw bytes
 //! (`send_bytes` / `recv_bytes`), framed exactly like CPython's `multiprocessing.connection`: a
 //! 4-byte big-endian signed length, or `-1` and an 8-byte length above `i32::MAX`. A Python
@@ -96,6 +101,8 @@
 #![deny(unsafe_code)]
 
 mod address;
+mod barrier;
+mod carried;
 mod codec;
 mod duplex;
 mod end;
@@ -107,15 +114,28 @@ mod listener;
 #[cfg(feature = "pickle")]
 mod pickle;
 mod pipe;
+mod shared_memory;
+mod shm;
+mod sync;
 mod sys;
+mod value;
 mod wait;
 
 pub use address::Address;
+pub use barrier::{Barrier, BrokenBarrier};
+pub use carried::Carried;
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{AuthError, Error, Result};
 pub use listener::{Client, ClientBuilder, Listener, ListenerBuilder};
 pub use pipe::{Receiver, Sender, pipe};
+pub use shared_memory::SharedMemory;
+pub use shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex, ShmRecursiveMutex, ShmType, WaitOutcome};
+pub use sync::{
+    BoundedSemaphore, Condition, ConditionGuard, ConditionResult, Event, Lock, LockGuard, LockResult, RLock,
+    ReleasedTooManyTimes, Semaphore,
+};
+pub use value::{Array, ArrayGuard, ArrayResult, Plain, Value, ValueGuard, ValueResult};
 pub use wait::{Waitable, wait, wait_one};
 
 /// For mproc's own tests: not part of the API.

@@ -41,3 +41,5 @@ macro_rules! impl_from_raw_fd {
     };
 }
 pub(crate) use impl_from_raw_fd;
+
+pub(crate) mod shm;

@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod barrier;
 mod fds;
 mod listener;
 mod nowait;
@@ -11,5 +12,8 @@ mod props;
 mod python;
 mod python_listener;
 mod roundtrip;
+mod shared_memory;
+mod shm;
 mod signals;
+mod sync;
 mod threads;

@@ -77,6 +77,22 @@ pub enum Error {
     NotClosed,
     /// A worker could not be started.
     Start(Arc<mproc_process::Error>),
+    /// The pool's configuration cannot work (the message says which setting and why).
+    Config(&'static str),
+    /// The pool was used from a forked child: the child has a copy of the `Pool` but not its
+    /// handler thread nor its workers, which belong to the process that built it.
+    ForkedCopy {
+        /// The process that built the pool.
+        owner: u32,
+        /// This process.
+        pid: u32,
+    },
+    /// Workers keep dying before they run a task (without an initializer: in its place, see
+    /// [`Error::Initializer`]): the pool stopped replacing them.
+    Broken {
+        /// How the workers ended.
+        message: String,
+    },
 }
 
 /// `Result` with [`Error`] as the error type.
@@ -88,8 +104,8 @@ impl fmt::Display for Error {
             Error::WorkerDied { task, worker, pid, status } => {
                 write!(f, "{task} failed: worker {worker:?} (pid {pid}) died")?;
                 match status {
-                    Some(ExitStatus::Signal(signal)) => write!(f, " from signal {signal}"),
-                    Some(ExitStatus::Code(code)) => write!(f, " with exit code {code}"),
+                    Some(status @ ExitStatus::Signal(_)) => write!(f, " from {status}"),
+                    Some(status @ ExitStatus::Code(_)) => write!(f, " with {status}"),
                     None => Ok(()),
                 }
             }
@@ -107,18 +123,20 @@ impl fmt::Display for Error {
             Error::AlreadyTaken => f.write_str("the result was already taken"),
             Error::NotClosed => f.write_str("join needs a closed or terminated pool: call close() first"),
             Error::Start(e) => write!(f, "cannot start a pool worker: {e}"),
+            Error::Config(why) => f.write_str(why),
+            Error::ForkedCopy { owner, pid } => write!(
+                f,
+                "this pool belongs to process {owner}: process {pid} is a forked copy of it, without its \
+                 handler thread or workers (build a new pool in the child)"
+            ),
+            Error::Broken { message } => write!(f, "the pool cannot run tasks: {message}"),
         }
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Start(e) => Some(&**e),
-            _ => None,
-        }
-    }
-}
+/// The message of a wrapped error is part of the `Display` (as `cannot start a pool worker:
+/// ...`), so it is not also a `source()`: each cause prints once.
+impl std::error::Error for Error {}
 
 impl From<mproc_process::Error> for Error {
     fn from(e: mproc_process::Error) -> Self {

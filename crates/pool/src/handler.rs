@@ -5,274 +5,18 @@
 //! outcomes, a worker's death, the next task deadline) goes through one `mproc_ipc::wait`.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use mproc_process::ipc::{Connection, Receiver, Sender, Waitable};
-use mproc_process::{Builder, ExitStatus, FnRef, Process, StartMethod};
-use parking_lot::Mutex;
+use mproc_process::ExitStatus;
+use mproc_process::ipc::{Receiver, Waitable};
 
+use crate::claim;
 use crate::error::Error;
-use crate::result::Slot;
-use crate::sys::Progress;
-use crate::wire::{Bytes, Driver, Failure, FromWorker, ToWorker, WireTask};
-use crate::worker::{self, WorkerArgs};
-
-/// The work a batch should hold, judged by how long the worker's recent tasks took: long
-/// enough that the round trip is paid rarely, short enough that a batch never holds much
-/// work back from an idle worker.
-const BATCH_WORK: Duration = Duration::from_micros(500);
-/// The most tasks in one batch.
-const BATCH_MAX: usize = 4096;
-/// The most input bytes in one batch (a batch takes at least one task whatever its size).
-const BATCH_BYTES: usize = 1 << 20;
-/// What a task is assumed to take before any has been measured.
-const FIRST_GUESS_NS: f64 = 20_000.0;
-
-/// How the pool was configured.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) processes: usize,
-    pub(crate) init: Option<(FnRef<Driver>, Bytes)>,
-    pub(crate) max_tasks_per_child: Option<u64>,
-    pub(crate) start_method: Option<StartMethod>,
-    pub(crate) task_timeout: Option<Duration>,
-    pub(crate) threads: bool,
-}
-
-/// A task waiting for a worker.
-pub(crate) struct Queued {
-    pub(crate) id: u64,
-    pub(crate) driver: FnRef<Driver>,
-    pub(crate) input: Bytes,
-    pub(crate) slot: Arc<Slot>,
-}
-
-/// What callers and the handler share.
-#[derive(Default)]
-pub(crate) struct Queue {
-    pub(crate) tasks: VecDeque<Queued>,
-    pub(crate) closed: bool,
-    pub(crate) terminate: bool,
-    /// The handler sleeps and wants a wake-up for new tasks.
-    pub(crate) asleep: bool,
-    /// The pool cannot run tasks (its initializer failed, or no worker can start): new
-    /// tasks fail at once with this.
-    pub(crate) broken: Option<Error>,
-    /// The handler has finished: every task is done and every worker gone.
-    pub(crate) finished: bool,
-}
-
-pub(crate) struct Shared {
-    pub(crate) queue: Mutex<Queue>,
-    pub(crate) finished: parking_lot::Condvar,
-    pub(crate) wake: Sender<()>,
-    pub(crate) config: Config,
-}
-
-impl Shared {
-    /// Wakes the handler (for close, terminate, or a new task while it sleeps).
-    pub(crate) fn wake(&self) {
-        let _ = self.wake.send_bytes(&[]);
-    }
-}
-
-enum Body {
-    Process(Option<Box<Process<()>>>),
-    Thread,
-}
-
-pub(crate) struct Worker {
-    name: String,
-    pid: u32,
-    /// Read by the handler; written by the worker's writer thread.
-    conn: Arc<Connection<ToWorker, FromWorker>>,
-    /// What the writer thread sends to the worker, in order. The handler never writes to a
-    /// worker itself: a worker blocked writing outcomes to a handler blocked writing tasks to
-    /// it would wait for ever.
-    outbox: mpsc::Sender<ToWorker>,
-    body: Body,
-    /// Tasks sent and not yet answered, in the order sent (outcomes come in that order).
-    held: VecDeque<Queued>,
-    /// The id of each outstanding batch's last task.
-    batch_ends: VecDeque<u64>,
-    /// Tasks sent in all (for `max_tasks_per_child`).
-    sent: u64,
-    /// Recent time per task, nanoseconds.
-    task_ns: f64,
-    /// When the task it holds is overdue (`task_timeout`).
-    deadline: Option<Instant>,
-    /// Its connection failed: it is dead or dying.
-    lost: bool,
-    /// The last task it started.
-    progress: Progress,
-}
-
-impl Worker {
-    /// Starts worker number `n`.
-    pub(crate) fn start(config: &Config, n: u64) -> Result<Worker, Error> {
-        let (ours, theirs) = Connection::<ToWorker, FromWorker>::pair()?;
-        let io = |e: std::io::Error| Error::Start(Arc::new(mproc_process::Error::Io(e)));
-        let (progress, progress_fd) = Progress::create().map_err(io)?;
-        let init = config.init.as_ref().map(|(driver, input)| WireTask {
-            id: 0,
-            driver: *driver,
-            input: input.clone(),
-        });
-        let (name, pid, body) = if config.threads {
-            let name = format!("PoolThread-{n}");
-            let theirs_progress = Progress::map(&progress_fd).map_err(io)?;
-            std::thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || worker::serve(&theirs, init, &theirs_progress))
-                .map_err(io)?;
-            (name, std::process::id(), Body::Thread)
-        } else {
-            let name = format!("PoolWorker-{n}");
-            let mut builder = Builder::new().name(name.clone()).daemon(true).close_in_child(&ours);
-            if let Some(method) = config.start_method {
-                builder = builder.start_method(method);
-            }
-            let progress = Receiver::from(progress_fd);
-            let process =
-                builder.spawn_fn(worker::worker_main, WorkerArgs { conn: theirs, init, progress })?;
-            (name, process.pid(), Body::Process(Some(Box::new(process))))
-        };
-        let conn = Arc::new(ours);
-        let (outbox, inbox) = mpsc::channel::<ToWorker>();
-        let writer = Arc::clone(&conn);
-        std::thread::Builder::new()
-            .name(format!("mproc-pool-w{n}"))
-            .spawn(move || {
-                for message in inbox {
-                    // A failed send means the worker is gone: the handler sees its death.
-                    if writer.send(&message).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(io)?;
-        log::info!("mproc-pool: started worker {name:?} (pid {pid})");
-        Ok(Worker {
-            name,
-            pid,
-            conn,
-            outbox,
-            body,
-            held: VecDeque::new(),
-            batch_ends: VecDeque::new(),
-            sent: 0,
-            task_ns: FIRST_GUESS_NS,
-            deadline: None,
-            lost: false,
-            progress,
-        })
-    }
-
-    fn sentinel(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        match &self.body {
-            Body::Process(Some(p)) => Some(p.sentinel()),
-            _ => None,
-        }
-    }
-
-    /// Takes one message's outcomes.
-    fn take(&mut self, message: FromWorker, broken: &mut Option<Error>) {
-        match message {
-            FromWorker::Results { outcomes, busy_ns } => {
-                let n = outcomes.len();
-                for (id, outcome) in outcomes {
-                    let Some(at) = self.held.iter().position(|h| h.id == id) else {
-                        log::error!(
-                            "mproc-pool: worker {:?} answered task #{id}, which it does not hold",
-                            self.name
-                        );
-                        continue;
-                    };
-                    let held = self.held.remove(at).expect("position is in range");
-                    while self.batch_ends.front().is_some_and(|&end| end <= id) {
-                        self.batch_ends.pop_front();
-                    }
-                    let task = || held.slot.task();
-                    held.slot.complete(outcome.map_err(|failure| match failure {
-                        Failure::Panicked(message) => Error::Panicked {
-                            task: task(),
-                            worker: self.name.clone(),
-                            pid: self.pid,
-                            message,
-                        },
-                        Failure::Encode(message) | Failure::Decode(message) => {
-                            Error::Transfer { task: task(), message }
-                        }
-                    }));
-                }
-                if n > 0 {
-                    let per = busy_ns as f64 / n as f64;
-                    self.task_ns = 0.5 * self.task_ns + 0.5 * per;
-                }
-                if self.held.is_empty() {
-                    self.deadline = None;
-                }
-            }
-            FromWorker::InitFailed(failure) => {
-                let message = match failure {
-                    Failure::Panicked(m) => format!("it panicked in worker {:?}: {m}", self.name),
-                    Failure::Encode(m) | Failure::Decode(m) => m,
-                };
-                log::error!("mproc-pool: the initializer failed in worker {:?}: {message}", self.name);
-                broken.get_or_insert(Error::Initializer { message });
-            }
-        }
-    }
-
-    /// Reads every message that has arrived; false if the worker is gone.
-    fn drain(&mut self, broken: &mut Option<Error>) -> bool {
-        loop {
-            match self.conn.try_recv() {
-                Ok(Some(message)) => self.take(message, broken),
-                Ok(None) => return true,
-                Err(e) => {
-                    if !self.lost {
-                        log::debug!("mproc-pool: worker {:?} connection ended: {e}", self.name);
-                    }
-                    self.lost = true;
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// Waits for the worker's end; how it ended (`None` for a thread).
-    fn reap(&mut self) -> Option<ExitStatus> {
-        let Body::Process(process) = &mut self.body else { return None };
-        let process = process.take()?;
-        match process.join() {
-            Ok(()) => Some(ExitStatus::Code(0)),
-            Err(mproc_process::Error::Signaled { signal, .. }) => Some(ExitStatus::Signal(signal)),
-            Err(mproc_process::Error::Exited { code, .. }) => Some(ExitStatus::Code(code)),
-            Err(mproc_process::Error::Panicked { .. }) => Some(ExitStatus::Code(1)),
-            Err(e) => {
-                log::warn!("mproc-pool: joining worker {:?}: {e}", self.name);
-                None
-            }
-        }
-    }
-
-    fn kill(&self) {
-        if let Body::Process(Some(p)) = &self.body {
-            let _ = p.kill();
-        }
-    }
-
-    /// Fails every task it holds with `error(task)`.
-    fn fail_held(&mut self, error: impl Fn(String) -> Error) {
-        for held in self.held.drain(..) {
-            held.slot.complete(Err(error(held.slot.task())));
-        }
-        self.batch_ends.clear();
-        self.deadline = None;
-    }
-}
+use crate::remote::{Body, Worker};
+use crate::scheduler::{self, Load, Policy};
+use crate::shared::{Queued, Shared};
+use crate::wire::{self, ToWorker, WireTask};
 
 pub(crate) struct Handler {
     shared: Arc<Shared>,
@@ -282,12 +26,37 @@ pub(crate) struct Handler {
     retiring: Vec<Worker>,
     pending: VecDeque<Queued>,
     started: u64,
+    /// Workers that died before running a task since one last ran one: each named, with how
+    /// it ended.
+    early_deaths: Vec<String>,
+}
+
+/// How many workers may die in a row before running a task before the pool stops replacing
+/// them (an initializer that exits, say, would otherwise have them replaced for ever).
+const EARLY_DEATHS: usize = 3;
+
+/// How a worker ended, for logs and errors: `exited with exit code 0`, `died from signal 9
+/// (SIGKILL)`.
+fn ended(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(status @ ExitStatus::Code(_)) => format!("exited with {status}"),
+        Some(status @ ExitStatus::Signal(_)) => format!("died from {status}"),
+        None => "ended (a thread)".into(),
+    }
 }
 
 impl Handler {
     pub(crate) fn new(shared: Arc<Shared>, wake: Receiver<()>, workers: Vec<Worker>) -> Handler {
         let started = workers.len() as u64;
-        Handler { shared, wake, workers, retiring: Vec::new(), pending: VecDeque::new(), started }
+        Handler {
+            shared,
+            wake,
+            workers,
+            retiring: Vec::new(),
+            pending: VecDeque::new(),
+            started,
+            early_deaths: Vec::new(),
+        }
     }
 
     /// The handler thread's loop.
@@ -305,13 +74,15 @@ impl Handler {
             if let Some(error) = broken {
                 self.fail_everything(&error);
             }
-            self.dispatch();
+            // Retire first: a retired worker's successor can take tasks at once.
             self.retire();
+            self.dispatch();
             if closed && self.pending.is_empty() && self.workers.iter().all(|w| w.held.is_empty()) {
                 self.shut_down();
                 break;
             }
-            self.wait_for_events();
+            let touched = self.wait();
+            self.handle(&touched);
         }
         let mut queue = self.shared.queue.lock();
         queue.finished = true;
@@ -322,56 +93,70 @@ impl Handler {
         self.shared.finished.notify_all();
     }
 
-    /// Hands pending tasks to workers that have room, in batches sized by their recent tasks.
+    /// How the pool schedules.
+    fn policy(&self) -> Policy {
+        let config = &self.shared.config;
+        Policy { one_at_a_time: config.task_timeout.is_some(), max_tasks: config.max_tasks_per_child }
+    }
+
+    /// What the scheduler needs to know of each worker.
+    fn loads(&self) -> Vec<Load> {
+        self.workers.iter().map(|w| w.load()).collect()
+    }
+
+    /// Hands pending tasks to workers with room, as the scheduler says; then, while a worker
+    /// that could take tasks has none and another holds tasks it has not started, takes
+    /// those back and hands them out again.
     fn dispatch(&mut self) {
-        let timeout = self.shared.config.task_timeout;
-        let max_tasks = self.shared.config.max_tasks_per_child;
-        // With a timeout a worker holds one task at a time, so the task's clock starts when
-        // it is sent; otherwise two batches, so a worker never idles while its next one travels.
-        let depth = if timeout.is_some() { 1 } else { 2 };
-        let mut open: usize = self.workers.iter().filter(|w| !w.lost && w.batch_ends.len() < depth).count();
-        for worker in &mut self.workers {
-            if self.pending.is_empty() {
-                break;
+        let policy = self.policy();
+        // Each round either empties `pending` into batches or takes back from a worker,
+        // which then is fenced (not taken from again until it says `Resumed`): bounded.
+        for _ in 0..=self.workers.len() {
+            let loads = self.loads();
+            for (i, n) in policy.batches(self.pending.len(), &loads) {
+                self.send_batch(i, n);
             }
-            if worker.lost || worker.batch_ends.len() >= depth {
-                continue;
+            let loads = self.loads();
+            let Some(victim) = policy.take_back_from(self.pending.len(), &loads) else { break };
+            let taken = self.workers[victim].take_back();
+            log::debug!(
+                "mproc-pool: took back {} unstarted task(s) from worker {:?} for an idle worker",
+                taken.len(),
+                self.workers[victim].name
+            );
+            for task in taken.into_iter().rev() {
+                self.pending.push_front(task);
             }
-            let room = max_tasks.map_or(u64::MAX, |max| max.saturating_sub(worker.sent));
-            if room == 0 {
-                continue;
-            }
-            let by_time = (BATCH_WORK.as_nanos() as f64 / worker.task_ns.max(1.0)) as usize;
-            // Leave a fair share for the other workers with room.
-            let share = self.pending.len().div_ceil(open.max(1));
-            open = open.saturating_sub(1);
-            let mut n = by_time.clamp(1, BATCH_MAX).min(share).min(room.min(BATCH_MAX as u64) as usize);
-            if timeout.is_some() {
-                n = 1;
-            }
-            let mut batch = Vec::with_capacity(n);
-            let mut bytes = 0;
-            while batch.len() < n {
-                let Some(task) = self.pending.front() else { break };
-                if !batch.is_empty() && bytes + task.input.0.len() > BATCH_BYTES {
-                    break;
-                }
-                let task = self.pending.pop_front().expect("front exists");
-                bytes += task.input.0.len();
-                batch.push(WireTask { id: task.id, driver: task.driver, input: task.input.clone() });
-                worker.held.push_back(task);
-            }
-            let last = batch.last().map(|t| t.id).expect("a batch has a task");
-            worker.sent += batch.len() as u64;
-            worker.batch_ends.push_back(last);
-            if let Some(timeout) = timeout {
-                worker.deadline = Some(Instant::now() + timeout);
-            }
-            if worker.outbox.send(ToWorker::Batch(batch)).is_err() {
-                // Its writer has stopped: the worker is dying, and its death fails (or hands
-                // on) what it holds.
-                worker.lost = true;
-            }
+        }
+    }
+
+    /// Sends worker `i` a batch of up to `n` pending tasks (fewer past the byte budget).
+    fn send_batch(&mut self, i: usize, n: usize) {
+        // Within the byte budget, and within the message limit (each task's input is within
+        // it: `submit` checked).
+        let budget = scheduler::BATCH_BYTES.min(self.shared.config.max_message_size);
+        let n = scheduler::fit_bytes(
+            self.pending.iter().map(|t| t.input.bytes().len() + wire::PER_TASK),
+            n,
+            budget,
+        );
+        if n == 0 {
+            return;
+        }
+        let worker = &mut self.workers[i];
+        let mut batch = Vec::with_capacity(n);
+        for task in self.pending.drain(..n) {
+            batch.push(WireTask { id: task.id, driver: task.driver, input: task.input.clone() });
+            worker.held.push_back(task);
+        }
+        worker.sent_batch(n);
+        if let Some(timeout) = self.shared.config.task_timeout {
+            worker.deadline = Some(Instant::now() + timeout);
+        }
+        if worker.outbox.send(ToWorker::Batch(batch)).is_err() {
+            // Its writer has stopped: the worker is dying, and its death fails (or hands
+            // on) what it holds.
+            worker.lost = true;
         }
     }
 
@@ -422,14 +207,16 @@ impl Handler {
     }
 
     /// Sleeps until something happens: a new task (when a worker has room for it), a
-    /// worker's outcomes or death, or the next deadline. Then handles what happened.
-    fn wait_for_events(&mut self) {
-        let depth = if self.shared.config.task_timeout.is_some() { 1 } else { 2 };
-        let has_room = self.workers.iter().any(|w| !w.lost && w.batch_ends.len() < depth);
+    /// worker's outcomes or death, or the next deadline. The workers with news: `(index,
+    /// whether it is its exit)`, in order of index.
+    fn wait(&mut self) -> Vec<(usize, bool)> {
+        let policy = self.policy();
+        let has_room = self.loads().iter().any(|w| policy.has_room(w));
         {
             let mut queue = self.shared.queue.lock();
-            if queue.terminate || has_room && !queue.tasks.is_empty() {
-                return;
+            // Tasks a worker could take, new or handed back: no sleep, dispatch them.
+            if queue.terminate || has_room && !(queue.tasks.is_empty() && self.pending.is_empty()) {
+                return Vec::new();
             }
             // New tasks wake the handler only when a worker could take them; otherwise the
             // next outcome will.
@@ -461,7 +248,12 @@ impl Handler {
             while let Ok(Some(())) = self.wake.try_recv() {}
         }
         // The wait already says which sentinels are readable: no second look at them.
-        let touched: Vec<(usize, bool)> = ready.iter().filter(|&&i| i > 0).map(|&i| owners[i - 1]).collect();
+        ready.iter().filter(|&&i| i > 0).map(|&i| owners[i - 1]).collect()
+    }
+
+    /// Takes the outcomes of the workers with news (`touched`, from [`wait`](Self::wait)),
+    /// and buries those that died or overran their task.
+    fn handle(&mut self, touched: &[(usize, bool)]) {
         let mut broken = None;
         let mut dead = Vec::new();
         for (n, &(i, _)) in touched.iter().enumerate() {
@@ -471,6 +263,10 @@ impl Handler {
             let exited = touched.iter().any(|&(j, sentinel)| j == i && sentinel);
             let worker = &mut self.workers[i];
             let alive = worker.drain(&mut broken);
+            if worker.answered > 0 {
+                // Workers run tasks: deaths before a first task are no longer "in a row".
+                self.early_deaths.clear();
+            }
             if !alive || exited || worker.lost {
                 dead.push((i, false));
             }
@@ -491,22 +287,36 @@ impl Handler {
         }
     }
 
-    /// A worker died or overran its task: fail what it held, reap it, replace it.
+    /// A worker died, overran its task or can no longer be read: fail what it held, reap it,
+    /// replace it.
     fn bury(&mut self, mut worker: Worker, timed_out: bool) {
-        if timed_out {
-            worker.kill();
-        }
+        // The pool has given up on it: it may still live (overdue, or blocked in a send on a
+        // stream the pool cannot read), so it is killed before it is waited for. One that
+        // has ended already keeps how it ended.
+        worker.kill();
+        let status = worker.reap();
+        // Gone: what it sent is all in the stream, what it finished and did not send is in
+        // its log.
         let mut broken = None;
         worker.drain(&mut broken);
-        let status = worker.reap();
+        worker.recover_logged();
         if let Some(error) = broken {
             self.shared.queue.lock().broken.get_or_insert(error);
         }
+        let early = !timed_out && worker.answered == 0 && claim::last_claim(worker.progress.word()) == 0;
+        if early {
+            self.early_deaths.push(format!("{:?} (pid {}) {}", worker.name, worker.pid, ended(status)));
+            if self.early_deaths.len() >= EARLY_DEATHS {
+                let error = self.early_deaths_error();
+                log::error!("mproc-pool: {error}");
+                self.shared.queue.lock().broken.get_or_insert(error);
+            }
+        }
         // Tasks it never started go to another worker, in their order; the rest fail.
-        let started = worker.progress.get();
+        let started = worker.claimed();
         let broken = self.shared.queue.lock().broken.clone();
         if broken.is_none() {
-            while worker.held.back().is_some_and(|h| h.id > started) {
+            while worker.held.len() > started {
                 let held = worker.held.pop_back().expect("back exists");
                 self.pending.push_front(held);
             }
@@ -524,18 +334,32 @@ impl Handler {
             worker.fail_held(|task| Error::Timeout { task, worker: name.clone(), pid, timeout });
         } else {
             log::warn!(
-                "mproc-pool: worker {name:?} (pid {pid}) died ({}), failing the {lost} task(s) it held",
-                match status {
-                    Some(ExitStatus::Signal(s)) => format!("signal {s}"),
-                    Some(ExitStatus::Code(c)) => format!("exit code {c}"),
-                    None => "thread ended".into(),
-                }
+                "mproc-pool: worker {name:?} (pid {pid}) {}, failing the {lost} task(s) it held",
+                ended(status)
             );
             worker.fail_held(|task| Error::WorkerDied { task, worker: name.clone(), pid, status });
         }
         if broken.is_none() {
             log::info!("mproc-pool: replacing worker {name:?}");
             self.replace();
+        }
+    }
+
+    /// Why the pool stops replacing workers that die before their first task.
+    fn early_deaths_error(&self) -> Error {
+        let deaths = self.early_deaths.join(", ");
+        let n = self.early_deaths.len();
+        match &self.shared.config.init {
+            Some(_) => Error::Initializer {
+                message: format!(
+                    "{n} workers in a row ended before running a task, in or right after the \
+                     initializer ({}): {deaths}",
+                    self.shared.config.init_name
+                ),
+            },
+            None => Error::Broken {
+                message: format!("{n} workers in a row ended before running a task: {deaths}"),
+            },
         }
     }
 

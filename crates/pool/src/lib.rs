@@ -35,16 +35,29 @@
 //! - Every submitted task completes exactly once: with its value or an [`Error`] naming the
 //!   task, the worker (name and pid) and the cause.
 //! - Never a hang: a worker that dies (killed, segfault, abort, out of memory) fails exactly
-//!   the tasks it held with [`Error::WorkerDied`] and is replaced; a task past the
+//!   the task it was running with [`Error::WorkerDied`] and is replaced: the tasks it had
+//!   finished are delivered (each outcome is kept in memory the pool shares with the worker
+//!   until it is sent), the tasks it had not started go to another worker. A task past the
 //!   `task_timeout` fails with [`Error::Timeout`] and its worker is killed and replaced; a
-//!   panicking task fails with its message ([`Error::Panicked`]) and the worker lives on; an
-//!   argument or value that does not serialize fails that task alone ([`Error::Transfer`]).
+//!   panicking task fails with its message ([`Error::Panicked`], naming the item for `map`
+//!   and friends) and the worker lives on; an argument or value that does not serialize, or
+//!   is larger than [`max_message_size`](PoolBuilder::max_message_size), fails that task
+//!   alone ([`Error::Transfer`]). A worker the pool gives up on is killed, never waited for
+//!   alive. Workers that die before running a task, three in a row (an initializer that
+//!   exits, say), fail the pending tasks instead of being replaced for ever.
+//! - Retiring workers (`max_tasks_per_child`) never strand a task: their successors take
+//!   what is pending.
 //! - Tasks go to workers with room, in batches sized by how long the worker's recent tasks
-//!   took (about half a millisecond of work, at most 4096 tasks), two batches in flight per
-//!   worker: small tasks cost a fraction of a round trip each, and a slow task holds back
-//!   only its own batch.
+//!   took (about half a millisecond of work, at most 4096 tasks, never more than a fair
+//!   share of what is pending), two batches in flight per worker: small tasks cost a
+//!   fraction of a round trip each.
+//! - No worker sits idle while tasks it could run wait unstarted in another worker's batch:
+//!   the pool takes them back and hands them out again, exactly once (a task taken back
+//!   never runs where it was first sent; one the worker had started is never taken), so a
+//!   run of slow tasks after many trivial ones spreads over every worker.
 //! - Callbacks run on a callback thread, never on the caller's thread nor on the thread that
-//!   collects results.
+//!   collects results. A panicking callback is logged (`log::error!`, naming its task) and
+//!   the next ones run.
 //! - Worker lifecycle events (started, died, replaced, retired) are logged through the `log`
 //!   facade.
 //!
@@ -55,12 +68,23 @@
 //! - Dropping a pool waits for its tasks: an endless task keeps the drop waiting (unless the
 //!   pool has a `task_timeout`); [`terminate`](Pool::terminate) does not wait.
 //! - A task that fails because its worker died is not retried: it may have had effects.
+//! - Workers are daemons, and a daemon may not have children (it is killed with its parent,
+//!   which would orphan them): a task cannot start a `Process` or a process `Pool`
+//!   ([`process::Error::DaemonCannotStart`]). Use threads inside the task (a thread pool), or
+//!   do that work from a non-daemon `Process`.
+//! - A pool belongs to the process that built it: in a forked child, its copy fails every
+//!   call at once with [`Error::ForkedCopy`] (the handler thread and the workers are the
+//!   parent's), and dropping the copy does nothing.
 #![deny(unsafe_code)]
 
+mod claim;
 mod error;
 mod handler;
 mod pool;
+mod remote;
 mod result;
+mod scheduler;
+mod shared;
 mod sys;
 mod wire;
 mod worker;
@@ -95,7 +119,7 @@ mod tests {
         };
         assert_eq!(
             died.to_string(),
-            "task #3 (fn(u64) -> u64) failed: worker \"PoolWorker-2\" (pid 42) died from signal 9"
+            "task #3 (fn(u64) -> u64) failed: worker \"PoolWorker-2\" (pid 42) died from signal 9 (SIGKILL)"
         );
         let timeout = Error::Timeout {
             task: "task #1 (fn(()))".into(),

@@ -1,6 +1,7 @@
 //! `Pool` and its builder: what callers use.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -12,12 +13,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::handler::{Config, Handler, Queue, Queued, Shared, Worker};
+use crate::handler::Handler;
+use crate::remote::Worker;
 use crate::result::{AsyncResult, Done, Hook, Slot, decode_chunks, decode_one};
-use crate::wire::{self, Bytes, Driver};
+use crate::shared::{Config, Queue, Queued, Shared};
+use mproc_process::ipc::Carried;
 
-/// What the callback thread runs.
-type Job = Box<dyn FnOnce() + Send>;
+use crate::wire::{self, Driver};
+
+/// What the callback thread runs: a task's callback, and the task (for the log if it panics).
+type Job = (Box<dyn FnOnce() + Send>, String);
 
 /// A pool of worker processes (or threads, see [`PoolBuilder::threads`]) that run
 /// `fn(A) -> R` tasks: Python's `multiprocessing.Pool`.
@@ -30,6 +35,9 @@ pub struct Pool {
     handler: Mutex<Option<JoinHandle<()>>>,
     callbacks: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
     next_id: AtomicU64,
+    /// The process whose threads and workers these are: a forked child has a copy of the
+    /// `Pool` but no handler thread, no workers.
+    owner: u32,
 }
 
 impl std::fmt::Debug for Pool {
@@ -49,16 +57,28 @@ impl std::fmt::Debug for Pool {
 #[derive(Debug, Default)]
 pub struct PoolBuilder {
     processes: Option<usize>,
-    init: Option<(FnRef<Driver>, std::result::Result<Bytes, String>)>,
+    init: Option<(FnRef<Driver>, std::result::Result<Carried, String>, &'static str)>,
     max_tasks_per_child: Option<u64>,
     start_method: Option<StartMethod>,
     task_timeout: Option<Duration>,
     threads: bool,
+    max_message_size: Option<usize>,
 }
 
 impl PoolBuilder {
+    /// The largest task input or value, in bytes as encoded, that may cross to or from a
+    /// worker (default [`DEFAULT_MAX_MESSAGE_SIZE`](mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE),
+    /// 1 GiB). For `map` and friends, a chunk's items and values count together. A task past
+    /// it fails alone with [`Error::Transfer`] (an argument at once, a value once computed),
+    /// and the pool goes on.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = Some(bytes);
+        self
+    }
+
     /// How many workers (default: [`cpu_count`](mproc_process::cpu_count), the CPUs this
-    /// process may run on).
+    /// process may run on). Zero is refused by [`build`](Self::build) ([`Error::Config`]), as
+    /// Python refuses it.
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = Some(n);
         self
@@ -71,16 +91,18 @@ impl PoolBuilder {
     where
         A: Serialize + DeserializeOwned + 'static,
     {
-        let input =
-            wire::input(f, &args).map_err(|e| format!("cannot encode the initializer's arguments: {e}"));
-        self.init = Some((wire::driver_ref(wire::init_driver::<A>), input));
+        let input = wire::input(f, &args)
+            .map_err(|e| format!("cannot encode the initializer's arguments: {}", wire::encode_error(&e)));
+        self.init = Some((wire::driver_ref(wire::init_driver::<A>), input, type_name(f)));
         self
     }
 
     /// Replaces a worker after it has run `n` tasks (Python's `maxtasksperchild`): a fresh
     /// process for leaky or stateful task code.
+    ///
+    /// Zero is refused by [`build`](Self::build) ([`Error::Config`]), as Python refuses it.
     pub fn max_tasks_per_child(mut self, n: u64) -> Self {
-        self.max_tasks_per_child = Some(n.max(1));
+        self.max_tasks_per_child = Some(n);
         self
     }
 
@@ -111,17 +133,28 @@ impl PoolBuilder {
     }
 
     /// Starts the workers. Fails if one cannot start (for example
-    /// [`mproc_process::Error::InitNotCalled`] inside [`Error::Start`]).
+    /// [`mproc_process::Error::InitNotCalled`] inside [`Error::Start`]), or on a count of
+    /// zero ([`Error::Config`]).
     pub fn build(self) -> Result<Pool> {
         let processes = self.processes.unwrap_or_else(mproc_process::cpu_count).max(1);
-        let init = match self.init {
-            None => None,
-            Some((driver, Ok(input))) => Some((driver, input)),
-            Some((_, Err(message))) => return Err(Error::Initializer { message }),
+        if self.processes == Some(0) {
+            return Err(Error::Config("a pool needs at least 1 process: processes(0) was asked for"));
+        }
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::Config(
+                "max_tasks_per_child must be at least 1 (leave it unset for workers that never retire)",
+            ));
+        }
+        let (init, init_name) = match self.init {
+            None => (None, ""),
+            Some((driver, Ok(input), name)) => (Some((driver, input)), name),
+            Some((_, Err(message), _)) => return Err(Error::Initializer { message }),
         };
         let config = Config {
             processes,
             init,
+            init_name,
+            max_message_size: self.max_message_size.unwrap_or(mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE),
             max_tasks_per_child: self.max_tasks_per_child,
             start_method: self.start_method,
             task_timeout: self.task_timeout,
@@ -146,6 +179,7 @@ impl PoolBuilder {
             handler: Mutex::new(Some(handler)),
             callbacks: Mutex::new(None),
             next_id: AtomicU64::new(1),
+            owner: mproc_process::getpid(),
         })
     }
 }
@@ -186,7 +220,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        let slot = self.submit(wire::apply_driver::<A, R>, wire::input(f, &args), type_name(f), None);
+        let slot = self.submit(wire::apply_driver::<A, R>, wire::input(f, &args), type_name(f), None, None);
         AsyncResult::new(vec![slot], decode_one::<R>)
     }
 
@@ -210,7 +244,8 @@ impl Pool {
                 Err(e) => error_callback(e),
             }
         });
-        let slot = self.submit(wire::apply_driver::<A, R>, wire::input(f, &args), type_name(f), Some(hook));
+        let slot =
+            self.submit(wire::apply_driver::<A, R>, wire::input(f, &args), type_name(f), None, Some(hook));
         AsyncResult::new(vec![slot], decode_one::<R>)
     }
 
@@ -258,7 +293,11 @@ impl Pool {
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes())).max(1);
         let slots = items
             .chunks(chunksize)
-            .map(|chunk| self.submit(wire::chunk_driver::<A, R>, wire::input(f, chunk), type_name(f), None))
+            .enumerate()
+            .map(|(k, chunk)| {
+                let at = k * chunksize..k * chunksize + chunk.len();
+                self.submit(wire::chunk_driver::<A, R>, wire::input(f, chunk), type_name(f), Some(at), None)
+            })
             .collect();
         AsyncResult::new(slots, decode_chunks::<R>)
     }
@@ -278,7 +317,11 @@ impl Pool {
         let chunksize = default_chunksize(items.len(), self.processes());
         let slots = items
             .chunks(chunksize)
-            .map(|chunk| self.submit(wire::star_driver::<A, B, R>, wire::input(f, chunk), type_name(f), None))
+            .enumerate()
+            .map(|(k, chunk)| {
+                let at = k * chunksize..k * chunksize + chunk.len();
+                self.submit(wire::star_driver::<A, B, R>, wire::input(f, chunk), type_name(f), Some(at), None)
+            })
             .collect();
         AsyncResult::new(slots, decode_chunks::<R>).get()
     }
@@ -335,6 +378,9 @@ impl Pool {
 
     /// Takes no more tasks; those submitted still run. Then [`join`](Self::join) waits.
     pub fn close(&self) {
+        if self.owned().is_err() {
+            return;
+        }
         self.shared.queue.lock().closed = true;
         self.shared.wake();
     }
@@ -342,6 +388,9 @@ impl Pool {
     /// Stops now: workers are killed, unfinished tasks fail with [`Error::Terminated`]. Returns
     /// when every worker is gone.
     pub fn terminate(&self) {
+        if self.owned().is_err() {
+            return;
+        }
         self.shared.queue.lock().terminate = true;
         self.shared.wake();
         let _ = self.join();
@@ -350,6 +399,7 @@ impl Pool {
     /// Waits until every task is done and every worker has left. The pool must be closed (or
     /// terminated) first, as in Python: otherwise [`Error::NotClosed`].
     pub fn join(&self) -> Result<()> {
+        self.owned()?;
         {
             let queue = self.shared.queue.lock();
             if !queue.closed && !queue.terminate {
@@ -367,22 +417,41 @@ impl Pool {
         Ok(())
     }
 
-    /// Queues one task; its slot is failed at once if it cannot be queued.
+    /// `Ok` in the process that built the pool; in a forked child (which has a copy of the
+    /// `Pool` but not its handler thread or workers), the error that says so.
+    fn owned(&self) -> Result<()> {
+        let pid = mproc_process::getpid();
+        if pid == self.owner { Ok(()) } else { Err(Error::ForkedCopy { owner: self.owner, pid }) }
+    }
+
+    /// Queues one task (`items`: a chunk's place in the input); its slot is failed at once if
+    /// it cannot be queued.
     fn submit(
         &self,
         driver: Driver,
-        input: std::result::Result<Bytes, postcard::Error>,
+        input: std::result::Result<Carried, mproc_process::ipc::Error>,
         what: &'static str,
+        items: Option<Range<usize>>,
         hook: Option<Hook>,
     ) -> Arc<Slot> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot::new(id, what, hook);
+        let slot = Slot::new(id, what, items, hook);
+        if let Err(e) = self.owned() {
+            slot.complete(Err(e));
+            return slot;
+        }
+        let limit = self.shared.config.max_message_size;
         let input = match input {
+            Ok(input) if input.bytes().len() > limit => {
+                let message = wire::past_the_limit("arguments", input.bytes().len() as u64, limit as u64);
+                slot.complete(Err(Error::Transfer { task: slot.task(), message }));
+                return slot;
+            }
             Ok(input) => input,
             Err(e) => {
                 slot.complete(Err(Error::Transfer {
                     task: slot.task(),
-                    message: format!("cannot encode the arguments: {e}"),
+                    message: format!("cannot encode the arguments: {}", wire::encode_error(&e)),
                 }));
                 return slot;
             }
@@ -420,21 +489,28 @@ impl Pool {
                 let (tx, rx) = mpsc::channel::<Job>();
                 let thread = std::thread::Builder::new()
                     .name("mproc-pool-callbacks".into())
-                    .spawn(move || rx.into_iter().for_each(|job| job()))
+                    .spawn(move || rx.into_iter().for_each(run_callback))
                     .expect("a thread for the pool's callbacks");
                 (tx, thread)
             });
             tx.clone()
         };
-        Box::new(move |done: &Done| {
+        Box::new(move |slot: &Slot, done: &Done| {
             let done = done.clone();
-            let _ = tx.send(Box::new(move || callback(done)));
+            let _ = tx.send((Box::new(move || callback(done)), slot.task()));
         })
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        if self.owned().is_err() {
+            // A forked copy: the threads these handles name are the parent's, and do not
+            // exist here. Nothing to close, wait for or join.
+            std::mem::forget(self.handler.lock().take());
+            std::mem::forget(self.callbacks.lock().take());
+            return;
+        }
         self.close();
         let _ = self.join();
         // Every task is done: the callback thread runs what is queued and ends.
@@ -442,6 +518,16 @@ impl Drop for Pool {
             drop(tx);
             let _ = thread.join();
         }
+    }
+}
+
+/// Runs one callback; a panic is logged, and the next callbacks run.
+fn run_callback((callback, task): Job) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback)) {
+        log::error!(
+            "mproc-pool: the callback of {task} panicked: {}",
+            mproc_process::panic_message(&*payload)
+        );
     }
 }
 
@@ -458,6 +544,8 @@ struct Feed<'p, I, A, R> {
     chunksize: usize,
     /// How many chunks may be in flight.
     window: usize,
+    /// How many items were taken so far.
+    taken: usize,
 }
 
 impl<'p, I, A, R> Feed<'p, I, A, R>
@@ -467,7 +555,7 @@ where
     R: Serialize + DeserializeOwned + 'static,
 {
     fn new(pool: &'p Pool, f: fn(A) -> R, items: I, chunksize: usize) -> Self {
-        Feed { pool, f, items, chunksize: chunksize.max(1), window: pool.processes() * 4 }
+        Feed { pool, f, items, chunksize: chunksize.max(1), window: pool.processes() * 4, taken: 0 }
     }
 
     /// Submits the next chunk, if the input has one.
@@ -477,7 +565,9 @@ where
             return None;
         }
         let input = wire::input(self.f, &chunk);
-        Some(self.pool.submit(wire::chunk_driver::<A, R>, input, type_name(self.f), hook))
+        let at = self.taken..self.taken + chunk.len();
+        self.taken = at.end;
+        Some(self.pool.submit(wire::chunk_driver::<A, R>, input, type_name(self.f), Some(at), hook))
     }
 }
 
@@ -535,7 +625,7 @@ where
             while in_flight.len() < feed.window {
                 let tx = done_tx.clone();
                 let token = next_token();
-                let hook: Hook = Box::new(move |_: &Done| {
+                let hook: Hook = Box::new(move |_: &Slot, _: &Done| {
                     let _ = tx.send(token);
                 });
                 match feed.next_chunk(Some(hook)) {

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -18,12 +19,18 @@ pub(crate) type Done = Result<Bytes>;
 
 /// Runs when a slot completes, on the pool's handler thread: must be quick (it hands work to
 /// a callback thread or a channel).
-pub(crate) type Hook = Box<dyn FnOnce(&Done) + Send>;
+pub(crate) type Hook = Box<dyn FnOnce(&Slot, &Done) + Send>;
 
 enum State {
-    Pending { waker: Option<Waker>, hook: Option<Hook> },
+    Pending {
+        waker: Option<Waker>,
+        hook: Option<Hook>,
+    },
     Done(Done),
-    Taken,
+    /// Taken by its `AsyncResult`; whether it was a value.
+    Taken {
+        ok: bool,
+    },
 }
 
 /// One task's result, filled exactly once by the pool.
@@ -33,21 +40,39 @@ pub(crate) struct Slot {
     id: u64,
     /// The task's function type, for errors.
     what: &'static str,
+    /// For a chunk of `map` and friends: its items' indexes in the input.
+    items: Option<Range<usize>>,
 }
 
 impl Slot {
-    pub(crate) fn new(id: u64, what: &'static str, hook: Option<Hook>) -> Arc<Slot> {
+    pub(crate) fn new(
+        id: u64,
+        what: &'static str,
+        items: Option<Range<usize>>,
+        hook: Option<Hook>,
+    ) -> Arc<Slot> {
         Arc::new(Slot {
             state: Mutex::new(State::Pending { waker: None, hook }),
             cond: Condvar::new(),
             id,
             what,
+            items,
         })
     }
 
-    /// What the task is, for errors: `task #17 (fn(u64) -> u64)`.
+    /// What the task is, for errors: `task #17 (fn(u64) -> u64)`, and for a chunk
+    /// `task #17 (fn(u64) -> u64, items 40..50 of the input)`.
     pub(crate) fn task(&self) -> String {
-        format!("task #{} ({})", self.id, self.what)
+        match &self.items {
+            None => format!("task #{} ({})", self.id, self.what),
+            Some(items) => format!("task #{} ({}, items {items:?} of the input)", self.id, self.what),
+        }
+    }
+
+    /// Item `i` of this chunk, for errors: `task #17 (fn(u64) -> u64), item 47 of the input`.
+    pub(crate) fn item(&self, i: u64) -> String {
+        let at = self.items.as_ref().map_or(i, |items| items.start as u64 + i);
+        format!("task #{} ({}), item {at} of the input", self.id, self.what)
     }
 
     /// Fills the slot; later calls do nothing (a task completes exactly once).
@@ -56,7 +81,7 @@ impl Slot {
         let State::Pending { waker, hook } = &mut *state else { return };
         let (waker, hook) = (waker.take(), hook.take());
         if let Some(hook) = hook {
-            hook(&done);
+            hook(self, &done);
         }
         *state = State::Done(done);
         drop(state);
@@ -88,12 +113,15 @@ impl Slot {
 
     fn take(&self) -> Result<Bytes> {
         let mut state = self.state.lock();
-        match std::mem::replace(&mut *state, State::Taken) {
-            State::Done(done) => done,
-            State::Taken => Err(Error::AlreadyTaken),
-            pending @ State::Pending { .. } => {
-                *state = pending;
-                Err(Error::NotReady)
+        match &*state {
+            State::Pending { .. } => Err(Error::NotReady),
+            State::Taken { .. } => Err(Error::AlreadyTaken),
+            State::Done(done) => {
+                let ok = done.is_ok();
+                let State::Done(done) = std::mem::replace(&mut *state, State::Taken { ok }) else {
+                    unreachable!("matched Done above")
+                };
+                done
             }
         }
     }
@@ -102,7 +130,7 @@ impl Slot {
         match &*self.state.lock() {
             State::Pending { .. } => None,
             State::Done(done) => Some(done.is_ok()),
-            State::Taken => Some(true),
+            State::Taken { ok } => Some(*ok),
         }
     }
 
@@ -160,7 +188,8 @@ pub(crate) fn decode_chunks<T: DeserializeOwned>(parts: Vec<Bytes>, slots: &[Arc
 pub struct AsyncResult<R> {
     slots: Vec<Arc<Slot>>,
     decode: Decode<R>,
-    taken: bool,
+    /// Once the result was taken: whether it was a value.
+    taken: Option<bool>,
     _value: PhantomData<fn() -> R>,
 }
 
@@ -175,7 +204,7 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
 
 impl<R> AsyncResult<R> {
     pub(crate) fn new(slots: Vec<Arc<Slot>>, decode: Decode<R>) -> AsyncResult<R> {
-        AsyncResult { slots, decode, taken: false, _value: PhantomData }
+        AsyncResult { slots, decode, taken: None, _value: PhantomData }
     }
 
     /// Waits for the result and returns it.
@@ -211,8 +240,12 @@ impl<R> AsyncResult<R> {
         self.slots.iter().all(|s| s.is_done())
     }
 
-    /// Whether the task finished without an error; `None` while it is not ready.
+    /// Whether the task finished without an error (its value also decoded, once taken);
+    /// `None` while it is not ready.
     pub fn successful(&self) -> Option<bool> {
+        if let Some(ok) = self.taken {
+            return Some(ok);
+        }
         let mut all = true;
         for slot in &self.slots {
             all &= slot.successful()?;
@@ -221,16 +254,29 @@ impl<R> AsyncResult<R> {
     }
 
     fn take(&mut self) -> Result<R> {
-        if self.taken {
+        if self.taken.is_some() {
             return Err(Error::AlreadyTaken);
+        }
+        if !self.ready() {
+            return Err(Error::NotReady);
         }
         // Every slot's error or value, in order: the first error wins.
         let mut parts = Vec::with_capacity(self.slots.len());
+        let mut failed = None;
         for slot in &self.slots {
-            parts.push(slot.take()?);
+            match slot.take() {
+                Ok(part) => parts.push(part),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        self.taken = true;
-        (self.decode)(parts, &self.slots)
+        let result = match failed {
+            Some(e) => Err(e),
+            None => (self.decode)(parts, &self.slots),
+        };
+        self.taken = Some(result.is_ok());
+        result
     }
 }
 

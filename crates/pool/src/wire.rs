@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use mproc_process::FnRef;
+use mproc_process::ipc::Carried;
 use serde::de::{DeserializeOwned, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -67,24 +68,59 @@ impl<'de> Deserialize<'de> for Bytes {
 pub(crate) enum Failure {
     /// The function panicked with this message.
     Panicked(String),
+    /// The function panicked on item `item` of a chunk (`map` and friends).
+    ItemPanicked {
+        /// The item's index in the chunk.
+        item: u64,
+        /// The panic message.
+        message: String,
+    },
     /// The value could not be encoded.
     Encode(String),
     /// The arguments could not be decoded.
     Decode(String),
+    /// The value, encoded, is larger than the pool's message limit: it stayed in the worker.
+    TooLarge {
+        /// Its size in bytes.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// What a message may hold per task beyond the task's input or value: its id, its driver,
+/// the lengths (postcard varints), a failure's tag.
+pub(crate) const PER_TASK: usize = 64;
+/// What a message may hold beyond its tasks: its tag, the list's length, `busy_ns`.
+pub(crate) const PER_MESSAGE: usize = 64;
+
+/// The limit an end between the pool and a worker is set to, for a pool whose tasks' inputs
+/// and values may be `max_message_size` bytes: batches and outcome messages are cut so that
+/// their tasks' bytes (with [`PER_TASK`] each) stay within it, or hold a single task.
+pub(crate) fn frame_limit(max_message_size: usize) -> usize {
+    max_message_size.saturating_add(PER_TASK + PER_MESSAGE)
+}
+
+/// Why a task's `what` ("arguments", "value") did not cross: its size past the limit.
+pub(crate) fn past_the_limit(what: &str, size: u64, limit: u64) -> String {
+    format!(
+        "cannot send the {what}: {size} bytes, past the pool's limit of {limit} bytes \
+         (PoolBuilder::max_message_size raises it)"
+    )
 }
 
 /// A task's result in the worker: the encoded value, or why there is none.
 pub(crate) type Outcome = Result<Bytes, Failure>;
 
 /// A driver: runs one task's input, in any process of this program.
-pub(crate) type Driver = fn(Bytes) -> Outcome;
+pub(crate) type Driver = fn(Carried) -> Outcome;
 
 /// One task, on its way to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct WireTask {
     pub(crate) id: u64,
     pub(crate) driver: FnRef<Driver>,
-    pub(crate) input: Bytes,
+    pub(crate) input: Carried,
 }
 
 /// From the pool to a worker.
@@ -92,6 +128,9 @@ pub(crate) struct WireTask {
 pub(crate) enum ToWorker {
     /// Run these, in order, and send their outcomes back in that order.
     Batch(Vec<WireTask>),
+    /// The pool fenced the worker's progress word and took back every task it had not
+    /// claimed: skip what came before this, clear the fence, go on (`claim.rs`).
+    Resume,
     /// Leave (after the tasks sent before).
     Exit,
 }
@@ -102,12 +141,14 @@ pub(crate) enum FromWorker {
     /// Outcomes of the next tasks, in the order they were sent, and the time spent running
     /// them (for the batch size).
     Results { outcomes: Vec<(u64, Outcome)>, busy_ns: u64 },
+    /// The fence is cleared: the worker can be sent tasks again (`claim.rs`).
+    Resumed,
     /// The initializer failed: the worker leaves.
     InitFailed(Failure),
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
-    postcard::from_bytes(bytes).map_err(|e| Failure::Decode(format!("cannot decode the arguments: {e}")))
+fn decode<T: DeserializeOwned>(input: &Carried) -> Result<T, Failure> {
+    input.decode().map_err(|e| Failure::Decode(format!("cannot decode the arguments: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Outcome {
@@ -116,28 +157,59 @@ fn encode<T: Serialize>(value: &T) -> Outcome {
         .map_err(|e| Failure::Encode(format!("cannot encode the result: {e}")))
 }
 
-/// Encodes a task's input: the function and its arguments.
+/// Encodes a task's input: the function and its arguments, with the fds of the ipc ends and
+/// shared state inside them (which go to the worker with the task).
 pub(crate) fn input<F: mproc_process::FnPtr, A: Serialize + ?Sized>(
     f: F,
     args: &A,
-) -> Result<Bytes, postcard::Error> {
-    postcard::to_allocvec(&(FnRef::new(f), args)).map(Bytes::from)
+) -> Result<Carried, mproc_process::ipc::Error> {
+    Carried::encode(&(FnRef::new(f), args))
+}
+
+/// Why arguments could not be encoded, said once (an ipc `Encode` error would repeat
+/// "cannot encode").
+pub(crate) fn encode_error(e: &mproc_process::ipc::Error) -> String {
+    match e {
+        mproc_process::ipc::Error::Encode(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// A task's input: the function and its arguments.
 type Input<F, T> = (FnRef<F>, T);
 
 /// `f(a)`.
-pub(crate) fn apply_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Bytes) -> Outcome {
-    let (f, a): Input<fn(A) -> R, A> = decode(&input.0)?;
+pub(crate) fn apply_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Carried) -> Outcome {
+    let (f, a): Input<fn(A) -> R, A> = decode(&input)?;
     encode(&(f.get())(a))
 }
 
 /// `f` over a chunk of items; the values in order.
-pub(crate) fn chunk_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Bytes) -> Outcome {
-    let (f, items): Input<fn(A) -> R, Vec<A>> = decode(&input.0)?;
+pub(crate) fn chunk_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Carried) -> Outcome {
+    let (f, items): Input<fn(A) -> R, Vec<A>> = decode(&input)?;
     let f = f.get();
-    encode(&items.into_iter().map(f).collect::<Vec<R>>())
+    encode(&each_item(items, f)?)
+}
+
+/// `f` over `items`, in order; a panic names the item it happened on.
+fn each_item<A, R>(items: Vec<A>, f: impl Fn(A) -> R) -> Result<Vec<R>, Failure> {
+    // Counted as they finish rather than caught one by one, so the loop stays a plain `map`
+    // (and its `collect` may reuse the input's allocation).
+    let done = std::cell::Cell::new(0u64);
+    let run = || {
+        items
+            .into_iter()
+            .map(|item| {
+                let value = f(item);
+                done.set(done.get() + 1);
+                value
+            })
+            .collect()
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).map_err(|payload| Failure::ItemPanicked {
+        item: done.get(),
+        message: mproc_process::panic_message(&*payload),
+    })
 }
 
 /// `f(a, b)` over a chunk of pairs: `starmap`.
@@ -146,17 +218,17 @@ pub(crate) fn star_driver<
     B: DeserializeOwned + 'static,
     R: Serialize + 'static,
 >(
-    input: Bytes,
+    input: Carried,
 ) -> Outcome {
     type Star<A, B, R> = Input<fn(A, B) -> R, Vec<(A, B)>>;
-    let (f, items): Star<A, B, R> = decode(&input.0)?;
+    let (f, items): Star<A, B, R> = decode(&input)?;
     let f = f.get();
-    encode(&items.into_iter().map(|(a, b)| f(a, b)).collect::<Vec<R>>())
+    encode(&each_item(items, |(a, b)| f(a, b))?)
 }
 
 /// The initializer: `f(a)`, once per worker.
-pub(crate) fn init_driver<A: DeserializeOwned + 'static>(input: Bytes) -> Outcome {
-    let (f, a): (FnRef<fn(A)>, A) = decode(&input.0)?;
+pub(crate) fn init_driver<A: DeserializeOwned + 'static>(input: Carried) -> Outcome {
+    let (f, a): (FnRef<fn(A)>, A) = decode(&input)?;
     (f.get())(a);
     Ok(Bytes::default())
 }

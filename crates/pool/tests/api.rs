@@ -271,3 +271,26 @@ fn large_values_both_ways_do_not_deadlock() {
     let back = get(pool.map_async(echo, items.clone())).unwrap();
     assert!(back == items, "values came back changed");
 }
+
+fn add_under_lock(args: (mproc_pool::process::ipc::Value<u64>, mproc_pool::process::ipc::Event, u64)) -> u64 {
+    let (value, done, n) = args;
+    *value.get_lock().unwrap() += n;
+    done.set();
+    n
+}
+
+/// Shared state and sync primitives travel in a task's arguments, to process workers too.
+#[test]
+fn a_task_gets_shared_state_in_its_arguments() {
+    use mproc_pool::process::ipc::{Event, Value};
+    let pool = pool(2);
+    let value = Value::new(0u64).unwrap();
+    let done = Event::new().unwrap();
+    let results: Vec<u64> = (1..=10)
+        .map(|n| pool.apply_async(add_under_lock, (value.clone(), done.clone(), n)))
+        .map(|r| r.get().unwrap())
+        .collect();
+    assert_eq!(results.iter().sum::<u64>(), 55);
+    assert_eq!(value.get(), 55);
+    assert!(done.is_set());
+}

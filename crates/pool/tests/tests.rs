@@ -4,8 +4,11 @@
 mproc_pool::process::test_support!();
 
 mod api;
+mod edges;
+mod errors;
 mod failures;
 mod props;
+mod spread;
 mod sys;
 
 pub use sys::segfault;
@@ -29,6 +32,20 @@ pub fn get<R>(mut result: AsyncResult<R>) -> Result<R, Error> {
     match result.get_timeout(DEADLINE) {
         Err(Error::NotReady) => panic!("no result within {DEADLINE:?}"),
         other => other,
+    }
+}
+
+/// `f()` on a thread of its own, waited for until `deadline`: a test whose pool hangs fails
+/// (the stuck thread and its pool are left behind) instead of hanging in the pool's drop.
+pub fn within<T: Send + 'static>(deadline: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("not done within {deadline:?}"),
     }
 }
 

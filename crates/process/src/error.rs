@@ -47,7 +47,9 @@ pub enum Error {
     /// and would run `main` again.
     InitNotCalled,
     /// A daemon process may not start children (as in Python): they would be orphaned when
-    /// it is killed with its parent.
+    /// it is killed with its parent. A pool's workers are daemons, so a task cannot start a
+    /// `Process` or a pool of processes: use threads in the task (a thread pool), or do the
+    /// work from a non-daemon `Process`.
     DaemonCannotStart,
     /// The child's value could not be sent back (it failed to serialize), or the arguments
     /// could not be sent to it.
@@ -96,7 +98,11 @@ impl fmt::Display for Error {
                  (in tests: `mproc_process::test_support!()` and `mproc_init()`); \
                  Fork works without it",
             ),
-            Error::DaemonCannotStart => f.write_str("daemonic processes are not allowed to have children"),
+            Error::DaemonCannotStart => f.write_str(
+                "daemonic processes are not allowed to have children: a daemon is killed with its parent, \
+                 which would leave its children orphaned (a pool's workers are daemons: inside a task, \
+                 use threads, such as a thread pool, or start the work from a non-daemon Process instead)",
+            ),
             Error::Transfer { name, message } => write!(f, "process {name:?}: {message}"),
             Error::Unsupported(why) => f.write_str(why),
             Error::ForkServer(why) => write!(f, "fork server: {why}"),
@@ -128,15 +134,9 @@ pub(crate) fn signal_name(signal: i32) -> Option<&'static str> {
     })
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Ipc(e) => Some(e),
-            Error::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// A wrapped error's message is part of the `Display` (`talking to the child: ...`), so it is
+/// not also a `source()`: each cause prints once.
+impl std::error::Error for Error {}
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
@@ -168,5 +168,27 @@ impl From<Error> for io::Error {
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No message in an error's chain repeats the message of the error below it.
+    #[test]
+    fn each_cause_prints_once() {
+        let errors = [
+            Error::Ipc(mproc_ipc::Error::Io(io::Error::other("boom"))),
+            Error::Io(io::Error::other("boom")),
+            Error::Signaled { name: "child".into(), pid: 1, signal: 9 },
+        ];
+        for e in errors {
+            let mut at: &dyn std::error::Error = &e;
+            while let Some(below) = at.source() {
+                assert!(!at.to_string().contains(&below.to_string()), "{at} repeats {below}");
+                at = below;
+            }
+        }
     }
 }

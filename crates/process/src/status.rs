@@ -11,6 +11,19 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
+/// `exit code 3`, or `signal 9 (SIGKILL)`.
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ExitStatus::Code(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signal(signal) => match crate::error::signal_name(signal) {
+                Some(name) => write!(f, "signal {signal} ({name})"),
+                None => write!(f, "signal {signal}"),
+            },
+        }
+    }
+}
+
 impl ExitStatus {
     /// Python's `exitcode`: the code, or the negated signal number.
     pub fn exitcode(self) -> i32 {

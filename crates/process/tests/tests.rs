@@ -9,6 +9,7 @@ mod identity;
 mod init;
 mod lifecycle;
 mod stress;
+mod sync;
 mod sys;
 mod values;
 mod world;

@@ -1,0 +1,266 @@
+//! Python's `multiprocessing.Barrier`, which also breaks when one of its parties dies.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
+
+/// How many threads at once can be watched for death (more parties still work; a death
+/// among the ones past this is then noticed only by a timeout).
+const SLOTS: usize = 64;
+
+/// How often a waiter looks for dead parties.
+const WATCH: Duration = Duration::from_millis(50);
+
+/// parties, count waiting, generation, broken (the generation it breaks, plus 1), id.
+type Header = (ShmMutex, ShmCondvar, [AtomicU64; 5]);
+/// A registered thread's presence lock, held for as long as it is registered.
+type Slots = [ShmMutex; SLOTS];
+
+const PARTIES: usize = 0;
+const COUNT: usize = 1;
+const GENERATION: usize = 2;
+const BROKEN: usize = 3;
+const ID: usize = 4;
+
+/// The barrier was broken (by [`abort`](Barrier::abort), a timeout, or a party that died):
+/// Python's `BrokenBarrierError`. It stays broken until [`reset`](Barrier::reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokenBarrier;
+
+impl std::fmt::Display for BrokenBarrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the barrier is broken (aborted, timed out, or a party died)")
+    }
+}
+
+impl std::error::Error for BrokenBarrier {}
+
+/// Python's `multiprocessing.Barrier(parties)`: `wait` returns once `parties` threads (in any
+/// processes) wait on it, then it is ready for the next round.
+///
+/// A barrier is also broken when a party dies. A thread that waits on a barrier registers in
+/// it (it holds a robust presence lock, released when the thread ends or drops its last use
+/// of the barrier); a process killed, or ending without dropping the barrier, leaves the
+/// lock "owner died", and waiters, which look every 50 ms, break the barrier instead of
+/// waiting for ever for a party that will not come. A party that dies before its first
+/// `wait` was never registered: only a timeout notices it.
+///
+/// ```
+/// # fn main() -> mproc_ipc::Result<()> {
+/// let barrier = mproc_ipc::Barrier::new(2)?;
+/// let other = barrier.clone();
+/// let t = std::thread::spawn(move || other.wait());
+/// let a = barrier.wait().unwrap();
+/// let b = t.join().unwrap().unwrap();
+/// assert_eq!(a + b, 1, "indexes 0 and 1");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Barrier {
+    header: Shared<Header>,
+    slots: Shared<Slots>,
+}
+
+/// A thread's registration: the slot whose presence lock it holds.
+struct Registration {
+    id: u64,
+    slots: Shared<Slots>,
+    slot: usize,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // In the registering thread (a thread-local's destructor, or `Barrier`'s drop). A
+        // forked child's copy of its parent's registration owns nothing: a robust mutex
+        // refuses an unlock by a thread that does not own it (`EPERM`).
+        let _ = self.slots[self.slot].raw().unlock();
+    }
+}
+
+thread_local! {
+    static REGISTERED: RefCell<Vec<Registration>> = const { RefCell::new(Vec::new()) };
+}
+
+fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+impl Barrier {
+    /// A barrier for `parties` threads (at least 1).
+    pub fn new(parties: usize) -> crate::Result<Barrier> {
+        if parties == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a barrier needs at least 1 party",
+            )
+            .into());
+        }
+        let header = Shared::<Header>::new()?;
+        header.2[PARTIES].store(parties as u64, Ordering::SeqCst);
+        let mut id = [0u8; 8];
+        rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty())?;
+        header.2[ID].store(u64::from_ne_bytes(id), Ordering::SeqCst);
+        Ok(Barrier { header, slots: Shared::new()? })
+    }
+
+    /// How many parties it waits for.
+    pub fn parties(&self) -> usize {
+        self.header.2[PARTIES].load(Ordering::SeqCst) as usize
+    }
+
+    /// How many are waiting now.
+    pub fn n_waiting(&self) -> usize {
+        self.header.2[COUNT].load(Ordering::SeqCst) as usize
+    }
+
+    /// Whether it is broken.
+    pub fn broken(&self) -> bool {
+        let s = &self.header.2;
+        s[BROKEN].load(Ordering::SeqCst) == s[GENERATION].load(Ordering::SeqCst) + 1
+    }
+
+    /// Waits until every party waits; returns this thread's index (0 to `parties - 1`, a
+    /// different one for each), or [`BrokenBarrier`].
+    pub fn wait(&self) -> Result<usize, BrokenBarrier> {
+        self.wait_until(None)
+    }
+
+    /// As [`wait`](Barrier::wait), at most `timeout`: a timeout breaks the barrier (for every
+    /// waiter), as in Python.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, BrokenBarrier> {
+        self.wait_until(deadline_after(timeout))
+    }
+
+    fn lock(&self) -> ShmGuard<'_> {
+        loop {
+            match self.header.0.lock() {
+                Ok(g) => return g,
+                Err(LockError::OwnerDied(g)) => {
+                    // A party died inside: the state may be half-updated.
+                    self.break_locked();
+                    return g;
+                }
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+    }
+
+    /// Breaks the current generation (the lock held) and wakes its waiters.
+    fn break_locked(&self) {
+        let s = &self.header.2;
+        s[BROKEN].store(s[GENERATION].load(Ordering::SeqCst) + 1, Ordering::SeqCst);
+        self.header.1.notify_all();
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, BrokenBarrier> {
+        self.register();
+        let s = &self.header.2;
+        let mut g = self.lock();
+        if self.broken() {
+            return Err(BrokenBarrier);
+        }
+        let generation = s[GENERATION].load(Ordering::SeqCst);
+        let index = s[COUNT].fetch_add(1, Ordering::SeqCst) as usize;
+        if index + 1 >= self.parties() {
+            s[COUNT].store(0, Ordering::SeqCst);
+            s[GENERATION].store(generation + 1, Ordering::SeqCst);
+            self.header.1.notify_all();
+            return Ok(index);
+        }
+        loop {
+            if s[GENERATION].load(Ordering::SeqCst) != generation {
+                return Ok(index);
+            }
+            if s[BROKEN].load(Ordering::SeqCst) == generation + 1 {
+                return Err(BrokenBarrier);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) || self.a_party_died() {
+                self.break_locked();
+                return Err(BrokenBarrier);
+            }
+            let slice = now + WATCH;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            if self.header.1.wait_until(&mut g, Some(until)).owner_died {
+                self.break_locked();
+            }
+        }
+    }
+
+    /// Whether a registered thread ended without unregistering (its presence lock reads
+    /// "owner died"). Each such slot is freed as it is found.
+    fn a_party_died(&self) -> bool {
+        let mut died = false;
+        for slot in self.slots.iter() {
+            // Otherwise free, held by a live thread, or by this one.
+            if let Err(LockError::OwnerDied(_)) = slot.try_lock() {
+                died = true;
+            }
+        }
+        died
+    }
+
+    /// Registers this thread in a free slot, unless it holds one already.
+    fn register(&self) {
+        let id = self.header.2[ID].load(Ordering::SeqCst);
+        let _ = REGISTERED.try_with(|registered| {
+            let mut registered = registered.borrow_mut();
+            // A forked child's copy of its parent's registrations holds nothing: the parent's
+            // thread owns those locks (a lock this thread owns answers `EDEADLK`).
+            registered.retain(|r| {
+                matches!(r.slots[r.slot].try_lock(), Err(LockError::Io(ref e)) if e.raw_os_error() == Some(EDEADLK))
+            });
+            if registered.iter().any(|r| r.id == id) {
+                return;
+            }
+            for (i, slot) in self.slots.iter().enumerate() {
+                match slot.try_lock() {
+                    Ok(g) | Err(LockError::OwnerDied(g)) => {
+                        std::mem::forget(g); // held until the registration drops
+                        registered.push(Registration { id, slots: self.slots.clone(), slot: i });
+                        return;
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+
+    /// Breaks the barrier: waiters now and later get [`BrokenBarrier`] until a `reset`.
+    pub fn abort(&self) {
+        let _g = self.lock();
+        self.break_locked();
+    }
+
+    /// Makes the barrier whole and empty again; threads waiting now get [`BrokenBarrier`].
+    pub fn reset(&self) {
+        let _g = self.lock();
+        let s = &self.header.2;
+        let generation = s[GENERATION].load(Ordering::SeqCst);
+        if s[COUNT].load(Ordering::SeqCst) > 0 {
+            s[BROKEN].store(generation + 1, Ordering::SeqCst);
+        }
+        s[COUNT].store(0, Ordering::SeqCst);
+        s[GENERATION].store(generation + 1, Ordering::SeqCst);
+        self.header.1.notify_all();
+    }
+}
+
+/// What a robust mutex answers a `try_lock` by the thread that holds it.
+const EDEADLK: i32 = rustix::io::Errno::DEADLK.raw_os_error();
+
+impl Drop for Barrier {
+    fn drop(&mut self) {
+        // This thread's registration in this barrier ends with its handle.
+        let id = self.header.2[ID].load(Ordering::SeqCst);
+        let _ = REGISTERED.try_with(|registered| {
+            if let Ok(mut registered) = registered.try_borrow_mut() {
+                registered.retain(|r| r.id != id);
+            }
+        });
+    }
+}

@@ -1,0 +1,110 @@
+//! A value encoded now and decoded later, in another process, with the ends inside it.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Error;
+
+/// A value encoded (postcard) together with the file descriptors of the ends and shared
+/// regions inside it: what a layer above keeps and forwards as bytes (a pool's task
+/// arguments) while the ends in the value still reach the process that decodes it.
+///
+/// Sent inside a value over a duplex [`Connection`](crate::Connection), its fds go along
+/// (`SCM_RIGHTS`); [`decode`](Carried::decode) gives the value back, its ends working, in any
+/// process that received it (or in this one). `Clone` shares the bytes and the fds.
+#[derive(Clone, Debug, Default)]
+pub struct Carried {
+    bytes: Arc<Vec<u8>>,
+    fds: Arc<Vec<OwnedFd>>,
+}
+
+impl Carried {
+    /// Encodes `value`, keeping (duplicates of) the fds of the ends inside it.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> crate::Result<Carried> {
+        let (bytes, outgoing) = crate::fdpass::collecting(|| postcard::to_allocvec(value));
+        if let Some(why) = outgoing.refused {
+            return Err(Error::FdPassing(why));
+        }
+        Ok(Carried { bytes: Arc::new(bytes.map_err(Error::Encode)?), fds: Arc::new(outgoing.fds) })
+    }
+
+    /// Decodes the value; its ends get duplicates of the fds (so it can be decoded again).
+    pub fn decode<T: DeserializeOwned>(&self) -> crate::Result<T> {
+        let fds = self.fds.iter().map(|fd| fd.try_clone()).collect::<Result<Vec<_>, _>>()?;
+        crate::fdpass::providing(fds, || postcard::from_bytes(&self.bytes)).map_err(Error::Decode)
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// How many fds go with the bytes.
+    pub fn n_fds(&self) -> usize {
+        self.fds.len()
+    }
+}
+
+/// One fd of a `Carried`, serialized as an end is.
+struct FdOf<'a>(std::os::fd::BorrowedFd<'a>);
+
+impl Serialize for FdOf<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::fdpass::serialize_fd(self.0, serializer)
+    }
+}
+
+struct FdIn(OwnedFd);
+
+impl<'de> Deserialize<'de> for FdIn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::fdpass::deserialize_fd(deserializer).map(FdIn)
+    }
+}
+
+/// A byte string, not a sequence of `u8`s.
+struct ByteStr<'a>(&'a [u8]);
+
+impl Serialize for ByteStr<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+struct ByteBuf(Vec<u8>);
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v))
+            }
+        }
+        deserializer.deserialize_byte_buf(V)
+    }
+}
+
+impl Serialize for Carried {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let fds: Vec<FdOf<'_>> = self.fds.iter().map(|fd| FdOf(fd.as_fd())).collect();
+        (ByteStr(&self.bytes), fds).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Carried {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (bytes, fds) = <(ByteBuf, Vec<FdIn>)>::deserialize(deserializer)?;
+        Ok(Carried { bytes: Arc::new(bytes.0), fds: Arc::new(fds.into_iter().map(|f| f.0).collect()) })
+    }
+}

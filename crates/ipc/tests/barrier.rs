@@ -1,0 +1,92 @@
+//! `Barrier` across processes: rounds, timeouts, abort, reset, and a party that dies.
+
+use std::time::{Duration, Instant};
+
+use mproc_ipc::{Barrier, BrokenBarrier, pipe};
+
+use crate::support::{DEADLINE, assert_success, in_child, msg};
+
+#[test]
+fn three_processes_pass_many_rounds() {
+    let barrier = Barrier::new(3).unwrap();
+    let indexes = mproc_ipc::Array::<u64>::zeroed(3).unwrap();
+    let party = || -> Result<(), String> {
+        for _ in 0..300 {
+            let i = barrier.wait_timeout(DEADLINE).map_err(msg)?;
+            indexes.get_lock().map_err(msg)?[i] += 1;
+        }
+        Ok(())
+    };
+    let children = [in_child(&[], party), in_child(&[], party)];
+    party().unwrap();
+    children.into_iter().for_each(assert_success);
+    assert_eq!(indexes.to_vec(), [300; 3], "each round hands out indexes 0, 1, 2");
+    assert!(!barrier.broken());
+}
+
+#[test]
+fn a_timeout_breaks_it_until_reset() {
+    let barrier = Barrier::new(2).unwrap();
+    assert_eq!(barrier.wait_timeout(Duration::from_millis(10)), Err(BrokenBarrier));
+    assert!(barrier.broken());
+    assert_eq!(barrier.wait_timeout(DEADLINE), Err(BrokenBarrier), "broken at once");
+    barrier.reset();
+    assert!(!barrier.broken());
+    let other = barrier.clone();
+    let t = std::thread::spawn(move || other.wait_timeout(DEADLINE));
+    assert!(barrier.wait_timeout(DEADLINE).is_ok());
+    assert!(t.join().unwrap().is_ok());
+}
+
+#[test]
+fn abort_from_another_process_breaks_the_waiters() {
+    let barrier = Barrier::new(3).unwrap();
+    let (rx, tx) = pipe::<()>().unwrap();
+    let child = in_child(&[&rx], || {
+        rx.recv().map_err(msg)?;
+        barrier.abort();
+        Ok(())
+    });
+    let other = barrier.clone();
+    let t = std::thread::spawn(move || other.wait_timeout(DEADLINE));
+    while barrier.n_waiting() == 0 {
+        std::thread::yield_now();
+    }
+    tx.send(&()).unwrap();
+    let start = Instant::now();
+    assert_eq!(barrier.wait_timeout(DEADLINE), Err(BrokenBarrier));
+    assert_eq!(t.join().unwrap(), Err(BrokenBarrier));
+    assert!(start.elapsed() < DEADLINE, "broken by the abort, not by the timeout");
+    assert_success(child);
+}
+
+/// A party that passed a round and then is killed: the others, waiting for the next round,
+/// learn that the barrier is broken instead of waiting for ever (here: for the deadline).
+#[test]
+fn a_party_killed_breaks_it_for_the_others() {
+    let barrier = Barrier::new(3).unwrap();
+    let (rx, tx) = pipe::<()>().unwrap();
+    let doomed = in_child(&[&tx], || {
+        barrier.wait_timeout(DEADLINE).map_err(msg)?;
+        tx.send(&()).map_err(msg)?;
+        loop {
+            std::thread::park();
+        }
+    });
+    let survivor = in_child(&[], || {
+        barrier.wait_timeout(DEADLINE).map_err(msg)?;
+        let start = Instant::now();
+        match barrier.wait_timeout(DEADLINE) {
+            Err(BrokenBarrier) if start.elapsed() < DEADLINE => Ok(()),
+            Err(BrokenBarrier) => Err("broken only by the timeout".into()),
+            Ok(_) => Err("the round completed without the dead party".into()),
+        }
+    });
+    barrier.wait_timeout(DEADLINE).unwrap();
+    rx.recv_timeout(DEADLINE).unwrap();
+    drop(doomed); // SIGKILL, reaped
+    let start = Instant::now();
+    assert_eq!(barrier.wait_timeout(DEADLINE), Err(BrokenBarrier));
+    assert!(start.elapsed() < DEADLINE, "broken by the death, not by the timeout");
+    assert_success(survivor);
+}

@@ -1,0 +1,146 @@
+//! `SharedMemory`: anonymous blocks that travel, named blocks that Python opens and makes.
+
+use std::process::{Command, Stdio};
+
+use mproc_ipc::{SharedMemory, duplex};
+
+use crate::support::{DEADLINE, assert_success, in_child, msg};
+
+/// Runs `script` in `python3` with `args`; returns its stdout, asserting it exited 0 and
+/// wrote nothing to stderr (no warnings).
+fn python(script: &str, args: &[&str]) -> String {
+    let child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 must be installed: the interop tests need a real CPython");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap();
+    // A watcher kills python past the deadline, so the wait below cannot hang.
+    let watcher = in_child(&[&pidfd], || {
+        if mproc_ipc::wait(&[&pidfd], Some(DEADLINE)).map_err(msg)?.is_empty() {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        Ok(())
+    });
+    let out = child.wait_with_output().unwrap();
+    assert_success(watcher);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "python failed or warned: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn unique_name(tag: &str) -> String {
+    format!("mproc_test_{tag}_{}", std::process::id())
+}
+
+#[test]
+fn anonymous_block_travels_and_reports_its_size() {
+    let block = SharedMemory::new(1000).unwrap();
+    assert_eq!((block.size(), block.name()), (1000, None));
+    let (a, b) = duplex::<SharedMemory>().unwrap();
+    let (done_tx, done_rx) = duplex::<()>().unwrap();
+    let child = in_child(&[&b, &done_tx], || {
+        let got = b.recv().map_err(msg)?;
+        if got.size() != 1000 {
+            return Err(format!("size {} arrived", got.size()));
+        }
+        got.write(990, b"0123456789");
+        done_tx.send(&()).map_err(msg)
+    });
+    drop(b);
+    a.send(&block).unwrap();
+    done_rx.recv_timeout(DEADLINE).unwrap();
+    assert_success(child);
+    assert_eq!(&block.to_vec()[990..], b"0123456789");
+}
+
+#[test]
+fn named_block_is_shared_by_name_and_removed_only_by_unlink() {
+    let name = unique_name("named");
+    let block = SharedMemory::create(&name, 5000).unwrap();
+    assert!(SharedMemory::create(&name, 10).is_err(), "the name is taken");
+    let child = in_child(&[], || {
+        let other = SharedMemory::open(&name).map_err(msg)?;
+        other.write(0, b"from the child");
+        Ok(()) // dropping it does not remove the name
+    });
+    assert_success(child);
+    let again = SharedMemory::open(&name).unwrap();
+    assert_eq!(again.size(), 5000);
+    let mut buf = [0; 14];
+    again.read(0, &mut buf);
+    assert_eq!(&buf, b"from the child");
+    drop(again);
+    block.unlink().unwrap();
+    assert!(SharedMemory::open(&name).is_err(), "gone after unlink");
+    block.write(0, b"still mapped");
+    assert!(SharedMemory::create(&name, 0).is_err(), "a size of 0 is refused");
+}
+
+/// Python opens our block by name: it sees our bytes and the size we asked (not page-rounded),
+/// writes back, prints no warning, and (once its resource tracker is told it does not own the
+/// block: Python 3.11 would unlink it at exit, gh-82300) leaves it in place.
+#[test]
+fn python_attaches_to_a_block_we_made() {
+    let name = unique_name("ours");
+    let block = SharedMemory::create(&name, 1000).unwrap();
+    block.write(0, b"rust wrote this");
+    let out = python(
+        r#"
+import sys
+from multiprocessing import shared_memory, resource_tracker
+shm = shared_memory.SharedMemory(name=sys.argv[1])
+resource_tracker.unregister(shm._name, "shared_memory")
+print(shm.size, bytes(shm.buf[:15]).decode())
+shm.buf[100:111] = b"python said"
+shm.close()
+"#,
+        &[&name],
+    );
+    assert_eq!(out.trim(), "1000 rust wrote this");
+    let mut buf = [0; 11];
+    block.read(100, &mut buf);
+    assert_eq!(&buf, b"python said");
+    block.unlink().unwrap();
+}
+
+/// We open Python's block by name, with its size, and it sees what we write.
+#[test]
+fn we_attach_to_a_block_python_made() {
+    let name = unique_name("theirs");
+    let _ = python(
+        r#"
+import sys
+from multiprocessing import shared_memory, resource_tracker
+shm = shared_memory.SharedMemory(name=sys.argv[1], create=True, size=777)
+resource_tracker.unregister(shm._name, "shared_memory")
+shm.buf[:13] = b"python's size"
+shm.close()
+"#,
+        &[&name],
+    );
+    let block = SharedMemory::open(&name).unwrap();
+    assert_eq!(block.size(), 777);
+    let mut buf = [0; 13];
+    block.read(0, &mut buf);
+    assert_eq!(&buf, b"python's size");
+    block.write(500, b"rust");
+    let out = python(
+        r#"
+import sys
+from multiprocessing import shared_memory, resource_tracker
+shm = shared_memory.SharedMemory(name=sys.argv[1])
+print(shm.size, bytes(shm.buf[500:504]).decode())
+shm.close()
+shm.unlink()  # also tells its resource tracker
+"#,
+        &[&name],
+    );
+    assert_eq!(out.trim(), "777 rust");
+    assert!(SharedMemory::open(&name).is_err(), "python unlinked it");
+}

@@ -1,0 +1,259 @@
+//! Locks, semaphores, events, conditions, `Value` and `Array` across processes, and what
+//! happens when one of the processes dies.
+
+use std::time::Duration;
+
+use mproc_ipc::{
+    Array, BoundedSemaphore, Condition, Event, Lock, LockError, RLock, ReleasedTooManyTimes, Semaphore,
+    Value, duplex, pipe,
+};
+
+use crate::support::{DEADLINE, assert_success, in_child, msg};
+
+const SHORT: Duration = Duration::from_millis(10);
+
+#[test]
+fn lock_counts_across_processes_and_times_out_when_held() {
+    let lock = Lock::new().unwrap();
+    let counter = Value::new(0u64).unwrap();
+    let bump = || -> Result<(), String> {
+        for _ in 0..10_000 {
+            let _g = lock.acquire_timeout(DEADLINE).map_err(msg)?;
+            // get and set each take the Value's own lock: only `lock` makes the pair atomic.
+            counter.set(counter.get() + 1);
+        }
+        Ok(())
+    };
+    let child = in_child(&[], bump);
+    bump().unwrap();
+    assert_success(child);
+    assert_eq!(counter.get(), 20_000);
+    let _g = lock.acquire().unwrap();
+    let other = std::thread::scope(|s| {
+        s.spawn(|| matches!(lock.acquire_timeout(SHORT), Err(LockError::Timeout))).join().unwrap()
+    });
+    assert!(other);
+    assert!(matches!(lock.acquire(), Err(LockError::Io(_))), "relock by the holder is an error");
+}
+
+#[test]
+fn a_lock_holder_killed_hands_it_over_with_owner_died() {
+    let lock = Lock::new().unwrap();
+    let (rx, tx) = pipe::<()>().unwrap();
+    let child = in_child(&[&tx], || {
+        let g = lock.acquire().map_err(msg)?;
+        tx.send(&()).map_err(msg)?;
+        std::mem::forget(g);
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv_timeout(DEADLINE).unwrap();
+    drop(child);
+    assert!(matches!(lock.acquire_timeout(DEADLINE), Err(LockError::OwnerDied(_))));
+    assert!(lock.acquire_timeout(DEADLINE).is_ok(), "handed over once, then clean");
+}
+
+#[test]
+fn rlock_is_recursive_and_shared() {
+    let lock = RLock::new().unwrap();
+    let a = lock.acquire().unwrap();
+    let b = lock.acquire().unwrap();
+    let (rx, tx) = pipe::<bool>().unwrap();
+    let child = in_child(&[&tx], || tx.send(&lock.try_acquire().is_ok()).map_err(msg));
+    assert!(!rx.recv_timeout(DEADLINE).unwrap(), "another process cannot take it");
+    assert_success(child);
+    drop((a, b));
+    let child = in_child(&[&tx], || tx.send(&lock.try_acquire().is_ok()).map_err(msg));
+    assert!(rx.recv_timeout(DEADLINE).unwrap());
+    assert_success(child);
+}
+
+#[test]
+fn semaphore_hands_permits_between_processes() {
+    let sem = Semaphore::new(0).unwrap();
+    assert!(!sem.try_acquire() && !sem.acquire_timeout(SHORT));
+    let child = in_child(&[], || {
+        for _ in 0..1000 {
+            if !sem.acquire_timeout(DEADLINE) {
+                return Err("no permit".into());
+            }
+        }
+        Ok(())
+    });
+    for _ in 0..1000 {
+        sem.release();
+    }
+    assert_success(child);
+    assert_eq!(sem.get_value(), 0);
+}
+
+#[test]
+fn a_semaphore_waiter_killed_mid_wait_strands_no_one() {
+    let sem = Semaphore::new(0).unwrap();
+    let (rx, tx) = pipe::<()>().unwrap();
+    let waiter = |tx: &mproc_ipc::Sender<()>| -> Result<(), String> {
+        tx.send(&()).map_err(msg)?;
+        if sem.acquire_timeout(DEADLINE) { Ok(()) } else { Err("no permit".into()) }
+    };
+    let doomed = in_child(&[&tx], || waiter(&tx));
+    rx.recv_timeout(DEADLINE).unwrap();
+    let live = in_child(&[&tx], || waiter(&tx));
+    rx.recv_timeout(DEADLINE).unwrap();
+    drop(doomed); // killed, in the wait or just before it
+    sem.release();
+    assert_success(live);
+}
+
+#[test]
+fn bounded_semaphore_refuses_a_release_past_its_bound() {
+    let sem = BoundedSemaphore::new(2).unwrap();
+    assert_eq!(sem.release(), Err(ReleasedTooManyTimes));
+    assert!(sem.try_acquire() && sem.try_acquire() && !sem.try_acquire());
+    let child = in_child(&[], || sem.release().map_err(msg));
+    assert_success(child);
+    assert!(sem.acquire_timeout(DEADLINE));
+    sem.release().unwrap();
+    sem.release().unwrap();
+    assert_eq!(sem.release(), Err(ReleasedTooManyTimes));
+    assert_eq!(sem.get_value(), 2);
+}
+
+#[test]
+fn event_ping_pong_between_processes() {
+    let (ping, pong) = (Event::new().unwrap(), Event::new().unwrap());
+    assert!(!ping.wait_timeout(SHORT));
+    let child = in_child(&[], || {
+        for _ in 0..2000 {
+            if !ping.wait_timeout(DEADLINE) {
+                return Err("no ping".into());
+            }
+            ping.clear();
+            pong.set();
+        }
+        Ok(())
+    });
+    for _ in 0..2000 {
+        ping.set();
+        assert!(pong.wait_timeout(DEADLINE));
+        pong.clear();
+    }
+    assert_success(child);
+    assert!(!ping.is_set() && !pong.is_set());
+}
+
+#[test]
+fn an_event_waiter_killed_mid_wait_leaves_set_working() {
+    let event = Event::new().unwrap();
+    let (rx, tx) = pipe::<()>().unwrap();
+    let doomed = in_child(&[&tx], || {
+        tx.send(&()).map_err(msg)?;
+        event.wait();
+        Ok(())
+    });
+    rx.recv_timeout(DEADLINE).unwrap();
+    drop(doomed);
+    let live = in_child(&[&tx], || if event.wait_timeout(DEADLINE) { Ok(()) } else { Err("not set".into()) });
+    event.set();
+    assert_success(live);
+}
+
+#[test]
+fn condition_wait_for_across_processes() {
+    let cond = Condition::new().unwrap();
+    let stock = Value::new(0u32).unwrap();
+    let child = in_child(&[], || {
+        for _ in 0..200 {
+            let mut g = cond.acquire_timeout(DEADLINE).map_err(msg)?;
+            if !g.wait_for(|| stock.get() > 0, Some(DEADLINE)).map_err(msg)? {
+                return Err("nothing in stock".into());
+            }
+            stock.set(stock.get() - 1);
+            g.notify_all();
+        }
+        Ok(())
+    });
+    for _ in 0..200 {
+        let mut g = cond.acquire_timeout(DEADLINE).unwrap();
+        assert!(g.wait_for(|| stock.get() < 3, Some(DEADLINE)).unwrap());
+        stock.set(stock.get() + 1);
+        g.notify();
+    }
+    assert_success(child);
+    let mut g = cond.acquire().unwrap();
+    assert!(g.wait_for(|| stock.get() == 0, Some(DEADLINE)).unwrap());
+    assert_eq!(g.wait_timeout(SHORT).ok(), Some(false));
+}
+
+#[test]
+fn value_add_under_its_lock_from_two_processes() {
+    let v = Value::new(0i64).unwrap();
+    let add = || -> Result<(), String> {
+        for _ in 0..20_000 {
+            *v.get_lock().map_err(msg)? += 1;
+        }
+        Ok(())
+    };
+    let child = in_child(&[], add);
+    add().unwrap();
+    assert_success(child);
+    assert_eq!(v.get(), 40_000);
+}
+
+#[test]
+fn a_value_holder_killed_is_reported_by_get_lock() {
+    let v = Value::new(7u8).unwrap();
+    let (rx, tx) = pipe::<()>().unwrap();
+    let child = in_child(&[&tx], || {
+        let mut g = v.get_lock().map_err(msg)?;
+        *g = 8;
+        tx.send(&()).map_err(msg)?;
+        std::mem::forget(g);
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv_timeout(DEADLINE).unwrap();
+    drop(child);
+    match v.get_lock_timeout(DEADLINE) {
+        Err(LockError::OwnerDied(g)) => assert_eq!(*g, 8),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("the owner's death was not reported"),
+    }
+    assert_eq!(v.get(), 8);
+}
+
+#[test]
+fn array_and_primitives_travel_over_a_connection() {
+    type Kit = (Array<f64>, Value<u32>, Lock, RLock, Semaphore, BoundedSemaphore, Event, Condition);
+    let (a, b) = duplex::<Kit>().unwrap();
+    let kit: Kit = (
+        Array::from_slice(&[1.0, 2.0]).unwrap(),
+        Value::new(1).unwrap(),
+        Lock::new().unwrap(),
+        RLock::new().unwrap(),
+        Semaphore::new(0).unwrap(),
+        BoundedSemaphore::new(1).unwrap(),
+        Event::new().unwrap(),
+        Condition::new().unwrap(),
+    );
+    let child = in_child(&[&b], || {
+        let (arr, val, lock, rlock, sem, bsem, event, cond) = b.recv().map_err(msg)?;
+        arr.get_lock().map_err(msg)?[1] = 20.0;
+        val.set(2);
+        drop(lock.acquire().map_err(msg)?);
+        drop(rlock.acquire().map_err(msg)?);
+        sem.release();
+        bsem.try_acquire().then_some(()).ok_or("bounded semaphore")?;
+        drop(cond.acquire().map_err(msg)?);
+        event.set();
+        Ok(())
+    });
+    drop(b);
+    a.send(&kit).unwrap();
+    assert!(kit.6.wait_timeout(DEADLINE));
+    assert_success(child);
+    assert_eq!(kit.0.to_vec(), [1.0, 20.0]);
+    assert_eq!(kit.1.get(), 2);
+    assert_eq!((kit.4.get_value(), kit.5.get_value()), (1, 0));
+}

@@ -1,0 +1,316 @@
+//! The parent's side of one worker (the child's side is `worker.rs`): its connection, the
+//! writer thread that sends to it, the tasks it holds, its progress word, and how it is
+//! started, read from, reaped and killed.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
+
+use mproc_process::ipc::{Connection, Receiver};
+use mproc_process::{Builder, ExitStatus, Process};
+
+use crate::claim;
+use crate::error::Error;
+use crate::scheduler::{self, FIRST_GUESS_NS, Load};
+use crate::shared::{Config, Queued};
+use crate::sys::Progress;
+use crate::wire::{self, Failure, FromWorker, Outcome, ToWorker, WireTask};
+use crate::worker::{self, WorkerArgs};
+
+pub(crate) enum Body {
+    Process(Option<Box<Process<()>>>),
+    Thread,
+}
+
+pub(crate) struct Worker {
+    pub(crate) name: String,
+    pub(crate) pid: u32,
+    /// Read by the handler; written by the worker's writer thread.
+    pub(crate) conn: Arc<Connection<ToWorker, FromWorker>>,
+    /// What the writer thread sends to the worker, in order. The handler never writes to a
+    /// worker itself: a worker blocked writing outcomes to a handler blocked writing tasks to
+    /// it would wait for ever.
+    pub(crate) outbox: mpsc::Sender<ToWorker>,
+    pub(crate) body: Body,
+    /// Tasks sent and not yet answered, in the order sent (outcomes come in that order).
+    pub(crate) held: VecDeque<Queued>,
+    /// How many tasks of each batch in flight are not answered yet, oldest first (the
+    /// batches are `held`, cut in order).
+    pub(crate) batches: VecDeque<usize>,
+    /// Tasks sent in all, less those taken back (for `max_tasks_per_child`).
+    pub(crate) sent: u64,
+    /// Recent time per task, nanoseconds.
+    pub(crate) task_ns: f64,
+    /// When the task it holds is overdue (`task_timeout`).
+    pub(crate) deadline: Option<Instant>,
+    /// Its connection failed: it is dead or dying.
+    pub(crate) lost: bool,
+    /// Tasks it has answered.
+    pub(crate) answered: u64,
+    /// Its progress word is fenced (tasks were taken back) and it has not said `Resumed`.
+    pub(crate) fenced: bool,
+    /// The shared word through which it claims tasks (`claim.rs`).
+    pub(crate) progress: Progress,
+}
+
+impl Worker {
+    /// Starts worker number `n`.
+    pub(crate) fn start(config: &Config, n: u64) -> Result<Worker, Error> {
+        let (mut ours, mut theirs) = Connection::<ToWorker, FromWorker>::pair()?;
+        let limit = config.max_message_size;
+        ours.set_max_message_size(wire::frame_limit(limit));
+        theirs.set_max_message_size(wire::frame_limit(limit));
+        let io = |e: std::io::Error| Error::Start(Arc::new(mproc_process::Error::Io(e)));
+        let (progress, progress_fd) = Progress::create().map_err(io)?;
+        let init = config.init.as_ref().map(|(driver, input)| WireTask {
+            id: 0,
+            driver: *driver,
+            input: input.clone(),
+        });
+        let (name, pid, body) = if config.threads {
+            let name = format!("PoolThread-{n}");
+            let theirs_progress = Progress::map(&progress_fd).map_err(io)?;
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || worker::serve(&theirs, init, &theirs_progress, limit))
+                .map_err(io)?;
+            (name, std::process::id(), Body::Thread)
+        } else {
+            let name = format!("PoolWorker-{n}");
+            let mut builder = Builder::new().name(name.clone()).daemon(true).close_in_child(&ours);
+            if let Some(method) = config.start_method {
+                builder = builder.start_method(method);
+            }
+            let progress = Receiver::from(progress_fd);
+            let process = builder.spawn_fn(
+                worker::worker_main,
+                WorkerArgs { conn: theirs, init, progress, max_message_size: limit },
+            )?;
+            (name, process.pid(), Body::Process(Some(Box::new(process))))
+        };
+        let conn = Arc::new(ours);
+        let (outbox, inbox) = mpsc::channel::<ToWorker>();
+        let writer = Arc::clone(&conn);
+        std::thread::Builder::new()
+            .name(format!("mproc-pool-w{n}"))
+            .spawn(move || {
+                for message in inbox {
+                    // A failed send means the worker is gone: the handler sees its death.
+                    if writer.send(&message).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(io)?;
+        log::info!("mproc-pool: started worker {name:?} (pid {pid})");
+        Ok(Worker {
+            name,
+            pid,
+            conn,
+            outbox,
+            body,
+            held: VecDeque::new(),
+            batches: VecDeque::new(),
+            sent: 0,
+            task_ns: FIRST_GUESS_NS,
+            deadline: None,
+            lost: false,
+            answered: 0,
+            fenced: false,
+            progress,
+        })
+    }
+
+    pub(crate) fn sentinel(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match &self.body {
+            Body::Process(Some(p)) => Some(p.sentinel()),
+            _ => None,
+        }
+    }
+
+    /// Takes one message's outcomes.
+    pub(crate) fn take(&mut self, message: FromWorker, broken: &mut Option<Error>) {
+        match message {
+            FromWorker::Results { outcomes, busy_ns } => {
+                let n = outcomes.len();
+                for (id, outcome) in outcomes {
+                    if !self.complete(id, outcome) {
+                        log::error!(
+                            "mproc-pool: worker {:?} answered task #{id}, which it does not hold",
+                            self.name
+                        );
+                    }
+                }
+                self.task_ns = scheduler::observe(self.task_ns, busy_ns, n);
+                if self.held.is_empty() {
+                    self.deadline = None;
+                }
+            }
+            FromWorker::Resumed => self.fenced = false,
+            FromWorker::InitFailed(failure) => {
+                let message = match failure {
+                    Failure::Panicked(m) | Failure::ItemPanicked { message: m, .. } => {
+                        format!("it panicked in worker {:?}: {m}", self.name)
+                    }
+                    Failure::Encode(m) | Failure::Decode(m) => m,
+                    Failure::TooLarge { size, limit } => wire::past_the_limit("value", size, limit),
+                };
+                log::error!("mproc-pool: the initializer failed in worker {:?}: {message}", self.name);
+                broken.get_or_insert(Error::Initializer { message });
+            }
+        }
+    }
+
+    /// Completes task `id` with `outcome`, if it holds it (false if not: answered already).
+    fn complete(&mut self, id: u64, outcome: Outcome) -> bool {
+        let Some(at) = self.held.iter().position(|h| h.id == id) else { return false };
+        let held = self.held.remove(at).expect("position is in range");
+        self.answered_one();
+        self.answered += 1;
+        let task = || held.slot.task();
+        held.slot.complete(outcome.map_err(|failure| match failure {
+            Failure::Panicked(message) => {
+                Error::Panicked { task: task(), worker: self.name.clone(), pid: self.pid, message }
+            }
+            Failure::ItemPanicked { item, message } => Error::Panicked {
+                task: held.slot.item(item),
+                worker: self.name.clone(),
+                pid: self.pid,
+                message,
+            },
+            Failure::Encode(message) | Failure::Decode(message) => Error::Transfer { task: task(), message },
+            Failure::TooLarge { size, limit } => {
+                Error::Transfer { task: task(), message: wire::past_the_limit("value", size, limit) }
+            }
+        }));
+        true
+    }
+
+    /// Once it is gone: completes the tasks whose outcomes it logged and never sent (or sent
+    /// and the stream already delivered: those it no longer holds are skipped).
+    pub(crate) fn recover_logged(&mut self) {
+        let mut recovered = 0;
+        for record in self.progress.log_records() {
+            match postcard::from_bytes::<(u64, Outcome)>(&record) {
+                Ok((id, outcome)) => recovered += usize::from(self.complete(id, outcome)),
+                Err(e) => log::error!("mproc-pool: worker {:?} left an unreadable outcome: {e}", self.name),
+            }
+        }
+        if recovered > 0 {
+            log::debug!(
+                "mproc-pool: worker {:?} finished {recovered} task(s) it had not sent: delivered from its log",
+                self.name
+            );
+        }
+    }
+
+    /// Reads every message that has arrived; false if the worker is gone.
+    pub(crate) fn drain(&mut self, broken: &mut Option<Error>) -> bool {
+        loop {
+            match self.conn.try_recv() {
+                Ok(Some(message)) => self.take(message, broken),
+                Ok(None) => return true,
+                Err(e) => {
+                    if !self.lost {
+                        log::debug!("mproc-pool: worker {:?} connection ended: {e}", self.name);
+                    }
+                    self.lost = true;
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Waits for the worker's end; how it ended (`None` for a thread).
+    pub(crate) fn reap(&mut self) -> Option<ExitStatus> {
+        let Body::Process(process) = &mut self.body else { return None };
+        let process = process.take()?;
+        match process.join() {
+            Ok(()) => Some(ExitStatus::Code(0)),
+            Err(mproc_process::Error::Signaled { signal, .. }) => Some(ExitStatus::Signal(signal)),
+            Err(mproc_process::Error::Exited { code, .. }) => Some(ExitStatus::Code(code)),
+            Err(mproc_process::Error::Panicked { .. }) => Some(ExitStatus::Code(1)),
+            Err(e) => {
+                log::warn!("mproc-pool: joining worker {:?}: {e}", self.name);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn kill(&self) {
+        if let Body::Process(Some(p)) = &self.body {
+            let _ = p.kill();
+        }
+    }
+
+    /// Records a batch of `tasks` sent (the tasks already pushed on `held`).
+    pub(crate) fn sent_batch(&mut self, tasks: usize) {
+        self.sent += tasks as u64;
+        self.batches.push_back(tasks);
+    }
+
+    /// One task (the oldest held: outcomes come in order) was answered.
+    fn answered_one(&mut self) {
+        if let Some(front) = self.batches.front_mut() {
+            *front -= 1;
+            if *front == 0 {
+                self.batches.pop_front();
+            }
+        }
+    }
+
+    /// How many of the tasks it holds it has claimed (started, or finished with the outcome
+    /// on its way); the rest it has not started.
+    pub(crate) fn claimed(&self) -> usize {
+        claim::claimed_prefix(self.held.iter().map(|h| h.id), claim::last_claim(self.progress.word()))
+    }
+
+    /// What the scheduler needs to know of it.
+    pub(crate) fn load(&self) -> Load {
+        Load {
+            usable: !self.lost && !self.fenced,
+            batches: self.batches.len(),
+            sent: self.sent,
+            task_ns: self.task_ns,
+            held: self.held.len(),
+            claimed: if self.fenced { self.held.len() } else { self.claimed() },
+        }
+    }
+
+    /// Takes back every task it has not claimed (by the fence of `claim.rs`, then `Resume`),
+    /// in the order they were sent: none if it is fenced already.
+    pub(crate) fn take_back(&mut self) -> Vec<Queued> {
+        if self.fenced {
+            return Vec::new();
+        }
+        let Some(last) = claim::fence(self.progress.word()) else { return Vec::new() };
+        self.fenced = true;
+        let keep = claim::claimed_prefix(self.held.iter().map(|h| h.id), last);
+        let taken: Vec<Queued> = self.held.drain(keep..).collect();
+        // The batches in flight now end at `keep`.
+        let mut left = keep;
+        self.batches.retain_mut(|n| {
+            let kept = (*n).min(left);
+            left -= kept;
+            *n = kept;
+            kept > 0
+        });
+        self.sent -= taken.len() as u64;
+        if self.held.is_empty() {
+            self.deadline = None;
+        }
+        if self.outbox.send(ToWorker::Resume).is_err() {
+            self.lost = true;
+        }
+        taken
+    }
+
+    /// Fails every task it holds with `error(task)`.
+    pub(crate) fn fail_held(&mut self, error: impl Fn(String) -> Error) {
+        for held in self.held.drain(..) {
+            held.slot.complete(Err(error(held.slot.task())));
+        }
+        self.batches.clear();
+        self.deadline = None;
+    }
+}

@@ -1,0 +1,68 @@
+//! What the pool's callers and its handler thread share: the configuration, the queue of
+//! submitted tasks, and the handler's wake-up pipe.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mproc_process::ipc::Sender;
+use mproc_process::{FnRef, StartMethod};
+use parking_lot::Mutex;
+
+use crate::error::Error;
+use crate::result::Slot;
+use mproc_process::ipc::Carried;
+
+use crate::wire::Driver;
+
+/// How the pool was configured.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) init: Option<(FnRef<Driver>, Carried)>,
+    /// The initializer's type, for errors.
+    pub(crate) init_name: &'static str,
+    /// The largest task input or value, in bytes.
+    pub(crate) max_message_size: usize,
+    pub(crate) max_tasks_per_child: Option<u64>,
+    pub(crate) start_method: Option<StartMethod>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) threads: bool,
+}
+
+/// A task waiting for a worker.
+pub(crate) struct Queued {
+    pub(crate) id: u64,
+    pub(crate) driver: FnRef<Driver>,
+    pub(crate) input: Carried,
+    pub(crate) slot: Arc<Slot>,
+}
+
+/// What callers and the handler share.
+#[derive(Default)]
+pub(crate) struct Queue {
+    pub(crate) tasks: VecDeque<Queued>,
+    pub(crate) closed: bool,
+    pub(crate) terminate: bool,
+    /// The handler sleeps and wants a wake-up for new tasks.
+    pub(crate) asleep: bool,
+    /// The pool cannot run tasks (its initializer failed, or no worker can start): new
+    /// tasks fail at once with this.
+    pub(crate) broken: Option<Error>,
+    /// The handler has finished: every task is done and every worker gone.
+    pub(crate) finished: bool,
+}
+
+pub(crate) struct Shared {
+    pub(crate) queue: Mutex<Queue>,
+    pub(crate) finished: parking_lot::Condvar,
+    pub(crate) wake: Sender<()>,
+    pub(crate) config: Config,
+}
+
+impl Shared {
+    /// Wakes the handler (for close, terminate, or a new task while it sleeps).
+    pub(crate) fn wake(&self) {
+        let _ = self.wake.send_bytes(&[]);
+    }
+}

@@ -1,0 +1,83 @@
+//! Locks, events, semaphores, barriers and shared state reach children of every start method
+//! in their arguments, and a child killed holding a lock hands it over with `OwnerDied`.
+
+use mproc_process::ipc::{
+    Array, Barrier, Condition, Event, Lock, LockError, RLock, Semaphore, SharedMemory, Value, pipe,
+};
+use mproc_process::{Builder, Error};
+
+use crate::*;
+
+type Kit = (Lock, RLock, Value<u64>, Array<u32>, Event, Semaphore, Barrier, Condition, SharedMemory);
+
+fn kit() -> Kit {
+    (
+        Lock::new().unwrap(),
+        RLock::new().unwrap(),
+        Value::new(0).unwrap(),
+        Array::zeroed(4).unwrap(),
+        Event::new().unwrap(),
+        Semaphore::new(0).unwrap(),
+        Barrier::new(2).unwrap(),
+        Condition::new().unwrap(),
+        SharedMemory::new(64).unwrap(),
+    )
+}
+
+/// The child's side: uses every primitive once.
+fn use_kit(k: Kit) -> Result<(), String> {
+    let (lock, rlock, value, array, event, sem, barrier, cond, block) = k;
+    {
+        let _g = lock.acquire_timeout(DEADLINE).map_err(|e| e.to_string())?;
+        let _r = rlock.acquire().map_err(|e| e.to_string())?;
+        *value.get_lock().map_err(|e| e.to_string())? += 41;
+        array.get_lock().map_err(|e| e.to_string())?[3] = 7;
+    }
+    drop(cond.acquire().map_err(|e| e.to_string())?);
+    block.write(0, b"child");
+    sem.release();
+    event.set();
+    barrier.wait_timeout(DEADLINE).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[test]
+fn every_start_method_passes_the_primitives_to_its_child() {
+    mproc_init();
+    for method in METHODS {
+        let k = kit();
+        let child = Builder::new().start_method(method).spawn_fn(use_kit, k.clone()).unwrap();
+        assert!(k.4.wait_timeout(DEADLINE), "{method:?}: event never set");
+        assert!(k.5.acquire_timeout(DEADLINE), "{method:?}: no permit");
+        k.6.wait_timeout(DEADLINE).unwrap();
+        child.join().unwrap().unwrap();
+        assert_eq!(k.2.get(), 41, "{method:?}");
+        assert_eq!(k.3.to_vec(), [0, 0, 0, 7], "{method:?}");
+        assert_eq!(&k.8.to_vec()[..5], b"child", "{method:?}");
+    }
+}
+
+fn hold_and_report(args: (Lock, mproc_process::ipc::Sender<()>)) {
+    let (lock, report) = args;
+    let g = lock.acquire().unwrap();
+    report.send(&()).unwrap();
+    std::mem::forget(g);
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_child_killed_holding_a_lock_hands_it_over_with_owner_died_for_every_start_method() {
+    mproc_init();
+    for method in METHODS {
+        let lock = Lock::new().unwrap();
+        let (rx, tx) = pipe::<()>().unwrap();
+        let child =
+            Builder::new().start_method(method).spawn_fn(hold_and_report, (lock.clone(), tx)).unwrap();
+        rx.recv_timeout(DEADLINE).unwrap();
+        child.kill().unwrap();
+        assert!(matches!(child.join(), Err(Error::Signaled { signal: 9, .. })), "{method:?}");
+        assert!(matches!(lock.acquire_timeout(DEADLINE), Err(LockError::OwnerDied(_))), "{method:?}");
+    }
+}
