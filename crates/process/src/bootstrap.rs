@@ -39,7 +39,9 @@ pub(crate) struct Start {
 pub(crate) struct World {
     /// `None` if the parent's directory could not be named (it was removed).
     cwd: Option<std::path::PathBuf>,
-    /// Every variable, but mproc's own bootstrap variables.
+    /// Every variable, but mproc's own bootstrap variables: the fork server removed its own at
+    /// `init`, and a client's snapshot of its world (taken to compare with the server's)
+    /// leaves them out, so the two compare equal when nothing else changed.
     env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 

@@ -176,17 +176,25 @@ pub fn init() {
 }
 
 /// In a program started by mproc as a child or fork server: do that and exit.
+///
+/// The bootstrap variables are read here, once, and removed from the environment: neither
+/// this process's children (of any start method) nor the programs it runs inherit them (an
+/// mproc program among those would take itself for a child, or the fork server).
 fn become_child_if_asked() {
-    if std::env::var_os(start::spawn::CHILD_ENV).is_none()
-        && std::env::var_os(start::forkserver::SERVER_ENV).is_none()
-    {
+    let child = std::env::var_os(start::spawn::CHILD_ENV);
+    let server = std::env::var_os(start::forkserver::SERVER_ENV);
+    if child.is_none() && server.is_none() {
         return;
     }
-    if let Some(conn) = start::spawn::take_bootstrap(start::spawn::CHILD_ENV) {
+    sys::remove_env(&start::spawn::BOOTSTRAP_VARS);
+    fn bootstrap<S, R>(value: Option<std::ffi::OsString>) -> Option<mproc_ipc::Connection<S, R>> {
+        start::spawn::bootstrap_from(value?.to_str()?)
+    }
+    if let Some(conn) = bootstrap(child) {
         take_program_name();
         bootstrap::child_main(conn)
     }
-    if let Some(conn) = start::spawn::take_bootstrap(start::forkserver::SERVER_ENV) {
+    if let Some(conn) = bootstrap(server) {
         take_program_name(); // which the server's children inherit
         start::forkserver::serve(conn)
     }

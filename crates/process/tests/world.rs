@@ -74,3 +74,64 @@ fn spawned_children_and_the_fork_server_carry_the_programs_name() {
         }
     }
 }
+
+/// mproc's bootstrap variables (`MPROC_CHILD`, `MPROC_FORKSERVER`) a child sees in its own
+/// environment, and those a program it runs sees (`/usr/bin/env`).
+fn bootstrap_vars_seen(_: ()) -> (Vec<String>, Vec<String>) {
+    let bootstrap = |line: &str| line.starts_with("MPROC_CHILD=") || line.starts_with("MPROC_FORKSERVER=");
+    let own = std::env::vars().map(|(k, v)| format!("{k}={v}")).filter(|l| bootstrap(l)).collect();
+    let out = std::process::Command::new("/usr/bin/env").output().unwrap();
+    assert!(out.status.success(), "env: {:?}", out.status);
+    let theirs =
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| bootstrap(l)).map(String::from).collect();
+    (own, theirs)
+}
+
+/// The variables that tell a program it is mproc's child or fork server are read once, at
+/// `init`: neither the child nor a program it runs has them (one that is an mproc program
+/// would take itself for a child).
+#[test]
+fn no_child_and_no_program_it_runs_sees_the_bootstrap_variables() {
+    mproc_init();
+    let seen: Vec<_> = METHODS
+        .iter()
+        .map(|&method| {
+            let mut child = Builder::new().start_method(method).spawn_fn(bootstrap_vars_seen, ()).unwrap();
+            (method, child.join_timeout(DEADLINE).unwrap())
+        })
+        .filter(|(_, (own, theirs))| !own.is_empty() || !theirs.is_empty())
+        .collect();
+    assert!(seen.is_empty(), "(method, (the child's own, a program's it runs)): {seen:?}");
+}
+
+/// Runs this test binary (an mproc program: `test_support!` calls `init` first) from the
+/// child, with a socket at fd 3, and returns its exit code. It only lists one test.
+fn run_an_mproc_program_with_a_socket_at_fd_3(_: ()) -> Option<i32> {
+    let (socket, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command.args([
+        "--list",
+        "--exact",
+        "world::no_child_and_no_program_it_runs_sees_the_bootstrap_variables",
+    ]);
+    crate::sys::with_socket_at_fd_3(&mut command, socket.into());
+    command.output().unwrap().status.code()
+}
+
+/// An mproc program run by a child, with a socket at fd 3 as its parent's bootstrap would
+/// be, runs its own `main`: it does not take itself for a child whose parent died (exit 70).
+#[test]
+fn an_mproc_program_run_by_a_child_runs_its_own_main() {
+    mproc_init();
+    let codes: Vec<_> = METHODS
+        .iter()
+        .map(|&method| {
+            let mut child = Builder::new()
+                .start_method(method)
+                .spawn_fn(run_an_mproc_program_with_a_socket_at_fd_3, ())
+                .unwrap();
+            (method, child.join_timeout(DEADLINE).unwrap())
+        })
+        .collect();
+    assert!(codes.iter().all(|(_, code)| *code == Some(0)), "exit codes: {codes:?}");
+}

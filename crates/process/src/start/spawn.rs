@@ -98,15 +98,10 @@ pub(crate) fn finish_start<R>(
     }
 }
 
-/// In a program started as a child: the bootstrap connection named by `key`, if the variable
-/// is set for this process (see [`bootstrap_from`]).
-pub(crate) fn take_bootstrap<S, R>(key: &str) -> Option<Connection<S, R>> {
-    bootstrap_from(&std::env::var(key).ok()?)
-}
-
 /// The bootstrap connection a variable's value `PARENT_PID:FD` names, if it is this
-/// process's: the fd is a socket (a program run by a child with a plain `Command` inherits the
-/// variable, but not the fd, which is close-on-exec there: it runs its own `main`).
+/// process's: the fd is a socket. (`init` removes the variable once read, so a program a child
+/// runs does not inherit it; one that got it some other way, without the fd, runs its own
+/// `main`.)
 ///
 /// A child whose parent pid is not the one in the variable was re-parented: its parent died
 /// while it started. It leaves here, with a message, rather than run `main` as a program of

@@ -74,6 +74,27 @@ pub(crate) fn replace_env(vars: &[(std::ffi::OsString, std::ffi::OsString)]) {
     }
 }
 
+/// Removes the variables `keys` from this process's environment, in `init()`: mproc's
+/// bootstrap variables, read once there, which nothing this process starts or runs is to
+/// inherit.
+///
+/// Sound only while no other thread may read the environment. `init()` is the first line of
+/// `main` (or runs from `.init_array`, before `main`, in a test binary), and a program that
+/// has these variables was started by mproc (a Spawn child, the fork server): it has one
+/// thread there, which is checked here. With more (`init` called late in a program that
+/// merely inherited them), nothing is removed; a child it starts gets none of them anyway
+/// (see [`spawn::spawn_self`]).
+pub(crate) fn remove_env(keys: &[&str]) {
+    if !fork::single_threaded() && !only_thread() {
+        return;
+    }
+    for key in keys {
+        // SAFETY: this process has one thread (checked above): nothing reads the environment
+        // meanwhile.
+        unsafe { std::env::remove_var(key) };
+    }
+}
+
 /// Whether the calling thread is this process's only one, as `/proc/self/task` lists them.
 fn only_thread() -> bool {
     std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
