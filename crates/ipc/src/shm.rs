@@ -71,7 +71,9 @@
 //! - The data bytes are plain memory that other processes write: read and write them under a
 //!   lock, or accept torn copies.
 //! - A `Shared<T>` received from another process must have been made with the same `T` (the
-//!   same program): checked by size and type name.
+//!   same program): checked by size and type name. The data bytes are untyped here: a type
+//!   that keeps typed values in them names their type in `T` (as `Value<P>` and `Array<P>`
+//!   do with a `PhantomData<P>` field) so that the check covers it, and checks `data_len`.
 
 use std::io;
 use std::marker::PhantomData;

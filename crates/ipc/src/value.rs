@@ -2,10 +2,32 @@
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::shm::{LockError, Shared, ShmMutex};
 pub use crate::sys::shm::{ArrayGuard, Plain};
+
+/// The region of a `Value<P>`/`Array<P>`: the lock, then the `P`s in the data bytes. `P` is in
+/// the type so that the type tag a receiving [`Shared`] checks covers it: a region sent as
+/// another `P` is refused at deserialize time, not read as the wrong type.
+type Region<P> = Shared<(ShmMutex, std::marker::PhantomData<P>)>;
+
+/// A received region, checked to hold `len` values of `P` (the accessors rely on it).
+fn checked<'de, D: Deserializer<'de>, P: Plain>(
+    shared: Region<P>,
+    len: u64,
+) -> Result<(Region<P>, usize), D::Error> {
+    let len = usize::try_from(len).map_err(D::Error::custom)?;
+    if len.checked_mul(size_of::<P>()) != Some(shared.data_len()) {
+        return Err(D::Error::custom(format!(
+            "the shared region's {} data bytes are not {len} values of {}",
+            shared.data_len(),
+            std::any::type_name::<P>()
+        )));
+    }
+    Ok((shared, len))
+}
 
 /// Python's `multiprocessing.Value(typecode, value)`: one [`Plain`] value in shared memory,
 /// with its robust lock.
@@ -24,11 +46,19 @@ pub use crate::sys::shm::{ArrayGuard, Plain};
 /// assert_eq!(counter.get(), 1);
 /// # Ok(()) }
 /// ```
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 #[serde(bound = "")]
 pub struct Value<P: Plain> {
-    shared: Shared<ShmMutex>,
+    shared: Region<P>,
     _p: std::marker::PhantomData<P>,
+}
+
+impl<'de, P: Plain> Deserialize<'de> for Value<P> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (shared, ()) = <(Region<P>, ())>::deserialize(deserializer)?;
+        let (shared, _) = checked::<D, P>(shared, 1)?;
+        Ok(Value { shared, _p: std::marker::PhantomData })
+    }
 }
 
 impl<P: Plain> Clone for Value<P> {
@@ -85,24 +115,24 @@ impl<P: Plain> Value<P> {
     /// Panics if this thread holds the lock (through a [`ValueGuard`]): read through the
     /// guard then.
     pub fn get(&self) -> P {
-        let g = ArrayGuard::<P>::new(&self.shared, lock_any(&self.shared), 1);
+        let g = ArrayGuard::<P>::new(&self.shared, lock_any(&self.shared.0), 1);
         g[0]
     }
 
     /// Stores `value` under the lock. Panics as [`get`](Value::get) does.
     pub fn set(&self, value: P) {
-        let mut g = ArrayGuard::<P>::new(&self.shared, lock_any(&self.shared), 1);
+        let mut g = ArrayGuard::<P>::new(&self.shared, lock_any(&self.shared.0), 1);
         g[0] = value;
     }
 
     /// Holds the lock (Python's `get_lock()`), waiting as long as it takes.
     pub fn get_lock(&self) -> ValueResult<'_, P> {
-        self.wrap(self.shared.lock())
+        self.wrap(self.shared.0.lock())
     }
 
     /// Holds the lock, waiting at most `timeout`.
     pub fn get_lock_timeout(&self, timeout: Duration) -> ValueResult<'_, P> {
-        self.wrap(self.shared.lock_until(Instant::now().checked_add(timeout)))
+        self.wrap(self.shared.0.lock_until(Instant::now().checked_add(timeout)))
     }
 
     fn wrap<'a>(&'a self, r: crate::LockResult<'a>) -> ValueResult<'a, P> {
@@ -122,12 +152,20 @@ impl<P: Plain> Value<P> {
 /// assert_eq!(a.to_vec(), [1.0, 5.0, 3.0]);
 /// # Ok(()) }
 /// ```
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 #[serde(bound = "")]
 pub struct Array<P: Plain> {
-    shared: Shared<ShmMutex>,
+    shared: Region<P>,
     len: usize,
     _p: std::marker::PhantomData<P>,
+}
+
+impl<'de, P: Plain> Deserialize<'de> for Array<P> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (shared, len, ()) = <(Region<P>, u64, ())>::deserialize(deserializer)?;
+        let (shared, len) = checked::<D, P>(shared, len)?;
+        Ok(Array { shared, len, _p: std::marker::PhantomData })
+    }
 }
 
 impl<P: Plain> Clone for Array<P> {
@@ -157,7 +195,7 @@ impl<P: Plain> Array<P> {
     /// A copy of `values`.
     pub fn from_slice(values: &[P]) -> crate::Result<Array<P>> {
         let a = Array::zeroed(values.len())?;
-        ArrayGuard::new(&a.shared, lock_any(&a.shared), a.len).copy_from_slice(values);
+        ArrayGuard::new(&a.shared, lock_any(&a.shared.0), a.len).copy_from_slice(values);
         Ok(a)
     }
 
@@ -173,17 +211,17 @@ impl<P: Plain> Array<P> {
 
     /// A copy of the values, taken under the lock. Panics if this thread holds the lock.
     pub fn to_vec(&self) -> Vec<P> {
-        ArrayGuard::new(&self.shared, lock_any(&self.shared), self.len).to_vec()
+        ArrayGuard::new(&self.shared, lock_any(&self.shared.0), self.len).to_vec()
     }
 
     /// Holds the lock (Python's `get_lock()`), waiting as long as it takes.
     pub fn get_lock(&self) -> ArrayResult<'_, P> {
-        self.wrap(self.shared.lock())
+        self.wrap(self.shared.0.lock())
     }
 
     /// Holds the lock, waiting at most `timeout`.
     pub fn get_lock_timeout(&self, timeout: Duration) -> ArrayResult<'_, P> {
-        self.wrap(self.shared.lock_until(Instant::now().checked_add(timeout)))
+        self.wrap(self.shared.0.lock_until(Instant::now().checked_add(timeout)))
     }
 
     fn wrap<'a>(&'a self, r: crate::LockResult<'a>) -> ArrayResult<'a, P> {

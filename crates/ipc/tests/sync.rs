@@ -257,3 +257,48 @@ fn array_and_primitives_travel_over_a_connection() {
     assert_eq!(kit.1.get(), 2);
     assert_eq!((kit.4.get_value(), kit.5.get_value()), (1, 0));
 }
+
+/// Sends `sent` on a connection whose far end reads an `R`: what that `recv` gives.
+fn received_as<S: serde::Serialize, R: serde::de::DeserializeOwned>(sent: &S) -> mproc_ipc::Result<R> {
+    let (a, b) = mproc_ipc::Connection::<S, ()>::pair().unwrap();
+    let b = b.cast::<(), R>();
+    a.send(sent).unwrap();
+    b.recv_timeout(DEADLINE)
+}
+
+/// What `recv` of a `Value`/`Array` sent as another element type must give: a decode error,
+/// not a value that panics (or reads the wrong bytes) when used. (postcard keeps no custom
+/// message, so the error cannot name the type.)
+fn assert_refused<T: std::fmt::Debug>(r: mproc_ipc::Result<T>) {
+    let e = r.expect_err("a Value/Array of another element type was accepted");
+    assert!(e.to_string().starts_with("cannot decode message"), "unexpected error: {e}");
+}
+
+#[test]
+fn a_value_or_array_received_as_another_element_type_is_refused() {
+    assert_refused(received_as::<_, Value<u64>>(&Value::new(7u8).unwrap()));
+    assert_refused(received_as::<_, Value<u8>>(&Value::new(7u64).unwrap()));
+    assert_refused(received_as::<_, Value<i64>>(&Value::new(7u64).unwrap()));
+    assert_refused(received_as::<_, Array<u64>>(&Array::from_slice(&[1u8; 8]).unwrap()));
+    assert_refused(received_as::<_, Array<u64>>(&Array::from_slice(&[1u32; 4]).unwrap()));
+    assert_refused(received_as::<_, Array<[u8; 8]>>(&Array::from_slice(&[1u64]).unwrap()));
+    // The same types still travel.
+    assert_eq!(received_as::<_, Value<u64>>(&Value::new(7u64).unwrap()).unwrap().get(), 7);
+    assert_eq!(
+        received_as::<_, Array<u32>>(&Array::from_slice(&[1u32, 2]).unwrap()).unwrap().to_vec(),
+        [1, 2]
+    );
+}
+
+#[test]
+fn an_array_whose_length_does_not_match_its_region_is_refused() {
+    use std::marker::PhantomData;
+
+    use mproc_ipc::{Shared, ShmMutex};
+    // An `Array<u64>` as it travels (region, length, marker), with a length the region's 16
+    // data bytes do not hold, then one that matches.
+    let region = Shared::<(ShmMutex, PhantomData<u64>)>::with_data(16).unwrap();
+    assert_refused(received_as::<_, Array<u64>>(&(region.clone(), 5u64, ())));
+    assert_refused(received_as::<_, Value<u64>>(&(region.clone(), ())));
+    assert_eq!(received_as::<_, Array<u64>>(&(region, 2u64, ())).unwrap().to_vec(), [0, 0]);
+}

@@ -373,6 +373,17 @@ unsafe impl ShmType for ShmRecursiveMutex {
     }
 }
 
+// SAFETY: zero-sized: no byte to be invalid, nothing to share or initialize. It only names
+// `P` in a region's type (and so in the type tag a receiver checks): `Value<P>` and `Array<P>`
+// keep their `P`s in the data bytes, and are mapped as `(ShmMutex, PhantomData<P>)`.
+unsafe impl<P: Plain> ShmType for PhantomData<P> {
+    /// # Safety
+    /// As [`ShmType::init`].
+    unsafe fn init(_: *mut Self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 // SAFETY: valid and concurrent if each element is; each element is initialized in place.
 unsafe impl<T: ShmType, const N: usize> ShmType for [T; N] {
     /// # Safety
