@@ -21,6 +21,7 @@
 //!         state slot 0 (8 words), state slot 1 (8 words)
 //! data    [0, small)             the hot ring: small items cycle through these pages
 //!         [small, small + 8 GiB) sparse: records that do not fit the ring go on past it
+//!                                (less under `ulimit -f`: see Limits)
 //! ```
 //!
 //! A record is an 8-byte length and the postcard bytes, padded to 8, always contiguous. Two
@@ -68,7 +69,12 @@
 //! # Limits
 //!
 //! An item, and all the items in a queue at once, fit in the 8 GiB of sparse space past the
-//! hot ring (beyond that `put` fails with an error, the queue unchanged). Memory is used only
+//! hot ring (beyond that `put` fails with an error, the queue unchanged). Under a file size
+//! limit (`ulimit -f`, `RLIMIT_FSIZE`) of the process that makes the queue, the memfd may not
+//! grow past it (the kernel would kill the process with `SIGXFSZ`), so the sparse space is
+//! cut to what the limit leaves past the header and the ring, and a `put` past that room fails
+//! with an error naming the limit; a limit that does not leave the ring and a page past it
+//! fails `Queue::new` with an error naming `ulimit -f`. Memory is used only
 //! by the pages written: the hot ring once it cycled (256 KiB by default, see
 //! [`QueueBuilder::ring_bytes`]) plus the pages of large items while they are queued. Items
 //! are postcard: ends (file descriptors) cannot travel inside them.
@@ -190,7 +196,8 @@ fn deadline_in(timeout: Duration) -> Instant {
 }
 
 impl<T> Queue<T> {
-    /// An unbounded queue.
+    /// An unbounded queue. Under a file size limit (`ulimit -f`) its room for items is cut
+    /// to the limit, and a limit below its ring is an error (see the [module doc](self)).
     pub fn new() -> Result<Self> {
         Self::builder().build()
     }

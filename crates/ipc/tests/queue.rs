@@ -456,3 +456,46 @@ fn close_ends_this_handles_puts_only() {
     assert!(matches!(queue.put(&3), Err(Error::Misuse(_))));
     assert_eq!(queue.qsize(), 2);
 }
+
+/// Under a file size limit (`ulimit -f`) below the queue's 8 GiB sparse space, the memfd
+/// cannot be sized so (the kernel would kill the process with `SIGXFSZ`): the queue is made
+/// with the room the limit allows, items that fit it travel, one past it is a clear error,
+/// and a limit below the hot ring itself fails `Queue::new` with an error naming the limit.
+/// (In a forked child, whose limit is its own.)
+#[test]
+fn a_file_size_limit_gives_a_smaller_queue_not_a_killed_process() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    assert_success(in_child(&[], || {
+        let hard = getrlimit(Resource::Fsize).maximum;
+        let limit = |bytes: u64| {
+            setrlimit(Resource::Fsize, Rlimit { current: Some(bytes), maximum: hard }).map_err(msg)
+        };
+        limit(1 << 20)?;
+        let queue = Queue::<Vec<u8>>::new().map_err(msg)?;
+        // Small items in the hot ring, and one past it (300 KiB: in the sparse space).
+        let items = [item(10, 1), item(3000, 2), item(300 << 10, 3), item(20, 4)];
+        for it in &items {
+            queue.put(it).map_err(msg)?;
+        }
+        for (i, want) in items.iter().enumerate() {
+            if &queue.get_timeout(DEADLINE).map_err(msg)? != want {
+                return Err(format!("item {i} differs"));
+            }
+        }
+        // Past the room the limit left: an error naming the limit, the queue unchanged.
+        match queue.put(&item(2 << 20, 5)) {
+            Err(e) if e.to_string().contains("ulimit -f") => {}
+            other => return Err(format!("expected an error naming ulimit -f, got {other:?}")),
+        }
+        queue.put(&item(5, 6)).map_err(msg)?;
+        if queue.get_timeout(DEADLINE).map_err(msg)? != item(5, 6) || !queue.empty() {
+            return Err("the queue changed after the failed put".into());
+        }
+        // Below the hot ring itself: no queue, and the error says why.
+        limit(64 << 10)?;
+        match Queue::<u8>::new() {
+            Err(e) if e.to_string().contains("ulimit -f") => Ok(()),
+            other => Err(format!("expected an error naming ulimit -f, got {other:?}")),
+        }
+    }));
+}

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
+use crate::sys::shm::data_offset;
 
 /// The header of a queue's region: the lock, three condition variables, and the words.
 pub(crate) type Header = (ShmMutex, ShmCondvar, ShmCondvar, ShmCondvar, [AtomicU64; WORDS]);
@@ -202,7 +203,20 @@ impl Ring {
     /// `maxsize` items (`u64::MAX`: no bound).
     pub(crate) fn new(small: u64, maxsize: u64) -> Result<Ring> {
         let small = small.max(PAGE).next_multiple_of(PAGE);
-        let data_len = small + VIRTUAL_BYTES.max(small);
+        let full = small + VIRTUAL_BYTES.max(small);
+        // The memfd may not grow past this process's file size limit: past it, the kernel
+        // kills the process with `SIGXFSZ` rather than fail the call. So the sparse space
+        // is cut to what the limit allows (whole pages past the ring, at least one).
+        let header = data_offset::<Header>() as u64;
+        let allowed = file_size_limit().saturating_sub(header) / PAGE * PAGE;
+        if allowed <= small {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "a queue with a {small}-byte ring needs a memfd of more than {} bytes, past this \
+                 process's file size limit (ulimit -f)",
+                header + small
+            ))));
+        }
+        let data_len = full.min(allowed);
         let shared = Shared::<Header>::with_data(data_len as usize)?;
         let words = &shared.4;
         words[SMALL].store(small, Ordering::Relaxed);
@@ -371,7 +385,7 @@ impl Ring {
     fn place(&self, s: &State, payload: &[u8]) -> Result<State> {
         let len = payload.len() as u64;
         if len >= MAX_LEN {
-            return Err(too_large(len));
+            return Err(too_large(len, self.small, self.data_len));
         }
         let n = 8 + round_up(len);
         let mut s = *s;
@@ -403,7 +417,7 @@ impl Ring {
         };
         let end = at + n;
         if end > self.data_len {
-            return Err(too_large(len));
+            return Err(too_large(len, self.small, self.data_len));
         }
         self.write_word(at, len);
         let half = payload.len() / 2;
@@ -587,12 +601,22 @@ fn corrupt() -> Error {
     Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, "the queue's shared memory is corrupt"))
 }
 
-fn too_large(len: u64) -> Error {
+/// The largest file this process may write (`RLIMIT_FSIZE`, `ulimit -f`).
+fn file_size_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Fsize).current.unwrap_or(u64::MAX)
+}
+
+fn too_large(len: u64, small: u64, data_len: u64) -> Error {
+    let room = data_len - small;
+    let why = if room < VIRTUAL_BYTES.max(small) {
+        ", cut to the file size limit (ulimit -f) of the process that made the queue"
+    } else {
+        ""
+    };
     Error::Io(std::io::Error::new(
         std::io::ErrorKind::OutOfMemory,
         format!(
-            "an item of {len} bytes does not fit the queue's {} GiB of shared memory",
-            VIRTUAL_BYTES >> 30
+            "an item of {len} bytes does not fit the queue's {room} bytes of shared memory past its ring{why}"
         ),
     ))
 }
