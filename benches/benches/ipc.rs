@@ -167,8 +167,8 @@ fn peer(mode: &str) {
 /// Reads `size` bytes whole, writes them back, until end of file.
 fn raw_echo(rx: BorrowedFd<'_>, tx: BorrowedFd<'_>, size: usize) {
     let mut buf = vec![0u8; size];
-    while read_exact(rx, &mut buf) {
-        write_all(tx, &buf);
+    while mproc_benches::read_exact(rx, &mut buf) {
+        mproc_benches::write_all(tx, &buf);
     }
 }
 
@@ -208,28 +208,6 @@ impl<S, R> RecvBytes for Connection<S, R> {
 impl<S, R> SendBytes for Connection<S, R> {
     fn send(&self, bytes: &[u8]) -> mproc_ipc::Result<()> {
         self.send_bytes(bytes)
-    }
-}
-
-fn read_exact(fd: BorrowedFd<'_>, mut buf: &mut [u8]) -> bool {
-    while !buf.is_empty() {
-        match rustix::io::read(fd, &mut *buf) {
-            Ok(0) => return false,
-            Ok(n) => buf = &mut buf[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    true
-}
-
-fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) {
-    while !buf.is_empty() {
-        match rustix::io::write(fd, buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => panic!("write: {e}"),
-        }
     }
 }
 
@@ -278,8 +256,8 @@ fn socket_peer(mode: &str, size: usize) -> (OwnedFd, Peer) {
 }
 
 fn raw_round_trip(tx: BorrowedFd<'_>, rx: BorrowedFd<'_>, buf: &mut [u8]) {
-    write_all(tx, buf);
-    assert!(read_exact(rx, buf));
+    mproc_benches::write_all(tx, buf);
+    assert!(mproc_benches::read_exact(rx, buf));
 }
 
 fn rtt_small(c: &mut Criterion, group: &str) {

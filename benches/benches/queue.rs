@@ -10,7 +10,7 @@
 //! same item counts.
 
 use std::hint::black_box;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
@@ -98,8 +98,8 @@ impl RawPeer {
             .close_in_child(&to)
             .spawn(move || {
                 let mut buf = [0u8; 8];
-                while read_exact(peer_in.as_fd(), &mut buf) {
-                    write_all(peer_out.as_fd(), &buf);
+                while mproc_benches::read_exact(peer_in.as_fd(), &mut buf) {
+                    mproc_benches::write_all(peer_out.as_fd(), &buf);
                 }
             })
             .unwrap();
@@ -107,8 +107,8 @@ impl RawPeer {
     }
 
     fn round_trip(&self, buf: &mut [u8; 8]) {
-        write_all(self.to.as_fd(), buf);
-        assert!(read_exact(self.from.as_fd(), buf));
+        mproc_benches::write_all(self.to.as_fd(), buf);
+        assert!(mproc_benches::read_exact(self.from.as_fd(), buf));
     }
 }
 
@@ -119,28 +119,6 @@ impl Drop for RawPeer {
         drop(to);
         if let Some(child) = self.child.take() {
             child.join().unwrap();
-        }
-    }
-}
-
-fn read_exact(fd: BorrowedFd<'_>, mut buf: &mut [u8]) -> bool {
-    while !buf.is_empty() {
-        match rustix::io::read(fd, &mut *buf) {
-            Ok(0) => return false,
-            Ok(n) => buf = &mut buf[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    true
-}
-
-fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) {
-    while !buf.is_empty() {
-        match rustix::io::write(fd, buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => panic!("write: {e}"),
         }
     }
 }

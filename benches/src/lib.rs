@@ -168,3 +168,28 @@ pub fn report_targets(targets: &[Target]) {
         );
     }
 }
+
+/// Reads exactly `buf.len()` bytes from `fd` (a bare pipe or socket, for the floors); false at
+/// end of file.
+pub fn read_exact(fd: std::os::fd::BorrowedFd<'_>, mut buf: &mut [u8]) -> bool {
+    while !buf.is_empty() {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(0) => return false,
+            Ok(n) => buf = &mut buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    true
+}
+
+/// Writes all of `buf` to `fd` (a bare pipe or socket, for the floors).
+pub fn write_all(fd: std::os::fd::BorrowedFd<'_>, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        match rustix::io::write(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+}
