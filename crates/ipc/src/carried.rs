@@ -48,23 +48,6 @@ impl Carried {
     }
 }
 
-/// One fd of a `Carried`, serialized as an end is.
-struct FdOf<'a>(std::os::fd::BorrowedFd<'a>);
-
-impl Serialize for FdOf<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        crate::fdpass::serialize_fd(self.0, serializer)
-    }
-}
-
-struct FdIn(OwnedFd);
-
-impl<'de> Deserialize<'de> for FdIn {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::fdpass::deserialize_fd(deserializer).map(FdIn)
-    }
-}
-
 /// A byte string, not a sequence of `u8`s.
 struct ByteStr<'a>(&'a [u8]);
 
@@ -97,14 +80,15 @@ impl<'de> Deserialize<'de> for ByteBuf {
 
 impl Serialize for Carried {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let fds: Vec<FdOf<'_>> = self.fds.iter().map(|fd| FdOf(fd.as_fd())).collect();
+        let fds: Vec<crate::fdpass::FdOf<'_>> =
+            self.fds.iter().map(|fd| crate::fdpass::FdOf(fd.as_fd())).collect();
         (ByteStr(&self.bytes), fds).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Carried {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (bytes, fds) = <(ByteBuf, Vec<FdIn>)>::deserialize(deserializer)?;
+        let (bytes, fds) = <(ByteBuf, Vec<crate::fdpass::FdIn>)>::deserialize(deserializer)?;
         Ok(Carried { bytes: Arc::new(bytes.0), fds: Arc::new(fds.into_iter().map(|f| f.0).collect()) })
     }
 }

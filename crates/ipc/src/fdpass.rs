@@ -135,3 +135,22 @@ macro_rules! impl_end_serde {
     };
 }
 pub(crate) use impl_end_serde;
+
+/// One fd inside a value, serialized as an end is (for types that carry a bare fd: shared
+/// regions, [`Carried`](crate::Carried)).
+pub(crate) struct FdOf<'a>(pub(crate) BorrowedFd<'a>);
+
+impl serde::Serialize for FdOf<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0, serializer)
+    }
+}
+
+/// The fd an [`FdOf`] sent, received.
+pub(crate) struct FdIn(pub(crate) OwnedFd);
+
+impl<'de> Deserialize<'de> for FdIn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_fd(deserializer).map(FdIn)
+    }
+}

@@ -2,7 +2,7 @@
 //! processes, anonymous or named.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use serde::de::Error as _;
@@ -159,32 +159,16 @@ impl SharedMemory {
     }
 }
 
-struct FdOf<'a>(std::os::fd::BorrowedFd<'a>);
-
-impl Serialize for FdOf<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        crate::fdpass::serialize_fd(self.0, serializer)
-    }
-}
-
-struct FdIn(OwnedFd);
-
-impl<'de> Deserialize<'de> for FdIn {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::fdpass::deserialize_fd(deserializer).map(FdIn)
-    }
-}
-
 /// Travels as its fd (so an unlinked or anonymous block still arrives), name and size.
 impl Serialize for SharedMemory {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (FdOf(self.map.fd().as_fd()), &self.name, self.size() as u64).serialize(serializer)
+        (crate::fdpass::FdOf(self.map.fd().as_fd()), &self.name, self.size() as u64).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (fd, name, size) = <(FdIn, Option<String>, u64)>::deserialize(deserializer)?;
+        let (fd, name, size) = <(crate::fdpass::FdIn, Option<String>, u64)>::deserialize(deserializer)?;
         let size = usize::try_from(size).map_err(D::Error::custom)?;
         let map = Mapping::map(fd.0, size)
             .map_err(|e| D::Error::custom(format!("cannot map shared memory: {e}")))?;

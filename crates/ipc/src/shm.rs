@@ -141,33 +141,16 @@ fn type_tag<T>() -> u64 {
     h
 }
 
-/// The fd of a region, serialized as an end is.
-struct FdOf<'a>(std::os::fd::BorrowedFd<'a>);
-
-impl Serialize for FdOf<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        crate::fdpass::serialize_fd(self.0, serializer)
-    }
-}
-
-/// A received region's fd.
-struct FdIn(std::os::fd::OwnedFd);
-
-impl<'de> Deserialize<'de> for FdIn {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::fdpass::deserialize_fd(deserializer).map(FdIn)
-    }
-}
-
 impl<T: ShmType> Serialize for Shared<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (FdOf(self.mapping().fd().as_fd()), self.data_len() as u64, type_tag::<T>()).serialize(serializer)
+        (crate::fdpass::FdOf(self.mapping().fd().as_fd()), self.data_len() as u64, type_tag::<T>())
+            .serialize(serializer)
     }
 }
 
 impl<'de, T: ShmType> Deserialize<'de> for Shared<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (fd, data_len, tag) = <(FdIn, u64, u64)>::deserialize(deserializer)?;
+        let (fd, data_len, tag) = <(crate::fdpass::FdIn, u64, u64)>::deserialize(deserializer)?;
         if tag != type_tag::<T>() {
             return Err(D::Error::custom(format!(
                 "the shared region was made for another type than {}",
