@@ -130,19 +130,20 @@ fn an_argument_past_the_limit_fails_its_task_and_the_pool_goes_on() {
     });
 }
 
-/// Writes a frame header no sender writes to the worker's connection (the socket with the
-/// highest fd: the bootstrap connection comes first), then returns: the pool can no longer
-/// read that worker's stream.
+/// Writes a frame header no sender writes to every socket the worker holds (its connection to
+/// the pool among them; which fd that is depends on how the worker started), then returns: the
+/// pool can no longer read that worker's stream.
 fn garble_the_stream(_: ()) -> u8 {
-    let mut sockets: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+    let sockets: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .flatten()
         .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
         .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
         .collect();
-    sockets.sort_unstable();
-    let fd = *sockets.last().expect("the worker has a connection");
-    sys::write_to_fd(fd, &[0x80, 0, 0, 7]);
+    assert!(!sockets.is_empty(), "the worker has a connection");
+    for fd in sockets {
+        sys::write_to_fd(fd, &[0x80, 0, 0, 7]);
+    }
     1
 }
 
