@@ -77,9 +77,12 @@
 //!   parent's), and dropping the copy does nothing.
 #![deny(unsafe_code)]
 
+mod build_id;
 mod claim;
+mod cluster;
 mod error;
 mod handler;
+mod networker;
 mod pool;
 mod remote;
 mod result;
@@ -89,11 +92,55 @@ mod sys;
 mod wire;
 mod worker;
 
+pub use cluster::{ADDRESS_ENV, AUTHKEY_ENV, Launcher};
 pub use error::{Error, Result};
 pub use mproc_process as process;
 pub use mproc_process::ipc;
-pub use pool::{IMap, IMapUnordered, Pool, PoolBuilder};
+pub use pool::{
+    DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_WORKER_WAIT, IMap, IMapUnordered, Pool, PoolBuilder,
+};
 pub use result::AsyncResult;
+
+/// The first line of `main` in a program whose pools take remote workers: what
+/// [`process::init`] does, and, in a copy of the program started as a remote worker (with
+/// [`ADDRESS_ENV`] set, by a [`Launcher`]), serving the pool at that address until it ends,
+/// then exiting: the rest of `main` never runs there.
+///
+/// A worker that cannot join (no connection, a wrong authkey, another build: the pool refuses
+/// it and both sides say why) exits with code 2 after saying why on standard error; one that
+/// stops hearing from its pool exits with code 3; one whose initializer failed, with 4; one
+/// whose pool ended, with 0.
+///
+/// In tests, where the harness owns `main`, use [`test_support!`] instead.
+pub fn init() {
+    mproc_process::init();
+    networker::serve_if_asked();
+}
+
+/// [`process::test_support!`] with [`init`]'s remote-worker mode: put it once at the root of
+/// a test crate, and a copy of the test binary started with a [`Launcher`]'s environment
+/// serves the pool before the test harness starts.
+#[macro_export]
+macro_rules! test_support {
+    () => {
+        $crate::process::__before_main!($crate::__private::before_main);
+
+        /// Makes this test binary ready to start `Spawn` and `ForkServer` children: nothing
+        /// more than `test_support!()` did already, before the test harness started.
+        #[allow(dead_code)]
+        pub fn mproc_init() {
+            $crate::__private::before_main();
+        }
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    /// [`init`](crate::init), run before the test harness's `main`.
+    pub fn before_main() {
+        crate::init();
+    }
+}
 
 #[cfg(test)]
 mod tests {
