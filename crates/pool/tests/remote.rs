@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mproc_pool::{Error, Pool};
+use mproc_pool::{Error, Pool, PoolBuilder};
 
 use crate::{DEADLINE, get, square, within};
 
@@ -11,7 +11,7 @@ use crate::{DEADLINE, get, square, within};
 /// runs in it: `test_support!` makes it a worker before `main`; the filter matches no test
 /// in case it did not).
 fn worker(mut command: Command) -> Child {
-    command.args(["--exact", "no-such-test"]).stdin(Stdio::null());
+    command.args(["--exact", "no-such-test"]).stdin(Stdio::null()).stdout(Stdio::piped());
     command.spawn().expect("a worker starts")
 }
 
@@ -48,6 +48,106 @@ fn loopback_workers_run_tasks_and_leave_with_the_pool() {
         for w in &mut workers {
             assert_eq!(exit_code(w), Some(0));
         }
+    });
+}
+
+/// A loopback pool (`processes` local workers beside) and `n` remote workers that joined it.
+fn loopback(
+    processes: usize,
+    n: usize,
+    configure: impl FnOnce(PoolBuilder) -> PoolBuilder,
+) -> (Pool, Vec<Child>) {
+    let builder = Pool::builder().processes(processes).listen((std::net::Ipv4Addr::LOCALHOST, 0));
+    let pool = configure(builder).build().unwrap();
+    let launcher = pool.launcher().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let workers: Vec<Child> = (0..n).map(|_| worker(launcher.command(&exe))).collect();
+    pool.wait_for_workers(n, DEADLINE).unwrap();
+    (pool, workers)
+}
+
+#[test]
+fn remote_workers_beside_local_ones_serve_the_whole_api() {
+    within(DEADLINE, || {
+        let (pool, mut workers) = loopback(1, 1, |b| b);
+        // Every worker gets work: the remote one's pid differs from ours and the local one's.
+        let pids: std::collections::HashSet<u32> =
+            pool.map(crate::pid_after, std::iter::repeat_n(20u64, 8)).unwrap().into_iter().collect();
+        assert!(pids.contains(&workers[0].id()), "the remote worker ran tasks: {pids:?}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
+        let with = pool.apply_async_with(
+            square,
+            9,
+            move |v| tx.send(Ok(v)).unwrap(),
+            move |e| tx2.send(Err(e)).unwrap(),
+        );
+        assert_eq!(rx.recv_timeout(DEADLINE).unwrap().unwrap(), 81, "the callback");
+        assert_eq!(get(with).unwrap(), 81);
+        let ordered: Vec<u64> = pool.imap(square, 0..300u64).collect::<Result<_, _>>().unwrap();
+        assert_eq!(ordered, (0..300u64).map(|x| x * x).collect::<Vec<_>>());
+        let mut unordered: Vec<u64> =
+            pool.imap_unordered(square, 0..300u64).collect::<Result<_, _>>().unwrap();
+        unordered.sort_unstable();
+        assert_eq!(unordered, ordered);
+        assert_eq!(
+            pool.starmap(crate::add, (0..50u64).map(|x| (x, 1))).unwrap(),
+            (1..=50u64).collect::<Vec<_>>()
+        );
+        match pool.apply(crate::fail_on_7, 7) {
+            Err(Error::Panicked { message, .. }) => {
+                assert!(message.contains("seven is unlucky"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        pool.close();
+        pool.join().unwrap();
+        assert_eq!(exit_code(&mut workers[0]), Some(0), "the remote worker leaves at join");
+    });
+}
+
+#[test]
+fn terminate_fails_a_remote_workers_task_and_the_worker_leaves() {
+    within(DEADLINE, || {
+        let (pool, mut workers) = loopback(0, 1, |b| b);
+        let mut out = std::io::BufReader::new(workers[0].stdout.take().unwrap());
+        let blocked = pool.apply_async(announce_then_block, ());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(line.starts_with("started"), "{line}");
+        pool.terminate();
+        assert!(matches!(get(blocked), Err(Error::Terminated { .. })));
+        pool.join().unwrap();
+        // Mid-task, it sees the end of the pool's stream and leaves.
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
+#[test]
+fn a_task_timeout_holds_for_remote_workers() {
+    within(DEADLINE, || {
+        let (pool, mut workers) = loopback(0, 1, |b| b.task_timeout(Duration::from_millis(300)));
+        match pool.apply(crate::endless, ()) {
+            Err(Error::Timeout { worker, .. }) => assert!(worker.contains("127.0.0.1"), "{worker}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(exit_code(&mut workers[0]), Some(0), "the pool shut its connection: it left");
+    });
+}
+
+#[test]
+fn a_worker_with_no_pool_to_join_says_so_and_exits() {
+    within(DEADLINE, || {
+        // A port nothing listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .env(mproc_pool::ADDRESS_ENV, format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = worker(command);
+        let err = stderr_after_exit(&mut child, 2);
+        assert!(err.contains("cannot join the pool at 127.0.0.1"), "{err}");
     });
 }
 
