@@ -183,12 +183,24 @@ impl Handler {
             return;
         }
         let worker = &mut self.workers[i];
+        let remote = worker.is_remote();
         let mut batch = Vec::with_capacity(n);
         for task in self.pending.drain(..n) {
+            if remote && task.input.n_fds() > 0 {
+                // An fd does not cross TCP: the task fails alone, and the stream goes on.
+                let message = "its arguments hold ipc ends or shared state, which cannot reach a remote \
+                               worker (an fd does not cross a TCP connection)"
+                    .to_string();
+                task.slot.complete(Err(Error::Transfer { task: task.slot.task(), message }));
+                continue;
+            }
             batch.push(WireTask { id: task.id, driver: task.driver, input: task.input.clone() });
             worker.held.push_back(task);
         }
-        worker.sent_batch(n);
+        if batch.is_empty() {
+            return;
+        }
+        worker.sent_batch(batch.len());
         if let Some(timeout) = self.shared.config.task_timeout {
             worker.deadline = Some(Instant::now() + timeout);
         }

@@ -106,6 +106,28 @@ fn remote_workers_beside_local_ones_serve_the_whole_api() {
     });
 }
 
+/// Sends 1 on the pipe it is given.
+pub fn send_one(tx: mproc_pool::ipc::Sender<u64>) {
+    tx.send(&1).unwrap();
+}
+
+#[test]
+fn a_task_with_an_ipc_end_fails_alone_on_a_remote_worker() {
+    within(DEADLINE, || {
+        let (pool, mut workers) = loopback(0, 1, |b| b);
+        let (_rx, tx) = mproc_pool::ipc::pipe::<u64>().unwrap();
+        match pool.apply(send_one, tx) {
+            Err(Error::Transfer { message, .. }) => {
+                assert!(message.contains("cannot reach a remote worker"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pool.apply(square, 3).unwrap(), 9, "the worker goes on");
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
 #[test]
 fn terminate_fails_a_remote_workers_task_and_the_worker_leaves() {
     within(DEADLINE, || {
