@@ -9,6 +9,7 @@ mod errors;
 mod failures;
 mod props;
 mod remote;
+mod slurm;
 mod spread;
 mod sys;
 
