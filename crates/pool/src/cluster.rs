@@ -226,6 +226,15 @@ impl Launcher {
         self
     }
 
+    /// Connects the workers to `host` (a name, an IPv4 address or a bracketed IPv6 one) at
+    /// the port the pool listens on: for a pool bound to `0.0.0.0` with port 0 (the kernel's
+    /// choice), reached by this host's name, as in a Slurm batch script
+    /// (`SLURMD_NODENAME`).
+    pub fn connect_to_host(self, host: &str) -> Launcher {
+        let port = self.address.rsplit_once(':').map_or("", |(_, port)| port).to_owned();
+        self.connect_to(format!("{host}:{port}"))
+    }
+
     /// The environment to set for a worker: [`ADDRESS_ENV`] and [`AUTHKEY_ENV`].
     pub fn env(&self) -> Vec<(String, String)> {
         vec![(ADDRESS_ENV.into(), self.address.clone()), (AUTHKEY_ENV.into(), self.authkey.clone())]
@@ -291,6 +300,8 @@ mod tests {
             launcher.srun_args(4),
             ["--ntasks=4", "--export=ALL,MPROC_POOL_ADDR=10.0.0.1:7000,MPROC_POOL_AUTHKEY=0102"]
         );
+        assert_eq!(launcher.clone().connect_to_host("node1").address(), "node1:7000");
+        assert_eq!(launcher.clone().connect_to_host("[fe80::1]").address(), "[fe80::1]:7000");
         let ssh = launcher.clone().connect_to("head:7000").ssh("node2", "/opt/app");
         let args: Vec<_> = ssh.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
