@@ -87,6 +87,52 @@
 //! (`max_tasks_per_child`); a pool with no local workers and no remote worker left fails its
 //! tasks after [`worker_wait`](PoolBuilder::worker_wait) rather than wait for ever.
 //!
+//! ## On a Slurm cluster
+//!
+//! A batch script (`sbatch squares.sbatch`) runs the program on the allocation's first node,
+//! where it is the pool:
+//!
+//! ```sh
+//! #!/bin/bash
+//! #SBATCH --job-name=squares
+//! #SBATCH --nodes=4
+//! #SBATCH --ntasks-per-node=8     # one worker per task: 32 workers
+//! #SBATCH --time=00:30:00
+//! exec ./target/release/examples/srun
+//! ```
+//!
+//! and the program starts its workers over the whole allocation with `srun`
+//! (`examples/srun.rs`; the `srun` line it runs is
+//! `srun --ntasks=32 --export=ALL,MPROC_POOL_ADDR=node01:41813,MPROC_POOL_AUTHKEY=<hex> PROGRAM`,
+//! and [`Launcher::srun_args`] gives its arguments, to add your own `srun` options):
+//!
+//! ```no_run
+//! use std::net::Ipv4Addr;
+//! use std::time::Duration;
+//!
+//! use mproc_pool::Pool;
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     mproc_pool::init(); // in a worker started by srun: serves the pool, then exits
+//!     let workers: usize = std::env::var("SLURM_NTASKS")?.parse()?;
+//!     let pool = Pool::builder().processes(0).listen((Ipv4Addr::UNSPECIFIED, 0)).build()?;
+//!     // Workers on the other nodes reach this one by its Slurm node name.
+//!     let launcher = pool.launcher().unwrap().connect_to_host(&std::env::var("SLURMD_NODENAME")?);
+//!     let mut srun = launcher.srun(workers, std::env::current_exe()?).spawn()?;
+//!     pool.wait_for_workers(workers, Duration::from_secs(120))?;
+//!     println!("{}", pool.map(square, 0..1_000_000u64)?.iter().sum::<u64>());
+//!     drop(pool); // the workers leave with the pool, and srun returns
+//!     srun.wait()?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Each worker names itself by Slurm's node name and rank (`SLURMD_NODENAME`,
+//! `SLURM_PROCID`). Wrap `srun` in `timeout` where an allocation might not fit: a step
+//! that cannot get its CPUs waits for them for ever.
+//!
 //! # Guarantees
 //!
 //! - Every submitted task completes exactly once: with its value or an [`Error`] naming the
