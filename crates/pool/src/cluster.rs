@@ -75,8 +75,11 @@ pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>
         if ready.contains(&1) {
             return;
         }
-        let conn = match listener.accept::<ToWorker, FromWorker>() {
+        // Readable, but the peer may have given up meanwhile: never wait here for the next
+        // one (the stop pipe would go unwatched).
+        let conn = match listener.accept_timeout::<ToWorker, FromWorker>(Duration::ZERO) {
             Ok(conn) => conn,
+            Err(ipc::Error::Timeout) => continue,
             Err(e) => {
                 let why = format!("a connection to {} was refused: {e}", listener.address());
                 log::error!("mproc-pool: {why}");

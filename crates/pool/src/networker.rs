@@ -233,7 +233,7 @@ impl Stream {
             {
                 self.started += 1;
                 // Ask for the next ones while this one runs.
-                self.ask();
+                self.ask_running();
                 let start = Instant::now();
                 let id = task.id;
                 let outcome = run(task);
@@ -250,7 +250,7 @@ impl Stream {
                 self.flush();
                 return;
             }
-            self.ask();
+            self.ask_idle();
             self.flush();
             match inbox.recv() {
                 Ok(message) => self.take(message),
@@ -279,15 +279,31 @@ impl Stream {
         }
     }
 
-    /// Asks for the positions up to the one after the last started, and as many more as
-    /// about two round trips of work.
-    fn ask(&mut self) {
-        let ahead = if self.task_ns > 0.0 && self.rtt_ns > 0.0 {
+    /// How many tasks to claim beyond the next one needed: about two round trips of work
+    /// (none until both are measured, or for tasks longer than that).
+    fn ahead(&self) -> u64 {
+        if self.task_ns > 0.0 && self.rtt_ns > 0.0 {
             ((2.0 * self.rtt_ns / self.task_ns) as u64).min(MAX_AHEAD)
         } else {
             0
-        };
-        let want = self.received.min(self.started + 1 + ahead);
+        }
+    }
+
+    /// While task `started` runs: asks for the tasks after it that about two round trips of
+    /// work cover, if any.
+    fn ask_running(&mut self) {
+        self.ask(self.started + self.ahead());
+    }
+
+    /// With nothing granted to run: asks for the next task, and those after it that about
+    /// two round trips of work cover.
+    fn ask_idle(&mut self) {
+        self.ask(self.started + 1 + self.ahead());
+    }
+
+    /// Claims the positions up to `through` (those received), unless asked already.
+    fn ask(&mut self, through: u64) {
+        let want = self.received.min(through);
         if want > self.asked && want > self.granted {
             self.asked = want;
             self.asked_at = Instant::now();
@@ -312,5 +328,66 @@ impl Stream {
         let _ = self.outbox.send(FromWorker::Results { outcomes: std::mem::take(&mut self.unsent), busy_ns });
         self.bytes = 0;
         self.since = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mproc_process::ipc::Carried;
+
+    fn tasks(ids: std::ops::Range<u64>) -> ToWorker {
+        fn nothing(_: Carried) -> wire::Outcome {
+            Ok(wire::Bytes::default())
+        }
+        ToWorker::Batch(
+            ids.map(|id| WireTask { id, driver: wire::driver_ref(nothing), input: Carried::default() })
+                .collect(),
+        )
+    }
+
+    fn claims(out: &mpsc::Receiver<FromWorker>) -> Vec<u64> {
+        out.try_iter()
+            .filter_map(|m| match m {
+                FromWorker::Claim(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// With no measure of its tasks yet, or tasks longer than two round trips, a worker
+    /// claims one task at a time: the one it is about to run, never the next while it runs
+    /// one (a lost worker then fails only the task it was running).
+    #[test]
+    fn long_tasks_are_claimed_one_at_a_time() {
+        let (outbox, out) = mpsc::channel();
+        let mut stream = Stream::new(outbox, 1 << 20);
+        stream.take(tasks(1..4));
+        stream.ask_idle();
+        assert_eq!(claims(&out), [1], "only the first");
+        stream.take(ToWorker::Grant(1));
+        // Runs task 1 (long: 10 round trips).
+        stream.started = 1;
+        stream.rtt_ns = 1_000.0;
+        stream.task_ns = 10_000.0;
+        stream.ask_running();
+        assert_eq!(claims(&out), Vec::<u64>::new(), "nothing more while it runs");
+        stream.ask_idle();
+        assert_eq!(claims(&out), [2], "the next once it is done");
+    }
+
+    /// Short tasks are claimed ahead, about two round trips of work.
+    #[test]
+    fn short_tasks_are_claimed_two_round_trips_ahead() {
+        let (outbox, out) = mpsc::channel();
+        let mut stream = Stream::new(outbox, 1 << 20);
+        stream.take(tasks(1..100));
+        stream.started = 1;
+        stream.granted = 1;
+        stream.asked = 1;
+        stream.rtt_ns = 10_000.0;
+        stream.task_ns = 1_000.0;
+        stream.ask_running();
+        assert_eq!(claims(&out), [21], "task 1 runs, 20 tasks (two round trips) ahead");
     }
 }

@@ -396,7 +396,7 @@ fn netns_a_killed_remote_worker_fails_only_its_task() {
 fn netns_a_link_cut_mid_task_fails_only_its_task_and_the_worker_leaves() {
     let Some(hosts) = Hosts::new(2) else { return };
     within(DEADLINE, move || {
-        let pool = hosts.pool(Duration::from_secs(2));
+        let pool = hosts.pool(Duration::from_secs(3));
         let (struck, mut workers) = fault_mid_task(&hosts, &pool, |i, _| {
             ip(&["-n", &hosts.pool, "link", "set", &hosts.links[i], "down"]).unwrap();
         });
