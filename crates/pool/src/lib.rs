@@ -65,19 +65,7 @@
 //! }
 //! ```
 //!
-//! Under Slurm, the pool runs in the batch script's first task and starts the workers on the
-//! allocation with `srun` ([`Launcher::srun`]); each worker names itself by Slurm's node name
-//! and rank (`SLURMD_NODENAME`, `SLURM_PROCID`). For example, with `app` the program above:
-//!
-//! ```text
-//! #!/bin/sh
-//! #SBATCH --ntasks=2
-//! # The batch script runs on the allocation's first node: so does the pool, which listens
-//! # on port 7000 and starts its workers on the allocation with the srun line
-//! # Launcher::srun(2, "./app") builds:
-//! #   srun --ntasks=2 --export=ALL,MPROC_POOL_ADDR=<node>:7000,MPROC_POOL_AUTHKEY=<hex> ./app
-//! ./app
-//! ```
+//! Under Slurm, see [On a Slurm cluster](#on-a-slurm-cluster) below.
 //!
 //! Each connection is authenticated with the pool's authkey (by default the process's own,
 //! [`process::ProcessInfo::authkey`]), then the worker says which build of which program it

@@ -199,13 +199,11 @@ fn an_srun_worker_killed_mid_task_fails_only_its_task_naming_the_host() {
         let pool = &srun.pool;
         let fifo = Fifo::new("slurm-kill");
         let doomed = pool.apply_async(announce_and_hang, fifo.path.to_string_lossy().into_owned());
-        // The rest only once the doomed task runs: a remote worker is granted the task after
-        // the one it starts, and the pool counts a granted task as started (it cannot know
-        // better once the worker is gone), so a task queued right behind the doomed one in
-        // its worker would fail with it. Tasks sent to the worker while it hangs are never
-        // granted, and must go to the survivor.
-        let victim = fifo.read_pid();
+        // Submitted at once, so some may wait behind the doomed task in its worker's batch:
+        // those must go to the survivor. (The workers are fresh, so a worker claims one task
+        // at a time: none is granted ahead of a task whose length it has not measured.)
         let good: Vec<_> = (0..1000u64).map(|x| pool.apply_async(square, x)).collect();
+        let victim = fifo.read_pid();
         rustix::process::kill_process(rustix::process::Pid::from_raw(victim as i32).unwrap(), Signal::KILL)
             .expect("kill the worker");
         match get(doomed) {
