@@ -485,12 +485,13 @@ fn netns_a_worker_with_a_wrong_authkey_is_refused() {
 fn netns_a_worker_of_another_build_is_refused_naming_both() {
     let Some((hosts, _cleanup)) = Hosts::new(1) else { return };
     within(DEADLINE, move || {
-        // Built beside this binary by `cargo test` (examples are built with the tests).
+        // Built beside this binary by `cargo xtask test` (`cargo build --examples`: `cargo
+        // test` alone builds examples as test harnesses, under hashed names).
         let exe = std::env::current_exe().unwrap();
         let other = exe.parent().unwrap().parent().unwrap().join("examples/other_build");
         assert!(
             other.exists(),
-            "{} is missing: `cargo test` builds it (or `cargo build -p mproc-pool --examples`)",
+            "{} is missing: `cargo xtask test` builds it (or `cargo build -p mproc-pool --examples`)",
             other.display()
         );
         let pool = hosts.pool(Duration::from_secs(5));
