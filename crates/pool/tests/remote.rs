@@ -129,6 +129,20 @@ fn a_task_with_an_ipc_end_fails_alone_on_a_remote_worker() {
 }
 
 #[test]
+fn max_tasks_per_child_does_not_starve_remote_workers() {
+    within(DEADLINE, || {
+        // A remote worker is not retired (nothing could start its successor): it goes on
+        // taking tasks past the count.
+        let (pool, mut workers) = loopback(0, 1, |b| b.max_tasks_per_child(2));
+        for x in 0..6u64 {
+            assert_eq!(get(pool.apply_async(square, x)).unwrap(), x * x);
+        }
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
+#[test]
 fn terminate_fails_a_remote_workers_task_and_the_worker_leaves() {
     within(DEADLINE, || {
         let (pool, mut workers) = loopback(0, 1, |b| b);
