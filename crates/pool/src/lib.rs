@@ -86,7 +86,7 @@
 //! was running, and, for tasks shorter than two round trips, the few it had been granted to
 //! run next or had finished in the last millisecond without their outcomes reaching the pool.
 //! Remote workers are never replaced (the pool cannot start them) nor retired
-//! (`max_tasks_per_child`); a pool with no local workers and no remote worker left fails its
+//! (`max_tasks_per_child` does not count for them); a pool with no local workers and no remote worker left fails its
 //! tasks after [`worker_wait`](PoolBuilder::worker_wait) rather than wait for ever.
 //!
 //! ## On a Slurm cluster

@@ -390,7 +390,9 @@ impl Worker {
             // one reads `Resume` at once, and what follows it.
             usable: !self.lost && (!self.fenced || self.held.is_empty()),
             batches: self.batches.len(),
-            sent: self.sent,
+            // `max_tasks_per_child` does not count for a remote worker: it is not retired
+            // (nothing could start its successor), so it must not stop taking tasks either.
+            sent: if self.is_remote() { 0 } else { self.sent },
             task_ns: self.task_ns,
             held: self.held.len(),
             // Nothing is taken back from a remote worker (no progress word to fence): all it

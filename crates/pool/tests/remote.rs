@@ -37,7 +37,7 @@ fn loopback_workers_run_tasks_and_leave_with_the_pool() {
         let pool = Pool::builder().processes(0).listen((std::net::Ipv4Addr::LOCALHOST, 0)).build().unwrap();
         let launcher = pool.launcher().unwrap();
         let exe = std::env::current_exe().unwrap();
-        let mut workers: Vec<Child> = (0..2).map(|_| worker(launcher.command(&exe))).collect();
+        let mut workers = Workers((0..2).map(|_| worker(launcher.command(&exe))).collect());
         pool.wait_for_workers(2, DEADLINE).unwrap();
         assert_eq!(pool.map(square, 0..1000u64).unwrap(), (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
         let results: Vec<_> = (0..200u64).map(|x| pool.apply_async(square, x)).collect();
@@ -45,7 +45,7 @@ fn loopback_workers_run_tasks_and_leave_with_the_pool() {
             assert_eq!(get(r).unwrap(), (x * x) as u64);
         }
         drop(pool);
-        for w in &mut workers {
+        for w in workers.iter_mut() {
             assert_eq!(exit_code(w), Some(0));
         }
     });
@@ -56,12 +56,12 @@ fn loopback(
     processes: usize,
     n: usize,
     configure: impl FnOnce(PoolBuilder) -> PoolBuilder,
-) -> (Pool, Vec<Child>) {
+) -> (Pool, Workers) {
     let builder = Pool::builder().processes(processes).listen((std::net::Ipv4Addr::LOCALHOST, 0));
     let pool = configure(builder).build().unwrap();
     let launcher = pool.launcher().unwrap();
     let exe = std::env::current_exe().unwrap();
-    let workers: Vec<Child> = (0..n).map(|_| worker(launcher.command(&exe))).collect();
+    let workers = Workers((0..n).map(|_| worker(launcher.command(&exe))).collect());
     pool.wait_for_workers(n, DEADLINE).unwrap();
     (pool, workers)
 }
@@ -129,6 +129,20 @@ fn a_task_with_an_ipc_end_fails_alone_on_a_remote_worker() {
 }
 
 #[test]
+fn max_tasks_per_child_does_not_starve_remote_workers() {
+    within(DEADLINE, || {
+        // A remote worker is not retired (nothing could start its successor): it goes on
+        // taking tasks past the count.
+        let (pool, mut workers) = loopback(0, 1, |b| b.max_tasks_per_child(2));
+        for x in 0..6u64 {
+            assert_eq!(get(pool.apply_async(square, x)).unwrap(), x * x);
+        }
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
+#[test]
 fn terminate_fails_a_remote_workers_task_and_the_worker_leaves() {
     within(DEADLINE, || {
         let (pool, mut workers) = loopback(0, 1, |b| b);
@@ -167,8 +181,8 @@ fn a_worker_with_no_pool_to_join_says_so_and_exits() {
             .env(mproc_pool::ADDRESS_ENV, format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = worker(command);
-        let err = stderr_after_exit(&mut child, 2);
+        let mut child = Workers(vec![worker(command)]);
+        let err = stderr_after_exit(&mut child[0], 2);
         assert!(err.contains("cannot join the pool at 127.0.0.1"), "{err}");
     });
 }
@@ -193,7 +207,8 @@ fn too_few_workers_is_an_error_naming_how_many_came() {
 /// Hosts as network namespaces: one for the pool, `n` for workers, each worker's joined to
 /// the pool's by a veth pair (`10.77.K.1` on the pool's side, `10.77.K.2` on host K's). Names
 /// are unique to this process and call; the namespaces (and with them the links) are deleted
-/// on drop, whatever happened.
+/// when the [`Cleanup`] the test holds is dropped, whatever happened (a test past its
+/// deadline included: the thread left behind holds the `Hosts`, not the `Cleanup`).
 struct Hosts {
     pool: String,
     hosts: Vec<String>,
@@ -217,7 +232,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 impl Hosts {
     /// `n` worker hosts and the pool's, or `None` (with the reason printed) where this
     /// process may not make network namespaces.
-    fn new(n: usize) -> Option<Hosts> {
+    fn new(n: usize) -> Option<(Hosts, Cleanup)> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tag = format!("{:x}{k:02x}", std::process::id());
@@ -229,9 +244,11 @@ impl Hosts {
             }
             panic!("{e}");
         }
+        let mut cleanup = Cleanup(vec![hosts.pool.clone()]);
         for h in 1..=n {
             let host = format!("mproc-{tag}-h{h}");
             ip(&["netns", "add", &host]).unwrap();
+            cleanup.0.push(host.clone());
             hosts.hosts.push(host.clone());
             let (ours, theirs) = (format!("m{tag}{h}p"), format!("m{tag}{h}h"));
             ip(&[
@@ -257,7 +274,7 @@ impl Hosts {
                 ip(&["-n", ns, "link", "set", dev, "up"]).unwrap();
             }
         }
-        Some(hosts)
+        Some((hosts, cleanup))
     }
 
     /// `f()` on a thread inside the pool's namespace (the sockets it makes are there).
@@ -306,12 +323,40 @@ impl Hosts {
     }
 }
 
-impl Drop for Hosts {
+/// Deletes a test's namespaces when dropped.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        for ns in self.hosts.iter().chain([&self.pool]) {
+        for ns in &self.0 {
             if let Err(e) = ip(&["netns", "del", ns]) {
                 eprintln!("cleanup: {e}");
             }
+        }
+    }
+}
+
+/// Workers, killed and reaped when dropped (a failing test leaves none behind).
+pub struct Workers(Vec<Child>);
+
+impl std::ops::Deref for Workers {
+    type Target = Vec<Child>;
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Workers {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -348,8 +393,8 @@ pub fn announce_then_block(_: ()) -> u64 {
 /// with `WorkerDied` naming its host, while the tasks queued behind it and everything after
 /// run on the other worker. Returns the struck worker's index, the workers (not yet
 /// reaped) and the pool (alive).
-fn fault_mid_task(hosts: &Hosts, pool: &Pool, fault: impl FnOnce(usize, &mut Child)) -> (usize, Vec<Child>) {
-    let mut workers: Vec<Child> = (1..=2).map(|h| hosts.worker(pool, h, None, &[])).collect();
+fn fault_mid_task(hosts: &Hosts, pool: &Pool, fault: impl FnOnce(usize, &mut Child)) -> (usize, Workers) {
+    let mut workers = Workers((1..=2).map(|h| hosts.worker(pool, h, None, &[])).collect());
     pool.wait_for_workers(2, DEADLINE).unwrap();
     let out = {
         let (a, b) = workers.split_at_mut(1);
@@ -376,7 +421,7 @@ fn fault_mid_task(hosts: &Hosts, pool: &Pool, fault: impl FnOnce(usize, &mut Chi
 
 #[test]
 fn netns_a_killed_remote_worker_fails_only_its_task() {
-    let Some(hosts) = Hosts::new(2) else { return };
+    let Some((hosts, _cleanup)) = Hosts::new(2) else { return };
     within(DEADLINE, move || {
         let pool = hosts.pool(Duration::from_secs(5));
         let (struck, mut workers) = fault_mid_task(&hosts, &pool, |_, child| child.kill().unwrap());
@@ -394,7 +439,7 @@ fn netns_a_killed_remote_worker_fails_only_its_task() {
 
 #[test]
 fn netns_a_link_cut_mid_task_fails_only_its_task_and_the_worker_leaves() {
-    let Some(hosts) = Hosts::new(2) else { return };
+    let Some((hosts, _cleanup)) = Hosts::new(2) else { return };
     within(DEADLINE, move || {
         let pool = hosts.pool(Duration::from_secs(3));
         let (struck, mut workers) = fault_mid_task(&hosts, &pool, |i, _| {
@@ -431,26 +476,28 @@ fn stderr_after_exit(child: &mut Child, code: i32) -> String {
 
 #[test]
 fn netns_a_worker_with_a_wrong_authkey_is_refused() {
-    let Some(hosts) = Hosts::new(2) else { return };
+    let Some((hosts, _cleanup)) = Hosts::new(2) else { return };
     within(DEADLINE, move || {
         let pool = hosts.pool(Duration::from_secs(5));
         let wrong = "00".repeat(32);
-        let mut bad = hosts.worker(&pool, 1, None, &[(mproc_pool::AUTHKEY_ENV, &wrong)]);
-        let mut good = hosts.worker(&pool, 2, None, &[]);
-        let err = stderr_after_exit(&mut bad, 2);
+        let mut workers = Workers(vec![
+            hosts.worker(&pool, 1, None, &[(mproc_pool::AUTHKEY_ENV, &wrong)]),
+            hosts.worker(&pool, 2, None, &[]),
+        ]);
+        let err = stderr_after_exit(&mut workers[0], 2);
         assert!(err.contains("authentication failed"), "the worker says why: {err}");
         let refused = refusals(&pool);
         assert!(refused[0].contains("authentication"), "the pool says why: {refused:?}");
         pool.wait_for_workers(1, DEADLINE).unwrap();
         assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
         drop(pool);
-        assert_eq!(exit_code(&mut good), Some(0));
+        assert_eq!(exit_code(&mut workers[1]), Some(0));
     });
 }
 
 #[test]
 fn netns_a_worker_of_another_build_is_refused_naming_both() {
-    let Some(hosts) = Hosts::new(1) else { return };
+    let Some((hosts, _cleanup)) = Hosts::new(1) else { return };
     within(DEADLINE, move || {
         // Built beside this binary by `cargo xtask test` (`cargo build --examples`: `cargo
         // test` alone builds examples as test harnesses, under hashed names).
@@ -462,8 +509,8 @@ fn netns_a_worker_of_another_build_is_refused_naming_both() {
             other.display()
         );
         let pool = hosts.pool(Duration::from_secs(5));
-        let mut stranger = hosts.worker(&pool, 1, Some(&other), &[]);
-        let err = stderr_after_exit(&mut stranger, 2);
+        let mut stranger = Workers(vec![hosts.worker(&pool, 1, Some(&other), &[])]);
+        let err = stderr_after_exit(&mut stranger[0], 2);
         let refused = refusals(&pool);
         for said in [&err, &refused[0]] {
             assert_eq!(said.matches("built as gnu:").count(), 2, "names both builds: {said}");
