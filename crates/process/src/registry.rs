@@ -158,7 +158,8 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
-    use crate::{Error, ExitStatus};
+    use crate::error::Error;
+    use crate::status::ExitStatus;
 
     /// A child whose answers are scripted: `None` (running) until it has been asked `runs`
     /// times, then `end`.
