@@ -99,26 +99,12 @@ impl World {
 }
 
 /// What comes back from a child: its value, or why there is none.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Outcome<R> {
     Value(R),
     Panicked(String),
     /// The value (or, for spawned children, the arguments) did not cross: why.
     Transfer(String),
-}
-
-/// As `#[derive(Serialize)]` would write it (the same encoding the derived `Deserialize`
-/// reads), but inlined: a forked child encodes its outcome, and each page of code it runs
-/// first costs it a page fault.
-impl<R: Serialize> Serialize for Outcome<R> {
-    #[inline(always)]
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Outcome::Value(value) => serializer.serialize_newtype_variant("Outcome", 0, "Value", value),
-            Outcome::Panicked(why) => serializer.serialize_newtype_variant("Outcome", 1, "Panicked", why),
-            Outcome::Transfer(why) => serializer.serialize_newtype_variant("Outcome", 2, "Transfer", why),
-        }
-    }
 }
 
 /// Exit codes of a child that has no value to send: as Python, 1 for a panic.

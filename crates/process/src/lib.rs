@@ -249,10 +249,10 @@ pub mod __private {
         super::init();
     }
 
-    /// Whether mproc sees this process as single-threaded (so a Fork start holds no lock
-    /// across the fork): for the test of that path.
+    /// Whether this process has one thread (as `/proc/self/task` lists them): for the test
+    /// that must run so.
     pub fn single_threaded() -> bool {
-        crate::sys::fork::single_threaded()
+        crate::sys::only_thread()
     }
 
     /// Forgets `init()` in this process: for tests of the error a program without it gets.

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::identity::{self, Identity};
 use crate::process::Process;
 use crate::slot::{Slot, SlotWriter};
-use crate::sys::fork::{Never, die_with_parent, exit_now, fork_then, single_threaded};
+use crate::sys::fork::{Never, die_with_parent, exit_now, fork_then};
 
 /// Forks a child that runs `f` and leaves its value in a [`Slot`].
 /// `close` are the parent's fds the child closes first (`Builder::close_in_child`): ends the
@@ -35,20 +35,15 @@ where
     let identity = Box::new(identity);
     let state = Arc::new(ChildState::unstarted(exit).with_slot(slot));
     crate::registry::push(Arc::clone(&state));
-    // Flush stdio first so the child does not print the parent's pending output again. If
-    // other threads run, hold the stdio locks across the fork, so none of them holds one
-    // then (the child could never print). mproc's own per-process state needs no lock held:
-    // a child starts it afresh (see `global`).
+    // Flush stdio first so the child does not print the parent's pending output again, and
+    // hold the stdio locks across the fork, so no other thread holds one then (the child
+    // could never print). mproc's own per-process state needs no lock held: a child starts
+    // it afresh (see `global`).
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let mut out = stdout.lock();
     let _ = out.flush();
-    let held = if single_threaded() {
-        drop(out);
-        None
-    } else {
-        Some((out, stderr.lock()))
-    };
+    let held = (out, stderr.lock());
     // The identity goes to the child, and comes back to the parent (which keeps it in the
     // child's state); the locks are released on both sides.
     let forked = fork_then(close, identity, |identity| -> Never {

@@ -177,28 +177,6 @@ unsafe fn keep_only(keep: OwnedFd) -> OwnedFd {
     fd
 }
 
-/// Whether the calling thread is the only one in this process: glibc's
-/// `__libc_single_threaded`, found at run time so that mproc links with other C libraries too
-/// (there the answer is "maybe not"). Then no other thread can hold a lock at a fork.
-pub(crate) fn single_threaded() -> bool {
-    static FLAG: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let addr = *FLAG.get_or_init(|| {
-        // SAFETY: dlsym with a NUL-terminated name; it only looks the symbol up.
-        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__libc_single_threaded".as_ptr()) as usize }
-    });
-    if addr == 0 {
-        return false;
-    }
-    // SAFETY: `addr` is glibc's `char __libc_single_threaded`, which lives as long as the
-    // process and which glibc documents for applications to read without a lock; an
-    // `AtomicU8` has the layout of a `char`. glibc clears it (a plain byte store) in the
-    // thread that creates a second thread; a byte load is atomic on every target glibc
-    // supports, and a `true` read here can only come from before any thread was created,
-    // when this thread was the only one.
-    let flag = unsafe { &*(addr as *const std::sync::atomic::AtomicU8) };
-    flag.load(std::sync::atomic::Ordering::Relaxed) != 0
-}
-
 /// Ends this process at once with `code`: no destructors, no `atexit` hooks, no flushing of
 /// buffers copied from the parent.
 #[inline]

@@ -47,7 +47,7 @@ unsafe fn fn_at<F: Copy>(offset: i64) -> F {
 /// forked from a one-thread server and runs this first thing, before its function: it has
 /// one thread, which is checked here; with more (not possible there), nothing is changed.
 pub(crate) fn replace_env(vars: &[(std::ffi::OsString, std::ffi::OsString)]) {
-    if !fork::single_threaded() && !only_thread() {
+    if !only_thread() {
         return;
     }
     let stale: Vec<std::ffi::OsString> =
@@ -76,7 +76,7 @@ pub(crate) fn replace_env(vars: &[(std::ffi::OsString, std::ffi::OsString)]) {
 /// merely inherited them), nothing is removed; a child it starts gets none of them anyway
 /// (see [`spawn::spawn_self`]).
 pub(crate) fn remove_env(keys: &[&str]) {
-    if !fork::single_threaded() && !only_thread() {
+    if !only_thread() {
         return;
     }
     for key in keys {
@@ -87,7 +87,7 @@ pub(crate) fn remove_env(keys: &[&str]) {
 }
 
 /// Whether the calling thread is this process's only one, as `/proc/self/task` lists them.
-fn only_thread() -> bool {
+pub(crate) fn only_thread() -> bool {
     std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
 }
 
