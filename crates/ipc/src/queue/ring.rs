@@ -47,6 +47,10 @@ const SLICE: Duration = Duration::from_millis(50);
 /// without either.
 const SPIN: Duration = Duration::from_micros(20);
 
+/// How much of [`SPIN`] looks without giving the CPU away: about what a partner on another
+/// CPU takes to put or get an item.
+const BUSY: Duration = Duration::from_micros(1);
+
 /// How many times `lock` tries the mutex (spinning between tries) before it sleeps on it:
 /// glibc's robust mutexes sleep at once on contention, where the holder only ever holds the
 /// lock for a copy and a commit.
@@ -581,8 +585,15 @@ impl Ring {
     }
 }
 
-/// Looks for `cond` for up to [`SPIN`].
+/// Looks for `cond` for up to [`SPIN`]: busy for [`BUSY`], then giving the CPU away
+/// (`sched_yield`) between looks. A partner running on another CPU is met by the busy looks
+/// without a system call; a partner that needs this CPU to run (more runnable processes than
+/// CPUs) gets it at the first yield instead of after a wasted spin. A process that may run on
+/// one CPU only does not look at all: its partner cannot run while it looks.
 fn spin_until(cond: impl Fn() -> bool) {
+    if !several_cpus() {
+        return;
+    }
     let start = Instant::now();
     loop {
         for _ in 0..16 {
@@ -591,10 +602,30 @@ fn spin_until(cond: impl Fn() -> bool) {
                 return;
             }
         }
-        if start.elapsed() >= SPIN {
+        let spent = start.elapsed();
+        if spent >= SPIN {
             return;
         }
+        if spent >= BUSY {
+            std::thread::yield_now();
+        }
     }
+}
+
+/// Whether this process may run on more than one CPU: its affinity mask, asked again every
+/// 256 calls (it can change at run time) so that a wait costs no system call.
+fn several_cpus() -> bool {
+    use std::sync::atomic::AtomicU32;
+    // The count of CPUs in the low 16 bits (0: not asked yet), calls since asked above.
+    static CACHED: AtomicU32 = AtomicU32::new(0);
+    let cached = CACHED.fetch_add(1 << 16, Ordering::Relaxed);
+    let (cpus, calls) = (cached & 0xffff, cached >> 16);
+    if cpus != 0 && calls < 256 {
+        return cpus > 1;
+    }
+    let cpus = rustix::thread::sched_getaffinity(None).map_or(2, |set| set.count()).clamp(1, 0xffff);
+    CACHED.store(cpus, Ordering::Relaxed);
+    cpus > 1
 }
 
 fn corrupt() -> Error {
