@@ -349,7 +349,8 @@ zero_is_ready!(
     std::sync::atomic::AtomicI64,
     std::sync::atomic::AtomicUsize,
     std::sync::atomic::AtomicIsize,
-    ShmCondvar
+    ShmCondvar,
+    Listeners
 );
 
 // SAFETY: glibc's mutex words are only touched with its atomics; a dead owner's state is
@@ -564,3 +565,9 @@ pub struct ShmCondvar {
     pub(crate) seq: std::sync::atomic::AtomicU32,
     pub(crate) waiters: std::sync::atomic::AtomicU32,
 }
+
+/// How many coroutines (in any process) listen for a [`Doorbell`](crate::Doorbell): a count in
+/// shared memory, beside the state whose changes ring it. Zeroed memory is a ready count.
+#[repr(transparent)]
+#[derive(Debug, Default)]
+pub struct Listeners(pub(crate) std::sync::atomic::AtomicU32);
