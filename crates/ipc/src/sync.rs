@@ -75,6 +75,7 @@ impl Lock {
 
     /// Takes the lock, waiting as long as it takes. A second `acquire` from the thread that
     /// holds it is [`LockError::Io`] (`EDEADLK`), not a hang.
+    #[inline]
     pub fn acquire(&self) -> LockResult<'_> {
         self.shared.lock()
     }
