@@ -9,6 +9,9 @@
 //!   `recv().await`, `send(&v).await`;
 //! - a child's end: `Async<`[`Process`](process::Process)`>::join().await`;
 //! - a pool result: [`AsyncResult`](pool::AsyncResult) is a future already;
+//! - a shared [`Event`](ipc::Event) set by any process: [`AsyncShared`]`<Event>`:
+//!   `wait().await` (through the event's doorbell, an eventfd; any
+//!   [`Awaitable`](ipc::Awaitable) primitive the same way);
 //! - time: [`sleep`], [`timeout`];
 //! - each other: [`spawn`] gives a [`Task`], [`channel`], [`join_all`], [`first_of`],
 //!   [`yield_now`].
@@ -85,6 +88,7 @@ mod combinators;
 mod executor;
 mod io;
 mod reactor;
+mod shared;
 mod sync;
 mod sys;
 mod time;
@@ -95,4 +99,5 @@ pub use executor::{Executor, Panicked, Task, spawn};
 pub use io::Async;
 pub use mproc_pool as pool;
 pub use mproc_pool::{ipc, process};
+pub use shared::AsyncShared;
 pub use time::{Elapsed, Sleep, sleep, sleep_until, timeout};

@@ -216,6 +216,7 @@ impl<G: std::fmt::Debug> std::error::Error for LockError<G> {
     }
 }
 
+#[inline]
 fn lock_raw(raw: &RawMutex, deadline: Option<Instant>) -> Result<ShmGuard<'_>, LockError<ShmGuard<'_>>> {
     let guard = |raw| ShmGuard { raw, _not_send: PhantomData };
     match raw.lock_until(deadline) {
@@ -226,6 +227,7 @@ fn lock_raw(raw: &RawMutex, deadline: Option<Instant>) -> Result<ShmGuard<'_>, L
     }
 }
 
+#[inline]
 fn try_lock_raw(raw: &RawMutex) -> Result<ShmGuard<'_>, LockError<ShmGuard<'_>>> {
     let guard = |raw| ShmGuard { raw, _not_send: PhantomData };
     match raw.try_lock() {
@@ -240,6 +242,7 @@ macro_rules! mutex_api {
     ($t:ty) => {
         impl $t {
             /// Locks, waiting as long as it takes.
+            #[inline]
             pub fn lock(&self) -> Result<ShmGuard<'_>, LockError<ShmGuard<'_>>> {
                 lock_raw(self.raw(), None)
             }
