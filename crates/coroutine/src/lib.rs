@@ -87,6 +87,7 @@ mod channel;
 mod combinators;
 mod executor;
 mod io;
+mod queue;
 mod reactor;
 mod shared;
 mod sync;

@@ -91,6 +91,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::doorbell::{Awaitable, Doorbell, Listeners};
 use crate::error::{Error, Result};
 use crate::shm::Shared;
 pub use ring::QueueCrash;
@@ -336,6 +337,28 @@ impl<T> Clone for Queue<T> {
     }
 }
 
+impl<T> Awaitable for Queue<T> {
+    /// The queue's doorbell: rung after each put, and each get of a bounded queue, while
+    /// coroutines listen.
+    fn doorbell(&self) -> &Doorbell {
+        self.ring.doorbell()
+    }
+
+    fn listeners(&self) -> &Listeners {
+        self.ring.listeners()
+    }
+}
+
+impl<T> Awaitable for JoinableQueue<T> {
+    fn doorbell(&self) -> &Doorbell {
+        self.queue.doorbell()
+    }
+
+    fn listeners(&self) -> &Listeners {
+        self.queue.listeners()
+    }
+}
+
 impl<T> AsFd for Queue<T> {
     /// The shared memory's file: what a forked child must keep open (or inherit) for the
     /// queue to travel by value later; the mapping itself survives without it.
@@ -352,14 +375,14 @@ impl<T> std::fmt::Debug for Queue<T> {
 
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        self.ring.shared().serialize(serializer)
+        (self.ring.shared(), self.ring.doorbell()).serialize(serializer)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let shared = Shared::<Header>::deserialize(deserializer)?;
-        let ring = Ring::attach(shared).map_err(serde::de::Error::custom)?;
+        let (shared, bell) = <(Shared<Header>, Doorbell)>::deserialize(deserializer)?;
+        let ring = Ring::attach(shared, bell).map_err(serde::de::Error::custom)?;
         Ok(Queue { ring, closed: AtomicBool::new(false), _marker: PhantomData })
     }
 }

@@ -5,12 +5,14 @@
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
+use crate::doorbell::{Doorbell, Listeners};
 use crate::error::{Error, Result};
 use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
 use crate::sys::shm::data_offset;
 
-/// The header of a queue's region: the lock, three condition variables, and the words.
-pub(crate) type Header = (ShmMutex, ShmCondvar, ShmCondvar, ShmCondvar, [AtomicU64; WORDS]);
+/// The header of a queue's region: the lock, three condition variables, the words, and the
+/// count of coroutines listening for the doorbell.
+pub(crate) type Header = (ShmMutex, ShmCondvar, ShmCondvar, ShmCondvar, [AtomicU64; WORDS], Listeners);
 
 const WORDS: usize = 40;
 
@@ -25,7 +27,7 @@ const SLEEP_JOIN: usize = 6; // asleep in join
 const SLOTS: usize = 8; // two slots of STATE_WORDS words each, on their own cache lines
 const STATE_WORDS: usize = 8;
 
-const MAGIC_VALUE: u64 = 0x6d70_7271_7565_7501; // "mprque" v1
+const MAGIC_VALUE: u64 = 0x6d70_7271_7565_7502; // "mprque" v2
 
 /// A record's header word above this is a marker, not a length.
 const WRAP: u64 = u64::MAX;
@@ -184,6 +186,9 @@ fn crash_slow(point: QueueCrash) {
 #[derive(Clone)]
 pub(crate) struct Ring {
     shared: Shared<Header>,
+    /// Rung after every commit that may let a waiter go on (a put; a get of a bounded
+    /// queue), when coroutines listen (the count in the header).
+    bell: Doorbell,
     /// The hot ring's size (bytes).
     small: u64,
     /// The data's whole size (bytes): the hot ring and the sparse space past it.
@@ -222,15 +227,16 @@ impl Ring {
         }
         let data_len = full.min(allowed);
         let shared = Shared::<Header>::with_data(data_len as usize)?;
+        let bell = Doorbell::new()?;
         let words = &shared.4;
         words[SMALL].store(small, Ordering::Relaxed);
         words[MAXSIZE].store(maxsize, Ordering::Relaxed);
         words[MAGIC].store(MAGIC_VALUE, Ordering::Release);
-        Ok(Ring { shared, small, data_len, maxsize })
+        Ok(Ring { shared, bell, small, data_len, maxsize })
     }
 
-    /// A queue another process made.
-    pub(crate) fn attach(shared: Shared<Header>) -> std::result::Result<Ring, &'static str> {
+    /// A queue another process made (its region and its doorbell).
+    pub(crate) fn attach(shared: Shared<Header>, bell: Doorbell) -> std::result::Result<Ring, &'static str> {
         let words = &shared.4;
         if words[MAGIC].load(Ordering::Acquire) != MAGIC_VALUE {
             return Err("the shared region is not a queue");
@@ -241,11 +247,19 @@ impl Ring {
         if small < PAGE || !small.is_multiple_of(PAGE) || small >= data_len {
             return Err("the queue's header is corrupt");
         }
-        Ok(Ring { shared, small, data_len, maxsize })
+        Ok(Ring { shared, bell, small, data_len, maxsize })
     }
 
     pub(crate) fn shared(&self) -> &Shared<Header> {
         &self.shared
+    }
+
+    pub(crate) fn doorbell(&self) -> &Doorbell {
+        &self.bell
+    }
+
+    pub(crate) fn listeners(&self) -> &Listeners {
+        &self.shared.5
     }
 
     fn words(&self) -> &[AtomicU64; WORDS] {
@@ -262,7 +276,9 @@ impl Ring {
     pub(crate) fn snapshot(&self) -> State {
         let words = self.words();
         loop {
-            let generation = words[GEN].load(Ordering::Acquire);
+            // SeqCst, as the commit's store: a coroutine that counted itself a listener and
+            // then finds the queue unchanged is seen by the committer's doorbell (see `ring`).
+            let generation = words[GEN].load(Ordering::SeqCst);
             let state = self.read_slot(generation);
             fence(Ordering::Acquire);
             if words[GEN].load(Ordering::Relaxed) == generation {
@@ -293,7 +309,7 @@ impl Ring {
                 crash_point(half);
             }
         }
-        words[GEN].store(next, Ordering::Release);
+        words[GEN].store(next, Ordering::SeqCst);
         locked.generation = next;
         locked.state = state;
     }
@@ -380,6 +396,7 @@ impl Ring {
         crash_point(QueueCrash::PutCommitted);
         drop(locked);
         self.notify(&self.shared.1, SLEEP_GET, false);
+        self.bell.ring(self.listeners());
         Ok(true)
     }
 
@@ -487,6 +504,7 @@ impl Ring {
         drop(locked);
         if self.maxsize != u64::MAX {
             self.notify(&self.shared.2, SLEEP_PUT, false);
+            self.bell.ring(self.listeners());
         }
         Ok(true)
     }
