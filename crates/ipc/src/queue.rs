@@ -3,9 +3,10 @@
 //!
 //! A [`Queue`] is a region of shared memory (a sealed memfd, see [`crate::shm`]) holding a
 //! robust process-shared mutex, three condition variables, the queue's state, and the items'
-//! bytes. There is no feeder thread and no pipe: `put` encodes the value (postcard) in the
-//! calling thread, copies it into the region under the lock, and commits; `get` copies the
-//! first item out under the lock, commits, and decodes after unlocking. So:
+//! bytes, plus a [`Doorbell`] (an eventfd) for coroutines. There is no feeder thread and no
+//! pipe: `put` encodes the value (postcard) in the calling thread, copies it into the region
+//! under the lock, and commits; `get` copies the first item out under the lock, commits, and
+//! decodes after unlocking. So:
 //!
 //! - a value that does not serialize fails *in `put`*, before anything is locked or written;
 //! - when `put` returns, the item is in memory that belongs to no single process: the producer
@@ -60,11 +61,21 @@
 //! its stores sees `GEN` move, and reads again). All three come from one state, the same one
 //! a `put` or `get` that returned had committed.
 //!
-//! Waits: a blocking `get` (`put` on a full queue, `join`) first looks a few hundred times
-//! without the lock, then sleeps on its condition variable. Each wake-up is a `notify_one`
-//! after the commit, made only when someone sleeps (a count in the header). A process woken
-//! and then killed before it took the item would leave the others asleep: so every sleep
-//! lasts at most 50 ms before it looks again.
+//! Waits: a blocking `get` (`put` on a full queue) first looks without the lock, busy for about
+//! a microsecond (a partner on another CPU is met without a system call), then giving its CPU
+//! away between looks (a partner that needs this CPU runs at once) for up to 20 µs, and not
+//! at all when the process may run on one CPU only; then it sleeps on its condition
+//! variable. Each wake-up is a `notify_one` after the commit, made only when someone sleeps
+//! (a count in the header). A process woken and then killed before it took the item would
+//! leave the others asleep: so every sleep lasts at most 50 ms before it looks again.
+//!
+//! Coroutines (`mproc-coroutine`'s `AsyncShared<Queue<T>>`) do not sleep on the condition
+//! variables: they count themselves in the header's [`Listeners`], and wait in their event
+//! loop for the queue's [`Doorbell`] (see [`crate::Doorbell`]'s protocol), which a put rings
+//! after its commit, and a get of a bounded queue too, only while the count is not zero (one
+//! load otherwise). The commit word's store and the snapshot's first load of it are
+//! sequentially consistent, as the count's updates and loads are: a coroutine that counted
+//! itself in and then found the queue unchanged is rung by the commit it missed.
 //!
 //! # Limits
 //!

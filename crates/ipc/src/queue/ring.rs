@@ -26,6 +26,7 @@ const SLEEP_PUT: usize = 5; // asleep in put
 const SLEEP_JOIN: usize = 6; // asleep in join
 const SLOTS: usize = 8; // two slots of STATE_WORDS words each, on their own cache lines
 const STATE_WORDS: usize = 8;
+const COUNT_AT: usize = 2; // `State::count`'s index in a slot (see `State::to_words`)
 
 const MAGIC_VALUE: u64 = 0x6d70_7271_7565_7502; // "mprque" v2
 
@@ -367,7 +368,23 @@ impl Ring {
 
     /// Items in the queue, from one snapshot.
     pub(crate) fn qsize(&self) -> u64 {
-        self.snapshot().count
+        self.snapshot_count()
+    }
+
+    /// The committed state's `count` alone, read as [`snapshot`](Self::snapshot) reads the
+    /// whole state: three loads.
+    fn snapshot_count(&self) -> u64 {
+        let words = self.words();
+        loop {
+            let generation = words[GEN].load(Ordering::SeqCst);
+            let count =
+                words[SLOTS + (generation & 1) as usize * STATE_WORDS + COUNT_AT].load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if words[GEN].load(Ordering::Relaxed) == generation {
+                return count;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Puts one record of `payload`. `deadline`: `Some(now)` never waits, `None` waits as long
@@ -379,9 +396,12 @@ impl Ring {
         deadline: Option<Instant>,
         timeout_is_error: bool,
     ) -> Result<bool> {
-        let spin = deadline.is_none_or(|d| d > Instant::now());
-        if spin && self.full(&self.snapshot()) {
-            spin_until(|| !self.full(&self.snapshot()));
+        // An unbounded queue is never full: no look before the lock.
+        if self.maxsize != u64::MAX
+            && self.snapshot_count() >= self.maxsize
+            && deadline.is_none_or(|d| d > Instant::now())
+        {
+            spin_until(|| self.snapshot_count() < self.maxsize);
         }
         let mut locked = self.lock()?;
         crash_point(QueueCrash::PutLocked);
@@ -473,12 +493,11 @@ impl Ring {
         deadline: Option<Instant>,
         timeout_is_error: bool,
     ) -> Result<bool> {
-        let spin = deadline.is_none_or(|d| d > Instant::now());
-        if self.snapshot().count == 0 {
-            if !spin {
+        if self.snapshot_count() == 0 {
+            if deadline.is_some_and(|d| d <= Instant::now()) {
                 return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
             }
-            spin_until(|| self.snapshot().count > 0);
+            spin_until(|| self.snapshot_count() > 0);
         }
         let mut locked = self.lock()?;
         crash_point(QueueCrash::GetLocked);
