@@ -7,7 +7,11 @@
 //! Both are timed from a barrier all the processes pass once started (the transfer, not the
 //! forks), and so is Python's figure below.
 //! - `queue::pingpong`: an item there and back through two queues between two processes,
-//!   beside `raw_pipe`, an 8-byte `write`/`read` round trip over two pipes (the floor).
+//!   beside `raw_pipe`, an 8-byte `write`/`read` round trip over two pipes (the floor); and
+//!   the same with both processes on one CPU (`queue::pingpong_one_cpu`).
+//!
+//! Targets (issue 15): 1→1 at least 5,000,000 items/s, 4x4 at least 2,000,000 items/s, each
+//! ping-pong at most 1.0x its raw pipe round trip (`target` lines at the end).
 //!
 //! Python's figures come from running `python3` from this bench (when measuring), with the
 //! same item counts.
@@ -17,7 +21,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use mproc_benches::{Ratio, report};
+use mproc_benches::{Ratio, Target, report};
 use mproc_ipc::{Barrier, Queue};
 use mproc_process::Process;
 
@@ -236,17 +240,25 @@ fn main() {
     if !mproc_benches::measuring() {
         return;
     }
-    for id in ["1to1", "4x4"] {
+    let mut targets = Vec::new();
+    for (id, bound) in [("1to1", 5_000_000.0), ("4x4", 2_000_000.0)] {
         if let Some(ns) = mproc_benches::median_ns("queue", id) {
-            println!("queue::{id}: {:.0} items/s (median of this run)", ITEMS as f64 / (ns * 1e-9));
+            let rate = ITEMS as f64 / (ns * 1e-9);
+            println!("queue::{id}: {rate:.0} items/s (median of this run)");
+            targets.push(Target::at_least(format!("queue::{id}"), rate, bound, " items/s"));
         }
     }
     for group in ["queue::pingpong", "queue::pingpong_one_cpu"] {
         report(group, "raw_pipe", &["queues"], Ratio::Time);
+        let ns = |id| mproc_benches::median_ns(group, id);
+        if let (Some(floor), Some(queues)) = (ns("raw_pipe"), ns("queues")) {
+            targets.push(Target::at_most(group, queues / floor, 1.0, "x the raw pipe round trip"));
+        }
     }
     match std::process::Command::new("python3").arg("-c").arg(PYTHON).arg(ITEMS.to_string()).output() {
         Ok(out) if out.status.success() => print!("{}", String::from_utf8_lossy(&out.stdout)),
         Ok(out) => println!("python3 failed: {}", String::from_utf8_lossy(&out.stderr)),
         Err(e) => println!("python3 not run: {e}"),
     }
+    mproc_benches::report_targets(&targets);
 }

@@ -1,9 +1,6 @@
 //! Awaiting a queue's `get` and `put` from coroutines, through its doorbell.
 
-use std::future::Future;
-use std::pin::pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mproc_coroutine::ipc::{Awaitable, Error, Queue, pipe};
@@ -53,10 +50,11 @@ fn a_coroutine_awaits_get_while_another_process_puts() {
     let got = ex.block_on(async {
         let waiting = Rc::new(AsyncShared::new(queue.clone()).unwrap());
         let w = Rc::clone(&waiting);
+        // No timeout inside the task: only a wake (the doorbell) polls its get again.
         let getter = spawn(async move {
             let mut got = vec![];
             for _ in 0..3 {
-                got.push(bounded(w.get()).await.unwrap());
+                got.push(w.get().await.unwrap());
             }
             got
         });
@@ -64,7 +62,7 @@ fn a_coroutine_awaits_get_while_another_process_puts() {
         mproc_coroutine::yield_now().await;
         assert_eq!(queue.listeners().count(), 1);
         go.send(&()).unwrap();
-        getter.await.unwrap()
+        bounded(getter).await.unwrap()
     });
     assert_eq!(got, [1, 2, 3]);
     done.recv_timeout(DEADLINE).unwrap();
@@ -146,15 +144,27 @@ fn a_put_between_the_check_and_the_sleep_wakes_the_get() {
     let (go, done, child) = helper(&queue, put_three);
     let ex = Executor::new().unwrap();
     ex.block_on(async {
-        let q = AsyncShared::new(queue.clone()).unwrap();
-        let mut get = pin!(q.get());
-        // The first poll listens, notes the doorbell's event count and finds the queue empty.
-        let first = std::future::poll_fn(|cx: &mut Context<'_>| Poll::Ready(get.as_mut().poll(cx))).await;
-        assert!(first.is_pending());
-        // Another process puts now, before this thread goes to sleep in the reactor.
+        let q = Rc::new(AsyncShared::new(queue.clone()).unwrap());
+        let w = Rc::clone(&q);
+        let getter = spawn(async move { w.get().await });
+        // The getter's first poll listens, notes the doorbell's event count and finds the
+        // queue empty; this thread goes on without sleeping in the reactor.
+        mproc_coroutine::yield_now().await;
+        assert!(!getter.is_finished());
+        // Another process puts now, before this thread sleeps: the put is whole (and its ring
+        // written) when `done` comes.
         go.send(&()).unwrap();
         done.recv_timeout(DEADLINE).unwrap();
-        assert_eq!(bounded(get).await.unwrap(), 1);
+        // Only the ring polls the getter again: the executor looks at the reactor (without
+        // sleeping) after every 1,024 polls, so within 8,192 yields it has seen the ring.
+        for _ in 0..8192 {
+            if getter.is_finished() {
+                break;
+            }
+            mproc_coroutine::yield_now().await;
+        }
+        assert!(getter.is_finished(), "the put's ring did not wake the getter");
+        assert_eq!(getter.await.unwrap().unwrap(), 1);
     });
     child.join().unwrap();
 }
