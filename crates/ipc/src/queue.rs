@@ -61,11 +61,12 @@
 //! its stores sees `GEN` move, and reads again). All three come from one state, the same one
 //! a `put` or `get` that returned had committed.
 //!
-//! Waits: a blocking `get` (`put` on a full queue) first looks without the lock, busy for about
-//! a microsecond (a partner on another CPU is met without a system call), then giving its CPU
-//! away between looks (a partner that needs this CPU runs at once) for up to 20 µs, and not
-//! at all when the process may run on one CPU only; then it sleeps on its condition
-//! variable. Each wake-up is a `notify_one` after the commit, made only when someone sleeps
+//! Waits: a blocking `get` (`put` on a full queue) first looks without the lock (busy, no
+//! system call) for as long as looking has lately paid in this process: up to 20 µs while a
+//! partner on another CPU keeps answering in time, not at all (but for a probe every 64th
+//! wait) once looks keep failing, as they do when the partner waits for a CPU that busy
+//! processes hold, and never when the process may run on one CPU only; then it sleeps on its
+//! condition variable. Each wake-up is a `notify_one` after the commit, made only when someone sleeps
 //! (a count in the header). A process woken and then killed before it took the item would
 //! leave the others asleep: so every sleep lasts at most 50 ms before it looks again.
 //!

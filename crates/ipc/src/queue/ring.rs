@@ -45,14 +45,13 @@ const PAGE: u64 = 4096;
 /// with an item there; they find it within this time.
 const SLICE: Duration = Duration::from_millis(50);
 
-/// How long a blocking call looks (without the lock) for its condition before it sleeps:
-/// about what a sleep and a wake-up cost, so a partner that is already on its way is met
-/// without either.
-const SPIN: Duration = Duration::from_micros(20);
+/// The longest a blocking call looks (without the lock) for its condition before it sleeps:
+/// about what a sleep and a wake-up cost. How long it looks up to that is learnt (see
+/// `spin_until`).
+const SPIN_NS: u32 = 20_000;
 
-/// How much of [`SPIN`] looks without giving the CPU away: about what a partner on another
-/// CPU takes to put or get an item.
-const BUSY: Duration = Duration::from_micros(1);
+/// The shortest look: below it a blocking call sleeps at once (but for a probe now and then).
+const SPIN_MIN_NS: u32 = 1_000;
 
 /// How many times `lock` tries the mutex (spinning between tries) before it sleeps on it:
 /// glibc's robust mutexes sleep at once on contention, where the holder only ever holds the
@@ -622,29 +621,45 @@ impl Ring {
     }
 }
 
-/// Looks for `cond` for up to [`SPIN`]: busy for [`BUSY`], then giving the CPU away
-/// (`sched_yield`) between looks. A partner running on another CPU is met by the busy looks
-/// without a system call; a partner that needs this CPU to run (more runnable processes than
-/// CPUs) gets it at the first yield instead of after a wasted spin. A process that may run on
-/// one CPU only does not look at all: its partner cannot run while it looks.
+/// Looks for `cond` (busy, without a system call) for as long as looking has lately paid:
+/// a partner running on another CPU is met without a sleep and a wake-up, and when the
+/// partner is not running (the CPUs are busy with other work, so it waits for one) the looks
+/// stop, since they only delay it. The budget is this process's, in nanoseconds: a look that
+/// succeeded after `t` sets it to `2t` (within [`SPIN_MIN_NS`] and [`SPIN_NS`]); one that
+/// failed halves it. Below [`SPIN_MIN_NS`] it does not look, except every 64th wait, which
+/// looks for [`SPIN_NS`] (long enough for a partner to be woken and answer) to learn whether
+/// looking pays again. A process that may run on one CPU only does not look at all: its
+/// partner cannot run while it looks.
 fn spin_until(cond: impl Fn() -> bool) {
+    use std::sync::atomic::AtomicU32;
+    // The budget (ns), and waits since the last probe in the top 8 bits.
+    static BUDGET: AtomicU32 = AtomicU32::new(SPIN_MIN_NS);
     if !several_cpus() {
         return;
     }
+    let word = BUDGET.load(Ordering::Relaxed);
+    let (mut budget, waits) = (word & 0xff_ffff, word >> 24);
+    if budget < SPIN_MIN_NS {
+        if waits < 63 {
+            BUDGET.store(((waits + 1) << 24) | budget, Ordering::Relaxed);
+            return;
+        }
+        budget = SPIN_NS;
+    }
     let start = Instant::now();
+    let limit = Duration::from_nanos(u64::from(budget));
     loop {
         for _ in 0..16 {
             std::hint::spin_loop();
             if cond() {
+                let took = start.elapsed().as_nanos().min(u128::from(SPIN_NS)) as u32;
+                BUDGET.store((2 * took).clamp(SPIN_MIN_NS, SPIN_NS), Ordering::Relaxed);
                 return;
             }
         }
-        let spent = start.elapsed();
-        if spent >= SPIN {
+        if start.elapsed() >= limit {
+            BUDGET.store(budget / 2, Ordering::Relaxed);
             return;
-        }
-        if spent >= BUSY {
-            std::thread::yield_now();
         }
     }
 }
