@@ -43,7 +43,7 @@ impl Mapping {
     pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<Mapping> {
         use rustix::fs::MemfdFlags;
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
+        set_len(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         Mapping::map(fd, len)
     }
@@ -131,6 +131,22 @@ impl Mapping {
         // buffer.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len()) }
     }
+}
+
+/// Sizes the file `fd` to `len` bytes; an error naming the file size limit (`ulimit -f`,
+/// `RLIMIT_FSIZE`) if `len` is past it, where `ftruncate` would have the kernel kill the
+/// process with `SIGXFSZ`.
+pub(crate) fn set_len(fd: &OwnedFd, len: u64) -> io::Result<()> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Fsize).current.unwrap_or(u64::MAX);
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!(
+                "a shared block of {len} bytes is past this process's file size limit of {limit} bytes (ulimit -f)"
+            ),
+        ));
+    }
+    Ok(rustix::fs::ftruncate(fd, len)?)
 }
 
 impl Drop for Mapping {
