@@ -152,7 +152,7 @@ impl<'de, T: ShmType> Deserialize<'de> for Shared<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (fd, data_len, tag) = <(crate::fdpass::FdIn, u64, u64)>::deserialize(deserializer)?;
         if tag != type_tag::<T>() {
-            return Err(D::Error::custom(format!(
+            return Err(crate::codec::refuse(format!(
                 "the shared region was made for another type than {}",
                 std::any::type_name::<T>()
             )));
