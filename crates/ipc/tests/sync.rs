@@ -316,3 +316,32 @@ fn an_array_whose_length_does_not_match_its_region_is_refused() {
     assert_refused(received_as::<_, Value<u64>>(&("u64", region.clone())), "16 data bytes", "1 values");
     assert_eq!(received_as::<_, Array<u64>>(&("u64", region, 2u64)).unwrap().to_vec(), [0, 0]);
 }
+
+/// A `Lock` is released only by the thread that acquired it (its guard is not `Send`: a
+/// doctest checks that the compiler refuses): another thread cannot take it meanwhile, and
+/// when the holding thread ends without releasing it, the next `acquire` gets it with
+/// `OwnerDied`. A token that another thread gives back is a `BoundedSemaphore(1)`.
+#[test]
+fn a_lock_is_released_only_by_its_holder_thread_and_its_end_hands_it_over() {
+    let lock = Lock::new().unwrap();
+    let (held_rx, held_tx) = pipe::<()>().unwrap();
+    let (end_rx, end_tx) = pipe::<()>().unwrap();
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| {
+            std::mem::forget(lock.acquire().unwrap());
+            held_tx.send(&()).unwrap();
+            end_rx.recv_timeout(DEADLINE).unwrap();
+        });
+        held_rx.recv_timeout(DEADLINE).unwrap();
+        assert!(matches!(lock.try_acquire(), Err(LockError::Timeout)), "held by the other thread");
+        end_tx.send(&()).unwrap();
+        holder.join().unwrap();
+    });
+    assert!(matches!(lock.acquire_timeout(DEADLINE), Err(LockError::OwnerDied(_))));
+    assert!(lock.try_acquire().is_ok(), "clean once handed over");
+
+    let token = BoundedSemaphore::new(1).unwrap();
+    assert!(token.try_acquire());
+    std::thread::scope(|s| s.spawn(|| token.release()).join().unwrap()).unwrap();
+    assert!(token.try_acquire(), "given back by another thread");
+}
