@@ -47,10 +47,12 @@
 //!
 //! # How the guarantees hold
 //!
-//! - *Holder killed*: glibc keeps each held robust mutex on its thread's robust list (with
-//!   `list_op_pending` covering the instant between the atomic that takes it and the list
-//!   update); at the thread's death the kernel marks the mutex `OWNER_DIED` and wakes one
-//!   waiter. No pid is stored and compared later, so a reused pid changes nothing.
+//! - *Holder killed*: the mutex is a robust futex: its word holds the holder's thread id, and
+//!   the holder's thread keeps it on its robust list (glibc's list, shared with glibc's own
+//!   robust mutexes; `list_op_pending` covers the instant between the atomic that takes it
+//!   and the list update). At the thread's end the kernel marks the word `OWNER_DIED` and
+//!   wakes one waiter. No pid is stored and compared later, so a reused pid changes nothing.
+//!   The uncontended lock and unlock are one compare-and-swap and one swap, no system call.
 //! - *A forked child*: the lock belongs to the thread that took it, in the parent; the child
 //!   does not own it (its robust list starts empty), waits for it like anyone else, and gets
 //!   `OwnerDied` if the parent dies holding it.
@@ -63,8 +65,8 @@
 //!   before relocking is lost to the others: code that must not hang then uses `notify_all`
 //!   or waits with a deadline.
 //! - *Deadlines*: every wait has a `_until` form with an `Option<Instant>` (`None` = no
-//!   deadline); the lock waits with `pthread_mutex_clocklock(CLOCK_MONOTONIC)`, the condvar
-//!   with a relative futex timeout, so wall-clock changes do not move them.
+//!   deadline); the lock and the condvar wait with relative futex timeouts recomputed from
+//!   the monotonic clock, so wall-clock changes do not move them.
 //!
 //! # Caveats
 //!
