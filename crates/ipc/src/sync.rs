@@ -48,8 +48,8 @@ fn internal(m: &ShmMutex) -> ShmGuard<'_> {
 
 /// Python's `multiprocessing.Lock`: a non-recursive lock shared between processes.
 ///
-/// Unlike Python's, it is released by the thread that took it (when the guard drops), and a
-/// holder that dies hands it over: the next `acquire` gets it with [`LockError::OwnerDied`].
+/// A holder that dies hands it over: the next `acquire` gets it with
+/// [`LockError::OwnerDied`].
 ///
 /// ```
 /// # fn main() -> mproc_ipc::Result<()> {
@@ -61,6 +61,28 @@ fn internal(m: &ShmMutex) -> ShmGuard<'_> {
 /// assert!(lock.try_acquire().is_ok());
 /// # Ok(()) }
 /// ```
+///
+/// # Who releases it
+///
+/// Only the thread that acquired it, by dropping the guard, which is not `Send`. Python's
+/// `Lock` may be released by any thread or process (it is a semaphore underneath); this one
+/// may not, on purpose: a lock that knows its holder is what lets the kernel hand it over
+/// when the holder dies (the holder's thread id is in the lock word, and the lock is on that
+/// thread's robust futex list). A *thread* that ends holding it hands it over the same way
+/// as a process that dies: the next `acquire` gets [`LockError::OwnerDied`]. For a token
+/// that one thread takes and another gives back, use [`BoundedSemaphore::new(1)`]
+/// (Python's `Lock` semantics, without the owner-died hand-over).
+///
+/// ```compile_fail
+/// // The guard cannot move to another thread: the compiler refuses.
+/// let lock = mproc_ipc::Lock::new().unwrap();
+/// let guard = lock.acquire().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard));
+/// });
+/// ```
+///
+/// [`BoundedSemaphore::new(1)`]: BoundedSemaphore::new
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Lock {

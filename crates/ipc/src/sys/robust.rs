@@ -341,3 +341,101 @@ impl RawMutex {
         Ok(())
     }
 }
+
+impl RawMutex {
+    /// The futex word (for a wait on several words, [`wait_any`]).
+    pub(crate) fn word(&self) -> &AtomicU32 {
+        &self.word
+    }
+
+    /// Makes the holder's end observable: sets `FUTEX_WAITERS` on a held lock, so that the
+    /// kernel, when the holder ends, wakes a waiter on the word (it wakes only if that bit is
+    /// set).
+    pub(crate) fn watch_owner(&self) -> Watch {
+        loop {
+            let cur = self.word.load(Ordering::Relaxed);
+            if cur & TID_MASK == 0 {
+                return if cur & OWNER_DIED != 0 { Watch::Died } else { Watch::Free };
+            }
+            if cur & WAITERS != 0 {
+                return Watch::Held(cur);
+            }
+            if self.word.compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                return Watch::Held(cur | WAITERS);
+            }
+        }
+    }
+}
+
+/// What [`RawMutex::watch_owner`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// Held: the word's value to wait on (a change, or the kernel's wake at the holder's
+    /// end, ends the wait).
+    Held(u32),
+    /// Nobody holds it.
+    Free,
+    /// Its holder died (nobody took it since).
+    Died,
+}
+
+/// The kernel's `struct futex_waitv` (linux/futex.h).
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// `FUTEX2_SIZE_U32`: a 32-bit futex (shared: without `FUTEX2_PRIVATE`).
+const FUTEX2_SIZE_U32: u32 = 0x02;
+
+/// Sleeps until one of `words` is woken, or one differs from its expected value when the
+/// sleep starts, or `deadline` passes (`futex_waitv(2)`, Linux 5.16). `Ok(false)`: the
+/// deadline passed. `ENOSYS` on an older kernel; at most 128 words.
+pub(crate) fn wait_any(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> io::Result<bool> {
+    let waitv: Vec<FutexWaitv> = words
+        .iter()
+        .map(|(word, val)| FutexWaitv {
+            val: u64::from(*val),
+            uaddr: word.as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32,
+            reserved: 0,
+        })
+        .collect();
+    let abs = deadline.map(|d| {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let left = d.saturating_duration_since(Instant::now());
+        let mut sec = now.tv_sec.saturating_add(left.as_secs() as i64);
+        let mut nsec = now.tv_nsec + i64::from(left.subsec_nanos());
+        if nsec >= 1_000_000_000 {
+            nsec -= 1_000_000_000;
+            sec = sec.saturating_add(1);
+        }
+        libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as _ }
+    });
+    let ts = abs.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `waitv` is a valid array of `words.len()` entries, each naming a live atomic
+    // word (borrowed for the call); `ts` is null or a valid timespec on the stack; the
+    // kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            waitv.as_ptr(),
+            waitv.len() as libc::c_uint,
+            0 as libc::c_uint,
+            ts,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if rc >= 0 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ETIMEDOUT) => Ok(false),
+        // A word already differed (EAGAIN) or a signal came (EINTR): look again.
+        e if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => Ok(true),
+        e => Err(e),
+    }
+}

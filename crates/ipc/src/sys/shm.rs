@@ -2,17 +2,11 @@
 //!
 //! A [`Mapping`] is a whole file mapped `MAP_SHARED` for as long as the value lives. Other
 //! processes map the same pages and write them at any time, so the mapping is only reached
-//! through raw pointers: typed views are atomics (made for shared memory), [`RawMutex`] (a
-//! `pthread_mutex_t` that glibc only touches with its own atomics) and byte copies. The file
-//! is sealed against shrinking before anything else sees it, so no access through a live
-//! mapping can fault with `SIGBUS`.
-//!
-//! [`RawMutex`] is a `pthread_mutex_t` made process-shared and robust: glibc keeps the
-//! mutexes a thread holds on that thread's robust list, and when the thread dies the kernel
-//! marks each one "owner died" and wakes a waiter, whose lock then returns `EOWNERDEAD`.
-//! Because the kernel reads that list at the death (no pid is stored and looked up later), a
-//! reused pid cannot be mistaken for the owner, and the window between taking the lock and
-//! recording it on the list is covered by glibc's `list_op_pending`.
+//! through raw pointers: typed views are atomics (made for shared memory), [`RawMutex`] (the
+//! robust futex lock of `sys/robust.rs`, all atomics) and byte copies. The file is sealed
+//! against shrinking before anything else sees it, so no access through a live mapping can
+//! fault with `SIGBUS`, and it is sized only after the file size limit was checked (past it,
+//! `ftruncate` would raise `SIGXFSZ`).
 
 use std::io;
 use std::marker::PhantomData;
@@ -43,7 +37,7 @@ impl Mapping {
     pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<Mapping> {
         use rustix::fs::MemfdFlags;
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
+        set_len(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         Mapping::map(fd, len)
     }
@@ -131,6 +125,22 @@ impl Mapping {
         // buffer.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len()) }
     }
+}
+
+/// Sizes the file `fd` to `len` bytes; an error naming the file size limit (`ulimit -f`,
+/// `RLIMIT_FSIZE`) if `len` is past it, where `ftruncate` would have the kernel kill the
+/// process with `SIGXFSZ`.
+pub(crate) fn set_len(fd: &OwnedFd, len: u64) -> io::Result<()> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Fsize).current.unwrap_or(u64::MAX);
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!(
+                "a shared block of {len} bytes is past this process's file size limit of {limit} bytes (ulimit -f)"
+            ),
+        ));
+    }
+    Ok(rustix::fs::ftruncate(fd, len)?)
 }
 
 impl Drop for Mapping {
