@@ -244,6 +244,34 @@ macro_rules! test_support {
 
 #[doc(hidden)]
 pub mod __private {
+    /// This process family's secrets (its authkey, then the key of `FnRef` tags): for
+    /// `mproc-pool`, which gives them to a remote worker (the same build of this program,
+    /// authenticated by the authkey) so it can run the family's tasks.
+    pub fn family_keys() -> [u8; 48] {
+        let me = crate::identity::identity();
+        let mut keys = [0; 48];
+        keys[..32].copy_from_slice(&me.authkey);
+        keys[32..].copy_from_slice(&me.fn_key);
+        keys
+    }
+
+    /// Makes this process a member of the family whose [`family_keys`] these are, named
+    /// `name`, its parent `parent` (pid, name): for `mproc-pool`'s remote workers, which
+    /// call it before they start any thread.
+    pub fn join_family(keys: &[u8; 48], name: String, parent: (u32, String)) {
+        let mut authkey = [0; 32];
+        let mut fn_key = [0; 16];
+        authkey.copy_from_slice(&keys[..32]);
+        fn_key.copy_from_slice(&keys[32..]);
+        crate::identity::become_child(Box::new(crate::identity::Identity {
+            name,
+            daemon: false,
+            authkey,
+            fn_key,
+            parent: Some(parent),
+        }));
+    }
+
     /// `init()`, run before the test harness's `main` (see [`test_support!`]).
     pub fn before_main() {
         super::init();
