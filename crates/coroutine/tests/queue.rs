@@ -1,36 +1,14 @@
 //! Awaiting a queue's `get` and `put` from coroutines, through its doorbell.
 
+use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
-use mproc_coroutine::ipc::{Awaitable, Error, Queue, pipe};
+use mproc_coroutine::ipc::{Awaitable, Error, Queue};
 use mproc_coroutine::process::{Builder, Process, StartMethod};
 use mproc_coroutine::{AsyncShared, Executor, spawn};
 
 use crate::*;
-
-/// A forked child that, when told (a message on a pipe), runs `step` on `queue`, says it did
-/// and returns. (Not a loop until end of file: children other tests fork meanwhile hold
-/// copies of the pipe's write end.)
-fn helper(
-    queue: &Queue<u32>,
-    step: fn(&Queue<u32>),
-) -> (mproc_coroutine::ipc::Sender<()>, mproc_coroutine::ipc::Receiver<()>, Process<()>) {
-    let (go_rx, go_tx) = pipe::<()>().unwrap();
-    let (done_rx, done_tx) = pipe::<()>().unwrap();
-    let queue = queue.clone();
-    let child = Builder::new()
-        .start_method(StartMethod::Fork)
-        .close_in_child(&go_tx)
-        .close_in_child(&done_rx)
-        .spawn(move || {
-            go_rx.recv_timeout(DEADLINE).unwrap();
-            step(&queue);
-            done_tx.send(&()).unwrap();
-        })
-        .unwrap();
-    (go_tx, done_rx, child)
-}
 
 fn put_three(queue: &Queue<u32>) {
     for i in 1..=3 {
@@ -45,7 +23,10 @@ fn get_one(queue: &Queue<u32>) {
 #[test]
 fn a_coroutine_awaits_get_while_another_process_puts() {
     let queue = Queue::<u32>::new().unwrap();
-    let (go, done, child) = helper(&queue, put_three);
+    let (go, done, child) = when_told({
+        let queue = queue.clone();
+        move || put_three(&queue)
+    });
     let ex = Executor::new().unwrap();
     let got = ex.block_on(async {
         let waiting = Rc::new(AsyncShared::new(queue.clone()).unwrap());
@@ -75,7 +56,10 @@ fn a_coroutine_awaits_get_while_another_process_puts() {
 fn a_put_awaits_room_in_a_full_queue() {
     let queue = Queue::<u32>::with_maxsize(1).unwrap();
     queue.put(&1).unwrap();
-    let (go, done, child) = helper(&queue, get_one);
+    let (go, done, child) = when_told({
+        let queue = queue.clone();
+        move || get_one(&queue)
+    });
     let ex = Executor::new().unwrap();
     ex.block_on(async {
         let waiting = Rc::new(AsyncShared::new(queue.clone()).unwrap());
@@ -108,6 +92,20 @@ fn timed_gets_and_puts_give_timeout_and_leave_the_queue_as_it_was() {
     assert_eq!(queue.listeners().count(), 0);
 }
 
+/// Starts `wait` (a get or put on `queue`) as a task, lets it wait (listening for the
+/// doorbell), then cancels it: it counts itself out.
+async fn cancel_while_waiting(
+    queue: &Queue<u32>,
+    wait: impl Future<Output = mproc_coroutine::ipc::Result<()>> + 'static,
+) {
+    let task = spawn(wait);
+    mproc_coroutine::yield_now().await;
+    assert!(!task.is_finished());
+    assert_eq!(queue.listeners().count(), 1);
+    drop(task);
+    assert_eq!(queue.listeners().count(), 0);
+}
+
 #[test]
 fn cancelled_gets_and_puts_leave_the_queue_whole() {
     let queue = Queue::<u32>::with_maxsize(1).unwrap();
@@ -116,20 +114,12 @@ fn cancelled_gets_and_puts_leave_the_queue_whole() {
         let q = Rc::new(AsyncShared::new(queue.clone()).unwrap());
         // A get cancelled while it waits.
         let w = Rc::clone(&q);
-        let getter = spawn(async move { w.get().await });
-        mproc_coroutine::yield_now().await;
-        assert_eq!(queue.listeners().count(), 1);
-        drop(getter);
-        assert_eq!(queue.listeners().count(), 0);
+        cancel_while_waiting(&queue, async move { w.get().await.map(drop) }).await;
         queue.put(&7).unwrap();
         assert_eq!(queue.qsize(), 1, "the cancelled get took nothing");
         // A put cancelled while it waits for room.
         let w = Rc::clone(&q);
-        let putter = spawn(async move { w.put(&8).await });
-        mproc_coroutine::yield_now().await;
-        assert_eq!(queue.listeners().count(), 1);
-        drop(putter);
-        assert_eq!(queue.listeners().count(), 0);
+        cancel_while_waiting(&queue, async move { w.put(&8).await }).await;
         assert_eq!(bounded(q.get()).await.unwrap(), 7);
         assert_eq!(queue.try_get().unwrap(), None, "the cancelled put put nothing");
         // The queue still works both ways.
@@ -141,7 +131,10 @@ fn cancelled_gets_and_puts_leave_the_queue_whole() {
 #[test]
 fn a_put_between_the_check_and_the_sleep_wakes_the_get() {
     let queue = Queue::<u32>::new().unwrap();
-    let (go, done, child) = helper(&queue, put_three);
+    let (go, done, child) = when_told({
+        let queue = queue.clone();
+        move || put_three(&queue)
+    });
     let ex = Executor::new().unwrap();
     ex.block_on(async {
         let q = Rc::new(AsyncShared::new(queue.clone()).unwrap());

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use mproc_coroutine::ipc::{Awaitable, Event, pipe};
+use mproc_coroutine::ipc::{Awaitable, Event};
 use mproc_coroutine::process::{Builder, Process, StartMethod};
 use mproc_coroutine::{AsyncShared, Executor, join_all, spawn, timeout};
 
@@ -21,30 +21,13 @@ fn until_listening(event: &Event, n: u32) {
     }
 }
 
-/// A child that sets `event` when told (a message on a pipe), and says when it did.
-fn setter(
-    event: &Event,
-) -> (mproc_coroutine::ipc::Sender<()>, mproc_coroutine::ipc::Receiver<()>, Process<()>) {
-    let (go_rx, go_tx) = pipe::<()>().unwrap();
-    let (done_rx, done_tx) = pipe::<()>().unwrap();
-    let event = event.clone();
-    let child = Builder::new()
-        .start_method(StartMethod::Fork)
-        .close_in_child(&go_tx)
-        .close_in_child(&done_rx)
-        .spawn(move || {
-            go_rx.recv_timeout(DEADLINE).unwrap();
-            event.set();
-            done_tx.send(&()).unwrap();
-        })
-        .unwrap();
-    (go_tx, done_rx, child)
-}
-
 #[test]
 fn a_coroutine_awaits_an_event_set_by_another_process() {
     let event = Event::new().unwrap();
-    let (go, done, child) = setter(&event);
+    let (go, done, child) = when_told({
+        let event = event.clone();
+        move || event.set()
+    });
     let ex = Executor::new().unwrap();
     ex.block_on(async {
         let waiting = AsyncShared::new(event.clone()).unwrap();
@@ -63,7 +46,10 @@ fn a_coroutine_awaits_an_event_set_by_another_process() {
 #[test]
 fn a_set_after_the_check_and_before_the_sleep_wakes_the_coroutine() {
     let event = Event::new().unwrap();
-    let (go, done, child) = setter(&event);
+    let (go, done, child) = when_told({
+        let event = event.clone();
+        move || event.set()
+    });
     let ex = Executor::new().unwrap();
     ex.block_on(async {
         let waiting = AsyncShared::new(event.clone()).unwrap();

@@ -29,3 +29,28 @@ impl Drop for Guard {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A forked child that, when told (a message on the returned sender), runs `step`, says it
+/// did (a message on the returned receiver) and returns. (Once, not a loop until end of
+/// file: children other tests fork meanwhile hold copies of the pipe's write end.)
+pub fn when_told(
+    step: impl FnOnce() + Send + 'static,
+) -> (
+    mproc_coroutine::ipc::Sender<()>,
+    mproc_coroutine::ipc::Receiver<()>,
+    mproc_coroutine::process::Process<()>,
+) {
+    let (go_rx, go_tx) = mproc_coroutine::ipc::pipe::<()>().unwrap();
+    let (done_rx, done_tx) = mproc_coroutine::ipc::pipe::<()>().unwrap();
+    let child = mproc_coroutine::process::Builder::new()
+        .start_method(mproc_coroutine::process::StartMethod::Fork)
+        .close_in_child(&go_tx)
+        .close_in_child(&done_rx)
+        .spawn(move || {
+            go_rx.recv_timeout(DEADLINE).unwrap();
+            step();
+            done_tx.send(&()).unwrap();
+        })
+        .unwrap();
+    (go_tx, done_rx, child)
+}
