@@ -33,6 +33,10 @@ fn main() {
     if let Ok(mode) = std::env::var("MPROC_BENCH_PEER") {
         return peer(&mode);
     }
+    if let Ok(case) = std::env::var("MPROC_BENCH_PROBE") {
+        let n = std::env::var("MPROC_BENCH_N").map_or(10_000, |s| s.parse().unwrap());
+        return probe(&case, n);
+    }
     mproc_benches::start_run();
     let mut c = Criterion::default()
         .output_directory(&mproc_benches::criterion_dir())
@@ -132,6 +136,74 @@ fn paired_on_one_cpu() {
             conn.recv_bytes_into(&mut buf).unwrap();
         },
     );
+}
+
+/// Runs `n` messages of one case and nothing else, for counting what a message costs from
+/// outside (`strace -c -f`, with `n = 0` for the set-up alone).
+fn probe(case: &str, n: usize) {
+    let data: Vec<u8> = (0..MIB).map(|i| i as u8).collect();
+    let mut small = [1u8; 8];
+    let mut big = data.clone();
+    let mut buf = Vec::new();
+    match case {
+        "raw-pipe" => {
+            let (tx, rx, _p) = pipe_peer("raw-pipe", 8);
+            (0..n).for_each(|_| raw_round_trip(tx.as_fd(), rx.as_fd(), &mut small));
+        }
+        "bytes-pipe" => {
+            let (tx, rx, _p) = pipe_peer("bytes-pipe", 8);
+            let (tx, rx) = (Sender::<()>::from(tx), Receiver::<()>::from(rx));
+            (0..n).for_each(|_| {
+                tx.send_bytes(&small).unwrap();
+                rx.recv_bytes_into(&mut buf).unwrap();
+            });
+        }
+        "typed-pipe" => {
+            let (tx, rx, _p) = pipe_peer("typed-pipe", 8);
+            let (tx, rx) = (Sender::<Small>::from(tx), Receiver::<Small>::from(rx));
+            (0..n).for_each(|_| {
+                tx.send(&SMALL).unwrap();
+                black_box(rx.recv().unwrap());
+            });
+        }
+        "raw-socket" => {
+            let (sock, _p) = socket_peer("raw-socket", 8);
+            (0..n).for_each(|_| raw_round_trip(sock.as_fd(), sock.as_fd(), &mut small));
+        }
+        "typed-socket" => {
+            let (sock, _p) = socket_peer("typed-socket", 8);
+            let conn = Connection::<Small>::from(sock);
+            (0..n).for_each(|_| {
+                conn.send(&SMALL).unwrap();
+                black_box(conn.recv().unwrap());
+            });
+        }
+        "raw-pipe-1m" => {
+            let (tx, rx, _p) = pipe_peer("raw-pipe", MIB);
+            (0..n).for_each(|_| raw_round_trip(tx.as_fd(), rx.as_fd(), &mut big));
+        }
+        "bytes-pipe-1m" => {
+            let (tx, rx, _p) = pipe_peer("bytes-pipe", MIB);
+            let (tx, rx) = (Sender::<()>::from(tx), Receiver::<()>::from(rx));
+            (0..n).for_each(|_| {
+                tx.send_bytes(&data).unwrap();
+                rx.recv_bytes_into(&mut buf).unwrap();
+            });
+        }
+        "raw-socket-1m" => {
+            let (sock, _p) = socket_peer("raw-socket", MIB);
+            (0..n).for_each(|_| raw_round_trip(sock.as_fd(), sock.as_fd(), &mut big));
+        }
+        "bytes-socket-1m" => {
+            let (sock, _p) = socket_peer("bytes-socket", MIB);
+            let conn = Connection::<()>::from(sock);
+            (0..n).for_each(|_| {
+                conn.send_bytes(&data).unwrap();
+                conn.recv_bytes_into(&mut buf).unwrap();
+            });
+        }
+        other => panic!("unknown probe case {other}"),
+    }
 }
 
 // ---- the peer process -------------------------------------------------------------------
