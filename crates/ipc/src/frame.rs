@@ -77,9 +77,26 @@ pub(crate) fn write_frame(io: &impl RawIo, header: &[u8], payload: &[u8]) -> Res
 /// wait and runs out of room (`WouldBlock`); the bytes written.
 pub(crate) fn write_some(io: &impl RawIo, header: &[u8], payload: &[u8]) -> Result<usize> {
     let mut bufs = [IoSlice::new(header), IoSlice::new(payload)];
-    let mut rest: &mut [IoSlice<'_>] = &mut bufs;
-    IoSlice::advance_slices(&mut rest, 0);
-    let mut written = 0;
+    // Nearly always one call takes the whole frame: then there is nothing to advance.
+    let total = header.len() + payload.len();
+    if total == 0 {
+        return Ok(0);
+    }
+    match io.write_vectored(&bufs) {
+        Ok(n) if n == total => return Ok(n),
+        Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+        Ok(n) => return write_rest(io, &mut bufs, n),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+        Err(e) => return Err(e.into()),
+    }
+    write_rest(io, &mut bufs, 0)
+}
+
+/// [`write_some`] after a first call wrote `written` bytes of `bufs`.
+fn write_rest(io: &impl RawIo, bufs: &mut [IoSlice<'_>; 2], mut written: usize) -> Result<usize> {
+    let mut rest: &mut [IoSlice<'_>] = bufs;
+    IoSlice::advance_slices(&mut rest, written);
     while !rest.is_empty() {
         match io.write_vectored(rest) {
             Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
@@ -290,10 +307,26 @@ impl FrameReader {
             }
             self.end += n;
             self.offset += n as u64;
-            if self.end == self.ahead.len() && self.ahead.len() < AHEAD && !self.exact {
+            if self.end == self.ahead.len()
+                && self.ahead.len() < AHEAD
+                && !self.exact
+                && !self.one_big_frame()
+            {
                 // More may be waiting: read more at once next time.
                 self.ahead.resize(self.ahead.len() * 2, 0);
             }
+        }
+    }
+
+    /// Whether the buffer holds only the start of one frame longer than the buffer: then its
+    /// payload goes straight to its destination, and a larger buffer would only copy more of
+    /// it twice (so the buffer grows for bursts of frames, not for large ones).
+    fn one_big_frame(&self) -> bool {
+        match parse_header(&self.ahead[self.start..self.end]) {
+            Parsed::Header { len, header_len } => {
+                (header_len as u64).saturating_add(len) > (self.ahead.len() - self.start) as u64
+            }
+            Parsed::Invalid(_) | Parsed::Need(_) => false,
         }
     }
 
