@@ -264,6 +264,17 @@ fn allocations_per_task(c: &Contender) -> f64 {
 }
 
 fn main() {
+    if let Ok(probe) = std::env::var("MPROC_BENCH_PROBE") {
+        // `contender/workload` run for MPROC_BENCH_N iterations and nothing else, to count
+        // what one costs from outside (callgrind; N = 0 for the set-up alone).
+        let n: u64 = std::env::var("MPROC_BENCH_N").map_or(1000, |s| s.parse().unwrap());
+        let (name, workload) = probe.split_once('/').expect("MPROC_BENCH_PROBE=contender/workload");
+        let c = CONTENDERS.iter().find(|c| c.name == name).expect("no such contender");
+        let (_, _, pick) =
+            WORKLOADS.iter().find(|(g, _, _)| g.ends_with(workload)).expect("no such workload");
+        black_box(pick(c)(n));
+        return;
+    }
     mproc_benches::start_run();
     let mut crit = Criterion::default()
         .output_directory(&mproc_benches::criterion_dir())
@@ -308,4 +319,61 @@ fn main() {
     for c in &CONTENDERS {
         println!("allocations per spawned task: {:<22} {:.4}", c.name, allocations_per_task(c));
     }
+    paired_runs();
+}
+
+/// Rounds of each workload per call in the paired runs: about a millisecond each.
+const PAIRED_ROUNDS: [u64; 3] = [5_000, 5, 20_000];
+
+/// Ours against each other executor, alternating (see `mproc_benches::paired`), with the
+/// target (issue 14): at most 0.5x the fastest other on each workload, that is, 0.5x of each;
+/// and one allocation per task in steady state.
+fn paired_runs() {
+    use mproc_benches::Target;
+    println!();
+    let mut targets = Vec::new();
+    for ((group, _, pick), rounds) in WORKLOADS.into_iter().zip(PAIRED_ROUNDS) {
+        let ours = pick(&CONTENDERS[0]);
+        let mut worst: Option<(f64, &str)> = None;
+        for other in &CONTENDERS[1..] {
+            let theirs = pick(other);
+            let name = format!("{group}: mproc vs {}", other.name);
+            let ratio = mproc_benches::paired(
+                &name,
+                2,
+                mproc_benches::Ratio::Time,
+                || {
+                    black_box(theirs(rounds));
+                },
+                || {
+                    black_box(ours(rounds));
+                },
+            );
+            if let Some(r) = ratio {
+                worst = worst.filter(|(w, _)| *w >= r).or(Some((r, other.name)));
+            }
+        }
+        if let Some((ratio, fastest)) = worst {
+            targets.push(Target::at_most(
+                format!("{group} vs the fastest other ({fastest})"),
+                ratio,
+                0.5,
+                "x",
+            ));
+        }
+    }
+    let per_task = steady_allocations_per_task(&CONTENDERS[0]);
+    targets.push(Target::at_most("coroutine allocations per task (steady state)", per_task, 1.0, ""));
+    mproc_benches::report_targets(&targets);
+}
+
+/// Allocations per task once the executor's queues have their size: 10,000 spawn+awaits
+/// minus one (which grows them).
+fn steady_allocations_per_task(c: &Contender) -> f64 {
+    let count = |iters| {
+        let before = allocations();
+        (c.spawn_await)(iters);
+        allocations() - before
+    };
+    (count(10_001) - count(1)) as f64 / 10_000.0
 }

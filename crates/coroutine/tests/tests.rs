@@ -3,9 +3,11 @@
 
 mproc_coroutine::process::test_support!();
 
+mod allocations;
 mod executor;
 mod io;
 mod props;
+mod support;
 mod tasks;
 
 use std::time::Duration;
