@@ -5,6 +5,8 @@
 
 pub mod sys;
 
+pub use sys::thread_cpu_time;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
