@@ -83,6 +83,20 @@ fn paired_runs() {
     rustix::thread::sched_setaffinity(None, &all).unwrap();
 }
 
+/// A paired run on the wall clock, then on both processes' CPU time (see
+/// `mproc_benches::paired_cpu`): the CPU-time ratio, which other processes on the machine do
+/// not enter.
+fn both(
+    name: &str,
+    batch: usize,
+    what: Ratio,
+    (floor_peer, floor): (u32, &mut dyn FnMut()),
+    (ours_peer, ours): (u32, &mut dyn FnMut()),
+) -> Option<f64> {
+    mproc_benches::paired(name, batch, what, &mut *floor, &mut *ours);
+    mproc_benches::paired_cpu(name, batch, what, (floor_peer, floor), (ours_peer, ours))
+}
+
 fn paired_on_one_cpu() {
     use mproc_benches::{Target, per_message};
     let mut targets = Vec::new();
@@ -105,19 +119,25 @@ fn paired_on_one_cpu() {
         tx.send(black_box(&SMALL)).unwrap();
         black_box(rx.recv().unwrap());
     };
-    let r = mproc_benches::paired(
+    let r = both(
         "ipc rtt 8 B, one CPU: typed vs raw pipe",
         2000,
         Ratio::Time,
-        &mut raw,
-        &mut typed,
+        (raw_peer.pid(), &mut raw),
+        (typed_peer.pid(), &mut typed),
     );
     target("ipc::rtt_8b/typed_pipe", r, Target::at_most, 1.15);
     let mut bytes = || {
         btx.send_bytes(black_box(&[1u8; 8])).unwrap();
         brx.recv_bytes_into(&mut buf).unwrap();
     };
-    mproc_benches::paired("ipc rtt 8 B, one CPU: bytes vs raw pipe", 2000, Ratio::Time, &mut raw, &mut bytes);
+    both(
+        "ipc rtt 8 B, one CPU: bytes vs raw pipe",
+        2000,
+        Ratio::Time,
+        (raw_peer.pid(), &mut raw),
+        (bytes_peer.pid(), &mut bytes),
+    );
     per_message("rtt 8 B raw pipe (floor)", 10_000, raw_peer.pid(), allocations, &mut raw);
     per_message("rtt 8 B typed pipe", 10_000, typed_peer.pid(), allocations, &mut typed);
     per_message("rtt 8 B bytes pipe", 10_000, bytes_peer.pid(), allocations, &mut bytes);
@@ -129,12 +149,12 @@ fn paired_on_one_cpu() {
         conn.send(black_box(&SMALL)).unwrap();
         black_box(conn.recv().unwrap());
     };
-    let r = mproc_benches::paired(
+    let r = both(
         "ipc rtt 8 B, one CPU: typed duplex vs raw socket",
         2000,
         Ratio::Time,
-        &mut raw,
-        &mut typed,
+        (raw_sock.pid(), &mut raw),
+        (typed_sock.pid(), &mut typed),
     );
     target("ipc::rtt_8b/typed_duplex", r, Target::at_most, 1.15);
     per_message("rtt 8 B raw socket (floor)", 10_000, raw_sock.pid(), allocations, &mut raw);
@@ -150,12 +170,12 @@ fn paired_on_one_cpu() {
         btx.send_bytes(&data).unwrap();
         brx.recv_bytes_into(&mut buf).unwrap();
     };
-    let r = mproc_benches::paired(
+    let r = both(
         "ipc echo 1 MiB, one CPU: bytes vs raw pipe",
         20,
         Ratio::Throughput,
-        &mut raw,
-        &mut ours,
+        (raw_big.pid(), &mut raw),
+        (bytes_big.pid(), &mut ours),
     );
     target("ipc::echo_1mib/pipe", r, Target::at_least, 0.85);
     per_message("echo 1 MiB raw pipe (floor)", 200, raw_big.pid(), allocations, &mut raw);
@@ -169,12 +189,12 @@ fn paired_on_one_cpu() {
         conn.send_bytes(&data).unwrap();
         conn.recv_bytes_into(&mut buf).unwrap();
     };
-    let r = mproc_benches::paired(
+    let r = both(
         "ipc echo 1 MiB, one CPU: duplex vs raw socket",
         20,
         Ratio::Throughput,
-        &mut raw,
-        &mut ours,
+        (raw_sock_big.pid(), &mut raw),
+        (bytes_sock_big.pid(), &mut ours),
     );
     target("ipc::echo_1mib/duplex", r, Target::at_least, 0.85);
     per_message("echo 1 MiB raw socket (floor)", 200, raw_sock_big.pid(), allocations, &mut raw);

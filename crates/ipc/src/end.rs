@@ -183,6 +183,12 @@ impl End {
     /// Encodes `value` as a frame into `buf`: where the frame starts, and the fds its ends
     /// carry (checked to be sendable on this end).
     fn encode<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>) -> Result<(usize, Vec<OwnedFd>)> {
+        // Without the fd tables first: a value with an end in it fails here (an end met
+        // outside a send that collects), and only then is encoded again with them.
+        match codec::encode_frame(value, buf) {
+            Err(_) if fdpass::end_met() => {}
+            encoded => return encoded.map(|start| (start, Vec::new())),
+        }
         let (encoded, fdpass::Outgoing { fds, refused }) =
             fdpass::collecting(|| codec::encode_frame(value, buf));
         let start = match (encoded, refused) {
@@ -309,9 +315,17 @@ impl End {
     pub(crate) fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
         let mut side = self.recv.lock();
         let ReadSide { frames, scratch, fds } = &mut *side;
-        let result = self
-            .read_frame(frames, fds, scratch, timeout)
-            .and_then(|fds| fdpass::providing(fds, || codec::decode(scratch)));
+        let result = self.read_frame(frames, fds, scratch, timeout).and_then(|fds| {
+            // A frame without fds is decoded without the fd tables; only if that fails on an
+            // end is it decoded again with them (for the precise error).
+            if fds.is_empty() {
+                match codec::decode(scratch) {
+                    Err(_) if fdpass::end_met() => {}
+                    decoded => return decoded,
+                }
+            }
+            fdpass::providing(fds, || codec::decode(scratch))
+        });
         codec::trim(scratch);
         result
     }
