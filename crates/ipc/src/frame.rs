@@ -247,6 +247,9 @@ impl FrameReader {
         deadline: Option<Instant>,
     ) -> Result<Range<u64>> {
         dst.clear();
+        if let Some(range) = self.small_frame(io, dst, max, deadline)? {
+            return Ok(range);
+        }
         loop {
             match self.stage {
                 Stage::Broken { header } => return Err(Error::InvalidHeader { header }),
@@ -265,6 +268,54 @@ impl FrameReader {
                     return Ok(start..start + (header_len + len) as u64);
                 }
             }
+        }
+    }
+
+    /// The common case in few steps: reading ahead, between frames, with nothing buffered or
+    /// a whole frame buffered; one read if nothing is, and the frame taken if that brought a
+    /// whole one. `None` when it did not (the general path carries on from where this left
+    /// the reader: nothing it did is lost).
+    fn small_frame(
+        &mut self,
+        io: &impl RawIo,
+        dst: &mut Vec<u8>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Range<u64>>> {
+        if self.exact || !matches!(self.stage, Stage::Header) || !self.partial.is_empty() {
+            return Ok(None);
+        }
+        if self.start == self.end && !self.ahead.is_empty() {
+            // Nothing buffered (so `start` and `end` are 0): one read, as much as has come.
+            let at = self.offset;
+            let n = read_some(deadline, io, |io| io.read(&mut self.ahead, at))?;
+            if n == 0 {
+                return Err(Error::Closed);
+            }
+            self.end = n;
+            self.offset += n as u64;
+            self.grow_if_filled();
+        }
+        let buffered = &self.ahead[self.start..self.end];
+        let Parsed::Header { len, header_len } = parse_header(buffered) else { return Ok(None) };
+        if len > max as u64 || len > (buffered.len() - header_len) as u64 {
+            return Ok(None);
+        }
+        let frame = header_len + len as usize;
+        let frame_start = self.offset - buffered.len() as u64;
+        dst.extend_from_slice(&buffered[header_len..frame]);
+        self.consume(frame);
+        Ok(Some(frame_start..frame_start + frame as u64))
+    }
+
+    /// After a read that filled the read-ahead buffer, doubles it (up to [`AHEAD`]) unless it
+    /// holds only the start of one frame longer than itself (see [`one_big_frame`]).
+    ///
+    /// [`one_big_frame`]: Self::one_big_frame
+    fn grow_if_filled(&mut self) {
+        if self.end == self.ahead.len() && self.ahead.len() < AHEAD && !self.exact && !self.one_big_frame() {
+            // More may be waiting: read more at once next time.
+            self.ahead.resize(self.ahead.len() * 2, 0);
         }
     }
 
@@ -307,14 +358,7 @@ impl FrameReader {
             }
             self.end += n;
             self.offset += n as u64;
-            if self.end == self.ahead.len()
-                && self.ahead.len() < AHEAD
-                && !self.exact
-                && !self.one_big_frame()
-            {
-                // More may be waiting: read more at once next time.
-                self.ahead.resize(self.ahead.len() * 2, 0);
-            }
+            self.grow_if_filled();
         }
     }
 
