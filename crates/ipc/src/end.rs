@@ -239,11 +239,18 @@ impl End {
         write_frame(&self.io(), header, payload)
     }
 
-    /// Writes, waiting for room, what a non-blocking send left unsent.
+    /// Writes, waiting for room, what a non-blocking send left unsent (nearly always nothing:
+    /// that check inline, the rest out of line).
+    #[inline]
     fn finish_unsent(&self, side: &mut SendSide) -> Result<()> {
         if side.pending().is_empty() {
             return Ok(());
         }
+        self.write_unsent(side)
+    }
+
+    #[cold]
+    fn write_unsent(&self, side: &mut SendSide) -> Result<()> {
         write_frame(&self.io(), side.pending(), &[])?;
         side.advance(side.pending().len());
         Ok(())
