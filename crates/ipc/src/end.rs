@@ -523,6 +523,16 @@ impl RawIo for FdIo<'_> {
         let flags = if self.nowait { SendFlags::NOSIGNAL | SendFlags::DONTWAIT } else { SendFlags::NOSIGNAL };
         let mut outgoing = self.outgoing.borrow_mut();
         if outgoing.is_empty() {
+            // Without fds, a frame in one slice goes with send(2), which the kernel serves with
+            // less work than sendmsg(2) (no message header or iovec array to copy in).
+            let single = match bufs {
+                [one] => Some(one),
+                [one, rest] if rest.is_empty() => Some(one),
+                _ => None,
+            };
+            if let Some(one) = single {
+                return Ok(rustix::net::send(self.fd, one, flags)?);
+            }
             let mut none = SendAncillaryBuffer::default();
             return Ok(rustix::net::sendmsg(self.fd, bufs, &mut none, flags)?);
         }
