@@ -3,6 +3,7 @@
 //! Every benchmark measures its raw-syscall floor in the same run and reports the ratio, so
 //! figures from a noisy machine still compare like with like.
 
+pub mod netns;
 pub mod sys;
 
 pub use sys::{process_cpu_time, thread_cpu_time};

@@ -7,6 +7,8 @@ mod allocations;
 mod executor;
 mod io;
 mod props;
+mod queue;
+mod shared;
 mod support;
 mod tasks;
 
