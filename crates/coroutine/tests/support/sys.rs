@@ -27,23 +27,35 @@ fn count_allocation() {
 // SAFETY: every call goes straight to `System`, which upholds the `GlobalAlloc` contract;
 // counting touches only a thread-local `Cell`.
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    /// # Safety
+    ///
+    /// `GlobalAlloc::alloc`'s contract, which `System` upholds.
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         count_allocation();
         // SAFETY: our caller upholds `alloc`'s contract, which is `System`'s.
         unsafe { std::alloc::System.alloc(layout) }
     }
 
+    /// # Safety
+    ///
+    /// `GlobalAlloc::alloc_zeroed`'s contract, which `System` upholds.
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         count_allocation();
         // SAFETY: our caller upholds `alloc_zeroed`'s contract, which is `System`'s.
         unsafe { std::alloc::System.alloc_zeroed(layout) }
     }
 
+    /// # Safety
+    ///
+    /// `GlobalAlloc::dealloc`'s contract, which `System` upholds.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         // SAFETY: `ptr` came from `System` with `layout`, as our caller promises.
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
 
+    /// # Safety
+    ///
+    /// `GlobalAlloc::realloc`'s contract, which `System` upholds.
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         count_allocation();
         // SAFETY: our caller upholds `realloc`'s contract, which is `System`'s.
