@@ -26,12 +26,23 @@ struct Small {
     ok: bool,
 }
 
+#[global_allocator]
+static ALLOCATOR: mproc_benches::sys::CountingAlloc = mproc_benches::sys::CountingAlloc;
+
+fn allocations() -> u64 {
+    mproc_benches::sys::allocations()
+}
+
 const SMALL: Small = Small { id: 7, value: -3, ok: true };
 const MIB: usize = 1 << 20;
 
 fn main() {
     if let Ok(mode) = std::env::var("MPROC_BENCH_PEER") {
         return peer(&mode);
+    }
+    if let Ok(case) = std::env::var("MPROC_BENCH_PROBE") {
+        let n = std::env::var("MPROC_BENCH_N").map_or(10_000, |s| s.parse().unwrap());
+        return probe(&case, n);
     }
     mproc_benches::start_run();
     let mut c = Criterion::default()
@@ -72,66 +83,191 @@ fn paired_runs() {
     rustix::thread::sched_setaffinity(None, &all).unwrap();
 }
 
+/// A paired run on the wall clock, then on both processes' CPU time (see
+/// `mproc_benches::paired_cpu`): the CPU-time ratio, which other processes on the machine do
+/// not enter.
+fn both(
+    name: &str,
+    batch: usize,
+    what: Ratio,
+    (floor_peer, floor): (u32, &mut dyn FnMut()),
+    (ours_peer, ours): (u32, &mut dyn FnMut()),
+) -> Option<f64> {
+    mproc_benches::paired(name, batch, what, &mut *floor, &mut *ours);
+    mproc_benches::paired_cpu(name, batch, what, (floor_peer, floor), (ours_peer, ours))
+}
+
 fn paired_on_one_cpu() {
-    let (raw_tx, raw_rx, _raw) = pipe_peer("raw-pipe", 8);
-    let (tx, rx, _typed) = pipe_peer("typed-pipe", 8);
+    use mproc_benches::{Target, per_message};
+    let mut targets = Vec::new();
+    let mut target =
+        |name: &str, ratio: Option<f64>, make: fn(String, f64, f64, &'static str) -> Target, bound| {
+            if let Some(r) = ratio {
+                let unit = if bound < 1.0 { "x the floor's throughput" } else { "x the floor's time" };
+                targets.push(make(name.to_owned(), r, bound, unit));
+            }
+        };
+    let (raw_tx, raw_rx, raw_peer) = pipe_peer("raw-pipe", 8);
+    let (tx, rx, typed_peer) = pipe_peer("typed-pipe", 8);
     let (tx, rx) = (Sender::<Small>::from(tx), Receiver::<Small>::from(rx));
-    let (btx, brx, _bytes) = pipe_peer("bytes-pipe", 8);
+    let (btx, brx, bytes_peer) = pipe_peer("bytes-pipe", 8);
     let (btx, brx) = (Sender::<()>::from(btx), Receiver::<()>::from(brx));
     let mut small = [1u8; 8];
     let mut buf = Vec::with_capacity(8);
     let mut raw = || raw_round_trip(raw_tx.as_fd(), raw_rx.as_fd(), black_box(&mut small));
-    mproc_benches::paired("ipc rtt 8 B, one CPU: typed vs raw pipe", 2000, Ratio::Time, &mut raw, || {
+    let mut typed = || {
         tx.send(black_box(&SMALL)).unwrap();
         black_box(rx.recv().unwrap());
-    });
-    mproc_benches::paired("ipc rtt 8 B, one CPU: bytes vs raw pipe", 2000, Ratio::Time, &mut raw, || {
+    };
+    let r = both(
+        "ipc rtt 8 B, one CPU: typed vs raw pipe",
+        2000,
+        Ratio::Time,
+        (raw_peer.pid(), &mut raw),
+        (typed_peer.pid(), &mut typed),
+    );
+    target("ipc::rtt_8b/typed_pipe", r, Target::at_most, 1.15);
+    let mut bytes = || {
         btx.send_bytes(black_box(&[1u8; 8])).unwrap();
         brx.recv_bytes_into(&mut buf).unwrap();
-    });
-    let (sock, _raw_sock) = socket_peer("raw-socket", 8);
-    let (conn, _typed_sock) = socket_peer("typed-socket", 8);
+    };
+    both(
+        "ipc rtt 8 B, one CPU: bytes vs raw pipe",
+        2000,
+        Ratio::Time,
+        (raw_peer.pid(), &mut raw),
+        (bytes_peer.pid(), &mut bytes),
+    );
+    per_message("rtt 8 B raw pipe (floor)", 10_000, raw_peer.pid(), allocations, &mut raw);
+    per_message("rtt 8 B typed pipe", 10_000, typed_peer.pid(), allocations, &mut typed);
+    per_message("rtt 8 B bytes pipe", 10_000, bytes_peer.pid(), allocations, &mut bytes);
+    let (sock, raw_sock) = socket_peer("raw-socket", 8);
+    let (conn, typed_sock) = socket_peer("typed-socket", 8);
     let conn = Connection::<Small>::from(conn);
-    mproc_benches::paired(
+    let mut raw = || raw_round_trip(sock.as_fd(), sock.as_fd(), black_box(&mut small));
+    let mut typed = || {
+        conn.send(black_box(&SMALL)).unwrap();
+        black_box(conn.recv().unwrap());
+    };
+    let r = both(
         "ipc rtt 8 B, one CPU: typed duplex vs raw socket",
         2000,
         Ratio::Time,
-        || raw_round_trip(sock.as_fd(), sock.as_fd(), black_box(&mut small)),
-        || {
-            conn.send(black_box(&SMALL)).unwrap();
-            black_box(conn.recv().unwrap());
-        },
+        (raw_sock.pid(), &mut raw),
+        (typed_sock.pid(), &mut typed),
     );
+    target("ipc::rtt_8b/typed_duplex", r, Target::at_most, 1.15);
+    per_message("rtt 8 B raw socket (floor)", 10_000, raw_sock.pid(), allocations, &mut raw);
+    per_message("rtt 8 B typed duplex", 10_000, typed_sock.pid(), allocations, &mut typed);
     let data: Vec<u8> = (0..MIB).map(|i| i as u8).collect();
-    let (raw_tx, raw_rx, _raw_big) = pipe_peer("raw-pipe", MIB);
-    let (btx, brx, _bytes_big) = pipe_peer("bytes-pipe", MIB);
+    let (raw_tx, raw_rx, raw_big) = pipe_peer("raw-pipe", MIB);
+    let (btx, brx, bytes_big) = pipe_peer("bytes-pipe", MIB);
     let (btx, brx) = (Sender::<()>::from(btx), Receiver::<()>::from(brx));
     let mut big = data.clone();
     let mut buf = Vec::new();
-    mproc_benches::paired(
+    let mut raw = || raw_round_trip(raw_tx.as_fd(), raw_rx.as_fd(), &mut big);
+    let mut ours = || {
+        btx.send_bytes(&data).unwrap();
+        brx.recv_bytes_into(&mut buf).unwrap();
+    };
+    let r = both(
         "ipc echo 1 MiB, one CPU: bytes vs raw pipe",
         20,
         Ratio::Throughput,
-        || raw_round_trip(raw_tx.as_fd(), raw_rx.as_fd(), &mut big),
-        || {
-            btx.send_bytes(&data).unwrap();
-            brx.recv_bytes_into(&mut buf).unwrap();
-        },
+        (raw_big.pid(), &mut raw),
+        (bytes_big.pid(), &mut ours),
     );
-    let (sock, _raw_sock_big) = socket_peer("raw-socket", MIB);
-    let (conn, _bytes_sock_big) = socket_peer("bytes-socket", MIB);
+    target("ipc::echo_1mib/pipe", r, Target::at_least, 0.85);
+    per_message("echo 1 MiB raw pipe (floor)", 200, raw_big.pid(), allocations, &mut raw);
+    per_message("echo 1 MiB bytes pipe", 200, bytes_big.pid(), allocations, &mut ours);
+    let (sock, raw_sock_big) = socket_peer("raw-socket", MIB);
+    let (conn, bytes_sock_big) = socket_peer("bytes-socket", MIB);
     let conn = Connection::<()>::from(conn);
     let mut big = data.clone();
-    mproc_benches::paired(
+    let mut raw = || raw_round_trip(sock.as_fd(), sock.as_fd(), &mut big);
+    let mut ours = || {
+        conn.send_bytes(&data).unwrap();
+        conn.recv_bytes_into(&mut buf).unwrap();
+    };
+    let r = both(
         "ipc echo 1 MiB, one CPU: duplex vs raw socket",
         20,
         Ratio::Throughput,
-        || raw_round_trip(sock.as_fd(), sock.as_fd(), &mut big),
-        || {
-            conn.send_bytes(&data).unwrap();
-            conn.recv_bytes_into(&mut buf).unwrap();
-        },
+        (raw_sock_big.pid(), &mut raw),
+        (bytes_sock_big.pid(), &mut ours),
     );
+    target("ipc::echo_1mib/duplex", r, Target::at_least, 0.85);
+    per_message("echo 1 MiB raw socket (floor)", 200, raw_sock_big.pid(), allocations, &mut raw);
+    per_message("echo 1 MiB bytes duplex", 200, bytes_sock_big.pid(), allocations, &mut ours);
+    mproc_benches::report_targets(&targets);
+}
+
+/// Runs `n` messages of one case and nothing else, for counting what a message costs from
+/// outside (`strace -c -f`, with `n = 0` for the set-up alone).
+fn probe(case: &str, n: usize) {
+    let data: Vec<u8> = (0..MIB).map(|i| i as u8).collect();
+    let mut small = [1u8; 8];
+    let mut big = data.clone();
+    let mut buf = Vec::new();
+    match case {
+        "raw-pipe" => {
+            let (tx, rx, _p) = pipe_peer("raw-pipe", 8);
+            (0..n).for_each(|_| raw_round_trip(tx.as_fd(), rx.as_fd(), &mut small));
+        }
+        "bytes-pipe" => {
+            let (tx, rx, _p) = pipe_peer("bytes-pipe", 8);
+            let (tx, rx) = (Sender::<()>::from(tx), Receiver::<()>::from(rx));
+            (0..n).for_each(|_| {
+                tx.send_bytes(&small).unwrap();
+                rx.recv_bytes_into(&mut buf).unwrap();
+            });
+        }
+        "typed-pipe" => {
+            let (tx, rx, _p) = pipe_peer("typed-pipe", 8);
+            let (tx, rx) = (Sender::<Small>::from(tx), Receiver::<Small>::from(rx));
+            (0..n).for_each(|_| {
+                tx.send(&SMALL).unwrap();
+                black_box(rx.recv().unwrap());
+            });
+        }
+        "raw-socket" => {
+            let (sock, _p) = socket_peer("raw-socket", 8);
+            (0..n).for_each(|_| raw_round_trip(sock.as_fd(), sock.as_fd(), &mut small));
+        }
+        "typed-socket" => {
+            let (sock, _p) = socket_peer("typed-socket", 8);
+            let conn = Connection::<Small>::from(sock);
+            (0..n).for_each(|_| {
+                conn.send(&SMALL).unwrap();
+                black_box(conn.recv().unwrap());
+            });
+        }
+        "raw-pipe-1m" => {
+            let (tx, rx, _p) = pipe_peer("raw-pipe", MIB);
+            (0..n).for_each(|_| raw_round_trip(tx.as_fd(), rx.as_fd(), &mut big));
+        }
+        "bytes-pipe-1m" => {
+            let (tx, rx, _p) = pipe_peer("bytes-pipe", MIB);
+            let (tx, rx) = (Sender::<()>::from(tx), Receiver::<()>::from(rx));
+            (0..n).for_each(|_| {
+                tx.send_bytes(&data).unwrap();
+                rx.recv_bytes_into(&mut buf).unwrap();
+            });
+        }
+        "raw-socket-1m" => {
+            let (sock, _p) = socket_peer("raw-socket", MIB);
+            (0..n).for_each(|_| raw_round_trip(sock.as_fd(), sock.as_fd(), &mut big));
+        }
+        "bytes-socket-1m" => {
+            let (sock, _p) = socket_peer("bytes-socket", MIB);
+            let conn = Connection::<()>::from(sock);
+            (0..n).for_each(|_| {
+                conn.send_bytes(&data).unwrap();
+                conn.recv_bytes_into(&mut buf).unwrap();
+            });
+        }
+        other => panic!("unknown probe case {other}"),
+    }
 }
 
 // ---- the peer process -------------------------------------------------------------------
@@ -216,6 +352,12 @@ impl<S, R> SendBytes for Connection<S, R> {
 /// A peer process and our ends of its stdin/stdout (pipes) or its socket (stdin).
 struct Peer {
     child: Child,
+}
+
+impl Peer {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Peer {

@@ -6,6 +6,8 @@
 pub mod netns;
 pub mod sys;
 
+pub use sys::{process_cpu_time, thread_cpu_time};
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -82,9 +84,17 @@ pub enum Ratio {
 /// Times `ours` against `floor` in alternating batches of `batch` calls, 31 rounds, and prints
 /// the median ratio with its quartiles. Alternating cancels the slow drift of a shared,
 /// noisy machine that separate measurements suffer from. `what` says what the ratio is of.
-pub fn paired(name: &str, batch: usize, what: Ratio, mut floor: impl FnMut(), mut ours: impl FnMut()) {
+///
+/// Returns the median ratio (`None` when not measuring: `cargo test` runs nothing here).
+pub fn paired(
+    name: &str,
+    batch: usize,
+    what: Ratio,
+    mut floor: impl FnMut(),
+    mut ours: impl FnMut(),
+) -> Option<f64> {
     if !measuring() {
-        return;
+        return None;
     }
     let time = |f: &mut dyn FnMut()| {
         let start = std::time::Instant::now();
@@ -119,6 +129,139 @@ pub fn paired(name: &str, batch: usize, what: Ratio, mut floor: impl FnMut(), mu
     println!(
         "paired {name:<40} median {:.3}x the floor's {unit} (quartiles {:.3}-{:.3}, 31 alternating rounds of {batch})",
         ratios[15], ratios[7], ratios[23]
+    );
+    Some(ratios[15])
+}
+
+/// [`paired`], timing each batch by the CPU time this thread and the batch's peer process
+/// spent (`floor_peer` for the floor, `ours_peer` for ours) instead of the wall clock: what
+/// the two ends of a message exchange cost, without the time slices other processes on the
+/// machine get meanwhile. With both processes on one CPU, the wall time of an exchange on a
+/// quiet machine is this sum.
+pub fn paired_cpu(
+    name: &str,
+    batch: usize,
+    what: Ratio,
+    (floor_peer, mut floor): (u32, impl FnMut()),
+    (ours_peer, mut ours): (u32, impl FnMut()),
+) -> Option<f64> {
+    if !measuring() {
+        return None;
+    }
+    let cpu = |peer: u32| thread_cpu_time() + process_cpu_time(peer);
+    let time = |peer: u32, f: &mut dyn FnMut()| {
+        let start = cpu(peer);
+        for _ in 0..batch {
+            f();
+        }
+        (cpu(peer) - start).as_secs_f64()
+    };
+    time(floor_peer, &mut floor);
+    time(ours_peer, &mut ours);
+    let mut ratios: Vec<f64> = (0..31)
+        .map(|round| {
+            let (f, o) = if round % 2 == 0 {
+                let f = time(floor_peer, &mut floor);
+                (f, time(ours_peer, &mut ours))
+            } else {
+                let o = time(ours_peer, &mut ours);
+                (time(floor_peer, &mut floor), o)
+            };
+            match what {
+                Ratio::Time => o / f,
+                Ratio::Throughput => f / o,
+            }
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let unit = match what {
+        Ratio::Time => "CPU time",
+        Ratio::Throughput => "throughput per CPU second",
+    };
+    println!(
+        "paired {name:<40} median {:.3}x the floor's {unit} (both processes; quartiles {:.3}-{:.3}, 31 alternating rounds of {batch})",
+        ratios[15], ratios[7], ratios[23]
+    );
+    Some(ratios[15])
+}
+
+/// What a process has done so far that a message may cost: minor page faults (field 10 of
+/// `/proc/PID/stat`) and `read`-family and `write`-family system calls (`syscr`, `syscw` of
+/// `/proc/PID/io`; `sendmsg`/`recvmsg`/`poll` are not among them).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcCounts {
+    /// Minor page faults.
+    pub minflt: f64,
+    /// `read(2)`, `readv(2)`, ... calls.
+    pub reads: f64,
+    /// `write(2)`, `writev(2)`, ... calls.
+    pub writes: f64,
+}
+
+impl ProcCounts {
+    /// The counts of process `pid` (this process: `std::process::id()`) so far.
+    pub fn of(pid: u32) -> ProcCounts {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (in parentheses, which may hold spaces): state is
+        // field 3, minflt field 10.
+        let minflt = stat
+            .rfind(')')
+            .and_then(|at| stat[at + 2..].split(' ').nth(7))
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(f64::NAN);
+        let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        let field = |name: &str| -> f64 {
+            io.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        ProcCounts { minflt, reads: field("syscr"), writes: field("syscw") }
+    }
+
+    fn minus(self, other: ProcCounts) -> ProcCounts {
+        ProcCounts {
+            minflt: self.minflt - other.minflt,
+            reads: self.reads - other.reads,
+            writes: self.writes - other.writes,
+        }
+    }
+
+    fn per(self, n: usize) -> ProcCounts {
+        let n = n as f64;
+        ProcCounts { minflt: self.minflt / n, reads: self.reads / n, writes: self.writes / n }
+    }
+}
+
+/// Runs `f` `n` times (after `n / 10 + 1` uncounted calls) and prints what one call cost
+/// this process and the peer process `peer`: faults, read and write system calls (net of
+/// what reading the counters costs), and this thread's allocations as `allocations()`
+/// counts them.
+pub fn per_message(name: &str, n: usize, peer: u32, allocations: fn() -> u64, mut f: impl FnMut()) {
+    if !measuring() {
+        return;
+    }
+    (0..n / 10 + 1).for_each(|_| f());
+    let me = std::process::id();
+    let look = || (ProcCounts::of(me), ProcCounts::of(peer));
+    let (a0, b0) = look();
+    let (a1, b1) = look();
+    let (cost_a, cost_b) = (a1.minus(a0), b1.minus(b0));
+    let allocs = allocations();
+    (0..n).for_each(|_| f());
+    let allocs = allocations() - allocs;
+    let (a2, b2) = look();
+    let ours = a2.minus(a1).minus(cost_a).per(n);
+    let theirs = b2.minus(b1).minus(cost_b).per(n);
+    println!(
+        "per message {name:<34} here: {:.2} reads {:.2} writes {:.2} faults {:.2} allocations; \
+         peer: {:.2} reads {:.2} writes {:.2} faults",
+        ours.reads,
+        ours.writes,
+        ours.minflt,
+        allocs as f64 / n as f64,
+        theirs.reads,
+        theirs.writes,
+        theirs.minflt
     );
 }
 
@@ -158,8 +301,9 @@ pub fn report_targets(targets: &[Target]) {
     }
     println!();
     for t in targets {
-        // Ratios with decimals, rates without.
-        let (op, digits) = if t.at_most { ("<=", 3) } else { (">=", if t.bound < 10.0 { 3 } else { 0 }) };
+        let op = if t.at_most { "<=" } else { ">=" };
+        // Ratios with their decimals, rates (millions) without.
+        let digits = if t.bound.abs() < 100.0 { 3 } else { 0 };
         println!(
             "target {}: {:.digits$}{} (target {op} {:.digits$}): {}",
             t.name,

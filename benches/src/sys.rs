@@ -1,5 +1,5 @@
-//! What needs `unsafe`: the raw-syscall floor (a bare `fork` + `_exit` + `waitpid`), and an
-//! allocator that counts allocations.
+//! What needs `unsafe`: the raw-syscall floor (a bare `fork` + `_exit` + `waitpid`), an
+//! allocator that counts allocations, and the thread's CPU clock.
 #![allow(unsafe_code)]
 
 /// Forks a child that exits at once, and waits for it: the floor every fork-based start
@@ -60,4 +60,30 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
         // SAFETY: our caller upholds `realloc`'s contract, which is `System`'s.
         unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
     }
+}
+
+/// This thread's CPU time so far. A single-threaded workload timed with it costs the same
+/// whoever else runs on the machine: a wall clock also counts the time slices others get,
+/// and a longer run gets more of them, which skews a ratio on a loaded machine. (glibc's
+/// `clock_gettime`, not rustix's vDSO lookup, which valgrind's loader trips.)
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid out-pointer for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The CPU time of process `pid` so far (all its threads), from its CPU-time clock: precise,
+/// unlike the tick counts of `/proc/PID/stat`.
+pub fn process_cpu_time(pid: u32) -> std::time::Duration {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid out-pointer for the call's duration.
+    let rc = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    assert_eq!(rc, 0, "clock_getcpuclockid({pid})");
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: as above, for `t`.
+    let rc = unsafe { libc::clock_gettime(clock, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CPU clock of {pid})");
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }

@@ -6,7 +6,9 @@
 //!   `target/loom`). `ARGS` go to both test runs after `--`, e.g. a test name filter.
 //! - `cargo xtask proptest [--cases N]`: the property tests (named `prop_*`), in release mode
 //!   with `PROPTEST_CASES=N` (default 1024).
-//! - `cargo xtask bench [ARGS]`: the criterion benchmarks, `ARGS` after `--`.
+//! - `cargo xtask bench [ARGS]`: the criterion benchmarks, `ARGS` after `--`; then every figure
+//!   that has a target (ipc round trips and echoes, pool rates and makespans, coroutine
+//!   ratios and allocations per task), met or missed, the missed ones listed last.
 //! - `cargo xtask tidy`: the house rules of `STYLE.md` a machine can check (`src/tidy.rs`);
 //!   they also run as a `#[test]` of this crate.
 //!
@@ -28,7 +30,8 @@ commands:
                         to both test runs after `--`
   proptest [--cases N]  property tests (`prop_*`) in release mode with PROPTEST_CASES=N
                         (default 1024)
-  bench [ARGS]          criterion benchmarks of mproc-benches; ARGS go after `--`
+  bench [ARGS]          criterion benchmarks of mproc-benches; ARGS go after `--`; then
+                        every figure with its target, and which missed
   tidy                  check SAFETY comments, unsafe_code allowances, layering, crate roots
                         and manifests under crates/
 ";

@@ -3,11 +3,13 @@
 
 mproc_coroutine::process::test_support!();
 
+mod allocations;
 mod executor;
 mod io;
 mod props;
 mod queue;
 mod shared;
+mod support;
 mod tasks;
 
 use std::time::Duration;

@@ -41,6 +41,26 @@ thread_local! {
     static TABLES: Tables = const { Tables { outgoing: RefCell::new(None), incoming: RefCell::new(None) } };
 }
 
+thread_local! {
+    /// Set whenever an end (or a bare fd) is serialized or deserialized, with or without
+    /// tables: a send or receive that ran without them and failed does it again with them
+    /// only then ([`end_met`]). No destructor, so a cheap access.
+    static END_MET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn note_end() {
+    END_MET.set(true);
+}
+
+/// Whether an end was serialized or deserialized in this thread since the last call (which
+/// clears it). A send encodes without tables first, so a value with no end in it (nearly all)
+/// costs no table set-up: if that fails and this says an end was met, it encodes again under
+/// [`collecting`], which says whether and why the end cannot go; the same for a receive
+/// without fds and [`providing`].
+pub(crate) fn end_met() -> bool {
+    END_MET.replace(false)
+}
+
 /// Runs `f` on this thread's tables; `None` while the thread is being torn down (a send or
 /// receive from an `atexit` hook or a thread-local destructor): ends then cannot travel, and
 /// everything else still can.
@@ -60,6 +80,7 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Outgoing) {
 /// An end cannot go, for the reason `why`: the send reports it as
 /// [`Error::FdPassing`](crate::Error::FdPassing) (postcard would keep only "custom error").
 pub(crate) fn refuse<E: serde::ser::Error>(why: &'static str) -> E {
+    note_end();
     with_tables(|t| {
         if let Some(outgoing) = t.outgoing.borrow_mut().as_mut() {
             outgoing.refused.get_or_insert(why);
@@ -82,6 +103,7 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 
 /// `Serialize` for an end: its fd's index in the outgoing table.
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> Result<S::Ok, S::Error> {
+    note_end();
     // A duplicate, so the table owns what it sends whatever happens to the end meanwhile.
     let index = with_tables(|t| {
         t.outgoing.borrow_mut().as_mut().map(|outgoing| {
@@ -102,6 +124,7 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> 
 
 /// `Deserialize` for an end: takes the fd at the index the value holds.
 pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedFd, D::Error> {
+    note_end();
     let index = u32::deserialize(deserializer)? as usize;
     let taken = with_tables(|t| {
         t.incoming.borrow_mut().as_mut().map(|table| table.get_mut(index).and_then(Option::take))

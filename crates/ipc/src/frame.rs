@@ -77,9 +77,26 @@ pub(crate) fn write_frame(io: &impl RawIo, header: &[u8], payload: &[u8]) -> Res
 /// wait and runs out of room (`WouldBlock`); the bytes written.
 pub(crate) fn write_some(io: &impl RawIo, header: &[u8], payload: &[u8]) -> Result<usize> {
     let mut bufs = [IoSlice::new(header), IoSlice::new(payload)];
-    let mut rest: &mut [IoSlice<'_>] = &mut bufs;
-    IoSlice::advance_slices(&mut rest, 0);
-    let mut written = 0;
+    // Nearly always one call takes the whole frame: then there is nothing to advance.
+    let total = header.len() + payload.len();
+    if total == 0 {
+        return Ok(0);
+    }
+    match io.write_vectored(&bufs) {
+        Ok(n) if n == total => return Ok(n),
+        Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+        Ok(n) => return write_rest(io, &mut bufs, n),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+        Err(e) => return Err(e.into()),
+    }
+    write_rest(io, &mut bufs, 0)
+}
+
+/// [`write_some`] after a first call wrote `written` bytes of `bufs`.
+fn write_rest(io: &impl RawIo, bufs: &mut [IoSlice<'_>; 2], mut written: usize) -> Result<usize> {
+    let mut rest: &mut [IoSlice<'_>] = bufs;
+    IoSlice::advance_slices(&mut rest, written);
     while !rest.is_empty() {
         match io.write_vectored(rest) {
             Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
@@ -230,6 +247,9 @@ impl FrameReader {
         deadline: Option<Instant>,
     ) -> Result<Range<u64>> {
         dst.clear();
+        if let Some(range) = self.small_frame(io, dst, max, deadline)? {
+            return Ok(range);
+        }
         loop {
             match self.stage {
                 Stage::Broken { header } => return Err(Error::InvalidHeader { header }),
@@ -248,6 +268,54 @@ impl FrameReader {
                     return Ok(start..start + (header_len + len) as u64);
                 }
             }
+        }
+    }
+
+    /// The common case in few steps: reading ahead, between frames, with nothing buffered or
+    /// a whole frame buffered; one read if nothing is, and the frame taken if that brought a
+    /// whole one. `None` when it did not (the general path carries on from where this left
+    /// the reader: nothing it did is lost).
+    fn small_frame(
+        &mut self,
+        io: &impl RawIo,
+        dst: &mut Vec<u8>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Range<u64>>> {
+        if self.exact || !matches!(self.stage, Stage::Header) || !self.partial.is_empty() {
+            return Ok(None);
+        }
+        if self.start == self.end && !self.ahead.is_empty() {
+            // Nothing buffered (so `start` and `end` are 0): one read, as much as has come.
+            let at = self.offset;
+            let n = read_some(deadline, io, |io| io.read(&mut self.ahead, at))?;
+            if n == 0 {
+                return Err(Error::Closed);
+            }
+            self.end = n;
+            self.offset += n as u64;
+            self.grow_if_filled();
+        }
+        let buffered = &self.ahead[self.start..self.end];
+        let Parsed::Header { len, header_len } = parse_header(buffered) else { return Ok(None) };
+        if len > max as u64 || len > (buffered.len() - header_len) as u64 {
+            return Ok(None);
+        }
+        let frame = header_len + len as usize;
+        let frame_start = self.offset - buffered.len() as u64;
+        dst.extend_from_slice(&buffered[header_len..frame]);
+        self.consume(frame);
+        Ok(Some(frame_start..frame_start + frame as u64))
+    }
+
+    /// After a read that filled the read-ahead buffer, doubles it (up to [`AHEAD`]) unless it
+    /// holds only the start of one frame longer than itself (see [`one_big_frame`]).
+    ///
+    /// [`one_big_frame`]: Self::one_big_frame
+    fn grow_if_filled(&mut self) {
+        if self.end == self.ahead.len() && self.ahead.len() < AHEAD && !self.exact && !self.one_big_frame() {
+            // More may be waiting: read more at once next time.
+            self.ahead.resize(self.ahead.len() * 2, 0);
         }
     }
 
@@ -290,10 +358,19 @@ impl FrameReader {
             }
             self.end += n;
             self.offset += n as u64;
-            if self.end == self.ahead.len() && self.ahead.len() < AHEAD && !self.exact {
-                // More may be waiting: read more at once next time.
-                self.ahead.resize(self.ahead.len() * 2, 0);
+            self.grow_if_filled();
+        }
+    }
+
+    /// Whether the buffer holds only the start of one frame longer than the buffer: then its
+    /// payload goes straight to its destination, and a larger buffer would only copy more of
+    /// it twice (so the buffer grows for bursts of frames, not for large ones).
+    fn one_big_frame(&self) -> bool {
+        match parse_header(&self.ahead[self.start..self.end]) {
+            Parsed::Header { len, header_len } => {
+                (header_len as u64).saturating_add(len) > (self.ahead.len() - self.start) as u64
             }
+            Parsed::Invalid(_) | Parsed::Need(_) => false,
         }
     }
 

@@ -8,6 +8,7 @@ mod barrier;
 mod fds;
 mod listener;
 mod nowait;
+mod per_message;
 #[cfg(feature = "pickle")]
 mod pickle_input;
 mod props;

@@ -572,10 +572,16 @@ unsafe fn take_output<T>(task: TaskRef) -> Option<Result<T, String>> {
 unsafe fn drop_ref(ptr: NonNull<Header>) {
     // SAFETY: the caller's reference keeps the header alive until this decrement.
     let header = unsafe { ptr.as_ref() };
-    if header.refs.fetch_sub(1, Ordering::Release) != 1 {
-        return;
+    // The last reference (the usual case for the second of the executor's and the handle's):
+    // nobody else holds one, so nobody can take one (that needs a reference), and no atomic
+    // read-modify-write is needed. The acquire load pairs with the release decrements of the
+    // references given up before, as the fence below does.
+    if header.refs.load(Ordering::Acquire) != 1 {
+        if header.refs.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        fence(Ordering::Acquire);
     }
-    fence(Ordering::Acquire);
     // SAFETY: that was the last reference.
     unsafe { (header.vtable.dealloc)(ptr) };
 }
