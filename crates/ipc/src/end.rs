@@ -23,6 +23,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::fdpass;
 use crate::frame::{FrameReader, HEADER_MAX, RawIo, encode_header, write_frame, write_some};
+use crate::outofline;
 use crate::sys;
 use crate::wait::{far_future, poll_until};
 
@@ -177,13 +178,29 @@ impl End {
     }
 
     /// Encodes `value` as a frame into `buf`: where the frame starts, and the fds its ends
-    /// carry (checked to be sendable on this end).
+    /// carry (checked to be sendable on this end). On a Unix socket, a value past
+    /// [`outofline::MIN`] bytes goes in a sealed memfd instead: the frame is its descriptor
+    /// and the memfd is the last fd.
     fn encode<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>) -> Result<(usize, Vec<OwnedFd>)> {
-        let (encoded, fdpass::Outgoing { fds, refused }) =
-            fdpass::collecting(|| codec::encode_frame(value, buf));
-        let start = match (encoded, refused) {
-            (Err(_), Some(why)) => return Err(Error::FdPassing(why)),
-            (encoded, _) => encoded?,
+        let inline_max = if self.kind == Kind::Socket { outofline::MIN } else { usize::MAX };
+        let (start, fds) = match fds_or_refusal(fdpass::collecting(|| {
+            codec::encode_frame_within(value, buf, inline_max)
+        }))? {
+            (Some(start), fds) => (start, fds),
+            (None, _) => match fds_or_refusal(fdpass::collecting(|| outofline::encode(value)))? {
+                (Some((file, len)), mut fds) => {
+                    fds.push(file);
+                    let descriptor = outofline::descriptor(len);
+                    let mut header = [0; HEADER_MAX];
+                    let n = encode_header(descriptor.len() as u64, &mut header);
+                    buf.clear();
+                    buf.extend_from_slice(&header[HEADER_MAX - n..]);
+                    buf.extend_from_slice(&descriptor);
+                    (0, fds)
+                }
+                // No memfd for it: inline after all.
+                (None, _) => fds_or_refusal(fdpass::collecting(|| codec::encode_frame(value, buf)))?,
+            },
         };
         if !fds.is_empty() && self.kind == Kind::Pipe {
             return Err(Error::FdPassing(
@@ -295,9 +312,17 @@ impl End {
     pub(crate) fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
         let mut side = self.recv.lock();
         let ReadSide { frames, scratch, fds } = &mut *side;
-        let result = self
-            .read_frame(frames, fds, scratch, timeout)
-            .and_then(|fds| fdpass::providing(fds, || codec::decode(scratch)));
+        let result = self.read_frame(frames, fds, scratch, timeout).and_then(|mut fds| {
+            match outofline::announced(scratch) {
+                None => fdpass::providing(fds, || codec::decode(scratch)),
+                Some(len) => match fds.pop() {
+                    Some(file) => outofline::decode(file, len, self.max_message_size, fds),
+                    None => Err(Error::OutOfLine(
+                        "the frame announces a value in a memfd but carries no fd".into(),
+                    )),
+                },
+            }
+        });
         codec::trim(scratch);
         result
     }
@@ -402,6 +427,15 @@ impl fmt::Debug for End {
             .field("kind", &self.kind)
             .field("max_message_size", &self.max_message_size)
             .finish()
+    }
+}
+
+/// An encoding's result and the fds it met; an end that refused to go is reported as such
+/// (the encoding only says "custom error").
+fn fds_or_refusal<R>((encoded, outgoing): (Result<R>, fdpass::Outgoing)) -> Result<(R, Vec<OwnedFd>)> {
+    match (encoded, outgoing.refused) {
+        (Err(_), Some(why)) => Err(Error::FdPassing(why)),
+        (encoded, _) => Ok((encoded?, outgoing.fds)),
     }
 }
 

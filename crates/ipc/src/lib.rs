@@ -117,6 +117,7 @@ mod fdpass;
 mod frame;
 mod handshake;
 mod listener;
+mod outofline;
 #[cfg(feature = "pickle")]
 mod pickle;
 mod pipe;

@@ -42,4 +42,6 @@ macro_rules! impl_from_raw_fd {
 }
 pub(crate) use impl_from_raw_fd;
 
+pub(crate) mod bulk;
+pub(crate) mod outofline;
 pub(crate) mod shm;
