@@ -14,6 +14,21 @@ use serde::de::{Deserialize, DeserializeOwned};
 use crate::error::{Error, Result};
 use crate::frame::{HEADER_MAX, encode_header};
 
+/// Encodes `value` as the bytes a typed send carries: postcard's (so `postcard::from_bytes`
+/// reads them), with slices and vectors of bytes and floats copied whole.
+///
+/// For a layer above that keeps values as bytes (a pool's task values). Ends inside the value
+/// cannot be encoded this way: use [`Carried`](crate::Carried).
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    to_vec(value)
+}
+
+/// Decodes what [`encode`] (or `postcard`) made: the whole of `bytes` is one `T` (trailing
+/// bytes mean another type), vectors of bytes and floats taken in one copy.
+pub fn decode_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    decode(bytes)
+}
+
 /// Appends `value`'s encoding to `buf`.
 pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
     ser::serialize(value, ser::ToVec(buf)).map(drop).map_err(Error::Encode)

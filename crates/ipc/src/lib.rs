@@ -132,6 +132,7 @@ mod wait;
 pub use address::Address;
 pub use barrier::{Barrier, BrokenBarrier};
 pub use carried::Carried;
+pub use codec::{decode_bytes, encode};
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{AuthError, Error, Result};

@@ -1,0 +1,288 @@
+//! Large values (issue 14): typed sends of `Vec<u8>` and `Vec<f64>` beside `send_bytes` of
+//! the same number of bytes, a 1 GiB value over a duplex connection beside a `memcpy` of it,
+//! and a pool `apply` round trip of 64 MiB, all in one run.
+//!
+//! - `bigval::pipe`: one value to a peer process over a pipe, which receives it whole (a new
+//!   `Vec` each time, as `recv` gives) and answers one byte: `bytes` (`send_bytes` /
+//!   `recv_bytes`, the floor), `typed_u8`, `typed_f64`; 1 MiB, 64 MiB and 200 MiB. Target:
+//!   typed at least 0.8x the throughput of bytes.
+//! - `bigval::gib`: 1 GiB: `memcpy` into a buffer already faulted in, `memcpy_fresh` (into a
+//!   new allocation, what any new value costs: `clone`), and `typed_duplex` (a typed send to a
+//!   peer process on a socket, which receives it: out of line, a sealed memfd). Target: at most
+//!   2x `memcpy_fresh`; the ratio to `memcpy` is printed beside it.
+//! - `bigval::pool`: `apply` of a function returning its 64 MiB argument, on 2 workers, beside
+//!   the same bytes there and back through a pipe (`send_bytes` both ways, the floor of moving
+//!   them). Target: at most 2x the floor.
+//!
+//! The peer is this binary again, with `MPROC_BENCH_PEER` set; it talks on its stdin (and
+//! stdout, for pipes).
+
+use std::hint::black_box;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use criterion::{BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use mproc_benches::Target;
+use mproc_ipc::{Connection, Error, Receiver, Sender};
+use mproc_pool::Pool;
+
+const MIB: usize = 1 << 20;
+const GIB: usize = 1 << 30;
+
+fn main() {
+    if let Ok(mode) = std::env::var("MPROC_BENCH_PEER") {
+        return peer(&mode);
+    }
+    mproc_pool::process::init();
+    mproc_benches::start_run();
+    let mut c = Criterion::default()
+        .output_directory(&mproc_benches::criterion_dir())
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(10)
+        .configure_from_args();
+    let mut targets = Vec::new();
+    for mib in [1, 64, 200] {
+        targets.extend(pipe_sizes(&mut c, mib));
+    }
+    targets.extend(gib(&mut c));
+    targets.extend(pool(&mut c));
+    c.final_summary();
+    mproc_benches::report_targets(&targets);
+}
+
+fn flat<'a>(c: &'a mut Criterion, name: &str, bytes: usize) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sampling_mode(SamplingMode::Flat);
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g
+}
+
+/// `typed / bytes` throughput ratios for one size, as targets.
+fn pipe_sizes(c: &mut Criterion, mib: usize) -> Vec<Target> {
+    let n = mib * MIB;
+    let group = format!("bigval::pipe_{mib}mib");
+    let mut g = flat(c, &group, n);
+    {
+        let bytes: Vec<u8> = (0..n).map(|i| i as u8).collect();
+        let (tx, ack, _peer) = pipe_peer("bytes");
+        let tx = Sender::<()>::from(tx);
+        g.bench_function("bytes", |b| {
+            b.iter(|| {
+                tx.send_bytes(black_box(&bytes)).unwrap();
+                wait_ack(&ack);
+            })
+        });
+    }
+    {
+        let value: Vec<u8> = (0..n).map(|i| i as u8).collect();
+        let (tx, ack, _peer) = pipe_peer("typed-u8");
+        let tx = Sender::<Vec<u8>>::from(tx);
+        g.bench_function("typed_u8", |b| {
+            b.iter(|| {
+                tx.send(black_box(&value)).unwrap();
+                wait_ack(&ack);
+            })
+        });
+    }
+    {
+        let value: Vec<f64> = (0..n / 8).map(|i| i as f64).collect();
+        let (tx, ack, _peer) = pipe_peer("typed-f64");
+        let tx = Sender::<Vec<f64>>::from(tx);
+        g.bench_function("typed_f64", |b| {
+            b.iter(|| {
+                tx.send(black_box(&value)).unwrap();
+                wait_ack(&ack);
+            })
+        });
+    }
+    g.finish();
+    let mut targets = Vec::new();
+    if let Some(floor) = mproc_benches::median_ns(&group, "bytes") {
+        for id in ["typed_u8", "typed_f64"] {
+            if let Some(ours) = mproc_benches::median_ns(&group, id) {
+                let name = format!("{group} {id} vs bytes (throughput ratio)");
+                targets.push(Target::at_least(name, floor / ours, 0.8, "x"));
+            }
+        }
+    }
+    targets
+}
+
+fn gib(c: &mut Criterion) -> Vec<Target> {
+    let group = "bigval::gib";
+    let mut g = flat(c, group, GIB);
+    let value: Vec<u8> = (0..GIB).map(|i| i as u8).collect();
+    {
+        let mut dst = vec![1u8; GIB]; // written once: faulted in
+        g.bench_function("memcpy", |b| b.iter(|| black_box(&mut dst).copy_from_slice(black_box(&value))));
+    }
+    g.bench_function("memcpy_fresh", |b| b.iter(|| black_box(black_box(&value).clone())));
+    {
+        let (sock, _peer) = socket_peer("duplex-u8");
+        let conn = Connection::<Vec<u8>, u8>::from(sock);
+        g.bench_function("typed_duplex", |b| {
+            b.iter(|| {
+                conn.send(black_box(&value)).unwrap();
+                assert_eq!(conn.recv().unwrap(), 1);
+            })
+        });
+    }
+    g.finish();
+    let mut targets = Vec::new();
+    let median = |id| mproc_benches::median_ns(group, id);
+    if let (Some(copy), Some(fresh), Some(ours)) =
+        (median("memcpy"), median("memcpy_fresh"), median("typed_duplex"))
+    {
+        println!(
+            "\n{group}: typed_duplex {:.3}x memcpy into a faulted-in buffer, {:.3}x memcpy into a new one",
+            ours / copy,
+            ours / fresh
+        );
+        targets.push(Target::at_most(
+            format!("{group} typed_duplex vs memcpy_fresh (time ratio)"),
+            ours / fresh,
+            2.0,
+            "x",
+        ));
+    }
+    targets
+}
+
+fn echo(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+fn pool(c: &mut Criterion) -> Vec<Target> {
+    let group = "bigval::pool";
+    let n = 64 * MIB;
+    let mut g = flat(c, group, 2 * n);
+    let value: Vec<u8> = (0..n).map(|i| i as u8).collect();
+    {
+        let (tx, rx, _peer) = pipe_peer("bytes-echo");
+        let (tx, rx) = (Sender::<()>::from(tx), Receiver::<()>::from(rx));
+        g.bench_function("bytes_there_and_back", |b| {
+            b.iter(|| {
+                tx.send_bytes(black_box(&value)).unwrap();
+                black_box(rx.recv_bytes().unwrap());
+            })
+        });
+    }
+    {
+        let pool = Pool::new(2).expect("a pool of 2 workers");
+        g.bench_function("apply_64mib", |b| {
+            b.iter_batched(
+                || value.clone(),
+                |v| assert_eq!(pool.apply(echo, v).unwrap().len(), n),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+    let mut targets = Vec::new();
+    if let (Some(floor), Some(ours)) = (
+        mproc_benches::median_ns(group, "bytes_there_and_back"),
+        mproc_benches::median_ns(group, "apply_64mib"),
+    ) {
+        targets.push(Target::at_most(
+            format!("{group} apply_64mib vs bytes there and back (time ratio)"),
+            ours / floor,
+            2.0,
+            "x",
+        ));
+    }
+    targets
+}
+
+// ---- the peer process -------------------------------------------------------------------
+
+fn peer(mode: &str) {
+    let stdin = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+    let stdout = std::io::stdout().as_fd().try_clone_to_owned().unwrap();
+    let ack = || mproc_benches::write_all(stdout.as_fd(), &[1]);
+    match mode {
+        "bytes" => {
+            let rx = Receiver::<()>::from(stdin);
+            while until_closed(rx.recv_bytes()).is_some() {
+                ack();
+            }
+        }
+        "bytes-echo" => {
+            let (rx, tx) = (Receiver::<()>::from(stdin), Sender::<()>::from(stdout));
+            while let Some(bytes) = until_closed(rx.recv_bytes()) {
+                tx.send_bytes(&bytes).unwrap();
+            }
+        }
+        "typed-u8" => {
+            let rx = Receiver::<Vec<u8>>::from(stdin);
+            while until_closed(rx.recv()).is_some() {
+                ack();
+            }
+        }
+        "typed-f64" => {
+            let rx = Receiver::<Vec<f64>>::from(stdin);
+            while until_closed(rx.recv()).is_some() {
+                ack();
+            }
+        }
+        "duplex-u8" => {
+            let conn = Connection::<u8, Vec<u8>>::from(stdin);
+            while until_closed(conn.recv()).is_some() {
+                conn.send(&1).unwrap();
+            }
+        }
+        other => panic!("unknown peer mode {other}"),
+    }
+}
+
+/// The value received, dropped only after the caller acknowledges it; `None` once closed.
+fn until_closed<T>(got: mproc_ipc::Result<T>) -> Option<T> {
+    match got {
+        Ok(v) => Some(black_box(v)),
+        Err(Error::Closed) => None,
+        Err(e) => panic!("peer: {e}"),
+    }
+}
+
+// ---- the measuring side -----------------------------------------------------------------
+
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_peer(mode: &str, stdin: OwnedFd, stdout: Option<OwnedFd>) -> Peer {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .env("MPROC_BENCH_PEER", mode)
+        .stdin(Stdio::from(stdin))
+        .stdout(stdout.map_or_else(Stdio::null, Stdio::from))
+        .spawn()
+        .unwrap();
+    Peer(child)
+}
+
+/// Pipes to and from a peer: (our write end, our read end, peer).
+fn pipe_peer(mode: &str) -> (OwnedFd, OwnedFd, Peer) {
+    let flags = rustix::pipe::PipeFlags::CLOEXEC;
+    let (peer_in, to_peer) = rustix::pipe::pipe_with(flags).unwrap();
+    let (from_peer, peer_out) = rustix::pipe::pipe_with(flags).unwrap();
+    let peer = spawn_peer(mode, peer_in, Some(peer_out));
+    (to_peer, from_peer, peer)
+}
+
+/// A socket pair with a peer: (our end, peer).
+fn socket_peer(mode: &str) -> (OwnedFd, Peer) {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+    let (ours, theirs) =
+        socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+    (ours, spawn_peer(mode, theirs, None))
+}
+
+fn wait_ack(ack: &OwnedFd) {
+    assert!(mproc_benches::read_exact(ack.as_fd(), &mut [0]), "the peer is gone");
+}
