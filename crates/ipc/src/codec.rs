@@ -66,6 +66,23 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) 
     Ok(encode_frame_within(value, buf, usize::MAX)?.expect("no value encodes past usize::MAX bytes"))
 }
 
+/// Encodes `value` through `sink` in pieces (see `ser::Streaming`), `buf` already holding what
+/// goes first (a frame header): sends everything, and says how many bytes went in all,
+/// `buf`'s first bytes included. At most `limit` bytes go; past that, or when `sink` fails,
+/// an error after some bytes may have gone.
+pub(crate) fn encode_streaming<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+    limit: usize,
+    sink: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<usize> {
+    let mut failed = None;
+    let out = ser::Streaming { buf, sink, sent: 0, limit, failed: &mut failed };
+    let result = ser::serialize(value, out).and_then(|mut out| out.send(&[]).map(|()| out.sent));
+    // The sink's error if it failed, else the encoder's.
+    result.map_err(|e| failed.unwrap_or(Error::Encode(e)))
+}
+
 /// As [`encode_frame`], but gives up (`Ok(None)`, `buf` holding part of the encoding) once the
 /// payload would pass `cap` bytes.
 pub(crate) fn encode_frame_within<T: Serialize + ?Sized>(
@@ -107,6 +124,15 @@ pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
 /// Scratch buffers above this size are dropped after use, so one huge message does not pin
 /// its memory for the life of the end.
 pub(crate) const SCRATCH_KEEP: usize = 4 << 20;
+
+/// A receive buffer is kept whatever its size, its pages released lazily above
+/// [`SCRATCH_KEEP`] (`MADV_FREE`): the next large message reuses them without faulting them in
+/// again, unless the kernel needed them meanwhile.
+pub(crate) fn trim_scratch(buf: &mut Vec<u8>) {
+    if buf.capacity() > SCRATCH_KEEP {
+        crate::sys::release_pages(buf);
+    }
+}
 
 pub(crate) fn trim(buf: &mut Vec<u8>) {
     if buf.capacity() > SCRATCH_KEEP {

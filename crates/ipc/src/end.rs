@@ -30,6 +30,10 @@ use crate::wait::{far_future, poll_until};
 /// The largest message an end accepts unless told otherwise: 1 GiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 30;
 
+/// Typed values whose encoding passes this size are sent as they are encoded (a pipe, or a
+/// socket that cannot have a memfd), not encoded whole into the send buffer first.
+const STREAM_MIN: usize = 1 << 20;
+
 /// Raw payloads up to this size are copied behind their header and written as one slice.
 const SMALL_COPY: usize = 1024;
 
@@ -168,25 +172,81 @@ impl End {
         let mut side = self.send.lock();
         self.finish_unsent(&mut side)?;
         let SendSide { buf, .. } = &mut *side;
-        let result = self.encode(value, buf).and_then(|(start, fds)| {
-            let mut io = self.io();
-            io.outgoing = RefCell::new(fds);
-            write_frame(&io, &buf[start..], &[])
-        });
+        let result = match self.encode(value, buf, true) {
+            Ok(Some((start, fds))) => {
+                let mut io = self.io();
+                io.outgoing = RefCell::new(fds);
+                write_frame(&io, &buf[start..], &[])
+            }
+            Ok(None) => self.send_streaming(value, buf),
+            Err(e) => Err(e),
+        };
         codec::trim(buf);
         result
+    }
+
+    /// Sends a large value as it is encoded, never whole in a buffer: its length first (one
+    /// encoding pass that only counts, which for bytes and floats costs nothing), then the
+    /// frame in pieces, bytes and floats straight from the value's memory.
+    ///
+    /// A value that encodes otherwise the second time (a `Serialize` that is not a function
+    /// of the value) fails after part of its frame went: the frame is completed with zeros,
+    /// so the stream stays in step (the receiver's decode of it fails or gives a wrong value),
+    /// and the send reports [`Error::Encode`].
+    fn send_streaming<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>) -> Result<()> {
+        let (len, fds) = fds_or_refusal(fdpass::collecting(|| codec::encoded_len(value)))?;
+        self.check_fds(&fds)?;
+        let mut header = [0; HEADER_MAX];
+        let n = encode_header(len as u64, &mut header);
+        buf.clear();
+        buf.extend_from_slice(&header[HEADER_MAX - n..]);
+        let mut io = self.io();
+        io.outgoing = RefCell::new(fds);
+        let mut sent = 0;
+        let (result, _fds_again) = fdpass::collecting(|| {
+            codec::encode_streaming(value, buf, n + len, |gathered, direct| {
+                write_frame(&io, gathered, direct)?;
+                sent += gathered.len() + direct.len();
+                Ok(())
+            })
+        });
+        match result {
+            Ok(total) if total == n + len => Ok(()),
+            Ok(_) | Err(Error::Encode(_)) if sent > 0 => {
+                let zeros = vec![0; (n + len - sent).min(codec::SCRATCH_KEEP)];
+                while sent < n + len {
+                    let k = zeros.len().min(n + len - sent);
+                    write_frame(&io, &zeros[..k], &[])?;
+                    sent += k;
+                }
+                Err(Error::Encode(postcard::Error::SerializeBufferFull))
+            }
+            Ok(_) => Err(Error::Encode(postcard::Error::SerializeBufferFull)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Encodes `value` as a frame into `buf`: where the frame starts, and the fds its ends
     /// carry (checked to be sendable on this end). On a Unix socket, a value past
     /// [`outofline::MIN`] bytes goes in a sealed memfd instead: the frame is its descriptor
-    /// and the memfd is the last fd.
-    fn encode<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>) -> Result<(usize, Vec<OwnedFd>)> {
-        let inline_max = if self.kind == Kind::Socket { outofline::MIN } else { usize::MAX };
+    /// and the memfd is the last fd. `None` when the caller may stream (`may_stream`) and
+    /// should: a value past [`STREAM_MIN`] bytes that has no memfd.
+    fn encode<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        buf: &mut Vec<u8>,
+        may_stream: bool,
+    ) -> Result<Option<(usize, Vec<OwnedFd>)>> {
+        let inline_max = match self.kind {
+            Kind::Socket => outofline::MIN,
+            _ if may_stream => STREAM_MIN,
+            _ => usize::MAX,
+        };
         let (start, fds) = match fds_or_refusal(fdpass::collecting(|| {
             codec::encode_frame_within(value, buf, inline_max)
         }))? {
             (Some(start), fds) => (start, fds),
+            (None, _) if self.kind != Kind::Socket => return Ok(None),
             (None, _) => match fds_or_refusal(fdpass::collecting(|| outofline::encode(value)))? {
                 (Some((file, len)), mut fds) => {
                     fds.push(file);
@@ -199,9 +259,16 @@ impl End {
                     (0, fds)
                 }
                 // No memfd for it: inline after all.
+                (None, _) if may_stream => return Ok(None),
                 (None, _) => fds_or_refusal(fdpass::collecting(|| codec::encode_frame(value, buf)))?,
             },
         };
+        self.check_fds(&fds)?;
+        Ok(Some((start, fds)))
+    }
+
+    /// Whether this end can carry `fds` with a frame.
+    fn check_fds(&self, fds: &[OwnedFd]) -> Result<()> {
         if !fds.is_empty() && self.kind == Kind::Pipe {
             return Err(Error::FdPassing(
                 "ends can only travel over a duplex Connection (a Unix socket), not a pipe",
@@ -215,7 +282,7 @@ impl End {
         if fds.len() > fdpass::MAX_FDS {
             return Err(Error::FdPassing("one message can carry at most 253 ends"));
         }
-        Ok((start, fds))
+        Ok(())
     }
 
     pub(crate) fn send_bytes(&self, payload: &[u8]) -> Result<()> {
@@ -287,9 +354,10 @@ impl End {
             return Ok(false);
         }
         let mut buf = std::mem::take(&mut side.buf);
-        let result = self
-            .encode(value, &mut buf)
-            .and_then(|(start, fds)| self.start_frame(&mut side, &buf[start..], &[], fds));
+        let result = self.encode(value, &mut buf, false).and_then(|encoded| {
+            let (start, fds) = encoded.expect("a value that may not stream is encoded whole");
+            self.start_frame(&mut side, &buf[start..], &[], fds)
+        });
         codec::trim(&mut buf);
         side.buf = buf;
         result
@@ -323,7 +391,7 @@ impl End {
                 },
             }
         });
-        codec::trim(scratch);
+        codec::trim_scratch(scratch);
         result
     }
 

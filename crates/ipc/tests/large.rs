@@ -216,3 +216,34 @@ fn a_memfd_holding_another_type_is_a_decode_error() {
     send_with_fds(&theirs, &descriptor(len - 1), &[&fd]);
     assert!(matches!(ours.recv_timeout(DEADLINE), Err(Error::Decode(_))));
 }
+
+/// Encodes as `2 MiB + step * (times asked)` bytes: another length each time.
+struct Shifty {
+    asked: std::cell::Cell<i64>,
+    step: i64,
+}
+
+impl Serialize for Shifty {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let n = self.asked.get();
+        self.asked.set(n + 1);
+        vec![5u8; ((2 << 20) + self.step * n * 100_000) as usize].serialize(serializer)
+    }
+}
+
+#[test]
+fn a_value_that_encodes_otherwise_the_second_time_fails_and_the_stream_stays_in_step() {
+    let (rx, tx) = pipe::<Vec<u8>>().unwrap();
+    let reader = std::thread::spawn(move || {
+        // Whatever went of the bad values (nothing, or a whole frame padded with zeros), then
+        // the good one, whole.
+        (0..3).map(|_| rx.recv_timeout(DEADLINE)).find_map(|got| got.ok().filter(|v| v.len() == 10))
+    });
+    let tx = tx.cast::<Shifty>();
+    for step in [1, -1] {
+        let shifty = Shifty { asked: std::cell::Cell::new(0), step };
+        assert!(matches!(tx.send(&shifty), Err(Error::Encode(_))), "step {step}");
+    }
+    tx.cast::<Vec<u8>>().send(&vec![9; 10]).unwrap();
+    assert_eq!(reader.join().unwrap(), Some(vec![9; 10]), "the frame after the bad ones reads");
+}

@@ -63,6 +63,64 @@ impl Output for ToVecWithin<'_> {
     }
 }
 
+/// Hands the encoding to `sink` in pieces, at most `limit` bytes in all: small writes gather
+/// in `buf` (sent once it holds [`GATHER`] bytes), and slices of [`DIRECT`] bytes or more go
+/// as they are, from the value's memory, after what gathered before them. `sink(gathered,
+/// slice)` sends both, in order. Its error is kept in `failed` (the encoder only sees
+/// [`postcard::Error::SerializeBufferFull`]).
+pub(crate) struct Streaming<'a, F> {
+    pub(crate) buf: &'a mut Vec<u8>,
+    pub(crate) sink: F,
+    pub(crate) sent: usize,
+    pub(crate) limit: usize,
+    pub(crate) failed: &'a mut Option<crate::error::Error>,
+}
+
+/// What [`Streaming`] gathers before sending.
+pub(crate) const GATHER: usize = 64 << 10;
+/// Slices at least this long go straight from the value.
+pub(crate) const DIRECT: usize = 16 << 10;
+
+impl<F: FnMut(&[u8], &[u8]) -> crate::error::Result<()>> Streaming<'_, F> {
+    /// Sends what gathered, and `slice` after it.
+    pub(crate) fn send(&mut self, slice: &[u8]) -> Result<()> {
+        let n = self.buf.len() + slice.len();
+        if n > self.limit - self.sent {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        if let Err(e) = (self.sink)(self.buf, slice) {
+            *self.failed = Some(e);
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.sent += n;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl<F: FnMut(&[u8], &[u8]) -> crate::error::Result<()>> Output for Streaming<'_, F> {
+    #[inline]
+    fn push(&mut self, byte: u8) -> Result<()> {
+        self.buf.push(byte);
+        if self.buf.len() >= GATHER {
+            return self.send(&[]);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn extend(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() >= DIRECT {
+            return self.send(bytes);
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= GATHER {
+            return self.send(&[]);
+        }
+        Ok(())
+    }
+}
+
 /// Counts the bytes an encoding takes, writing none.
 #[derive(Default)]
 pub(crate) struct Count(pub(crate) usize);
