@@ -5,11 +5,11 @@
 //! - `bigval::pipe`: one value to a peer process over a pipe, which receives it whole (a new
 //!   `Vec` each time, as `recv` gives) and answers one byte: `bytes` (`send_bytes` /
 //!   `recv_bytes`, the floor), `typed_u8`, `typed_f64`; 1 MiB, 64 MiB and 200 MiB. Target:
-//!   typed at least 0.8x the throughput of bytes.
+//!   typed at least 0.8x the throughput of bytes, in alternating rounds.
 //! - `bigval::gib`: 1 GiB: `memcpy` into a buffer already faulted in, `memcpy_fresh` (into a
 //!   new allocation, what any new value costs: `clone`), and `typed_duplex` (a typed send to a
 //!   peer process on a socket, which receives it: out of line, a sealed memfd). Target: at most
-//!   2x `memcpy_fresh`; the ratio to `memcpy` is printed beside it.
+//!   2x `memcpy_fresh`, in alternating rounds; the ratio to `memcpy` is printed beside it.
 //! - `bigval::pool`: `apply` of a function returning its 64 MiB argument, on 2 workers, beside
 //!   the same bytes there and back through a pipe (`send_bytes` both ways, the floor of moving
 //!   them). Target: at most 2x the floor.
@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
-use mproc_benches::Target;
+use mproc_benches::{Ratio, Target};
 use mproc_ipc::{Connection, Error, Receiver, Sender};
 use mproc_pool::Pool;
 
@@ -59,52 +59,50 @@ fn flat<'a>(c: &'a mut Criterion, name: &str, bytes: usize) -> BenchmarkGroup<'a
     g
 }
 
-/// `typed / bytes` throughput ratios for one size, as targets.
+/// Typed `Vec<u8>` and `Vec<f64>` against `send_bytes` of as many bytes, over a pipe: criterion
+/// figures, then the targets from alternating rounds (the ratio of the same run's floor).
 fn pipe_sizes(c: &mut Criterion, mib: usize) -> Vec<Target> {
     let n = mib * MIB;
     let group = format!("bigval::pipe_{mib}mib");
+    let bytes: Vec<u8> = (0..n).map(|i| i as u8).collect();
+    let floats: Vec<f64> = (0..n / 8).map(|i| i as f64).collect();
+    let (raw, raw_ack, _raw_peer) = pipe_peer("bytes");
+    let raw = Sender::<()>::from(raw);
+    let (u8s, u8_ack, _u8_peer) = pipe_peer("typed-u8");
+    let u8s = Sender::<Vec<u8>>::from(u8s);
+    let (f64s, f64_ack, _f64_peer) = pipe_peer("typed-f64");
+    let f64s = Sender::<Vec<f64>>::from(f64s);
+    let mut send_bytes = || {
+        raw.send_bytes(black_box(&bytes)).unwrap();
+        wait_ack(&raw_ack);
+    };
+    let mut send_u8 = || {
+        u8s.send(black_box(&bytes)).unwrap();
+        wait_ack(&u8_ack);
+    };
+    let mut send_f64 = || {
+        f64s.send(black_box(&floats)).unwrap();
+        wait_ack(&f64_ack);
+    };
     let mut g = flat(c, &group, n);
-    {
-        let bytes: Vec<u8> = (0..n).map(|i| i as u8).collect();
-        let (tx, ack, _peer) = pipe_peer("bytes");
-        let tx = Sender::<()>::from(tx);
-        g.bench_function("bytes", |b| {
-            b.iter(|| {
-                tx.send_bytes(black_box(&bytes)).unwrap();
-                wait_ack(&ack);
-            })
-        });
-    }
-    {
-        let value: Vec<u8> = (0..n).map(|i| i as u8).collect();
-        let (tx, ack, _peer) = pipe_peer("typed-u8");
-        let tx = Sender::<Vec<u8>>::from(tx);
-        g.bench_function("typed_u8", |b| {
-            b.iter(|| {
-                tx.send(black_box(&value)).unwrap();
-                wait_ack(&ack);
-            })
-        });
-    }
-    {
-        let value: Vec<f64> = (0..n / 8).map(|i| i as f64).collect();
-        let (tx, ack, _peer) = pipe_peer("typed-f64");
-        let tx = Sender::<Vec<f64>>::from(tx);
-        g.bench_function("typed_f64", |b| {
-            b.iter(|| {
-                tx.send(black_box(&value)).unwrap();
-                wait_ack(&ack);
-            })
-        });
-    }
+    g.bench_function("bytes", |b| b.iter(&mut send_bytes));
+    g.bench_function("typed_u8", |b| b.iter(&mut send_u8));
+    g.bench_function("typed_f64", |b| b.iter(&mut send_f64));
     g.finish();
+    let (batch, rounds) = if mib == 1 {
+        (20, 31)
+    } else if mib <= 64 {
+        (1, 15)
+    } else {
+        (1, 9)
+    };
     let mut targets = Vec::new();
-    if let Some(floor) = mproc_benches::median_ns(&group, "bytes") {
-        for id in ["typed_u8", "typed_f64"] {
-            if let Some(ours) = mproc_benches::median_ns(&group, id) {
-                let name = format!("{group} {id} vs bytes (throughput ratio)");
-                targets.push(Target::at_least(name, floor / ours, 0.8, "x"));
-            }
+    for (id, ours) in [("typed_u8", &mut send_u8 as &mut dyn FnMut()), ("typed_f64", &mut send_f64)] {
+        let name = format!("{group} {id} vs bytes (throughput ratio)");
+        if let Some(ratio) =
+            mproc_benches::paired_rounds(&name, batch, rounds, Ratio::Throughput, &mut send_bytes, ours)
+        {
+            targets.push(Target::at_least(name, ratio, 0.8, "x"));
         }
     }
     targets
@@ -112,41 +110,31 @@ fn pipe_sizes(c: &mut Criterion, mib: usize) -> Vec<Target> {
 
 fn gib(c: &mut Criterion) -> Vec<Target> {
     let group = "bigval::gib";
-    let mut g = flat(c, group, GIB);
     let value: Vec<u8> = (0..GIB).map(|i| i as u8).collect();
-    {
-        let mut dst = vec![1u8; GIB]; // written once: faulted in
-        g.bench_function("memcpy", |b| b.iter(|| black_box(&mut dst).copy_from_slice(black_box(&value))));
-    }
-    g.bench_function("memcpy_fresh", |b| b.iter(|| black_box(black_box(&value).clone())));
-    {
-        let (sock, _peer) = socket_peer("duplex-u8");
-        let conn = Connection::<Vec<u8>, u8>::from(sock);
-        g.bench_function("typed_duplex", |b| {
-            b.iter(|| {
-                conn.send(black_box(&value)).unwrap();
-                assert_eq!(conn.recv().unwrap(), 1);
-            })
-        });
-    }
+    let mut dst = vec![1u8; GIB]; // written once: faulted in
+    let (sock, _peer) = socket_peer("duplex-u8");
+    let conn = Connection::<Vec<u8>, u8>::from(sock);
+    let mut memcpy = || black_box(&mut dst).copy_from_slice(black_box(&value));
+    let mut memcpy_fresh = || drop(black_box(black_box(&value).clone()));
+    let mut typed_duplex = || {
+        conn.send(black_box(&value)).unwrap();
+        assert_eq!(conn.recv().unwrap(), 1);
+    };
+    let mut g = flat(c, group, GIB);
+    g.bench_function("memcpy", |b| b.iter(&mut memcpy));
+    g.bench_function("memcpy_fresh", |b| b.iter(&mut memcpy_fresh));
+    g.bench_function("typed_duplex", |b| b.iter(&mut typed_duplex));
     g.finish();
     let mut targets = Vec::new();
-    let median = |id| mproc_benches::median_ns(group, id);
-    if let (Some(copy), Some(fresh), Some(ours)) =
-        (median("memcpy"), median("memcpy_fresh"), median("typed_duplex"))
+    let name = format!("{group} typed_duplex vs memcpy_fresh (time ratio)");
+    if let Some(ratio) =
+        mproc_benches::paired_rounds(&name, 1, 5, Ratio::Time, &mut memcpy_fresh, &mut typed_duplex)
     {
-        println!(
-            "\n{group}: typed_duplex {:.3}x memcpy into a faulted-in buffer, {:.3}x memcpy into a new one",
-            ours / copy,
-            ours / fresh
-        );
-        targets.push(Target::at_most(
-            format!("{group} typed_duplex vs memcpy_fresh (time ratio)"),
-            ours / fresh,
-            2.0,
-            "x",
-        ));
+        targets.push(Target::at_most(name, ratio, 2.0, "x"));
     }
+    // Beside it, for the record: against a copy into memory already faulted in.
+    let name = format!("{group} typed_duplex vs memcpy into a faulted-in buffer (time ratio)");
+    mproc_benches::paired_rounds(&name, 1, 5, Ratio::Time, &mut memcpy, &mut typed_duplex);
     targets
 }
 
@@ -157,40 +145,34 @@ fn echo(v: Vec<u8>) -> Vec<u8> {
 fn pool(c: &mut Criterion) -> Vec<Target> {
     let group = "bigval::pool";
     let n = 64 * MIB;
-    let mut g = flat(c, group, 2 * n);
     let value: Vec<u8> = (0..n).map(|i| i as u8).collect();
-    {
-        let (tx, rx, _peer) = pipe_peer("bytes-echo");
-        let (tx, rx) = (Sender::<()>::from(tx), Receiver::<()>::from(rx));
-        g.bench_function("bytes_there_and_back", |b| {
-            b.iter(|| {
-                tx.send_bytes(black_box(&value)).unwrap();
-                black_box(rx.recv_bytes().unwrap());
-            })
-        });
-    }
-    {
-        let pool = Pool::new(2).expect("a pool of 2 workers");
-        g.bench_function("apply_64mib", |b| {
-            b.iter_batched(
-                || value.clone(),
-                |v| assert_eq!(pool.apply(echo, v).unwrap().len(), n),
-                BatchSize::PerIteration,
-            )
-        });
-    }
+    let (tx, rx, _peer) = pipe_peer("bytes-echo");
+    let (tx, rx) = (Sender::<()>::from(tx), Receiver::<()>::from(rx));
+    let pool = Pool::new(2).expect("a pool of 2 workers");
+    let mut there_and_back = || {
+        tx.send_bytes(black_box(&value)).unwrap();
+        black_box(rx.recv_bytes().unwrap());
+    };
+    let mut g = flat(c, group, 2 * n);
+    g.bench_function("bytes_there_and_back", |b| b.iter(&mut there_and_back));
+    g.bench_function("apply_64mib", |b| {
+        b.iter_batched(
+            || value.clone(),
+            |v| assert_eq!(pool.apply(echo, v).unwrap().len(), n),
+            BatchSize::PerIteration,
+        )
+    });
     g.finish();
+    // In the paired rounds the argument's clone is part of `apply`'s time: `apply` takes it
+    // by value.
+    let mut apply = || assert_eq!(pool.apply(echo, black_box(value.clone())).unwrap().len(), n);
+    let name =
+        format!("{group} apply_64mib (with the argument's clone) vs bytes there and back (time ratio)");
     let mut targets = Vec::new();
-    if let (Some(floor), Some(ours)) = (
-        mproc_benches::median_ns(group, "bytes_there_and_back"),
-        mproc_benches::median_ns(group, "apply_64mib"),
-    ) {
-        targets.push(Target::at_most(
-            format!("{group} apply_64mib vs bytes there and back (time ratio)"),
-            ours / floor,
-            2.0,
-            "x",
-        ));
+    if let Some(ratio) =
+        mproc_benches::paired_rounds(&name, 1, 9, Ratio::Time, &mut there_and_back, &mut apply)
+    {
+        targets.push(Target::at_most(name, ratio, 2.0, "x"));
     }
     targets
 }
@@ -227,7 +209,8 @@ fn peer(mode: &str) {
             }
         }
         "duplex-u8" => {
-            let conn = Connection::<u8, Vec<u8>>::from(stdin);
+            let mut conn = Connection::<u8, Vec<u8>>::from(stdin);
+            conn.set_max_message_size(2 * GIB); // 1 GiB of bytes and its length
             while until_closed(conn.recv()).is_some() {
                 conn.send(&1).unwrap();
             }

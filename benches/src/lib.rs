@@ -81,9 +81,22 @@ pub enum Ratio {
 /// Times `ours` against `floor` in alternating batches of `batch` calls, 31 rounds, and prints
 /// the median ratio with its quartiles. Alternating cancels the slow drift of a shared,
 /// noisy machine that separate measurements suffer from. `what` says what the ratio is of.
-pub fn paired(name: &str, batch: usize, what: Ratio, mut floor: impl FnMut(), mut ours: impl FnMut()) {
+pub fn paired(name: &str, batch: usize, what: Ratio, floor: impl FnMut(), ours: impl FnMut()) {
+    paired_rounds(name, batch, 31, what, floor, ours);
+}
+
+/// [`paired`] with `rounds` rounds (odd; at least 3), for operations that take long: the
+/// median ratio, which it also prints. `None` when not measuring.
+pub fn paired_rounds(
+    name: &str,
+    batch: usize,
+    rounds: usize,
+    what: Ratio,
+    mut floor: impl FnMut(),
+    mut ours: impl FnMut(),
+) -> Option<f64> {
     if !measuring() {
-        return;
+        return None;
     }
     let time = |f: &mut dyn FnMut()| {
         let start = std::time::Instant::now();
@@ -95,7 +108,7 @@ pub fn paired(name: &str, batch: usize, what: Ratio, mut floor: impl FnMut(), mu
     // One unmeasured round of each to warm up.
     time(&mut floor);
     time(&mut ours);
-    let mut ratios: Vec<f64> = (0..31)
+    let mut ratios: Vec<f64> = (0..rounds)
         .map(|round| {
             let (f, o) = if round % 2 == 0 {
                 let f = time(&mut floor);
@@ -115,10 +128,11 @@ pub fn paired(name: &str, batch: usize, what: Ratio, mut floor: impl FnMut(), mu
         Ratio::Time => "time",
         Ratio::Throughput => "throughput",
     };
+    let (q1, median, q3) = (ratios[rounds / 4], ratios[rounds / 2], ratios[3 * rounds / 4]);
     println!(
-        "paired {name:<40} median {:.3}x the floor's {unit} (quartiles {:.3}-{:.3}, 31 alternating rounds of {batch})",
-        ratios[15], ratios[7], ratios[23]
+        "paired {name:<40} median {median:.3}x the floor's {unit} (quartiles {q1:.3}-{q3:.3}, {rounds} alternating rounds of {batch})"
     );
+    Some(median)
 }
 
 /// A figure with the target it must meet, for [`report_targets`].
@@ -157,7 +171,14 @@ pub fn report_targets(targets: &[Target]) {
     }
     println!();
     for t in targets {
-        let (op, digits) = if t.at_most { ("<=", 3) } else { (">=", 0) };
+        // Ratios to three places, rates whole.
+        let (op, digits) = if t.at_most {
+            ("<=", 3)
+        } else if t.bound < 100.0 {
+            (">=", 3)
+        } else {
+            (">=", 0)
+        };
         println!(
             "target {}: {:.digits$}{} (target {op} {:.digits$}): {}",
             t.name,
