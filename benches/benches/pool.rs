@@ -9,6 +9,12 @@
 //!   submission to last result) is printed as a ratio to the ideal makespan of the same run:
 //!   `max(total work / workers, longest task)`. Target: at most 1.10x.
 //!
+//! - Remote workers (issue 16): a pool of 2 remote workers (copies of this bench in network
+//!   namespaces, over veth links) beside a pool of 2 local workers, in paired rounds of the
+//!   same run: `apply_async` tasks/s and `map` items/s, and the per-task overhead in µs.
+//!   Target: remote `map` at least 0.5x local. Skipped, saying why, where namespaces cannot
+//!   be made.
+//!
 //! The slow tasks sleep rather than spin: the machine has 2 cores shared with other builds,
 //! and 8 spinning workers on 2 cores could never reach `work / 8`; sleeping tasks measure
 //! what the pool decides (who runs what, when), not how the kernel shares the cores. A 1 µs
@@ -139,8 +145,93 @@ fn skewed(measuring: bool) -> Vec<Target> {
     targets
 }
 
+/// `(remote, local)` rates of `f` (`n` per round), in paired rounds that alternate which
+/// pool goes first: the medians.
+fn paired_rates(rounds: usize, n: u64, remote: &Pool, local: &Pool, f: &dyn Fn(&Pool)) -> (f64, f64) {
+    let rate = |pool: &Pool| {
+        let t = Instant::now();
+        f(pool);
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+    let (mut r, mut l): (Vec<f64>, Vec<f64>) = (0..rounds)
+        .map(|round| {
+            if round % 2 == 0 {
+                let r = rate(remote);
+                (r, rate(local))
+            } else {
+                let l = rate(local);
+                (rate(remote), l)
+            }
+        })
+        .unzip();
+    r.sort_by(f64::total_cmp);
+    l.sort_by(f64::total_cmp);
+    (r[rounds / 2], l[rounds / 2])
+}
+
+/// 2 remote workers in network namespaces beside 2 local workers.
+fn remote(measuring: bool) -> Vec<Target> {
+    let hosts = match mproc_benches::netns::Hosts::new(2) {
+        Ok(hosts) => hosts,
+        Err(why) => {
+            println!("pool::remote: skipped: cannot make network namespaces ({why})");
+            return Vec::new();
+        }
+    };
+    let remote = hosts.in_pool_ns(|| {
+        Pool::builder()
+            .processes(0)
+            .listen((std::net::Ipv4Addr::UNSPECIFIED, 7000))
+            .build()
+            .expect("a listening pool")
+    });
+    let launcher = remote.launcher().expect("a launcher");
+    let exe = std::env::current_exe().expect("this bench's path");
+    let mut workers: Vec<std::process::Child> = (1..=2)
+        .map(|h| {
+            let mut command = launcher.clone().connect_to(format!("10.77.{h}.1:7000")).command("ip");
+            command.args(["netns", "exec", &hosts.hosts[h - 1]]).arg(&exe).stdin(std::process::Stdio::null());
+            command.spawn().expect("a remote worker starts")
+        })
+        .collect();
+    remote.wait_for_workers(2, Duration::from_secs(60)).expect("2 remote workers join");
+    let local = Pool::new(2).expect("a pool of 2 workers");
+    let (tasks, items, rounds) = if measuring { (TASKS, ITEMS, 7) } else { (1_000, 10_000, 1) };
+    let inputs: Vec<u64> = (0..items).collect();
+    let (r_apply, l_apply) = paired_rates(rounds, tasks, &remote, &local, &|p| apply_async_all(p, tasks));
+    let (r_map, l_map) = paired_rates(rounds, items, &remote, &local, &|p| map_all(p, &inputs));
+    let mut targets = Vec::new();
+    if measuring {
+        // Per-task overhead: the pool's time per task with 2 workers, as a worker sees it.
+        let us = |rate: f64| 2.0 * 1e6 / rate;
+        println!(
+            "pool::remote apply_async: 2 remote workers {r_apply:.0} tasks/s ({:.2} µs/task/worker), \
+             2 local {l_apply:.0} tasks/s ({:.2} µs): {:.3}x local (median of {rounds} paired rounds of {tasks})",
+            us(r_apply),
+            us(l_apply),
+            r_apply / l_apply
+        );
+        println!(
+            "pool::remote map: 2 remote workers {r_map:.0} items/s ({:.4} µs/item/worker), \
+             2 local {l_map:.0} items/s ({:.4} µs): {:.3}x local (median of {rounds} paired rounds of {items})",
+            us(r_map),
+            us(l_map),
+            r_map / l_map
+        );
+        targets.push(Target::at_least("pool::remote_map/local", r_map / l_map, 0.5, "x local map"));
+    }
+    drop(remote);
+    drop(local);
+    for mut w in workers.drain(..) {
+        let status = w.wait().expect("a remote worker ends");
+        assert!(status.success(), "a remote worker ended with {status}");
+    }
+    drop(hosts);
+    targets
+}
+
 fn main() {
-    mproc_pool::process::init();
+    mproc_pool::init();
     mproc_benches::start_run();
     let measuring = mproc_benches::measuring();
     let pool = Pool::new(2).expect("a pool of 2 workers");
@@ -186,5 +277,6 @@ fn main() {
     }
     drop(pool);
     targets.extend(skewed(measuring));
+    targets.extend(remote(measuring));
     mproc_benches::report_targets(&targets);
 }

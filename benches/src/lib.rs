@@ -3,6 +3,7 @@
 //! Every benchmark measures its raw-syscall floor in the same run and reports the ratio, so
 //! figures from a noisy machine still compare like with like.
 
+pub mod netns;
 pub mod sys;
 
 use std::fs;
@@ -171,14 +172,8 @@ pub fn report_targets(targets: &[Target]) {
     }
     println!();
     for t in targets {
-        // Ratios to three places, rates whole.
-        let (op, digits) = if t.at_most {
-            ("<=", 3)
-        } else if t.bound < 100.0 {
-            (">=", 3)
-        } else {
-            (">=", 0)
-        };
+        // Ratios with decimals, rates without.
+        let (op, digits) = if t.at_most { ("<=", 3) } else { (">=", if t.bound < 10.0 { 3 } else { 0 }) };
         println!(
             "target {}: {:.digits$}{} (target {op} {:.digits$}): {}",
             t.name,

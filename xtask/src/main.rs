@@ -1,9 +1,9 @@
 //! `cargo xtask`: the project's one script (alias in `.cargo/config.toml`).
 //!
-//! - `cargo xtask test [ARGS]`: rustfmt check, clippy, every test target (criterion benches
-//!   run once in test mode, a smoke test), then doc tests, then the loom model checks of the
-//!   coroutine task cell (`--cfg loom`, in `target/loom`). `ARGS` go to both test runs after
-//!   `--`, e.g. a test name filter.
+//! - `cargo xtask test [ARGS]`: rustfmt check, clippy, the examples built (some tests run
+//!   them), every test target (criterion benches run once in test mode, a smoke test), then
+//!   doc tests, then the loom model checks of the coroutine task cell (`--cfg loom`, in
+//!   `target/loom`). `ARGS` go to both test runs after `--`, e.g. a test name filter.
 //! - `cargo xtask proptest [--cases N]`: the property tests (named `prop_*`), in release mode
 //!   with `PROPTEST_CASES=N` (default 1024).
 //! - `cargo xtask bench [ARGS]`: the criterion benchmarks, `ARGS` after `--`.
@@ -149,6 +149,10 @@ const LOOM_STEP_LIMIT: Duration = Duration::from_secs(10 * 60);
 fn test(extra: &[String]) -> Result<(), ExitCode> {
     Cargo::new(&["fmt", "--all", "--", "--check"]).run()?;
     Cargo::new(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).run()?;
+    // Tests that start an example program (the pool's `other_build`) find it at its plain
+    // path, `target/debug/examples/NAME`, which only `cargo build` makes: `cargo test` builds
+    // examples as test harnesses, under hashed names.
+    Cargo::new(&["build", "--workspace", "--examples"]).run()?;
     Cargo::new(&["test", "--workspace", "--all-targets"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()?;
     Cargo::new(&["test", "--workspace", "--doc"]).trailing(extra).timeout(TEST_STEP_LIMIT).run()?;
     // mproc-ipc's optional `pickle` feature: its lints, and the tests and doc tests it adds

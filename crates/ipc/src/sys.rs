@@ -61,4 +61,5 @@ pub(crate) use impl_from_raw_fd;
 
 pub(crate) mod bulk;
 pub(crate) mod outofline;
+pub(crate) mod robust;
 pub(crate) mod shm;

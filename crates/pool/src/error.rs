@@ -93,6 +93,19 @@ pub enum Error {
         /// How the workers ended.
         message: String,
     },
+    /// Fewer remote workers joined than were waited for, by the deadline
+    /// ([`PoolBuilder::remote_workers`](crate::PoolBuilder::remote_workers),
+    /// [`Pool::wait_for_workers`](crate::Pool::wait_for_workers)).
+    MissingWorkers {
+        /// How many were waited for.
+        wanted: usize,
+        /// How many joined.
+        came: usize,
+        /// How long the wait was.
+        waited: Duration,
+        /// Why each connection the pool refused was refused (a wrong authkey, another build).
+        refused: Vec<String>,
+    },
 }
 
 /// `Result` with [`Error`] as the error type.
@@ -130,6 +143,16 @@ impl fmt::Display for Error {
                  handler thread or workers (build a new pool in the child)"
             ),
             Error::Broken { message } => write!(f, "the pool cannot run tasks: {message}"),
+            Error::MissingWorkers { wanted, came, waited, refused } => {
+                write!(
+                    f,
+                    "{came} of the {wanted} remote workers waited for joined the pool within {waited:?}"
+                )?;
+                if !refused.is_empty() {
+                    write!(f, "; refused: {}", refused.join("; "))?;
+                }
+                Ok(())
+            }
         }
     }
 }

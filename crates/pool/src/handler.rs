@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mproc_process::ExitStatus;
-use mproc_process::ipc::{Receiver, Waitable};
+use mproc_process::ipc::{Receiver, Sender, Waitable};
 
-use crate::claim;
 use crate::error::Error;
 use crate::remote::{Body, Worker};
 use crate::scheduler::{self, Load, Policy};
@@ -29,6 +28,10 @@ pub(crate) struct Handler {
     /// Workers that died before running a task since one last ran one: each named, with how
     /// it ended.
     early_deaths: Vec<String>,
+    /// Dropped when the handler ends: stops the listener thread (remote workers).
+    stop_listening: Option<Sender<()>>,
+    /// Since when the pool has had no worker at all (no local ones, no remote one now).
+    alone_since: Option<Instant>,
 }
 
 /// How many workers may die in a row before running a task before the pool stops replacing
@@ -46,7 +49,12 @@ fn ended(status: Option<ExitStatus>) -> String {
 }
 
 impl Handler {
-    pub(crate) fn new(shared: Arc<Shared>, wake: Receiver<()>, workers: Vec<Worker>) -> Handler {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        wake: Receiver<()>,
+        workers: Vec<Worker>,
+        stop_listening: Option<Sender<()>>,
+    ) -> Handler {
         let started = workers.len() as u64;
         Handler {
             shared,
@@ -56,6 +64,8 @@ impl Handler {
             pending: VecDeque::new(),
             started,
             early_deaths: Vec::new(),
+            stop_listening,
+            alone_since: None,
         }
     }
 
@@ -67,6 +77,7 @@ impl Handler {
                 self.pending.extend(queue.tasks.drain(..));
                 (queue.closed, queue.terminate, queue.broken.clone())
             };
+            self.workers.append(&mut self.shared.arrivals.lock().new);
             if terminate {
                 self.terminate();
                 break;
@@ -74,6 +85,7 @@ impl Handler {
             if let Some(error) = broken {
                 self.fail_everything(&error);
             }
+            self.fail_if_alone();
             // Retire first: a retired worker's successor can take tasks at once.
             self.retire();
             self.dispatch();
@@ -90,7 +102,34 @@ impl Handler {
             task.slot.complete(Err(Error::Closed));
         }
         drop(queue);
+        // No more remote workers: stop the listener, and send away any that came meanwhile.
+        drop(self.stop_listening.take());
+        for worker in self.shared.arrivals.lock().new.drain(..) {
+            let _ = worker.outbox.send(ToWorker::Exit);
+        }
         self.shared.finished.notify_all();
+    }
+
+    /// With no worker at all (a pool of remote workers only, none connected now), tasks wait
+    /// for one for the pool's `worker_wait`, then fail: nothing waits for ever.
+    fn fail_if_alone(&mut self) {
+        let Some(remote) = &self.shared.config.remote else { return };
+        if !self.workers.is_empty() {
+            self.alone_since = None;
+            return;
+        }
+        let since = *self.alone_since.get_or_insert_with(Instant::now);
+        if self.pending.is_empty() || since.elapsed() < remote.worker_wait {
+            return;
+        }
+        let message = format!(
+            "no worker to run it: the pool has no local workers and no remote worker was connected for {:?}",
+            remote.worker_wait
+        );
+        log::error!("mproc-pool: {message}; failing {} task(s)", self.pending.len());
+        for task in self.pending.drain(..) {
+            task.slot.complete(Err(Error::Broken { message: message.clone() }));
+        }
     }
 
     /// How the pool schedules.
@@ -144,12 +183,24 @@ impl Handler {
             return;
         }
         let worker = &mut self.workers[i];
+        let remote = worker.is_remote();
         let mut batch = Vec::with_capacity(n);
         for task in self.pending.drain(..n) {
+            if remote && task.input.n_fds() > 0 {
+                // An fd does not cross TCP: the task fails alone, and the stream goes on.
+                let message = "its arguments hold ipc ends or shared state, which cannot reach a remote \
+                               worker (an fd does not cross a TCP connection)"
+                    .to_string();
+                task.slot.complete(Err(Error::Transfer { task: task.slot.task(), message }));
+                continue;
+            }
             batch.push(WireTask { id: task.id, driver: task.driver, input: task.input.clone() });
             worker.held.push_back(task);
         }
-        worker.sent_batch(n);
+        if batch.is_empty() {
+            return;
+        }
+        worker.sent_batch(batch.len());
         if let Some(timeout) = self.shared.config.task_timeout {
             worker.deadline = Some(Instant::now() + timeout);
         }
@@ -166,7 +217,8 @@ impl Handler {
         let mut i = 0;
         while i < self.workers.len() {
             let w = &self.workers[i];
-            if w.sent >= max && w.held.is_empty() && !w.lost {
+            // A remote worker is not retired: the pool cannot start its successor.
+            if w.sent >= max && w.held.is_empty() && !w.lost && !w.is_remote() {
                 let worker = self.workers.swap_remove(i);
                 let _ = worker.outbox.send(ToWorker::Exit);
                 log::info!(
@@ -222,7 +274,12 @@ impl Handler {
             // next outcome will.
             queue.asleep = has_room;
         }
-        let deadline = self.workers.iter().filter_map(|w| w.deadline).min();
+        let alone = match (&self.shared.config.remote, self.alone_since) {
+            (Some(remote), Some(since)) if !self.pending.is_empty() => Some(since + remote.worker_wait),
+            _ => None,
+        };
+        let deadline =
+            self.workers.iter().flat_map(|w| [w.deadline, w.silence_deadline()]).flatten().chain(alone).min();
         let sentinels: Vec<Option<std::os::fd::BorrowedFd<'_>>> =
             self.workers.iter().map(Worker::sentinel).collect();
         let mut sources: Vec<&dyn Waitable> = vec![&self.wake];
@@ -272,9 +329,24 @@ impl Handler {
             }
         }
         let now = Instant::now();
-        for (i, worker) in self.workers.iter().enumerate() {
-            if worker.deadline.is_some_and(|d| d <= now) && !dead.iter().any(|&(j, _)| j == i) {
+        for (i, worker) in self.workers.iter_mut().enumerate() {
+            if dead.iter().any(|&(j, _)| j == i) {
+                continue;
+            }
+            if worker.deadline.is_some_and(|d| d <= now) {
                 dead.push((i, true));
+            } else if worker.silence_deadline().is_some_and(|d| d <= now) {
+                // Read what has come before giving it up (its heartbeat may be right there).
+                let alive = worker.drain(&mut broken);
+                if !alive || worker.silence_deadline().is_some_and(|d| d <= now) {
+                    log::warn!(
+                        "mproc-pool: remote worker {:?} (pid {}) was silent past its limit: giving it up",
+                        worker.name,
+                        worker.pid
+                    );
+                    worker.lost = true;
+                    dead.push((i, false));
+                }
             }
         }
         if let Some(error) = broken {
@@ -303,7 +375,7 @@ impl Handler {
         if let Some(error) = broken {
             self.shared.queue.lock().broken.get_or_insert(error);
         }
-        let early = !timed_out && worker.answered == 0 && claim::last_claim(worker.progress.word()) == 0;
+        let early = !timed_out && worker.answered == 0 && worker.never_claimed() && !worker.is_remote();
         if early {
             self.early_deaths.push(format!("{:?} (pid {}) {}", worker.name, worker.pid, ended(status)));
             if self.early_deaths.len() >= EARLY_DEATHS {
@@ -333,13 +405,15 @@ impl Handler {
             );
             worker.fail_held(|task| Error::Timeout { task, worker: name.clone(), pid, timeout });
         } else {
-            log::warn!(
-                "mproc-pool: worker {name:?} (pid {pid}) {}, failing the {lost} task(s) it held",
+            let how = if worker.is_remote() {
+                "was lost (its connection ended, or it fell silent)".to_string()
+            } else {
                 ended(status)
-            );
+            };
+            log::warn!("mproc-pool: worker {name:?} (pid {pid}) {how}, failing the {lost} task(s) it held");
             worker.fail_held(|task| Error::WorkerDied { task, worker: name.clone(), pid, status });
         }
-        if broken.is_none() {
+        if broken.is_none() && !worker.is_remote() {
             log::info!("mproc-pool: replacing worker {name:?}");
             self.replace();
         }

@@ -10,6 +10,10 @@
 //!   [`imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered),
 //!   [`starmap`](Pool::starmap), [`close`](Pool::close), [`terminate`](Pool::terminate),
 //!   [`join`](Pool::join).
+//! - Remote workers: [`listen`](PoolBuilder::listen) takes workers that connect over TCP,
+//!   beside the local ones or instead; a [`Launcher`] starts them (any command, `ssh`,
+//!   Slurm's `srun`); [`init`] makes a copy of the program one. See
+//!   [Remote workers](#remote-workers).
 //! - [`process`] and [`ipc`] are the layers below, re-exported.
 //!
 //! ```
@@ -29,6 +33,73 @@
 //!     Ok(())
 //! } // dropping the pool closes it and waits for its tasks
 //! ```
+//!
+//! # Remote workers
+//!
+//! A pool can take workers on other hosts: copies of the same program, started anywhere
+//! that can reach the pool, with two variables in their environment ([`ADDRESS_ENV`],
+//! [`AUTHKEY_ENV`], which the pool's [`Launcher`] sets). In such a copy, [`init`] (the first
+//! line of `main`) connects, serves the pool's tasks until the pool ends, and exits.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use mproc_pool::Pool;
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     mproc_pool::init(); // in a remote worker: serves the pool, then exits
+//!     let pool = Pool::builder()
+//!         .processes(2) // local workers beside the remote ones (0: none)
+//!         .listen(("0.0.0.0".parse::<std::net::IpAddr>()?, 7000))
+//!         .build()?;
+//!     // Two workers placed by Slurm inside an allocation, on the nodes it gives; or
+//!     // `launcher.ssh("node2", "/opt/app/bin/app")`, or `launcher.command(program)`.
+//!     let launcher = pool.launcher().unwrap().connect_to("head-node:7000");
+//!     let mut srun = launcher.srun(2, std::env::current_exe()?).spawn()?;
+//!     pool.wait_for_workers(2, Duration::from_secs(60))?;
+//!     assert_eq!(pool.map(square, 1..=4)?, vec![1, 4, 9, 16]);
+//!     drop(pool); // the workers leave; srun returns
+//!     srun.wait()?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Under Slurm, the pool runs in the batch script's first task and starts the workers on the
+//! allocation with `srun` ([`Launcher::srun`]); each worker names itself by Slurm's node name
+//! and rank (`SLURMD_NODENAME`, `SLURM_PROCID`). For example, with `app` the program above:
+//!
+//! ```text
+//! #!/bin/sh
+//! #SBATCH --ntasks=2
+//! # The batch script runs on the allocation's first node: so does the pool, which listens
+//! # on port 7000 and starts its workers on the allocation with the srun line
+//! # Launcher::srun(2, "./app") builds:
+//! #   srun --ntasks=2 --export=ALL,MPROC_POOL_ADDR=<node>:7000,MPROC_POOL_AUTHKEY=<hex> ./app
+//! ./app
+//! ```
+//!
+//! Each connection is authenticated with the pool's authkey (by default the process's own,
+//! [`process::ProcessInfo::authkey`]), then the worker says which build of which program it
+//! is: a worker of another build is refused, and both sides say so, naming both builds (a
+//! task names its function by its place in the binary, so only the pool's own build can run
+//! it). A remote worker is named `RemoteWorker-N@HOST (ADDRESS)` (with its Slurm rank when
+//! `srun` started it) in errors and logs.
+//!
+//! The guarantees below hold for remote workers too, with the network in the place of the
+//! kernel: a worker that is killed, whose host goes away or whose link is cut fails only what
+//! it had started (see below) with [`Error::WorkerDied`], and the tasks it had not started go
+//! to other workers. Each side sends a heartbeat when it has sent nothing else for a while
+//! and gives the other up after a silence ([`PoolBuilder::heartbeat`], default 1 s and
+//! 10 s): a half-open connection never hangs the pool, and a worker whose pool ended or
+//! cannot be reached leaves. A remote worker runs a task only once the pool has granted it
+//! (by message, a round trip asked ahead of time), so the pool always knows which tasks it
+//! may have started: when it is lost, those fail, and nothing runs twice. That is the task it
+//! was running, and, for tasks shorter than two round trips, the few it had been granted to
+//! run next or had finished in the last millisecond without their outcomes reaching the pool.
+//! Remote workers are never replaced (the pool cannot start them) nor retired
+//! (`max_tasks_per_child` does not count for them); a pool with no local workers and no remote worker left fails its
+//! tasks after [`worker_wait`](PoolBuilder::worker_wait) rather than wait for ever.
 //!
 //! # Guarantees
 //!
@@ -72,14 +143,24 @@
 //!   which would orphan them): a task cannot start a `Process` or a process `Pool`
 //!   ([`process::Error::DaemonCannotStart`]). Use threads inside the task (a thread pool), or
 //!   do that work from a non-daemon `Process`.
+//! - Remote workers: the network between the pool and its workers must be trusted, as
+//!   Python's: the authkey authenticates each connection but nothing is encrypted, and a
+//!   worker that joined runs whatever the pool sends (and can read the pool's process-family
+//!   keys, which it is given so that it can run the pool's functions). The environment that
+//!   starts a worker holds the authkey (visible in `ps` on a command line). Arguments that
+//!   hold ipc ends or shared state cannot reach a remote worker (an fd does not cross TCP):
+//!   such a task, handed to a remote worker, fails alone with [`Error::Transfer`].
 //! - A pool belongs to the process that built it: in a forked child, its copy fails every
 //!   call at once with [`Error::ForkedCopy`] (the handler thread and the workers are the
 //!   parent's), and dropping the copy does nothing.
 #![deny(unsafe_code)]
 
+mod build_id;
 mod claim;
+mod cluster;
 mod error;
 mod handler;
+mod networker;
 mod pool;
 mod remote;
 mod result;
@@ -89,11 +170,55 @@ mod sys;
 mod wire;
 mod worker;
 
+pub use cluster::{ADDRESS_ENV, AUTHKEY_ENV, Launcher};
 pub use error::{Error, Result};
 pub use mproc_process as process;
 pub use mproc_process::ipc;
-pub use pool::{IMap, IMapUnordered, Pool, PoolBuilder};
+pub use pool::{
+    DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_WORKER_WAIT, IMap, IMapUnordered, Pool, PoolBuilder,
+};
 pub use result::AsyncResult;
+
+/// The first line of `main` in a program whose pools take remote workers: what
+/// [`process::init`] does, and, in a copy of the program started as a remote worker (with
+/// [`ADDRESS_ENV`] set, by a [`Launcher`]), serving the pool at that address until it ends,
+/// then exiting: the rest of `main` never runs there.
+///
+/// A worker that cannot join (no connection, a wrong authkey, another build: the pool refuses
+/// it and both sides say why) exits with code 2 after saying why on standard error; one that
+/// stops hearing from its pool exits with code 3; one whose initializer failed, with 4; one
+/// whose pool ended, with 0.
+///
+/// In tests, where the harness owns `main`, use [`test_support!`] instead.
+pub fn init() {
+    mproc_process::init();
+    networker::serve_if_asked();
+}
+
+/// [`process::test_support!`] with [`init`]'s remote-worker mode: put it once at the root of
+/// a test crate, and a copy of the test binary started with a [`Launcher`]'s environment
+/// serves the pool before the test harness starts.
+#[macro_export]
+macro_rules! test_support {
+    () => {
+        $crate::process::__before_main!($crate::__private::before_main);
+
+        /// Makes this test binary ready to start `Spawn` and `ForkServer` children: nothing
+        /// more than `test_support!()` did already, before the test harness started.
+        #[allow(dead_code)]
+        pub fn mproc_init() {
+            $crate::__private::before_main();
+        }
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    /// [`init`](crate::init), run before the test harness's `main`.
+    pub fn before_main() {
+        crate::init();
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -12,12 +12,13 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::cluster::{self, Arrivals, Launcher, RemoteConfig};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::remote::Worker;
 use crate::result::{AsyncResult, Done, Hook, Slot, decode_chunks, decode_one};
 use crate::shared::{Config, Queue, Queued, Shared};
-use mproc_process::ipc::Carried;
+use mproc_process::ipc::{Address, Carried, Listener};
 
 use crate::wire::{self, Driver};
 
@@ -38,6 +39,8 @@ pub struct Pool {
     /// The process whose threads and workers these are: a forked child has a copy of the
     /// `Pool` but no handler thread, no workers.
     owner: u32,
+    /// How to start remote workers, if it listens.
+    launcher: Option<Launcher>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -63,6 +66,11 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     threads: bool,
     max_message_size: Option<usize>,
+    listen: Option<Address>,
+    authkey: Option<Vec<u8>>,
+    remote_workers: usize,
+    worker_wait: Option<Duration>,
+    heartbeat: Option<(Duration, Duration)>,
 }
 
 /// The default message limit: the machine's memory (`MemTotal`), at least 1 GiB.
@@ -75,6 +83,16 @@ fn default_max_message_size() -> usize {
     });
     total.unwrap_or(0).max(mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE)
 }
+
+/// How long `build` waits for [`remote_workers`](PoolBuilder::remote_workers), and tasks
+/// wait for a worker in a pool that has none, by default.
+pub const DEFAULT_WORKER_WAIT: Duration = Duration::from_secs(60);
+/// How often each side of a remote worker's connection sends a heartbeat when it has sent
+/// nothing else, by default.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long either side of a remote worker's connection may stay silent before the other
+/// gives it up, by default.
+pub const DEFAULT_SILENCE: Duration = Duration::from_secs(10);
 
 impl PoolBuilder {
     /// The largest task input or value, in bytes as encoded, that may cross to or from a
@@ -145,12 +163,65 @@ impl PoolBuilder {
         self
     }
 
+    /// Listens at `address` (TCP: `(ip, port)`, a `SocketAddr`; port 0 lets the kernel pick)
+    /// for remote workers, beside the local ones (or instead: with `processes(0)`). A remote
+    /// worker is this same program started elsewhere with the environment of
+    /// [`Pool::launcher`], `main` beginning with [`crate::init`]. Each connection is
+    /// authenticated with the [`authkey`](Self::authkey), then the worker's build is checked
+    /// against the pool's: another program, or another build of this one, is refused (both
+    /// sides say why, naming both builds).
+    pub fn listen(mut self, address: impl Into<Address>) -> Self {
+        self.listen = Some(address.into());
+        self
+    }
+
+    /// The key remote workers authenticate with (default: this process's
+    /// [`authkey`](mproc_process::ProcessInfo::authkey)).
+    pub fn authkey(mut self, authkey: &[u8]) -> Self {
+        self.authkey = Some(authkey.to_vec());
+        self
+    }
+
+    /// Makes [`build`](Self::build) wait until `n` remote workers have joined, for at most
+    /// [`worker_wait`](Self::worker_wait) ([`Error::MissingWorkers`], naming how many came
+    /// and why any was refused). For workers started after the pool is built (with its
+    /// [`launcher`](Pool::launcher)), use [`Pool::wait_for_workers`] instead.
+    pub fn remote_workers(mut self, n: usize) -> Self {
+        self.remote_workers = n;
+        self
+    }
+
+    /// How long [`build`](Self::build) waits for its [`remote_workers`](Self::remote_workers),
+    /// and how long tasks wait for a worker when the pool has none (no local workers and no
+    /// remote one connected) before they fail with [`Error::Broken`] (default
+    /// [`DEFAULT_WORKER_WAIT`]).
+    pub fn worker_wait(mut self, wait: Duration) -> Self {
+        self.worker_wait = Some(wait);
+        self
+    }
+
+    /// How each side of a remote worker's connection checks the other is there: it sends a
+    /// heartbeat after `every` with nothing else to send, and gives the other up after
+    /// `silence` without a word (default [`DEFAULT_HEARTBEAT`], [`DEFAULT_SILENCE`]). The
+    /// pool then fails the task the worker was running ([`Error::WorkerDied`]) and hands on
+    /// those it had not started; the worker leaves. `silence` is raised to at least three
+    /// heartbeats.
+    pub fn heartbeat(mut self, every: Duration, silence: Duration) -> Self {
+        self.heartbeat = Some((every, silence));
+        self
+    }
+
     /// Starts the workers. Fails if one cannot start (for example
     /// [`mproc_process::Error::InitNotCalled`] inside [`Error::Start`]), or on a count of
     /// zero ([`Error::Config`]).
     pub fn build(self) -> Result<Pool> {
-        let processes = self.processes.unwrap_or_else(mproc_process::cpu_count).max(1);
-        if self.processes == Some(0) {
+        let remote = self.listen.is_some();
+        let processes = if remote && self.processes == Some(0) {
+            0
+        } else {
+            self.processes.unwrap_or_else(mproc_process::cpu_count).max(1)
+        };
+        if self.processes == Some(0) && !remote {
             return Err(Error::Config("a pool needs at least 1 process: processes(0) was asked for"));
         }
         if self.max_tasks_per_child == Some(0) {
@@ -172,6 +243,24 @@ impl PoolBuilder {
             start_method: self.start_method,
             task_timeout: self.task_timeout,
             threads: self.threads,
+            remote: self.listen.as_ref().map(|_| {
+                let (heartbeat, silence) = self.heartbeat.unwrap_or((DEFAULT_HEARTBEAT, DEFAULT_SILENCE));
+                RemoteConfig {
+                    heartbeat,
+                    silence: silence.max(3 * heartbeat),
+                    worker_wait: self.worker_wait.unwrap_or(DEFAULT_WORKER_WAIT),
+                }
+            }),
+        };
+        let listener = match &self.listen {
+            None => None,
+            Some(address) => {
+                let authkey =
+                    self.authkey.unwrap_or_else(|| mproc_process::current_process().authkey().to_vec());
+                let listener = Listener::builder(address.clone()).authkey(&authkey).bind()?;
+                let launcher = Launcher::new(listener.address(), &authkey);
+                Some((listener, launcher))
+            }
         };
         let workers =
             (1..=processes as u64).map(|n| Worker::start(&config, n)).collect::<Result<Vec<_>>>()?;
@@ -181,19 +270,41 @@ impl PoolBuilder {
             finished: parking_lot::Condvar::new(),
             wake: wake_tx,
             config,
+            arrivals: Mutex::new(Arrivals::default()),
+            joined: parking_lot::Condvar::new(),
         });
-        let handler = Handler::new(Arc::clone(&shared), wake_rx, workers);
-        let handler = std::thread::Builder::new()
-            .name("mproc-pool".into())
-            .spawn(move || handler.run())
-            .map_err(|e| Error::Start(Arc::new(mproc_process::Error::Io(e))))?;
-        Ok(Pool {
+        let io = |e| Error::Start(Arc::new(mproc_process::Error::Io(e)));
+        let (stop_listening, launcher) = match listener {
+            None => (None, None),
+            Some((listener, launcher)) => {
+                let (stop_rx, stop_tx) = mproc_process::ipc::pipe::<()>()?;
+                let listening = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name("mproc-pool-listen".into())
+                    .spawn(move || cluster::listen(listener, listening, stop_rx))
+                    .map_err(io)?;
+                (Some(stop_tx), Some(launcher))
+            }
+        };
+        let handler = Handler::new(Arc::clone(&shared), wake_rx, workers, stop_listening);
+        let handler =
+            std::thread::Builder::new().name("mproc-pool".into()).spawn(move || handler.run()).map_err(io)?;
+        let pool = Pool {
             shared,
             handler: Mutex::new(Some(handler)),
             callbacks: Mutex::new(None),
             next_id: AtomicU64::new(1),
             owner: mproc_process::getpid(),
-        })
+            launcher,
+        };
+        if self.remote_workers > 0 {
+            let wait = self.worker_wait.unwrap_or(DEFAULT_WORKER_WAIT);
+            if let Err(e) = pool.wait_for_workers(self.remote_workers, wait) {
+                pool.terminate();
+                return Err(e);
+            }
+        }
+        Ok(pool)
     }
 }
 
@@ -213,9 +324,29 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    /// How many workers the pool keeps.
+    /// How many workers the pool keeps: its local ones, plus the remote workers that joined
+    /// (at least 1, for chunk sizes).
     pub fn processes(&self) -> usize {
-        self.shared.config.processes
+        (self.shared.config.processes + self.shared.arrivals.lock().joined).max(1)
+    }
+
+    /// How to start remote workers for this pool (`None` unless it
+    /// [listens](PoolBuilder::listen)): the environment to set, or a `Command`, an `ssh` or an
+    /// `srun` line that sets it.
+    pub fn launcher(&self) -> Option<Launcher> {
+        self.launcher.clone()
+    }
+
+    /// How many remote workers have joined the pool, in all (those lost since included).
+    pub fn remote_workers(&self) -> usize {
+        self.shared.arrivals.lock().joined
+    }
+
+    /// Waits until `n` remote workers have joined the pool (in all), for at most `timeout`:
+    /// else [`Error::MissingWorkers`], naming how many came and why any was refused.
+    pub fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<()> {
+        self.owned()?;
+        cluster::wait_for(&self.shared, n, timeout)
     }
 
     /// Runs `f(args)` in a worker and waits for its value.

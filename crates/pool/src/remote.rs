@@ -1,12 +1,15 @@
-//! The parent's side of one worker (the child's side is `worker.rs`): its connection, the
-//! writer thread that sends to it, the tasks it holds, its progress word, and how it is
-//! started, read from, reaped and killed.
+//! The pool's side of one worker, local or remote (the worker's side is `worker.rs`, or
+//! `networker.rs` for a remote one): its connection, the writer thread that sends to it, the
+//! tasks it holds, how it claims them (its progress word, or grants by message), and how it
+//! is started, read from, reaped and killed.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mproc_process::ipc::{Connection, Receiver};
+
+use crate::cluster::RemoteConfig;
 use mproc_process::{Builder, ExitStatus, Process};
 
 use crate::claim;
@@ -20,6 +23,24 @@ use crate::worker::{self, WorkerArgs};
 pub(crate) enum Body {
     Process(Option<Box<Process<()>>>),
     Thread,
+    /// A worker that connected over the network: nothing to reap or signal, only its
+    /// connection to shut.
+    Remote,
+}
+
+/// How a worker claims the tasks sent to it, and how the pool learns it.
+pub(crate) enum Claims {
+    /// Through their shared progress word (`claim.rs`).
+    Local(Progress),
+    /// By message (`networker.rs`): it runs only the positions of its stream the pool granted.
+    Remote {
+        /// The positions granted (the first task ever sent is position 1).
+        granted: u64,
+        /// When it was last heard from.
+        last_heard: Instant,
+        /// How long it may stay silent.
+        silence: Duration,
+    },
 }
 
 pub(crate) struct Worker {
@@ -49,8 +70,8 @@ pub(crate) struct Worker {
     pub(crate) answered: u64,
     /// Its progress word is fenced (tasks were taken back) and it has not said `Resumed`.
     pub(crate) fenced: bool,
-    /// The shared word through which it claims tasks (`claim.rs`).
-    pub(crate) progress: Progress,
+    /// How it claims tasks.
+    pub(crate) claims: Claims,
 }
 
 impl Worker {
@@ -88,21 +109,59 @@ impl Worker {
             )?;
             (name, process.pid(), Body::Process(Some(Box::new(process))))
         };
-        let conn = Arc::new(ours);
+        let worker =
+            Worker::with_writer(ours, name, pid, body, Claims::Local(progress), None, format!("w{n}"))?;
+        log::info!("mproc-pool: started worker {:?} (pid {pid})", worker.name);
+        Ok(worker)
+    }
+
+    /// A remote worker that connected as `conn` and was welcomed as `name`.
+    pub(crate) fn remote(
+        conn: Connection<ToWorker, FromWorker>,
+        name: String,
+        pid: u32,
+        config: &RemoteConfig,
+    ) -> Result<Worker, Error> {
+        let claims = Claims::Remote { granted: 0, last_heard: Instant::now(), silence: config.silence };
+        Worker::with_writer(conn, name, pid, Body::Remote, claims, Some(config.heartbeat), format!("r{pid}"))
+    }
+
+    /// The worker on `conn`, with its writer thread (which sends a heartbeat after each
+    /// `heartbeat` with nothing else to send, if there is one).
+    fn with_writer(
+        conn: Connection<ToWorker, FromWorker>,
+        name: String,
+        pid: u32,
+        body: Body,
+        claims: Claims,
+        heartbeat: Option<Duration>,
+        thread: String,
+    ) -> Result<Worker, Error> {
+        let conn = Arc::new(conn);
         let (outbox, inbox) = mpsc::channel::<ToWorker>();
         let writer = Arc::clone(&conn);
         std::thread::Builder::new()
-            .name(format!("mproc-pool-w{n}"))
+            .name(format!("mproc-pool-{thread}"))
             .spawn(move || {
-                for message in inbox {
+                loop {
+                    let message = match heartbeat {
+                        None => match inbox.recv() {
+                            Ok(message) => message,
+                            Err(_) => return,
+                        },
+                        Some(every) => match inbox.recv_timeout(every) {
+                            Ok(message) => message,
+                            Err(mpsc::RecvTimeoutError::Timeout) => ToWorker::Heartbeat,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        },
+                    };
                     // A failed send means the worker is gone: the handler sees its death.
                     if writer.send(&message).is_err() {
-                        break;
+                        return;
                     }
                 }
             })
-            .map_err(io)?;
-        log::info!("mproc-pool: started worker {name:?} (pid {pid})");
+            .map_err(|e| Error::Start(Arc::new(mproc_process::Error::Io(e))))?;
         Ok(Worker {
             name,
             pid,
@@ -117,8 +176,29 @@ impl Worker {
             lost: false,
             answered: 0,
             fenced: false,
-            progress,
+            claims,
         })
+    }
+
+    /// Whether it connected over the network.
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self.body, Body::Remote)
+    }
+
+    /// When a remote worker that stays silent is given up (`None` for a local one).
+    pub(crate) fn silence_deadline(&self) -> Option<Instant> {
+        match &self.claims {
+            Claims::Remote { last_heard, silence, .. } => Some(*last_heard + *silence),
+            Claims::Local(_) => None,
+        }
+    }
+
+    /// Whether it has claimed no task yet (for deaths before a first task).
+    pub(crate) fn never_claimed(&self) -> bool {
+        match &self.claims {
+            Claims::Local(progress) => claim::last_claim(progress.word()) == 0,
+            Claims::Remote { granted, .. } => *granted == 0,
+        }
     }
 
     pub(crate) fn sentinel(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
@@ -147,6 +227,20 @@ impl Worker {
                 }
             }
             FromWorker::Resumed => self.fenced = false,
+            FromWorker::Claim(through) => {
+                if let Claims::Remote { granted, .. } = &mut self.claims {
+                    // It cannot claim what was not sent to it; the pool never takes back
+                    // from a remote worker, so the rest is granted as asked.
+                    *granted = (*granted).max(through.min(self.sent));
+                    if self.outbox.send(ToWorker::Grant(*granted)).is_err() {
+                        self.lost = true;
+                    }
+                }
+            }
+            FromWorker::Heartbeat => {}
+            FromWorker::Hello(_) => {
+                log::error!("mproc-pool: worker {:?} said hello twice", self.name);
+            }
             FromWorker::InitFailed(failure) => {
                 let message = match failure {
                     Failure::Panicked(m) | Failure::ItemPanicked { message: m, .. } => {
@@ -189,8 +283,9 @@ impl Worker {
     /// Once it is gone: completes the tasks whose outcomes it logged and never sent (or sent
     /// and the stream already delivered: those it no longer holds are skipped).
     pub(crate) fn recover_logged(&mut self) {
+        let Claims::Local(progress) = &self.claims else { return };
         let mut recovered = 0;
-        for record in self.progress.log_records() {
+        for record in progress.log_records() {
             match postcard::from_bytes::<(u64, Outcome)>(&record) {
                 Ok((id, outcome)) => recovered += usize::from(self.complete(id, outcome)),
                 Err(e) => log::error!("mproc-pool: worker {:?} left an unreadable outcome: {e}", self.name),
@@ -208,7 +303,12 @@ impl Worker {
     pub(crate) fn drain(&mut self, broken: &mut Option<Error>) -> bool {
         loop {
             match self.conn.try_recv() {
-                Ok(Some(message)) => self.take(message, broken),
+                Ok(Some(message)) => {
+                    if let Claims::Remote { last_heard, .. } = &mut self.claims {
+                        *last_heard = Instant::now();
+                    }
+                    self.take(message, broken)
+                }
                 Ok(None) => return true,
                 Err(e) => {
                     if !self.lost {
@@ -237,9 +337,17 @@ impl Worker {
         }
     }
 
+    /// Kills a process; shuts a remote worker's connection (so the writer thread blocked in a
+    /// send to it returns, and the worker, if it is alive and can hear, sees the end).
     pub(crate) fn kill(&self) {
-        if let Body::Process(Some(p)) = &self.body {
-            let _ = p.kill();
+        match &self.body {
+            Body::Process(Some(p)) => {
+                let _ = p.kill();
+            }
+            Body::Remote => {
+                let _ = rustix::net::shutdown(&*self.conn, rustix::net::Shutdown::Both);
+            }
+            _ => {}
         }
     }
 
@@ -262,7 +370,16 @@ impl Worker {
     /// How many of the tasks it holds it has claimed (started, or finished with the outcome
     /// on its way); the rest it has not started.
     pub(crate) fn claimed(&self) -> usize {
-        claim::claimed_prefix(self.held.iter().map(|h| h.id), claim::last_claim(self.progress.word()))
+        match &self.claims {
+            Claims::Local(progress) => {
+                claim::claimed_prefix(self.held.iter().map(|h| h.id), claim::last_claim(progress.word()))
+            }
+            // The held tasks are the positions after those answered, in order (nothing is
+            // taken back from a remote worker): those granted are its.
+            Claims::Remote { granted, .. } => {
+                (granted.saturating_sub(self.answered) as usize).min(self.held.len())
+            }
+        }
     }
 
     /// What the scheduler needs to know of it.
@@ -273,20 +390,25 @@ impl Worker {
             // one reads `Resume` at once, and what follows it.
             usable: !self.lost && (!self.fenced || self.held.is_empty()),
             batches: self.batches.len(),
-            sent: self.sent,
+            // `max_tasks_per_child` does not count for a remote worker: it is not retired
+            // (nothing could start its successor), so it must not stop taking tasks either.
+            sent: if self.is_remote() { 0 } else { self.sent },
             task_ns: self.task_ns,
             held: self.held.len(),
-            claimed: if self.fenced { self.held.len() } else { self.claimed() },
+            // Nothing is taken back from a remote worker (no progress word to fence): all it
+            // holds counts as its.
+            claimed: if self.fenced || self.is_remote() { self.held.len() } else { self.claimed() },
         }
     }
 
     /// Takes back every task it has not claimed (by the fence of `claim.rs`, then `Resume`),
     /// in the order they were sent: none if it is fenced already.
     pub(crate) fn take_back(&mut self) -> Vec<Queued> {
+        let Claims::Local(progress) = &self.claims else { return Vec::new() };
         if self.fenced {
             return Vec::new();
         }
-        let Some(last) = claim::fence(self.progress.word()) else { return Vec::new() };
+        let Some(last) = claim::fence(progress.word()) else { return Vec::new() };
         self.fenced = true;
         let keep = claim::claimed_prefix(self.held.iter().map(|h| h.id), last);
         let taken: Vec<Queued> = self.held.drain(keep..).collect();

@@ -9,6 +9,7 @@ use mproc_process::ipc::Sender;
 use mproc_process::{FnRef, StartMethod};
 use parking_lot::Mutex;
 
+use crate::cluster::{Arrivals, RemoteConfig};
 use crate::error::Error;
 use crate::result::Slot;
 use mproc_process::ipc::Carried;
@@ -28,6 +29,8 @@ pub(crate) struct Config {
     pub(crate) start_method: Option<StartMethod>,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) threads: bool,
+    /// How it takes remote workers, if it listens.
+    pub(crate) remote: Option<RemoteConfig>,
 }
 
 /// A task waiting for a worker.
@@ -58,6 +61,10 @@ pub(crate) struct Shared {
     pub(crate) finished: parking_lot::Condvar,
     pub(crate) wake: Sender<()>,
     pub(crate) config: Config,
+    /// Remote workers taken in by the listener thread, for the handler.
+    pub(crate) arrivals: Mutex<Arrivals>,
+    /// Signalled when a remote worker joins or is refused.
+    pub(crate) joined: parking_lot::Condvar,
 }
 
 impl Shared {

@@ -133,7 +133,55 @@ pub(crate) enum ToWorker {
     Resume,
     /// Leave (after the tasks sent before).
     Exit,
+    /// To a remote worker: you may run the tasks of your stream up to this position (counted
+    /// from 1, over every task sent to you), the answer to a [`FromWorker::Claim`].
+    Grant(u64),
+    /// To a remote worker: the pool is alive (sent when it has sent nothing else for a
+    /// heartbeat interval).
+    Heartbeat,
+    /// To a remote worker, after its [`FromWorker::Hello`]: you are in (what to run first,
+    /// and the pool's settings).
+    Welcome(Box<Welcome>),
+    /// To a remote worker, after its [`FromWorker::Hello`]: you are not taken, and why.
+    Refused(String),
 }
+
+/// What a remote worker learns from the pool when it is taken (`ToWorker::Welcome`).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Welcome {
+    /// The worker's name in the pool (in its errors and logs).
+    pub(crate) name: String,
+    /// The pool process's pid and name (the worker's parent, as `parent_process` tells).
+    pub(crate) pool: (u32, String),
+    /// The pool's process family's secrets (`mproc_process::__private::family_keys`): the
+    /// worker joins the family, so it decodes the family's function references.
+    pub(crate) family: Vec<u8>,
+    pub(crate) init: Option<WireTask>,
+    pub(crate) max_message_size: usize,
+    /// How often each side sends when it has nothing else to send.
+    pub(crate) heartbeat_ns: u64,
+    /// How long a side waits, hearing nothing, before it gives the other up.
+    pub(crate) silence_ns: u64,
+}
+
+/// A remote worker's first message: who it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    /// [`PROTOCOL`]: a worker of another version of this protocol is refused.
+    pub(crate) protocol: u32,
+    /// The worker's build (`build_id.rs`): a worker of another build is refused.
+    pub(crate) build: String,
+    /// Its program, for errors.
+    pub(crate) program: String,
+    /// Its host name (Slurm's node name if there is one).
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    /// Its rank among the tasks of a Slurm step (`SLURM_PROCID`), if there is one.
+    pub(crate) rank: Option<u32>,
+}
+
+/// The version of the pool's remote protocol (`Hello`).
+pub(crate) const PROTOCOL: u32 = 1;
 
 /// From a worker to the pool.
 #[derive(Debug, Serialize, Deserialize)]
@@ -145,6 +193,15 @@ pub(crate) enum FromWorker {
     Resumed,
     /// The initializer failed: the worker leaves.
     InitFailed(Failure),
+    /// From a remote worker: it asks to run the tasks of its stream up to this position (it
+    /// runs none the pool has not granted, so the pool always knows which it may have
+    /// started).
+    Claim(u64),
+    /// From a remote worker: it is alive (sent when it has sent nothing else for a heartbeat
+    /// interval).
+    Heartbeat,
+    /// A remote worker's first message.
+    Hello(Hello),
 }
 
 fn decode<T: DeserializeOwned>(input: &Carried) -> Result<T, Failure> {

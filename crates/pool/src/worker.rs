@@ -59,23 +59,7 @@ impl Unsent<'_> {
         outcome: Outcome,
         since: &mut Instant,
     ) -> mproc_process::ipc::Result<()> {
-        let outcome = match outcome {
-            Ok(value) if value.0.len() > self.limit => {
-                Err(Failure::TooLarge { size: value.0.len() as u64, limit: self.limit as u64 })
-            }
-            other => other,
-        };
-        let size = wire::PER_TASK
-            + match &outcome {
-                Ok(value) => value.0.len(),
-                Err(
-                    Failure::Panicked(m)
-                    | Failure::ItemPanicked { message: m, .. }
-                    | Failure::Encode(m)
-                    | Failure::Decode(m),
-                ) => m.len(),
-                Err(Failure::TooLarge { .. }) => 0,
-            };
+        let (outcome, size) = within_limit(outcome, self.limit);
         if !self.outcomes.is_empty() && self.bytes + size > self.limit {
             self.flush(conn, since)?;
         }
@@ -151,6 +135,10 @@ pub(crate) fn serve(
             }
             // Told to leave, or the pool is gone: nothing more will come.
             Ok(ToWorker::Exit) | Err(_) => return,
+            // Only for remote workers (`networker.rs`).
+            Ok(ToWorker::Grant(_) | ToWorker::Heartbeat | ToWorker::Welcome(_) | ToWorker::Refused(_)) => {
+                continue;
+            }
         };
         let mut since = Instant::now();
         for task in tasks {
@@ -173,8 +161,30 @@ pub(crate) fn serve(
     }
 }
 
+/// `outcome`, or its failure if its value is past `limit`; and its size in a message.
+pub(crate) fn within_limit(outcome: Outcome, limit: usize) -> (Outcome, usize) {
+    let outcome = match outcome {
+        Ok(value) if value.0.len() > limit => {
+            Err(Failure::TooLarge { size: value.0.len() as u64, limit: limit as u64 })
+        }
+        other => other,
+    };
+    let size = wire::PER_TASK
+        + match &outcome {
+            Ok(value) => value.0.len(),
+            Err(
+                Failure::Panicked(m)
+                | Failure::ItemPanicked { message: m, .. }
+                | Failure::Encode(m)
+                | Failure::Decode(m),
+            ) => m.len(),
+            Err(Failure::TooLarge { .. }) => 0,
+        };
+    (outcome, size)
+}
+
 /// Runs one task; a panic becomes its failure and the worker goes on.
-fn run(task: WireTask) -> Outcome {
+pub(crate) fn run(task: WireTask) -> Outcome {
     let driver = task.driver.get();
     match catch_unwind(AssertUnwindSafe(|| driver(task.input))) {
         Ok(outcome) => outcome,

@@ -1,13 +1,14 @@
 //! mproc-pool's integration tests: one binary, so workers are not started by many at once.
 #![allow(unreachable_pub, missing_docs)]
 
-mproc_pool::process::test_support!();
+mproc_pool::test_support!();
 
 mod api;
 mod edges;
 mod errors;
 mod failures;
 mod props;
+mod remote;
 mod spread;
 mod sys;
 

@@ -1,0 +1,305 @@
+//! The pool's side of remote workers: the listener thread that takes them in (the authkey
+//! handshake, then the build check), and the [`Launcher`] that says how to start them.
+//!
+//! The worker's side is `networker.rs`; the protocol is in `ARCHITECTURE.md`.
+
+use std::ffi::OsStr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mproc_process::ipc::{self, Address, Connection, Listener, Receiver};
+
+use crate::build_id;
+use crate::error::{Error, Result};
+use crate::remote::Worker;
+use crate::shared::Shared;
+use crate::wire::{self, FromWorker, Hello, ToWorker, Welcome, WireTask};
+
+/// The environment variable that holds the pool's address: its presence makes
+/// `mproc_pool::init` serve as a remote worker.
+pub const ADDRESS_ENV: &str = "MPROC_POOL_ADDR";
+/// The environment variable that holds the pool's authkey, in hex.
+pub const AUTHKEY_ENV: &str = "MPROC_POOL_AUTHKEY";
+
+/// How long a connected worker has to say who it is.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a `Hello` may take.
+const HELLO_BYTES: usize = 64 << 10;
+
+/// How the pool takes remote workers (its builder's `listen` and friends).
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteConfig {
+    pub(crate) heartbeat: Duration,
+    pub(crate) silence: Duration,
+    /// How long tasks wait for a worker when the pool has none (no local ones, no remote one
+    /// connected) before they fail.
+    pub(crate) worker_wait: Duration,
+}
+
+/// What the pool knows of the remote workers that came (for `Pool::wait_for_workers`).
+#[derive(Default)]
+pub(crate) struct Arrivals {
+    /// Workers taken in, not yet handed to the handler.
+    pub(crate) new: Vec<Worker>,
+    /// How many were taken in, in all.
+    pub(crate) joined: usize,
+    /// Why each refused connection was refused.
+    pub(crate) refused: Vec<String>,
+}
+
+/// The hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of `hex`, or `None` if it is not hex.
+pub(crate) fn unhex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// The listener thread: takes in workers until `stop` says the pool has ended.
+pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>) {
+    let mut n = 0u64;
+    loop {
+        let ready = match ipc::wait(&[&listener, &stop], None) {
+            Ok(ready) => ready,
+            Err(e) => {
+                log::error!("mproc-pool: waiting for remote workers failed: {e}");
+                return;
+            }
+        };
+        if ready.contains(&1) {
+            return;
+        }
+        // Readable, but the peer may have given up meanwhile: never wait here for the next
+        // one (the stop pipe would go unwatched).
+        let conn = match listener.accept_timeout::<ToWorker, FromWorker>(Duration::ZERO) {
+            Ok(conn) => conn,
+            Err(ipc::Error::Timeout) => continue,
+            Err(e) => {
+                let why = format!("a connection to {} was refused: {e}", listener.address());
+                log::error!("mproc-pool: {why}");
+                shared.arrivals.lock().refused.push(why);
+                shared.joined.notify_all();
+                continue;
+            }
+        };
+        n += 1;
+        match admit(conn, &shared, n) {
+            Ok(worker) => {
+                log::info!("mproc-pool: remote worker {:?} (pid {}) joined", worker.name, worker.pid);
+                let mut arrivals = shared.arrivals.lock();
+                arrivals.new.push(worker);
+                arrivals.joined += 1;
+                drop(arrivals);
+                shared.joined.notify_all();
+                shared.wake();
+            }
+            Err(why) => {
+                log::error!("mproc-pool: {why}");
+                shared.arrivals.lock().refused.push(why);
+                shared.joined.notify_all();
+            }
+        }
+    }
+}
+
+/// The address of the peer of `conn`, for names.
+fn peer(conn: &Connection<ToWorker, FromWorker>) -> String {
+    match rustix::net::getpeername(conn) {
+        Ok(Some(addr)) => {
+            std::net::SocketAddr::try_from(addr).map_or_else(|_| "?".into(), |a| a.ip().to_string())
+        }
+        Ok(None) => "?".into(),
+        Err(e) => format!("? ({e})"),
+    }
+}
+
+/// Reads a connected worker's `Hello`, checks its build, welcomes it: the worker, or why not.
+fn admit(mut conn: Connection<ToWorker, FromWorker>, shared: &Shared, n: u64) -> Result<Worker, String> {
+    let config = &shared.config;
+    let remote = config.remote.as_ref().expect("a listening pool has its remote settings");
+    let from = peer(&conn);
+    conn.set_max_message_size(HELLO_BYTES);
+    let hello = match conn.recv_timeout(HELLO_TIMEOUT) {
+        Ok(FromWorker::Hello(hello)) => hello,
+        Ok(other) => return Err(format!("a worker from {from} began with {other:?}, not its hello")),
+        Err(e) => return Err(format!("a worker from {from} did not say who it is: {e}")),
+    };
+    let Hello { protocol, build, program, host, pid, rank } = &hello;
+    let refuse = |why: String| {
+        let _ = conn.send(&ToWorker::Refused(why.clone()));
+        Err(why)
+    };
+    if *protocol != wire::PROTOCOL {
+        return refuse(format!(
+            "refused the worker from {from} (pid {pid} on {host:?}): it speaks protocol {protocol}, \
+             the pool {}",
+            wire::PROTOCOL
+        ));
+    }
+    let ours = build_id::this_build();
+    if build != ours {
+        return refuse(format!(
+            "refused the worker from {from} (pid {pid} on {host:?}): it runs {program} built as {build}, \
+             the pool runs {} built as {ours}; a remote worker must be the pool's own build",
+            build_id::this_program()
+        ));
+    }
+    if shared.queue.lock().finished {
+        return refuse("the pool has ended".into());
+    }
+    let rank = rank.map(|r| format!(", rank {r}")).unwrap_or_default();
+    let name = format!("RemoteWorker-{n}@{host} ({from}{rank})");
+    let init =
+        config.init.as_ref().map(|(driver, input)| WireTask { id: 0, driver: *driver, input: input.clone() });
+    let me = mproc_process::current_process();
+    let welcome = Welcome {
+        name: name.clone(),
+        pool: (me.pid(), me.name().to_string()),
+        family: mproc_process::__private::family_keys().to_vec(),
+        init,
+        max_message_size: config.max_message_size,
+        heartbeat_ns: remote.heartbeat.as_nanos() as u64,
+        silence_ns: remote.silence.as_nanos() as u64,
+    };
+    if let Err(e) = conn.send(&ToWorker::Welcome(Box::new(welcome))) {
+        return Err(format!("remote worker {name:?} left during its welcome: {e}"));
+    }
+    conn.set_max_message_size(wire::frame_limit(config.max_message_size));
+    Worker::remote(conn, name, *pid, remote).map_err(|e| format!("cannot take in a remote worker: {e}"))
+}
+
+/// Waits until `n` remote workers have joined `shared`'s pool (in all), or `timeout`.
+pub(crate) fn wait_for(shared: &Shared, n: usize, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut arrivals = shared.arrivals.lock();
+    while arrivals.joined < n {
+        if shared.joined.wait_until(&mut arrivals, deadline).timed_out() && arrivals.joined < n {
+            return Err(Error::MissingWorkers {
+                wanted: n,
+                came: arrivals.joined,
+                waited: timeout,
+                refused: arrivals.refused.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// How to start remote workers for a pool: the environment that makes a copy of this program
+/// (on any host that can reach the pool) serve the pool, and commands that set it.
+///
+/// From [`Pool::launcher`](crate::Pool::launcher). The program must be this same build (the
+/// pool refuses another, naming both builds), and its `main` must begin with
+/// [`mproc_pool::init`](crate::init). The environment holds the pool's authkey: whoever can
+/// read it (on the command line of `ssh` or `srun`, in `/proc/PID/environ`) can join the pool
+/// and run its tasks.
+#[derive(Clone)]
+pub struct Launcher {
+    address: String,
+    authkey: String,
+}
+
+impl std::fmt::Debug for Launcher {
+    /// The address, never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launcher").field("address", &self.address).finish_non_exhaustive()
+    }
+}
+
+impl Launcher {
+    pub(crate) fn new(address: &Address, authkey: &[u8]) -> Launcher {
+        Launcher { address: address.to_string(), authkey: hex(authkey) }
+    }
+
+    /// The address the workers connect to (`host:port`).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Connects the workers to `address` (`host:port`, `host` a name or an IP) instead of
+    /// the pool's bound address: for a pool bound to `0.0.0.0`, or reached through a name.
+    pub fn connect_to(mut self, address: impl Into<String>) -> Launcher {
+        self.address = address.into();
+        self
+    }
+
+    /// The environment to set for a worker: [`ADDRESS_ENV`] and [`AUTHKEY_ENV`].
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![(ADDRESS_ENV.into(), self.address.clone()), (AUTHKEY_ENV.into(), self.authkey.clone())]
+    }
+
+    /// `program` with the worker environment set, to run on this host (or under any tool
+    /// that passes the environment on, as `ip netns exec` does).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command.envs(self.env());
+        command
+    }
+
+    /// `ssh HOST env MPROC_POOL_ADDR=... MPROC_POOL_AUTHKEY=... PROGRAM`: a worker on `host`
+    /// (the same build of the program must be at `program` there). Add arguments with
+    /// `.arg`; `ssh` options go before, with [`Command::new`] and [`env`](Self::env).
+    pub fn ssh(&self, host: &str, program: &str) -> Command {
+        let mut command = Command::new("ssh");
+        command.arg(host).arg("env");
+        for (k, v) in self.env() {
+            command.arg(format!("{k}={v}"));
+        }
+        command.arg(program);
+        command
+    }
+
+    /// `srun --ntasks=N --export=ALL,MPROC_POOL_ADDR=...,MPROC_POOL_AUTHKEY=... PROGRAM`:
+    /// `ntasks` workers placed by Slurm, inside an allocation (`salloc`, `sbatch`). Each
+    /// worker names itself by Slurm's node name and rank (`SLURMD_NODENAME`,
+    /// `SLURM_PROCID`). Add `srun` options with [`srun_args`](Self::srun_args) instead.
+    pub fn srun(&self, ntasks: usize, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new("srun");
+        command.args(self.srun_args(ntasks)).arg(program);
+        command
+    }
+
+    /// The arguments of [`srun`](Self::srun) before the program: `--ntasks=N` and the
+    /// `--export` that carries the worker environment (with the rest of the caller's).
+    pub fn srun_args(&self, ntasks: usize) -> Vec<String> {
+        let export: Vec<String> = self.env().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        vec![format!("--ntasks={ntasks}"), format!("--export=ALL,{}", export.join(","))]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(hex(&[0, 1, 0xab, 0xff]), "0001abff");
+        assert_eq!(unhex("0001abff"), Some(vec![0, 1, 0xab, 0xff]));
+        assert_eq!(unhex("0g"), None);
+        assert_eq!(unhex("abc"), None);
+    }
+
+    #[test]
+    fn launchers_carry_the_environment() {
+        let launcher =
+            Launcher::new(&Address::from(std::net::SocketAddr::from(([10, 0, 0, 1], 7000))), b"\x01\x02");
+        assert_eq!(launcher.address(), "10.0.0.1:7000");
+        assert_eq!(
+            launcher.srun_args(4),
+            ["--ntasks=4", "--export=ALL,MPROC_POOL_ADDR=10.0.0.1:7000,MPROC_POOL_AUTHKEY=0102"]
+        );
+        let ssh = launcher.clone().connect_to("head:7000").ssh("node2", "/opt/app");
+        let args: Vec<_> = ssh.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            args,
+            ["node2", "env", "MPROC_POOL_ADDR=head:7000", "MPROC_POOL_AUTHKEY=0102", "/opt/app"]
+        );
+        assert!(!format!("{launcher:?}").contains("0102"), "the key stays out of Debug");
+    }
+}

@@ -1,0 +1,393 @@
+//! A remote worker: this program, started anywhere with the pool's address and key in its
+//! environment (`cluster.rs`'s `Launcher`), connects to the pool and serves its tasks until
+//! the pool ends, then exits. [`crate::init`] makes it one.
+//!
+//! It shares no memory with the pool, so it claims tasks by message: it runs a task only once
+//! the pool has granted its position in the stream (`Claim` / `Grant`), asking ahead by about
+//! two round trips of work so that short tasks do not wait for grants. It sends outcomes as
+//! they finish (at least every millisecond), heartbeats when it has sent nothing else for a
+//! heartbeat interval, and leaves if it hears nothing from the pool for the pool's silence
+//! limit: a pool that ended, crashed or can no longer be reached never leaves it behind.
+
+use std::collections::VecDeque;
+use std::net::ToSocketAddrs;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use mproc_process::ipc::{self, Client, Connection};
+
+use crate::build_id;
+use crate::cluster::{ADDRESS_ENV, AUTHKEY_ENV, unhex};
+use crate::wire::{self, FromWorker, Hello, ToWorker, WireTask};
+use crate::worker::{run, within_limit};
+
+/// How long connecting and the authkey handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A worker sends what it has finished at least this often.
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+/// The most tasks a worker asks for ahead of the one it runs.
+const MAX_AHEAD: u64 = 4096;
+
+/// The exit code of a worker that could not join the pool (no connection, a wrong authkey,
+/// refused at the handshake).
+pub(crate) const EXIT_NOT_JOINED: i32 = 2;
+/// The exit code of a worker that stopped hearing from its pool.
+pub(crate) const EXIT_POOL_SILENT: i32 = 3;
+/// The exit code of a worker whose initializer failed.
+pub(crate) const EXIT_INIT_FAILED: i32 = 4;
+
+/// If this process was started as a remote worker, serves the pool and exits; else returns.
+pub(crate) fn serve_if_asked() {
+    let Some(address) = std::env::var_os(ADDRESS_ENV) else { return };
+    let authkey = std::env::var_os(AUTHKEY_ENV);
+    crate::sys::remove_env(&[ADDRESS_ENV, AUTHKEY_ENV]);
+    let address = address.to_string_lossy().into_owned();
+    let authkey = match authkey.as_ref().map(|k| unhex(&k.to_string_lossy())) {
+        Some(Some(key)) => key,
+        Some(None) => leave(EXIT_NOT_JOINED, &format!("{AUTHKEY_ENV} is not hex")),
+        // The default key of a pool is its process's: a worker started by it has it too.
+        None => mproc_process::current_process().authkey().to_vec(),
+    };
+    let code = serve(&address, &authkey);
+    std::process::exit(code)
+}
+
+/// Says why on standard error and exits with `code`.
+fn leave(code: i32, why: &str) -> ! {
+    eprintln!("mproc-pool worker (pid {}): {why}", std::process::id());
+    std::process::exit(code)
+}
+
+/// This host's name: Slurm's node name if there is one, else the kernel's.
+fn host_name() -> String {
+    std::env::var("SLURMD_NODENAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_or_else(|_| "?".into(), |h| h.trim().to_string())
+    })
+}
+
+/// Connects to the pool at `address`, joins it and serves it; the exit code.
+fn serve(address: &str, authkey: &[u8]) -> i32 {
+    let resolved = match address.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => addr,
+        Ok(None) => leave(EXIT_NOT_JOINED, &format!("the pool's address {address:?} names no host")),
+        Err(e) => leave(EXIT_NOT_JOINED, &format!("the pool's address {address:?}: {e}")),
+    };
+    let mut conn: Connection<FromWorker, ToWorker> =
+        match Client::builder(resolved).authkey(authkey).handshake_timeout(CONNECT_TIMEOUT).connect() {
+            Ok(conn) => conn,
+            Err(e) => leave(EXIT_NOT_JOINED, &format!("cannot join the pool at {address}: {e}")),
+        };
+    let hello = Hello {
+        protocol: wire::PROTOCOL,
+        build: build_id::this_build().to_string(),
+        program: build_id::this_program(),
+        host: host_name(),
+        pid: std::process::id(),
+        rank: std::env::var("SLURM_PROCID").ok().and_then(|r| r.parse().ok()),
+    };
+    if let Err(e) = conn.send(&FromWorker::Hello(hello)) {
+        leave(EXIT_NOT_JOINED, &format!("cannot join the pool at {address}: {e}"));
+    }
+    let welcome = match conn.recv_timeout(CONNECT_TIMEOUT) {
+        Ok(ToWorker::Welcome(welcome)) => welcome,
+        Ok(ToWorker::Refused(why)) => leave(EXIT_NOT_JOINED, &format!("the pool at {address} {why}")),
+        Ok(other) => leave(EXIT_NOT_JOINED, &format!("the pool at {address} answered {other:?}")),
+        Err(e) => leave(EXIT_NOT_JOINED, &format!("the pool at {address} did not welcome us: {e}")),
+    };
+    let Ok(family) = <[u8; 48]>::try_from(&welcome.family[..]) else {
+        leave(
+            EXIT_NOT_JOINED,
+            &format!("the pool at {address} sent {} bytes of keys, not 48", welcome.family.len()),
+        )
+    };
+    // Before any thread starts: the worker becomes a process of the pool's family.
+    mproc_process::__private::join_family(&family, welcome.name.clone(), welcome.pool.clone());
+    let limit = welcome.max_message_size;
+    conn.set_max_message_size(wire::frame_limit(limit));
+    let (name, heartbeat, silence) =
+        (welcome.name, Duration::from_nanos(welcome.heartbeat_ns), Duration::from_nanos(welcome.silence_ns));
+    if let Some(init) = welcome.init
+        && let Err(failure) = run(init)
+    {
+        let _ = conn.send(&FromWorker::InitFailed(failure));
+        return EXIT_INIT_FAILED;
+    }
+    let conn = Arc::new(conn);
+    // The reader: what the pool sends, to the main thread; the process ends when the pool
+    // does (end of stream) or falls silent, even in the middle of a task.
+    let (inbox_tx, inbox) = mpsc::channel::<ToWorker>();
+    let reader = Arc::clone(&conn);
+    let reader_name = name.clone();
+    let pool = address.to_string();
+    let spawned = std::thread::Builder::new().name("mproc-pool-reader".into()).spawn(move || {
+        loop {
+            match reader.recv_timeout(silence) {
+                Ok(ToWorker::Heartbeat) => {}
+                Ok(message) => {
+                    let exit = matches!(message, ToWorker::Exit);
+                    if inbox_tx.send(message).is_err() || exit {
+                        return;
+                    }
+                }
+                Err(ipc::Error::Timeout) => leave(
+                    EXIT_POOL_SILENT,
+                    &format!(
+                        "worker {reader_name:?}: no word from the pool at {pool} for {silence:?}: leaving"
+                    ),
+                ),
+                Err(ipc::Error::Closed) => std::process::exit(0),
+                Err(e) => {
+                    leave(EXIT_POOL_SILENT, &format!("worker {reader_name:?}: the pool at {pool}: {e}"))
+                }
+            }
+        }
+    });
+    // The writer: what the main thread sends, and a heartbeat when it has sent nothing.
+    let (outbox, outgoing) = mpsc::channel::<FromWorker>();
+    let writer = Arc::clone(&conn);
+    let spawned = spawned.and_then(|_| {
+        std::thread::Builder::new().name("mproc-pool-writer".into()).spawn(move || {
+            loop {
+                let message = match outgoing.recv_timeout(heartbeat) {
+                    Ok(message) => message,
+                    Err(mpsc::RecvTimeoutError::Timeout) => FromWorker::Heartbeat,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                };
+                // A failed send: the reader sees the end of the stream.
+                if writer.send(&message).is_err() {
+                    return;
+                }
+            }
+        })
+    });
+    if let Err(e) = spawned {
+        leave(EXIT_NOT_JOINED, &format!("cannot start a thread: {e}"));
+    }
+    let mut stream = Stream::new(outbox, limit);
+    stream.serve(&inbox);
+    // Let the writer send what is left, then leave.
+    drop(stream);
+    0
+}
+
+/// The worker's view of its stream of tasks.
+struct Stream {
+    outbox: mpsc::Sender<FromWorker>,
+    queue: VecDeque<WireTask>,
+    /// Positions: tasks received, run, granted, asked for.
+    received: u64,
+    started: u64,
+    granted: u64,
+    asked: u64,
+    asked_at: Instant,
+    /// A claim's round trip, nanoseconds (0: not measured yet).
+    rtt_ns: f64,
+    /// Recent time per task, nanoseconds (0: not measured yet).
+    task_ns: f64,
+    /// `Exit` came: leave once the queue is done.
+    exiting: bool,
+    /// Outcomes finished and not sent, their bytes, the time spent running them, since
+    /// when.
+    unsent: Vec<(u64, wire::Outcome)>,
+    bytes: usize,
+    busy_ns: u64,
+    since: Instant,
+    limit: usize,
+}
+
+impl Stream {
+    fn new(outbox: mpsc::Sender<FromWorker>, limit: usize) -> Stream {
+        let now = Instant::now();
+        Stream {
+            outbox,
+            queue: VecDeque::new(),
+            received: 0,
+            started: 0,
+            granted: 0,
+            asked: 0,
+            asked_at: now,
+            rtt_ns: 0.0,
+            task_ns: 0.0,
+            exiting: false,
+            unsent: Vec::new(),
+            bytes: 0,
+            busy_ns: 0,
+            since: now,
+            limit,
+        }
+    }
+
+    /// Runs the stream until `Exit` (or the reader ends).
+    fn serve(&mut self, inbox: &mpsc::Receiver<ToWorker>) {
+        loop {
+            loop {
+                match inbox.try_recv() {
+                    Ok(message) => self.take(message),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            if self.started < self.granted
+                && let Some(task) = self.queue.pop_front()
+            {
+                self.started += 1;
+                // Ask for the next ones while this one runs.
+                self.ask_running();
+                let start = Instant::now();
+                let id = task.id;
+                let outcome = run(task);
+                let ns = start.elapsed().as_nanos() as f64;
+                self.busy_ns += ns as u64;
+                self.task_ns = if self.task_ns == 0.0 { ns } else { 0.8 * self.task_ns + 0.2 * ns };
+                self.push(id, outcome);
+                if self.since.elapsed() >= FLUSH_AFTER || self.started >= self.granted {
+                    self.flush();
+                }
+                continue;
+            }
+            if self.exiting && self.queue.is_empty() {
+                self.flush();
+                return;
+            }
+            self.ask_idle();
+            self.flush();
+            match inbox.recv() {
+                Ok(message) => self.take(message),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn take(&mut self, message: ToWorker) {
+        match message {
+            ToWorker::Batch(tasks) => {
+                self.received += tasks.len() as u64;
+                self.queue.extend(tasks);
+            }
+            ToWorker::Grant(through) => {
+                if through >= self.asked {
+                    let ns = self.asked_at.elapsed().as_nanos() as f64;
+                    self.rtt_ns = if self.rtt_ns == 0.0 { ns } else { 0.8 * self.rtt_ns + 0.2 * ns };
+                }
+                self.granted = self.granted.max(through);
+            }
+            ToWorker::Exit => self.exiting = true,
+            // The pool never takes tasks back from a remote worker (it has no progress word
+            // to fence): nothing to resume.
+            ToWorker::Resume | ToWorker::Heartbeat | ToWorker::Welcome(_) | ToWorker::Refused(_) => {}
+        }
+    }
+
+    /// How many tasks to claim beyond the next one needed: about two round trips of work
+    /// (none until both are measured, or for tasks longer than that).
+    fn ahead(&self) -> u64 {
+        if self.task_ns > 0.0 && self.rtt_ns > 0.0 {
+            ((2.0 * self.rtt_ns / self.task_ns) as u64).min(MAX_AHEAD)
+        } else {
+            0
+        }
+    }
+
+    /// While task `started` runs: asks for the tasks after it that about two round trips of
+    /// work cover, if any.
+    fn ask_running(&mut self) {
+        self.ask(self.started + self.ahead());
+    }
+
+    /// With nothing granted to run: asks for the next task, and those after it that about
+    /// two round trips of work cover.
+    fn ask_idle(&mut self) {
+        self.ask(self.started + 1 + self.ahead());
+    }
+
+    /// Claims the positions up to `through` (those received), unless asked already.
+    fn ask(&mut self, through: u64) {
+        let want = self.received.min(through);
+        if want > self.asked && want > self.granted {
+            self.asked = want;
+            self.asked_at = Instant::now();
+            let _ = self.outbox.send(FromWorker::Claim(want));
+        }
+    }
+
+    fn push(&mut self, id: u64, outcome: wire::Outcome) {
+        let (outcome, size) = within_limit(outcome, self.limit);
+        if !self.unsent.is_empty() && self.bytes + size > self.limit {
+            self.flush();
+        }
+        self.unsent.push((id, outcome));
+        self.bytes += size;
+    }
+
+    fn flush(&mut self) {
+        if self.unsent.is_empty() {
+            return;
+        }
+        let busy_ns = std::mem::take(&mut self.busy_ns);
+        let _ = self.outbox.send(FromWorker::Results { outcomes: std::mem::take(&mut self.unsent), busy_ns });
+        self.bytes = 0;
+        self.since = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mproc_process::ipc::Carried;
+
+    fn tasks(ids: std::ops::Range<u64>) -> ToWorker {
+        fn nothing(_: Carried) -> wire::Outcome {
+            Ok(wire::Bytes::default())
+        }
+        ToWorker::Batch(
+            ids.map(|id| WireTask { id, driver: wire::driver_ref(nothing), input: Carried::default() })
+                .collect(),
+        )
+    }
+
+    fn claims(out: &mpsc::Receiver<FromWorker>) -> Vec<u64> {
+        out.try_iter()
+            .filter_map(|m| match m {
+                FromWorker::Claim(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// With no measure of its tasks yet, or tasks longer than two round trips, a worker
+    /// claims one task at a time: the one it is about to run, never the next while it runs
+    /// one (a lost worker then fails only the task it was running).
+    #[test]
+    fn long_tasks_are_claimed_one_at_a_time() {
+        let (outbox, out) = mpsc::channel();
+        let mut stream = Stream::new(outbox, 1 << 20);
+        stream.take(tasks(1..4));
+        stream.ask_idle();
+        assert_eq!(claims(&out), [1], "only the first");
+        stream.take(ToWorker::Grant(1));
+        // Runs task 1 (long: 10 round trips).
+        stream.started = 1;
+        stream.rtt_ns = 1_000.0;
+        stream.task_ns = 10_000.0;
+        stream.ask_running();
+        assert_eq!(claims(&out), Vec::<u64>::new(), "nothing more while it runs");
+        stream.ask_idle();
+        assert_eq!(claims(&out), [2], "the next once it is done");
+    }
+
+    /// Short tasks are claimed ahead, about two round trips of work.
+    #[test]
+    fn short_tasks_are_claimed_two_round_trips_ahead() {
+        let (outbox, out) = mpsc::channel();
+        let mut stream = Stream::new(outbox, 1 << 20);
+        stream.take(tasks(1..100));
+        stream.started = 1;
+        stream.granted = 1;
+        stream.asked = 1;
+        stream.rtt_ns = 10_000.0;
+        stream.task_ns = 1_000.0;
+        stream.ask_running();
+        assert_eq!(claims(&out), [21], "task 1 runs, 20 tasks (two round trips) ahead");
+    }
+}

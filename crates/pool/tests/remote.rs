@@ -1,0 +1,521 @@
+//! Remote workers: copies of this test binary that connect to a pool over TCP.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mproc_pool::{Error, Pool, PoolBuilder};
+
+use crate::{DEADLINE, get, square, within};
+
+/// A copy of this test binary started as a remote worker by `command` (the harness never
+/// runs in it: `test_support!` makes it a worker before `main`; the filter matches no test
+/// in case it did not).
+fn worker(mut command: Command) -> Child {
+    command.args(["--exact", "no-such-test"]).stdin(Stdio::null()).stdout(Stdio::piped());
+    command.spawn().expect("a worker starts")
+}
+
+/// Waits for `child` to exit, within the deadline; its exit code.
+pub fn exit_code(child: &mut Child) -> Option<i32> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker {} did not exit within {DEADLINE:?}",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn loopback_workers_run_tasks_and_leave_with_the_pool() {
+    within(DEADLINE, || {
+        let pool = Pool::builder().processes(0).listen((std::net::Ipv4Addr::LOCALHOST, 0)).build().unwrap();
+        let launcher = pool.launcher().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut workers = Workers((0..2).map(|_| worker(launcher.command(&exe))).collect());
+        pool.wait_for_workers(2, DEADLINE).unwrap();
+        assert_eq!(pool.map(square, 0..1000u64).unwrap(), (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+        let results: Vec<_> = (0..200u64).map(|x| pool.apply_async(square, x)).collect();
+        for (x, r) in results.into_iter().enumerate() {
+            assert_eq!(get(r).unwrap(), (x * x) as u64);
+        }
+        drop(pool);
+        for w in workers.iter_mut() {
+            assert_eq!(exit_code(w), Some(0));
+        }
+    });
+}
+
+/// A loopback pool (`processes` local workers beside) and `n` remote workers that joined it.
+fn loopback(
+    processes: usize,
+    n: usize,
+    configure: impl FnOnce(PoolBuilder) -> PoolBuilder,
+) -> (Pool, Workers) {
+    let builder = Pool::builder().processes(processes).listen((std::net::Ipv4Addr::LOCALHOST, 0));
+    let pool = configure(builder).build().unwrap();
+    let launcher = pool.launcher().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let workers = Workers((0..n).map(|_| worker(launcher.command(&exe))).collect());
+    pool.wait_for_workers(n, DEADLINE).unwrap();
+    (pool, workers)
+}
+
+#[test]
+fn remote_workers_beside_local_ones_serve_the_whole_api() {
+    within(DEADLINE, || {
+        let (pool, mut workers) = loopback(1, 1, |b| b);
+        // Every worker gets work: the remote one's pid differs from ours and the local one's.
+        let pids: std::collections::HashSet<u32> =
+            pool.map(crate::pid_after, std::iter::repeat_n(20u64, 8)).unwrap().into_iter().collect();
+        assert!(pids.contains(&workers[0].id()), "the remote worker ran tasks: {pids:?}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
+        let with = pool.apply_async_with(
+            square,
+            9,
+            move |v| tx.send(Ok(v)).unwrap(),
+            move |e| tx2.send(Err(e)).unwrap(),
+        );
+        assert_eq!(rx.recv_timeout(DEADLINE).unwrap().unwrap(), 81, "the callback");
+        assert_eq!(get(with).unwrap(), 81);
+        let ordered: Vec<u64> = pool.imap(square, 0..300u64).collect::<Result<_, _>>().unwrap();
+        assert_eq!(ordered, (0..300u64).map(|x| x * x).collect::<Vec<_>>());
+        let mut unordered: Vec<u64> =
+            pool.imap_unordered(square, 0..300u64).collect::<Result<_, _>>().unwrap();
+        unordered.sort_unstable();
+        assert_eq!(unordered, ordered);
+        assert_eq!(
+            pool.starmap(crate::add, (0..50u64).map(|x| (x, 1))).unwrap(),
+            (1..=50u64).collect::<Vec<_>>()
+        );
+        match pool.apply(crate::fail_on_7, 7) {
+            Err(Error::Panicked { message, .. }) => {
+                assert!(message.contains("seven is unlucky"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        pool.close();
+        pool.join().unwrap();
+        assert_eq!(exit_code(&mut workers[0]), Some(0), "the remote worker leaves at join");
+    });
+}
+
+/// Sends 1 on the pipe it is given.
+pub fn send_one(tx: mproc_pool::ipc::Sender<u64>) {
+    tx.send(&1).unwrap();
+}
+
+#[test]
+fn a_task_with_an_ipc_end_fails_alone_on_a_remote_worker() {
+    within(DEADLINE, || {
+        let (pool, mut workers) = loopback(0, 1, |b| b);
+        let (_rx, tx) = mproc_pool::ipc::pipe::<u64>().unwrap();
+        match pool.apply(send_one, tx) {
+            Err(Error::Transfer { message, .. }) => {
+                assert!(message.contains("cannot reach a remote worker"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pool.apply(square, 3).unwrap(), 9, "the worker goes on");
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
+#[test]
+fn max_tasks_per_child_does_not_starve_remote_workers() {
+    within(DEADLINE, || {
+        // A remote worker is not retired (nothing could start its successor): it goes on
+        // taking tasks past the count.
+        let (pool, mut workers) = loopback(0, 1, |b| b.max_tasks_per_child(2));
+        for x in 0..6u64 {
+            assert_eq!(get(pool.apply_async(square, x)).unwrap(), x * x);
+        }
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
+#[test]
+fn terminate_fails_a_remote_workers_task_and_the_worker_leaves() {
+    within(DEADLINE, || {
+        let (pool, mut workers) = loopback(0, 1, |b| b);
+        let mut out = std::io::BufReader::new(workers[0].stdout.take().unwrap());
+        let blocked = pool.apply_async(announce_then_block, ());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(line.starts_with("started"), "{line}");
+        pool.terminate();
+        assert!(matches!(get(blocked), Err(Error::Terminated { .. })));
+        pool.join().unwrap();
+        // Mid-task, it sees the end of the pool's stream and leaves.
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
+#[test]
+fn a_task_timeout_holds_for_remote_workers() {
+    within(DEADLINE, || {
+        let (pool, mut workers) = loopback(0, 1, |b| b.task_timeout(Duration::from_millis(300)));
+        match pool.apply(crate::endless, ()) {
+            Err(Error::Timeout { worker, .. }) => assert!(worker.contains("127.0.0.1"), "{worker}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(exit_code(&mut workers[0]), Some(0), "the pool shut its connection: it left");
+    });
+}
+
+#[test]
+fn a_worker_with_no_pool_to_join_says_so_and_exits() {
+    within(DEADLINE, || {
+        // A port nothing listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .env(mproc_pool::ADDRESS_ENV, format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = Workers(vec![worker(command)]);
+        let err = stderr_after_exit(&mut child[0], 2);
+        assert!(err.contains("cannot join the pool at 127.0.0.1"), "{err}");
+    });
+}
+
+#[test]
+fn too_few_workers_is_an_error_naming_how_many_came() {
+    within(DEADLINE, || {
+        let e = Pool::builder()
+            .processes(0)
+            .listen((std::net::Ipv4Addr::LOCALHOST, 0))
+            .remote_workers(1)
+            .worker_wait(Duration::from_millis(50))
+            .build()
+            .unwrap_err();
+        assert!(matches!(e, Error::MissingWorkers { wanted: 1, came: 0, .. }), "{e}");
+        assert!(e.to_string().starts_with("0 of the 1 remote workers"), "{e}");
+    });
+}
+
+// ---- hosts as network namespaces ----------------------------------------------------------
+
+/// Hosts as network namespaces: one for the pool, `n` for workers, each worker's joined to
+/// the pool's by a veth pair (`10.77.K.1` on the pool's side, `10.77.K.2` on host K's). Names
+/// are unique to this process and call; the namespaces (and with them the links) are deleted
+/// when the [`Cleanup`] the test holds is dropped, whatever happened (a test past its
+/// deadline included: the thread left behind holds the `Hosts`, not the `Cleanup`).
+struct Hosts {
+    pool: String,
+    hosts: Vec<String>,
+    /// The pool's end of each host's link.
+    links: Vec<String>,
+}
+
+/// The port the pool listens on in its namespace (its own: no other process uses it).
+const PORT: u16 = 7000;
+
+/// Runs `ip args`; its error output if it failed.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Hosts {
+    /// `n` worker hosts and the pool's, or `None` (with the reason printed) where this
+    /// process may not make network namespaces.
+    fn new(n: usize) -> Option<(Hosts, Cleanup)> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{:x}{k:02x}", std::process::id());
+        let mut hosts = Hosts { pool: format!("mproc-{tag}-pool"), hosts: Vec::new(), links: Vec::new() };
+        if let Err(e) = ip(&["netns", "add", &hosts.pool]) {
+            if e.contains("ermission denied") || e.contains("not permitted") || e.starts_with("ip: ") {
+                println!("skipped: this process cannot make network namespaces ({e})");
+                return None;
+            }
+            panic!("{e}");
+        }
+        let mut cleanup = Cleanup(vec![hosts.pool.clone()]);
+        for h in 1..=n {
+            let host = format!("mproc-{tag}-h{h}");
+            ip(&["netns", "add", &host]).unwrap();
+            cleanup.0.push(host.clone());
+            hosts.hosts.push(host.clone());
+            let (ours, theirs) = (format!("m{tag}{h}p"), format!("m{tag}{h}h"));
+            ip(&[
+                "link",
+                "add",
+                &ours,
+                "netns",
+                &hosts.pool,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &theirs,
+                "netns",
+                &host,
+            ])
+            .unwrap();
+            hosts.links.push(ours.clone());
+            for (ns, dev, addr) in
+                [(&hosts.pool, &ours, format!("10.77.{h}.1/24")), (&host, &theirs, format!("10.77.{h}.2/24"))]
+            {
+                ip(&["-n", ns, "addr", "add", &addr, "dev", dev]).unwrap();
+                ip(&["-n", ns, "link", "set", dev, "up"]).unwrap();
+            }
+        }
+        Some((hosts, cleanup))
+    }
+
+    /// `f()` on a thread inside the pool's namespace (the sockets it makes are there).
+    fn in_pool_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.pool);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&ns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// A pool of remote workers only, listening in the pool's namespace.
+    fn pool(&self, silence: Duration) -> Pool {
+        self.in_pool_ns(move || {
+            Pool::builder()
+                .processes(0)
+                .listen((std::net::Ipv4Addr::UNSPECIFIED, PORT))
+                .heartbeat(Duration::from_millis(100), silence)
+                .build()
+                .unwrap()
+        })
+    }
+
+    /// `program` (default: this test binary) started in host `h`'s namespace as a worker
+    /// of `pool`, with `env` on top; its output piped.
+    fn worker(
+        &self,
+        pool: &Pool,
+        h: usize,
+        program: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> Child {
+        let exe = std::env::current_exe().unwrap();
+        let launcher = pool.launcher().unwrap().connect_to(format!("10.77.{h}.1:{PORT}"));
+        let mut command = launcher.command("ip");
+        command.args(["netns", "exec", &self.hosts[h - 1]]).arg(program.unwrap_or(&exe));
+        command.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        worker(command)
+    }
+}
+
+/// Deletes a test's namespaces when dropped.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+/// Workers, killed and reaped when dropped (a failing test leaves none behind).
+pub struct Workers(Vec<Child>);
+
+impl std::ops::Deref for Workers {
+    type Target = Vec<Child>;
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Workers {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Lines of the workers' standard outputs, each with its worker's index, as they come.
+fn lines(children: &mut [&mut Child]) -> std::sync::mpsc::Receiver<(usize, String)> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, child) in children.iter_mut().enumerate() {
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let _ = tx.send((i, line));
+            }
+        });
+    }
+    rx
+}
+
+/// Says which process runs it (on standard output, which the test reads), then blocks.
+pub fn announce_then_block(_: ()) -> u64 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "started {}", std::process::id());
+    let _ = out.flush();
+    drop(out);
+    std::thread::sleep(DEADLINE);
+    0
+}
+
+/// Everything a fault test checks but the fault: one worker runs a blocking task (the pid
+/// it announces), `fault` strikes that worker (its index given), and the task must fail
+/// with `WorkerDied` naming its host, while the tasks queued behind it and everything after
+/// run on the other worker. Returns the struck worker's index, the workers (not yet
+/// reaped) and the pool (alive).
+fn fault_mid_task(hosts: &Hosts, pool: &Pool, fault: impl FnOnce(usize, &mut Child)) -> (usize, Workers) {
+    let mut workers = Workers((1..=2).map(|h| hosts.worker(pool, h, None, &[])).collect());
+    pool.wait_for_workers(2, DEADLINE).unwrap();
+    let out = {
+        let (a, b) = workers.split_at_mut(1);
+        lines(&mut [&mut a[0], &mut b[0]])
+    };
+    let blocked = pool.apply_async(announce_then_block, ());
+    let (struck, line) = out.recv_timeout(DEADLINE).expect("the blocking task starts");
+    assert_eq!(line, format!("started {}", workers[struck].id()), "the worker is our child itself");
+    // Queued behind the blocking task (some of them sent to its worker, unstarted).
+    let behind: Vec<_> = (0..40u64).map(|x| pool.apply_async(square, x)).collect();
+    fault(struck, &mut workers[struck]);
+    match get(blocked) {
+        Err(Error::WorkerDied { worker, .. }) => {
+            assert!(worker.contains(&format!("10.77.{}.2", struck + 1)), "names the host: {worker}")
+        }
+        other => panic!("the struck worker's task: {other:?}"),
+    }
+    for (x, r) in behind.into_iter().enumerate() {
+        assert_eq!(get(r).unwrap(), (x * x) as u64, "a task queued behind the struck one");
+    }
+    assert_eq!(pool.map(square, 0..500u64).unwrap(), (0..500u64).map(|x| x * x).collect::<Vec<_>>());
+    (struck, workers)
+}
+
+#[test]
+fn netns_a_killed_remote_worker_fails_only_its_task() {
+    let Some((hosts, _cleanup)) = Hosts::new(2) else { return };
+    within(DEADLINE, move || {
+        let pool = hosts.pool(Duration::from_secs(5));
+        let (struck, mut workers) = fault_mid_task(&hosts, &pool, |_, child| child.kill().unwrap());
+        drop(pool);
+        for (i, w) in workers.iter_mut().enumerate() {
+            let code = exit_code(w);
+            if i == struck {
+                assert_eq!(code, None, "killed by a signal");
+            } else {
+                assert_eq!(code, Some(0), "the other worker leaves with the pool");
+            }
+        }
+    });
+}
+
+#[test]
+fn netns_a_link_cut_mid_task_fails_only_its_task_and_the_worker_leaves() {
+    let Some((hosts, _cleanup)) = Hosts::new(2) else { return };
+    within(DEADLINE, move || {
+        let pool = hosts.pool(Duration::from_secs(3));
+        let (struck, mut workers) = fault_mid_task(&hosts, &pool, |i, _| {
+            ip(&["-n", &hosts.pool, "link", "set", &hosts.links[i], "down"]).unwrap();
+        });
+        // Cut off, it hears nothing from the pool and leaves by itself.
+        assert_eq!(exit_code(&mut workers[struck]), Some(3), "the cut-off worker leaves: pool silent");
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[1 - struck]), Some(0));
+    });
+}
+
+/// Waits until the pool has refused a connection; the reasons.
+fn refusals(pool: &Pool) -> Vec<String> {
+    let mut refused = Vec::new();
+    crate::eventually("a refusal", || match pool.wait_for_workers(usize::MAX, Duration::ZERO) {
+        Err(Error::MissingWorkers { refused: r, .. }) => {
+            refused = r;
+            !refused.is_empty()
+        }
+        other => panic!("{other:?}"),
+    });
+    refused
+}
+
+/// The standard error of a worker that has exited with `code`.
+fn stderr_after_exit(child: &mut Child, code: i32) -> String {
+    use std::io::Read;
+    assert_eq!(exit_code(child), Some(code));
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    err
+}
+
+#[test]
+fn netns_a_worker_with_a_wrong_authkey_is_refused() {
+    let Some((hosts, _cleanup)) = Hosts::new(2) else { return };
+    within(DEADLINE, move || {
+        let pool = hosts.pool(Duration::from_secs(5));
+        let wrong = "00".repeat(32);
+        let mut workers = Workers(vec![
+            hosts.worker(&pool, 1, None, &[(mproc_pool::AUTHKEY_ENV, &wrong)]),
+            hosts.worker(&pool, 2, None, &[]),
+        ]);
+        let err = stderr_after_exit(&mut workers[0], 2);
+        assert!(err.contains("authentication failed"), "the worker says why: {err}");
+        let refused = refusals(&pool);
+        assert!(refused[0].contains("authentication"), "the pool says why: {refused:?}");
+        pool.wait_for_workers(1, DEADLINE).unwrap();
+        assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[1]), Some(0));
+    });
+}
+
+#[test]
+fn netns_a_worker_of_another_build_is_refused_naming_both() {
+    let Some((hosts, _cleanup)) = Hosts::new(1) else { return };
+    within(DEADLINE, move || {
+        // Built beside this binary by `cargo xtask test` (`cargo build --examples`: `cargo
+        // test` alone builds examples as test harnesses, under hashed names).
+        let exe = std::env::current_exe().unwrap();
+        let other = exe.parent().unwrap().parent().unwrap().join("examples/other_build");
+        assert!(
+            other.exists(),
+            "{} is missing: `cargo xtask test` builds it (or `cargo build -p mproc-pool --examples`)",
+            other.display()
+        );
+        let pool = hosts.pool(Duration::from_secs(5));
+        let mut stranger = Workers(vec![hosts.worker(&pool, 1, Some(&other), &[])]);
+        let err = stderr_after_exit(&mut stranger[0], 2);
+        let refused = refusals(&pool);
+        for said in [&err, &refused[0]] {
+            assert_eq!(said.matches("built as gnu:").count(), 2, "names both builds: {said}");
+            assert!(said.contains("other_build"), "names the worker's program: {said}");
+        }
+        assert_eq!(pool.remote_workers(), 0);
+    });
+}
