@@ -5,7 +5,6 @@
 
 pub mod netns;
 pub mod sys;
-
 pub use sys::{process_cpu_time, thread_cpu_time};
 
 use std::fs;
@@ -86,9 +85,16 @@ pub enum Ratio {
 /// noisy machine that separate measurements suffer from. `what` says what the ratio is of.
 ///
 /// Returns the median ratio (`None` when not measuring: `cargo test` runs nothing here).
-pub fn paired(
+pub fn paired(name: &str, batch: usize, what: Ratio, floor: impl FnMut(), ours: impl FnMut()) -> Option<f64> {
+    paired_rounds(name, batch, 31, what, floor, ours)
+}
+
+/// [`paired`] with `rounds` rounds (odd; at least 3), for operations that take long: the
+/// median ratio, which it also prints. `None` when not measuring.
+pub fn paired_rounds(
     name: &str,
     batch: usize,
+    rounds: usize,
     what: Ratio,
     mut floor: impl FnMut(),
     mut ours: impl FnMut(),
@@ -106,7 +112,7 @@ pub fn paired(
     // One unmeasured round of each to warm up.
     time(&mut floor);
     time(&mut ours);
-    let mut ratios: Vec<f64> = (0..31)
+    let mut ratios: Vec<f64> = (0..rounds)
         .map(|round| {
             let (f, o) = if round % 2 == 0 {
                 let f = time(&mut floor);
@@ -126,11 +132,11 @@ pub fn paired(
         Ratio::Time => "time",
         Ratio::Throughput => "throughput",
     };
+    let (q1, median, q3) = (ratios[rounds / 4], ratios[rounds / 2], ratios[3 * rounds / 4]);
     println!(
-        "paired {name:<40} median {:.3}x the floor's {unit} (quartiles {:.3}-{:.3}, 31 alternating rounds of {batch})",
-        ratios[15], ratios[7], ratios[23]
+        "paired {name:<40} median {median:.3}x the floor's {unit} (quartiles {q1:.3}-{q3:.3}, {rounds} alternating rounds of {batch})"
     );
-    Some(ratios[15])
+    Some(median)
 }
 
 /// [`paired`], timing each batch by the CPU time this thread and the batch's peer process

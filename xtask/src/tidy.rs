@@ -40,6 +40,7 @@ const MODULE_ORDER: &[(&str, &[&str])] = &[
             "frame",
             "codec",
             "fdpass",
+            "outofline",
             "shm",
             "doorbell",
             "sync",

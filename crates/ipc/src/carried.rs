@@ -24,17 +24,17 @@ pub struct Carried {
 impl Carried {
     /// Encodes `value`, keeping (duplicates of) the fds of the ends inside it.
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> crate::Result<Carried> {
-        let (bytes, outgoing) = crate::fdpass::collecting(|| postcard::to_allocvec(value));
+        let (bytes, outgoing) = crate::fdpass::collecting(|| crate::codec::to_vec(value));
         if let Some(why) = outgoing.refused {
             return Err(Error::FdPassing(why));
         }
-        Ok(Carried { bytes: Arc::new(bytes.map_err(Error::Encode)?), fds: Arc::new(outgoing.fds) })
+        Ok(Carried { bytes: Arc::new(bytes?), fds: Arc::new(outgoing.fds) })
     }
 
     /// Decodes the value; its ends get duplicates of the fds (so it can be decoded again).
     pub fn decode<T: DeserializeOwned>(&self) -> crate::Result<T> {
         let fds = self.fds.iter().map(|fd| fd.try_clone()).collect::<Result<Vec<_>, _>>()?;
-        crate::fdpass::providing(fds, || crate::codec::decoding(|| postcard::from_bytes(&self.bytes)))
+        crate::fdpass::providing(fds, || crate::codec::from_bytes(&self.bytes))
     }
 
     /// The encoded bytes.

@@ -23,11 +23,16 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::fdpass;
 use crate::frame::{FrameReader, HEADER_MAX, RawIo, encode_header, write_frame, write_some};
+use crate::outofline;
 use crate::sys;
 use crate::wait::{far_future, poll_until};
 
 /// The largest message an end accepts unless told otherwise: 1 GiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 30;
+
+/// Typed values whose encoding passes this size are sent as they are encoded (a pipe, or a
+/// socket that cannot have a memfd), not encoded whole into the send buffer first.
+const STREAM_MIN: usize = 1 << 20;
 
 /// Raw payloads up to this size are copied behind their header and written as one slice.
 const SMALL_COPY: usize = 1024;
@@ -171,30 +176,109 @@ impl End {
         let mut side = self.send.lock();
         self.finish_unsent(&mut side)?;
         let SendSide { buf, .. } = &mut *side;
-        let result = self.encode(value, buf).and_then(|(start, fds)| {
-            let mut io = self.io();
-            io.outgoing = RefCell::new(fds);
-            write_frame(&io, &buf[start..], &[])
-        });
+        let result = match self.encode(value, buf, true) {
+            Ok(Some((start, fds))) => {
+                let mut io = self.io();
+                io.outgoing = RefCell::new(fds);
+                write_frame(&io, &buf[start..], &[])
+            }
+            Ok(None) => self.send_streaming(value, buf),
+            Err(e) => Err(e),
+        };
         codec::trim(buf);
         result
     }
 
+    /// Sends a large value as it is encoded, never whole in a buffer: its length first (one
+    /// encoding pass that only counts, which for bytes and floats costs nothing), then the
+    /// frame in pieces, bytes and floats straight from the value's memory.
+    ///
+    /// A value that encodes otherwise the second time (a `Serialize` that is not a function
+    /// of the value) fails after part of its frame went: the frame is completed with zeros,
+    /// so the stream stays in step (the receiver's decode of it fails or gives a wrong value),
+    /// and the send reports [`Error::Encode`].
+    fn send_streaming<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>) -> Result<()> {
+        let (len, fds) = fds_or_refusal(fdpass::collecting(|| codec::encoded_len(value)))?;
+        self.check_fds(&fds)?;
+        let mut header = [0; HEADER_MAX];
+        let n = encode_header(len as u64, &mut header);
+        buf.clear();
+        buf.extend_from_slice(&header[HEADER_MAX - n..]);
+        let mut io = self.io();
+        io.outgoing = RefCell::new(fds);
+        let mut sent = 0;
+        let (result, _fds_again) = fdpass::collecting(|| {
+            codec::encode_streaming(value, buf, n + len, |gathered, direct| {
+                write_frame(&io, gathered, direct)?;
+                sent += gathered.len() + direct.len();
+                Ok(())
+            })
+        });
+        match result {
+            Ok(total) if total == n + len => Ok(()),
+            Ok(_) | Err(Error::Encode(_)) if sent > 0 => {
+                let zeros = vec![0; (n + len - sent).min(codec::SCRATCH_KEEP)];
+                while sent < n + len {
+                    let k = zeros.len().min(n + len - sent);
+                    write_frame(&io, &zeros[..k], &[])?;
+                    sent += k;
+                }
+                Err(Error::Encode(postcard::Error::SerializeBufferFull))
+            }
+            Ok(_) => Err(Error::Encode(postcard::Error::SerializeBufferFull)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Encodes `value` as a frame into `buf`: where the frame starts, and the fds its ends
-    /// carry (checked to be sendable on this end).
-    fn encode<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>) -> Result<(usize, Vec<OwnedFd>)> {
+    /// carry (checked to be sendable on this end). On a Unix socket, a value past
+    /// [`outofline::MIN`] bytes goes in a sealed memfd instead: the frame is its descriptor
+    /// and the memfd is the last fd. `None` when the caller may stream (`may_stream`) and
+    /// should: a value past [`STREAM_MIN`] bytes that has no memfd.
+    fn encode<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        buf: &mut Vec<u8>,
+        may_stream: bool,
+    ) -> Result<Option<(usize, Vec<OwnedFd>)>> {
+        let inline_max = match self.kind {
+            Kind::Socket => outofline::MIN,
+            _ if may_stream => STREAM_MIN,
+            _ => usize::MAX,
+        };
         // Without the fd tables first: a value with an end in it fails here (an end met
         // outside a send that collects), and only then is encoded again with them.
-        match codec::encode_frame(value, buf) {
-            Err(_) if fdpass::end_met() => {}
-            encoded => return encoded.map(|start| (start, Vec::new())),
-        }
-        let (encoded, fdpass::Outgoing { fds, refused }) =
-            fdpass::collecting(|| codec::encode_frame(value, buf));
-        let start = match (encoded, refused) {
-            (Err(_), Some(why)) => return Err(Error::FdPassing(why)),
-            (encoded, _) => encoded?,
+        let first = match codec::encode_frame_within(value, buf, inline_max) {
+            Err(_) if fdpass::end_met() => {
+                fds_or_refusal(fdpass::collecting(|| codec::encode_frame_within(value, buf, inline_max)))?
+            }
+            encoded => (encoded?, Vec::new()),
         };
+        let (start, fds) = match first {
+            (Some(start), fds) => (start, fds),
+            (None, _) if self.kind != Kind::Socket => return Ok(None),
+            (None, _) => match fds_or_refusal(fdpass::collecting(|| outofline::encode(value)))? {
+                (Some((file, len)), mut fds) => {
+                    fds.push(file);
+                    let descriptor = outofline::descriptor(len);
+                    let mut header = [0; HEADER_MAX];
+                    let n = encode_header(descriptor.len() as u64, &mut header);
+                    buf.clear();
+                    buf.extend_from_slice(&header[HEADER_MAX - n..]);
+                    buf.extend_from_slice(&descriptor);
+                    (0, fds)
+                }
+                // No memfd for it: inline after all.
+                (None, _) if may_stream => return Ok(None),
+                (None, _) => fds_or_refusal(fdpass::collecting(|| codec::encode_frame(value, buf)))?,
+            },
+        };
+        self.check_fds(&fds)?;
+        Ok(Some((start, fds)))
+    }
+
+    /// Whether this end can carry `fds` with a frame.
+    fn check_fds(&self, fds: &[OwnedFd]) -> Result<()> {
         if !fds.is_empty() && self.kind == Kind::Pipe {
             return Err(Error::FdPassing(
                 "ends can only travel over a duplex Connection (a Unix socket), not a pipe",
@@ -208,7 +292,7 @@ impl End {
         if fds.len() > fdpass::MAX_FDS {
             return Err(Error::FdPassing("one message can carry at most 253 ends"));
         }
-        Ok((start, fds))
+        Ok(())
     }
 
     pub(crate) fn send_bytes(&self, payload: &[u8]) -> Result<()> {
@@ -297,9 +381,10 @@ impl End {
             return Ok(false);
         }
         let mut buf = std::mem::take(&mut side.buf);
-        let result = self
-            .encode(value, &mut buf)
-            .and_then(|(start, fds)| self.start_frame(&mut side, &buf[start..], &[], fds));
+        let result = self.encode(value, &mut buf, false).and_then(|encoded| {
+            let (start, fds) = encoded.expect("a value that may not stream is encoded whole");
+            self.start_frame(&mut side, &buf[start..], &[], fds)
+        });
         codec::trim(&mut buf);
         side.buf = buf;
         result
@@ -322,18 +407,24 @@ impl End {
     pub(crate) fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
         let mut side = self.recv.lock();
         let ReadSide { frames, scratch, fds } = &mut *side;
-        let result = self.read_frame(frames, fds, scratch, timeout).and_then(|fds| {
-            // A frame without fds is decoded without the fd tables; only if that fails on an
-            // end is it decoded again with them (for the precise error).
-            if fds.is_empty() {
-                match codec::decode(scratch) {
-                    Err(_) if fdpass::end_met() => {}
-                    decoded => return decoded,
-                }
+        let result = self.read_frame(frames, fds, scratch, timeout).and_then(|mut fds| {
+            match outofline::announced(scratch) {
+                // A frame without fds is decoded without the fd tables; only if that fails on
+                // an end is it decoded again with them (for the precise error).
+                None if fds.is_empty() => match codec::decode(scratch) {
+                    Err(_) if fdpass::end_met() => fdpass::providing(fds, || codec::decode(scratch)),
+                    decoded => decoded,
+                },
+                None => fdpass::providing(fds, || codec::decode(scratch)),
+                Some(len) => match fds.pop() {
+                    Some(file) => outofline::decode(file, len, self.max_message_size, fds),
+                    None => Err(Error::OutOfLine(
+                        "the frame announces a value in a memfd but carries no fd".into(),
+                    )),
+                },
             }
-            fdpass::providing(fds, || codec::decode(scratch))
         });
-        codec::trim(scratch);
+        codec::trim_scratch(scratch);
         result
     }
 
@@ -437,6 +528,15 @@ impl fmt::Debug for End {
             .field("kind", &self.kind)
             .field("max_message_size", &self.max_message_size)
             .finish()
+    }
+}
+
+/// An encoding's result and the fds it met; an end that refused to go is reported as such
+/// (the encoding only says "custom error").
+fn fds_or_refusal<R>((encoded, outgoing): (Result<R>, fdpass::Outgoing)) -> Result<(R, Vec<OwnedFd>)> {
+    match (encoded, outgoing.refused) {
+        (Err(_), Some(why)) => Err(Error::FdPassing(why)),
+        (encoded, _) => Ok((encoded?, outgoing.fds)),
     }
 }
 

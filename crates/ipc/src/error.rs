@@ -43,6 +43,10 @@ pub enum Error {
     },
     /// A value could not be serialized; nothing was sent and the end stays usable.
     Encode(postcard::Error),
+    /// A large value the peer sent out of line (in a memfd passed with the frame) cannot be
+    /// read: the file is not a memfd, is not sealed against writing and shrinking, or holds
+    /// fewer bytes than announced. The frame was consumed whole; the end stays usable.
+    OutOfLine(String),
     /// A whole frame arrived but its payload is not a valid value of the expected type. The
     /// frame was consumed whole, so the end stays usable for the next message.
     Decode(postcard::Error),
@@ -129,6 +133,7 @@ impl fmt::Display for Error {
             Error::Encode(e) => write!(f, "cannot encode value: {e}"),
             Error::Decode(e) => write!(f, "cannot decode message: {e}"),
             Error::Mismatch(why) => write!(f, "cannot decode message: {why}"),
+            Error::OutOfLine(why) => write!(f, "cannot read a value sent out of line: {why}"),
             Error::FdPassing(why) => write!(f, "cannot pass file descriptors: {why}"),
             Error::Misuse(what) => f.write_str(what),
             Error::Authentication(why) => write!(f, "authentication failed: {why}"),
@@ -165,9 +170,11 @@ impl From<Error> for io::Error {
             Error::Closed => io::ErrorKind::BrokenPipe,
             Error::Truncated { .. } => io::ErrorKind::UnexpectedEof,
             Error::Timeout => io::ErrorKind::TimedOut,
-            Error::TooLarge { .. } | Error::InvalidHeader { .. } | Error::Decode(_) | Error::Mismatch(_) => {
-                io::ErrorKind::InvalidData
-            }
+            Error::TooLarge { .. }
+            | Error::InvalidHeader { .. }
+            | Error::Decode(_)
+            | Error::Mismatch(_)
+            | Error::OutOfLine(_) => io::ErrorKind::InvalidData,
             Error::Encode(_) | Error::FdPassing(_) | Error::Misuse(_) => io::ErrorKind::InvalidInput,
             Error::Authentication(AuthError::Timeout(_)) => io::ErrorKind::TimedOut,
             Error::Authentication(_) => io::ErrorKind::PermissionDenied,
@@ -190,6 +197,7 @@ mod tests {
             Error::Timeout,
             Error::TooLarge { len: 1 << 60, max: 1 << 30 },
             Error::InvalidHeader { header: -7 },
+            Error::OutOfLine("the value's memfd holds 3 bytes, not the 8 announced".into()),
             Error::Authentication(AuthError::WrongDigest),
             Error::Authentication(AuthError::Rejected),
             Error::Authentication(AuthError::LegacyMd5),

@@ -48,6 +48,16 @@
 //! process holding the other end as a `multiprocessing.connection.Connection` exchanges
 //! `send_bytes` / `recv_bytes` with us.
 //!
+//! Large values move at the speed of their bytes. A slice or `Vec` of `u8`, `i8`, `f32` or
+//! `f64` (and so a `String`, or a struct of them) is encoded and decoded as one copy of its
+//! memory, not one serde call per element; the bytes are still postcard's ([`encode`] and
+//! [`decode_bytes`] give them to layers that keep values as bytes). On a duplex
+//! [`Connection`], a typed value whose encoding passes 4 MiB does not go through the socket
+//! at all: it is encoded straight into a memfd, sealed against writing and shrinking, and
+//! passed with a small frame; the receiver maps it and decodes from the mapping. Pipes and TCP
+//! carry no fds and copy, as does a send under a file size limit (`ulimit -f`) smaller than
+//! the value (a memfd past it would kill the sender with `SIGXFSZ`).
+//!
 //! ```
 //! # fn main() -> mproc_ipc::Result<()> {
 //! use serde::{Deserialize, Serialize};
@@ -83,7 +93,10 @@
 //!   [`Error::TooLarge`] before any allocation (and the payload is then skipped, so the end
 //!   stays usable); a payload that is not the expected type is [`Error::Decode`] and the next
 //!   frame reads normally; end of file inside a frame is [`Error::Truncated`], at a frame
-//!   boundary [`Error::Closed`].
+//!   boundary [`Error::Closed`]. A memfd a peer passes as a large value is mapped only if it
+//!   is sealed against writing and shrinking, holds the bytes announced, and they are within
+//!   the message limit; otherwise [`Error::OutOfLine`] (or [`Error::TooLarge`]), and the end
+//!   stays usable.
 //! - Nothing is lost to a timeout or a signal: a receive that times out keeps what arrived of
 //!   a message for the next receive; `EINTR` and short reads and writes are resumed everywhere.
 //! - Every fd is created close-on-exec in the same syscall. Ends survive `fork`; across
@@ -110,6 +123,10 @@
 //! - An authkey authenticates, it does not encrypt: over a network, what follows the handshake
 //!   travels in clear (as in Python). TCP connections carry no ends (fds): sending one is
 //!   [`Error::FdPassing`].
+//! - A large value sent out of line is memory the sender allocated (a memfd, counted against
+//!   its memory cgroup) until the receiver has decoded it; if the receiver dies first, the
+//!   kernel frees it with the socket's queue. A raw receive (`recv_bytes`) of such a frame
+//!   gets the small descriptor, and the memfd is closed.
 //! - `poll` and [`wait`] report that bytes (or end of file) are there, not that a whole frame
 //!   is: a following `recv` may still wait for the rest of a frame a slow peer is writing.
 #![deny(unsafe_code)]
@@ -126,6 +143,7 @@ mod fdpass;
 mod frame;
 mod handshake;
 mod listener;
+mod outofline;
 #[cfg(feature = "pickle")]
 mod pickle;
 mod pipe;
@@ -140,6 +158,7 @@ mod wait;
 pub use address::Address;
 pub use barrier::{Barrier, BrokenBarrier};
 pub use carried::Carried;
+pub use codec::{decode_bytes, encode};
 pub use doorbell::{Awaitable, Doorbell, Listeners, Listening};
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;

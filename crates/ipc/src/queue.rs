@@ -308,7 +308,7 @@ impl<T> Queue<T> {
             }
             // The item is taken: a payload that does not decode is an error for this get, and
             // the next item reads normally.
-            postcard::from_bytes(buf).map(Some).map_err(Error::Decode)
+            crate::codec::from_bytes(buf).map(Some)
         })
     }
 

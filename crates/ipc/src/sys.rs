@@ -23,6 +23,23 @@ pub(crate) fn read_append(fd: BorrowedFd<'_>, dst: &mut Vec<u8>, max: usize) -> 
     Ok(n)
 }
 
+/// Empties `buf` and gives its pages back to the kernel lazily (`MADV_FREE`): they stay mapped
+/// and are reused without a fault if the kernel has not taken them by the next fill, and are
+/// taken first when memory runs short. For a large receive buffer kept between messages.
+pub(crate) fn release_pages(buf: &mut Vec<u8>) {
+    buf.clear();
+    let page = rustix::param::page_size();
+    let start = (buf.as_mut_ptr() as usize).next_multiple_of(page);
+    let end = (buf.as_mut_ptr() as usize + buf.capacity()) / page * page;
+    if end > start {
+        // SAFETY: `[start, end)` lies inside `buf`'s allocation, in its spare capacity (its
+        // length is 0), which holds nothing anyone reads before writing: whatever the kernel
+        // leaves there (old bytes or zeros) is fine. The allocator's own bookkeeping lies
+        // outside the capacity.
+        let _ = unsafe { rustix::mm::madvise(start as *mut _, end - start, rustix::mm::Advice::LinuxFree) };
+    }
+}
+
 /// `FromRawFd` for a typed end that is `From<OwnedFd>`, with `$what` saying which fd it takes.
 /// Written here, with the crate's other `unsafe`, and invoked by the module of each end type.
 macro_rules! impl_from_raw_fd {
@@ -42,5 +59,7 @@ macro_rules! impl_from_raw_fd {
 }
 pub(crate) use impl_from_raw_fd;
 
+pub(crate) mod bulk;
+pub(crate) mod outofline;
 pub(crate) mod robust;
 pub(crate) mod shm;

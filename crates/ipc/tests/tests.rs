@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod barrier;
 mod fds;
+mod large;
 mod listener;
 mod nowait;
 mod per_message;

@@ -73,6 +73,17 @@ pub struct PoolBuilder {
     heartbeat: Option<(Duration, Duration)>,
 }
 
+/// The default message limit: the machine's memory (`MemTotal`), at least 1 GiB.
+fn default_max_message_size() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: usize =
+            line.trim_start_matches("MemTotal:").trim().trim_end_matches("kB").trim().parse().ok()?;
+        kib.checked_mul(1024)
+    });
+    total.unwrap_or(0).max(mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE)
+}
+
 /// How long `build` waits for [`remote_workers`](PoolBuilder::remote_workers), and tasks
 /// wait for a worker in a pool that has none, by default.
 pub const DEFAULT_WORKER_WAIT: Duration = Duration::from_secs(60);
@@ -85,10 +96,12 @@ pub const DEFAULT_SILENCE: Duration = Duration::from_secs(10);
 
 impl PoolBuilder {
     /// The largest task input or value, in bytes as encoded, that may cross to or from a
-    /// worker (default [`DEFAULT_MAX_MESSAGE_SIZE`](mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE),
-    /// 1 GiB). For `map` and friends, a chunk's items and values count together. A task past
-    /// it fails alone with [`Error::Transfer`] (an argument at once, a value once computed),
-    /// and the pool goes on.
+    /// worker (default: the machine's physical memory, and at least
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`](mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE), 1 GiB: a
+    /// larger value could not be held anyway). Inputs and values past 4 MiB travel in a
+    /// sealed memfd, mapped by the receiver, rather than through the socket. For `map` and
+    /// friends, a chunk's items and values count together. A task past it fails alone with
+    /// [`Error::Transfer`] (an argument at once, a value once computed), and the pool goes on.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = Some(bytes);
         self
@@ -225,7 +238,7 @@ impl PoolBuilder {
             processes,
             init,
             init_name,
-            max_message_size: self.max_message_size.unwrap_or(mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE),
+            max_message_size: self.max_message_size.unwrap_or_else(default_max_message_size),
             max_tasks_per_child: self.max_tasks_per_child,
             start_method: self.start_method,
             task_timeout: self.task_timeout,

@@ -156,9 +156,9 @@ pub(crate) type Decode<R> = fn(Vec<Bytes>, &[Arc<Slot>]) -> Result<R>;
 /// Decodes one task's value.
 pub(crate) fn decode_one<R: DeserializeOwned>(mut parts: Vec<Bytes>, slots: &[Arc<Slot>]) -> Result<R> {
     let bytes = parts.pop().unwrap_or_default();
-    postcard::from_bytes(&bytes.0).map_err(|e| Error::Transfer {
+    mproc_process::ipc::decode_bytes(&bytes.0).map_err(|e| Error::Transfer {
         task: slots.first().map_or_else(String::new, |s| s.task()),
-        message: format!("cannot decode the value: {e}"),
+        message: format!("cannot decode the value: {}", crate::wire::decode_error(&e)),
     })
 }
 
@@ -166,9 +166,9 @@ pub(crate) fn decode_one<R: DeserializeOwned>(mut parts: Vec<Bytes>, slots: &[Ar
 pub(crate) fn decode_chunks<T: DeserializeOwned>(parts: Vec<Bytes>, slots: &[Arc<Slot>]) -> Result<Vec<T>> {
     let mut out = Vec::new();
     for (bytes, slot) in parts.iter().zip(slots) {
-        let chunk: Vec<T> = postcard::from_bytes(&bytes.0).map_err(|e| Error::Transfer {
+        let chunk: Vec<T> = mproc_process::ipc::decode_bytes(&bytes.0).map_err(|e| Error::Transfer {
             task: slot.task(),
-            message: format!("cannot decode the values: {e}"),
+            message: format!("cannot decode the values: {}", crate::wire::decode_error(&e)),
         })?;
         if out.is_empty() {
             out = chunk;

@@ -209,9 +209,9 @@ fn decode<T: DeserializeOwned>(input: &Carried) -> Result<T, Failure> {
 }
 
 fn encode<T: Serialize>(value: &T) -> Outcome {
-    postcard::to_allocvec(value)
+    mproc_process::ipc::encode(value)
         .map(Bytes::from)
-        .map_err(|e| Failure::Encode(format!("cannot encode the result: {e}")))
+        .map_err(|e| Failure::Encode(format!("cannot encode the result: {}", encode_error(&e))))
 }
 
 /// Encodes a task's input: the function and its arguments, with the fds of the ipc ends and
@@ -228,6 +228,14 @@ pub(crate) fn input<F: mproc_process::FnPtr, A: Serialize + ?Sized>(
 pub(crate) fn encode_error(e: &mproc_process::ipc::Error) -> String {
     match e {
         mproc_process::ipc::Error::Encode(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Why a value could not be decoded, said once.
+pub(crate) fn decode_error(e: &mproc_process::ipc::Error) -> String {
+    match e {
+        mproc_process::ipc::Error::Decode(inner) => inner.to_string(),
         other => other.to_string(),
     }
 }

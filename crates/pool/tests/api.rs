@@ -18,6 +18,24 @@ fn apply_and_apply_async_return_values() {
     }
 }
 
+/// Bytes in, their sum and the bytes as floats out: large both ways (past 4 MiB each, so both
+/// travel in memfds).
+fn widen(bytes: Vec<u8>) -> (u64, Vec<f64>) {
+    (bytes.iter().map(|&b| b as u64).sum(), bytes.iter().map(|&b| b as f64).collect())
+}
+
+#[test]
+fn large_arguments_and_values_cross_whole() {
+    let pool = pool(2);
+    let bytes: Vec<u8> = (0..(6 << 20)).map(|i: usize| (i * 31) as u8).collect();
+    let results: Vec<_> = (0..3).map(|_| pool.apply_async(widen, bytes.clone())).collect();
+    for r in results {
+        let (sum, floats) = get(r).unwrap();
+        assert_eq!(sum, bytes.iter().map(|&b| b as u64).sum::<u64>());
+        assert!(floats.len() == bytes.len() && floats.iter().zip(&bytes).all(|(&f, &b)| f == b as f64));
+    }
+}
+
 #[test]
 fn async_result_reports_ready_and_successful() {
     let pool = pool(1);

@@ -1,0 +1,461 @@
+//! A postcard deserializer that reads postcard's bytes (what `postcard::from_bytes` reads),
+//! with one addition: a `Vec` of bytes or floats is taken as one copy of its bytes, after one
+//! bounds check, instead of one visitor call per element.
+//!
+//! Written after postcard 1.x's `de/deserializer.rs` (MIT OR Apache-2.0); see `ser.rs` for
+//! the format.
+
+use std::any::TypeId;
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use postcard::Error;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
+
+use crate::sys::bulk::{self, Bulk};
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// Reads one value from the front of `input`: the value and the bytes after it.
+pub(crate) fn take_from_bytes<'de, T: de::Deserialize<'de>>(input: &'de [u8]) -> Result<(T, &'de [u8])> {
+    let mut deserializer = Deserializer { input };
+    let value = T::deserialize(&mut deserializer)?;
+    Ok((value, deserializer.input))
+}
+
+pub(crate) struct Deserializer<'de> {
+    input: &'de [u8],
+}
+
+macro_rules! varint {
+    ($name:ident, $t:ty) => {
+        #[inline]
+        fn $name(&mut self) -> Result<$t> {
+            const MAX: usize = (<$t>::BITS as usize).div_ceil(7);
+            let mut out: $t = 0;
+            for i in 0..MAX {
+                let byte = self.pop()?;
+                out |= ((byte & 0x7f) as $t) << (7 * i);
+                if byte & 0x80 == 0 {
+                    // The last byte may only hold the bits left over.
+                    let spare = (<$t>::BITS as usize) - 7 * (MAX - 1);
+                    if i == MAX - 1 && (byte as u32) >= (1u32 << spare) {
+                        return Err(Error::DeserializeBadVarint);
+                    }
+                    return Ok(out);
+                }
+            }
+            Err(Error::DeserializeBadVarint)
+        }
+    };
+}
+
+impl<'de> Deserializer<'de> {
+    #[inline]
+    fn pop(&mut self) -> Result<u8> {
+        let (&first, rest) = self.input.split_first().ok_or(Error::DeserializeUnexpectedEnd)?;
+        self.input = rest;
+        Ok(first)
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'de [u8]> {
+        if n > self.input.len() {
+            return Err(Error::DeserializeUnexpectedEnd);
+        }
+        let (taken, rest) = self.input.split_at(n);
+        self.input = rest;
+        Ok(taken)
+    }
+
+    varint!(varint_u16, u16);
+    varint!(varint_u32, u32);
+    varint!(varint_u64, u64);
+    varint!(varint_u128, u128);
+
+    #[inline]
+    fn varint_usize(&mut self) -> Result<usize> {
+        usize::try_from(self.varint_u64()?).map_err(|_| Error::DeserializeBadVarint)
+    }
+
+    /// If `V` is serde's visitor of `Vec<E>`: the `len` elements taken as one copy.
+    /// The `len` elements of a `Vec<E>` as one copy, for serde's visitor of `Vec<E>`.
+    fn bulk<E: Bulk, V: Visitor<'de>>(&mut self, len: usize) -> Result<V::Value> {
+        let n = len.checked_mul(size_of::<E>()).ok_or(Error::DeserializeUnexpectedEnd)?;
+        let bytes = self.take(n)?;
+        bulk::vec_as::<E, V::Value>(bulk::vec_from_bytes(bytes, len))
+            .map_err(|_| Error::DeserializeBadEncoding)
+    }
+}
+
+/// The visitor types serde's `Deserialize for Vec<E>` uses, one per bulk `E`, found once by
+/// asking each to deserialize from [`Probe`]. `None` where serde does it some other way.
+struct VecVisitors {
+    u8: Option<TypeId>,
+    i8: Option<TypeId>,
+    #[cfg(target_endian = "little")]
+    f32: Option<TypeId>,
+    #[cfg(target_endian = "little")]
+    f64: Option<TypeId>,
+}
+
+fn vec_visitors() -> &'static VecVisitors {
+    static VISITORS: OnceLock<VecVisitors> = OnceLock::new();
+    VISITORS.get_or_init(|| VecVisitors {
+        u8: visitor_of::<Vec<u8>>(),
+        i8: visitor_of::<Vec<i8>>(),
+        #[cfg(target_endian = "little")]
+        f32: visitor_of::<Vec<f32>>(),
+        #[cfg(target_endian = "little")]
+        f64: visitor_of::<Vec<f64>>(),
+    })
+}
+
+/// The type of the visitor `T::deserialize` hands to `deserialize_seq`.
+fn visitor_of<T: DeserializeOwned>() -> Option<TypeId> {
+    let found = Cell::new(None);
+    let _ = T::deserialize(Probe(&found));
+    found.get()
+}
+
+/// A deserializer that only notes which visitor asked it for a sequence.
+struct Probe<'a>(&'a Cell<Option<TypeId>>);
+
+impl<'de> de::Deserializer<'de> for Probe<'_> {
+    type Error = Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value> {
+        Err(Error::WontImplement)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value> {
+        self.0.set(Some(bulk::type_id::<V>()));
+        Err(Error::WontImplement)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct tuple tuple_struct map struct enum identifier
+        ignored_any
+    }
+}
+
+struct SeqAccess<'a, 'de> {
+    deserializer: &'a mut Deserializer<'de>,
+    len: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for SeqAccess<'_, 'de> {
+    type Error = Error;
+
+    #[inline]
+    fn next_element_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<Option<V::Value>> {
+        if self.len == 0 {
+            return Ok(None);
+        }
+        self.len -= 1;
+        seed.deserialize(&mut *self.deserializer).map(Some)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> Option<usize> {
+        // Never more than the bytes left: a hostile length must not reserve memory.
+        (self.len <= self.deserializer.input.len()).then_some(self.len)
+    }
+}
+
+struct MapAccess<'a, 'de> {
+    deserializer: &'a mut Deserializer<'de>,
+    len: usize,
+}
+
+impl<'de> de::MapAccess<'de> for MapAccess<'_, 'de> {
+    type Error = Error;
+
+    #[inline]
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
+        if self.len == 0 {
+            return Ok(None);
+        }
+        self.len -= 1;
+        seed.deserialize(&mut *self.deserializer).map(Some)
+    }
+
+    #[inline]
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
+        seed.deserialize(&mut *self.deserializer)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.len)
+    }
+}
+
+impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
+    type Error = Error;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value> {
+        Err(Error::WontImplement)
+    }
+
+    #[inline]
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.pop()? {
+            0 => visitor.visit_bool(false),
+            1 => visitor.visit_bool(true),
+            _ => Err(Error::DeserializeBadBool),
+        }
+    }
+
+    #[inline]
+    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_i8(self.pop()? as i8)
+    }
+
+    #[inline]
+    fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let n = self.varint_u16()?;
+        visitor.visit_i16(((n >> 1) as i16) ^ -((n & 1) as i16))
+    }
+
+    #[inline]
+    fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let n = self.varint_u32()?;
+        visitor.visit_i32(((n >> 1) as i32) ^ -((n & 1) as i32))
+    }
+
+    #[inline]
+    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let n = self.varint_u64()?;
+        visitor.visit_i64(((n >> 1) as i64) ^ -((n & 1) as i64))
+    }
+
+    #[inline]
+    fn deserialize_i128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let n = self.varint_u128()?;
+        visitor.visit_i128(((n >> 1) as i128) ^ -((n & 1) as i128))
+    }
+
+    #[inline]
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u8(self.pop()?)
+    }
+
+    #[inline]
+    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u16(self.varint_u16()?)
+    }
+
+    #[inline]
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u32(self.varint_u32()?)
+    }
+
+    #[inline]
+    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u64(self.varint_u64()?)
+    }
+
+    #[inline]
+    fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u128(self.varint_u128()?)
+    }
+
+    #[inline]
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let bytes = self.take(4)?;
+        visitor.visit_f32(f32::from_le_bytes(bytes.try_into().map_err(|_| Error::DeserializeUnexpectedEnd)?))
+    }
+
+    #[inline]
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let bytes = self.take(8)?;
+        visitor.visit_f64(f64::from_le_bytes(bytes.try_into().map_err(|_| Error::DeserializeUnexpectedEnd)?))
+    }
+
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let n = self.varint_usize()?;
+        if n > 4 {
+            return Err(Error::DeserializeBadChar);
+        }
+        let text = std::str::from_utf8(self.take(n)?).map_err(|_| Error::DeserializeBadChar)?;
+        let mut chars = text.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => visitor.visit_char(c),
+            _ => Err(Error::DeserializeBadChar),
+        }
+    }
+
+    #[inline]
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let n = self.varint_usize()?;
+        let text = std::str::from_utf8(self.take(n)?).map_err(|_| Error::DeserializeBadUtf8)?;
+        visitor.visit_borrowed_str(text)
+    }
+
+    #[inline]
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        self.deserialize_str(visitor)
+    }
+
+    #[inline]
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let n = self.varint_usize()?;
+        visitor.visit_borrowed_bytes(self.take(n)?)
+    }
+
+    #[inline]
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        self.deserialize_bytes(visitor)
+    }
+
+    #[inline]
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.pop()? {
+            0 => visitor.visit_none(),
+            1 => visitor.visit_some(self),
+            _ => Err(Error::DeserializeBadOption),
+        }
+    }
+
+    #[inline]
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_unit()
+    }
+
+    #[inline]
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value> {
+        visitor.visit_unit()
+    }
+
+    #[inline]
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let len = self.varint_usize()?;
+        let (ids, id) = (vec_visitors(), Some(bulk::type_id::<V>()));
+        if id == ids.u8 {
+            return self.bulk::<u8, V>(len);
+        }
+        if id == ids.i8 {
+            return self.bulk::<i8, V>(len);
+        }
+        #[cfg(target_endian = "little")]
+        if id == ids.f32 {
+            return self.bulk::<f32, V>(len);
+        }
+        #[cfg(target_endian = "little")]
+        if id == ids.f64 {
+            return self.bulk::<f64, V>(len);
+        }
+        visitor.visit_seq(SeqAccess { deserializer: self, len })
+    }
+
+    #[inline]
+    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
+        visitor.visit_seq(SeqAccess { deserializer: self, len })
+    }
+
+    #[inline]
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value> {
+        self.deserialize_tuple(len, visitor)
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let len = self.varint_usize()?;
+        visitor.visit_map(MapAccess { deserializer: self, len })
+    }
+
+    #[inline]
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        self.deserialize_tuple(fields.len(), visitor)
+    }
+
+    #[inline]
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        visitor.visit_enum(self)
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value> {
+        Err(Error::WontImplement)
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value> {
+        Err(Error::WontImplement)
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for &mut Deserializer<'de> {
+    type Error = Error;
+
+    #[inline]
+    fn unit_variant(self) -> Result<()> {
+        Ok(())
+    }
+
+    #[inline]
+    fn newtype_variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<V::Value> {
+        seed.deserialize(self)
+    }
+
+    #[inline]
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
+        de::Deserializer::deserialize_tuple(self, len, visitor)
+    }
+
+    #[inline]
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        de::Deserializer::deserialize_tuple(self, fields.len(), visitor)
+    }
+}
+
+impl<'de> de::EnumAccess<'de> for &mut Deserializer<'de> {
+    type Error = Error;
+    type Variant = Self;
+
+    #[inline]
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self)> {
+        let index = self.varint_u32()?;
+        let value = seed.deserialize(IntoDeserializer::<'de, Error>::into_deserializer(index))?;
+        Ok((value, self))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// The visitor types found for `Vec<u8>`, `Vec<i8>`, `Vec<f32>`, `Vec<f64>`.
+    pub(crate) fn visitor_ids() -> [Option<std::any::TypeId>; 4] {
+        let ids = super::vec_visitors();
+        [ids.u8, ids.i8, ids.f32, ids.f64]
+    }
+}

@@ -1,0 +1,88 @@
+//! Large values out of line: past [`MIN`] bytes, a typed value sent on a Unix socket is
+//! encoded straight into a memfd, sealed, and passed with a small frame (`SCM_RIGHTS`); the
+//! receiver maps it read-only and decodes from the mapping. The bytes are written once and
+//! read once, instead of being copied into a send buffer, through the socket's buffers in
+//! pieces and into a receive buffer.
+//!
+//! The frame's payload is a descriptor: [`MAGIC`] and the encoding's length (8 bytes, little
+//! endian); the memfd is the last fd that comes with the frame (the fds of ends inside the
+//! value come first, at the indexes the encoding names). The receiver checks the file before
+//! it maps it (`sys::outofline::Sealed::open`): a memfd sealed against writing and shrinking,
+//! at least as long as announced; and the announced length against the end's message limit,
+//! as for any frame. Anything else is [`Error::OutOfLine`], with the frame consumed.
+//!
+//! When no memfd can be had (the file size limit, `ulimit -f`, is below the value's size: the
+//! kernel would kill the sender with `SIGXFSZ`; or `memfd_create` fails) the value goes
+//! inline, copied like any other. Pipes and TCP sockets carry no fds and always copy.
+//!
+//! A value in flight is held by the kernel as the fd in the socket's queue: if the receiver
+//! dies or closes its end before reading it, the kernel closes the fd and frees the file. The
+//! file's pages count against the sender's memory (its cgroup) until the receiver is done.
+
+use std::os::fd::OwnedFd;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::fdpass;
+use crate::sys::outofline::{Filling, Sealed};
+
+/// Values whose encoding passes this many bytes go out of line on a Unix socket.
+pub(crate) const MIN: usize = 4 << 20;
+
+/// How a descriptor payload begins.
+const MAGIC: [u8; 16] = *b"\x00mproc:memfd\x9b\x3e\x71\xc4";
+
+/// A descriptor payload's length.
+const DESCRIPTOR_LEN: usize = MAGIC.len() + 8;
+
+/// Encodes `value` into a new sealed memfd: the fd, and the encoding's length. `None` when no
+/// memfd can hold it or it cannot be sealed (the caller sends it inline).
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Option<(OwnedFd, usize)>> {
+    let len = codec::encoded_len(value)?;
+    if len as u64 > file_size_limit() {
+        return Ok(None);
+    }
+    let Ok(mut filling) = Filling::new(len) else {
+        return Ok(None);
+    };
+    codec::encode_into(value, filling.bytes_mut())?;
+    Ok(filling.seal().ok().map(|file| (file, len)))
+}
+
+/// The payload that announces an out-of-line value of `len` bytes.
+pub(crate) fn descriptor(len: usize) -> [u8; DESCRIPTOR_LEN] {
+    let mut out = [0; DESCRIPTOR_LEN];
+    out[..MAGIC.len()].copy_from_slice(&MAGIC);
+    out[MAGIC.len()..].copy_from_slice(&(len as u64).to_le_bytes());
+    out
+}
+
+/// The length a descriptor payload announces, if `payload` is one.
+pub(crate) fn announced(payload: &[u8]) -> Option<u64> {
+    let (magic, len) = payload.split_first_chunk::<16>()?;
+    (magic == &MAGIC && len.len() == 8).then(|| u64::from_le_bytes(len.try_into().expect("8 bytes")))
+}
+
+/// Decodes the value of `len` bytes in `file`, with `fds` for the ends inside it; `max` is
+/// the end's message limit.
+pub(crate) fn decode<T: DeserializeOwned>(
+    file: OwnedFd,
+    len: u64,
+    max: usize,
+    fds: Vec<OwnedFd>,
+) -> Result<T> {
+    if len > max as u64 {
+        return Err(Error::TooLarge { len, max: max as u64 });
+    }
+    let view = Sealed::open(&file, len as usize).map_err(Error::OutOfLine)?;
+    drop(file);
+    fdpass::providing(fds, || codec::decode(view.bytes()))
+}
+
+/// The largest file this process may write (`RLIMIT_FSIZE`, `ulimit -f`).
+fn file_size_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Fsize).current.unwrap_or(u64::MAX)
+}

@@ -1,0 +1,113 @@
+//! The `unsafe` of the codec's bulk paths: telling at run time that a generic type is one of a
+//! few concrete ones (a slice or `Vec` of bytes or floats), and moving such sequences as whole
+//! byte ranges instead of element by element.
+//!
+//! Serde gives a serializer `collect_seq(iter)` and a deserializer `deserialize_seq(visitor)`
+//! with the types only as generic parameters, and `std::any::TypeId` needs `'static` types.
+//! [`type_id`] is the non-`'static` type id `erased-serde` and the `typeid` crate use: the id
+//! of the type with its lifetimes erased. Each cast below is from a type whose id equals that
+//! of a type *without* lifetime parameters (`&[E]`'s referent, `Vec<E>`), so equal ids mean the
+//! same type and the cast changes nothing but the static type.
+
+#![allow(unsafe_code)]
+
+use std::any::TypeId;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+
+/// The element types whose postcard encoding is their memory: `u8`, `i8` (one byte each),
+/// `f32`, `f64` (`to_bits().to_le_bytes()`, which on a little-endian machine is the value's
+/// bytes). Every bit pattern is a valid value of each.
+pub(crate) trait Bulk: Copy + 'static + sealed::Sealed {}
+
+mod sealed {
+    pub(crate) trait Sealed {}
+}
+
+macro_rules! bulk {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Bulk for $t {}
+    )*};
+}
+bulk!(u8, i8);
+#[cfg(target_endian = "little")]
+bulk!(f32, f64);
+
+/// `TypeId::of` without the `'static` bound: the id of `T` with its lifetimes erased.
+pub(crate) fn type_id<T: ?Sized>() -> TypeId {
+    trait NonStaticAny {
+        fn get_type_id(&self) -> TypeId
+        where
+            Self: 'static;
+    }
+    impl<T: ?Sized> NonStaticAny for PhantomData<T> {
+        fn get_type_id(&self) -> TypeId
+        where
+            Self: 'static,
+        {
+            TypeId::of::<T>()
+        }
+    }
+    let phantom = PhantomData::<T>;
+    let object: &dyn NonStaticAny = &phantom;
+    // SAFETY: only the trait object's lifetime bound changes; `get_type_id` reads nothing of
+    // `self` and returns the id of `T` as the compiler erased it. This is the `typeid` crate's
+    // `of`, which `erased-serde` relies on.
+    let object: &(dyn NonStaticAny + 'static) = unsafe { std::mem::transmute(object) };
+    object.get_type_id()
+}
+
+/// If `I` is `&[E]` or `&Vec<E>` for some bulk `E` (the iterators serde's `Serialize` for
+/// slices and vectors hands to `collect_seq`): the number of elements and their bytes, which
+/// are their postcard encoding back to back.
+pub(crate) fn bulk_bytes<I>(iter: &I) -> Option<(usize, &[u8])> {
+    let found = view::<u8, I>(iter).or_else(|| view::<i8, I>(iter));
+    #[cfg(target_endian = "little")]
+    let found = found.or_else(|| view::<f32, I>(iter)).or_else(|| view::<f64, I>(iter));
+    found
+}
+
+fn view<E: Bulk, I>(iter: &I) -> Option<(usize, &[u8])> {
+    let id = type_id::<I>();
+    let slice: &[E] = if id == TypeId::of::<&[E]>() {
+        // SAFETY: `I` is `&'a [E]` for some `'a` (ids are equal, and `[E]` has no lifetime);
+        // the slice lives at least as long as the borrow of `iter`.
+        unsafe { *(iter as *const I as *const &[E]) }
+    } else if id == TypeId::of::<&Vec<E>>() {
+        // SAFETY: as above, `I` is `&'a Vec<E>`.
+        unsafe { (*(iter as *const I as *const &Vec<E>)).as_slice() }
+    } else {
+        return None;
+    };
+    // SAFETY: `E` is plain data without padding (a bulk type); its bytes are initialized and
+    // live as long as the slice.
+    let bytes = unsafe { std::slice::from_raw_parts(slice.as_ptr().cast::<u8>(), size_of_val(slice)) };
+    Some((slice.len(), bytes))
+}
+
+/// `value` as a `T`, if `T` is `Vec<E>` (the value a visitor of `Vec<E>` returns).
+pub(crate) fn vec_as<E: Bulk, T>(value: Vec<E>) -> Result<T, Vec<E>> {
+    if type_id::<T>() != TypeId::of::<Vec<E>>() {
+        return Err(value);
+    }
+    let value = ManuallyDrop::new(value);
+    // SAFETY: `T` is `Vec<E>` (equal ids, and `Vec<E>` has no lifetime): a bitwise move of
+    // the same type, and `ManuallyDrop` keeps the original from being dropped.
+    Ok(unsafe { std::ptr::read(&*value as *const Vec<E> as *const T) })
+}
+
+/// The `count` elements of type `E` whose bytes `bytes` holds (`count * size_of::<E>()`),
+/// copied into a new `Vec` in one pass.
+pub(crate) fn vec_from_bytes<E: Bulk>(bytes: &[u8], count: usize) -> Vec<E> {
+    assert_eq!(bytes.len(), count * size_of::<E>());
+    let mut out = Vec::<E>::with_capacity(count);
+    // SAFETY: `out` has room for `count` elements, `bytes.len()` bytes; the ranges are
+    // distinct allocations; every bit pattern is a valid `E` (a bulk type), so once copied
+    // all `count` elements are initialized.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().cast::<u8>(), bytes.len());
+        out.set_len(count);
+    }
+    out
+}

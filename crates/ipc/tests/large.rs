@@ -1,0 +1,249 @@
+//! Large values: bytes and floats at the speed of their bytes, and out of line (a sealed
+//! memfd passed with the frame) on a duplex connection. Bad memfds from a peer are errors.
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+
+use mproc_ipc::{Connection, Error, duplex, pipe};
+use serde::{Deserialize, Serialize};
+
+use crate::support::{DEADLINE, assert_success, in_child, msg};
+
+/// Past the out-of-line threshold (4 MiB).
+const BIG: usize = 6 << 20;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Frame {
+    name: String,
+    pixels: Vec<u8>,
+    samples: Vec<f64>,
+    tags: Vec<u32>,
+}
+
+fn frame_value(n: usize) -> Frame {
+    Frame {
+        name: "é".repeat(n / 64),
+        pixels: (0..n).map(|i| (i * 7) as u8).collect(),
+        samples: (0..n / 8).map(|i| i as f64 * 0.5).collect(),
+        tags: (0..1000).collect(),
+    }
+}
+
+#[test]
+fn a_large_value_crosses_a_duplex_as_a_small_frame_and_a_pipe_whole() {
+    let value = frame_value(BIG);
+    let (a, b) = duplex::<Frame>().unwrap();
+    a.send(&value).unwrap();
+    assert_eq!(b.recv().unwrap(), value);
+    // What travelled on the socket: a descriptor of a few bytes, not the value.
+    a.send(&value).unwrap();
+    let frame = b.recv_bytes_timeout(DEADLINE).unwrap();
+    assert!(frame.len() < 64, "{} bytes went through the socket", frame.len());
+
+    let (rx, tx) = pipe::<Frame>().unwrap();
+    let sender = std::thread::spawn(move || {
+        tx.send(&frame_value(BIG)).unwrap();
+        tx.send(&frame_value(BIG)).unwrap();
+    });
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), value);
+    let frame = rx.recv_bytes_timeout(DEADLINE).unwrap();
+    assert_eq!(frame, postcard::to_allocvec(&value).unwrap(), "a pipe carries the postcard bytes");
+    sender.join().unwrap();
+}
+
+#[test]
+fn a_large_value_reaches_another_process_with_the_ends_inside_it() {
+    let (ours, theirs) = duplex::<(Vec<u8>, Connection<u64>)>().unwrap();
+    let child = in_child(&[&theirs], || {
+        let (bytes, end) = theirs.recv_timeout(DEADLINE).map_err(msg)?;
+        if bytes.len() != BIG || bytes.iter().enumerate().any(|(i, &b)| b != i as u8) {
+            return Err("the bytes changed on the way".into());
+        }
+        end.send(&(bytes.len() as u64)).map_err(msg)
+    });
+    drop(theirs);
+    let (here, there) = duplex::<u64>().unwrap();
+    ours.send(&((0..BIG).map(|i| i as u8).collect(), there)).unwrap();
+    assert_eq!(here.recv_timeout(DEADLINE).unwrap(), BIG as u64);
+    assert_success(child);
+}
+
+#[test]
+fn under_a_small_file_size_limit_a_large_value_is_copied_inline() {
+    let (ours, theirs) = duplex::<Vec<f64>>().unwrap();
+    let child = in_child(&[&theirs], || {
+        // A memfd past this would kill the sender with SIGXFSZ.
+        let limit = rustix::process::Rlimit { current: Some(1 << 20), maximum: None };
+        rustix::process::setrlimit(rustix::process::Resource::Fsize, limit).map_err(msg)?;
+        let floats: Vec<f64> = (0..BIG / 8).map(|i| i as f64).collect();
+        theirs.send(&floats).map_err(msg)?;
+        theirs.send(&floats).map_err(msg)
+    });
+    drop(theirs);
+    let floats = ours.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(floats.len(), BIG / 8);
+    assert!(floats.iter().enumerate().all(|(i, &f)| f == i as f64));
+    assert!(ours.recv_bytes_timeout(DEADLINE).unwrap().len() > BIG, "the second went inline");
+    assert_success(child);
+}
+
+#[test]
+fn a_receiver_gone_before_the_value_is_read_frees_it_and_the_sender_sees_closed() {
+    let (a, b) = duplex::<Vec<u8>>().unwrap();
+    a.send(&vec![1; BIG]).unwrap(); // in flight: the memfd is in b's queue
+    drop(b); // the kernel closes the memfd with the queue
+    assert!(matches!(a.send(&vec![1; BIG]), Err(Error::Closed)));
+    assert!(matches!(a.recv_timeout(DEADLINE), Err(Error::Closed)));
+}
+
+// ---- a peer that sends bad memfds ---------------------------------------------------------
+
+/// The payload our sender writes for a value of `len` bytes out of line (see `outofline.rs`).
+fn descriptor(len: u64) -> Vec<u8> {
+    let mut payload = b"\x00mproc:memfd\x9b\x3e\x71\xc4".to_vec();
+    payload.extend_from_slice(&len.to_le_bytes());
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// Writes `bytes` on `sock` with `fds` attached.
+fn send_with_fds(sock: &OwnedFd, bytes: &[u8], fds: &[&OwnedFd]) {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len().max(1)))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !borrowed.is_empty() {
+        assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+    }
+    let n = rustix::net::sendmsg(sock, &[std::io::IoSlice::new(bytes)], &mut control, SendFlags::empty())
+        .unwrap();
+    assert_eq!(n, bytes.len());
+}
+
+/// A socket pair: our typed end, and a bare socket to write anything on.
+fn raw_peer() -> (Connection<u8, Vec<u8>>, OwnedFd) {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+    let (a, b) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+    (Connection::from(a), b)
+}
+
+/// A memfd holding the postcard encoding of `vec![7u8; n]`, with `seals`.
+fn memfd(n: usize, seals: rustix::fs::SealFlags) -> (OwnedFd, u64) {
+    use rustix::fs::MemfdFlags;
+    let bytes = postcard::to_allocvec(&vec![7u8; n]).unwrap();
+    let fd = rustix::fs::memfd_create("bad", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    let mut at = &bytes[..];
+    while !at.is_empty() {
+        let k = rustix::io::write(&fd, at).unwrap();
+        at = &at[k..];
+    }
+    rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+    (fd, bytes.len() as u64)
+}
+
+/// Each bad frame is an `OutOfLine` (or `TooLarge`) error, and the good value after it reads.
+fn assert_refused_then_usable(ours: &Connection<u8, Vec<u8>>, theirs: &OwnedFd, expect: &str) {
+    let err = ours.recv_timeout(DEADLINE).unwrap_err();
+    assert!(err.to_string().contains(expect), "{err}");
+    let (good, len) = memfd(10, rustix::fs::SealFlags::WRITE | rustix::fs::SealFlags::SHRINK);
+    send_with_fds(theirs, &descriptor(len), &[&good]);
+    assert_eq!(ours.recv_timeout(DEADLINE).unwrap(), vec![7u8; 10]);
+}
+
+#[test]
+fn an_unsealed_memfd_is_refused() {
+    use rustix::fs::SealFlags;
+    let (ours, theirs) = raw_peer();
+    for seals in
+        [SealFlags::empty(), SealFlags::SHRINK, SealFlags::WRITE, SealFlags::FUTURE_WRITE | SealFlags::SHRINK]
+    {
+        let (fd, len) = memfd(100, seals);
+        send_with_fds(&theirs, &descriptor(len), &[&fd]);
+        assert_refused_then_usable(&ours, &theirs, "not sealed against writing and shrinking");
+        assert!(matches!(ours.recv_timeout(std::time::Duration::ZERO), Err(Error::Timeout)));
+    }
+}
+
+#[test]
+fn a_short_memfd_is_refused() {
+    use rustix::fs::SealFlags;
+    let (ours, theirs) = raw_peer();
+    let (fd, len) = memfd(100, SealFlags::WRITE | SealFlags::SHRINK);
+    send_with_fds(&theirs, &descriptor(len + 4096 * 3), &[&fd]);
+    assert_refused_then_usable(&ours, &theirs, "not the 12389 announced");
+    send_with_fds(&theirs, &descriptor(0), &[&fd]);
+    assert_refused_then_usable(&ours, &theirs, "not the 0 announced");
+}
+
+#[test]
+fn a_file_that_is_not_a_memfd_or_no_file_is_refused() {
+    let (ours, theirs) = raw_peer();
+    let (r, _w) = rustix::pipe::pipe().unwrap();
+    send_with_fds(&theirs, &descriptor(10), &[&r]);
+    assert_refused_then_usable(&ours, &theirs, "not a sealable memfd");
+    send_with_fds(&theirs, &descriptor(10), &[]);
+    assert_refused_then_usable(&ours, &theirs, "carries no fd");
+}
+
+#[test]
+fn a_memfd_past_the_message_limit_is_refused_before_it_is_mapped() {
+    use rustix::fs::SealFlags;
+    let (mut ours, theirs) = raw_peer();
+    ours.set_max_message_size(1000);
+    // A sparse file of 1 TiB: mapping it populated would allocate it all.
+    let fd = rustix::fs::memfd_create(
+        "huge",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    rustix::fs::ftruncate(&fd, 1 << 40).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::WRITE | SealFlags::SHRINK).unwrap();
+    send_with_fds(&theirs, &descriptor(1 << 40), &[&fd]);
+    let err = ours.recv_timeout(DEADLINE).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { len, max: 1000 } if len == 1 << 40), "{err}");
+    let (good, len) = memfd(10, SealFlags::WRITE | SealFlags::SHRINK);
+    send_with_fds(&theirs, &descriptor(len), &[&good]);
+    assert_eq!(ours.recv_timeout(DEADLINE).unwrap(), vec![7u8; 10]);
+}
+
+#[test]
+fn a_memfd_holding_another_type_is_a_decode_error() {
+    use rustix::fs::SealFlags;
+    let (ours, theirs) = raw_peer();
+    let (fd, len) = memfd(10, SealFlags::WRITE | SealFlags::SHRINK);
+    // Announced one byte short: the encoding is cut.
+    send_with_fds(&theirs, &descriptor(len - 1), &[&fd]);
+    assert!(matches!(ours.recv_timeout(DEADLINE), Err(Error::Decode(_))));
+}
+
+/// Encodes as `2 MiB + step * (times asked)` bytes: another length each time.
+struct Shifty {
+    asked: std::cell::Cell<i64>,
+    step: i64,
+}
+
+impl Serialize for Shifty {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let n = self.asked.get();
+        self.asked.set(n + 1);
+        vec![5u8; ((2 << 20) + self.step * n * 100_000) as usize].serialize(serializer)
+    }
+}
+
+#[test]
+fn a_value_that_encodes_otherwise_the_second_time_fails_and_the_stream_stays_in_step() {
+    let (rx, tx) = pipe::<Vec<u8>>().unwrap();
+    let reader = std::thread::spawn(move || {
+        // Whatever went of the bad values (nothing, or a whole frame padded with zeros), then
+        // the good one, whole.
+        (0..3).map(|_| rx.recv_timeout(DEADLINE)).find_map(|got| got.ok().filter(|v| v.len() == 10))
+    });
+    let tx = tx.cast::<Shifty>();
+    for step in [1, -1] {
+        let shifty = Shifty { asked: std::cell::Cell::new(0), step };
+        assert!(matches!(tx.send(&shifty), Err(Error::Encode(_))), "step {step}");
+    }
+    tx.cast::<Vec<u8>>().send(&vec![9; 10]).unwrap();
+    assert_eq!(reader.join().unwrap(), Some(vec![9; 10]), "the frame after the bad ones reads");
+}
