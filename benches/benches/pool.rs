@@ -16,6 +16,15 @@
 //!   submission to last result) is printed as a ratio to the ideal makespan of the same run:
 //!   `max(total work / workers, longest task)`. Target: at most 1.10x.
 //!
+//! - Counting from outside: `MPROC_BENCH_PROBE=map` (or `apply_async`) with
+//!   `MPROC_BENCH_N=<rounds>` runs that many rounds of that case after one to warm up, and
+//!   nothing else, then prints the allocations per chunk (`map`, 8 chunks per round) or per
+//!   task in this process (the caller, the handler and the writer threads) and in the worker;
+//!   `MPROC_BENCH_WORKERS=1` for one worker (the worker's count is exact then), and
+//!   `MPROC_BENCH_THREADS=1` for thread workers (valgrind does not know `pidfd_open`). Run
+//!   with n = 0 and n > 0 under `strace -c -f`, `perf stat` or `valgrind --tool=callgrind
+//!   --separate-threads=yes` and take the difference: what one chunk or task costs.
+//!
 //! The slow tasks sleep rather than spin: the machine has 2 cores shared with other builds,
 //! and 8 spinning workers on 2 cores could never reach `work / 8`; sleeping tasks measure
 //! what the pool decides (who runs what, when), not how the kernel shares the cores. A 1 µs
@@ -31,6 +40,15 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use mproc_benches::{Ratio, Target};
 use mproc_pool::Pool;
+
+// Counts every allocation of the process (the worker processes are this program too).
+#[global_allocator]
+static ALLOCATOR: mproc_benches::sys::ProcessCountingAlloc = mproc_benches::sys::ProcessCountingAlloc;
+
+/// How many allocations the calling process has made (run as a task: the worker's).
+fn allocations(_: ()) -> u64 {
+    mproc_benches::sys::process_allocations()
+}
 
 fn trivial(x: u64) -> u64 {
     x.wrapping_mul(3)
@@ -244,12 +262,52 @@ fn skewed(measuring: bool) -> Vec<Target> {
     targets
 }
 
+/// `MPROC_BENCH_PROBE`: rounds of one case and nothing else, and the allocations they made.
+fn probe(case: &str) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
+    let rounds = var("MPROC_BENCH_N").unwrap_or(10);
+    let workers = var("MPROC_BENCH_WORKERS").unwrap_or(2);
+    let builder = Pool::builder().processes(workers);
+    let builder = if var("MPROC_BENCH_THREADS") == Some(1) { builder.threads() } else { builder };
+    let pool = builder.build().expect("a pool");
+    let items: Vec<u64> = (0..ITEMS).collect();
+    let (run, per, unit): (&dyn Fn(), u64, &str) = match case {
+        "map" => (&|| map_all(&pool, &items), 8, "chunk"),
+        "apply_async" => (&|| apply_async_all(&pool, TASKS), TASKS, "task"),
+        other => panic!("MPROC_BENCH_PROBE: no case {other:?} (map, apply_async)"),
+    };
+    run();
+    let worker_before = pool.apply(allocations, ()).unwrap();
+    let here_before = mproc_benches::sys::process_allocations();
+    for _ in 0..rounds {
+        run();
+    }
+    let here = mproc_benches::sys::process_allocations() - here_before;
+    // The worker's count, less what the `apply` that reads it costs (measured as the
+    // difference of two reads in a row).
+    let worker_after = pool.apply(allocations, ()).unwrap();
+    let read_cost = pool.apply(allocations, ()).unwrap() - worker_after;
+    let worker = (worker_after - worker_before).saturating_sub(read_cost);
+    let n = (rounds as u64 * per).max(1) as f64;
+    println!(
+        "pool probe {case}: {rounds} rounds on {workers} worker(s): allocations per {unit}: {:.2} in this \
+         process, {:.2} in the worker{}",
+        here as f64 / n,
+        worker as f64 / n,
+        if workers == 1 { "" } else { " that answered (workers share the tasks)" }
+    );
+}
+
 fn main() {
     if std::env::var_os("MPROC_BENCH_PEER").is_some_and(|mode| mode == "pool-floor") {
         floor_peer();
         return;
     }
     mproc_pool::process::init();
+    if let Some(case) = std::env::var_os("MPROC_BENCH_PROBE") {
+        probe(&case.to_string_lossy());
+        return;
+    }
     mproc_benches::start_run();
     let measuring = mproc_benches::measuring();
     let pool = Pool::new(2).expect("a pool of 2 workers");

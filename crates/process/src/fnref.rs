@@ -72,17 +72,59 @@ impl<F: FnPtr> FnRef<F> {
         sys::fn_ref_target::<F>(self.offset)
     }
 
+    /// The tag of `offset` for `F`, from this thread's cache of recent tags when it is there.
     fn tag(offset: i64) -> u64 {
         let key = crate::identity::fn_key();
-        #[allow(deprecated)] // SipHasher is deprecated for HashMaps, not as a keyed PRF.
-        let mut hasher = std::hash::SipHasher::new_with_keys(
-            u64::from_le_bytes(key[..8].try_into().unwrap()),
-            u64::from_le_bytes(key[8..].try_into().unwrap()),
-        );
-        offset.hash(&mut hasher);
-        TypeId::of::<F>().hash(&mut hasher);
-        hasher.finish()
+        let ty = TypeId::of::<F>();
+        let compute = || compute_tag(key, offset, ty);
+        let slot = (offset as u64 >> 4) as usize % TAG_CACHE;
+        RECENT_TAGS
+            .try_with(|recent| {
+                let seen = Seen { key, offset, ty, tag: 0 };
+                match recent[slot].get() {
+                    Some(hit) if Seen { tag: 0, ..hit } == seen => hit.tag,
+                    _ => {
+                        let tag = compute();
+                        recent[slot].set(Some(Seen { tag, ..seen }));
+                        tag
+                    }
+                }
+            })
+            .unwrap_or_else(|_| compute())
     }
+}
+
+/// SipHash-2-4 of `offset` and `ty` under `key`.
+fn compute_tag(key: [u8; 16], offset: i64, ty: TypeId) -> u64 {
+    #[allow(deprecated)] // SipHasher is deprecated for HashMaps, not as a keyed PRF.
+    let mut hasher = std::hash::SipHasher::new_with_keys(
+        u64::from_le_bytes(key[..8].try_into().unwrap()),
+        u64::from_le_bytes(key[8..].try_into().unwrap()),
+    );
+    offset.hash(&mut hasher);
+    ty.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// How many tags a thread remembers.
+const TAG_CACHE: usize = 4;
+
+/// A tag computed lately, with what it was computed from (the key too: a spawned child takes
+/// its parent's key when it starts, and a tag made before under its own key is not that one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    key: [u8; 16],
+    offset: i64,
+    ty: TypeId,
+    tag: u64,
+}
+
+thread_local! {
+    /// This thread's recent tags: a pool sends and checks the same few functions' tags with
+    /// every task, and a SipHash costs more than the rest of a small task's encoding.
+    static RECENT_TAGS: [std::cell::Cell<Option<Seen>>; TAG_CACHE] = const {
+        [const { std::cell::Cell::new(None) }; TAG_CACHE]
+    };
 }
 
 impl<F: FnPtr> Clone for FnRef<F> {
@@ -147,6 +189,23 @@ mod tests {
         assert_eq!((back.get())(4), 8);
         let g = FnRef::new(add as fn(u64, u64) -> u64);
         assert_eq!((g.get())(2, 3), 5);
+    }
+
+    #[test]
+    fn remembered_tags_are_the_tags() {
+        // More offsets and types than the cache holds, in an order that makes them evict
+        // each other: every tag is the one computed afresh.
+        let key = crate::identity::fn_key();
+        for round in 0..3 {
+            for offset in (0..40 * 16).step_by(16).chain((0..40 * 16).step_by(48)) {
+                let offset = offset + round;
+                let a = FnRef::<fn(u32) -> u32>::tag(offset);
+                let b = FnRef::<fn(u64) -> u64>::tag(offset);
+                assert_eq!(a, compute_tag(key, offset, TypeId::of::<fn(u32) -> u32>()));
+                assert_eq!(b, compute_tag(key, offset, TypeId::of::<fn(u64) -> u64>()));
+                assert_ne!(a, b);
+            }
+        }
     }
 
     #[test]
