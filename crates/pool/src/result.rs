@@ -159,7 +159,7 @@ pub(crate) type Decode<R> = fn(value: &mut Option<R>, bytes: &Bytes, slot: &Slot
 
 /// Decodes one task's value.
 pub(crate) fn decode_value<R: DeserializeOwned>(bytes: &Bytes, task: impl FnOnce() -> String) -> Result<R> {
-    postcard::from_bytes(&bytes.0)
+    postcard::from_bytes(bytes)
         .map_err(|e| Error::Transfer { task: task(), message: format!("cannot decode the value: {e}") })
 }
 
@@ -183,8 +183,8 @@ pub(crate) fn decode_chunks<T: DeserializeOwned>(
     items: usize,
 ) -> Result<()> {
     let values = values.get_or_insert_with(|| Vec::with_capacity(items));
-    let mut de = postcard::Deserializer::from_bytes(&bytes.0);
-    AppendTo { values, max: bytes.0.len() }
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    AppendTo { values, max: bytes.len() }
         .deserialize(&mut de)
         .map_err(|e| Error::Transfer { task: slot.task(), message: format!("cannot decode the values: {e}") })
 }

@@ -60,14 +60,14 @@ impl Unsent<'_> {
         since: &mut Instant,
     ) -> mproc_process::ipc::Result<()> {
         let outcome = match outcome {
-            Ok(value) if value.0.len() > self.limit => {
-                Err(Failure::TooLarge { size: value.0.len() as u64, limit: self.limit as u64 })
+            Ok(value) if value.len() > self.limit => {
+                Err(Failure::TooLarge { size: value.len() as u64, limit: self.limit as u64 })
             }
             other => other,
         };
         let size = wire::PER_TASK
             + match &outcome {
-                Ok(value) => value.0.len(),
+                Ok(value) => value.len(),
                 Err(
                     Failure::Panicked(m)
                     | Failure::ItemPanicked { message: m, .. }
