@@ -6,6 +6,9 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::frame::{HEADER_MAX, encode_header};
 
+/// Slices up to this long are appended byte by byte rather than with `memcpy`.
+const SMALL_EXTEND: usize = 16;
+
 /// A postcard flavor that appends to a borrowed `Vec`, so the send buffer is reused.
 struct AppendVec<'a>(&'a mut Vec<u8>);
 
@@ -18,7 +21,15 @@ impl postcard::ser_flavors::Flavor for AppendVec<'_> {
     }
 
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(bytes);
+        if bytes.len() <= SMALL_EXTEND {
+            // A varint or a short field: a call to `memcpy` for a few bytes costs more than
+            // the bytes (this is most of a small value's encoding).
+            for &byte in bytes {
+                self.0.push(byte);
+            }
+        } else {
+            self.0.extend_from_slice(bytes);
+        }
         Ok(())
     }
 
