@@ -3,8 +3,15 @@
 //!
 //! - `queue::1to1`: one producer process puts small items (`u64`), the parent gets them.
 //! - `queue::4x4`: four producer and four consumer processes over one queue.
+//!
+//! Both are timed from a barrier all the processes pass once started (the transfer, not the
+//! forks), and so is Python's figure below.
 //! - `queue::pingpong`: an item there and back through two queues between two processes,
-//!   beside `raw_pipe`, an 8-byte `write`/`read` round trip over two pipes (the floor).
+//!   beside `raw_pipe`, an 8-byte `write`/`read` round trip over two pipes (the floor); and
+//!   the same with both processes on one CPU (`queue::pingpong_one_cpu`).
+//!
+//! Targets (issue 15): 1→1 at least 5,000,000 items/s, 4x4 at least 2,000,000 items/s, each
+//! ping-pong at most 1.0x its raw pipe round trip (`target` lines at the end).
 //!
 //! Python's figures come from running `python3` from this bench (when measuring), with the
 //! same item counts.
@@ -14,26 +21,32 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use mproc_benches::{Ratio, report};
-use mproc_ipc::Queue;
+use mproc_benches::{Ratio, Target, report};
+use mproc_ipc::{Barrier, Queue};
 use mproc_process::Process;
 
 /// Items per measured run of the throughput benches.
 const ITEMS: u64 = 400_000;
 const STOP: u64 = u64::MAX;
 
+/// One producer child puts `n` items, the parent gets them. Timed from when both are ready
+/// (a barrier) to the last item got: the transfer, not the fork or the queue's first page
+/// faults.
 fn one_to_one(n: u64) -> Duration {
     let queue = Queue::<u64>::new().unwrap();
-    let start = Instant::now();
+    let ready = Barrier::new(2).unwrap();
     let producer = {
-        let queue = queue.clone();
+        let (queue, ready) = (queue.clone(), ready.clone());
         Process::spawn(move || {
+            ready.wait().unwrap();
             for i in 0..n {
                 queue.put(&i).unwrap();
             }
         })
         .unwrap()
     };
+    ready.wait().unwrap();
+    let start = Instant::now();
     for _ in 0..n {
         black_box(queue.get().unwrap());
     }
@@ -42,13 +55,16 @@ fn one_to_one(n: u64) -> Duration {
     elapsed
 }
 
+/// Four producer and four consumer children over one queue, `n` items in all. Timed from
+/// when all are ready (a barrier) until every child has finished.
 fn four_by_four(n: u64) -> Duration {
     let queue = Queue::<u64>::new().unwrap();
+    let ready = Barrier::new(9).unwrap();
     let per = n / 4;
-    let start = Instant::now();
     let spawn = |produce: bool| {
-        let queue = queue.clone();
+        let (queue, ready) = (queue.clone(), ready.clone());
         Process::spawn(move || {
+            ready.wait().unwrap();
             for i in 0..per {
                 if produce {
                     queue.put(&i).unwrap();
@@ -60,6 +76,8 @@ fn four_by_four(n: u64) -> Duration {
         .unwrap()
     };
     let children: Vec<_> = (0..8).map(|i| spawn(i % 2 == 0)).collect();
+    ready.wait().unwrap();
+    let start = Instant::now();
     for child in children {
         child.join().unwrap();
     }
@@ -148,24 +166,29 @@ fn pingpong(c: &mut Criterion, group: &str) {
 const PYTHON: &str = r#"
 import multiprocessing as mp, sys, time
 N = int(sys.argv[1])
-def produce(q, n):
+def produce(q, n, ready):
+    ready.wait()
     for i in range(n):
         q.put(i)
-def consume(q, n):
+def consume(q, n, ready):
+    ready.wait()
     for _ in range(n):
         q.get()
 if __name__ == '__main__':
     mp.set_start_method('fork')
-    q = mp.Queue()
+    q, ready = mp.Queue(), mp.Barrier(2)
+    p = mp.Process(target=produce, args=(q, N, ready)); p.start()
+    ready.wait()
     t = time.perf_counter()
-    p = mp.Process(target=produce, args=(q, N)); p.start()
-    consume(q, N)
-    p.join()
+    for _ in range(N):
+        q.get()
     print(f"python3 multiprocessing.Queue 1->1: {N / (time.perf_counter() - t):,.0f} items/s")
-    q = mp.Queue()
-    t = time.perf_counter()
-    ps = [mp.Process(target=f, args=(q, N // 4)) for f in (produce, consume) * 4]
+    p.join()
+    q, ready = mp.Queue(), mp.Barrier(9)
+    ps = [mp.Process(target=f, args=(q, N // 4, ready)) for f in (produce, consume) * 4]
     for p in ps: p.start()
+    ready.wait()
+    t = time.perf_counter()
     for p in ps: p.join()
     print(f"python3 multiprocessing.Queue 4x4: {N / (time.perf_counter() - t):,.0f} items/s")
 "#;
@@ -217,17 +240,25 @@ fn main() {
     if !mproc_benches::measuring() {
         return;
     }
-    for id in ["1to1", "4x4"] {
+    let mut targets = Vec::new();
+    for (id, bound) in [("1to1", 5_000_000.0), ("4x4", 2_000_000.0)] {
         if let Some(ns) = mproc_benches::median_ns("queue", id) {
-            println!("queue::{id}: {:.0} items/s (median of this run)", ITEMS as f64 / (ns * 1e-9));
+            let rate = ITEMS as f64 / (ns * 1e-9);
+            println!("queue::{id}: {rate:.0} items/s (median of this run)");
+            targets.push(Target::at_least(format!("queue::{id}"), rate, bound, " items/s"));
         }
     }
     for group in ["queue::pingpong", "queue::pingpong_one_cpu"] {
         report(group, "raw_pipe", &["queues"], Ratio::Time);
+        let ns = |id| mproc_benches::median_ns(group, id);
+        if let (Some(floor), Some(queues)) = (ns("raw_pipe"), ns("queues")) {
+            targets.push(Target::at_most(group, queues / floor, 1.0, "x the raw pipe round trip"));
+        }
     }
     match std::process::Command::new("python3").arg("-c").arg(PYTHON).arg(ITEMS.to_string()).output() {
         Ok(out) if out.status.success() => print!("{}", String::from_utf8_lossy(&out.stdout)),
         Ok(out) => println!("python3 failed: {}", String::from_utf8_lossy(&out.stderr)),
         Err(e) => println!("python3 not run: {e}"),
     }
+    mproc_benches::report_targets(&targets);
 }

@@ -10,6 +10,9 @@
 //! - Every `crates/*/src/lib.rs` starts with a `//!` doc comment and says
 //!   `#![deny(unsafe_code)]`.
 //! - Every `crates/*/Cargo.toml` has `[lints]` with `workspace = true`.
+//! - Module order: in a crate of [`MODULE_ORDER`], each module names (`crate::m...`) only
+//!   modules declared before it, so the crate reads bottom-up; every module file must be in
+//!   the declared order (test modules at a file's end, `#[cfg(test)] mod`, are exempt).
 //!
 //! The scanners read plain lines of text (no parser): each takes a path and the file's text
 //! and returns [`Violation`]s, so they are tested on small inline strings below.
@@ -22,6 +25,60 @@ use std::path::{Path, PathBuf};
 /// Our crates' package names, bottom layer first. A crate may depend on the one just before
 /// it and on no other.
 const LAYERS: [&str; 4] = ["mproc-ipc", "mproc-process", "mproc-pool", "mproc-coroutine"];
+
+/// Each crate's modules from the bottom up (`ARCHITECTURE.md` says the same order in words):
+/// a module may name, through `crate::`, only modules listed before it; the crate root
+/// (`lib.rs`) comes last and may name any. `a::b` lists a submodule (a file `src/a/b.rs`) on
+/// its own; a file below a listed module (`src/sys/fork.rs` below `sys`) belongs to it.
+const MODULE_ORDER: &[(&str, &[&str])] = &[
+    (
+        "crates/ipc",
+        &[
+            "sys",
+            "error",
+            "address",
+            "frame",
+            "codec",
+            "fdpass",
+            "shm",
+            "sync",
+            "value",
+            "barrier",
+            "shared_memory",
+            "carried",
+            "queue",
+            "wait",
+            "end",
+            "handshake",
+            "pipe",
+            "duplex",
+            "listener",
+            "pickle",
+        ],
+    ),
+    (
+        "crates/process",
+        &[
+            "sys",
+            "error",
+            "status",
+            "global",
+            "identity",
+            "fnref",
+            "bootstrap",
+            "slot",
+            "child",
+            "registry",
+            "process",
+            "start",
+            "start::fork",
+            "start::spawn",
+            "start::forkserver",
+            "builder",
+        ],
+    ),
+    ("crates/coroutine", &["reactor", "sync", "sys", "executor", "io", "time", "channel", "combinators"]),
+];
 
 /// How far above an `unsafe` block or impl its `// SAFETY:` comment may be, in lines of
 /// code (comment lines in between are free).
@@ -74,11 +131,17 @@ pub(crate) fn check(root: &Path) -> io::Result<Vec<Violation>> {
         }
         let mut sources = Vec::new();
         rust_files(&crate_dir, &mut sources)?;
+        let order = MODULE_ORDER.iter().find(|(dir, _)| crate_dir == root.join(dir)).map(|(_, order)| *order);
+        let reexports = if lib.is_file() { root_reexports(&fs::read_to_string(&lib)?) } else { Vec::new() };
         for file in sources {
             let text = fs::read_to_string(&file)?;
             let path = relative(root, &file);
             found.extend(check_unsafe_comments(&path, &text));
             found.extend(check_allow_unsafe(&path, &text));
+            if let (Some(order), Ok(in_src)) = (order, file.strip_prefix(crate_dir.join("src"))) {
+                let in_src = relative(Path::new(""), in_src);
+                found.extend(check_module_order(&path, &in_src, &text, order, &reexports));
+            }
         }
     }
     found.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
@@ -306,6 +369,230 @@ fn check_allow_unsafe(path: &str, text: &str) -> Vec<Violation> {
                 "`allow(unsafe_code)` outside a `sys.rs` or `sys/` module: unsafe code lives \
                  behind the crate's one sys door",
             ));
+        }
+    }
+    found
+}
+
+/// The names a crate root re-exports from its own modules (`pub use error::{Error, Result};`
+/// gives `("Error", "error")` and `("Result", "error")`), so that `crate::Error` counts as
+/// the module it comes from.
+fn root_reexports(lib: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut statement = String::new();
+    for line in lib.lines() {
+        let code = code_of(line).trim();
+        if statement.is_empty() && !code.starts_with("pub use ") {
+            continue;
+        }
+        statement.push_str(code);
+        statement.push(' ');
+        if !code.ends_with(';') {
+            continue;
+        }
+        let body = statement.trim().trim_start_matches("pub use ").trim_end_matches(';').trim().to_owned();
+        statement.clear();
+        let Some((module, rest)) = body.split_once("::") else { continue };
+        let names = rest.trim().trim_start_matches('{').trim_end_matches('}');
+        for name in names.split(',') {
+            // `A as B` exports `B`; a nested path `a::B` exports `B`.
+            let name = name.split(" as ").last().unwrap_or("").trim();
+            let name = name.rsplit("::").next().unwrap_or("").trim();
+            if !name.is_empty() && name != "self" && name != "*" {
+                found.push((name.to_owned(), module.trim().to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// The module a path in `order` resolves to: the longest listed prefix of `segments`, as its
+/// index in `order`; `None` if no prefix is listed.
+fn listed_module(segments: &[&str], order: &[&str]) -> Option<usize> {
+    (1..=segments.len()).rev().find_map(|n| {
+        let name = segments[..n].join("::");
+        order.iter().position(|m| *m == name)
+    })
+}
+
+/// The module path of a source file, from its path under `src/` (`sys/fork.rs` is
+/// `["sys", "fork"]`, `start/mod.rs` is `["start"]`, `lib.rs` is `[]`).
+fn module_path(in_src: &str) -> Vec<&str> {
+    let mut parts: Vec<&str> = in_src.trim_end_matches(".rs").split('/').collect();
+    if matches!(parts.last(), Some(&"mod" | &"lib" | &"main")) {
+        parts.pop();
+    }
+    parts
+}
+
+/// The `crate::a::b` paths a piece of code names, as their segments (identifiers only; a
+/// `$crate::` in a macro is not this crate's path as the macro's user sees it). A group
+/// `crate::{a::X, b}` names each of its items.
+fn crate_paths(code: &str) -> Vec<Vec<&str>> {
+    let mut paths = Vec::new();
+    let mut from = 0;
+    while let Some(at) = code[from..].find("crate::") {
+        let start = from + at;
+        from = start + "crate::".len();
+        let before = code[..start].chars().next_back();
+        if before.is_some_and(|c| is_ident_char(c) || c == '$') {
+            continue;
+        }
+        match code[from..].strip_prefix('{') {
+            Some(group) => {
+                let mut depth = 0;
+                let mut item_start = 0;
+                for (i, c) in group.char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => {
+                            paths.push(path_segments(&group[item_start..i]));
+                            break;
+                        }
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            paths.push(path_segments(&group[item_start..i]));
+                            item_start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            None => paths.push(path_segments(&code[from..])),
+        }
+    }
+    paths.retain(|p| !p.is_empty());
+    paths
+}
+
+/// The leading `a::b::C` of `text` (after blanks), as its segments.
+fn path_segments(text: &str) -> Vec<&str> {
+    let mut segments = Vec::new();
+    let mut rest = text.trim_start();
+    loop {
+        let len = rest.find(|c: char| !is_ident_char(c)).unwrap_or(rest.len());
+        if len == 0 {
+            break;
+        }
+        segments.push(&rest[..len]);
+        match rest[len..].strip_prefix("::") {
+            Some(after) => rest = after,
+            None => break,
+        }
+    }
+    segments
+}
+
+/// `code` with each `super::` written as the `crate::` path it names from module `me`
+/// (a file's own module: `super::` inside an inline module of it is not told apart).
+fn resolve_super(code: &str, me: &[&str]) -> String {
+    let parent = &me[..me.len().saturating_sub(1)];
+    let mut prefix = String::from("crate::");
+    for segment in parent {
+        prefix.push_str(segment);
+        prefix.push_str("::");
+    }
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(at) = rest.find("super::") {
+        let before = rest[..at].chars().next_back();
+        out.push_str(&rest[..at]);
+        if before.is_some_and(is_ident_char) {
+            out.push_str("super::");
+        } else {
+            out.push_str(&prefix);
+        }
+        rest = &rest[at + "super::".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Check (f): a module names only modules declared before it in its crate's `order`, and is
+/// itself in `order`. `in_src` is the file's path under `src/`. Scanning stops at a test
+/// module (`#[cfg(test)]` followed by `mod`), whose imports are not the crate's structure.
+/// A name the crate root re-exports (`crate::Error`, from `pub use error::Error` in
+/// `reexports`, see [`root_reexports`]) counts as the module it comes from; any other name of
+/// the root counts as the root, the top.
+fn check_module_order(
+    path: &str,
+    in_src: &str,
+    text: &str,
+    order: &[&str],
+    reexports: &[(String, String)],
+) -> Vec<Violation> {
+    let me = module_path(in_src);
+    if me.is_empty() {
+        return Vec::new(); // the crate root may name any module
+    }
+    let Some(mine) = listed_module(&me, order) else {
+        return vec![Violation::new(
+            path,
+            1,
+            format!(
+                "module `{}` is not in the declared module order: add it to MODULE_ORDER in \
+                 xtask/src/tidy.rs (and ARCHITECTURE.md) where it belongs bottom-up",
+                me.join("::")
+            ),
+        )];
+    };
+    let mut found = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut joined_until = 0;
+    for (idx, line) in lines.iter().enumerate() {
+        if idx < joined_until {
+            continue; // part of a statement read with an earlier line
+        }
+        let trimmed = line.trim();
+        if trimmed.starts_with("#[cfg(test)]")
+            && lines[idx + 1..].iter().map(|l| l.trim()).find(|l| !l.is_empty()).is_some_and(|next| {
+                next.starts_with("mod ")
+                    || next.starts_with("pub mod ")
+                    || next.starts_with("pub(crate) mod ")
+            })
+        {
+            break;
+        }
+        if is_comment(trimmed) {
+            continue;
+        }
+        // A group `crate::{..}` may go on over the next lines: read it whole.
+        let mut code = resolve_super(code_of(line), &me);
+        let mut next = idx + 1;
+        while code.contains("crate::{")
+            && code.matches('{').count() > code.matches('}').count()
+            && next < lines.len()
+        {
+            code.push(' ');
+            code.push_str(code_of(lines[next]));
+            next += 1;
+        }
+        joined_until = next;
+        for segments in crate_paths(&code) {
+            let target = listed_module(&segments, order).or_else(|| {
+                let (_, from) = reexports.iter().find(|(name, _)| name == segments[0])?;
+                order.iter().position(|m| m == from)
+            });
+            let upward = match target {
+                Some(theirs) => theirs > mine,
+                None => true, // the crate root, or a module nobody declared
+            };
+            if upward {
+                let name = segments.join("::");
+                let what = match target {
+                    Some(theirs) => format!("module `{}`, declared above", order[theirs]),
+                    None => "the crate root".to_string(),
+                };
+                found.push(Violation::new(
+                    path,
+                    idx + 1,
+                    format!(
+                        "module `{me}` reaches up to `crate::{name}` ({what}): a module names only \
+                         those before it in MODULE_ORDER (move the shared piece down)",
+                        me = order[mine]
+                    ),
+                ));
+            }
         }
     }
     found
@@ -578,6 +865,74 @@ mod tests {
                 "crates/pool/src/a.rs:3",
             ]
         );
+    }
+
+    #[test]
+    fn an_upward_import_is_reported_and_a_downward_one_is_not() {
+        let order = ["sys", "error", "child", "start", "start::fork", "builder"];
+        let text = "\
+use crate::error::Error;
+use crate::sys::fork::fork; // down: fine
+use crate::builder::Builder;
+// use crate::builder::Builder; (a comment: not code)
+fn f() { crate::start::fork::go(); crate::child::state(); }
+/// [`x`](crate::builder)
+macro_rules! m { () => { $crate::builder::x() } }
+fn g() -> crate::Error { todo!() }
+use crate::{
+    sys::x,
+    start::{a, b},
+};
+fn h() { super::builder::make(); }
+
+#[cfg(test)]
+mod tests {
+    use crate::builder::Builder;
+}
+";
+        let reexports =
+            root_reexports("pub use error::{Error, Result};\npub use builder::{\n    Builder,\n};\n");
+        assert_eq!(
+            reexports,
+            [("Error", "error"), ("Result", "error"), ("Builder", "builder")]
+                .map(|(n, m)| (n.into(), m.into()))
+        );
+        let found = check_module_order("crates/p/src/child.rs", "child.rs", text, &order, &[]);
+        assert_eq!(lines(&found), [3, 5, 8, 9, 13], "{found:#?}");
+        assert!(found[0].message.contains("crate::builder::Builder"), "{}", found[0]);
+        assert!(found[1].message.contains("crate::start::fork::go"), "{}", found[1]);
+        assert!(found[2].message.contains("the crate root"), "{}", found[2]);
+        // `crate::Error` re-exported from `error` (below `child`) is `error`; `crate::Builder`
+        // from `builder` is still above.
+        let reexported = "fn g() -> crate::Error { crate::Builder::new() }\n";
+        let found = check_module_order("crates/p/src/child.rs", "child.rs", reexported, &order, &reexports);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(found[0].message.contains("crate::Builder::new"), "{}", found[0]);
+    }
+
+    #[test]
+    fn submodules_resolve_to_the_longest_listed_prefix() {
+        let order = ["sys", "start", "start::fork", "start::spawn"];
+        // `start/spawn.rs` may name `start::fork` (below it) and `start` (its parent's shared
+        // pieces); `start/fork.rs` may not name `start::spawn`.
+        let spawn = "use crate::start::fork::x;\nuse crate::start::common;\nuse crate::sys::fork::y;\n";
+        assert!(check_module_order("p/src/start/spawn.rs", "start/spawn.rs", spawn, &order, &[]).is_empty());
+        let fork = "use crate::start::spawn::x;\n";
+        assert_eq!(
+            lines(&check_module_order("p/src/start/fork.rs", "start/fork.rs", fork, &order, &[])),
+            [1]
+        );
+        // A file below `sys` is `sys`: it may name `sys::other` (`super::other`), nothing above.
+        let sys = "use crate::sys::spawn::FD;\nuse crate::start::x;\nlet p = super::spawn::X;\n";
+        assert_eq!(lines(&check_module_order("p/src/sys/fork.rs", "sys/fork.rs", sys, &order, &[])), [2]);
+        // The crate root names anything; a module missing from the order is reported.
+        assert!(
+            check_module_order("p/src/lib.rs", "lib.rs", "use crate::start::spawn;\n", &order, &[])
+                .is_empty()
+        );
+        let missing = check_module_order("p/src/extra.rs", "extra.rs", "", &order, &[]);
+        assert_eq!(lines(&missing), [1]);
+        assert!(missing[0].message.contains("not in the declared module order"), "{}", missing[0]);
     }
 
     #[test]

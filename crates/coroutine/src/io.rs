@@ -98,7 +98,7 @@ impl<T: Waitable> Async<T> {
 
     /// Waits for the next readiness event of the fd (edge-triggered: one per change), after an
     /// attempt found it not ready (so an event taken before the attempt does not matter).
-    fn event(&self, write: bool) -> Readiness<'_> {
+    pub(crate) fn event(&self, write: bool) -> Readiness<'_> {
         self.local.reactor.readiness(self.key, write, None)
     }
 

@@ -9,6 +9,12 @@
 //!   `recv().await`, `send(&v).await`;
 //! - a child's end: `Async<`[`Process`](process::Process)`>::join().await`;
 //! - a pool result: [`AsyncResult`](pool::AsyncResult) is a future already;
+//! - a shared [`Event`](ipc::Event) set by any process: [`AsyncShared`]`<Event>`:
+//!   `wait().await` (through the event's doorbell, an eventfd; any
+//!   [`Awaitable`](ipc::Awaitable) primitive the same way);
+//! - a [`Queue`](ipc::Queue) (or `JoinableQueue`) shared with other processes:
+//!   [`AsyncShared`]`<Queue<T>>`: `get().await`, `put(&v).await`, `get_timeout`,
+//!   `put_timeout` (see the example below);
 //! - time: [`sleep`], [`timeout`];
 //! - each other: [`spawn`] gives a [`Task`], [`channel`], [`join_all`], [`first_of`],
 //!   [`yield_now`].
@@ -44,6 +50,39 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A queue between processes, awaited from both sides of a fork-started child:
+//!
+//! ```
+//! use mproc_coroutine::{AsyncShared, Executor, ipc::Queue, process::Process};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (jobs, results) = (Queue::<u32>::with_maxsize(4)?, Queue::<u32>::new()?);
+//! let worker = {
+//!     let (jobs, results) = (jobs.clone(), results.clone());
+//!     Process::spawn(move || {
+//!         // A plain thread's side: blocking gets and puts.
+//!         while let Ok(n @ 1..) = jobs.get() {
+//!             results.put(&(n * n)).unwrap();
+//!         }
+//!     })?
+//! };
+//! let ex = Executor::new()?;
+//! let sum = ex.block_on(async {
+//!     let (jobs, results) = (AsyncShared::new(jobs)?, AsyncShared::new(results)?);
+//!     for n in (1..=10).chain([0]) {
+//!         jobs.put(&n).await?; // waits as a coroutine while the queue is full
+//!     }
+//!     let mut sum = 0;
+//!     for _ in 1..=10 {
+//!         sum += results.get().await?; // waits as a coroutine until an item comes
+//!     }
+//!     Ok::<_, Box<dyn std::error::Error>>(sum)
+//! })?;
+//! worker.join()?;
+//! assert_eq!(sum, 385);
+//! # Ok(()) }
+//! ```
+//!
 //! # Guarantees
 //!
 //! - One allocation per task (its cell: header, future, then output, in one block). The
@@ -58,7 +97,11 @@
 //!   [`Async::readable`] and [`Async::writable`] return at once when the end is ready now.
 //! - Dropping a [`Task`] cancels it; [`Task::detach`] lets it run on.
 //! - No call blocks the thread: receives and sends on an `Async` end wait as coroutines (a
-//!   frame larger than the room in the pipe or socket goes out in parts, as room appears).
+//!   frame larger than the room in the pipe or socket goes out in parts, as room appears);
+//!   a queue's `get`/`put` wait in the reactor for the queue's doorbell, taking the queue's
+//!   lock only for a copy and a commit.
+//! - A queue's async `get`/`put` are cancellation-safe: the item moves in the poll that
+//!   returns it, so dropping the future (or a `timeout` around it) takes or puts nothing.
 //! - Dropping the [`Executor`] drops the futures of all its unfinished tasks (queued, waiting
 //!   on I/O or a timer), and with them the ends and children they hold.
 //!
@@ -84,7 +127,9 @@ mod channel;
 mod combinators;
 mod executor;
 mod io;
+mod queue;
 mod reactor;
+mod shared;
 mod sync;
 mod sys;
 mod time;
@@ -95,4 +140,5 @@ pub use executor::{Executor, Panicked, Task, spawn};
 pub use io::Async;
 pub use mproc_pool as pool;
 pub use mproc_pool::{ipc, process};
+pub use shared::AsyncShared;
 pub use time::{Elapsed, Sleep, sleep, sleep_until, timeout};

@@ -6,6 +6,8 @@ mproc_coroutine::process::test_support!();
 mod executor;
 mod io;
 mod props;
+mod queue;
+mod shared;
 mod tasks;
 
 use std::time::Duration;

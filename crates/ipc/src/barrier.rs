@@ -7,13 +7,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
+use crate::sys::shm::RawMutex;
 
 /// How many threads at once can be watched for death (more parties still work; a death
 /// among the ones past this is then noticed only by a timeout).
 const SLOTS: usize = 64;
-
-/// How often a waiter looks for dead parties.
-const WATCH: Duration = Duration::from_millis(50);
 
 /// parties, count waiting, generation, broken (the generation it breaks, plus 1), id.
 type Header = (ShmMutex, ShmCondvar, [AtomicU64; 5]);
@@ -45,9 +43,12 @@ impl std::error::Error for BrokenBarrier {}
 /// A barrier is also broken when a party dies. A thread that waits on a barrier registers in
 /// it (it holds a robust presence lock, released when the thread ends or drops its last use
 /// of the barrier); a process killed, or ending without dropping the barrier, leaves the
-/// lock "owner died", and waiters, which look every 50 ms, break the barrier instead of
-/// waiting for ever for a party that will not come. A party that dies before its first
-/// `wait` was never registered: only a timeout notices it.
+/// lock "owner died". Waiters sleep on the barrier's condition *and* on the presence locks
+/// of the registered parties at once (`futex_waitv`; the kernel wakes them when it marks a
+/// lock "owner died"), and break the barrier instead of waiting for ever for a party that
+/// will not come. No polling (on a kernel before Linux 5.16, without `futex_waitv`, they
+/// look every 50 ms instead). A party that dies before its first `wait` was never
+/// registered: only a timeout notices it.
 ///
 /// ```
 /// # fn main() -> mproc_ipc::Result<()> {
@@ -157,9 +158,14 @@ impl Barrier {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, BrokenBarrier> {
-        self.register();
+        let new = self.register();
         let s = &self.header.2;
         let mut g = self.lock();
+        if new {
+            // The waiters watch the presence locks registered when they went to sleep: a new
+            // one makes them look again, so that they watch it too.
+            self.header.1.notify_all();
+        }
         if self.broken() {
             return Err(BrokenBarrier);
         }
@@ -178,14 +184,12 @@ impl Barrier {
             if s[BROKEN].load(Ordering::SeqCst) == generation + 1 {
                 return Err(BrokenBarrier);
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) || self.a_party_died() {
+            if deadline.is_some_and(|d| Instant::now() >= d) || self.a_party_died() {
                 self.break_locked();
                 return Err(BrokenBarrier);
             }
-            let slice = now + WATCH;
-            let until = deadline.map_or(slice, |d| d.min(slice));
-            if self.header.1.wait_until(&mut g, Some(until)).owner_died {
+            let watched: Vec<&RawMutex> = self.slots.iter().map(|slot| slot.raw()).collect();
+            if self.header.1.wait_watching(&mut g, deadline, &watched).owner_died {
                 self.break_locked();
             }
         }
@@ -204,10 +208,10 @@ impl Barrier {
         died
     }
 
-    /// Registers this thread in a free slot, unless it holds one already.
-    fn register(&self) {
+    /// Registers this thread in a free slot, unless it holds one already; whether it did now.
+    fn register(&self) -> bool {
         let id = self.header.2[ID].load(Ordering::SeqCst);
-        let _ = REGISTERED.try_with(|registered| {
+        REGISTERED.try_with(|registered| {
             let mut registered = registered.borrow_mut();
             // A forked child's copy of its parent's registrations holds nothing: the parent's
             // thread owns those locks (a lock this thread owns answers `EDEADLK`).
@@ -215,19 +219,21 @@ impl Barrier {
                 matches!(r.slots[r.slot].try_lock(), Err(LockError::Io(ref e)) if e.raw_os_error() == Some(EDEADLK))
             });
             if registered.iter().any(|r| r.id == id) {
-                return;
+                return false;
             }
             for (i, slot) in self.slots.iter().enumerate() {
                 match slot.try_lock() {
                     Ok(g) | Err(LockError::OwnerDied(g)) => {
                         std::mem::forget(g); // held until the registration drops
                         registered.push(Registration { id, slots: self.slots.clone(), slot: i });
-                        return;
+                        return true;
                     }
                     Err(_) => {}
                 }
             }
-        });
+            false
+        })
+        .unwrap_or(false)
     }
 
     /// Breaks the barrier: waiters now and later get [`BrokenBarrier`] until a `reset`.

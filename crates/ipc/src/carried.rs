@@ -42,7 +42,7 @@ impl Carried {
     /// Decodes the value; its ends get duplicates of the fds (so it can be decoded again).
     pub fn decode<T: DeserializeOwned>(&self) -> crate::Result<T> {
         let fds = self.fds.iter().map(|fd| fd.try_clone()).collect::<Result<Vec<_>, _>>()?;
-        crate::fdpass::providing(fds, || postcard::from_bytes(&self.bytes)).map_err(Error::Decode)
+        crate::fdpass::providing(fds, || crate::codec::decoding(|| postcard::from_bytes(&self.bytes)))
     }
 
     /// The encoded bytes.

@@ -62,11 +62,35 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) 
 
 /// Decodes a whole payload; trailing bytes mean the sender sent another type.
 pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
-    match postcard::take_from_bytes(payload) {
+    decoding(|| match postcard::take_from_bytes(payload) {
         Ok((value, [])) => Ok(value),
-        Ok(_) => Err(Error::Decode(postcard::Error::DeserializeBadEncoding)),
-        Err(e) => Err(Error::Decode(e)),
-    }
+        Ok(_) => Err(postcard::Error::DeserializeBadEncoding),
+        Err(e) => Err(e),
+    })
+}
+
+thread_local! {
+    /// Why the decode in progress in this thread was refused, in words postcard would drop.
+    static REFUSED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs a postcard decode; a refusal recorded by [`refuse`] meanwhile becomes
+/// [`Error::Mismatch`] (postcard keeps no custom message), any other failure
+/// [`Error::Decode`].
+pub(crate) fn decoding<T>(decode: impl FnOnce() -> postcard::Result<T>) -> Result<T> {
+    let _ = REFUSED.try_with(|r| r.take());
+    decode().map_err(|e| match REFUSED.try_with(|r| r.take()).ok().flatten() {
+        Some(why) => Error::Mismatch(why),
+        None => Error::Decode(e),
+    })
+}
+
+/// A `Deserialize` impl refuses what it received, saying why (a shared object of another
+/// type than the receiver's): the receive reports it as [`Error::Mismatch`].
+pub(crate) fn refuse<E: serde::de::Error>(why: String) -> E {
+    let e = E::custom(&why);
+    let _ = REFUSED.try_with(|r| r.borrow_mut().get_or_insert(why).len());
+    e
 }
 
 /// Scratch buffers above this size are dropped after use, so one huge message does not pin

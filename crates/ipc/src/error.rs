@@ -46,6 +46,11 @@ pub enum Error {
     /// A whole frame arrived but its payload is not a valid value of the expected type. The
     /// frame was consumed whole, so the end stays usable for the next message.
     Decode(postcard::Error),
+    /// A whole frame arrived holding a shared object (a [`Value`](crate::Value), an
+    /// [`Array`](crate::Array), a [`Shared`](crate::Shared) region) of another type or shape
+    /// than the receiver's: the message names both. The frame was consumed whole, so the end
+    /// stays usable.
+    Mismatch(String),
     /// A value holding ends (file descriptors) could not be sent: ends travel only over a
     /// duplex [`Connection`](crate::Connection), at most 253 in one message. Nothing was sent.
     FdPassing(&'static str),
@@ -123,6 +128,7 @@ impl fmt::Display for Error {
             ),
             Error::Encode(e) => write!(f, "cannot encode value: {e}"),
             Error::Decode(e) => write!(f, "cannot decode message: {e}"),
+            Error::Mismatch(why) => write!(f, "cannot decode message: {why}"),
             Error::FdPassing(why) => write!(f, "cannot pass file descriptors: {why}"),
             Error::Misuse(what) => f.write_str(what),
             Error::Authentication(why) => write!(f, "authentication failed: {why}"),
@@ -159,7 +165,7 @@ impl From<Error> for io::Error {
             Error::Closed => io::ErrorKind::BrokenPipe,
             Error::Truncated { .. } => io::ErrorKind::UnexpectedEof,
             Error::Timeout => io::ErrorKind::TimedOut,
-            Error::TooLarge { .. } | Error::InvalidHeader { .. } | Error::Decode(_) => {
+            Error::TooLarge { .. } | Error::InvalidHeader { .. } | Error::Decode(_) | Error::Mismatch(_) => {
                 io::ErrorKind::InvalidData
             }
             Error::Encode(_) | Error::FdPassing(_) | Error::Misuse(_) => io::ErrorKind::InvalidInput,

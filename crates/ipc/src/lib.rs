@@ -27,6 +27,14 @@
 //!   layout of atomics, robust process-shared mutexes ([`ShmMutex`]: a holder's death hands
 //!   the lock over with [`LockError::OwnerDied`]) and condition variables ([`ShmCondvar`]),
 //!   plus plain bytes. It travels like an end (module `shm`'s docs say how).
+//! - [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`],
+//!   [`Barrier`], [`Value`], [`Array`] and [`SharedMemory`]: Python's synchronisation
+//!   primitives and shared state, each a handle that travels like an end (each type's docs
+//!   have a runnable example). A lock whose holder dies is handed over with
+//!   [`LockError::OwnerDied`].
+//! - [`Doorbell`]: how a change in shared memory reaches coroutines in an event loop (an
+//!   eventfd that travels with its primitive, rung only while some listen); an [`Event`] has
+//!   one, and `mproc-coroutine` awaits anything [`Awaitable`].
 //! - [`Queue`] (with a `maxsize`, `put`/`get` and their `try_`/timed forms, `qsize`, `empty`,
 //!   `full`, `close`), [`JoinableQueue`] (`task_done`, `join`) and [`SimpleQueue`]: Python's
 //!   queues, kept in a `Shared` region with no feeder thread. A `put` that returned is in
@@ -110,6 +118,7 @@ mod address;
 mod barrier;
 mod carried;
 mod codec;
+mod doorbell;
 mod duplex;
 mod end;
 mod error;
@@ -131,6 +140,7 @@ mod wait;
 pub use address::Address;
 pub use barrier::{Barrier, BrokenBarrier};
 pub use carried::Carried;
+pub use doorbell::{Awaitable, Doorbell, Listeners, Listening};
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{AuthError, Error, Result};

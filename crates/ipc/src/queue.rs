@@ -3,9 +3,10 @@
 //!
 //! A [`Queue`] is a region of shared memory (a sealed memfd, see [`crate::shm`]) holding a
 //! robust process-shared mutex, three condition variables, the queue's state, and the items'
-//! bytes. There is no feeder thread and no pipe: `put` encodes the value (postcard) in the
-//! calling thread, copies it into the region under the lock, and commits; `get` copies the
-//! first item out under the lock, commits, and decodes after unlocking. So:
+//! bytes, plus a [`Doorbell`] (an eventfd) for coroutines. There is no feeder thread and no
+//! pipe: `put` encodes the value (postcard) in the calling thread, copies it into the region
+//! under the lock, and commits; `get` copies the first item out under the lock, commits, and
+//! decodes after unlocking. So:
 //!
 //! - a value that does not serialize fails *in `put`*, before anything is locked or written;
 //! - when `put` returns, the item is in memory that belongs to no single process: the producer
@@ -60,11 +61,22 @@
 //! its stores sees `GEN` move, and reads again). All three come from one state, the same one
 //! a `put` or `get` that returned had committed.
 //!
-//! Waits: a blocking `get` (`put` on a full queue, `join`) first looks a few hundred times
-//! without the lock, then sleeps on its condition variable. Each wake-up is a `notify_one`
-//! after the commit, made only when someone sleeps (a count in the header). A process woken
-//! and then killed before it took the item would leave the others asleep: so every sleep
-//! lasts at most 50 ms before it looks again.
+//! Waits: a blocking `get` (`put` on a full queue) first looks without the lock (busy, no
+//! system call) for as long as looking has lately paid in this process: up to 20 µs while a
+//! partner on another CPU keeps answering in time, not at all (but for a probe every 64th
+//! wait) once looks keep failing, as they do when the partner waits for a CPU that busy
+//! processes hold, and never when the process may run on one CPU only; then it sleeps on its
+//! condition variable. Each wake-up is a `notify_one` after the commit, made only when someone sleeps
+//! (a count in the header). A process woken and then killed before it took the item would
+//! leave the others asleep: so every sleep lasts at most 50 ms before it looks again.
+//!
+//! Coroutines (`mproc-coroutine`'s `AsyncShared<Queue<T>>`) do not sleep on the condition
+//! variables: they count themselves in the header's [`Listeners`], and wait in their event
+//! loop for the queue's [`Doorbell`] (see [`crate::Doorbell`]'s protocol), which a put rings
+//! after its commit, and a get of a bounded queue too, only while the count is not zero (one
+//! load otherwise). The commit word's store and the snapshot's first load of it are
+//! sequentially consistent, as the count's updates and loads are: a coroutine that counted
+//! itself in and then found the queue unchanged is rung by the commit it missed.
 //!
 //! # Limits
 //!
@@ -91,6 +103,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::doorbell::{Awaitable, Doorbell, Listeners};
 use crate::error::{Error, Result};
 use crate::shm::Shared;
 pub use ring::QueueCrash;
@@ -336,6 +349,28 @@ impl<T> Clone for Queue<T> {
     }
 }
 
+impl<T> Awaitable for Queue<T> {
+    /// The queue's doorbell: rung after each put, and each get of a bounded queue, while
+    /// coroutines listen.
+    fn doorbell(&self) -> &Doorbell {
+        self.ring.doorbell()
+    }
+
+    fn listeners(&self) -> &Listeners {
+        self.ring.listeners()
+    }
+}
+
+impl<T> Awaitable for JoinableQueue<T> {
+    fn doorbell(&self) -> &Doorbell {
+        self.queue.doorbell()
+    }
+
+    fn listeners(&self) -> &Listeners {
+        self.queue.listeners()
+    }
+}
+
 impl<T> AsFd for Queue<T> {
     /// The shared memory's file: what a forked child must keep open (or inherit) for the
     /// queue to travel by value later; the mapping itself survives without it.
@@ -352,14 +387,14 @@ impl<T> std::fmt::Debug for Queue<T> {
 
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        self.ring.shared().serialize(serializer)
+        (self.ring.shared(), self.ring.doorbell()).serialize(serializer)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let shared = Shared::<Header>::deserialize(deserializer)?;
-        let ring = Ring::attach(shared).map_err(serde::de::Error::custom)?;
+        let (shared, bell) = <(Shared<Header>, Doorbell)>::deserialize(deserializer)?;
+        let ring = Ring::attach(shared, bell).map_err(serde::de::Error::custom)?;
         Ok(Queue { ring, closed: AtomicBool::new(false), _marker: PhantomData })
     }
 }

@@ -36,6 +36,9 @@ use crate::sys::shm::Mapping;
 /// # Ok(()) }
 /// ```
 ///
+/// A block past the process's file size limit (`ulimit -f`) is an error naming the limit
+/// (the kernel would otherwise kill the process with `SIGXFSZ` when the file is sized).
+///
 /// # Caveats
 ///
 /// - The bytes are plain memory other processes write at any time: coordinate with a lock
@@ -87,9 +90,7 @@ impl SharedMemory {
             rustix::shm::OFlags::CREATE | rustix::shm::OFlags::EXCL | rustix::shm::OFlags::RDWR,
             Mode::RUSR | Mode::WUSR,
         )?;
-        let made = rustix::fs::ftruncate(&fd, size as u64)
-            .map_err(io::Error::from)
-            .and_then(|()| Mapping::map(fd, size));
+        let made = crate::sys::shm::set_len(&fd, size as u64).and_then(|()| Mapping::map(fd, size));
         match made {
             Ok(map) => Ok(SharedMemory { map: Arc::new(map), name: Some(path[1..].to_owned()) }),
             Err(e) => {

@@ -47,10 +47,12 @@
 //!
 //! # How the guarantees hold
 //!
-//! - *Holder killed*: glibc keeps each held robust mutex on its thread's robust list (with
-//!   `list_op_pending` covering the instant between the atomic that takes it and the list
-//!   update); at the thread's death the kernel marks the mutex `OWNER_DIED` and wakes one
-//!   waiter. No pid is stored and compared later, so a reused pid changes nothing.
+//! - *Holder killed*: the mutex is a robust futex: its word holds the holder's thread id, and
+//!   the holder's thread keeps it on its robust list (glibc's list, shared with glibc's own
+//!   robust mutexes; `list_op_pending` covers the instant between the atomic that takes it
+//!   and the list update). At the thread's end the kernel marks the word `OWNER_DIED` and
+//!   wakes one waiter. No pid is stored and compared later, so a reused pid changes nothing.
+//!   The uncontended lock and unlock are one compare-and-swap and one swap, no system call.
 //! - *A forked child*: the lock belongs to the thread that took it, in the parent; the child
 //!   does not own it (its robust list starts empty), waits for it like anyone else, and gets
 //!   `OwnerDied` if the parent dies holding it.
@@ -63,8 +65,8 @@
 //!   before relocking is lost to the others: code that must not hang then uses `notify_all`
 //!   or waits with a deadline.
 //! - *Deadlines*: every wait has a `_until` form with an `Option<Instant>` (`None` = no
-//!   deadline); the lock waits with `pthread_mutex_clocklock(CLOCK_MONOTONIC)`, the condvar
-//!   with a relative futex timeout, so wall-clock changes do not move them.
+//!   deadline); the lock and the condvar wait with relative futex timeouts recomputed from
+//!   the monotonic clock, so wall-clock changes do not move them.
 //!
 //! # Caveats
 //!
@@ -84,6 +86,7 @@ use std::time::Instant;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::sys::robust::Watch;
 use crate::sys::shm::{RawMutex, Taken, data_offset};
 pub use crate::sys::shm::{Shared, ShmCondvar, ShmGuard, ShmMutex, ShmRecursiveMutex, ShmType};
 
@@ -152,7 +155,7 @@ impl<'de, T: ShmType> Deserialize<'de> for Shared<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (fd, data_len, tag) = <(crate::fdpass::FdIn, u64, u64)>::deserialize(deserializer)?;
         if tag != type_tag::<T>() {
-            return Err(D::Error::custom(format!(
+            return Err(crate::codec::refuse(format!(
                 "the shared region was made for another type than {}",
                 std::any::type_name::<T>()
             )));
@@ -216,6 +219,7 @@ impl<G: std::fmt::Debug> std::error::Error for LockError<G> {
     }
 }
 
+#[inline]
 fn lock_raw(raw: &RawMutex, deadline: Option<Instant>) -> Result<ShmGuard<'_>, LockError<ShmGuard<'_>>> {
     let guard = |raw| ShmGuard { raw, _not_send: PhantomData };
     match raw.lock_until(deadline) {
@@ -226,6 +230,7 @@ fn lock_raw(raw: &RawMutex, deadline: Option<Instant>) -> Result<ShmGuard<'_>, L
     }
 }
 
+#[inline]
 fn try_lock_raw(raw: &RawMutex) -> Result<ShmGuard<'_>, LockError<ShmGuard<'_>>> {
     let guard = |raw| ShmGuard { raw, _not_send: PhantomData };
     match raw.try_lock() {
@@ -240,6 +245,7 @@ macro_rules! mutex_api {
     ($t:ty) => {
         impl $t {
             /// Locks, waiting as long as it takes.
+            #[inline]
             pub fn lock(&self) -> Result<ShmGuard<'_>, LockError<ShmGuard<'_>>> {
                 lock_raw(self.raw(), None)
             }
@@ -281,29 +287,80 @@ impl ShmCondvar {
     /// Unlocks `guard`'s mutex, sleeps until notified (or spuriously woken, or `deadline`),
     /// and locks again.
     pub fn wait_until(&self, guard: &mut ShmGuard<'_>, deadline: Option<Instant>) -> WaitOutcome {
+        self.wait_watching(guard, deadline, &[])
+    }
+
+    /// As [`wait_until`](Self::wait_until), also woken when the holder of one of `watched`
+    /// (locks held by others) ends. `watched` may be empty; on a kernel without
+    /// `futex_waitv` (before Linux 5.16) the watch is a look every 50 ms.
+    pub(crate) fn wait_watching(
+        &self,
+        guard: &mut ShmGuard<'_>,
+        deadline: Option<Instant>,
+        watched: &[&RawMutex],
+    ) -> WaitOutcome {
         use rustix::thread::futex;
         let seq = self.seq.load(Ordering::SeqCst);
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        let _ = guard.raw.unlock();
-        let mut timed_out = false;
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        match timeout {
-            Some(left) if left.is_zero() => timed_out = true,
-            _ => {
-                let ts = timeout.map(|left| futex::Timespec {
-                    tv_sec: left.as_secs() as _,
-                    tv_nsec: left.subsec_nanos() as _,
-                });
-                // Shared (not private): the word is in memory other processes map.
-                // Woken, the value changed before the sleep (AGAIN), or a signal (INTR): all
-                // look like a (possibly spurious) wake-up.
-                if let Err(rustix::io::Errno::TIMEDOUT) =
-                    futex::wait(&self.seq, futex::Flags::empty(), seq, ts.as_ref())
-                {
-                    timed_out = true;
+        let mut words = Vec::new();
+        let mut died = false;
+        if !watched.is_empty() {
+            words.push((&self.seq, seq));
+            // Armed while the lock is held: a holder that ends from now on wakes this sleep
+            // (or has changed its word before the sleep starts, which then returns at once).
+            for m in watched {
+                match m.watch_owner() {
+                    Watch::Held(value) => words.push((m.word(), value)),
+                    Watch::Free => {}
+                    Watch::Died => died = true,
                 }
             }
         }
+        let _ = guard.raw.unlock();
+        let mut timed_out = false;
+        let asked = deadline;
+        let mut deadline = deadline;
+        let watching = words.len() > 1;
+        let woken = match (died, watching) {
+            (true, _) => Some(Ok(true)),
+            (false, true) => Some(crate::sys::robust::wait_any(&words, deadline)),
+            (false, false) => None,
+        };
+        let woken = match woken {
+            Some(Ok(woken)) => Some(woken),
+            Some(Err(_)) => {
+                // No futex_waitv: look again within 50 ms.
+                let slice = Instant::now() + std::time::Duration::from_millis(50);
+                deadline = Some(deadline.map_or(slice, |d| d.min(slice)));
+                None
+            }
+            None => None,
+        };
+        match woken {
+            Some(woken) => timed_out = !woken,
+            None => {
+                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                match timeout {
+                    Some(left) if left.is_zero() => timed_out = true,
+                    _ => {
+                        let ts = timeout.map(|left| futex::Timespec {
+                            tv_sec: left.as_secs() as _,
+                            tv_nsec: left.subsec_nanos() as _,
+                        });
+                        // Shared (not private): the word is in memory other processes map.
+                        // Woken, the value changed before the sleep (AGAIN), or a signal
+                        // (INTR): all look like a (possibly spurious) wake-up.
+                        if let Err(rustix::io::Errno::TIMEDOUT) =
+                            futex::wait(&self.seq, futex::Flags::empty(), seq, ts.as_ref())
+                        {
+                            timed_out = true;
+                        }
+                    }
+                }
+            }
+        }
+        // A 50 ms slice that ran out is not the caller's deadline.
+        timed_out &= asked.is_some_and(|d| Instant::now() >= d);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         let owner_died = loop {
             match guard.raw.lock_until(None) {

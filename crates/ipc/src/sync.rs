@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::doorbell::{Awaitable, Doorbell, Listeners};
 use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex, ShmRecursiveMutex};
 
 /// The guard of a [`Lock`] or [`RLock`]: the lock is released when it drops.
@@ -47,8 +48,8 @@ fn internal(m: &ShmMutex) -> ShmGuard<'_> {
 
 /// Python's `multiprocessing.Lock`: a non-recursive lock shared between processes.
 ///
-/// Unlike Python's, it is released by the thread that took it (when the guard drops), and a
-/// holder that dies hands it over: the next `acquire` gets it with [`LockError::OwnerDied`].
+/// A holder that dies hands it over: the next `acquire` gets it with
+/// [`LockError::OwnerDied`].
 ///
 /// ```
 /// # fn main() -> mproc_ipc::Result<()> {
@@ -60,6 +61,28 @@ fn internal(m: &ShmMutex) -> ShmGuard<'_> {
 /// assert!(lock.try_acquire().is_ok());
 /// # Ok(()) }
 /// ```
+///
+/// # Who releases it
+///
+/// Only the thread that acquired it, by dropping the guard, which is not `Send`. Python's
+/// `Lock` may be released by any thread or process (it is a semaphore underneath); this one
+/// may not, on purpose: a lock that knows its holder is what lets the kernel hand it over
+/// when the holder dies (the holder's thread id is in the lock word, and the lock is on that
+/// thread's robust futex list). A *thread* that ends holding it hands it over the same way
+/// as a process that dies: the next `acquire` gets [`LockError::OwnerDied`]. For a token
+/// that one thread takes and another gives back, use [`BoundedSemaphore::new(1)`]
+/// (Python's `Lock` semantics, without the owner-died hand-over).
+///
+/// ```compile_fail
+/// // The guard cannot move to another thread: the compiler refuses.
+/// let lock = mproc_ipc::Lock::new().unwrap();
+/// let guard = lock.acquire().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard));
+/// });
+/// ```
+///
+/// [`BoundedSemaphore::new(1)`]: BoundedSemaphore::new
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Lock {
@@ -74,6 +97,7 @@ impl Lock {
 
     /// Takes the lock, waiting as long as it takes. A second `acquire` from the thread that
     /// holds it is [`LockError::Io`] (`EDEADLK`), not a hang.
+    #[inline]
     pub fn acquire(&self) -> LockResult<'_> {
         self.shared.lock()
     }
@@ -295,8 +319,9 @@ impl BoundedSemaphore {
     }
 }
 
-/// The state of an event: the flag (a futex word) and how many wait on it.
-type EventState = (AtomicU32, AtomicU32);
+/// The state of an event: the flag (a futex word), how many threads wait on it, and how many
+/// coroutines listen for its doorbell.
+type EventState = (AtomicU32, AtomicU32, Listeners);
 
 /// Python's `multiprocessing.Event`: a flag that `set` raises, `clear` lowers, and `wait`
 /// waits for.
@@ -304,6 +329,9 @@ type EventState = (AtomicU32, AtomicU32);
 /// No lock at all: the flag is a futex word. `wait` sleeps only while the flag reads 0 in the
 /// kernel (so a `set` between the check and the sleep is never missed), and `set` makes a
 /// system call only when someone waits. A waiter that dies leaves nothing held.
+///
+/// A coroutine awaits it without blocking its thread (`mproc-coroutine`'s `AsyncShared`):
+/// the event carries a [`Doorbell`] (an eventfd) that `set` rings when coroutines listen.
 ///
 /// ```
 /// # fn main() -> mproc_ipc::Result<()> {
@@ -315,15 +343,15 @@ type EventState = (AtomicU32, AtomicU32);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(transparent)]
 pub struct Event {
     shared: Shared<EventState>,
+    bell: Doorbell,
 }
 
 impl Event {
     /// A new event, not set.
     pub fn new() -> crate::Result<Event> {
-        Ok(Event { shared: Shared::new()? })
+        Ok(Event { shared: Shared::new()?, bell: Doorbell::new()? })
     }
 
     /// Whether the flag is set.
@@ -331,11 +359,15 @@ impl Event {
         self.shared.0.load(Ordering::SeqCst) != 0
     }
 
-    /// Sets the flag and wakes every waiter.
+    /// Sets the flag and wakes every waiter (threads and coroutines).
     pub fn set(&self) {
-        let (flag, waiters) = &*self.shared;
-        if flag.swap(1, Ordering::SeqCst) == 0 && waiters.load(Ordering::SeqCst) > 0 {
-            let _ = rustix::thread::futex::wake(flag, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+        let (flag, waiters, listeners) = &*self.shared;
+        if flag.swap(1, Ordering::SeqCst) == 0 {
+            if waiters.load(Ordering::SeqCst) > 0 {
+                let _ =
+                    rustix::thread::futex::wake(flag, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+            }
+            self.bell.ring(listeners);
         }
     }
 
@@ -357,7 +389,7 @@ impl Event {
     /// Waits until `deadline` (`None`: as long as it takes) for the flag; whether it is set.
     pub fn wait_until(&self, deadline: Option<Instant>) -> bool {
         use rustix::thread::futex;
-        let (flag, waiters) = &*self.shared;
+        let (flag, waiters, _) = &*self.shared;
         loop {
             if flag.load(Ordering::SeqCst) != 0 {
                 return true;
@@ -373,6 +405,16 @@ impl Event {
             let _ = futex::wait(flag, futex::Flags::empty(), 0, ts.as_ref());
             waiters.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+}
+
+impl Awaitable for Event {
+    fn doorbell(&self) -> &Doorbell {
+        &self.bell
+    }
+
+    fn listeners(&self) -> &Listeners {
+        &self.shared.2
     }
 }
 

@@ -42,4 +42,5 @@ macro_rules! impl_from_raw_fd {
 }
 pub(crate) use impl_from_raw_fd;
 
+pub(crate) mod robust;
 pub(crate) mod shm;

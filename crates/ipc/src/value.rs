@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::shm::{LockError, Shared, ShmMutex};
 pub use crate::sys::shm::{ArrayGuard, Plain};
@@ -13,20 +13,45 @@ pub use crate::sys::shm::{ArrayGuard, Plain};
 /// another `P` is refused at deserialize time, not read as the wrong type.
 type Region<P> = Shared<(ShmMutex, std::marker::PhantomData<P>)>;
 
-/// A received region, checked to hold `len` values of `P` (the accessors rely on it).
-fn checked<'de, D: Deserializer<'de>, P: Plain>(
-    shared: Region<P>,
-    len: u64,
-) -> Result<(Region<P>, usize), D::Error> {
-    let len = usize::try_from(len).map_err(D::Error::custom)?;
-    if len.checked_mul(size_of::<P>()) != Some(shared.data_len()) {
-        return Err(D::Error::custom(format!(
-            "the shared region's {} data bytes are not {len} values of {}",
-            shared.data_len(),
-            std::any::type_name::<P>()
-        )));
+/// `P`'s name as a sender writes it, and a receiver compares it with its own.
+fn name<P>() -> &'static str {
+    std::any::type_name::<P>()
+}
+
+/// Deserializes what a `Value<P>` (`LEN` false) or `Array<P>` (`LEN` true) sent: the name of
+/// its element type, then its region (and length), refusing another element type with an
+/// error naming both (before the region's own check, which cannot name the type it found),
+/// and a region that does not hold `len` values of `P` (the accessors rely on it).
+struct Incoming<P, const LEN: bool>(std::marker::PhantomData<P>);
+
+impl<'de, P: Plain, const LEN: bool> serde::de::Visitor<'de> for Incoming<P, LEN> {
+    type Value = (Region<P>, usize);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if LEN { "a shared Array" } else { "a shared Value" })
     }
-    Ok((shared, len))
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let what = if LEN { "Array" } else { "Value" };
+        let missing = || A::Error::custom("a shared value cut short");
+        let found: String = seq.next_element()?.ok_or_else(missing)?;
+        if found != name::<P>() {
+            return Err(crate::codec::refuse(format!(
+                "a {what}<{found}> was received as a {what}<{}>",
+                name::<P>()
+            )));
+        }
+        let shared: Region<P> = seq.next_element()?.ok_or_else(missing)?;
+        let len = if LEN { seq.next_element::<u64>()?.ok_or_else(missing)? } else { 1 };
+        let len = usize::try_from(len).map_err(A::Error::custom)?;
+        if len.checked_mul(size_of::<P>()) != Some(shared.data_len()) {
+            return Err(crate::codec::refuse(format!(
+                "a {what}<{found}> whose region's {} data bytes are not {len} values of {found}",
+                shared.data_len()
+            )));
+        }
+        Ok((shared, len))
+    }
 }
 
 /// Python's `multiprocessing.Value(typecode, value)`: one [`Plain`] value in shared memory,
@@ -46,17 +71,21 @@ fn checked<'de, D: Deserializer<'de>, P: Plain>(
 /// assert_eq!(counter.get(), 1);
 /// # Ok(()) }
 /// ```
-#[derive(Serialize)]
-#[serde(bound = "")]
 pub struct Value<P: Plain> {
     shared: Region<P>,
     _p: std::marker::PhantomData<P>,
 }
 
+impl<P: Plain> Serialize for Value<P> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (name::<P>(), &self.shared).serialize(serializer)
+    }
+}
+
 impl<'de, P: Plain> Deserialize<'de> for Value<P> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (shared, ()) = <(Region<P>, ())>::deserialize(deserializer)?;
-        let (shared, _) = checked::<D, P>(shared, 1)?;
+        let (shared, _) =
+            deserializer.deserialize_tuple(2, Incoming::<P, false>(std::marker::PhantomData))?;
         Ok(Value { shared, _p: std::marker::PhantomData })
     }
 }
@@ -152,18 +181,22 @@ impl<P: Plain> Value<P> {
 /// assert_eq!(a.to_vec(), [1.0, 5.0, 3.0]);
 /// # Ok(()) }
 /// ```
-#[derive(Serialize)]
-#[serde(bound = "")]
 pub struct Array<P: Plain> {
     shared: Region<P>,
     len: usize,
     _p: std::marker::PhantomData<P>,
 }
 
+impl<P: Plain> Serialize for Array<P> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (name::<P>(), &self.shared, self.len as u64).serialize(serializer)
+    }
+}
+
 impl<'de, P: Plain> Deserialize<'de> for Array<P> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (shared, len, ()) = <(Region<P>, u64, ())>::deserialize(deserializer)?;
-        let (shared, len) = checked::<D, P>(shared, len)?;
+        let (shared, len) =
+            deserializer.deserialize_tuple(3, Incoming::<P, true>(std::marker::PhantomData))?;
         Ok(Array { shared, len, _p: std::marker::PhantomData })
     }
 }

@@ -90,3 +90,47 @@ fn a_party_killed_breaks_it_for_the_others() {
     assert!(start.elapsed() < DEADLINE, "broken by the death, not by the timeout");
     assert_success(survivor);
 }
+
+/// A party killed while every other party already sleeps in the next round: nothing looks
+/// for dead parties on a timer, so the kernel's wake at the death (the dead party's presence
+/// lock, which the sleepers watch) is what must break the barrier; without it they would
+/// sleep until their deadline.
+#[test]
+fn a_party_killed_while_the_others_sleep_wakes_them_broken() {
+    let barrier = Barrier::new(3).unwrap();
+    let (rx, tx) = pipe::<()>().unwrap();
+    let doomed = in_child(&[&tx], || {
+        barrier.wait_timeout(DEADLINE).map_err(msg)?;
+        tx.send(&()).map_err(msg)?;
+        loop {
+            std::thread::park();
+        }
+    });
+    let survivor = in_child(&[], || {
+        barrier.wait_timeout(DEADLINE).map_err(msg)?;
+        let start = Instant::now();
+        match barrier.wait_timeout(DEADLINE) {
+            Err(BrokenBarrier) if start.elapsed() < DEADLINE => Ok(()),
+            Err(BrokenBarrier) => Err("broken only by the timeout".into()),
+            Ok(_) => Err("the round completed without the dead party".into()),
+        }
+    });
+    let other = barrier.clone();
+    let waiter = std::thread::spawn(move || {
+        other.wait_timeout(DEADLINE).unwrap();
+        let start = Instant::now();
+        (other.wait_timeout(DEADLINE), start.elapsed())
+    });
+    rx.recv_timeout(DEADLINE).unwrap();
+    // Both survivors in the next round (each counted in under the barrier's lock, then asleep).
+    let until = Instant::now() + DEADLINE;
+    while barrier.n_waiting() < 2 {
+        assert!(Instant::now() < until, "the survivors never came to the next round");
+        std::thread::yield_now();
+    }
+    drop(doomed); // SIGKILL, reaped
+    let (result, took) = waiter.join().unwrap();
+    assert_eq!(result, Err(BrokenBarrier));
+    assert!(took < DEADLINE, "broken by the death, not by the timeout");
+    assert_success(survivor);
+}

@@ -144,3 +144,30 @@ shm.unlink()  # also tells its resource tracker
     assert_eq!(out.trim(), "777 rust");
     assert!(SharedMemory::open(&name).is_err(), "python unlinked it");
 }
+
+/// Under a file size limit (`ulimit -f`), a block larger than the limit is an error naming
+/// it, not a process killed by `SIGXFSZ` (its `ftruncate`), and a named one leaves no object
+/// behind; a block within the limit works. (In a forked child, whose limit is its own.)
+#[test]
+fn a_block_past_the_file_size_limit_is_an_error_not_a_killed_process() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let name = unique_name("fsize");
+    assert_success(in_child(&[], || {
+        let hard = getrlimit(Resource::Fsize).maximum;
+        setrlimit(Resource::Fsize, Rlimit { current: Some(1 << 20), maximum: hard }).map_err(msg)?;
+        let names_the_limit = |what: &str, r: mproc_ipc::Result<()>| match r {
+            Err(e) if e.to_string().contains("ulimit -f") => Ok(()),
+            other => Err(format!("{what}: expected an error naming ulimit -f, got {other:?}")),
+        };
+        names_the_limit("named", SharedMemory::create(&name, 2 << 20).map(drop))?;
+        if SharedMemory::open(&name).is_ok() {
+            return Err("the failed create left its object behind".into());
+        }
+        names_the_limit("anonymous", SharedMemory::new(2 << 20).map(drop))?;
+        names_the_limit("array", mproc_ipc::Array::<u8>::zeroed(2 << 20).map(drop))?;
+        let block = SharedMemory::create(&name, 1000).map_err(msg)?;
+        block.unlink().map_err(msg)?;
+        SharedMemory::new(1000).map_err(msg)?;
+        Ok(())
+    }));
+}

@@ -271,6 +271,73 @@ fn a_region_does_not_travel_as_another_type_or_outside_a_send() {
     let (a, b) = duplex::<Shared<ShmMutex>>().unwrap();
     a.send(&Shared::<ShmMutex>::new().unwrap()).unwrap();
     let b = b.cast::<(), Shared<(ShmMutex, AtomicU64)>>();
-    assert!(matches!(b.recv_timeout(DEADLINE), Err(Error::Decode(_))));
+    assert!(matches!(b.recv_timeout(DEADLINE), Err(Error::Mismatch(why)) if why.contains("another type")));
     assert!(postcard::to_allocvec(&Shared::<ShmMutex>::new().unwrap()).is_err());
+}
+
+#[test]
+fn a_holder_killed_with_pthread_robust_mutexes_interleaved_hands_over_each_lock() {
+    // mproc's locks go on the same per-thread robust list as glibc's robust mutexes: taken
+    // and released in a mixed order, the list must stay whole for the kernel to walk.
+    let ours = Shared::<[ShmMutex; 4]>::new().unwrap();
+    let (p, q) = (crate::support::PthreadRobust::new(), crate::support::PthreadRobust::new());
+    let (rx, tx) = pipe::<()>().unwrap();
+    let child = in_child(&[&tx], || {
+        let a = lock(&ours[0]);
+        if p.lock() != 0 {
+            return Err("pthread lock".into());
+        }
+        let b = lock(&ours[1]);
+        let c = lock(&ours[2]);
+        drop(b); // one of ours out of the middle of the list
+        if q.lock() != 0 || p.unlock() != 0 {
+            return Err("pthread lock/unlock".into()); // glibc's out of the middle
+        }
+        let d = lock(&ours[3]);
+        std::mem::forget((a, c, d));
+        tx.send(&()).map_err(msg)?;
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv_timeout(DEADLINE).unwrap();
+    drop(child); // killed, reaped
+    for (i, died) in [(0, true), (1, false), (2, true), (3, true)] {
+        match ours[i].lock_until(deadline()) {
+            Ok(_) => assert!(!died, "lock {i} was held by the dead child"),
+            Err(LockError::OwnerDied(_)) => assert!(died, "lock {i} was released by the child"),
+            Err(e) => panic!("lock {i}: {e}"),
+        }
+    }
+    assert_eq!(p.lock(), 0, "released by the child");
+    assert_eq!(q.lock(), libc::EOWNERDEAD, "held by the dead child");
+    assert_eq!((p.unlock(), q.unlock()), (0, 0));
+}
+
+#[test]
+fn a_forked_child_locks_with_its_own_thread_id() {
+    // The thread-id cache of the forking thread must not follow it into the child: there a
+    // lock the parent holds is someone else's, and one the child takes is the child's.
+    let shared = Shared::<[ShmMutex; 2]>::new().unwrap();
+    let held = lock(&shared[0]);
+    let _ = lock(&shared[1]); // the cache is warm before the fork
+    let (rx, tx) = pipe::<()>().unwrap();
+    let child = in_child(&[&tx], || {
+        if !matches!(shared[0].try_lock(), Err(LockError::Timeout)) {
+            return Err("the parent's lock looked like the child's own".into());
+        }
+        let g = shared[1].lock_until(deadline()).map_err(msg)?;
+        if !matches!(shared[1].try_lock(), Err(LockError::Io(_))) {
+            return Err("the child's own lock was not seen as its own".into());
+        }
+        std::mem::forget(g);
+        tx.send(&()).map_err(msg)
+    });
+    rx.recv_timeout(DEADLINE).unwrap();
+    assert_success(child);
+    drop(held);
+    assert!(
+        matches!(shared[1].lock_until(deadline()), Err(LockError::OwnerDied(_))),
+        "the child exited holding it"
+    );
 }

@@ -266,22 +266,36 @@ fn received_as<S: serde::Serialize, R: serde::de::DeserializeOwned>(sent: &S) ->
     b.recv_timeout(DEADLINE)
 }
 
-/// What `recv` of a `Value`/`Array` sent as another element type must give: a decode error,
-/// not a value that panics (or reads the wrong bytes) when used. (postcard keeps no custom
-/// message, so the error cannot name the type.)
-fn assert_refused<T: std::fmt::Debug>(r: mproc_ipc::Result<T>) {
+/// What `recv` of a `Value`/`Array` sent as another element type must give: a decode error
+/// (not a value that panics, or reads the wrong bytes, when used) that names what it found
+/// and what was expected.
+fn assert_refused<T: std::fmt::Debug>(r: mproc_ipc::Result<T>, found: &str, expected: &str) {
     let e = r.expect_err("a Value/Array of another element type was accepted");
-    assert!(e.to_string().starts_with("cannot decode message"), "unexpected error: {e}");
+    let e = e.to_string();
+    assert!(e.starts_with("cannot decode message"), "unexpected error: {e}");
+    assert!(e.contains(found) && e.contains(expected), "the error does not name {found} and {expected}: {e}");
 }
 
 #[test]
 fn a_value_or_array_received_as_another_element_type_is_refused() {
-    assert_refused(received_as::<_, Value<u64>>(&Value::new(7u8).unwrap()));
-    assert_refused(received_as::<_, Value<u8>>(&Value::new(7u64).unwrap()));
-    assert_refused(received_as::<_, Value<i64>>(&Value::new(7u64).unwrap()));
-    assert_refused(received_as::<_, Array<u64>>(&Array::from_slice(&[1u8; 8]).unwrap()));
-    assert_refused(received_as::<_, Array<u64>>(&Array::from_slice(&[1u32; 4]).unwrap()));
-    assert_refused(received_as::<_, Array<[u8; 8]>>(&Array::from_slice(&[1u64]).unwrap()));
+    assert_refused(received_as::<_, Value<u64>>(&Value::new(7u8).unwrap()), "Value<u8>", "Value<u64>");
+    assert_refused(received_as::<_, Value<u8>>(&Value::new(7u64).unwrap()), "Value<u64>", "Value<u8>");
+    assert_refused(received_as::<_, Value<i64>>(&Value::new(7u64).unwrap()), "Value<u64>", "Value<i64>");
+    assert_refused(
+        received_as::<_, Array<u64>>(&Array::from_slice(&[1u8; 8]).unwrap()),
+        "Array<u8>",
+        "Array<u64>",
+    );
+    assert_refused(
+        received_as::<_, Array<u64>>(&Array::from_slice(&[1u32; 4]).unwrap()),
+        "Array<u32>",
+        "Array<u64>",
+    );
+    assert_refused(
+        received_as::<_, Array<[u8; 8]>>(&Array::from_slice(&[1u64]).unwrap()),
+        "Array<u64>",
+        "Array<[u8; 8]>",
+    );
     // The same types still travel.
     assert_eq!(received_as::<_, Value<u64>>(&Value::new(7u64).unwrap()).unwrap().get(), 7);
     assert_eq!(
@@ -295,10 +309,39 @@ fn an_array_whose_length_does_not_match_its_region_is_refused() {
     use std::marker::PhantomData;
 
     use mproc_ipc::{Shared, ShmMutex};
-    // An `Array<u64>` as it travels (region, length, marker), with a length the region's 16
-    // data bytes do not hold, then one that matches.
+    // An `Array<u64>` as it travels (element type, region, length), with a length the
+    // region's 16 data bytes do not hold, then one that matches.
     let region = Shared::<(ShmMutex, PhantomData<u64>)>::with_data(16).unwrap();
-    assert_refused(received_as::<_, Array<u64>>(&(region.clone(), 5u64, ())));
-    assert_refused(received_as::<_, Value<u64>>(&(region.clone(), ())));
-    assert_eq!(received_as::<_, Array<u64>>(&(region, 2u64, ())).unwrap().to_vec(), [0, 0]);
+    assert_refused(received_as::<_, Array<u64>>(&("u64", region.clone(), 5u64)), "16 data bytes", "5 values");
+    assert_refused(received_as::<_, Value<u64>>(&("u64", region.clone())), "16 data bytes", "1 values");
+    assert_eq!(received_as::<_, Array<u64>>(&("u64", region, 2u64)).unwrap().to_vec(), [0, 0]);
+}
+
+/// A `Lock` is released only by the thread that acquired it (its guard is not `Send`: a
+/// doctest checks that the compiler refuses): another thread cannot take it meanwhile, and
+/// when the holding thread ends without releasing it, the next `acquire` gets it with
+/// `OwnerDied`. A token that another thread gives back is a `BoundedSemaphore(1)`.
+#[test]
+fn a_lock_is_released_only_by_its_holder_thread_and_its_end_hands_it_over() {
+    let lock = Lock::new().unwrap();
+    let (held_rx, held_tx) = pipe::<()>().unwrap();
+    let (end_rx, end_tx) = pipe::<()>().unwrap();
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| {
+            std::mem::forget(lock.acquire().unwrap());
+            held_tx.send(&()).unwrap();
+            end_rx.recv_timeout(DEADLINE).unwrap();
+        });
+        held_rx.recv_timeout(DEADLINE).unwrap();
+        assert!(matches!(lock.try_acquire(), Err(LockError::Timeout)), "held by the other thread");
+        end_tx.send(&()).unwrap();
+        holder.join().unwrap();
+    });
+    assert!(matches!(lock.acquire_timeout(DEADLINE), Err(LockError::OwnerDied(_))));
+    assert!(lock.try_acquire().is_ok(), "clean once handed over");
+
+    let token = BoundedSemaphore::new(1).unwrap();
+    assert!(token.try_acquire());
+    std::thread::scope(|s| s.spawn(|| token.release()).join().unwrap()).unwrap();
+    assert!(token.try_acquire(), "given back by another thread");
 }

@@ -7,14 +7,46 @@
 //! send one [`Outcome`] back and exit.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use mproc_ipc::Connection;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::FnRef;
+use crate::error::{Error, Result};
+use crate::fnref::FnRef;
 use crate::identity::{self, Identity};
 use crate::sys;
+
+/// The variable that tells a spawned program it is a child: `PARENT_PID:FD`, the fd being
+/// its end of the bootstrap connection.
+pub(crate) const CHILD_ENV: &str = "MPROC_CHILD";
+
+/// The variable that tells a spawned program it is the fork server: `PARENT_PID:FD`.
+pub(crate) const SERVER_ENV: &str = "MPROC_FORKSERVER";
+
+/// Every variable that tells a program it was started by mproc: a spawned program inherits
+/// none of those its parent was started with, only the one set for it.
+pub(crate) const BOOTSTRAP_VARS: [&str; 2] = [CHILD_ENV, SERVER_ENV];
+
+/// Whether `init()` ran in this program (or it is a child that `init()` made one).
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// Records that `init()` ran: Spawn and ForkServer starts may go ahead.
+pub(crate) fn mark_initialized() {
+    INITIALIZED.store(true, Ordering::Release);
+}
+
+/// Forgets `init()` (for tests of the error a program without it gets).
+pub(crate) fn forget_initialized() {
+    INITIALIZED.store(false, Ordering::Release);
+}
+
+/// [`Error::InitNotCalled`] unless `init()` ran: a Spawn or ForkServer child of a program
+/// without it would run `main` again.
+pub(crate) fn check_initialized() -> Result<()> {
+    if INITIALIZED.load(Ordering::Acquire) { Ok(()) } else { Err(Error::InitNotCalled) }
+}
 
 /// Who a Spawn or ForkServer child is, sent first on its connection. What it runs comes
 /// next, as [`FnRef`]s: their tags are checked under the function key of the identity here,
@@ -48,9 +80,8 @@ pub(crate) struct World {
 impl World {
     /// This process's.
     pub(crate) fn current() -> World {
-        let ours = |key: &std::ffi::OsString| {
-            crate::start::spawn::BOOTSTRAP_VARS.iter().any(|v| key.as_encoded_bytes() == v.as_bytes())
-        };
+        let ours =
+            |key: &std::ffi::OsString| BOOTSTRAP_VARS.iter().any(|v| key.as_encoded_bytes() == v.as_bytes());
         World {
             cwd: std::env::current_dir().ok(),
             env: std::env::vars_os().filter(|(k, _)| !ours(k)).collect(),
@@ -68,26 +99,12 @@ impl World {
 }
 
 /// What comes back from a child: its value, or why there is none.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Outcome<R> {
     Value(R),
     Panicked(String),
     /// The value (or, for spawned children, the arguments) did not cross: why.
     Transfer(String),
-}
-
-/// As `#[derive(Serialize)]` would write it (the same encoding the derived `Deserialize`
-/// reads), but inlined: a forked child encodes its outcome, and each page of code it runs
-/// first costs it a page fault.
-impl<R: Serialize> Serialize for Outcome<R> {
-    #[inline(always)]
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Outcome::Value(value) => serializer.serialize_newtype_variant("Outcome", 0, "Value", value),
-            Outcome::Panicked(why) => serializer.serialize_newtype_variant("Outcome", 1, "Panicked", why),
-            Outcome::Transfer(why) => serializer.serialize_newtype_variant("Outcome", 2, "Transfer", why),
-        }
-    }
 }
 
 /// Exit codes of a child that has no value to send: as Python, 1 for a panic.
@@ -156,13 +173,13 @@ pub(crate) fn child_main(conn: Connection<(), Start>) -> ! {
     if start.dies_with_parent
         && let Some((parent, _)) = &start.identity.parent
     {
-        crate::start::fork::die_with_parent(rustix::process::Pid::from_raw(*parent as i32).expect("a pid"));
+        sys::fork::die_with_parent(rustix::process::Pid::from_raw(*parent as i32).expect("a pid"));
     }
     if let Some(world) = start.world {
         world.enter();
     }
     identity::become_child(Box::new(start.identity.clone()));
-    crate::mark_initialized();
+    mark_initialized();
     let conn: Connection<(), FnRef<Trampoline>> = conn.cast();
     let trampoline = match conn.recv() {
         Ok(trampoline) => trampoline,

@@ -17,9 +17,6 @@ use crate::identity::Identity;
 use crate::slot::Slot;
 use crate::status::ExitStatus;
 
-/// How long [`ChildState::wait_status`] asks before it sleeps.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
-
 /// What the fork server says about one child it started, on that child's report connection.
 #[derive(Debug, Serialize, Deserialize)]
 // A few of these per child; boxing the end would cost an allocation per start.
@@ -37,14 +34,16 @@ pub(crate) enum Report {
 /// Where a child's end is learned.
 pub(crate) enum Exit {
     /// Our own child: `waitid` on its pid reaps it. Its pidfd, readable when it ends, is
-    /// opened the first time something waits (a join, a sentinel, a coroutine, the reaper):
-    /// a child only asked `is_alive` and reaped so needs none.
+    /// opened the first time something waits with a deadline or beside other fds (a timed
+    /// join, a sentinel, a coroutine, the reaper): a child only joined, or only asked
+    /// `is_alive`, needs none.
     ///
     /// The pid cannot name another process meanwhile: a pid is only recycled once its
-    /// process is reaped, and only [`ChildState::try_status`] reaps, under the status lock,
-    /// which whatever opens the pidfd or signals by pid holds too. Waiting itself is on the
-    /// pidfd, never on the pid: another thread may reap the child while one waits, and its
-    /// pid then name another child.
+    /// process is reaped, and it is reaped only under the status lock ([`ChildState::try_status`],
+    /// or the joiner's last step), which whatever opens the pidfd or signals by pid holds
+    /// too. A join without a deadline sleeps on the pid itself, but only while it holds the
+    /// joiner's mark, under which nobody else reaps (they only look, with `WNOWAIT`); any
+    /// other wait is on the pidfd.
     Own { pidfd: OnceLock<Watch> },
     /// A child of the fork server: a pidfd to watch, and the server's report of its status
     /// (the server is its parent and reaps it).
@@ -123,6 +122,9 @@ pub(crate) struct ChildState {
     identity: OnceLock<Box<Identity>>,
     exit: Exit,
     status: Mutex<Option<ExitStatus>>,
+    /// A thread sleeps in `waitid` on the pid (see [`wait_status`](Self::wait_status)): until
+    /// it clears this, it alone reaps the child. Changed only under the status lock.
+    joiner: AtomicBool,
     /// Where a `Fork` child leaves its value.
     slot: Option<Mutex<Slot>>,
     /// Joined, and another process (the fork server) reaps it, or never started: nothing
@@ -147,6 +149,7 @@ impl ChildState {
             identity: OnceLock::new(),
             exit,
             status: Mutex::new(None),
+            joiner: AtomicBool::new(false),
             slot: None,
             let_go: AtomicBool::new(false),
         }
@@ -182,8 +185,9 @@ impl ChildState {
     }
 
     /// The value a child with a slot left there, read once it has ended (`None`: it left none).
+    /// It may not be reaped yet (a join that found another thread sleeping as the joiner sees
+    /// the end without reaping): the slot is given back only once it is.
     pub(crate) fn take_outcome<R: serde::de::DeserializeOwned>(&self) -> Result<Option<Outcome<R>>> {
-        debug_assert!(self.is_done(), "a slot is read after its child is reaped");
         match &self.slot {
             Some(slot) => slot.lock().read(),
             None => Ok(None),
@@ -242,6 +246,12 @@ impl ChildState {
                 Exit::Own { .. } => {
                     let Some(pid) = self.pid() else { return Ok(None) };
                     let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+                    if self.joiner.load(Ordering::Relaxed) {
+                        // The joiner reaps it: only look (the pid stays this child's).
+                        let seen =
+                            rustix::process::waitid(WaitId::Pid(pid), options | WaitIdOptions::NOWAIT)?;
+                        return Ok(seen.map(ExitStatus::from_waitid));
+                    }
                     rustix::process::waitid(WaitId::Pid(pid), options)?.map(ExitStatus::from_waitid)
                 }
                 Exit::Server { reports, .. } => match reports.try_recv() {
@@ -263,16 +273,11 @@ impl ChildState {
     }
 
     /// Waits for the child to end, until `deadline` (`None`: for ever); `None` on the deadline.
-    ///
-    /// `soon`: the child is known to be on its way out (it has sent its value), microseconds
-    /// away, so asking again for a moment costs less than sleeping in poll and being woken.
-    pub(crate) fn wait_status(&self, deadline: Option<Instant>, soon: bool) -> Result<Option<ExitStatus>> {
-        let spin_until = if soon { Instant::now() + SPIN } else { Instant::now() };
-        while Instant::now() < spin_until && deadline.is_none_or(|d| Instant::now() < d) {
-            if let Some(status) = self.try_status()? {
-                return Ok(Some(status));
-            }
-            std::thread::yield_now();
+    pub(crate) fn wait_status(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
+        if deadline.is_none()
+            && let Some(status) = self.join_own()?
+        {
+            return Ok(Some(status));
         }
         loop {
             if let Some(status) = self.try_status()? {
@@ -283,6 +288,44 @@ impl ChildState {
                 return self.try_status();
             }
         }
+    }
+
+    /// Waits for our own child to end as the floor does, with no fd: sleeps in `waitid` on
+    /// the pid with `WNOWAIT` (which leaves the child unreaped), then reaps it under the
+    /// status lock. The pid names this child throughout: this thread holds the joiner's mark
+    /// from before it sleeps (taken while the child was not reaped) until it has reaped, and
+    /// meanwhile nobody else reaps ([`try_status`](Self::try_status) only looks), so the pid
+    /// cannot be recycled. `None` if this way is not open (not our own child, not started,
+    /// or another thread sleeps so already): the caller waits on the pidfd instead.
+    fn join_own(&self) -> Result<Option<ExitStatus>> {
+        let Exit::Own { .. } = self.exit else { return Ok(None) };
+        let pid = {
+            let status = self.status.lock();
+            if let Some(status) = *status {
+                return Ok(Some(status));
+            }
+            match self.pid() {
+                Some(pid) if !self.joiner.load(Ordering::Relaxed) => {
+                    self.joiner.store(true, Ordering::Relaxed);
+                    pid
+                }
+                _ => return Ok(None),
+            }
+        };
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+        let slept = loop {
+            match rustix::process::waitid(WaitId::Pid(pid), options) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break other,
+            }
+        };
+        let mut status = self.status.lock();
+        self.joiner.store(false, Ordering::Relaxed);
+        slept?;
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+        let reaped = rustix::process::waitid(WaitId::Pid(pid), options)?.map(ExitStatus::from_waitid);
+        *status = reaped;
+        Ok(reaped)
     }
 
     /// Stops tracking a child that has sent its value and is reaped by another process (a

@@ -105,8 +105,6 @@ mod start;
 mod status;
 mod sys;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 pub use bootstrap::panic_message;
 pub use builder::{Builder, StartMethod};
 pub use error::{Error, Result};
@@ -159,8 +157,6 @@ pub fn active_children() -> Vec<ChildInfo> {
         .collect()
 }
 
-static INITIALIZED: AtomicBool = AtomicBool::new(false);
-
 /// The first line of `main` in a program that starts children with `Spawn` or `ForkServer`.
 ///
 /// In a child started by either, `init` runs the function the parent asked for and exits: the
@@ -172,7 +168,7 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 /// In tests, where `main` belongs to the test harness, use [`test_support!`].
 pub fn init() {
     become_child_if_asked();
-    mark_initialized();
+    bootstrap::mark_initialized();
 }
 
 /// In a program started by mproc as a child or fork server: do that and exit.
@@ -181,12 +177,12 @@ pub fn init() {
 /// this process's children (of any start method) nor the programs it runs inherit them (an
 /// mproc program among those would take itself for a child, or the fork server).
 fn become_child_if_asked() {
-    let child = std::env::var_os(start::spawn::CHILD_ENV);
-    let server = std::env::var_os(start::forkserver::SERVER_ENV);
+    let child = std::env::var_os(bootstrap::CHILD_ENV);
+    let server = std::env::var_os(bootstrap::SERVER_ENV);
     if child.is_none() && server.is_none() {
         return;
     }
-    sys::remove_env(&start::spawn::BOOTSTRAP_VARS);
+    sys::remove_env(&bootstrap::BOOTSTRAP_VARS);
     fn bootstrap<S, R>(value: Option<std::ffi::OsString>) -> Option<mproc_ipc::Connection<S, R>> {
         start::spawn::bootstrap_from(value?.to_str()?)
     }
@@ -210,14 +206,6 @@ fn take_program_name() {
     let Some(name) = std::path::Path::new(&argv0).file_name() else { return };
     let name = name.as_encoded_bytes();
     let _ = std::fs::write("/proc/self/comm", &name[..name.len().min(15)]);
-}
-
-pub(crate) fn mark_initialized() {
-    INITIALIZED.store(true, Ordering::Release);
-}
-
-pub(crate) fn check_initialized() -> Result<()> {
-    if INITIALIZED.load(Ordering::Acquire) { Ok(()) } else { Err(Error::InitNotCalled) }
 }
 
 /// Lets `#[test]` functions start `Spawn` and `ForkServer` children.
@@ -261,15 +249,15 @@ pub mod __private {
         super::init();
     }
 
-    /// Whether mproc sees this process as single-threaded (so a Fork start holds no lock
-    /// across the fork): for the test of that path.
+    /// Whether this process has one thread (as `/proc/self/task` lists them): for the test
+    /// that must run so.
     pub fn single_threaded() -> bool {
-        crate::sys::fork::single_threaded()
+        crate::sys::only_thread()
     }
 
     /// Forgets `init()` in this process: for tests of the error a program without it gets.
     pub fn forget_init() {
-        super::INITIALIZED.store(false, std::sync::atomic::Ordering::Release);
+        crate::bootstrap::forget_initialized();
     }
 }
 

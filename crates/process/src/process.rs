@@ -141,14 +141,14 @@ impl<R: DeserializeOwned> Process<R> {
                 }
                 // The child sends its value last thing before it exits: wait for the exit
                 // too, so the status is known and the child reaped.
-                match self.state.wait_status(deadline, outcome.is_some()) {
+                match self.state.wait_status(deadline) {
                     Ok(Some(status)) => (outcome, Some(status)),
                     Ok(None) if outcome.is_some() => (outcome, None), // lingering: reaped later
                     Ok(None) => return Err(Error::Timeout),
                     Err(e) => return Err(e),
                 }
             }
-            Source::Slot => match self.state.wait_status(deadline, false)? {
+            Source::Slot => match self.state.wait_status(deadline)? {
                 Some(status) => (self.state.take_outcome()?, Some(status)),
                 None => return Err(Error::Timeout),
             },

@@ -148,7 +148,7 @@ extern "C" fn join_at_exit() {
     }
     // (A child another thread is forking right now has no pid yet: nothing to wait for.)
     for child in children.iter().filter(|c| !c.is_settled() && c.pid().is_some()) {
-        let _ = child.wait_status(None, false);
+        let _ = child.wait_status(None);
     }
 }
 
@@ -158,7 +158,8 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
-    use crate::{Error, ExitStatus};
+    use crate::error::Error;
+    use crate::status::ExitStatus;
 
     /// A child whose answers are scripted: `None` (running) until it has been asked `runs`
     /// times, then `end`.

@@ -40,7 +40,7 @@ use crate::sys::shared::{CHUNK, SharedCounter, SharedMap};
 /// The bytes of one slot's page.
 const PAGE: u64 = 4096;
 /// The most slots, and so the most `Fork` children running at once. Their pages are mapped in
-/// chunks of 2 MiB of address space (511 slots each with 4 KiB pages: see [`SharedMap`]), as
+/// chunks of 2 MiB (512 slots of 4 KiB pages each: see [`SharedMap`]), as
 /// slots are first used.
 const MAX_SLOTS: u32 = 1 << 18;
 const HEADER: usize = 32;
@@ -84,8 +84,7 @@ impl Slots {
     /// The chunk slot `index` is in, mapped first if it is the next one; its page's offset in
     /// the chunk.
     fn place(&mut self, index: u32) -> Result<(&'static SharedMap, usize)> {
-        let first = crate::sys::page_size();
-        let per_chunk = (CHUNK - first) / PAGE as usize;
+        let per_chunk = CHUNK / PAGE as usize;
         let (chunk, at) = (index as usize / per_chunk, index as usize % per_chunk);
         while self.chunks.len() <= chunk {
             let offset = (self.chunks.len() * CHUNK) as u64;
@@ -104,7 +103,7 @@ impl Slots {
             }
             self.chunks.push(Box::leak(Box::new(SharedMap::map_chunk(self.pages_file, offset)?)));
         }
-        Ok((self.chunks[chunk], first + at * PAGE as usize))
+        Ok((self.chunks[chunk], at * PAGE as usize))
     }
 
     /// The range `start..end` of the overflow file was read: it joins the freed ranges

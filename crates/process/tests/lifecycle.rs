@@ -206,6 +206,36 @@ fn close_in_child_lets_a_forked_child_see_end_of_file() {
     assert_eq!(child.join_timeout(DEADLINE).unwrap(), 6);
 }
 
+/// An end closed in the child that the child's closure can still reach (another handle to it,
+/// here through an `Arc`) names no other file there: its number is not free for the child's
+/// next fds, so the closure's copy reads a dead end, never a file the child opened since.
+#[test]
+fn an_end_closed_in_the_child_keeps_its_number_from_the_childs_new_fds() {
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    let (parent_end, _child_end) = mproc_process::ipc::duplex::<u64>().unwrap();
+    let parent_end = Arc::new(parent_end);
+    let held = Arc::clone(&parent_end);
+    let mut child = Builder::new()
+        .close_in_child(&*parent_end)
+        .spawn(move || {
+            // Each dup takes the lowest free number: were the end's number free, one of
+            // these would get it before any number above it.
+            let number = held.as_raw_fd();
+            let mut opened = Vec::new();
+            loop {
+                let fd = rustix::io::dup(rustix::stdio::stdin()).expect("dup");
+                let got = fd.as_raw_fd();
+                opened.push(fd);
+                if got >= number {
+                    return got == number;
+                }
+            }
+        })
+        .unwrap();
+    assert!(!child.join_timeout(DEADLINE).unwrap(), "the child reused the number of an end it closed");
+}
+
 /// A `Process` waited on (it is `Waitable`) is ready once its end is known: its exit status
 /// is there at once, for every start method (a fork server's child's status comes in the
 /// server's report, a little after its pidfd turns readable).

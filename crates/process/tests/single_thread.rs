@@ -1,7 +1,6 @@
 //! Fork starts from a parent with one thread (this test has no libtest harness, so `main` is
-//! all there is): mproc holds no lock across such a fork, and still the parent's pending
-//! output is printed once, before the child's, and a child's unfinished line is printed when
-//! it ends. Checked on this process's own stdout, redirected to a pipe.
+//! all there is): the parent's pending output is printed once, before the child's, and a
+//! child's unfinished line is printed when it ends. Checked on this process's own stdout, redirected to a pipe.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;

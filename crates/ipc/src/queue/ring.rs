@@ -5,12 +5,14 @@
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
+use crate::doorbell::{Doorbell, Listeners};
 use crate::error::{Error, Result};
 use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
 use crate::sys::shm::data_offset;
 
-/// The header of a queue's region: the lock, three condition variables, and the words.
-pub(crate) type Header = (ShmMutex, ShmCondvar, ShmCondvar, ShmCondvar, [AtomicU64; WORDS]);
+/// The header of a queue's region: the lock, three condition variables, the words, and the
+/// count of coroutines listening for the doorbell.
+pub(crate) type Header = (ShmMutex, ShmCondvar, ShmCondvar, ShmCondvar, [AtomicU64; WORDS], Listeners);
 
 const WORDS: usize = 40;
 
@@ -24,8 +26,9 @@ const SLEEP_PUT: usize = 5; // asleep in put
 const SLEEP_JOIN: usize = 6; // asleep in join
 const SLOTS: usize = 8; // two slots of STATE_WORDS words each, on their own cache lines
 const STATE_WORDS: usize = 8;
+const COUNT_AT: usize = 2; // `State::count`'s index in a slot (see `State::to_words`)
 
-const MAGIC_VALUE: u64 = 0x6d70_7271_7565_7501; // "mprque" v1
+const MAGIC_VALUE: u64 = 0x6d70_7271_7565_7502; // "mprque" v2
 
 /// A record's header word above this is a marker, not a length.
 const WRAP: u64 = u64::MAX;
@@ -42,10 +45,13 @@ const PAGE: u64 = 4096;
 /// with an item there; they find it within this time.
 const SLICE: Duration = Duration::from_millis(50);
 
-/// How long a blocking call looks (without the lock) for its condition before it sleeps:
-/// about what a sleep and a wake-up cost, so a partner that is already on its way is met
-/// without either.
-const SPIN: Duration = Duration::from_micros(20);
+/// The longest a blocking call looks (without the lock) for its condition before it sleeps:
+/// about what a sleep and a wake-up cost. How long it looks up to that is learnt (see
+/// `spin_until`).
+const SPIN_NS: u32 = 20_000;
+
+/// The shortest look: below it a blocking call sleeps at once (but for a probe now and then).
+const SPIN_MIN_NS: u32 = 1_000;
 
 /// How many times `lock` tries the mutex (spinning between tries) before it sleeps on it:
 /// glibc's robust mutexes sleep at once on contention, where the holder only ever holds the
@@ -180,6 +186,9 @@ fn crash_slow(point: QueueCrash) {
 #[derive(Clone)]
 pub(crate) struct Ring {
     shared: Shared<Header>,
+    /// Rung after every commit that may let a waiter go on (a put; a get of a bounded
+    /// queue), when coroutines listen (the count in the header).
+    bell: Doorbell,
     /// The hot ring's size (bytes).
     small: u64,
     /// The data's whole size (bytes): the hot ring and the sparse space past it.
@@ -218,15 +227,16 @@ impl Ring {
         }
         let data_len = full.min(allowed);
         let shared = Shared::<Header>::with_data(data_len as usize)?;
+        let bell = Doorbell::new()?;
         let words = &shared.4;
         words[SMALL].store(small, Ordering::Relaxed);
         words[MAXSIZE].store(maxsize, Ordering::Relaxed);
         words[MAGIC].store(MAGIC_VALUE, Ordering::Release);
-        Ok(Ring { shared, small, data_len, maxsize })
+        Ok(Ring { shared, bell, small, data_len, maxsize })
     }
 
-    /// A queue another process made.
-    pub(crate) fn attach(shared: Shared<Header>) -> std::result::Result<Ring, &'static str> {
+    /// A queue another process made (its region and its doorbell).
+    pub(crate) fn attach(shared: Shared<Header>, bell: Doorbell) -> std::result::Result<Ring, &'static str> {
         let words = &shared.4;
         if words[MAGIC].load(Ordering::Acquire) != MAGIC_VALUE {
             return Err("the shared region is not a queue");
@@ -237,11 +247,19 @@ impl Ring {
         if small < PAGE || !small.is_multiple_of(PAGE) || small >= data_len {
             return Err("the queue's header is corrupt");
         }
-        Ok(Ring { shared, small, data_len, maxsize })
+        Ok(Ring { shared, bell, small, data_len, maxsize })
     }
 
     pub(crate) fn shared(&self) -> &Shared<Header> {
         &self.shared
+    }
+
+    pub(crate) fn doorbell(&self) -> &Doorbell {
+        &self.bell
+    }
+
+    pub(crate) fn listeners(&self) -> &Listeners {
+        &self.shared.5
     }
 
     fn words(&self) -> &[AtomicU64; WORDS] {
@@ -258,7 +276,9 @@ impl Ring {
     pub(crate) fn snapshot(&self) -> State {
         let words = self.words();
         loop {
-            let generation = words[GEN].load(Ordering::Acquire);
+            // SeqCst, as the commit's store: a coroutine that counted itself a listener and
+            // then finds the queue unchanged is seen by the committer's doorbell (see `ring`).
+            let generation = words[GEN].load(Ordering::SeqCst);
             let state = self.read_slot(generation);
             fence(Ordering::Acquire);
             if words[GEN].load(Ordering::Relaxed) == generation {
@@ -289,7 +309,7 @@ impl Ring {
                 crash_point(half);
             }
         }
-        words[GEN].store(next, Ordering::Release);
+        words[GEN].store(next, Ordering::SeqCst);
         locked.generation = next;
         locked.state = state;
     }
@@ -347,7 +367,23 @@ impl Ring {
 
     /// Items in the queue, from one snapshot.
     pub(crate) fn qsize(&self) -> u64 {
-        self.snapshot().count
+        self.snapshot_count()
+    }
+
+    /// The committed state's `count` alone, read as [`snapshot`](Self::snapshot) reads the
+    /// whole state: three loads.
+    fn snapshot_count(&self) -> u64 {
+        let words = self.words();
+        loop {
+            let generation = words[GEN].load(Ordering::SeqCst);
+            let count =
+                words[SLOTS + (generation & 1) as usize * STATE_WORDS + COUNT_AT].load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if words[GEN].load(Ordering::Relaxed) == generation {
+                return count;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Puts one record of `payload`. `deadline`: `Some(now)` never waits, `None` waits as long
@@ -359,9 +395,12 @@ impl Ring {
         deadline: Option<Instant>,
         timeout_is_error: bool,
     ) -> Result<bool> {
-        let spin = deadline.is_none_or(|d| d > Instant::now());
-        if spin && self.full(&self.snapshot()) {
-            spin_until(|| !self.full(&self.snapshot()));
+        // An unbounded queue is never full: no look before the lock.
+        if self.maxsize != u64::MAX
+            && self.snapshot_count() >= self.maxsize
+            && deadline.is_none_or(|d| d > Instant::now())
+        {
+            spin_until(|| self.snapshot_count() < self.maxsize);
         }
         let mut locked = self.lock()?;
         crash_point(QueueCrash::PutLocked);
@@ -376,6 +415,7 @@ impl Ring {
         crash_point(QueueCrash::PutCommitted);
         drop(locked);
         self.notify(&self.shared.1, SLEEP_GET, false);
+        self.bell.ring(self.listeners());
         Ok(true)
     }
 
@@ -452,12 +492,11 @@ impl Ring {
         deadline: Option<Instant>,
         timeout_is_error: bool,
     ) -> Result<bool> {
-        let spin = deadline.is_none_or(|d| d > Instant::now());
-        if self.snapshot().count == 0 {
-            if !spin {
+        if self.snapshot_count() == 0 {
+            if deadline.is_some_and(|d| d <= Instant::now()) {
                 return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
             }
-            spin_until(|| self.snapshot().count > 0);
+            spin_until(|| self.snapshot_count() > 0);
         }
         let mut locked = self.lock()?;
         crash_point(QueueCrash::GetLocked);
@@ -483,6 +522,7 @@ impl Ring {
         drop(locked);
         if self.maxsize != u64::MAX {
             self.notify(&self.shared.2, SLEEP_PUT, false);
+            self.bell.ring(self.listeners());
         }
         Ok(true)
     }
@@ -581,20 +621,63 @@ impl Ring {
     }
 }
 
-/// Looks for `cond` for up to [`SPIN`].
+/// Looks for `cond` (busy, without a system call) for as long as looking has lately paid:
+/// a partner running on another CPU is met without a sleep and a wake-up, and when the
+/// partner is not running (the CPUs are busy with other work, so it waits for one) the looks
+/// stop, since they only delay it. The budget is this process's, in nanoseconds: a look that
+/// succeeded after `t` sets it to `2t` (within [`SPIN_MIN_NS`] and [`SPIN_NS`]); one that
+/// failed halves it. Below [`SPIN_MIN_NS`] it does not look, except every 64th wait, which
+/// looks for [`SPIN_NS`] (long enough for a partner to be woken and answer) to learn whether
+/// looking pays again. A process that may run on one CPU only does not look at all: its
+/// partner cannot run while it looks.
 fn spin_until(cond: impl Fn() -> bool) {
+    use std::sync::atomic::AtomicU32;
+    // The budget (ns), and waits since the last probe in the top 8 bits.
+    static BUDGET: AtomicU32 = AtomicU32::new(SPIN_MIN_NS);
+    if !several_cpus() {
+        return;
+    }
+    let word = BUDGET.load(Ordering::Relaxed);
+    let (mut budget, waits) = (word & 0xff_ffff, word >> 24);
+    if budget < SPIN_MIN_NS {
+        if waits < 63 {
+            BUDGET.store(((waits + 1) << 24) | budget, Ordering::Relaxed);
+            return;
+        }
+        budget = SPIN_NS;
+    }
     let start = Instant::now();
+    let limit = Duration::from_nanos(u64::from(budget));
     loop {
         for _ in 0..16 {
             std::hint::spin_loop();
             if cond() {
+                let took = start.elapsed().as_nanos().min(u128::from(SPIN_NS)) as u32;
+                BUDGET.store((2 * took).clamp(SPIN_MIN_NS, SPIN_NS), Ordering::Relaxed);
                 return;
             }
         }
-        if start.elapsed() >= SPIN {
+        if start.elapsed() >= limit {
+            BUDGET.store(budget / 2, Ordering::Relaxed);
             return;
         }
     }
+}
+
+/// Whether this process may run on more than one CPU: its affinity mask, asked again every
+/// 256 calls (it can change at run time) so that a wait costs no system call.
+fn several_cpus() -> bool {
+    use std::sync::atomic::AtomicU32;
+    // The count of CPUs in the low 16 bits (0: not asked yet), calls since asked above.
+    static CACHED: AtomicU32 = AtomicU32::new(0);
+    let cached = CACHED.fetch_add(1 << 16, Ordering::Relaxed);
+    let (cpus, calls) = (cached & 0xffff, cached >> 16);
+    if cpus != 0 && calls < 256 {
+        return cpus > 1;
+    }
+    let cpus = rustix::thread::sched_getaffinity(None).map_or(2, |set| set.count()).clamp(1, 0xffff);
+    CACHED.store(cpus, Ordering::Relaxed);
+    cpus > 1
 }
 
 fn corrupt() -> Error {

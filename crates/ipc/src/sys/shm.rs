@@ -2,25 +2,17 @@
 //!
 //! A [`Mapping`] is a whole file mapped `MAP_SHARED` for as long as the value lives. Other
 //! processes map the same pages and write them at any time, so the mapping is only reached
-//! through raw pointers: typed views are atomics (made for shared memory), [`RawMutex`] (a
-//! `pthread_mutex_t` that glibc only touches with its own atomics) and byte copies. The file
-//! is sealed against shrinking before anything else sees it, so no access through a live
-//! mapping can fault with `SIGBUS`.
-//!
-//! [`RawMutex`] is a `pthread_mutex_t` made process-shared and robust: glibc keeps the
-//! mutexes a thread holds on that thread's robust list, and when the thread dies the kernel
-//! marks each one "owner died" and wakes a waiter, whose lock then returns `EOWNERDEAD`.
-//! Because the kernel reads that list at the death (no pid is stored and looked up later), a
-//! reused pid cannot be mistaken for the owner, and the window between taking the lock and
-//! recording it on the list is covered by glibc's `list_op_pending`.
+//! through raw pointers: typed views are atomics (made for shared memory), [`RawMutex`] (the
+//! robust futex lock of `sys/robust.rs`, all atomics) and byte copies. The file is sealed
+//! against shrinking before anything else sees it, so no access through a live mapping can
+//! fault with `SIGBUS`, and it is sized only after the file size limit was checked (past it,
+//! `ftruncate` would raise `SIGXFSZ`).
 
-use std::cell::UnsafeCell;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::time::Instant;
 
 use rustix::fs::SealFlags;
 use rustix::mm::{MapFlags, ProtFlags};
@@ -45,7 +37,7 @@ impl Mapping {
     pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<Mapping> {
         use rustix::fs::MemfdFlags;
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
+        set_len(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         Mapping::map(fd, len)
     }
@@ -135,6 +127,22 @@ impl Mapping {
     }
 }
 
+/// Sizes the file `fd` to `len` bytes; an error naming the file size limit (`ulimit -f`,
+/// `RLIMIT_FSIZE`) if `len` is past it, where `ftruncate` would have the kernel kill the
+/// process with `SIGXFSZ`.
+pub(crate) fn set_len(fd: &OwnedFd, len: u64) -> io::Result<()> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Fsize).current.unwrap_or(u64::MAX);
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!(
+                "a shared block of {len} bytes is past this process's file size limit of {limit} bytes (ulimit -f)"
+            ),
+        ));
+    }
+    Ok(rustix::fs::ftruncate(fd, len)?)
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         if self.len > 0 {
@@ -145,141 +153,7 @@ impl Drop for Mapping {
     }
 }
 
-/// Which kind of robust mutex: errors on a relock by its owner, or counts it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum MutexKind {
-    /// A second lock by the owning thread is an error (`EDEADLK`), not a hang.
-    ErrorCheck,
-    /// The owning thread may lock again; it is released after as many unlocks.
-    Recursive,
-}
-
-/// How a lock was taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Taken {
-    /// From a live owner (or free).
-    Clean,
-    /// From a thread that died holding it; the mutex was made consistent again, the state
-    /// it guards may be half-written.
-    OwnerDied,
-}
-
-// SAFETY: the declaration matches glibc's prototype (pthread.h, glibc 2.30+).
-unsafe extern "C" {
-    /// glibc 2.30+: `pthread_mutex_timedlock` against a chosen clock.
-    fn pthread_mutex_clocklock(
-        mutex: *mut libc::pthread_mutex_t,
-        clock: libc::clockid_t,
-        abstime: *const libc::timespec,
-    ) -> libc::c_int;
-}
-
-/// A process-shared, robust `pthread_mutex_t`, living in shared memory (never moved).
-#[repr(C)]
-pub(crate) struct RawMutex {
-    raw: UnsafeCell<libc::pthread_mutex_t>,
-}
-
-// SAFETY: a process-shared pthread mutex is made to be used from many threads and
-// processes at once; glibc only touches it with atomics and under its own protocol.
-unsafe impl Sync for RawMutex {}
-// SAFETY: as above; it is never moved once in use (it only exists inside a mapping).
-unsafe impl Send for RawMutex {}
-
-impl RawMutex {
-    /// Initializes the mutex at `this`.
-    ///
-    /// # Safety
-    /// `this` must point to writable memory for a `RawMutex` that no thread uses yet.
-    pub(crate) unsafe fn init(this: *mut RawMutex, kind: MutexKind) -> io::Result<()> {
-        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-        let kind = match kind {
-            MutexKind::ErrorCheck => libc::PTHREAD_MUTEX_ERRORCHECK,
-            MutexKind::Recursive => libc::PTHREAD_MUTEX_RECURSIVE,
-        };
-        // SAFETY: `attr` is initialized by `pthread_mutexattr_init` before any other use and
-        // destroyed after; `this` is valid writable memory no one uses (the caller's promise).
-        unsafe {
-            check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
-            let a = attr.as_mut_ptr();
-            let set = check(libc::pthread_mutexattr_setpshared(a, libc::PTHREAD_PROCESS_SHARED))
-                .and_then(|()| check(libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST)))
-                .and_then(|()| check(libc::pthread_mutexattr_settype(a, kind)))
-                .and_then(|()| check(libc::pthread_mutex_init((*this).raw.get(), a)));
-            libc::pthread_mutexattr_destroy(a);
-            set
-        }
-    }
-
-    /// Locks, waiting until `deadline` (for ever if `None`). `Ok(None)` is a timeout.
-    pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> io::Result<Option<Taken>> {
-        // SAFETY: the mutex was initialized (every `RawMutex` lives in a mapping whose
-        // creator ran `init` before sharing it) and is never moved.
-        let rc = unsafe { libc::pthread_mutex_trylock(self.raw.get()) };
-        if rc != libc::EBUSY {
-            return self.taken(rc).map(Some);
-        }
-        let rc = match deadline {
-            // SAFETY: as above.
-            None => unsafe { libc::pthread_mutex_lock(self.raw.get()) },
-            Some(deadline) => {
-                let abs = monotonic_deadline(deadline);
-                // SAFETY: as above; `abs` is a valid timespec on the stack.
-                unsafe { pthread_mutex_clocklock(self.raw.get(), libc::CLOCK_MONOTONIC, &abs) }
-            }
-        };
-        if rc == libc::ETIMEDOUT {
-            return Ok(None);
-        }
-        self.taken(rc).map(Some)
-    }
-
-    /// Takes the lock without waiting; `Ok(None)` if another thread holds it.
-    pub(crate) fn try_lock(&self) -> io::Result<Option<Taken>> {
-        // SAFETY: initialized and never moved, as in `lock_until`.
-        let rc = unsafe { libc::pthread_mutex_trylock(self.raw.get()) };
-        if rc == libc::EBUSY {
-            return Ok(None);
-        }
-        self.taken(rc).map(Some)
-    }
-
-    fn taken(&self, rc: libc::c_int) -> io::Result<Taken> {
-        match rc {
-            0 => Ok(Taken::Clean),
-            libc::EOWNERDEAD => {
-                // SAFETY: this thread holds the mutex (EOWNERDEAD hands it over locked).
-                check(unsafe { libc::pthread_mutex_consistent(self.raw.get()) })?;
-                Ok(Taken::OwnerDied)
-            }
-            e => Err(io::Error::from_raw_os_error(e)),
-        }
-    }
-
-    /// Unlocks. An error (`EPERM`) if this thread does not hold it: a robust mutex checks its
-    /// owner, so a wrong unlock is refused, never undefined.
-    pub(crate) fn unlock(&self) -> io::Result<()> {
-        // SAFETY: initialized and never moved; glibc checks the owner of a robust mutex.
-        check(unsafe { libc::pthread_mutex_unlock(self.raw.get()) })
-    }
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
-}
-
-/// `deadline` as an absolute `CLOCK_MONOTONIC` time (what `Instant` measures on Linux).
-fn monotonic_deadline(deadline: Instant) -> libc::timespec {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    let left = deadline.saturating_duration_since(Instant::now());
-    let mut sec = now.tv_sec.saturating_add(left.as_secs() as i64);
-    let mut nsec = now.tv_nsec + i64::from(left.subsec_nanos());
-    if nsec >= 1_000_000_000 {
-        nsec -= 1_000_000_000;
-        sec = sec.saturating_add(1);
-    }
-    libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as _ }
-}
+pub(crate) use super::robust::{MutexKind, RawMutex, Taken};
 
 /// A process-shared robust mutex that refuses a relock by its owner (`EDEADLK`).
 ///
@@ -349,7 +223,8 @@ zero_is_ready!(
     std::sync::atomic::AtomicI64,
     std::sync::atomic::AtomicUsize,
     std::sync::atomic::AtomicIsize,
-    ShmCondvar
+    ShmCondvar,
+    Listeners
 );
 
 // SAFETY: glibc's mutex words are only touched with its atomics; a dead owner's state is
@@ -549,6 +424,7 @@ impl std::fmt::Debug for ShmGuard<'_> {
 }
 
 impl Drop for ShmGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         // Only fails if this thread does not hold it, which a guard rules out.
         let _ = self.raw.unlock();
@@ -564,3 +440,9 @@ pub struct ShmCondvar {
     pub(crate) seq: std::sync::atomic::AtomicU32,
     pub(crate) waiters: std::sync::atomic::AtomicU32,
 }
+
+/// How many coroutines (in any process) listen for a [`Doorbell`](crate::Doorbell): a count in
+/// shared memory, beside the state whose changes ring it. Zeroed memory is a ready count.
+#[repr(transparent)]
+#[derive(Debug, Default)]
+pub struct Listeners(pub(crate) std::sync::atomic::AtomicU32);

@@ -6,7 +6,8 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 pub use sys::{
-    Child, Exit, SIGNALS_SEEN, fork_child, from_raw, install_counting_handler, kill_self, shared_words,
+    Child, Exit, PthreadRobust, SIGNALS_SEEN, fork_child, from_raw, install_counting_handler, kill_self,
+    shared_words,
 };
 
 /// How long any test waits for anything before it fails: generous, so a loaded machine

@@ -184,3 +184,44 @@ pub fn shared_words(n: usize) -> &'static [std::sync::atomic::AtomicU64] {
     // never unmapped, and only ever accessed atomically.
     unsafe { std::slice::from_raw_parts(addr.cast::<std::sync::atomic::AtomicU64>(), n) }
 }
+
+/// A glibc robust, process-shared `pthread_mutex_t` in shared memory (never freed): mproc's
+/// locks share each thread's robust list with these, so the tests hold both at once.
+pub struct PthreadRobust(*mut libc::pthread_mutex_t);
+
+// SAFETY: a process-shared pthread mutex is made for use from many threads at once.
+unsafe impl Sync for PthreadRobust {}
+// SAFETY: as above; it lives in a mapping that is never unmapped, so it never moves.
+unsafe impl Send for PthreadRobust {}
+
+impl PthreadRobust {
+    pub fn new() -> PthreadRobust {
+        let words = shared_words(size_of::<libc::pthread_mutex_t>().div_ceil(8));
+        let m = words.as_ptr() as *mut libc::pthread_mutex_t;
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+        // SAFETY: `attr` is initialized before use; `m` is zeroed shared memory nothing uses.
+        unsafe {
+            assert_eq!(libc::pthread_mutexattr_init(attr.as_mut_ptr()), 0);
+            libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED);
+            libc::pthread_mutexattr_setrobust(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ROBUST);
+            assert_eq!(libc::pthread_mutex_init(m, attr.as_ptr()), 0);
+        }
+        PthreadRobust(m)
+    }
+
+    /// `pthread_mutex_lock`'s return code (0, or `EOWNERDEAD`, made consistent).
+    pub fn lock(&self) -> i32 {
+        // SAFETY: initialized in `new`, never moved.
+        let rc = unsafe { libc::pthread_mutex_lock(self.0) };
+        if rc == libc::EOWNERDEAD {
+            // SAFETY: held by this thread (EOWNERDEAD hands it over locked).
+            unsafe { libc::pthread_mutex_consistent(self.0) };
+        }
+        rc
+    }
+
+    pub fn unlock(&self) -> i32 {
+        // SAFETY: initialized in `new`, never moved.
+        unsafe { libc::pthread_mutex_unlock(self.0) }
+    }
+}

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use rustix::process::{Pid, Signal};
+use rustix::process::Pid;
 use serde::Serialize;
 
 use crate::bootstrap;
@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::identity::{self, Identity};
 use crate::process::Process;
 use crate::slot::{Slot, SlotWriter};
-use crate::sys::fork::{Forked, exit_now, fork, single_threaded};
+use crate::sys::fork::{Never, die_with_parent, exit_now, fork_then};
 
 /// Forks a child that runs `f` and leaves its value in a [`Slot`].
 /// `close` are the parent's fds the child closes first (`Builder::close_in_child`): ends the
@@ -35,39 +35,31 @@ where
     let identity = Box::new(identity);
     let state = Arc::new(ChildState::unstarted(exit).with_slot(slot));
     crate::registry::push(Arc::clone(&state));
-    // Flush stdio first so the child does not print the parent's pending output again. If
-    // other threads run, hold the stdio locks across the fork, so none of them holds one
-    // then (the child could never print). mproc's own per-process state needs no lock held:
-    // a child starts it afresh (see `global`).
+    // Flush stdio first so the child does not print the parent's pending output again, and
+    // hold the stdio locks across the fork, so no other thread holds one then (the child
+    // could never print). mproc's own per-process state needs no lock held: a child starts
+    // it afresh (see `global`).
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let mut out = stdout.lock();
     let _ = out.flush();
-    let held = if single_threaded() {
-        drop(out);
-        None
-    } else {
-        Some((out, stderr.lock()))
-    };
-    match fork() {
-        Ok(Forked::Child) => {
-            if let Some(locks) = held {
-                drop(locks);
-            }
-            if identity.daemon {
-                die_with_parent(parent_pid);
-            }
-            identity::become_child(identity);
-            crate::sys::fork::close_copies(close);
-            child(&stdout, writer, f)
+    let held = (out, stderr.lock());
+    // The identity goes to the child, and comes back to the parent (which keeps it in the
+    // child's state); the locks are released on both sides.
+    let forked = fork_then(close, identity, |identity| -> Never {
+        drop(held);
+        if identity.daemon {
+            die_with_parent(parent_pid);
         }
-        Ok(Forked::Parent(pid)) => {
-            drop(held);
+        identity::become_child(identity);
+        child(&stdout, writer, f)
+    });
+    match forked {
+        Ok((pid, identity)) => {
             state.started(pid, identity);
             Ok(Process::from_slot(state))
         }
         Err(e) => {
-            drop(held);
             state.never_started();
             Err(e.into())
         }
@@ -87,14 +79,4 @@ fn child<R: Serialize>(stdout: &std::io::Stdout, slot: SlotWriter<'_>, f: impl F
     // of the parent's state.
     let _ = (&mut &*stdout).flush();
     exit_now(code)
-}
-
-/// Makes the kernel kill this process when its parent dies. The death signal follows the
-/// parent *thread* that forked; `Builder` starts daemons from a thread that lives as long as
-/// the process. If the parent is already gone, leave now.
-pub(crate) fn die_with_parent(parent: Pid) {
-    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
-    if rustix::process::getppid() != Some(parent) {
-        exit_now(1);
-    }
 }

@@ -19,20 +19,15 @@ use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::bootstrap::{Start, World};
+use crate::bootstrap::{BOOTSTRAP_VARS, SERVER_ENV, Start, World};
 use crate::child::{ChildState, Exit, Report};
 use crate::error::{Error, Result};
 use crate::global::PerProcess;
 use crate::identity::Identity;
 use crate::process::Process;
-use crate::start::fork::die_with_parent;
-use crate::start::spawn::{bootstrap_env, finish_start, send_start};
+use crate::start::{bootstrap_env, finish_start, send_start};
 use crate::status::ExitStatus;
 use crate::sys;
-use crate::sys::fork::{Forked, fork};
-
-/// The variable that tells a spawned program it is the fork server: `PARENT_PID:FD`.
-pub(crate) const SERVER_ENV: &str = "MPROC_FORKSERVER";
 
 /// How long the client waits for the server to answer a request: it is local and does
 /// nothing but fork, so only a wedged server takes this long.
@@ -65,7 +60,7 @@ where
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + 'static,
 {
-    crate::check_initialized()?;
+    crate::bootstrap::check_initialized()?;
     let (parent_end, child_end) = Connection::<Start, ()>::pair()?;
     let (reports, server_reports) = Connection::<(), Report>::pair()?;
     let request = Request { bootstrap: child_end, reports: server_reports.cast(), daemon: identity.daemon };
@@ -114,7 +109,7 @@ fn start_server() -> Result<Server> {
     let (ours, theirs) = Connection::<Request, ()>::pair()?;
     let env = [bootstrap_env(SERVER_ENV)];
     let world = World::current();
-    let pid = sys::spawn::spawn_self(&env, &crate::start::spawn::BOOTSTRAP_VARS, theirs.as_fd())?;
+    let pid = sys::spawn::spawn_self(&env, &BOOTSTRAP_VARS, theirs.as_fd())?;
     drop(theirs);
     // The server is our child too: reap it whenever it ends.
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
@@ -171,23 +166,11 @@ pub(crate) fn serve(control: Connection<(), Request>) -> ! {
         }
         if ready.first() == Some(&0) {
             match control.recv() {
-                Ok(request) => match fork_child(request) {
-                    Forking::Server(pid, served) => {
+                Ok(request) => {
+                    if let Some((pid, served)) = fork_child(request, me) {
                         children.insert(pid, served);
                     }
-                    Forking::Failed => {}
-                    Forking::Child { bootstrap, daemon } => {
-                        // Only the child's own bootstrap end stays: the server's fds go.
-                        drop(control);
-                        drop(client);
-                        drop(children);
-                        if daemon {
-                            die_with_parent(me);
-                        }
-                        let bootstrap = crate::sys::fork::keep_only(bootstrap.into());
-                        crate::bootstrap::child_main(Connection::from(bootstrap))
-                    }
-                },
+                }
                 // The client closed its end: the server is done. Children run on (daemons
                 // die with this process, their parent).
                 Err(mproc_ipc::Error::Closed) => crate::bootstrap::exit(0),
@@ -207,39 +190,28 @@ fn parent_pidfd() -> Option<OwnedFd> {
     (rustix::process::getppid() == Some(parent)).then_some(pidfd)
 }
 
-/// What a fork for a request turned out to be, on each side.
-enum Forking {
-    /// In the server: the new child.
-    Server(i32, Served),
-    /// In the server: the fork failed (the client was told).
-    Failed,
-    /// In the new child.
-    Child { bootstrap: Connection<(), Start>, daemon: bool },
-}
-
-/// Forks the requested child and, in the server, tells the client its pid.
-fn fork_child(request: Request) -> Forking {
+/// Forks the requested child (which holds only stdio and its bootstrap end, and dies with
+/// the server, `me`, if it is a daemon) and tells the client its pid: the new child, or
+/// `None` if it could not be started (the client was told).
+fn fork_child(request: Request, me: Pid) -> Option<(i32, Served)> {
     let Request { bootstrap, reports, daemon } = request;
-    match fork() {
+    let child: fn(OwnedFd) -> ! = |bootstrap| crate::bootstrap::child_main(Connection::from(bootstrap));
+    let pid = match sys::fork::fork_keeping(bootstrap.into(), daemon.then_some(me), child) {
+        Ok(pid) => pid,
         Err(e) => {
             let _ = reports.send(&Report::Failed(format!("fork failed: {e}")));
-            Forking::Failed
+            return None;
         }
-        Ok(Forked::Child) => Forking::Child { bootstrap, daemon },
-        Ok(Forked::Parent(pid)) => {
-            drop(bootstrap);
-            let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-                Ok(fd) => fd,
-                Err(e) => {
-                    let _ = reports.send(&Report::Failed(format!("pidfd_open failed: {e}")));
-                    return Forking::Failed;
-                }
-            };
-            let Ok(for_client) = pidfd.try_clone() else { return Forking::Failed };
-            let raw = pid.as_raw_nonzero().get();
-            let _ =
-                reports.send(&Report::Started { pid: raw as u32, pidfd: Receiver::<()>::from(for_client) });
-            Forking::Server(raw, Served { pidfd, reports })
+    };
+    let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = reports.send(&Report::Failed(format!("pidfd_open failed: {e}")));
+            return None;
         }
-    }
+    };
+    let for_client = pidfd.try_clone().ok()?;
+    let raw = pid.as_raw_nonzero().get();
+    let _ = reports.send(&Report::Started { pid: raw as u32, pidfd: Receiver::<()>::from(for_client) });
+    Some((raw, Served { pidfd, reports }))
 }

@@ -8,21 +8,13 @@ use rustix::process::PidfdFlags;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::FnRef;
-use crate::bootstrap::{self, Call, Outcome, Start, Trampoline, World};
+use crate::bootstrap::{self, BOOTSTRAP_VARS, CHILD_ENV, Start};
 use crate::child::{ChildState, Exit};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::identity::Identity;
 use crate::process::Process;
+use crate::start::{bootstrap_env, finish_start, send_start};
 use crate::sys;
-
-/// The variable that tells a spawned program it is a child: `PARENT_PID:FD`, the fd being
-/// its end of the bootstrap connection.
-pub(crate) const CHILD_ENV: &str = "MPROC_CHILD";
-
-/// Every variable that tells a program it was started by mproc: a spawned program inherits
-/// none of those its parent was started with, only the one set for it.
-pub(crate) const BOOTSTRAP_VARS: [&str; 2] = [CHILD_ENV, crate::start::forkserver::SERVER_ENV];
 
 /// Spawns a child running `f(args)`.
 pub(crate) fn start<A, R>(identity: Identity, f: fn(A) -> R, args: &A) -> Result<Process<R>>
@@ -30,7 +22,7 @@ where
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + 'static,
 {
-    crate::check_initialized()?;
+    bootstrap::check_initialized()?;
     let (parent_end, child_end) = Connection::<Start, ()>::pair()?;
     let env = [bootstrap_env(CHILD_ENV)];
     let pid = sys::spawn::spawn_self(&env, &BOOTSTRAP_VARS, child_end.as_fd())?;
@@ -40,62 +32,6 @@ where
     let state = Arc::new(ChildState::new(pid, Box::new(identity.clone()), Exit::own_with(pidfd)));
     let (conn, sent) = send_start(parent_end, identity, daemon, None, f, args);
     finish_start(state, conn, sent)
-}
-
-/// `KEY=PARENT_PID:FD` for the bootstrap end a spawned child finds as fd 3.
-pub(crate) fn bootstrap_env(key: &str) -> std::ffi::CString {
-    sys::spawn::env_entry(key, &format!("{}:{}", std::process::id(), sys::spawn::BOOTSTRAP_FD))
-}
-
-/// Sends a new child what to run: the start message (with `world`, the directory and
-/// environment it is to take, for a child that does not inherit them), then the trampoline
-/// and the user's function (as [`FnRef`]s, the way a pool names functions too) with the
-/// arguments. They wait in the
-/// socket until the child reads them, so this needs no answer from the child first. Returns
-/// the connection, typed for the child's outcome, and whether sending worked (if not, the
-/// child sees its connection close and exits).
-pub(crate) fn send_start<A, R>(
-    conn: Connection<Start, ()>,
-    identity: Identity,
-    dies_with_parent: bool,
-    world: Option<World>,
-    f: fn(A) -> R,
-    args: &A,
-) -> (Connection<(), Outcome<R>>, std::result::Result<(), mproc_ipc::Error>)
-where
-    A: Serialize + DeserializeOwned + 'static,
-    R: Serialize + DeserializeOwned + 'static,
-{
-    let start = Start {
-        check: sys::offset_of(bootstrap::check_binary as *const () as usize),
-        identity,
-        dies_with_parent,
-        world,
-    };
-    let trampoline = FnRef::new(bootstrap::trampoline::<A, R> as Trampoline);
-    let sent = conn.send(&start);
-    let conn: Connection<FnRef<Trampoline>, ()> = conn.cast();
-    let sent = sent.and_then(|()| conn.send(&trampoline));
-    let conn: Connection<Call<A, R, &A>, ()> = conn.cast();
-    let sent = sent.and_then(|()| conn.send(&(FnRef::new(f), args)));
-    (conn.cast(), sent)
-}
-
-/// Makes the handle of a child whose start was sent; a failed send becomes the error (the
-/// handle, dropped, has the child reaped).
-pub(crate) fn finish_start<R>(
-    state: Arc<ChildState>,
-    conn: Connection<(), Outcome<R>>,
-    sent: std::result::Result<(), mproc_ipc::Error>,
-) -> Result<Process<R>> {
-    let process = Process::new(state, conn);
-    match sent {
-        Ok(()) => Ok(process),
-        Err(e) => Err(Error::Transfer {
-            name: process.name().to_string(),
-            message: format!("cannot send the start message and arguments: {e}"),
-        }),
-    }
 }
 
 /// The bootstrap connection a variable's value `PARENT_PID:FD` names, if it is this
@@ -124,7 +60,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     use super::*;
-    use crate::Process;
+    use crate::error::Error;
 
     /// Each case runs in a Fork child: `bootstrap_from` is meant for a program's first line.
     #[test]

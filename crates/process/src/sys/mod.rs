@@ -2,13 +2,14 @@
 //!
 //! - [`fork`](fork::fork): the one call of `fork(2)` in mproc, and `_exit(2)` for the child.
 //! - [`spawn`](spawn::spawn_self): `posix_spawn(3)` of this same program, keeping one fd.
-//! - [`fn_ref_target`]: the function an [`FnRef`](crate::FnRef) names, from its offset.
+//! - [`fnref`]: the function an [`FnRef`](crate::FnRef) names, from its offset.
 //! - [`at_exit`]: `atexit(3)`, so children are joined when the program ends.
 //! - [`wiped`]: per-process state, on a page every forked child finds zeroed.
 //! - [`shared`]: a shared mapping of a file, where `Fork` children leave their values.
 //! - [`leaked`]: a `&'static T` one store replaces, for what a forked child changes.
 #![allow(unsafe_code)]
 
+pub(crate) mod fnref;
 pub(crate) mod fork;
 pub(crate) mod leaked;
 pub(crate) mod shared;
@@ -25,18 +26,8 @@ pub(crate) fn offset_of(addr: usize) -> i64 {
 #[inline(never)]
 fn anchor() {}
 
-/// The function of type `F` at `offset` from [`anchor`], for [`FnRef::get`](crate::FnRef::get).
+/// The function of type `F` at `offset` from [`anchor`].
 ///
-/// Sound because of where an `FnRef`'s offset comes from: `FnRef::new` of an `F` in this
-/// process, or a deserialized `FnRef<F>` whose tag matched, which only code of this crate in a
-/// process of this family computes, for an `F` made by `FnRef::new`, and every process of the
-/// family runs this same binary (checked when it starts).
-pub(crate) fn fn_ref_target<F: crate::FnPtr>(offset: i64) -> F {
-    // SAFETY: see above: `offset` names an `F` in this binary, and `F` is a fn pointer type
-    // (the only `FnPtr` impls are for fn pointers).
-    unsafe { fn_at(offset) }
-}
-
 /// # Safety
 /// `offset` must come from [`offset_of`] of a function of type `F` in a process running this
 /// same binary, and `F` must be a fn pointer type.
@@ -56,7 +47,7 @@ unsafe fn fn_at<F: Copy>(offset: i64) -> F {
 /// forked from a one-thread server and runs this first thing, before its function: it has
 /// one thread, which is checked here; with more (not possible there), nothing is changed.
 pub(crate) fn replace_env(vars: &[(std::ffi::OsString, std::ffi::OsString)]) {
-    if !fork::single_threaded() && !only_thread() {
+    if !only_thread() {
         return;
     }
     let stale: Vec<std::ffi::OsString> =
@@ -85,7 +76,7 @@ pub(crate) fn replace_env(vars: &[(std::ffi::OsString, std::ffi::OsString)]) {
 /// merely inherited them), nothing is removed; a child it starts gets none of them anyway
 /// (see [`spawn::spawn_self`]).
 pub(crate) fn remove_env(keys: &[&str]) {
-    if !fork::single_threaded() && !only_thread() {
+    if !only_thread() {
         return;
     }
     for key in keys {
@@ -96,7 +87,7 @@ pub(crate) fn remove_env(keys: &[&str]) {
 }
 
 /// Whether the calling thread is this process's only one, as `/proc/self/task` lists them.
-fn only_thread() -> bool {
+pub(crate) fn only_thread() -> bool {
     std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
 }
 

@@ -12,22 +12,12 @@ use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The address space one [`SharedMap`] takes: what one page-table page maps (512 entries of
-/// 4 KiB pages on x86-64 and arm64), on a boundary of its size.
+/// How much of the file one [`SharedMap`] maps.
 pub(crate) const CHUNK: usize = 2 << 20;
 
-/// A chunk of a file's pages, mapped shared for the rest of the process's life, behind a private
-/// *anchor* page.
-///
-/// A fork copies the page tables of private memory only: a child's first store to a shared
-/// mapping would otherwise allocate the page-table pages that map it (two, with their memory
-/// charges), a cost as large as the store's own fault. The anchor, a private page written
-/// once, sits in the same [`CHUNK`] as the file's pages, so every forked child inherits the
-/// page-table page that maps them all, and its store only fills one entry.
+/// A chunk of a file's pages, mapped shared for the rest of the process's life.
 pub(crate) struct SharedMap {
     base: NonNull<u8>,
-    /// Where the file's pages start: past the anchor.
-    first: usize,
 }
 
 // SAFETY: the mapping is never unmapped and only touched through volatile accesses of
@@ -38,48 +28,25 @@ unsafe impl Send for SharedMap {}
 unsafe impl Sync for SharedMap {}
 
 impl SharedMap {
-    /// Maps `file` from `offset` (a multiple of [`CHUNK`]) as one chunk: the anchor in place
-    /// of the chunk's first page (of the system's page size), then the file's bytes up to
-    /// `offset + CHUNK`, which the file must hold (a page past its end would raise `SIGBUS`).
-    /// Pages are allocated by the file when first written.
+    /// Maps `file`'s bytes `offset..offset + CHUNK` (`offset` a multiple of the page size),
+    /// which the file must hold (a page past its end would raise `SIGBUS`). Pages are
+    /// allocated by the file when first written.
     pub(crate) fn map_chunk(file: &OwnedFd, offset: u64) -> io::Result<SharedMap> {
         use rustix::mm::{MapFlags, ProtFlags};
-        let first = super::page_size();
-        // Twice the chunk, unused, so that a chunk-aligned one fits inside.
-        // SAFETY: a fresh inaccessible mapping placed by the kernel: it aliases nothing.
-        let reserved = unsafe {
-            rustix::mm::mmap_anonymous(std::ptr::null_mut(), 2 * CHUNK, ProtFlags::empty(), MapFlags::PRIVATE)
-        }?;
-        let start = (reserved as usize).next_multiple_of(CHUNK);
-        let (head, tail) = (start - reserved as usize, CHUNK - (start - reserved as usize));
-        // SAFETY: only parts of the reservation just made, which nothing uses, are replaced
-        // or unmapped; what stays mapped is never unmapped, so the pointer stays valid.
-        unsafe {
-            if head > 0 {
-                rustix::mm::munmap(reserved, head)?;
-            }
-            if tail > 0 {
-                rustix::mm::munmap((start + CHUNK) as *mut _, tail)?;
-            }
-            let anchor = rustix::mm::mmap_anonymous(
-                start as *mut _,
-                first,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE | MapFlags::FIXED,
-            )?;
-            // Written, so the anchor is memory a fork must copy (and its page table with it).
-            anchor.cast::<u8>().write_volatile(1);
+        // SAFETY: a fresh mapping placed by the kernel: it aliases no Rust memory, and it is
+        // never unmapped, so the pointer stays valid for the life of the process.
+        let addr = unsafe {
             rustix::mm::mmap(
-                (start + first) as *mut _,
-                CHUNK - first,
+                std::ptr::null_mut(),
+                CHUNK,
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::FIXED,
+                MapFlags::SHARED,
                 file,
-                offset + first as u64,
-            )?;
-        }
-        let base = NonNull::new(start as *mut u8).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(SharedMap { base, first })
+                offset,
+            )
+        }?;
+        let base = NonNull::new(addr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SharedMap { base })
     }
 
     /// Copies `bytes` to `offset`, a multiple of 8; `false` (nothing written) if that is not
@@ -138,7 +105,7 @@ impl SharedMap {
     }
 
     fn holds(&self, offset: usize, len: usize) -> bool {
-        offset >= self.first && offset.checked_add(len).is_some_and(|end| end <= CHUNK)
+        offset.checked_add(len).is_some_and(|end| end <= CHUNK)
     }
 }
 
