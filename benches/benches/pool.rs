@@ -3,6 +3,13 @@
 //! - Throughput: `apply_async` of a trivial task (tasks/s) and `map` of 1,000,000 trivial
 //!   items (items/s). Targets (issue 4): 500,000 tasks/s and 50,000,000 items/s, absolute
 //!   rates on this machine.
+//! - `map`'s floor (issue 14): the bytes `map` moves, moved and nothing else. Two peer
+//!   processes (one per worker) each take every other chunk: the parent writes each chunk's
+//!   encoded input (postcard, as `map` encodes it) into a pipe to its peer, which reads it
+//!   whole and writes back the chunk's encoded values (made before the clock starts), which
+//!   the parent reads whole; a writer and a reader thread per peer, as the pool has. No
+//!   encoding, decoding or computing is timed: `map`'s time over this floor's, in
+//!   alternating rounds of the same run, is what the pool adds to moving the bytes.
 //! - Skewed workloads (issue 11), each on 2 and 8 workers, all through `apply_async`:
 //!   cheap-then-slow (5,000 trivial tasks, then 40 of 50 ms), slow-then-cheap (the same, the
 //!   other way round) and a random mix of 1 µs and 5 ms tasks. Each makespan (first
@@ -14,6 +21,14 @@
 //!   same run: `apply_async` tasks/s and `map` items/s, and the per-task overhead in µs.
 //!   Target: remote `map` at least 0.5x local. Skipped, saying why, where namespaces cannot
 //!   be made.
+//! - Counting from outside: `MPROC_BENCH_PROBE=map` (or `apply_async`) with
+//!   `MPROC_BENCH_N=<rounds>` runs that many rounds of that case after one to warm up, and
+//!   nothing else, then prints the allocations per chunk (`map`, 8 chunks per round) or per
+//!   task in this process (the caller, the handler and the writer threads) and in the worker;
+//!   `MPROC_BENCH_WORKERS=1` for one worker (the worker's count is exact then), and
+//!   `MPROC_BENCH_THREADS=1` for thread workers (valgrind does not know `pidfd_open`). Run
+//!   with n = 0 and n > 0 under `strace -c -f`, `perf stat` or `valgrind --tool=callgrind
+//!   --separate-threads=yes` and take the difference: what one chunk or task costs.
 //!
 //! The slow tasks sleep rather than spin: the machine has 2 cores shared with other builds,
 //! and 8 spinning workers on 2 cores could never reach `work / 8`; sleeping tasks measure
@@ -23,11 +38,22 @@
 //! and the ideal is computed from those measures.
 
 use std::hint::black_box;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use mproc_benches::Target;
+use mproc_benches::{Ratio, Target};
 use mproc_pool::Pool;
+
+// Counts every allocation of the process (the worker processes are this program too).
+#[global_allocator]
+static ALLOCATOR: mproc_benches::sys::ProcessCountingAlloc = mproc_benches::sys::ProcessCountingAlloc;
+
+/// How many allocations the calling process has made (run as a task: the worker's).
+fn allocations(_: ()) -> u64 {
+    mproc_benches::sys::process_allocations()
+}
 
 fn trivial(x: u64) -> u64 {
     x.wrapping_mul(3)
@@ -51,6 +77,102 @@ fn work(ns: u64) -> u64 {
 const TASKS: u64 = 100_000;
 const ITEMS: u64 = 1_000_000;
 const MS: u64 = 1_000_000;
+
+/// The chunks `map` cuts `items` into on `n_workers` workers (Python's default size), each
+/// as `map` encodes it (the function and the items), and each chunk's values, encoded.
+fn encoded_chunks(items: &[u64], n_workers: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let chunksize = items.len().div_ceil(n_workers * 4).max(1);
+    let f = mproc_pool::process::FnRef::new(trivial as fn(u64) -> u64);
+    items
+        .chunks(chunksize)
+        .map(|chunk| {
+            let input = postcard::to_allocvec(&(f, chunk)).unwrap();
+            let values: Vec<u64> = chunk.iter().map(|&x| trivial(x)).collect();
+            (input, postcard::to_allocvec(&values).unwrap())
+        })
+        .collect()
+}
+
+/// The floor's peer (this program, run with `MPROC_BENCH_PEER=pool-floor`): reads chunks
+/// (a 4-byte length, a 4-byte chunk number, the bytes) from stdin and answers each with that
+/// chunk's encoded values (a 4-byte length, the bytes) on stdout, until end of file.
+fn floor_peer() {
+    let items: Vec<u64> = (0..ITEMS).collect();
+    let chunks = encoded_chunks(&items, 2);
+    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    let (rx, tx) = (stdin.as_fd(), stdout.as_fd());
+    let mut buf = Vec::new();
+    let mut header = [0u8; 8];
+    while mproc_benches::read_exact(rx, &mut header) {
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+        let k = u32::from_le_bytes(header[4..].try_into().unwrap()) as usize;
+        buf.resize(len, 0);
+        assert!(mproc_benches::read_exact(rx, &mut buf));
+        let values = &chunks[k].1;
+        mproc_benches::write_all(tx, &(values.len() as u32).to_le_bytes());
+        mproc_benches::write_all(tx, values);
+    }
+}
+
+/// One floor peer: its process and our ends of its stdin and stdout.
+struct FloorPeer {
+    child: Child,
+    to: OwnedFd,
+    from: OwnedFd,
+}
+
+impl FloorPeer {
+    fn start() -> FloorPeer {
+        let flags = rustix::pipe::PipeFlags::CLOEXEC;
+        let (peer_in, to) = rustix::pipe::pipe_with(flags).unwrap();
+        let (from, peer_out) = rustix::pipe::pipe_with(flags).unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .env("MPROC_BENCH_PEER", "pool-floor")
+            .stdin(Stdio::from(peer_in))
+            .stdout(Stdio::from(peer_out))
+            .spawn()
+            .unwrap();
+        FloorPeer { child, to, from }
+    }
+}
+
+impl Drop for FloorPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The floor of one `map`: every chunk's input to a peer (chunk `k` to peer `k % 2`) and its
+/// values back, a writer and a reader thread per peer.
+fn floor_round(peers: &[FloorPeer], chunks: &[(Vec<u8>, Vec<u8>)]) {
+    std::thread::scope(|s| {
+        for (p, peer) in peers.iter().enumerate() {
+            let n = peers.len();
+            let mine = move || chunks.iter().enumerate().skip(p).step_by(n);
+            s.spawn(move || {
+                for (k, (input, _)) in mine() {
+                    let mut header = [0u8; 8];
+                    header[..4].copy_from_slice(&(input.len() as u32).to_le_bytes());
+                    header[4..].copy_from_slice(&(k as u32).to_le_bytes());
+                    mproc_benches::write_all(peer.to.as_fd(), &header);
+                    mproc_benches::write_all(peer.to.as_fd(), input);
+                }
+            });
+            s.spawn(move || {
+                let mut buf = Vec::new();
+                for (_, (_, values)) in mine() {
+                    let mut len = [0u8; 4];
+                    assert!(mproc_benches::read_exact(peer.from.as_fd(), &mut len));
+                    buf.resize(u32::from_le_bytes(len) as usize, 0);
+                    assert!(mproc_benches::read_exact(peer.from.as_fd(), &mut buf));
+                    assert_eq!(buf.len(), values.len());
+                }
+                black_box(&buf);
+            });
+        }
+    });
+}
 
 fn apply_async_all(pool: &Pool, n: u64) {
     let results: Vec<_> = (0..n).map(|x| pool.apply_async(trivial, x)).collect();
@@ -230,8 +352,52 @@ fn remote(measuring: bool) -> Vec<Target> {
     targets
 }
 
+/// `MPROC_BENCH_PROBE`: rounds of one case and nothing else, and the allocations they made.
+fn probe(case: &str) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
+    let rounds = var("MPROC_BENCH_N").unwrap_or(10);
+    let workers = var("MPROC_BENCH_WORKERS").unwrap_or(2);
+    let builder = Pool::builder().processes(workers);
+    let builder = if var("MPROC_BENCH_THREADS") == Some(1) { builder.threads() } else { builder };
+    let pool = builder.build().expect("a pool");
+    let items: Vec<u64> = (0..ITEMS).collect();
+    let (run, per, unit): (&dyn Fn(), u64, &str) = match case {
+        "map" => (&|| map_all(&pool, &items), 8, "chunk"),
+        "apply_async" => (&|| apply_async_all(&pool, TASKS), TASKS, "task"),
+        other => panic!("MPROC_BENCH_PROBE: no case {other:?} (map, apply_async)"),
+    };
+    run();
+    let worker_before = pool.apply(allocations, ()).unwrap();
+    let here_before = mproc_benches::sys::process_allocations();
+    for _ in 0..rounds {
+        run();
+    }
+    let here = mproc_benches::sys::process_allocations() - here_before;
+    // The worker's count, less what the `apply` that reads it costs (measured as the
+    // difference of two reads in a row).
+    let worker_after = pool.apply(allocations, ()).unwrap();
+    let read_cost = pool.apply(allocations, ()).unwrap() - worker_after;
+    let worker = (worker_after - worker_before).saturating_sub(read_cost);
+    let n = (rounds as u64 * per).max(1) as f64;
+    println!(
+        "pool probe {case}: {rounds} rounds on {workers} worker(s): allocations per {unit}: {:.2} in this \
+         process, {:.2} in the worker{}",
+        here as f64 / n,
+        worker as f64 / n,
+        if workers == 1 { "" } else { " that answered (workers share the tasks)" }
+    );
+}
+
 fn main() {
+    if std::env::var_os("MPROC_BENCH_PEER").is_some_and(|mode| mode == "pool-floor") {
+        floor_peer();
+        return;
+    }
     mproc_pool::init();
+    if let Some(case) = std::env::var_os("MPROC_BENCH_PROBE") {
+        probe(&case.to_string_lossy());
+        return;
+    }
     mproc_benches::start_run();
     let measuring = mproc_benches::measuring();
     let pool = Pool::new(2).expect("a pool of 2 workers");
@@ -274,6 +440,25 @@ fn main() {
         let (median, best) = rate(&|| map_all(&pool, &items), ITEMS);
         println!("pool map: median {median:.0} items/s, best {best:.0} (5 rounds of {ITEMS})");
         targets.push(Target::at_least("pool::map", median, 50_000_000.0, " items/s"));
+        // The floor: the bytes map moves, and nothing else, alternating with map itself.
+        let chunks = encoded_chunks(&items, 2);
+        let (bytes_in, bytes_out): (usize, usize) =
+            chunks.iter().fold((0, 0), |(i, o), (input, values)| (i + input.len(), o + values.len()));
+        let peers = [FloorPeer::start(), FloorPeer::start()];
+        floor_round(&peers, &chunks); // the peers are up and have made their answers
+        let (median, best) = rate(&|| floor_round(&peers, &chunks), ITEMS);
+        println!(
+            "pool map floor: median {median:.0} items/s, best {best:.0} ({bytes_in} bytes out and \
+             {bytes_out} back through pipes, {} chunks, 2 peers; 5 rounds)",
+            chunks.len()
+        );
+        mproc_benches::paired(
+            "pool map 1M items vs moving its bytes through pipes",
+            1,
+            Ratio::Time,
+            || floor_round(&peers, &chunks),
+            || map_all(&pool, &items),
+        );
     }
     drop(pool);
     targets.extend(skewed(measuring));

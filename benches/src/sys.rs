@@ -1,5 +1,5 @@
-//! What needs `unsafe`: the raw-syscall floor (a bare `fork` + `_exit` + `waitpid`), an
-//! allocator that counts allocations, and the thread's CPU clock.
+//! What needs `unsafe`: the raw-syscall floor (a bare `fork` + `_exit` + `waitpid`),
+//! allocators that count allocations (per thread, or per process), and CPU clocks.
 #![allow(unsafe_code)]
 
 /// Forks a child that exits at once, and waits for it: the floor every fork-based start
@@ -86,4 +86,38 @@ pub fn process_cpu_time(pid: u32) -> std::time::Duration {
     let rc = unsafe { libc::clock_gettime(clock, &mut t) };
     assert_eq!(rc, 0, "clock_gettime(CPU clock of {pid})");
     std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// A global allocator that counts every allocation (and reallocation) of the process, all
+/// threads together, and passes every call to the system allocator: install it with
+/// `#[global_allocator]`, read it with [`process_allocations`]. (An atomic add per call: for
+/// benches that count what several threads, or a worker process, allocate.)
+pub struct ProcessCountingAlloc;
+
+static PROCESS_ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many allocations this process has made under [`ProcessCountingAlloc`].
+pub fn process_allocations() -> u64 {
+    PROCESS_ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+// SAFETY: every call goes straight to `System`, which upholds the `GlobalAlloc` contract;
+// counting touches only an atomic.
+unsafe impl std::alloc::GlobalAlloc for ProcessCountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        PROCESS_ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: our caller upholds `alloc`'s contract, which is `System`'s.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `System` with `layout`, as our caller promises.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        PROCESS_ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: our caller upholds `realloc`'s contract, which is `System`'s.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
 }

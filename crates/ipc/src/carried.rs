@@ -18,7 +18,12 @@ use crate::Error;
 #[derive(Clone, Debug, Default)]
 pub struct Carried {
     bytes: Arc<Vec<u8>>,
-    fds: Arc<Vec<OwnedFd>>,
+    fds: Arc<[OwnedFd]>,
+}
+
+/// The fds shared; none (most values carry none) costs no allocation.
+fn shared(fds: Vec<OwnedFd>) -> Arc<[OwnedFd]> {
+    if fds.is_empty() { Arc::default() } else { Arc::from(fds) }
 }
 
 impl Carried {
@@ -28,7 +33,7 @@ impl Carried {
         if let Some(why) = outgoing.refused {
             return Err(Error::FdPassing(why));
         }
-        Ok(Carried { bytes: Arc::new(bytes?), fds: Arc::new(outgoing.fds) })
+        Ok(Carried { bytes: Arc::new(bytes?), fds: shared(outgoing.fds) })
     }
 
     /// Decodes the value; its ends get duplicates of the fds (so it can be decoded again).
@@ -89,6 +94,6 @@ impl Serialize for Carried {
 impl<'de> Deserialize<'de> for Carried {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (bytes, fds) = <(ByteBuf, Vec<crate::fdpass::FdIn>)>::deserialize(deserializer)?;
-        Ok(Carried { bytes: Arc::new(bytes.0), fds: Arc::new(fds.into_iter().map(|f| f.0).collect()) })
+        Ok(Carried { bytes: Arc::new(bytes.0), fds: shared(fds.into_iter().map(|f| f.0).collect()) })
     }
 }

@@ -23,6 +23,14 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     to_vec(value)
 }
 
+/// [`encode`] into a `Vec` that starts with room for `capacity` bytes (a guess at the size,
+/// so a large encoding is not copied at each doubling of its buffer).
+pub fn encode_with_capacity<T: Serialize + ?Sized>(value: &T, capacity: usize) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(capacity);
+    encode_append(value, &mut buf)?;
+    Ok(buf)
+}
+
 /// Decodes what [`encode`] (or `postcard`) made: the whole of `bytes` is one `T` (trailing
 /// bytes mean another type), vectors of bytes and floats taken in one copy.
 pub fn decode_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {

@@ -16,7 +16,7 @@ use crate::cluster::{self, Arrivals, Launcher, RemoteConfig};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::remote::Worker;
-use crate::result::{AsyncResult, Done, Hook, Slot, decode_chunks, decode_one};
+use crate::result::{AsyncResult, Done, Hook, Slot, decode_chunks, decode_one, decode_value};
 use crate::shared::{Config, Queue, Queued, Shared};
 use mproc_process::ipc::{Address, Carried, Listener};
 
@@ -365,7 +365,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
     {
         let slot = self.submit(wire::apply_driver::<A, R>, wire::input(f, &args), type_name(f), None, None);
-        AsyncResult::new(vec![slot], decode_one::<R>)
+        AsyncResult::one(slot, decode_one::<R>)
     }
 
     /// As [`apply_async`](Self::apply_async), and then `callback(value)` or
@@ -383,14 +383,14 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
     {
         let hook = self.callback_hook(move |done: Done| {
-            match done.and_then(|bytes| decode_one::<R>(vec![bytes], &[])) {
+            match done.and_then(|bytes| decode_value::<R>(&bytes, String::new)) {
                 Ok(value) => callback(value),
                 Err(e) => error_callback(e),
             }
         });
         let slot =
             self.submit(wire::apply_driver::<A, R>, wire::input(f, &args), type_name(f), None, Some(hook));
-        AsyncResult::new(vec![slot], decode_one::<R>)
+        AsyncResult::one(slot, decode_one::<R>)
     }
 
     /// `f` over every item, in parallel, values in order (Python's `map`). Items go in chunks
@@ -443,7 +443,7 @@ impl Pool {
                 self.submit(wire::chunk_driver::<A, R>, wire::input(f, chunk), type_name(f), Some(at), None)
             })
             .collect();
-        AsyncResult::new(slots, decode_chunks::<R>)
+        AsyncResult::many(slots, decode_chunks::<R>)
     }
 
     /// `f(a, b)` over every pair, values in order (Python's `starmap`).
@@ -467,7 +467,7 @@ impl Pool {
                 self.submit(wire::star_driver::<A, B, R>, wire::input(f, chunk), type_name(f), Some(at), None)
             })
             .collect();
-        AsyncResult::new(slots, decode_chunks::<R>).get()
+        AsyncResult::many(slots, decode_chunks::<R>).get()
     }
 
     /// `f` over the items lazily, values in order (Python's `imap`, chunks of one item).
@@ -799,7 +799,7 @@ fn next_value<R: DeserializeOwned>(
             return Some(Ok(value));
         }
         let slot = next_done()?;
-        match AsyncResult::new(vec![slot], decode_chunks::<R>).get() {
+        match AsyncResult::many(vec![slot], decode_chunks::<R>).get() {
             Ok(values) => *ready = values.into_iter(),
             Err(e) => return Some(Err(e)),
         }

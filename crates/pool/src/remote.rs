@@ -257,8 +257,16 @@ impl Worker {
 
     /// Completes task `id` with `outcome`, if it holds it (false if not: answered already).
     fn complete(&mut self, id: u64, outcome: Outcome) -> bool {
-        let Some(at) = self.held.iter().position(|h| h.id == id) else { return false };
-        let held = self.held.remove(at).expect("position is in range");
+        // Outcomes come in the order sent: the first held, but for a task answered twice
+        // (from the stream and the log: then it is held no more).
+        let held = match self.held.front() {
+            Some(first) if first.id == id => self.held.pop_front(),
+            _ => {
+                let Some(at) = self.held.iter().position(|h| h.id == id) else { return false };
+                self.held.remove(at)
+            }
+        };
+        let held = held.expect("a held task was found");
         self.answered_one();
         self.answered += 1;
         let task = || held.slot.task();

@@ -9,7 +9,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
 use crate::wire::Bytes;
@@ -150,33 +151,99 @@ impl Slot {
     }
 }
 
-/// Turns the slots' bytes into the caller's value.
-pub(crate) type Decode<R> = fn(Vec<Bytes>, &[Arc<Slot>]) -> Result<R>;
+/// Turns the slots' bytes into the caller's value, one slot at a time in order: `value` is
+/// what the slots before made (`None` before the first), `items` how many items the slots
+/// hold in all (`map` and friends; 0 otherwise). Called as each slot is done, so a `map`'s
+/// chunks are decoded while later chunks still run.
+pub(crate) type Decode<R> = fn(value: &mut Option<R>, bytes: &Bytes, slot: &Slot, items: usize) -> Result<()>;
 
 /// Decodes one task's value.
-pub(crate) fn decode_one<R: DeserializeOwned>(mut parts: Vec<Bytes>, slots: &[Arc<Slot>]) -> Result<R> {
-    let bytes = parts.pop().unwrap_or_default();
-    mproc_process::ipc::decode_bytes(&bytes.0).map_err(|e| Error::Transfer {
-        task: slots.first().map_or_else(String::new, |s| s.task()),
+pub(crate) fn decode_value<R: DeserializeOwned>(bytes: &Bytes, task: impl FnOnce() -> String) -> Result<R> {
+    mproc_process::ipc::decode_bytes(bytes).map_err(|e| Error::Transfer {
+        task: task(),
         message: format!("cannot decode the value: {}", crate::wire::decode_error(&e)),
     })
 }
 
-/// Decodes chunks of values, in order, into one `Vec`.
-pub(crate) fn decode_chunks<T: DeserializeOwned>(parts: Vec<Bytes>, slots: &[Arc<Slot>]) -> Result<Vec<T>> {
-    let mut out = Vec::new();
-    for (bytes, slot) in parts.iter().zip(slots) {
-        let chunk: Vec<T> = mproc_process::ipc::decode_bytes(&bytes.0).map_err(|e| Error::Transfer {
-            task: slot.task(),
-            message: format!("cannot decode the values: {}", crate::wire::decode_error(&e)),
-        })?;
-        if out.is_empty() {
-            out = chunk;
-        } else {
-            out.extend(chunk);
+/// [`Decode`] for one task's value.
+pub(crate) fn decode_one<R: DeserializeOwned>(
+    value: &mut Option<R>,
+    bytes: &Bytes,
+    slot: &Slot,
+    _items: usize,
+) -> Result<()> {
+    *value = Some(decode_value(bytes, || slot.task())?);
+    Ok(())
+}
+
+/// [`Decode`] for chunks of values: each chunk's values appended, as they are decoded, to one
+/// `Vec` sized for every item at the first (no `Vec` per chunk, no copy from one to the other).
+pub(crate) fn decode_chunks<T: DeserializeOwned>(
+    values: &mut Option<Vec<T>>,
+    bytes: &Bytes,
+    slot: &Slot,
+    items: usize,
+) -> Result<()> {
+    let values = values.get_or_insert_with(|| Vec::with_capacity(items));
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    AppendTo { values, max: bytes.len() }
+        .deserialize(&mut de)
+        .map_err(|e| Error::Transfer { task: slot.task(), message: format!("cannot decode the values: {e}") })
+}
+
+/// Deserializes a sequence by pushing its elements onto `values` (at most `max` reserved
+/// ahead: a length read from the bytes is not trusted further than the bytes go).
+struct AppendTo<'a, T> {
+    values: &'a mut Vec<T>,
+    max: usize,
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for AppendTo<'_, T> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for AppendTo<'_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        // Pushed onto a local `Vec` (its length kept in a register, not reloaded through
+        // `self` after each element), put back whatever happens.
+        let mut values = std::mem::take(self.values);
+        values.reserve(seq.size_hint().unwrap_or(0).min(self.max));
+        let mut each = || {
+            while let Some(value) = seq.next_element()? {
+                values.push(value);
+            }
+            Ok(())
+        };
+        let done = each();
+        *self.values = values;
+        done
+    }
+}
+
+/// A result's slots: one for most tasks (kept inline, no allocation), one per chunk for
+/// `map` and friends.
+enum Slots {
+    One(Arc<Slot>),
+    Many(Vec<Arc<Slot>>),
+}
+
+impl Slots {
+    fn as_slice(&self) -> &[Arc<Slot>] {
+        match self {
+            Slots::One(slot) => std::slice::from_ref(slot),
+            Slots::Many(slots) => slots,
         }
     }
-    Ok(out)
 }
 
 /// The result of [`Pool::apply_async`](crate::Pool::apply_async) and friends, as Python's
@@ -186,7 +253,7 @@ pub(crate) fn decode_chunks<T: DeserializeOwned>(parts: Vec<Bytes>, slots: &[Arc
 /// Dropping it does not cancel the task: the task runs and its result is dropped.
 #[must_use = "a task's result (or its error) is only seen through its AsyncResult"]
 pub struct AsyncResult<R> {
-    slots: Vec<Arc<Slot>>,
+    slots: Slots,
     decode: Decode<R>,
     /// Once the result was taken: whether it was a value.
     taken: Option<bool>,
@@ -196,21 +263,31 @@ pub struct AsyncResult<R> {
 impl<R> std::fmt::Debug for AsyncResult<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncResult")
-            .field("tasks", &self.slots.iter().map(|s| s.task()).collect::<Vec<_>>())
+            .field("tasks", &self.slots().iter().map(|s| s.task()).collect::<Vec<_>>())
             .field("ready", &self.ready())
             .finish()
     }
 }
 
 impl<R> AsyncResult<R> {
-    pub(crate) fn new(slots: Vec<Arc<Slot>>, decode: Decode<R>) -> AsyncResult<R> {
-        AsyncResult { slots, decode, taken: None, _value: PhantomData }
+    /// The result of one task.
+    pub(crate) fn one(slot: Arc<Slot>, decode: Decode<R>) -> AsyncResult<R> {
+        AsyncResult { slots: Slots::One(slot), decode, taken: None, _value: PhantomData }
     }
 
-    /// Waits for the result and returns it.
+    /// The result of several tasks (the chunks of a `map`), in order.
+    pub(crate) fn many(slots: Vec<Arc<Slot>>, decode: Decode<R>) -> AsyncResult<R> {
+        AsyncResult { slots: Slots::Many(slots), decode, taken: None, _value: PhantomData }
+    }
+
+    fn slots(&self) -> &[Arc<Slot>] {
+        self.slots.as_slice()
+    }
+
+    /// Waits for the result and returns it. The parts of a result of several tasks are
+    /// decoded as each is done, while the later ones still run.
     pub fn get(mut self) -> Result<R> {
-        self.wait();
-        self.take()
+        self.take_parts(true)
     }
 
     /// Waits at most `timeout`: [`Error::NotReady`] if the result is not there by then (the
@@ -224,7 +301,7 @@ impl<R> AsyncResult<R> {
 
     /// Waits until the result is ready.
     pub fn wait(&self) {
-        for slot in &self.slots {
+        for slot in self.slots() {
             slot.wait_until(None);
         }
     }
@@ -232,12 +309,12 @@ impl<R> AsyncResult<R> {
     /// Waits until the result is ready or `timeout` passes; whether it is ready.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now().checked_add(timeout);
-        self.slots.iter().all(|slot| slot.wait_until(deadline))
+        self.slots().iter().all(|slot| slot.wait_until(deadline))
     }
 
     /// Whether the result is ready (the task finished, with a value or an error).
     pub fn ready(&self) -> bool {
-        self.slots.iter().all(|s| s.is_done())
+        self.slots().iter().all(|s| s.is_done())
     }
 
     /// Whether the task finished without an error (its value also decoded, once taken);
@@ -247,45 +324,71 @@ impl<R> AsyncResult<R> {
             return Some(ok);
         }
         let mut all = true;
-        for slot in &self.slots {
+        for slot in self.slots() {
             all &= slot.successful()?;
         }
         Some(all)
     }
 
     fn take(&mut self) -> Result<R> {
-        if self.taken.is_some() {
-            return Err(Error::AlreadyTaken);
-        }
         if !self.ready() {
             return Err(Error::NotReady);
         }
-        // Every slot's error or value, in order: the first error wins.
-        let mut parts = Vec::with_capacity(self.slots.len());
-        let mut failed = None;
-        for slot in &self.slots {
+        self.take_parts(false)
+    }
+
+    /// Takes every slot's error or value, in order (waiting for each first if `wait`): the
+    /// first task error wins; then the first error decoding a value.
+    fn take_parts(&mut self, wait: bool) -> Result<R> {
+        if self.taken.is_some() {
+            return Err(Error::AlreadyTaken);
+        }
+        let slots = self.slots.as_slice();
+        let items = match &self.slots {
+            Slots::One(_) => 0,
+            Slots::Many(slots) => slots.iter().map(|s| s.items.as_ref().map_or(0, |r| r.len())).sum(),
+        };
+        let (mut value, mut failed, mut undecodable) = (None, None, None);
+        for slot in slots {
+            if wait {
+                slot.wait_until(None);
+            }
             match slot.take() {
-                Ok(part) => parts.push(part),
+                Ok(bytes) if failed.is_none() && undecodable.is_none() => {
+                    if let Err(e) = (self.decode)(&mut value, &bytes, slot, items) {
+                        undecodable = Some(e);
+                    }
+                }
+                Ok(_) => {}
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
             }
         }
-        let result = match failed {
+        let result = match failed.or(undecodable) {
             Some(e) => Err(e),
-            None => (self.decode)(parts, &self.slots),
+            None if value.is_some() => value.ok_or(Error::NotReady),
+            None => {
+                // No slot at all (`map` of nothing): the decoder makes the empty value.
+                let nothing = Slot::new(0, "", None, None);
+                (self.decode)(&mut value, &Bytes::from(EMPTY_SEQ.to_vec()), &nothing, 0)
+                    .and_then(|()| value.ok_or(Error::NotReady))
+            }
         };
         self.taken = Some(result.is_ok());
         result
     }
 }
 
+/// The encoding of an empty sequence (postcard: its length, 0).
+const EMPTY_SEQ: [u8; 1] = [0];
+
 impl<R> Future for AsyncResult<R> {
     type Output = Result<R>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
         let this = self.get_mut();
-        for slot in &this.slots {
+        for slot in this.slots() {
             if slot.poll_done(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -295,3 +398,51 @@ impl<R> Future for AsyncResult<R> {
 }
 
 impl<R> Unpin for AsyncResult<R> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(id: u64, items: Range<usize>, bytes: std::result::Result<Vec<u8>, Error>) -> Arc<Slot> {
+        let slot = Slot::new(id, "fn(u64) -> u64", Some(items), None);
+        slot.complete(bytes.map(Bytes::from));
+        slot
+    }
+
+    fn encoded(values: &[u64]) -> std::result::Result<Vec<u8>, Error> {
+        Ok(postcard::to_allocvec(values).unwrap())
+    }
+
+    #[test]
+    fn chunks_decode_in_order_into_one_vec_sized_for_all() {
+        let slots = vec![done(1, 0..2, encoded(&[1, 2])), done(2, 2..5, encoded(&[3, 4, 5]))];
+        let values = AsyncResult::many(slots, decode_chunks::<u64>).get().unwrap();
+        assert_eq!(values, [1, 2, 3, 4, 5]);
+        assert_eq!(values.capacity(), 5, "one allocation for every item");
+    }
+
+    #[test]
+    fn no_chunks_decode_to_no_values() {
+        assert_eq!(AsyncResult::many(vec![], decode_chunks::<u64>).get().unwrap(), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_task_error_wins_over_an_earlier_chunk_that_does_not_decode() {
+        let slots = vec![done(1, 0..1, Ok(vec![0xff])), done(2, 1..2, Err(Error::Closed))];
+        assert!(matches!(AsyncResult::many(slots, decode_chunks::<u64>).get(), Err(Error::Closed)));
+        let slots = vec![done(1, 0..1, Ok(vec![0xff])), done(2, 1..2, encoded(&[1]))];
+        match AsyncResult::many(slots, decode_chunks::<u64>).get() {
+            Err(Error::Transfer { task, .. }) => assert!(task.starts_with("task #1 "), "{task}"),
+            other => panic!("expected the first chunk's decode error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn taken_once_whichever_way() {
+        let mut r =
+            AsyncResult::one(done(1, 0..1, Ok(postcard::to_allocvec(&7u64).unwrap())), decode_one::<u64>);
+        assert_eq!(r.get_timeout(Duration::from_secs(1)).unwrap(), 7);
+        assert!(matches!(r.get_timeout(Duration::from_secs(1)), Err(Error::AlreadyTaken)));
+        assert_eq!(r.successful(), Some(true));
+    }
+}

@@ -14,26 +14,76 @@ use serde::de::{DeserializeOwned, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Bytes that serialize as one byte string (postcard: a length and the bytes), not as a
-/// sequence of `u8` values. Shared: cloning one (to keep a task's input until it is answered,
-/// or to hand an outcome to a callback) copies nothing.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub(crate) struct Bytes(pub(crate) Arc<Vec<u8>>);
+/// sequence of `u8` values. A few bytes (most tasks' values) are kept inline: no allocation
+/// where they are made, none where they are received. More are shared: cloning them (to
+/// keep a task's input until it is answered, or to hand an outcome to a callback) copies
+/// nothing.
+#[derive(Clone)]
+pub(crate) enum Bytes {
+    /// At most [`INLINE`] bytes: the first `len` of `bytes`.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE],
+    },
+    Shared(Arc<Vec<u8>>),
+}
+
+/// The most bytes a [`Bytes`] keeps inline (it is then as large as a `Vec`).
+pub(crate) const INLINE: usize = 22;
+
+impl Bytes {
+    /// The bytes inline if they fit, copied.
+    pub(crate) fn copy_from(v: &[u8]) -> Bytes {
+        if v.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..v.len()].copy_from_slice(v);
+            Bytes::Inline { len: v.len() as u8, bytes }
+        } else {
+            Bytes::Shared(Arc::new(v.to_vec()))
+        }
+    }
+}
+
+impl Default for Bytes {
+    fn default() -> Bytes {
+        Bytes::Inline { len: 0, bytes: [0; INLINE] }
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Bytes::Shared(v) => v,
+        }
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Bytes) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Bytes {}
 
 impl From<Vec<u8>> for Bytes {
     fn from(v: Vec<u8>) -> Bytes {
-        Bytes(Arc::new(v))
+        if v.len() <= INLINE { Bytes::copy_from(&v) } else { Bytes::Shared(Arc::new(v)) }
     }
 }
 
 impl fmt::Debug for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Bytes({} bytes)", self.0.len())
+        write!(f, "Bytes({} bytes)", self.len())
     }
 }
 
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        serializer.serialize_bytes(self)
     }
 }
 
@@ -46,7 +96,7 @@ impl<'de> Deserialize<'de> for Bytes {
                 f.write_str("a byte string")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes::from(v.to_vec()))
+                Ok(Bytes::copy_from(v))
             }
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
                 Ok(Bytes::from(v))
@@ -208,11 +258,37 @@ fn decode<T: DeserializeOwned>(input: &Carried) -> Result<T, Failure> {
     input.decode().map_err(|e| Failure::Decode(format!("cannot decode the arguments: {e}")))
 }
 
-fn encode<T: Serialize>(value: &T) -> Outcome {
-    mproc_process::ipc::encode(value)
+/// Encodes a task's value: inline when `capacity` (a guess at its size) says it may fit,
+/// else into a `Vec`.
+fn encode<T: Serialize>(value: &T, capacity: usize) -> Outcome {
+    let failed = |e| Failure::Encode(format!("cannot encode the result: {e}"));
+    if capacity <= INLINE {
+        // Most values of single tasks fit inline: encoded there, no allocation at all.
+        let mut bytes = [0; INLINE];
+        match postcard::to_slice(value, &mut bytes) {
+            Ok(used) => {
+                let len = used.len() as u8;
+                return Ok(Bytes::Inline { len, bytes });
+            }
+            Err(postcard::Error::SerializeBufferFull) => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    // Larger ones through ipc's codec (bytes and floats copied whole, short pieces without
+    // a `memcpy` call each).
+    mproc_process::ipc::encode_with_capacity(value, capacity.max(2 * INLINE))
         .map(Bytes::from)
         .map_err(|e| Failure::Encode(format!("cannot encode the result: {}", encode_error(&e))))
 }
+
+/// What a chunk's values' encoding is first given room for: often about as much as its
+/// items' took (up to 64 MiB; past that it grows as it must).
+fn values_guess(input: &Carried) -> usize {
+    input.bytes().len().min(64 << 20)
+}
+
+/// What a single task's value is first given room for: inline, if it fits.
+const SMALL_VALUE: usize = INLINE;
 
 /// Encodes a task's input: the function and its arguments, with the fds of the ipc ends and
 /// shared state inside them (which go to the worker with the task).
@@ -246,14 +322,14 @@ type Input<F, T> = (FnRef<F>, T);
 /// `f(a)`.
 pub(crate) fn apply_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Carried) -> Outcome {
     let (f, a): Input<fn(A) -> R, A> = decode(&input)?;
-    encode(&(f.get())(a))
+    encode(&(f.get())(a), SMALL_VALUE)
 }
 
 /// `f` over a chunk of items; the values in order.
 pub(crate) fn chunk_driver<A: DeserializeOwned + 'static, R: Serialize + 'static>(input: Carried) -> Outcome {
     let (f, items): Input<fn(A) -> R, Vec<A>> = decode(&input)?;
     let f = f.get();
-    encode(&each_item(items, f)?)
+    encode(&each_item(items, f)?, values_guess(&input))
 }
 
 /// `f` over `items`, in order; a panic names the item it happened on.
@@ -288,7 +364,7 @@ pub(crate) fn star_driver<
     type Star<A, B, R> = Input<fn(A, B) -> R, Vec<(A, B)>>;
     let (f, items): Star<A, B, R> = decode(&input)?;
     let f = f.get();
-    encode(&each_item(items, |(a, b)| f(a, b))?)
+    encode(&each_item(items, |(a, b)| f(a, b))?, values_guess(&input))
 }
 
 /// The initializer: `f(a)`, once per worker.

@@ -164,14 +164,14 @@ pub(crate) fn serve(
 /// `outcome`, or its failure if its value is past `limit`; and its size in a message.
 pub(crate) fn within_limit(outcome: Outcome, limit: usize) -> (Outcome, usize) {
     let outcome = match outcome {
-        Ok(value) if value.0.len() > limit => {
-            Err(Failure::TooLarge { size: value.0.len() as u64, limit: limit as u64 })
+        Ok(value) if value.len() > limit => {
+            Err(Failure::TooLarge { size: value.len() as u64, limit: limit as u64 })
         }
         other => other,
     };
     let size = wire::PER_TASK
         + match &outcome {
-            Ok(value) => value.0.len(),
+            Ok(value) => value.len(),
             Err(
                 Failure::Panicked(m)
                 | Failure::ItemPanicked { message: m, .. }

@@ -84,13 +84,77 @@ impl<F: FnPtr> FnAt<F> {
     }
 }
 
+/// The tag of `offset` for `F` under `key`, from this thread's recent tags when it is there.
 fn tag<F: 'static>(offset: i64, key: &[u8; 16]) -> u64 {
+    let (key, ty) = (*key, TypeId::of::<F>());
+    let slot = (offset as u64 >> 4) as usize % TAG_CACHE;
+    RECENT_TAGS
+        .try_with(|recent| {
+            let seen = Seen { key, offset, ty, tag: 0 };
+            match recent[slot].get() {
+                Some(hit) if Seen { tag: 0, ..hit } == seen => hit.tag,
+                _ => {
+                    let tag = compute_tag(&key, offset, ty);
+                    recent[slot].set(Some(Seen { tag, ..seen }));
+                    tag
+                }
+            }
+        })
+        .unwrap_or_else(|_| compute_tag(&key, offset, ty))
+}
+
+/// SipHash-2-4 of `offset` and `ty` under `key`.
+fn compute_tag(key: &[u8; 16], offset: i64, ty: TypeId) -> u64 {
     #[allow(deprecated)] // SipHasher is deprecated for HashMaps, not as a keyed PRF.
     let mut hasher = std::hash::SipHasher::new_with_keys(
         u64::from_le_bytes(key[..8].try_into().expect("8 bytes")),
         u64::from_le_bytes(key[8..].try_into().expect("8 bytes")),
     );
     offset.hash(&mut hasher);
-    TypeId::of::<F>().hash(&mut hasher);
+    ty.hash(&mut hasher);
     hasher.finish()
+}
+
+/// How many tags a thread remembers.
+const TAG_CACHE: usize = 4;
+
+/// A tag computed lately, with what it was computed from (the key too: a spawned child takes
+/// its parent's key when it starts, and a tag made before under its own key is not that one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    key: [u8; 16],
+    offset: i64,
+    ty: TypeId,
+    tag: u64,
+}
+
+thread_local! {
+    /// This thread's recent tags: a pool sends and checks the same few functions' tags with
+    /// every task, and a SipHash costs more than the rest of a small task's encoding.
+    static RECENT_TAGS: [std::cell::Cell<Option<Seen>>; TAG_CACHE] = const {
+        [const { std::cell::Cell::new(None) }; TAG_CACHE]
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_tags_are_the_tags() {
+        // More offsets and types than the cache holds, in an order that makes them evict
+        // each other, under two keys: every tag is the one computed afresh.
+        for key in [[1u8; 16], [2u8; 16]] {
+            for round in 0..3 {
+                for offset in (0..40 * 16).step_by(16).chain((0..40 * 16).step_by(48)) {
+                    let offset = offset + round;
+                    let a = tag::<fn(u32) -> u32>(offset, &key);
+                    let b = tag::<fn(u64) -> u64>(offset, &key);
+                    assert_eq!(a, compute_tag(&key, offset, TypeId::of::<fn(u32) -> u32>()));
+                    assert_eq!(b, compute_tag(&key, offset, TypeId::of::<fn(u64) -> u64>()));
+                    assert_ne!(a, b);
+                }
+            }
+        }
+    }
 }
