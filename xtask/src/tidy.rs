@@ -40,6 +40,7 @@ const MODULE_ORDER: &[(&str, &[&str])] = &[
             "frame",
             "codec",
             "fdpass",
+            "doorbell",
             "shm",
             "sync",
             "value",
@@ -77,7 +78,10 @@ const MODULE_ORDER: &[(&str, &[&str])] = &[
             "builder",
         ],
     ),
-    ("crates/coroutine", &["reactor", "sync", "sys", "executor", "io", "time", "channel", "combinators"]),
+    (
+        "crates/coroutine",
+        &["reactor", "sync", "sys", "executor", "io", "time", "shared", "queue", "channel", "combinators"],
+    ),
 ];
 
 /// How far above an `unsafe` block or impl its `// SAFETY:` comment may be, in lines of
