@@ -35,6 +35,8 @@ pub(crate) struct RemoteConfig {
     /// How long tasks wait for a worker when the pool has none (no local ones, no remote one
     /// connected) before they fail.
     pub(crate) worker_wait: Duration,
+    /// Whether workers claim short tasks ahead of the one they run (`remote_claim_ahead`).
+    pub(crate) claim_ahead: bool,
 }
 
 /// What the pool knows of the remote workers that came (for `Pool::wait_for_workers`).
@@ -166,6 +168,7 @@ fn admit(mut conn: Connection<ToWorker, FromWorker>, shared: &Shared, n: u64) ->
         max_message_size: config.max_message_size,
         heartbeat_ns: remote.heartbeat.as_nanos() as u64,
         silence_ns: remote.silence.as_nanos() as u64,
+        claim_ahead: remote.claim_ahead,
     };
     if let Err(e) = conn.send(&ToWorker::Welcome(Box::new(welcome))) {
         return Err(format!("remote worker {name:?} left during its welcome: {e}"));

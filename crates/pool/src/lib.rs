@@ -81,10 +81,13 @@
 //! and gives the other up after a silence ([`PoolBuilder::heartbeat`], default 1 s and
 //! 10 s): a half-open connection never hangs the pool, and a worker whose pool ended or
 //! cannot be reached leaves. A remote worker runs a task only once the pool has granted it
-//! (by message, a round trip asked ahead of time), so the pool always knows which tasks it
-//! may have started: when it is lost, those fail, and nothing runs twice. That is the task it
-//! was running, and, for tasks shorter than two round trips, the few it had been granted to
-//! run next or had finished in the last millisecond without their outcomes reaching the pool.
+//! (by message: it asks for the next task when it sends the last one's value), so the pool
+//! always knows which task it may have started: when it is lost, that one fails, its
+//! finished tasks' values have all arrived, and nothing runs twice. This costs a round trip
+//! to the pool per task; [`PoolBuilder::remote_claim_ahead`] lets workers claim short tasks
+//! ahead instead, for throughput, and then a lost worker also fails the few tasks it had
+//! been granted to run next or had finished in the last millisecond without their values
+//! reaching the pool.
 //! Remote workers are never replaced (the pool cannot start them) nor retired
 //! (`max_tasks_per_child` does not count for them); a pool with no local workers and no remote worker left fails its
 //! tasks after [`worker_wait`](PoolBuilder::worker_wait) rather than wait for ever.

@@ -3,10 +3,11 @@
 //! the pool ends, then exits. [`crate::init`] makes it one.
 //!
 //! It shares no memory with the pool, so it claims tasks by message: it runs a task only once
-//! the pool has granted its position in the stream (`Claim` / `Grant`), asking ahead by about
-//! two round trips of work so that short tasks do not wait for grants. It sends outcomes as
-//! they finish (at least every millisecond), heartbeats when it has sent nothing else for a
-//! heartbeat interval, and leaves if it hears nothing from the pool for the pool's silence
+//! the pool has granted its position in the stream (`Claim` / `Grant`): by default it claims
+//! the next only once the last one's outcome is sent, and with the pool's
+//! `remote_claim_ahead` it asks ahead by about two round trips of short tasks so that they do
+//! not wait for grants, sending outcomes at least every millisecond. It heartbeats when it
+//! has sent nothing else for a heartbeat interval, and leaves if it hears nothing from the pool for the pool's silence
 //! limit: a pool that ended, crashed or can no longer be reached never leaves it behind.
 
 use std::collections::VecDeque;
@@ -105,8 +106,11 @@ fn serve(address: &str, authkey: &[u8]) -> i32 {
     mproc_process::__private::join_family(&family, welcome.name.clone(), welcome.pool.clone());
     let limit = welcome.max_message_size;
     conn.set_max_message_size(wire::frame_limit(limit));
-    let (name, heartbeat, silence) =
-        (welcome.name, Duration::from_nanos(welcome.heartbeat_ns), Duration::from_nanos(welcome.silence_ns));
+    let (name, heartbeat, silence) = (
+        welcome.name.clone(),
+        Duration::from_nanos(welcome.heartbeat_ns),
+        Duration::from_nanos(welcome.silence_ns),
+    );
     if let Some(init) = welcome.init
         && let Err(failure) = run(init)
     {
@@ -165,6 +169,7 @@ fn serve(address: &str, authkey: &[u8]) -> i32 {
         leave(EXIT_NOT_JOINED, &format!("cannot start a thread: {e}"));
     }
     let mut stream = Stream::new(outbox, limit);
+    stream.claim_ahead = welcome.claim_ahead;
     stream.serve(&inbox);
     // Let the writer send what is left, then leave.
     drop(stream);
@@ -187,6 +192,8 @@ struct Stream {
     task_ns: f64,
     /// `Exit` came: leave once the queue is done.
     exiting: bool,
+    /// Whether short tasks are claimed ahead (the pool's `remote_claim_ahead`).
+    claim_ahead: bool,
     /// Outcomes finished and not sent, their bytes, the time spent running them, since
     /// when.
     unsent: Vec<(u64, wire::Outcome)>,
@@ -210,6 +217,7 @@ impl Stream {
             rtt_ns: 0.0,
             task_ns: 0.0,
             exiting: false,
+            claim_ahead: false,
             unsent: Vec::new(),
             bytes: 0,
             busy_ns: 0,
@@ -279,10 +287,11 @@ impl Stream {
         }
     }
 
-    /// How many tasks to claim beyond the next one needed: about two round trips of work
-    /// (none until both are measured, or for tasks longer than that).
+    /// How many tasks to claim beyond the next one needed: none unless claiming ahead is on;
+    /// then about two round trips of work (none until both are measured, or for tasks
+    /// longer than that).
     fn ahead(&self) -> u64 {
-        if self.task_ns > 0.0 && self.rtt_ns > 0.0 {
+        if self.claim_ahead && self.task_ns > 0.0 && self.rtt_ns > 0.0 {
             ((2.0 * self.rtt_ns / self.task_ns) as u64).min(MAX_AHEAD)
         } else {
             0
@@ -381,6 +390,7 @@ mod tests {
     fn short_tasks_are_claimed_two_round_trips_ahead() {
         let (outbox, out) = mpsc::channel();
         let mut stream = Stream::new(outbox, 1 << 20);
+        stream.claim_ahead = true;
         stream.take(tasks(1..100));
         stream.started = 1;
         stream.granted = 1;
@@ -389,5 +399,22 @@ mod tests {
         stream.task_ns = 1_000.0;
         stream.ask_running();
         assert_eq!(claims(&out), [21], "task 1 runs, 20 tasks (two round trips) ahead");
+    }
+
+    /// Unless claiming ahead is on, even short tasks are claimed one at a time.
+    #[test]
+    fn without_claiming_ahead_short_tasks_are_claimed_one_at_a_time() {
+        let (outbox, out) = mpsc::channel();
+        let mut stream = Stream::new(outbox, 1 << 20);
+        stream.take(tasks(1..100));
+        stream.started = 1;
+        stream.granted = 1;
+        stream.asked = 1;
+        stream.rtt_ns = 10_000.0;
+        stream.task_ns = 1_000.0;
+        stream.ask_running();
+        assert_eq!(claims(&out), Vec::<u64>::new(), "nothing while task 1 runs");
+        stream.ask_idle();
+        assert_eq!(claims(&out), [2], "the next once it is done");
     }
 }

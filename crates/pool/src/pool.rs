@@ -71,6 +71,7 @@ pub struct PoolBuilder {
     remote_workers: usize,
     worker_wait: Option<Duration>,
     heartbeat: Option<(Duration, Duration)>,
+    remote_claim_ahead: bool,
 }
 
 /// The default message limit: the machine's memory (`MemTotal`), at least 1 GiB.
@@ -211,6 +212,22 @@ impl PoolBuilder {
         self
     }
 
+    /// Lets remote workers claim short tasks ahead of the one they run (off by default).
+    ///
+    /// By default a remote worker runs a task only once the pool has granted it, asks for
+    /// the next only when it has sent the last one's value, and so costs a round trip to the
+    /// pool per task: a lost worker then fails only the task it was running, as a local one
+    /// does, and each finished task's value is delivered. With claiming ahead, a worker whose
+    /// tasks are much shorter than a round trip asks for about two round trips of them
+    /// ahead and sends values at least every millisecond: many times the throughput of
+    /// short tasks over a network, but a lost worker then also fails the tasks it had
+    /// claimed and not yet finished, and those whose values had not reached the pool (never
+    /// one that another worker runs as well: no task runs twice).
+    pub fn remote_claim_ahead(mut self, on: bool) -> Self {
+        self.remote_claim_ahead = on;
+        self
+    }
+
     /// Starts the workers. Fails if one cannot start (for example
     /// [`mproc_process::Error::InitNotCalled`] inside [`Error::Start`]), or on a count of
     /// zero ([`Error::Config`]).
@@ -249,6 +266,7 @@ impl PoolBuilder {
                     heartbeat,
                     silence: silence.max(3 * heartbeat),
                     worker_wait: self.worker_wait.unwrap_or(DEFAULT_WORKER_WAIT),
+                    claim_ahead: self.remote_claim_ahead,
                 }
             }),
         };

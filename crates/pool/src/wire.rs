@@ -212,6 +212,8 @@ pub(crate) struct Welcome {
     pub(crate) heartbeat_ns: u64,
     /// How long a side waits, hearing nothing, before it gives the other up.
     pub(crate) silence_ns: u64,
+    /// Whether the worker claims short tasks ahead of the one it runs.
+    pub(crate) claim_ahead: bool,
 }
 
 /// A remote worker's first message: who it is.

@@ -128,6 +128,52 @@ fn a_task_with_an_ipc_end_fails_alone_on_a_remote_worker() {
     });
 }
 
+/// A remote worker that has measured its tasks as short (much shorter than a round trip to
+/// the pool) and is killed mid-task fails only that task: the tasks sent to it behind the
+/// one it runs, unstarted, go to the other worker. (Claiming tasks ahead, which would fail
+/// them too, is only on when asked for: `remote_claim_ahead`.)
+#[test]
+fn a_killed_warm_remote_worker_fails_only_its_task() {
+    within(DEADLINE, || {
+        let (pool, mut workers) = loopback(0, 2, |b| b);
+        // Warm both up: each learns its round trip and that these tasks are short.
+        for _ in 0..3 {
+            let warm: Vec<_> = (0..2000u64).map(|x| pool.apply_async(square, x)).collect();
+            for (x, r) in warm.into_iter().enumerate() {
+                assert_eq!(get(r).unwrap(), (x * x) as u64);
+            }
+        }
+        let out = {
+            let (a, b) = workers.split_at_mut(1);
+            lines(&mut [&mut a[0], &mut b[0]])
+        };
+        // The blocking task and, in the same burst, short ones behind it.
+        let blocked = pool.apply_async(announce_then_block, ());
+        let behind: Vec<_> = (0..400u64).map(|x| pool.apply_async(square, x)).collect();
+        let (struck, line) = out.recv_timeout(DEADLINE).expect("the blocking task starts");
+        assert_eq!(line, format!("started {}", workers[struck].id()));
+        workers[struck].kill().unwrap();
+        assert!(matches!(get(blocked), Err(Error::WorkerDied { .. })), "the struck worker's task fails");
+        let failed: Vec<_> = behind
+            .into_iter()
+            .enumerate()
+            .filter_map(|(x, r)| match get(r) {
+                Ok(v) => {
+                    assert_eq!(v, (x * x) as u64);
+                    None
+                }
+                Err(e) => Some((x, e.to_string())),
+            })
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} tasks behind the struck one failed, first: {:?}",
+            failed.len(),
+            failed.first()
+        );
+    });
+}
+
 #[test]
 fn max_tasks_per_child_does_not_starve_remote_workers() {
     within(DEADLINE, || {
