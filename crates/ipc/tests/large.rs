@@ -51,6 +51,36 @@ fn a_large_value_crosses_a_duplex_as_a_small_frame_and_a_pipe_whole() {
     sender.join().unwrap();
 }
 
+/// Bytes and, at the end, a string shown through `collect_str` (as chrono's dates are).
+#[derive(Debug, PartialEq, Deserialize)]
+struct Padded(Vec<u8>, String);
+
+impl Serialize for Padded {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        struct Shown<'a>(&'a str);
+        impl Serialize for Shown<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self.0)
+            }
+        }
+        let mut t = serializer.serialize_tuple(2)?;
+        t.serialize_element(&self.0)?;
+        t.serialize_element(&Shown(&self.1))?;
+        t.end()
+    }
+}
+
+/// A `collect_str` that crosses the out-of-line threshold goes out of line like any value
+/// (it used to fail with postcard's `CollectStrError`).
+#[test]
+fn a_string_shown_across_the_out_of_line_threshold_crosses() {
+    let (a, b) = duplex::<Padded>().unwrap();
+    let value = Padded(vec![7; (4 << 20) - 50], "shown through collect_str ".repeat(8));
+    a.send(&value).unwrap();
+    assert_eq!(b.recv_timeout(DEADLINE).unwrap(), value);
+}
+
 #[test]
 fn a_large_value_reaches_another_process_with_the_ends_inside_it() {
     let (ours, theirs) = duplex::<(Vec<u8>, Connection<u64>)>().unwrap();

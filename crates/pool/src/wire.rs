@@ -263,7 +263,6 @@ fn decode<T: DeserializeOwned>(input: &Carried) -> Result<T, Failure> {
 /// Encodes a task's value: inline when `capacity` (a guess at its size) says it may fit,
 /// else into a `Vec`.
 fn encode<T: Serialize>(value: &T, capacity: usize) -> Outcome {
-    let failed = |e| Failure::Encode(format!("cannot encode the result: {e}"));
     if capacity <= INLINE {
         // Most values of single tasks fit inline: encoded there, no allocation at all.
         let mut bytes = [0; INLINE];
@@ -272,8 +271,9 @@ fn encode<T: Serialize>(value: &T, capacity: usize) -> Outcome {
                 let len = used.len() as u8;
                 return Ok(Bytes::Inline { len, bytes });
             }
-            Err(postcard::Error::SerializeBufferFull) => {}
-            Err(e) => return Err(failed(e)),
+            // Too large for the room (which postcard reports as `CollectStrError` when a
+            // `collect_str` runs out of it), or a real error: the `Vec` path says which.
+            Err(_) => {}
         }
     }
     // Larger ones through ipc's codec (bytes and floats copied whole, short pieces without

@@ -36,6 +36,32 @@ fn large_arguments_and_values_cross_whole() {
     }
 }
 
+/// A value that serializes through `collect_str` (as chrono's dates and serde_with's
+/// `DisplayFromStr` do), and comes back as the string.
+#[derive(Debug, PartialEq, Deserialize)]
+struct Shown(String);
+
+impl Serialize for Shown {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+fn show(n: u64) -> Shown {
+    Shown(format!("{n} is shown through collect_str, past an inline value's room"))
+}
+
+#[test]
+fn a_value_shown_through_collect_str_crosses_whatever_its_length() {
+    let pool = pool(1);
+    assert_eq!(pool.apply(show, 7).unwrap(), show(7));
+    assert_eq!(pool.map(show, 0..3u64).unwrap(), (0..3u64).map(show).collect::<Vec<_>>());
+    // A Fork child's value past the page its slot starts with.
+    let long = || Shown("shown through collect_str ".repeat(1000));
+    let mut child = mproc_pool::process::Process::spawn(long).unwrap();
+    assert_eq!(child.join_timeout(DEADLINE).unwrap(), long());
+}
+
 #[test]
 fn async_result_reports_ready_and_successful() {
     let pool = pool(1);

@@ -290,12 +290,13 @@ impl SlotWriter<'_> {
         let mut encoder = postcard::Serializer { output: page };
         match outcome.serialize(&mut encoder) {
             Ok(()) => self.write_header(false, encoder.output.len, 0),
-            Err(postcard::Error::SerializeBufferFull) => match postcard::to_stdvec(outcome) {
+            // Past the page (postcard says `CollectStrError` when a `collect_str` runs out of
+            // room), or a real error, which encoding into a `Vec` reports.
+            Err(_) => match postcard::to_stdvec(outcome) {
                 Ok(bytes) if bytes.len() as u64 <= MAX_VALUE => self.write_value(&bytes),
                 Ok(_) => self.write_failure("the value is larger than 64 GiB".into()),
                 Err(e) => self.write_failure(describe(e)),
             },
-            Err(e) => self.write_failure(describe(e)),
         }
     }
 

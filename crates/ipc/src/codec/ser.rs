@@ -442,16 +442,22 @@ impl<O: Output> ser::Serializer for &mut Serializer<O> {
                 Ok(())
             }
         }
-        struct Writer<'a, O>(&'a mut O);
+        // The output's own error (a full buffer: go out of line) is kept, not made a
+        // formatting error.
+        struct Writer<'a, O>(&'a mut O, Option<postcard::Error>);
         impl<O: Output> Write for Writer<'_, O> {
             fn write_str(&mut self, s: &str) -> std::fmt::Result {
-                self.0.extend(s.as_bytes()).map_err(|_| std::fmt::Error)
+                self.0.extend(s.as_bytes()).map_err(|e| {
+                    self.1 = Some(e);
+                    std::fmt::Error
+                })
             }
         }
         let mut counter = Counter(0);
         write!(counter, "{value}").map_err(|_| postcard::Error::CollectStrError)?;
         self.varint_usize(counter.0)?;
-        write!(Writer(&mut self.out), "{value}").map_err(|_| postcard::Error::CollectStrError)
+        let mut writer = Writer(&mut self.out, None);
+        write!(writer, "{value}").map_err(|_| writer.1.take().unwrap_or(postcard::Error::CollectStrError))
     }
 }
 
