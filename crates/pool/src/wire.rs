@@ -266,14 +266,11 @@ fn encode<T: Serialize>(value: &T, capacity: usize) -> Outcome {
     if capacity <= INLINE {
         // Most values of single tasks fit inline: encoded there, no allocation at all.
         let mut bytes = [0; INLINE];
-        match postcard::to_slice(value, &mut bytes) {
-            Ok(used) => {
-                let len = used.len() as u8;
-                return Ok(Bytes::Inline { len, bytes });
-            }
-            // Too large for the room (which postcard reports as `CollectStrError` when a
-            // `collect_str` runs out of it), or a real error: the `Vec` path says which.
-            Err(_) => {}
+        // On an error, too large for the room (which postcard reports as `CollectStrError`
+        // when a `collect_str` runs out of it) or a real one: the `Vec` path says which.
+        if let Ok(used) = postcard::to_slice(value, &mut bytes) {
+            let len = used.len() as u8;
+            return Ok(Bytes::Inline { len, bytes });
         }
     }
     // Larger ones through ipc's codec (bytes and floats copied whole, short pieces without
