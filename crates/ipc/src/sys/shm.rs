@@ -410,7 +410,11 @@ impl<P: Plain> std::ops::DerefMut for ArrayGuard<'_, P> {
 
 /// Holds a [`ShmMutex`] or [`ShmRecursiveMutex`]; unlocks on drop.
 ///
-/// Not `Send`: a pthread mutex is unlocked by the thread that locked it.
+/// Not `Send`: the lock is released by the thread that took it.
+///
+/// Do not `mem::forget` it and then drop the lock's last handle in this process: the held
+/// lock stays on the thread's robust list while its memory is unmapped (a known defect, see
+/// the crate's caveats).
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct ShmGuard<'a> {
     pub(crate) raw: &'a RawMutex,
