@@ -154,7 +154,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
 /// # Ok(()) }
 /// ```
 ///
-/// `&Queue` may be shared between threads, and `clone` gives another handle on the same queue. See the [module doc](self) for how it stays whole
+/// `&Queue` may be shared between threads, and `clone` gives another handle on the same queue. See `ARCHITECTURE.md` (the queue section) for how it stays whole
 /// when a process dies inside `put` or `get`.
 pub struct Queue<T> {
     ring: Ring,
