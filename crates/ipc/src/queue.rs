@@ -210,7 +210,7 @@ fn deadline_in(timeout: Duration) -> Instant {
 
 impl<T> Queue<T> {
     /// An unbounded queue. Under a file size limit (`ulimit -f`) its room for items is cut
-    /// to the limit, and a limit below its ring is an error (see the [module doc](self)).
+    /// to the limit, and a limit below its ring is an error (see the queue section of `ARCHITECTURE.md`).
     pub fn new() -> Result<Self> {
         Self::builder().build()
     }
