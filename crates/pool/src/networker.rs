@@ -41,7 +41,7 @@ pub(crate) const EXIT_INIT_FAILED: i32 = 4;
 pub(crate) fn serve_if_asked() {
     let Some(address) = std::env::var_os(ADDRESS_ENV) else { return };
     let authkey = std::env::var_os(AUTHKEY_ENV);
-    crate::sys::remove_env(&[ADDRESS_ENV, AUTHKEY_ENV]);
+    mproc_process::__private::remove_env(&[ADDRESS_ENV, AUTHKEY_ENV]);
     let address = address.to_string_lossy().into_owned();
     let authkey = match authkey.as_ref().map(|k| unhex(&k.to_string_lossy())) {
         Some(Some(key)) => key,
@@ -106,11 +106,8 @@ fn serve(address: &str, authkey: &[u8]) -> i32 {
     mproc_process::__private::join_family(&family, welcome.name.clone(), welcome.pool.clone());
     let limit = welcome.max_message_size;
     conn.set_max_message_size(wire::frame_limit(limit));
-    let (name, heartbeat, silence) = (
-        welcome.name.clone(),
-        Duration::from_nanos(welcome.heartbeat_ns),
-        Duration::from_nanos(welcome.silence_ns),
-    );
+    let (name, heartbeat, silence) =
+        (welcome.name, Duration::from_nanos(welcome.heartbeat_ns), Duration::from_nanos(welcome.silence_ns));
     if let Some(init) = welcome.init
         && let Err(failure) = run(init)
     {

@@ -12,8 +12,7 @@
 //!
 //! Everything in the mapping is read and written through atomics (the log as 64-bit words),
 //! so whatever the other side does at the same time, no access is a data race.
-//!
-//! Also here: removing a remote worker's variables from its environment ([`remove_env`]).
+
 #![allow(unsafe_code)]
 
 use std::io;
@@ -166,20 +165,6 @@ impl Drop for Progress {
     fn drop(&mut self) {
         // SAFETY: unmaps the mapping made in `map`, which nothing uses after `self` is gone.
         let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
-    }
-}
-
-/// Removes `keys` from the environment, if this process has one thread (`init` is the first
-/// line of `main`, or runs before it): with more, another may read the environment meanwhile,
-/// and nothing is removed.
-pub(crate) fn remove_env(keys: &[&str]) {
-    if !std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1) {
-        return;
-    }
-    for key in keys {
-        // SAFETY: this process has one thread (checked above): nothing reads the environment
-        // meanwhile, and no thread can start but from this one.
-        unsafe { std::env::remove_var(key) };
     }
 }
 

@@ -272,6 +272,13 @@ pub mod __private {
         }));
     }
 
+    /// Removes the variables `keys` from this process's environment if it has one thread
+    /// (as `init()` removes its own): for `mproc-pool`'s remote workers, whose pool address
+    /// and key nothing they start is to inherit.
+    pub fn remove_env(keys: &[&str]) {
+        crate::sys::remove_env(keys);
+    }
+
     /// `init()`, run before the test harness's `main` (see [`test_support!`]).
     pub fn before_main() {
         super::init();

@@ -76,7 +76,8 @@ pub(crate) fn replace_env(vars: &[(std::ffi::OsString, std::ffi::OsString)]) {
 /// merely inherited them), nothing is removed; a child it starts gets none of them anyway
 /// (see [`spawn::spawn_self`]).
 pub(crate) fn remove_env(keys: &[&str]) {
-    if !only_thread() {
+    // Most programs have none of them: no need to list this process's threads then.
+    if !keys.iter().any(|key| std::env::var_os(key).is_some()) || !only_thread() {
         return;
     }
     for key in keys {
