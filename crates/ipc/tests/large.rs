@@ -247,17 +247,19 @@ fn a_memfd_holding_another_type_is_a_decode_error() {
     assert!(matches!(ours.recv_timeout(DEADLINE), Err(Error::Decode(_))));
 }
 
-/// Encodes as `2 MiB + step * (times asked)` bytes: another length each time.
+/// Encodes as `base + step * (times asked)` bytes (`base` 2 MiB unless said): another
+/// length each time.
 struct Shifty {
     asked: std::cell::Cell<i64>,
     step: i64,
+    base: i64,
 }
 
 impl Serialize for Shifty {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let n = self.asked.get();
         self.asked.set(n + 1);
-        vec![5u8; ((2 << 20) + self.step * n * 100_000) as usize].serialize(serializer)
+        vec![5u8; (self.base + self.step * n * 100_000) as usize].serialize(serializer)
     }
 }
 
@@ -271,9 +273,24 @@ fn a_value_that_encodes_otherwise_the_second_time_fails_and_the_stream_stays_in_
     });
     let tx = tx.cast::<Shifty>();
     for step in [1, -1] {
-        let shifty = Shifty { asked: std::cell::Cell::new(0), step };
+        let shifty = Shifty { asked: std::cell::Cell::new(0), step, base: 2 << 20 };
         assert!(matches!(tx.send(&shifty), Err(Error::Encode(_))), "step {step}");
     }
     tx.cast::<Vec<u8>>().send(&vec![9; 10]).unwrap();
     assert_eq!(reader.join().unwrap(), Some(vec![9; 10]), "the frame after the bad ones reads");
+}
+
+#[test]
+fn a_value_past_the_threshold_that_encodes_otherwise_fails_on_a_duplex_and_sends_nothing() {
+    // The memfd is written as the value is encoded a second time, after its length was
+    // counted: a value that comes out longer or shorter is an error, and no frame goes.
+    let (a, b) = duplex::<Vec<u8>>().unwrap();
+    let shifty = a.cast::<Shifty, Vec<u8>>();
+    for step in [1, -1] {
+        let value = Shifty { asked: std::cell::Cell::new(0), step, base: BIG as i64 };
+        assert!(matches!(shifty.send(&value), Err(Error::Encode(_))), "step {step}");
+    }
+    let a = shifty.cast::<Vec<u8>, Vec<u8>>();
+    a.send(&vec![9; BIG]).unwrap();
+    assert_eq!(b.recv_timeout(DEADLINE).unwrap(), vec![9; BIG], "the first frame is the good value");
 }
