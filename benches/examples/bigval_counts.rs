@@ -27,12 +27,18 @@ fn counts(pid: u32) -> (f64, f64) {
     (fields[10 - 3], (fields[14 - 3] + fields[15 - 3]) / 100.0)
 }
 
-/// This process's children (`/proc/self/task/*/children`).
-fn children() -> Vec<u32> {
+/// This process's descendants (`/proc/PID/task/*/children`, recursively).
+fn descendants() -> Vec<u32> {
     let mut pids = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap() {
-        let list = std::fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
-        pids.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    let mut todo = vec![std::process::id()];
+    while let Some(pid) = todo.pop() {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten() {
+            let list = std::fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
+            for child in list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+                pids.push(child);
+                todo.push(child);
+            }
+        }
     }
     pids
 }
@@ -101,7 +107,7 @@ fn main() {
         "pool" => {
             let pool = mproc_pool::Pool::new(1).unwrap();
             assert_eq!(pool.apply(echo, vec![1]).unwrap(), vec![1]);
-            peers.extend(children());
+            peers.extend(descendants());
             Box::new(move || assert_eq!(pool.apply(echo, black_box(value.clone())).unwrap().len(), size))
         }
         other => panic!("unknown kind {other}"),

@@ -26,8 +26,10 @@
 //! dies or closes its end before reading it, the kernel closes the fd and frees the file. The
 //! file's pages count against the sender's memory (its cgroup) until the receiver is done.
 
+use std::cell::RefCell;
 use std::io::IoSlice;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use serde::Serialize;
@@ -135,9 +137,61 @@ pub(crate) fn decode<T: DeserializeOwned>(
     if len > max as u64 {
         return Err(Error::TooLarge { len, max: max as u64 });
     }
-    let view = Sealed::open(&file, len as usize).map_err(Error::OutOfLine)?;
+    let view = Arc::new(Sealed::open(&file, len as usize).map_err(Error::OutOfLine)?);
     drop(file);
+    /// Puts back the mapping decoded from before, even if a `Deserialize` panics.
+    struct Restore(Option<Arc<Sealed>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DECODING.set(self.0.take());
+        }
+    }
+    let _restore = Restore(DECODING.replace(Some(view.clone())));
     fdpass::providing(fds, || codec::decode(view.bytes()))
+}
+
+thread_local! {
+    /// The mapping a value is being decoded from, while it is (see [`adopt`]).
+    static DECODING: RefCell<Option<Arc<Sealed>>> = const { RefCell::new(None) };
+}
+
+/// Bytes inside a received value's mapping, kept mapped while they live: a byte string that
+/// is most of a value out of line is kept where it arrived instead of copied out (a
+/// [`Carried`](crate::Carried) holding a pool task's arguments).
+#[derive(Clone)]
+pub(crate) struct Mapped {
+    view: Arc<Sealed>,
+    start: usize,
+    len: usize,
+}
+
+impl Mapped {
+    /// The bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.view.bytes()[self.start..self.start + self.len]
+    }
+}
+
+impl std::fmt::Debug for Mapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mapped({} bytes)", self.len)
+    }
+}
+
+/// `bytes` kept in place, if they lie in the mapping of the value being decoded on this
+/// thread and are at least half of it (so a few small byte strings never keep a large
+/// mapping alive).
+pub(crate) fn adopt(bytes: &[u8]) -> Option<Mapped> {
+    DECODING.with_borrow(|view| {
+        let view = view.as_ref()?;
+        let whole = view.bytes().as_ptr_range();
+        let inside = bytes.as_ptr() >= whole.start && bytes.as_ptr_range().end <= whole.end;
+        (inside && 2 * bytes.len() >= view.bytes().len()).then(|| Mapped {
+            view: view.clone(),
+            start: bytes.as_ptr() as usize - whole.start as usize,
+            len: bytes.len(),
+        })
+    })
 }
 
 /// The largest file this process may write (`RLIMIT_FSIZE`, `ulimit -f`).

@@ -294,3 +294,43 @@ fn a_value_past_the_threshold_that_encodes_otherwise_fails_on_a_duplex_and_sends
     a.send(&vec![9; BIG]).unwrap();
     assert_eq!(b.recv_timeout(DEADLINE).unwrap(), vec![9; BIG], "the first frame is the good value");
 }
+
+/// The line of `/proc/self/maps` whose range holds `at`.
+fn mapping_of(at: *const u8) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let at = at as usize;
+    maps.lines()
+        .find(|line| {
+            let range = line.split(' ').next().unwrap();
+            let (lo, hi) = range.split_once('-').unwrap();
+            let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
+            (lo..hi).contains(&at)
+        })
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_large_carried_value_is_decoded_from_where_it_arrived_not_copied_out() {
+    let value = frame_value(BIG);
+    let (a, b) = duplex::<mproc_ipc::Carried>().unwrap();
+    a.send(&mproc_ipc::Carried::encode(&value).unwrap()).unwrap();
+    let got = b.recv_timeout(DEADLINE).unwrap();
+    let line = mapping_of(got.bytes().as_ptr());
+    assert!(line.contains("mproc-value"), "the bytes are not in the value's memfd: {line}");
+    assert_eq!(got.decode::<Frame>().unwrap(), value);
+    // Kept while the Carried lives (a clone shares it), unmapped once it is gone.
+    let at = got.bytes().as_ptr();
+    let copy = got.clone();
+    drop(got);
+    assert_eq!(copy.decode::<Frame>().unwrap(), value);
+    drop(copy);
+    assert!(!mapping_of(at).contains("mproc-value"), "the mapping outlived the value");
+
+    // A small Carried inside a large value is copied out: it keeps no large mapping alive.
+    let (a, b) = duplex::<(Vec<u8>, mproc_ipc::Carried)>().unwrap();
+    a.send(&(vec![1; BIG], mproc_ipc::Carried::encode(&7u32).unwrap())).unwrap();
+    let (_, small) = b.recv_timeout(DEADLINE).unwrap();
+    assert!(!mapping_of(small.bytes().as_ptr()).contains("mproc-value"));
+    assert_eq!(small.decode::<u32>().unwrap(), 7);
+}
