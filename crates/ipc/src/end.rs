@@ -257,7 +257,7 @@ impl End {
         let (start, fds) = match first {
             (Some(start), fds) => (start, fds),
             (None, _) if self.kind != Kind::Socket => return Ok(None),
-            (None, _) => match fds_or_refusal(fdpass::collecting(|| outofline::encode(value)))? {
+            (None, _) => match fds_or_refusal(fdpass::collecting(|| outofline::encode(value, buf)))? {
                 (Some((file, len)), mut fds) => {
                     fds.push(file);
                     let descriptor = outofline::descriptor(len);
