@@ -378,7 +378,10 @@ fn a_forgotten_guard_and_a_dropped_lock_corrupt_no_later_mapping() {
         drop(probe.acquire().map_err(msg)?);
         for (i, block) in blocks.iter().enumerate() {
             if block.to_vec().iter().any(|&b| b != 0) {
-                return Err(format!("block {i} was written by a robust-list operation: {:?}", block.to_vec()));
+                return Err(format!(
+                    "block {i} was written by a robust-list operation: {:?}",
+                    block.to_vec()
+                ));
             }
         }
         Ok(())

@@ -71,7 +71,12 @@ impl Mapping {
                 0,
             )
         }?;
-        Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap never returns null"), len, fd, held_here: None })
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap never returns null"),
+            len,
+            fd,
+            held_here: None,
+        })
     }
 
     /// The file's seals include "cannot shrink": a mapping of it never faults.
