@@ -2,7 +2,7 @@
 //!
 //! - `cargo xtask test [ARGS]`: rustfmt check, clippy, the examples built (some tests run
 //!   them), every test target (criterion benches run once in test mode, a smoke test), then
-//!   doc tests, then the loom model checks of the coroutine task cell (`--cfg loom`, in
+//!   doc tests, then the loom model checks of the coroutine task cell and the doorbell protocol (`--cfg loom`, in
 //!   `target/loom`). `ARGS` go to both test runs after `--`, e.g. a test name filter.
 //! - `cargo xtask proptest [--cases N]`: the property tests (named `prop_*`), in release mode
 //!   with `PROPTEST_CASES=N` (default 1024).
