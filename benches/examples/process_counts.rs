@@ -7,7 +7,8 @@
 //! strace -f -c target/release/examples/process_counts fork_closure 2000
 //! ```
 //!
-//! Kinds: `floor` (bare `fork` + `_exit` + `waitpid`), `fork_closure`, `fork_fn`,
+//! Kinds: `floor` (bare `fork` + `_exit` + `waitpid`), `spawn_floor` (`posix_spawn` of
+//! `/bin/true` through `std::process::Command`, Spawn's floor), `fork_closure`, `fork_fn`,
 //! `forkserver_fn`, `spawn_fn`, `none` (the program's own start, to subtract). It also prints
 //! its own page faults and those of its children (`/proc/self/stat`), per start + join.
 
@@ -36,6 +37,9 @@ fn main() {
     let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
     let one: Box<dyn Fn()> = match kind.as_str() {
         "floor" => Box::new(mproc_benches::sys::fork_exit_wait),
+        "spawn_floor" => Box::new(|| {
+            assert!(std::process::Command::new("/bin/true").status().unwrap().success());
+        }),
         "fork_closure" => Box::new(|| {
             black_box(Process::spawn(|| black_box(7u32)).unwrap().join().unwrap());
         }),

@@ -199,13 +199,24 @@ fn become_child_if_asked() {
 /// Names this process after the program, as `ps -o comm`, `pgrep -x`, `top` and `killall` show
 /// it: a spawned copy runs `/proc/self/exe`, which the kernel names `exe`. The name is what the
 /// kernel gives the program when run by its own name: the last part of `argv[0]` (which a
-/// spawned copy shares with its parent), at most 15 bytes. Written to `/proc/self/comm`, the
-/// process's (its main thread's) name, whichever thread runs this.
+/// spawned copy shares with its parent), at most 15 bytes. It is the process's name, its main
+/// thread's: set with `prctl(PR_SET_NAME)` from the main thread (where `init` runs in a
+/// spawned program: one system call), else written to `/proc/self/comm` (three, and a walk
+/// of `/proc`).
 fn take_program_name() {
     let Some(argv0) = std::env::args_os().next() else { return };
     let Some(name) = std::path::Path::new(&argv0).file_name() else { return };
     let name = name.as_encoded_bytes();
-    let _ = std::fs::write("/proc/self/comm", &name[..name.len().min(15)]);
+    let name = &name[..name.len().min(15)];
+    let main_thread = rustix::thread::gettid() == rustix::process::getpid();
+    match std::ffi::CString::new(name) {
+        Ok(name) if main_thread => {
+            let _ = rustix::thread::set_name(&name);
+        }
+        _ => {
+            let _ = std::fs::write("/proc/self/comm", name);
+        }
+    }
 }
 
 /// Lets `#[test]` functions start `Spawn` and `ForkServer` children.

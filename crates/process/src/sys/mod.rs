@@ -2,6 +2,7 @@
 //!
 //! - [`fork`](fork::fork): the one call of `fork(2)` in mproc, and `_exit(2)` for the child.
 //! - [`spawn`](spawn::spawn_self): `posix_spawn(3)` of this same program, keeping one fd.
+//! - [`env`]: the environment as libc holds it, read in place.
 //! - [`fnref`]: the function an [`FnRef`](crate::FnRef) names, from its offset.
 //! - [`at_exit`]: `atexit(3)`, so children are joined when the program ends.
 //! - [`wiped`]: per-process state, on a page every forked child finds zeroed.
@@ -9,6 +10,7 @@
 //! - [`leaked`]: a `&'static T` one store replaces, for what a forked child changes.
 #![allow(unsafe_code)]
 
+pub(crate) mod env;
 pub(crate) mod fnref;
 pub(crate) mod fork;
 pub(crate) mod leaked;
