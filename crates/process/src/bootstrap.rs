@@ -155,8 +155,8 @@ pub(crate) fn run_and_report<R: Serialize>(conn: &Connection<Outcome<R>, ()>, f:
 }
 
 /// The child side of Spawn and ForkServer: read the start message, become that process, run
-/// the function, report, and exit. Never returns.
-pub(crate) fn child_main(conn: Connection<(), Start>) -> ! {
+/// the function, report, and leave with `leave` (given the exit code). Never returns.
+pub(crate) fn child_main(conn: Connection<(), Start>, leave: fn(i32) -> !) -> ! {
     let start = match conn.recv() {
         Ok(start) => start,
         Err(e) => {
@@ -189,7 +189,7 @@ pub(crate) fn child_main(conn: Connection<(), Start>) -> ! {
         }
     };
     let code = (trampoline.get())(conn.cast());
-    exit(code)
+    leave(code)
 }
 
 /// `trampoline::<A, R>`, with the types erased.

@@ -188,7 +188,7 @@ fn become_child_if_asked() {
     }
     if let Some(conn) = bootstrap(child) {
         take_program_name();
-        bootstrap::child_main(conn)
+        bootstrap::child_main(conn, bootstrap::exit)
     }
     if let Some(conn) = bootstrap(server) {
         take_program_name(); // which the server's children inherit

@@ -139,9 +139,15 @@ fn reap_once<O: Orphan + Clone>(
     true
 }
 
-/// At exit, as Python does: daemon children are terminated, then every child is waited for,
-/// so none is orphaned silently and none is left a zombie.
+/// At exit (the `atexit` hook): [`join_all`].
 extern "C" fn join_at_exit() {
+    join_all();
+}
+
+/// What a process does about its children when it ends, as Python does: daemon children are
+/// terminated, then every child is waited for, so none is orphaned silently and none is left
+/// a zombie. At exit, and by a fork server's child, which leaves without the exit hooks.
+pub(crate) fn join_all() {
     let children = CHILDREN.with(Vec::new, std::mem::take);
     for child in children.iter().filter(|c| c.pid().is_some() && c.identity().daemon) {
         let _ = child.signal(Signal::TERM);
