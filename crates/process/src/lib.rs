@@ -311,6 +311,17 @@ pub mod __private {
 mod tests {
     use super::*;
 
+    /// The kernel's answer agrees with `/proc/self/task`'s list, with many threads (the test
+    /// harness runs this on a thread of its own) and with one (a forked child).
+    #[test]
+    fn only_thread_tells_one_thread_from_many() {
+        let listed = || std::fs::read_dir("/proc/self/task").unwrap().count();
+        assert!(listed() > 1);
+        assert!(!sys::only_thread());
+        let in_child = Process::spawn(move || (sys::only_thread(), listed())).unwrap().join().unwrap();
+        assert_eq!(in_child, (true, 1));
+    }
+
     #[test]
     fn exitcode_is_pythons() {
         assert_eq!(ExitStatus::Code(3).exitcode(), 3);
