@@ -5,6 +5,7 @@
 
 use std::ffi::{CStr, c_char};
 
+// SAFETY: `environ` is declared as libc defines it (`char **environ`), read only.
 unsafe extern "C" {
     /// libc's environment: a null-terminated array of `KEY=VALUE` C strings.
     static environ: *const *const c_char;
