@@ -157,6 +157,29 @@ fn parse_header(bytes: &[u8]) -> Parsed {
     }
 }
 
+/// A whole frame found in the read-ahead buffer by [`FrameReader::buffered_frame`].
+pub(crate) struct Buffered<'a> {
+    header_len: usize,
+    len: usize,
+    reader: &'a mut FrameReader,
+}
+
+impl Buffered<'_> {
+    /// The frame's payload, in the read-ahead buffer.
+    pub(crate) fn payload(&self) -> &[u8] {
+        let at = self.reader.start + self.header_len;
+        &self.reader.ahead[at..at + self.len]
+    }
+
+    /// Consumes the frame: the range of stream offsets it covers (header included).
+    pub(crate) fn take(self) -> Range<u64> {
+        let frame = self.header_len + self.len;
+        let frame_start = self.reader.offset - (self.reader.end - self.reader.start) as u64;
+        self.reader.consume(frame);
+        frame_start..frame_start + frame as u64
+    }
+}
+
 /// Reads frames from a byte stream, one at a time.
 ///
 /// By default a header read takes whatever has arrived, up to [`AHEAD`] bytes, so a small
@@ -282,6 +305,21 @@ impl FrameReader {
         max: usize,
         deadline: Option<Instant>,
     ) -> Result<Option<Range<u64>>> {
+        let Some(frame) = self.buffered_frame(io, max, deadline)? else { return Ok(None) };
+        dst.extend_from_slice(frame.payload());
+        Ok(Some(frame.take()))
+    }
+
+    /// [`small_frame`](Self::small_frame) without the copy: the next frame when it is (or one
+    /// read makes it) whole in the read-ahead buffer, its payload readable in place. The frame
+    /// is consumed when the returned [`Buffered`] is taken; until then the reader is as if it
+    /// had not been found (the next call finds it again).
+    pub(crate) fn buffered_frame(
+        &mut self,
+        io: &impl RawIo,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Buffered<'_>>> {
         if self.exact || !matches!(self.stage, Stage::Header) || !self.partial.is_empty() {
             return Ok(None);
         }
@@ -301,11 +339,7 @@ impl FrameReader {
         if len > max as u64 || len > (buffered.len() - header_len) as u64 {
             return Ok(None);
         }
-        let frame = header_len + len as usize;
-        let frame_start = self.offset - buffered.len() as u64;
-        dst.extend_from_slice(&buffered[header_len..frame]);
-        self.consume(frame);
-        Ok(Some(frame_start..frame_start + frame as u64))
+        Ok(Some(Buffered { header_len, len: len as usize, reader: self }))
     }
 
     /// After a read that filled the read-ahead buffer, doubles it (up to [`AHEAD`]) unless it
