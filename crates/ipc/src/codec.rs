@@ -139,6 +139,7 @@ thread_local! {
 }
 
 /// Takes the reason a decode was refused, if one was given.
+#[inline]
 fn take_refusal() -> Option<String> {
     if !MAY_BE_REFUSED.replace(false) {
         return None;
@@ -149,6 +150,7 @@ fn take_refusal() -> Option<String> {
 /// Runs a postcard decode; a refusal recorded by [`refuse`] meanwhile becomes
 /// [`Error::Mismatch`] (postcard keeps no custom message), any other failure
 /// [`Error::Decode`].
+#[inline]
 pub(crate) fn decoding<T>(decode: impl FnOnce() -> postcard::Result<T>) -> Result<T> {
     // A reason left by a decode that succeeded after all (a refusal it recovered from).
     drop(take_refusal());

@@ -466,10 +466,10 @@ impl End {
         if fds.is_empty() {
             let io = self.reading(fds);
             if let Some(frame) = frames.buffered_frame(&io, self.max_message_size, deadline)?
+                && let payload = frame.payload()
                 && !io.received_fds()
-                && outofline::announced(frame.payload()).is_none()
+                && outofline::announced(payload).is_none()
             {
-                let payload = frame.payload();
                 // Decoded without the fd tables; only if that fails on an end is it decoded
                 // again with them (for the precise error).
                 let result = match codec::decode(payload) {
@@ -632,12 +632,14 @@ struct FdIo<'a> {
 
 impl FdIo<'_> {
     /// Whether fds arrived through this reader.
+    #[inline]
     fn received_fds(&self) -> bool {
         self.incoming.as_ref().is_some_and(|fds| !fds.borrow().is_empty())
     }
 }
 
 impl RawIo for FdIo<'_> {
+    #[inline]
     fn read(&self, buf: &mut [u8], at: u64) -> io::Result<usize> {
         match (&self.incoming, self.kind) {
             // Fds ride on the first bytes of a frame, its header: read those with recvmsg.

@@ -59,6 +59,7 @@ pub(crate) enum ShortHeader {
     Invalid(i32),
 }
 
+#[inline]
 pub(crate) fn decode_short(bytes: [u8; 4]) -> ShortHeader {
     match i32::from_be_bytes(bytes) {
         n if n >= 0 => ShortHeader::Len(n as u64),
@@ -143,6 +144,7 @@ enum Parsed {
     Need(usize),
 }
 
+#[inline]
 fn parse_header(bytes: &[u8]) -> Parsed {
     let Some(short) = bytes.first_chunk::<4>() else { return Parsed::Need(4) };
     match decode_short(*short) {
@@ -166,12 +168,14 @@ pub(crate) struct Buffered<'a> {
 
 impl Buffered<'_> {
     /// The frame's payload, in the read-ahead buffer.
+    #[inline]
     pub(crate) fn payload(&self) -> &[u8] {
         let at = self.reader.start + self.header_len;
         &self.reader.ahead[at..at + self.len]
     }
 
     /// Consumes the frame: the range of stream offsets it covers (header included).
+    #[inline]
     pub(crate) fn take(self) -> Range<u64> {
         let frame = self.header_len + self.len;
         let frame_start = self.reader.offset - (self.reader.end - self.reader.start) as u64;
@@ -314,6 +318,7 @@ impl FrameReader {
     /// read makes it) whole in the read-ahead buffer, its payload readable in place. The frame
     /// is consumed when the returned [`Buffered`] is taken; until then the reader is as if it
     /// had not been found (the next call finds it again).
+    #[inline]
     pub(crate) fn buffered_frame(
         &mut self,
         io: &impl RawIo,
@@ -346,8 +351,17 @@ impl FrameReader {
     /// holds only the start of one frame longer than itself (see [`one_big_frame`]).
     ///
     /// [`one_big_frame`]: Self::one_big_frame
+    #[inline]
     fn grow_if_filled(&mut self) {
-        if self.end == self.ahead.len() && self.ahead.len() < AHEAD && !self.exact && !self.one_big_frame() {
+        // A read that did not fill the buffer (nearly every one) decides it here.
+        if self.end == self.ahead.len() {
+            self.grow_if_worth_it();
+        }
+    }
+
+    #[cold]
+    fn grow_if_worth_it(&mut self) {
+        if self.ahead.len() < AHEAD && !self.exact && !self.one_big_frame() {
             // More may be waiting: read more at once next time.
             self.ahead.resize(self.ahead.len() * 2, 0);
         }
@@ -409,6 +423,7 @@ impl FrameReader {
     }
 
     /// Drops `n` buffered bytes from the front.
+    #[inline]
     fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {
@@ -497,6 +512,7 @@ impl FrameReader {
 
 /// One read that makes progress: waits for the deadline if there is one, and goes on after
 /// interruptions by signals.
+#[inline]
 fn read_some<I: RawIo>(
     deadline: Option<Instant>,
     io: &I,
