@@ -98,8 +98,10 @@ pub(crate) fn encode_frame_within<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     cap: usize,
 ) -> Result<Option<usize>> {
+    // Room for the longest header, its bytes written below (`resize` of a cleared `Vec`: a
+    // fixed-size fill, no copy from elsewhere).
     buf.clear();
-    buf.extend_from_slice(&[0; HEADER_MAX]);
+    buf.resize(HEADER_MAX, 0);
     let out = ser::ToVecWithin { vec: buf, end: HEADER_MAX.saturating_add(cap) };
     match ser::serialize(value, out) {
         Ok(_) => {}

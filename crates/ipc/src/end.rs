@@ -380,7 +380,8 @@ impl End {
     /// that check inline, the rest out of line).
     #[inline]
     fn finish_unsent(&self, side: &mut SendSide) -> Result<()> {
-        if side.pending().is_empty() {
+        // (`written` never passes `unsent`'s length: a comparison, not a slice.)
+        if side.written == side.unsent.len() {
             return Ok(());
         }
         self.write_unsent(side)
