@@ -87,8 +87,10 @@ pub(crate) fn encode_frame_within<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     cap: usize,
 ) -> Result<Option<usize>> {
+    // Room for the longest header, its bytes written below (`resize` of a cleared `Vec`: a
+    // fixed-size fill, no copy from elsewhere).
     buf.clear();
-    buf.extend_from_slice(&[0; HEADER_MAX]);
+    buf.resize(HEADER_MAX, 0);
     let out = ser::ToVecWithin { vec: buf, end: HEADER_MAX.saturating_add(cap) };
     match ser::serialize(value, out) {
         Ok(_) => {}
@@ -121,14 +123,29 @@ pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
 thread_local! {
     /// Why the decode in progress in this thread was refused, in words postcard would drop.
     static REFUSED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// Whether [`REFUSED`] may hold a reason: checked by every decode, set by [`refuse`]. A
+    /// thread-local without a destructor, so the check is one load (`REFUSED` itself is
+    /// reached through its destructor's registration).
+    static MAY_BE_REFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Takes the reason a decode was refused, if one was given.
+#[inline]
+fn take_refusal() -> Option<String> {
+    if !MAY_BE_REFUSED.replace(false) {
+        return None;
+    }
+    REFUSED.try_with(|r| r.take()).ok().flatten()
 }
 
 /// Runs a postcard decode; a refusal recorded by [`refuse`] meanwhile becomes
 /// [`Error::Mismatch`] (postcard keeps no custom message), any other failure
 /// [`Error::Decode`].
+#[inline]
 pub(crate) fn decoding<T>(decode: impl FnOnce() -> postcard::Result<T>) -> Result<T> {
-    let _ = REFUSED.try_with(|r| r.take());
-    decode().map_err(|e| match REFUSED.try_with(|r| r.take()).ok().flatten() {
+    // A reason left by a decode that succeeded after all (a refusal it recovered from).
+    drop(take_refusal());
+    decode().map_err(|e| match take_refusal() {
         Some(why) => Error::Mismatch(why),
         None => Error::Decode(e),
     })
@@ -139,6 +156,7 @@ pub(crate) fn decoding<T>(decode: impl FnOnce() -> postcard::Result<T>) -> Resul
 pub(crate) fn refuse<E: serde::de::Error>(why: String) -> E {
     let e = E::custom(&why);
     let _ = REFUSED.try_with(|r| r.borrow_mut().get_or_insert(why).len());
+    MAY_BE_REFUSED.set(true);
     e
 }
 
