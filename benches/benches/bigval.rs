@@ -102,7 +102,7 @@ fn pipe_sizes(c: &mut Criterion, mib: usize) -> Vec<Target> {
         if let Some(ratio) =
             mproc_benches::paired_rounds(&name, batch, rounds, Ratio::Throughput, &mut send_bytes, ours)
         {
-            targets.push(Target::at_least(name, ratio, 0.8, "x"));
+            targets.push(Target::at_least(format!("{group}/{id}"), ratio, 0.8, "x the throughput of bytes"));
         }
     }
     targets
@@ -132,7 +132,12 @@ fn gib(c: &mut Criterion) -> Vec<Target> {
     if let Some(ratio) =
         mproc_benches::paired_rounds(&name, 1, 5, Ratio::Time, &mut memcpy_fresh, &mut typed_duplex)
     {
-        targets.push(Target::at_most(name, ratio, 2.0, "x"));
+        targets.push(Target::at_most(
+            format!("{group}/typed_duplex"),
+            ratio,
+            2.0,
+            "x the time of memcpy_fresh",
+        ));
     }
     // Beside it, for the record: against a copy into memory already faulted in.
     let name = format!("{group} typed_duplex vs memcpy into a faulted-in buffer (time ratio)");
@@ -174,7 +179,12 @@ fn pool(c: &mut Criterion) -> Vec<Target> {
     if let Some(ratio) =
         mproc_benches::paired_rounds(&name, 1, 9, Ratio::Time, &mut there_and_back, &mut apply)
     {
-        targets.push(Target::at_most(name, ratio, 2.0, "x"));
+        targets.push(Target::at_most(
+            format!("{group}/apply_64mib"),
+            ratio,
+            2.0,
+            "x the time of bytes there and back",
+        ));
     }
     targets
 }

@@ -348,16 +348,18 @@ fn paired_runs() {
             }
         }
         if let Some((ratio, fastest)) = worst {
+            // The name stays the same from run to run; which executor was fastest goes after
+            // the value.
             targets.push(Target::at_most(
-                format!("{group} vs the fastest other ({fastest})"),
+                format!("{group} vs the fastest other"),
                 ratio,
                 0.5,
-                "x",
+                format!("x the time of {fastest}"),
             ));
         }
     }
     let per_task = steady_allocations_per_task(&CONTENDERS[0]);
-    targets.push(Target::at_most("coroutine allocations per task (steady state)", per_task, 1.0, ""));
+    targets.push(Target::at_most("coroutine::allocations_per_task (steady state)", per_task, 1.0, ""));
     mproc_benches::report_targets(&targets);
 }
 
