@@ -41,6 +41,7 @@ fn main() {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(10)
+        .nresamples(10_000)
         .configure_from_args();
     let mut targets = Vec::new();
     for mib in [1, 64, 200] {

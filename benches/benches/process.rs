@@ -57,9 +57,11 @@ fn main() {
     println!();
     let mut c = Criterion::default()
         .output_directory(&mproc_benches::criterion_dir())
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
+        // Figures only (the targets come from the paired rounds above).
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
         .sample_size(50)
+        .nresamples(10_000)
         .configure_from_args();
     let mut g = c.benchmark_group("process::start_join");
     g.bench_function("raw_fork_exit_waitpid", |b| b.iter(mproc_benches::sys::fork_exit_wait));

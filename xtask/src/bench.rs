@@ -260,15 +260,17 @@ fn run_bench(name: &str, extra: &[String]) -> BenchRun {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Output still open: a process the bench left behind may hold it; give it a
-                // few seconds once the bench itself is gone.
-                if !exited.is_some_and(|at| at.elapsed() > Duration::from_secs(5)) {
-                    if exited.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
-                        exited = Some(Instant::now());
-                    }
-                    if start.elapsed() < BENCH_LIMIT {
-                        continue;
-                    }
+                if exited.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
+                    exited = Some(Instant::now());
+                }
+                // Output still open after the bench ended: a process it left behind holds
+                // it; give that a few seconds, then stop reading.
+                let left_behind = exited.is_some_and(|at| at.elapsed() > Duration::from_secs(5));
+                if left_behind {
+                    eprintln!("xtask bench: {name}: a process it started still holds its output");
+                } else if start.elapsed() < BENCH_LIMIT {
+                    continue;
+                } else {
                     eprintln!(
                         "xtask bench: {name} ran past {} minutes: killing it",
                         BENCH_LIMIT.as_secs() / 60
