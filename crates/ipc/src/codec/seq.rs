@@ -81,19 +81,100 @@ pub(crate) fn encode_varints<E: Varint>(
     for block in values.chunks(BLOCK) {
         let mut n = 0;
         for &value in block {
-            let mut v = value.to_varint();
             // At most `MAX_VARINT` bytes per value, so `n` stays within `buf`.
-            while v >= 0x80 {
-                buf[n] = v as u8 | 0x80;
-                v >>= 7;
-                n += 1;
-            }
-            buf[n] = v as u8;
-            n += 1;
+            n += put_varint(value.to_varint(), &mut buf[n..n + MAX_VARINT]);
         }
         out(&buf[..n])?;
     }
     Ok(())
+}
+
+/// Writes `v` as a varint at the start of `slot`, and says how many bytes it took.
+#[inline(always)]
+fn put_varint(v: u64, slot: &mut [u8]) -> usize {
+    // Small values, the most common, by their own short paths (a branch that a run of
+    // values of one size predicts).
+    if v < 1 << 7 {
+        slot[0] = v as u8;
+        return 1;
+    }
+    if v < 1 << 14 {
+        slot[..2].copy_from_slice(&[v as u8 | 0x80, (v >> 7) as u8]);
+        return 2;
+    }
+    if v < 1 << 21 {
+        slot[..3].copy_from_slice(&[v as u8 | 0x80, (v >> 7) as u8 | 0x80, (v >> 14) as u8]);
+        return 3;
+    }
+    if v < 1 << 56 {
+        // At most 8 bytes: made in a word, without a branch per byte. The 7-bit groups are
+        // spread to one a byte in three steps (28-bit halves, 14-bit quarters, 7-bit
+        // bytes), and every byte but the last gets its continuation bit.
+        let len = (64 - (v | 1).leading_zeros() as usize).div_ceil(7);
+        let x = (v & 0x0fff_ffff) | ((v & 0x00ff_ffff_f000_0000) << 4);
+        let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x0fff_c000_0fff_c000) << 2);
+        let x = (x & 0x007f_007f_007f_007f) | ((x & 0x3f80_3f80_3f80_3f80) << 1);
+        let more = 0x8080_8080_8080_8080 & ((1u64 << (8 * (len - 1))) - 1);
+        slot[..8].copy_from_slice(&(x | more).to_le_bytes());
+        return len;
+    }
+    let (mut v, mut n) = (v, 0);
+    while v >= 0x80 {
+        slot[n] = v as u8 | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    slot[n] = v as u8;
+    n + 1
+}
+
+/// Reads a varint of at most `max` bytes whose value is below `2^bits` from the front of
+/// `bytes` (postcard's check: no more bytes than the type takes, and no bits past its
+/// width in the last one): the value and the bytes after it.
+#[inline(always)]
+fn take_varint(bytes: &[u8], max: usize, bits: u32) -> Result<(u64, &[u8])> {
+    if let Some(word) = bytes.first_chunk::<8>() {
+        // The common case, at least 8 bytes left. Varints of up to 3 bytes (within every
+        // type's width) by their own short paths; longer ones' end found in a word, their
+        // 7-bit groups gathered in three steps (the reverse of `put_varint`'s).
+        let [b0, b1, b2, ..] = *word;
+        if b0 < 0x80 {
+            return Ok((u64::from(b0), &bytes[1..]));
+        }
+        let v = u64::from(b0 & 0x7f) | u64::from(b1 & 0x7f) << 7;
+        if b1 < 0x80 {
+            return Ok((v, &bytes[2..]));
+        }
+        if b2 < 0x80 && (bits > 16 || b2 < 4) {
+            return Ok((v | u64::from(b2) << 14, &bytes[3..]));
+        }
+        let word = u64::from_le_bytes(*word);
+        let ends = !word & 0x8080_8080_8080_8080;
+        if ends != 0 {
+            let len = (ends.trailing_zeros() as usize + 1) / 8;
+            let x = word & (ends ^ (ends - 1)) & 0x7f7f_7f7f_7f7f_7f7f;
+            let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+            let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+            let v = (x & 0x0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+            if len > max || (bits < 64 && v >> bits != 0) {
+                return Err(Error::DeserializeBadVarint);
+            }
+            return Ok((v, &bytes[len..]));
+        }
+    }
+    let spare = bits as usize - 7 * (max - 1);
+    let mut v = 0;
+    for (i, &byte) in bytes.iter().enumerate().take(max) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            // The last byte may only hold the bits left over.
+            if i == max - 1 && usize::from(byte) >= (1 << spare) {
+                return Err(Error::DeserializeBadVarint);
+            }
+            return Ok((v, &bytes[i + 1..]));
+        }
+    }
+    Err(if bytes.len() < max { Error::DeserializeUnexpectedEnd } else { Error::DeserializeBadVarint })
 }
 
 /// Decodes `len` varints from the front of `input` onto the end of `out` (the bytes after
@@ -104,37 +185,13 @@ pub(crate) fn decode_varints<E: Varint>(input: &mut &[u8], len: usize, out: &mut
     if len > input.len() {
         return Err(Error::DeserializeUnexpectedEnd);
     }
-    out.reserve(len);
     let max = (E::BITS as usize).div_ceil(7);
-    // The last byte may only hold the bits left over.
-    let spare = E::BITS as usize - 7 * (max - 1);
     let mut bytes = *input;
-    for _ in 0..len {
-        let (&first, rest) = bytes.split_first().ok_or(Error::DeserializeUnexpectedEnd)?;
+    bulk::extend_with(out, len, || {
+        let (v, rest) = take_varint(bytes, max, E::BITS)?;
         bytes = rest;
-        let v = if first < 0x80 {
-            u64::from(first)
-        } else {
-            let mut v = u64::from(first & 0x7f);
-            let mut i = 1;
-            loop {
-                let (&byte, rest) = bytes.split_first().ok_or(Error::DeserializeUnexpectedEnd)?;
-                bytes = rest;
-                v |= u64::from(byte & 0x7f) << (7 * i);
-                if byte < 0x80 {
-                    if i == max - 1 && usize::from(byte) >= (1 << spare) {
-                        return Err(Error::DeserializeBadVarint);
-                    }
-                    break v;
-                }
-                i += 1;
-                if i == max {
-                    return Err(Error::DeserializeBadVarint);
-                }
-            }
-        };
-        out.push(E::from_varint(v).ok_or(Error::DeserializeBadVarint)?);
-    }
+        E::from_varint(v).ok_or(Error::DeserializeBadVarint)
+    })?;
     *input = bytes;
     Ok(())
 }

@@ -138,3 +138,28 @@ pub(crate) fn extend_from_bytes<E: Bulk>(out: &mut Vec<E>, bytes: &[u8], count: 
         out.set_len(len + count);
     }
 }
+
+/// Appends `len` elements to `out`, each made by `next`, written straight into the room
+/// reserved for them (no length check and update per element); on `next`'s first error, the
+/// elements made before it are kept and the error returned.
+#[inline]
+pub(crate) fn extend_with<E: Elem, Err>(
+    out: &mut Vec<E>,
+    len: usize,
+    mut next: impl FnMut() -> Result<E, Err>,
+) -> Result<(), Err> {
+    out.reserve(len);
+    let start = out.len();
+    let mut done = 0;
+    let result = (|| {
+        for slot in &mut out.spare_capacity_mut()[..len] {
+            slot.write(next()?);
+            done += 1;
+        }
+        Ok(())
+    })();
+    // SAFETY: the `done` elements after `start` were written above (each `slot.write` is
+    // counted once it has happened), within the capacity `reserve` made.
+    unsafe { out.set_len(start + done) };
+    result
+}
