@@ -227,9 +227,9 @@ pub(crate) fn append<'de, T: Deserialize<'de>>(input: &mut &'de [u8], values: &m
     #[cfg(target_endian = "little")]
     bytes!(f32, f64);
     // Each element takes at least a byte, except a few that take none (`()`): reserved no
-    // further than the bytes go either way.
+    // further than the bytes go either way, and counted as the decoder counts elements.
+    de.count(len)?;
     values.reserve(len.min(rest.len()));
-    let mut de = Deserializer::new(rest);
     for _ in 0..len {
         values.push(T::deserialize(&mut de)?);
     }
