@@ -3,9 +3,12 @@
 //! The encoder and decoder are our own (`codec/ser.rs`, `codec/de.rs`) and write and read
 //! exactly postcard's bytes, so a value encoded with `postcard` decodes here and back. What
 //! they add: a slice or `Vec` of `u8`, `i8`, `f32` or `f64` (and so a `String`, a struct of
-//! them, ...) moves as one copy of its memory, not one serde call per element.
+//! them, ...) moves as one copy of its memory, and one of integers (`u16`..`u64`, `i16`..`i64`,
+//! `usize`, `isize`) as varints made and read in one loop (`codec/seq.rs`), not one serde call
+//! per element.
 
 mod de;
+mod seq;
 mod ser;
 
 use serde::Serialize;
@@ -35,6 +38,20 @@ pub fn encode_with_capacity<T: Serialize + ?Sized>(value: &T, capacity: usize) -
 /// bytes mean another type), vectors of bytes and floats taken in one copy.
 pub fn decode_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     decode(bytes)
+}
+
+/// Decodes a sequence (what a `Vec<T>` or a `&[T]` encodes to, [`encode`] or `postcard`) from
+/// the whole of `bytes`, appending its elements to `values`: several encoded pieces of one
+/// list gathered into one `Vec` without a `Vec` per piece (a pool's `map`, its chunks'
+/// values). Integers, bytes and floats are read in one loop or one copy. A length read from
+/// the bytes reserves no more than the bytes can hold; trailing bytes are an error. On an
+/// error, `values` may hold some of the elements.
+pub fn decode_append<T: DeserializeOwned>(bytes: &[u8], values: &mut Vec<T>) -> Result<()> {
+    decoding(|| {
+        let mut input = bytes;
+        seq::append(&mut input, values)?;
+        if input.is_empty() { Ok(()) } else { Err(postcard::Error::DeserializeBadEncoding) }
+    })
 }
 
 /// Appends `value`'s encoding to `buf`.
@@ -213,6 +230,46 @@ mod tests {
         array: [u8; 3],
         unit: (),
         boxed: Box<[u8]>,
+        ints: Ints,
+    }
+
+    /// Every integer type whose sequences take the one-loop path (`codec/seq.rs`), as `Vec`s
+    /// and as a borrowed slice, with values of every length of varint.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+    struct Ints {
+        u16: Vec<u16>,
+        u32: Vec<u32>,
+        u64: Vec<u64>,
+        usize: Vec<usize>,
+        i16: Vec<i16>,
+        i32: Vec<i32>,
+        i64: Vec<i64>,
+        isize: Vec<isize>,
+        boxed: Box<[u64]>,
+        nested: Vec<Vec<i64>>,
+    }
+
+    /// Integers of every varint length: any bit width from 0 to 64, sign included.
+    fn wide() -> impl Strategy<Value = u64> {
+        (any::<u64>(), 0..=64u32).prop_map(|(v, bits)| if bits == 64 { v } else { v & ((1 << bits) - 1) })
+    }
+
+    fn ints() -> impl Strategy<Value = Ints> {
+        let v = || proptest::collection::vec(wide(), 0..80);
+        ((v(), v(), v(), v()), (v(), v(), v(), v()), (v(), proptest::collection::vec(v(), 0..3))).prop_map(
+            |((a, b, c, d), (e, f, g, h), (i, j))| Ints {
+                u16: a.iter().map(|&x| x as u16).collect(),
+                u32: b.iter().map(|&x| x as u32).collect(),
+                u64: c,
+                usize: d.iter().map(|&x| x as usize).collect(),
+                i16: e.iter().map(|&x| x as i16).collect(),
+                i32: f.iter().map(|&x| x as i32).collect(),
+                i64: g.iter().map(|&x| x as i64).collect(),
+                isize: h.iter().map(|&x| x as isize).collect(),
+                boxed: i.into_boxed_slice(),
+                nested: j.into_iter().map(|v| v.into_iter().map(|x| x as i64).collect()).collect(),
+            },
+        )
     }
 
     fn shape() -> impl Strategy<Value = Shape> {
@@ -228,13 +285,18 @@ mod tests {
         (
             (any::<Vec<u8>>(), any::<Vec<i8>>(), any::<Vec<f64>>(), any::<Vec<f32>>(), any::<Vec<u32>>()),
             (any::<String>(), any::<Vec<char>>(), any::<Vec<bool>>(), any::<(u128, i128)>()),
-            (proptest::collection::vec(shape(), 0..4), any::<BTreeMap<String, Vec<u64>>>(), any::<[u8; 3]>()),
+            (
+                proptest::collection::vec(shape(), 0..4),
+                any::<BTreeMap<String, Vec<u64>>>(),
+                any::<[u8; 3]>(),
+                ints(),
+            ),
         )
             .prop_map(
                 |(
                     (bytes, signed, floats, singles, words),
                     (text, chars, flags, wide),
-                    (shapes, map, array),
+                    (shapes, map, array, ints),
                 )| {
                     Everything {
                         boxed: bytes.clone().into_boxed_slice(),
@@ -252,6 +314,7 @@ mod tests {
                         map,
                         array,
                         unit: (),
+                        ints,
                     }
                 },
             )
@@ -307,6 +370,89 @@ mod tests {
         }
     }
 
+    /// Decodes a `Vec<T>` from the front of `bytes` here (alone, and appended after
+    /// `prefix`) and with postcard: the same values and the same bytes left, or an error from
+    /// each.
+    fn agrees_with_postcard<T>(bytes: &[u8], prefix: &[T]) -> Result<(), TestCaseError>
+    where
+        T: serde::de::DeserializeOwned + Serialize + Clone + PartialEq + std::fmt::Debug,
+    {
+        let theirs = postcard::take_from_bytes::<Vec<T>>(bytes).ok().map(|(v, rest)| (v, rest.len()));
+        let ours = de::take_from_bytes::<Vec<T>>(bytes).ok().map(|(v, rest)| (v, rest.len()));
+        prop_assert_eq!(&ours, &theirs);
+        // Appended, the bytes postcard read (all of them where it failed) must be exactly one
+        // sequence.
+        let used = theirs.as_ref().map_or(bytes.len(), |(_, rest)| bytes.len() - rest);
+        let mut appended = prefix.to_vec();
+        let done = decode_append(&bytes[..used], &mut appended);
+        prop_assert_eq!(done.is_ok(), theirs.is_some());
+        if let Some((theirs, _)) = theirs {
+            prop_assert_eq!(&appended[..prefix.len()], prefix);
+            prop_assert_eq!(&appended[prefix.len()..], &theirs[..]);
+        } else {
+            // A length read from the bytes reserved no more than the bytes hold (a `Vec` grows
+            // to twice its length, and to at least 4).
+            let most = (2 * (prefix.len() + bytes.len())).max(4);
+            prop_assert!(appended.capacity() <= most, "{} for {} bytes", appended.capacity(), bytes.len());
+        }
+        Ok(())
+    }
+
+    /// Borrowed slices of integers, as `map` sends its chunks.
+    #[derive(Serialize)]
+    struct Slices<'a> {
+        u64: &'a [u64],
+        i32: &'a [i32],
+        usize: &'a [usize],
+        i16: &'a [i16],
+    }
+
+    proptest! {
+        #[test]
+        fn integer_slices_are_postcards(ints in ints()) {
+            let value = Slices { u64: &ints.u64, i32: &ints.i32, usize: &ints.usize, i16: &ints.i16 };
+            let ours = to_vec(&value).unwrap();
+            prop_assert_eq!(&ours, &postcard::to_allocvec(&value).unwrap());
+            prop_assert_eq!(encoded_len(&value).unwrap(), ours.len());
+        }
+
+        #[test]
+        fn sequences_append_as_postcard_decodes_them(ints in ints(), text in any::<Vec<String>>(), floats in any::<Vec<f64>>(), bytes in any::<Vec<u8>>()) {
+            agrees_with_postcard(&postcard::to_allocvec(&ints.u64).unwrap(), &[7u64])?;
+            agrees_with_postcard(&postcard::to_allocvec(&ints.i32).unwrap(), &[-7i32])?;
+            agrees_with_postcard::<usize>(&postcard::to_allocvec(&ints.usize).unwrap(), &[])?;
+            agrees_with_postcard(&postcard::to_allocvec(&ints.i16).unwrap(), &[1i16, 2])?;
+            agrees_with_postcard(&postcard::to_allocvec(&text).unwrap(), &["a".to_string()])?;
+            agrees_with_postcard(&postcard::to_allocvec(&bytes).unwrap(), &[1u8])?;
+            let floats: Vec<u64> = floats.iter().map(|f| f.to_bits()).collect();
+            let as_floats: Vec<f64> = floats.iter().map(|&b| f64::from_bits(b)).collect();
+            // Compared by bits (NaN): decoded as `f64`, re-encoded, the same bytes.
+            let encoded = postcard::to_allocvec(&as_floats).unwrap();
+            let mut appended = vec![0.5f64];
+            decode_append(&encoded, &mut appended).unwrap();
+            prop_assert_eq!(appended[1..].iter().map(|f| f.to_bits()).collect::<Vec<_>>(), floats);
+        }
+
+        #[test]
+        fn any_bytes_decode_as_integers_as_postcard_decodes_them(len in 0..40u8, body in proptest::collection::vec(prop_oneof![any::<u8>(), 0x80..=0xffu8, 0x80..=0x83u8, 0..=0x1fu8, Just(0)], 0..120)) {
+            // A length, then bytes that are often varints, often not (too long, overflowing
+            // their type, cut short): many continuation bytes, and many small last bytes
+            // (around the bits a type's last byte may hold: below 4, 16 or 2), and groups of
+            // zero bits (a value that fits its type in more bytes than the type takes).
+            let mut bytes = vec![len];
+            bytes.extend_from_slice(&body);
+            agrees_with_postcard::<u64>(&bytes, &[])?;
+            agrees_with_postcard::<u32>(&bytes, &[1])?;
+            agrees_with_postcard::<u16>(&bytes, &[])?;
+            agrees_with_postcard::<usize>(&bytes, &[])?;
+            agrees_with_postcard::<i64>(&bytes, &[])?;
+            agrees_with_postcard::<i32>(&bytes, &[])?;
+            agrees_with_postcard::<i16>(&bytes, &[-1])?;
+            agrees_with_postcard::<isize>(&bytes, &[])?;
+            agrees_with_postcard::<u8>(&bytes, &[])?;
+        }
+    }
+
     #[test]
     fn bytes_and_floats_take_the_bulk_paths() {
         use crate::sys::bulk::bulk_bytes;
@@ -319,6 +465,15 @@ mod tests {
         let ids = de::tests::visitor_ids();
         assert!(ids.iter().all(Option::is_some), "{ids:?}");
         assert_ne!(ids[0], ids[3]);
+        assert_ne!(ids[4], ids[5]);
+        use crate::sys::bulk::{slice_of, vec_mut_as};
+        let ints = vec![1u64, 2];
+        assert_eq!(slice_of::<u64, _>(&&ints), Some(&[1u64, 2][..]));
+        assert_eq!(slice_of::<u64, _>(&&ints[..]), Some(&[1u64, 2][..]));
+        assert_eq!(slice_of::<i64, _>(&&ints), None);
+        assert_eq!(slice_of::<u64, _>(&ints.iter()), None);
+        assert!(vec_mut_as::<u64, u64>(&mut vec![]).is_some());
+        assert!(vec_mut_as::<u64, usize>(&mut vec![]).is_none());
     }
 
     #[test]
@@ -336,6 +491,18 @@ mod tests {
             Err(Error::Decode(postcard::Error::DeserializeUnexpectedEnd))
         ));
         assert!(decode::<Vec<u32>>(&bytes).is_err());
+        // Appended: the same error, nothing reserved past the bytes.
+        for n in [0, 3] {
+            let mut values = vec![0u64; n];
+            assert!(matches!(
+                decode_append(&bytes, &mut values),
+                Err(Error::Decode(postcard::Error::DeserializeUnexpectedEnd))
+            ));
+            assert!(values.capacity() <= 2 * (n + bytes.len()), "{}", values.capacity());
+            let mut values: Vec<String> = Vec::new();
+            assert!(decode_append(&bytes, &mut values).is_err());
+            assert!(values.capacity() <= 2 * bytes.len(), "{}", values.capacity());
+        }
     }
 
     #[test]

@@ -163,7 +163,7 @@ mod wait;
 pub use address::Address;
 pub use barrier::{Barrier, BrokenBarrier};
 pub use carried::Carried;
-pub use codec::{decode_bytes, encode, encode_with_capacity};
+pub use codec::{decode_append, decode_bytes, encode, encode_with_capacity};
 pub use doorbell::{Awaitable, Doorbell, Listeners, Listening};
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;

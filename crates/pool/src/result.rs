@@ -9,8 +9,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use serde::de::{DeserializeOwned, DeserializeSeed, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::wire::Bytes;
@@ -185,49 +184,12 @@ pub(crate) fn decode_chunks<T: DeserializeOwned>(
     items: usize,
 ) -> Result<()> {
     let values = values.get_or_insert_with(|| Vec::with_capacity(items));
-    let mut de = postcard::Deserializer::from_bytes(bytes);
-    AppendTo { values, max: bytes.len() }
-        .deserialize(&mut de)
-        .map_err(|e| Error::Transfer { task: slot.task(), message: format!("cannot decode the values: {e}") })
-}
-
-/// Deserializes a sequence by pushing its elements onto `values` (at most `max` reserved
-/// ahead: a length read from the bytes is not trusted further than the bytes go).
-struct AppendTo<'a, T> {
-    values: &'a mut Vec<T>,
-    max: usize,
-}
-
-impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for AppendTo<'_, T> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Visitor<'de> for AppendTo<'_, T> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a sequence")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
-        // Pushed onto a local `Vec` (its length kept in a register, not reloaded through
-        // `self` after each element), put back whatever happens.
-        let mut values = std::mem::take(self.values);
-        values.reserve(seq.size_hint().unwrap_or(0).min(self.max));
-        let mut each = || {
-            while let Some(value) = seq.next_element()? {
-                values.push(value);
-            }
-            Ok(())
-        };
-        let done = each();
-        *self.values = values;
-        done
-    }
+    // Through ipc's decoder: integers, bytes and floats straight into `values` in one loop or
+    // one copy; a length read from the bytes reserves no more than the bytes can hold.
+    mproc_process::ipc::decode_append(bytes, values).map_err(|e| Error::Transfer {
+        task: slot.task(),
+        message: format!("cannot decode the values: {}", crate::wire::decode_error(&e)),
+    })
 }
 
 /// A result's slots: one for most tasks (kept inline, no allocation), one per chunk for

@@ -1,6 +1,7 @@
 //! A postcard deserializer that reads postcard's bytes (what `postcard::from_bytes` reads),
 //! with one addition: a `Vec` of bytes or floats is taken as one copy of its bytes, after one
-//! bounds check, instead of one visitor call per element.
+//! bounds check, and a `Vec` of integers in one loop (`seq.rs`), instead of one visitor call
+//! per element.
 //!
 //! Written after postcard 1.x's `de/deserializer.rs` (MIT OR Apache-2.0); see `ser.rs` for
 //! the format.
@@ -12,6 +13,7 @@ use std::sync::OnceLock;
 use postcard::Error;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 
+use super::seq::{self, Varint};
 use crate::sys::bulk::{self, Bulk};
 
 type Result<T> = std::result::Result<T, Error>;
@@ -43,6 +45,19 @@ pub(crate) struct Deserializer<'de> {
     ///
     /// [`count`]: Deserializer::count
     elements: usize,
+}
+
+impl<'de> Deserializer<'de> {
+    /// Reads from the front of `input`.
+    pub(crate) fn new(input: &'de [u8]) -> Self {
+        let elements = input.len().saturating_add(MAX_EMPTY_ELEMENTS);
+        Deserializer { input, depth: MAX_DEPTH, elements }
+    }
+
+    /// The bytes not read yet.
+    pub(crate) fn rest(&self) -> &'de [u8] {
+        self.input
+    }
 }
 
 macro_rules! varint {
@@ -104,7 +119,7 @@ impl<'de> Deserializer<'de> {
     /// levels together, as input bytes plus its elements of no bytes: the budget is that, with
     /// up to [`MAX_EMPTY_ELEMENTS`] of the latter. So a decode loops at most that many times.
     #[inline]
-    fn count(&mut self, len: usize) -> Result<()> {
+    pub(crate) fn count(&mut self, len: usize) -> Result<()> {
         match self.elements.checked_sub(len) {
             Some(left) => {
                 self.elements = left;
@@ -123,42 +138,73 @@ impl<'de> Deserializer<'de> {
     varint!(varint_u128, u128);
 
     #[inline]
-    fn varint_usize(&mut self) -> Result<usize> {
+    pub(crate) fn varint_usize(&mut self) -> Result<usize> {
         usize::try_from(self.varint_u64()?).map_err(|_| Error::DeserializeBadVarint)
     }
 
-    /// If `V` is serde's visitor of `Vec<E>`: the `len` elements taken as one copy.
     /// The `len` elements of a `Vec<E>` as one copy, for serde's visitor of `Vec<E>`.
     fn bulk<E: Bulk, V: Visitor<'de>>(&mut self, len: usize) -> Result<V::Value> {
-        let n = len.checked_mul(size_of::<E>()).ok_or(Error::DeserializeUnexpectedEnd)?;
-        let bytes = self.take(n)?;
-        bulk::vec_as::<E, V::Value>(bulk::vec_from_bytes(bytes, len))
-            .map_err(|_| Error::DeserializeBadEncoding)
+        let mut values = Vec::new();
+        seq::append_bulk(&mut self.input, len, &mut values)?;
+        bulk::vec_as::<E, V::Value>(values).map_err(|_| Error::DeserializeBadEncoding)
+    }
+
+    /// The `len` elements of a `Vec<E>` of integers in one loop, for serde's visitor of
+    /// `Vec<E>`.
+    fn ints<E: Varint, V: Visitor<'de>>(&mut self, len: usize) -> Result<V::Value> {
+        let mut values = Vec::new();
+        seq::decode_varints(&mut self.input, len, &mut values)?;
+        bulk::vec_as::<E, V::Value>(values).map_err(|_| Error::DeserializeBadEncoding)
     }
 }
 
-/// The visitor types serde's `Deserialize for Vec<E>` uses, one per bulk `E`, found once by
-/// asking each to deserialize from [`Probe`]. `None` where serde does it some other way.
-struct VecVisitors {
-    u8: Option<TypeId>,
-    i8: Option<TypeId>,
-    #[cfg(target_endian = "little")]
-    f32: Option<TypeId>,
-    #[cfg(target_endian = "little")]
-    f64: Option<TypeId>,
-}
+macro_rules! vec_visitors {
+    ($($(#[$cfg:meta])* $t:ident: $how:ident),*) => {
+        /// The visitor types serde's `Deserialize for Vec<E>` uses, one per bulk or integer
+        /// `E`, found once by asking each to deserialize from [`Probe`]. `None` where serde
+        /// does it some other way.
+        struct VecVisitors {
+            $($(#[$cfg])* $t: Option<TypeId>,)*
+        }
 
-fn vec_visitors() -> &'static VecVisitors {
-    static VISITORS: OnceLock<VecVisitors> = OnceLock::new();
-    VISITORS.get_or_init(|| VecVisitors {
-        u8: visitor_of::<Vec<u8>>(),
-        i8: visitor_of::<Vec<i8>>(),
-        #[cfg(target_endian = "little")]
-        f32: visitor_of::<Vec<f32>>(),
-        #[cfg(target_endian = "little")]
-        f64: visitor_of::<Vec<f64>>(),
-    })
+        fn vec_visitors() -> &'static VecVisitors {
+            static VISITORS: OnceLock<VecVisitors> = OnceLock::new();
+            VISITORS.get_or_init(|| VecVisitors { $($(#[$cfg])* $t: visitor_of::<Vec<$t>>(),)* })
+        }
+
+        impl<'de> Deserializer<'de> {
+            /// The sequence of `len` elements for `visitor`, in one copy or one loop if it is
+            /// serde's visitor of a `Vec` of bytes, floats or integers; else element by element.
+            fn seq<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value> {
+                let (ids, id) = (vec_visitors(), Some(bulk::type_id::<V>()));
+                $(
+                    $(#[$cfg])*
+                    if id == ids.$t {
+                        return self.$how::<$t, V>(len);
+                    }
+                )*
+                self.count(len)?;
+                self.nested(|de| visitor.visit_seq(SeqAccess { deserializer: de, len }))
+            }
+        }
+    };
 }
+vec_visitors!(
+    u8: bulk,
+    i8: bulk,
+    #[cfg(target_endian = "little")]
+    f32: bulk,
+    #[cfg(target_endian = "little")]
+    f64: bulk,
+    u64: ints,
+    u32: ints,
+    i64: ints,
+    i32: ints,
+    usize: ints,
+    isize: ints,
+    u16: ints,
+    i16: ints
+);
 
 /// The type of the visitor `T::deserialize` hands to `deserialize_seq`.
 fn visitor_of<T: DeserializeOwned>() -> Option<TypeId> {
@@ -393,23 +439,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         let len = self.varint_usize()?;
-        let (ids, id) = (vec_visitors(), Some(bulk::type_id::<V>()));
-        if id == ids.u8 {
-            return self.bulk::<u8, V>(len);
-        }
-        if id == ids.i8 {
-            return self.bulk::<i8, V>(len);
-        }
-        #[cfg(target_endian = "little")]
-        if id == ids.f32 {
-            return self.bulk::<f32, V>(len);
-        }
-        #[cfg(target_endian = "little")]
-        if id == ids.f64 {
-            return self.bulk::<f64, V>(len);
-        }
-        self.count(len)?;
-        self.nested(|de| visitor.visit_seq(SeqAccess { deserializer: de, len }))
+        self.seq(len, visitor)
     }
 
     #[inline]
@@ -504,9 +534,10 @@ impl<'de> de::EnumAccess<'de> for &mut Deserializer<'de> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    /// The visitor types found for `Vec<u8>`, `Vec<i8>`, `Vec<f32>`, `Vec<f64>`.
-    pub(crate) fn visitor_ids() -> [Option<std::any::TypeId>; 4] {
+    /// The visitor types found for `Vec<u8>`, `Vec<i8>`, `Vec<f32>`, `Vec<f64>`, `Vec<u64>`,
+    /// `Vec<i32>`.
+    pub(crate) fn visitor_ids() -> [Option<std::any::TypeId>; 6] {
         let ids = super::vec_visitors();
-        [ids.u8, ids.i8, ids.f32, ids.f64]
+        [ids.u8, ids.i8, ids.f32, ids.f64, ids.u64, ids.i32]
     }
 }

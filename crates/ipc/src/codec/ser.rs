@@ -1,6 +1,6 @@
 //! A postcard serializer whose bytes are postcard's (`postcard::to_allocvec` gives the same),
-//! with one addition: a slice or `Vec` of bytes or floats goes out as one copy of its memory
-//! instead of one call per element.
+//! with one addition: a slice or `Vec` of bytes or floats goes out as one copy of its memory,
+//! and one of integers as varints made in one loop (`seq.rs`), instead of one call per element.
 //!
 //! Written after postcard 1.x's `ser/serializer.rs` (MIT OR Apache-2.0), where the format is
 //! defined: unsigned integers as varints, signed ones zigzagged first, `u8`/`i8` as one byte,
@@ -9,6 +9,7 @@
 
 use serde::{Serialize, ser};
 
+use super::seq;
 use crate::sys::bulk;
 
 type Result<T> = std::result::Result<T, postcard::Error>;
@@ -384,7 +385,8 @@ impl<O: Output> ser::Serializer for &mut Serializer<O> {
     }
 
     /// Slices and vectors of bytes and floats (serde hands them over as `&[E]` / `&Vec<E>`)
-    /// go as their length and one copy of their memory; everything else element by element.
+    /// go as their length and one copy of their memory, those of integers as their length
+    /// and varints made in one loop; everything else element by element.
     fn collect_seq<I>(self, iter: I) -> Result<()>
     where
         I: IntoIterator,
@@ -394,6 +396,16 @@ impl<O: Output> ser::Serializer for &mut Serializer<O> {
             self.varint_usize(len)?;
             return self.out.extend(bytes);
         }
+        macro_rules! ints {
+            ($($t:ty),*) => {$(
+                if let Some(values) = bulk::slice_of::<$t, I>(&iter) {
+                    self.varint_usize(values.len())?;
+                    let out = &mut self.out;
+                    return seq::encode_varints(values, |bytes| out.extend(bytes));
+                }
+            )*};
+        }
+        ints!(u64, u32, i64, i32, usize, isize, u16, i16);
         let iter = iter.into_iter();
         let len = match iter.size_hint() {
             (lo, Some(hi)) if lo == hi => lo,

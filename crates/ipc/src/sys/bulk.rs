@@ -1,6 +1,7 @@
 //! The `unsafe` of the codec's bulk paths: telling at run time that a generic type is one of a
-//! few concrete ones (a slice or `Vec` of bytes or floats), and moving such sequences as whole
-//! byte ranges instead of element by element.
+//! few concrete ones (a slice or `Vec` of bytes, floats or integers), and moving sequences of
+//! bytes and floats as whole byte ranges instead of element by element (integers are varints:
+//! `codec/seq.rs` encodes and decodes them in one loop, through the casts here).
 //!
 //! Serde gives a serializer `collect_seq(iter)` and a deserializer `deserialize_seq(visitor)`
 //! with the types only as generic parameters, and `std::any::TypeId` needs `'static` types.
@@ -15,24 +16,33 @@ use std::any::TypeId;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 
+/// The element types the casts below may name: plain numbers, without lifetime parameters (so
+/// equal erased type ids mean equal types) and without padding.
+pub(crate) trait Elem: Copy + 'static + sealed::Sealed {}
+
 /// The element types whose postcard encoding is their memory: `u8`, `i8` (one byte each),
 /// `f32`, `f64` (`to_bits().to_le_bytes()`, which on a little-endian machine is the value's
 /// bytes). Every bit pattern is a valid value of each.
-pub(crate) trait Bulk: Copy + 'static + sealed::Sealed {}
+pub(crate) trait Bulk: Elem {}
 
 mod sealed {
     pub(crate) trait Sealed {}
 }
 
-macro_rules! bulk {
+macro_rules! elem {
     ($($t:ty),*) => {$(
         impl sealed::Sealed for $t {}
-        impl Bulk for $t {}
+        impl Elem for $t {}
     )*};
 }
-bulk!(u8, i8);
+elem!(u8, i8, f32, f64, u16, u32, u64, usize, i16, i32, i64, isize);
+
+impl Bulk for u8 {}
+impl Bulk for i8 {}
 #[cfg(target_endian = "little")]
-bulk!(f32, f64);
+impl Bulk for f32 {}
+#[cfg(target_endian = "little")]
+impl Bulk for f64 {}
 
 /// `TypeId::of` without the `'static` bound: the id of `T` with its lifetimes erased.
 pub(crate) fn type_id<T: ?Sized>() -> TypeId {
@@ -69,25 +79,41 @@ pub(crate) fn bulk_bytes<I>(iter: &I) -> Option<(usize, &[u8])> {
 }
 
 fn view<E: Bulk, I>(iter: &I) -> Option<(usize, &[u8])> {
-    let id = type_id::<I>();
-    let slice: &[E] = if id == TypeId::of::<&[E]>() {
-        // SAFETY: `I` is `&'a [E]` for some `'a` (ids are equal, and `[E]` has no lifetime);
-        // the slice lives at least as long as the borrow of `iter`.
-        unsafe { *(iter as *const I as *const &[E]) }
-    } else if id == TypeId::of::<&Vec<E>>() {
-        // SAFETY: as above, `I` is `&'a Vec<E>`.
-        unsafe { (*(iter as *const I as *const &Vec<E>)).as_slice() }
-    } else {
-        return None;
-    };
+    let slice = slice_of::<E, I>(iter)?;
     // SAFETY: `E` is plain data without padding (a bulk type); its bytes are initialized and
     // live as long as the slice.
     let bytes = unsafe { std::slice::from_raw_parts(slice.as_ptr().cast::<u8>(), size_of_val(slice)) };
     Some((slice.len(), bytes))
 }
 
+/// If `I` is `&[E]` or `&Vec<E>` (the iterators serde's `Serialize` for slices and vectors
+/// hands to `collect_seq`): the elements.
+pub(crate) fn slice_of<E: Elem, I>(iter: &I) -> Option<&[E]> {
+    let id = type_id::<I>();
+    if id == TypeId::of::<&[E]>() {
+        // SAFETY: `I` is `&'a [E]` for some `'a` (ids are equal, and `[E]` has no lifetime);
+        // the slice lives at least as long as the borrow of `iter`.
+        Some(unsafe { *(iter as *const I as *const &[E]) })
+    } else if id == TypeId::of::<&Vec<E>>() {
+        // SAFETY: as above, `I` is `&'a Vec<E>`.
+        Some(unsafe { (*(iter as *const I as *const &Vec<E>)).as_slice() })
+    } else {
+        None
+    }
+}
+
+/// `values` as a `Vec<E>`, if `T` is `E`.
+pub(crate) fn vec_mut_as<E: Elem, T>(values: &mut Vec<T>) -> Option<&mut Vec<E>> {
+    if type_id::<T>() != TypeId::of::<E>() {
+        return None;
+    }
+    // SAFETY: `T` is `E` (equal ids, and `E` has no lifetime parameters): the same type, so
+    // the same `Vec` type, borrowed for as long as `values` is.
+    Some(unsafe { &mut *(values as *mut Vec<T>).cast::<Vec<E>>() })
+}
+
 /// `value` as a `T`, if `T` is `Vec<E>` (the value a visitor of `Vec<E>` returns).
-pub(crate) fn vec_as<E: Bulk, T>(value: Vec<E>) -> Result<T, Vec<E>> {
+pub(crate) fn vec_as<E: Elem, T>(value: Vec<E>) -> Result<T, Vec<E>> {
     if type_id::<T>() != TypeId::of::<Vec<E>>() {
         return Err(value);
     }
@@ -97,17 +123,43 @@ pub(crate) fn vec_as<E: Bulk, T>(value: Vec<E>) -> Result<T, Vec<E>> {
     Ok(unsafe { std::ptr::read(&*value as *const Vec<E> as *const T) })
 }
 
-/// The `count` elements of type `E` whose bytes `bytes` holds (`count * size_of::<E>()`),
-/// copied into a new `Vec` in one pass.
-pub(crate) fn vec_from_bytes<E: Bulk>(bytes: &[u8], count: usize) -> Vec<E> {
+/// Appends to `out` the `count` elements of type `E` whose bytes `bytes` holds
+/// (`count * size_of::<E>()`), copied in one pass.
+pub(crate) fn extend_from_bytes<E: Bulk>(out: &mut Vec<E>, bytes: &[u8], count: usize) {
     assert_eq!(bytes.len(), count * size_of::<E>());
-    let mut out = Vec::<E>::with_capacity(count);
-    // SAFETY: `out` has room for `count` elements, `bytes.len()` bytes; the ranges are
-    // distinct allocations; every bit pattern is a valid `E` (a bulk type), so once copied
-    // all `count` elements are initialized.
+    out.reserve(count);
+    let len = out.len();
+    // SAFETY: `out` has room for `count` more elements, `bytes.len()` bytes, after its `len`;
+    // the ranges are distinct allocations (`out` is borrowed mutably, `bytes` shared); every
+    // bit pattern is a valid `E` (a bulk type), so once copied all `len + count` elements are
+    // initialized.
     unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().cast::<u8>(), bytes.len());
-        out.set_len(count);
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().add(len).cast::<u8>(), bytes.len());
+        out.set_len(len + count);
     }
-    out
+}
+
+/// Appends `len` elements to `out`, each made by `next`, written straight into the room
+/// reserved for them (no length check and update per element); on `next`'s first error, the
+/// elements made before it are kept and the error returned.
+#[inline]
+pub(crate) fn extend_with<E: Elem, Err>(
+    out: &mut Vec<E>,
+    len: usize,
+    mut next: impl FnMut() -> Result<E, Err>,
+) -> Result<(), Err> {
+    out.reserve(len);
+    let start = out.len();
+    let mut done = 0;
+    let result = (|| {
+        for slot in &mut out.spare_capacity_mut()[..len] {
+            slot.write(next()?);
+            done += 1;
+        }
+        Ok(())
+    })();
+    // SAFETY: the `done` elements after `start` were written above (each `slot.write` is
+    // counted once it has happened), within the capacity `reserve` made.
+    unsafe { out.set_len(start + done) };
+    result
 }
