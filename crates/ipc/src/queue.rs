@@ -17,9 +17,11 @@
 //! # Layout
 //!
 //! ```text
-//! header  ShmMutex | ShmCondvar not_empty | not_full | all_done | words:
-//!         magic, hot ring size, maxsize, GEN (commit word), sleeper counts,
-//!         state slot 0 (8 words), state slot 1 (8 words)
+//! header  words, line 0: magic, hot ring size, maxsize, sleeper counts, "waking" flags
+//!         words, line 1 (the hot line): GEN (commit word), state slot 0 and 1 (3.5 words
+//!                each: offsets / 8 in 32 bits, count 32, markers, writer_below,
+//!                unfinished 61)
+//!         ShmMutex | ShmCondvar not_empty | not_full | all_done | Listeners
 //! data    [0, small)             the hot ring: small items cycle through these pages
 //!         [small, small + 8 GiB) sparse: records that do not fit the ring go on past it
 //!                                (less under `ulimit -f`: see Limits)
@@ -44,7 +46,10 @@
 //!
 //! # Commit protocol
 //!
-//! Every change runs under the mutex and ends in one store. The state lives in two slots;
+//! Every change runs under the mutex and ends in one store. The commit word and both slots
+//! share one cache line, so an operation moves two lines of bookkeeping between CPUs (that
+//! one and the mutex's), plus the item's bytes. (The packing bounds the hot ring to 8 GiB and
+//! the unfinished count to 2^61.) The state lives in two slots;
 //! the commit word `GEN` names the current one (`GEN & 1`). An operation reads the current
 //! slot, writes whatever it writes *outside* the live data (a new record and its markers go
 //! past the tail, in free space), writes the new state into the other slot, and then stores
@@ -67,8 +72,12 @@
 //! wait) once looks keep failing, as they do when the partner waits for a CPU that busy
 //! processes hold, and never when the process may run on one CPU only; then it sleeps on its
 //! condition variable. Each wake-up is a `notify_one` after the commit, made only when someone sleeps
-//! (a count in the header). A process woken and then killed before it took the item would
-//! leave the others asleep: so every sleep lasts at most 50 ms before it looks again.
+//! (a count in the header) and no other wake-up is on its way (a flag the woken process clears
+//! when it wakes): a producer pays one `futex` wake per sleep of its consumer, not one per
+//! item put while the woken consumer waits for a CPU. A process that commits and leaves items
+//! (room) behind wakes the next sleeper the same way. A process woken and then killed before it took the item (or
+//! cleared the flag) would leave the others asleep: so every sleep lasts at most 50 ms before
+//! it looks again (and clears the flag).
 //!
 //! Coroutines (`mproc-coroutine`'s `AsyncShared<Queue<T>>`) do not sleep on the condition
 //! variables: they count themselves in the header's [`Listeners`], and wait in their event
@@ -181,7 +190,8 @@ impl<T> QueueBuilder<T> {
 
     /// The size of the hot ring, where small items cycle without a system call (rounded up
     /// to the page size; 256 KiB by default). Items that do not fit it go to sparse memory
-    /// past it, which costs page faults and is given back when they are got.
+    /// past it, which costs page faults and is given back when they are got. At most 8 GiB:
+    /// [`build`](Self::build) fails past that.
     pub fn ring_bytes(mut self, bytes: usize) -> Self {
         self.ring_bytes = bytes;
         self
