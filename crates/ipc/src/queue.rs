@@ -17,11 +17,9 @@
 //! # Layout
 //!
 //! ```text
-//! header  words, line 0: magic, hot ring size, maxsize, sleeper counts, "waking" flags
-//!         words, line 1 (the hot line): GEN (commit word), state slot 0 and 1 (3.5 words
-//!                each: offsets / 8 in 32 bits, count 32, markers, writer_below,
-//!                unfinished 61)
-//!         ShmMutex | ShmCondvar not_empty | not_full | all_done | Listeners
+//! header  ShmMutex | ShmCondvar not_empty | not_full | all_done | words:
+//!         magic, hot ring size, maxsize, GEN (commit word), sleeper counts, "waking" flags,
+//!         state slot 0 (8 words), state slot 1 (8 words)
 //! data    [0, small)             the hot ring: small items cycle through these pages
 //!         [small, small + 8 GiB) sparse: records that do not fit the ring go on past it
 //!                                (less under `ulimit -f`: see Limits)
@@ -46,10 +44,7 @@
 //!
 //! # Commit protocol
 //!
-//! Every change runs under the mutex and ends in one store. The commit word and both slots
-//! share one cache line, so an operation moves two lines of bookkeeping between CPUs (that
-//! one and the mutex's), plus the item's bytes. (The packing bounds the hot ring to 8 GiB and
-//! the unfinished count to 2^61.) The state lives in two slots;
+//! Every change runs under the mutex and ends in one store. The state lives in two slots;
 //! the commit word `GEN` names the current one (`GEN & 1`). An operation reads the current
 //! slot, writes whatever it writes *outside* the live data (a new record and its markers go
 //! past the tail, in free space), writes the new state into the other slot, and then stores
@@ -190,8 +185,7 @@ impl<T> QueueBuilder<T> {
 
     /// The size of the hot ring, where small items cycle without a system call (rounded up
     /// to the page size; 256 KiB by default). Items that do not fit it go to sparse memory
-    /// past it, which costs page faults and is given back when they are got. At most 8 GiB:
-    /// [`build`](Self::build) fails past that.
+    /// past it, which costs page faults and is given back when they are got.
     pub fn ring_bytes(mut self, bytes: usize) -> Self {
         self.ring_bytes = bytes;
         self

@@ -14,30 +14,23 @@ use crate::sys::shm::data_offset;
 /// count of coroutines listening for the doorbell.
 pub(crate) type Header = (ShmMutex, ShmCondvar, ShmCondvar, ShmCondvar, [AtomicU64; WORDS], Listeners);
 
-const WORDS: usize = 16;
+const WORDS: usize = 40;
 
-// Word indexes in the header's array: two cache lines (the array starts a line, checked
-// below). The first is read-mostly; the second, the hot line, is all an operation's
-// bookkeeping touches: the commit word and both state slots, so a `put` or a `get` moves
-// one line of state (and the mutex's) between CPUs, not four.
+// Word indexes in the header's array.
 const MAGIC: usize = 0;
 const SMALL: usize = 1; // the hot ring's size in bytes
 const MAXSIZE: usize = 2; // the most items, u64::MAX for none
+const GEN: usize = 3; // the commit word: which slot holds the state, and how many commits
 const SLEEP_GET: usize = 4; // processes asleep in get (a count only ever too high, never low)
 const SLEEP_PUT: usize = 5; // asleep in put
 const SLEEP_JOIN: usize = 6; // asleep in join
-const WAKING_GET: usize = 3; // 1: a get's wake-up is on its way (notified, not yet awake)
-const WAKING_PUT: usize = 7; // 1: a put's wake-up is on its way
-const GEN: usize = 8; // the commit word: which slot holds the state, and how many commits
-/// Each slot's three whole words (see `State::pack`); its fourth, half a word, is a half of
-/// `HALF` (slot 0 the low half, slot 1 the high one).
-const SLOT_WORDS: [[usize; 3]; 2] = [[9, 10, 11], [13, 14, 15]];
-const HALF: usize = 12;
-const COUNT_AT: usize = 2; // the slot word whose low 32 bits are `State::count`
+const WAKING_GET: usize = 7; // 1: a get's wake-up is on its way (notified, not yet awake)
+const SLOTS: usize = 8; // two slots of STATE_WORDS words each, on their own cache lines
+const STATE_WORDS: usize = 8;
+const COUNT_AT: usize = 2; // `State::count`'s index in a slot (see `State::to_words`)
+const WAKING_PUT: usize = 24; // 1: a put's wake-up is on its way
 
-const _: () = assert!(std::mem::offset_of!(Header, 4) % 64 == 0, "the words start a cache line");
-
-const MAGIC_VALUE: u64 = 0x6d70_7271_7565_7503; // "mprque" v3
+const MAGIC_VALUE: u64 = 0x6d70_7271_7565_7502; // "mprque" v2
 
 /// A record's header word above this is a marker, not a length.
 const WRAP: u64 = u64::MAX;
@@ -91,40 +84,30 @@ pub(crate) struct State {
     unfinished: u64,
 }
 
-/// The largest hot ring: with the sparse space past it, every offset in the data is below
-/// 2^35, so `offset / 8` packs into 32 bits (see `State::pack`).
-const MAX_SMALL: u64 = 8 << 30;
-
-/// The most items put and not yet `task_done` that a slot holds (61 bits).
-const MAX_UNFINISHED: u64 = (1 << 61) - 1;
-
 impl State {
-    /// The state in 3.5 words, so that both slots and the commit word share one cache line:
-    /// offsets (multiples of 8, below 2^35) as `offset / 8` in 32 bits, `count` (at most one
-    /// item per 8 bytes) in 32, `markers` in 2, `writer_below` in 1, `unfinished` in 61.
-    fn pack(self) -> ([u64; 3], u32) {
-        let o = |x: u64| x >> 3;
-        let w0 = o(self.head) | o(self.tail) << 32;
-        let w1 = o(self.low_end) | o(self.high) << 32;
-        let w2 = self.count
-            | self.markers << 32
-            | self.writer_below << 34
-            | (self.unfinished & ((1 << 29) - 1)) << 35;
-        ([w0, w1, w2], (self.unfinished >> 29) as u32)
+    fn to_words(self) -> [u64; STATE_WORDS] {
+        [
+            self.head,
+            self.tail,
+            self.count,
+            self.markers,
+            self.writer_below,
+            self.low_end,
+            self.high,
+            self.unfinished,
+        ]
     }
 
-    fn unpack(w: [u64; 3], half: u32) -> State {
-        let lo = |x: u64| (x & 0xffff_ffff) << 3;
-        let hi = |x: u64| (x >> 32) << 3;
+    fn from_words(w: [u64; STATE_WORDS]) -> State {
         State {
-            head: lo(w[0]),
-            tail: hi(w[0]),
-            count: w[2] & 0xffff_ffff,
-            markers: (w[2] >> 32) & 3,
-            writer_below: (w[2] >> 34) & 1,
-            low_end: lo(w[1]),
-            high: hi(w[1]),
-            unfinished: w[2] >> 35 | u64::from(half) << 29,
+            head: w[0],
+            tail: w[1],
+            count: w[2],
+            markers: w[3],
+            writer_below: w[4],
+            low_end: w[5],
+            high: w[6],
+            unfinished: w[7],
         }
     }
 }
@@ -231,12 +214,6 @@ impl Ring {
     /// `maxsize` items (`u64::MAX`: no bound).
     pub(crate) fn new(small: u64, maxsize: u64) -> Result<Ring> {
         let small = small.max(PAGE).next_multiple_of(PAGE);
-        if small > MAX_SMALL {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("a queue's ring may be at most {MAX_SMALL} bytes, not {small}"),
-            )));
-        }
         let full = small + VIRTUAL_BYTES.max(small);
         // The memfd may not grow past this process's file size limit: past it, the kernel
         // kills the process with `SIGXFSZ` rather than fail the call. So the sparse space
@@ -269,12 +246,7 @@ impl Ring {
         let small = words[SMALL].load(Ordering::Relaxed);
         let maxsize = words[MAXSIZE].load(Ordering::Relaxed);
         let data_len = shared.data_len() as u64;
-        if small < PAGE
-            || !small.is_multiple_of(PAGE)
-            || small > MAX_SMALL
-            || small >= data_len
-            || data_len > 2 * MAX_SMALL
-        {
+        if small < PAGE || !small.is_multiple_of(PAGE) || small >= data_len {
             return Err("the queue's header is corrupt");
         }
         Ok(Ring { shared, bell, small, data_len, maxsize })
@@ -319,33 +291,26 @@ impl Ring {
     }
 
     fn read_slot(&self, generation: u64) -> State {
-        let slot = (generation & 1) as usize;
+        let base = SLOTS + (generation & 1) as usize * STATE_WORDS;
         let words = self.words();
-        let whole = SLOT_WORDS[slot].map(|i| words[i].load(Ordering::Relaxed));
-        let half = (words[HALF].load(Ordering::Relaxed) >> (32 * slot)) as u32;
-        State::unpack(whole, half)
+        State::from_words(std::array::from_fn(|i| words[base + i].load(Ordering::Relaxed)))
     }
 
     /// Publishes `state` as the new one: written to the slot not in use, then made current by
     /// one store of the commit word. Under the lock.
     fn commit(&self, locked: &mut Locked<'_>, state: State, half: QueueCrash) {
         let next = locked.generation.wrapping_add(1);
-        let slot = (next & 1) as usize;
+        let base = SLOTS + (next & 1) as usize * STATE_WORDS;
         let words = self.words();
-        let (whole, upper) = state.pack();
         // A reader that sees any of the stores below also sees a commit word past the one it
         // started from (see `snapshot`), and retries.
         fence(Ordering::Release);
-        for (i, w) in SLOT_WORDS[slot].into_iter().zip(whole) {
-            words[i].store(w, Ordering::Relaxed);
-            if i == SLOT_WORDS[slot][1] {
+        for (i, w) in state.to_words().into_iter().enumerate() {
+            words[base + i].store(w, Ordering::Relaxed);
+            if i == STATE_WORDS / 2 {
                 crash_point(half);
             }
         }
-        // The shared word: the current slot's half as it is (only a lock holder writes here,
-        // and only the other slot's half), this slot's half new.
-        let keep = words[HALF].load(Ordering::Relaxed) & (0xffff_ffff << (32 * (1 - slot)));
-        words[HALF].store(keep | u64::from(upper) << (32 * slot), Ordering::Relaxed);
         words[GEN].store(next, Ordering::SeqCst);
         locked.generation = next;
         locked.state = state;
@@ -436,7 +401,7 @@ impl Ring {
         loop {
             let generation = words[GEN].load(Ordering::SeqCst);
             let count =
-                words[SLOT_WORDS[(generation & 1) as usize][COUNT_AT]].load(Ordering::Relaxed) & 0xffff_ffff;
+                words[SLOTS + (generation & 1) as usize * STATE_WORDS + COUNT_AT].load(Ordering::Relaxed);
             fence(Ordering::Acquire);
             if words[GEN].load(Ordering::Relaxed) == generation {
                 return count;
@@ -489,9 +454,6 @@ impl Ring {
         let len = payload.len() as u64;
         if len >= MAX_LEN {
             return Err(too_large(len, self.small, self.data_len));
-        }
-        if s.unfinished >= MAX_UNFINISHED {
-            return Err(Error::Misuse("2^61 items put and not task_done: the queue counts no more"));
         }
         let n = 8 + round_up(len);
         let mut s = *s;
@@ -781,43 +743,4 @@ fn too_large(len: u64, small: u64, data_len: u64) -> Error {
             "an item of {len} bytes does not fit the queue's {room} bytes of shared memory past its ring{why}"
         ),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_state_packs_into_three_and_a_half_words_and_back() {
-        let top = 2 * MAX_SMALL;
-        for state in [
-            State::default(),
-            State {
-                head: 8,
-                tail: 16,
-                count: 1,
-                markers: 1,
-                writer_below: 1,
-                low_end: 24,
-                high: 32,
-                unfinished: 3,
-            },
-            State {
-                head: top - 8,
-                tail: top,
-                count: top / 8,
-                markers: 2,
-                writer_below: 1,
-                low_end: top,
-                high: top,
-                unfinished: MAX_UNFINISHED,
-            },
-            State { unfinished: (1 << 29) - 1, ..State::default() },
-            State { unfinished: 1 << 29, count: u64::from(u32::MAX), ..State::default() },
-        ] {
-            let (whole, half) = state.pack();
-            assert_eq!(State::unpack(whole, half), state);
-            assert_eq!(whole[COUNT_AT] & 0xffff_ffff, state.count);
-        }
-    }
 }
