@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::Criterion;
-use mproc_benches::{Ratio, report};
+use mproc_benches::{Ratio, Target, report};
 use mproc_process::{Builder, StartMethod};
 
 fn nothing(x: u32) -> u32 {
@@ -19,30 +19,49 @@ fn main() {
     // The paired rounds first, while this process is small: after criterion's runs its heap
     // is larger, every fork (the floor's too) copies more page tables, and the ratios drift
     // towards 1.
+    // Targets (issue 12): Fork at most 1.3x the fork floor, ForkServer at most 2x it, Spawn
+    // at most 2x `posix_spawn` of `/bin/true`; each the median of the paired rounds.
+    let mut targets = Vec::new();
+    let mut target = |name: &str, ratio: Option<f64>, bound: f64, floor: &str| {
+        if let Some(r) = ratio {
+            targets.push(Target::at_most(name, r, bound, format!("x the time of {floor}")));
+        }
+    };
     let floor = mproc_benches::sys::fork_exit_wait;
-    mproc_benches::paired("process: Fork closure vs raw fork", 100, Ratio::Time, floor, || {
+    let r = mproc_benches::paired("process: Fork closure vs raw fork", 100, Ratio::Time, floor, || {
         black_box(mproc_process::Process::spawn(|| black_box(7u32)).unwrap().join().unwrap());
     });
-    for (name, method) in [
-        ("process: Fork fn vs raw fork", StartMethod::Fork),
-        ("process: ForkServer fn vs raw fork", StartMethod::ForkServer),
+    target("process::start_join/fork_closure", r, 1.3, "fork+_exit+waitpid");
+    for (name, id, bound, method) in [
+        ("process: Fork fn vs raw fork", "fork_fn", 1.3, StartMethod::Fork),
+        ("process: ForkServer fn vs raw fork", "forkserver_fn", 2.0, StartMethod::ForkServer),
     ] {
-        mproc_benches::paired(name, 100, Ratio::Time, floor, || {
+        let r = mproc_benches::paired(name, 100, Ratio::Time, floor, || {
             black_box(Builder::new().start_method(method).spawn_fn(nothing, 7).unwrap().join().unwrap());
         });
+        target(&format!("process::start_join/{id}"), r, bound, "fork+_exit+waitpid");
     }
     let exec_floor = || assert!(std::process::Command::new("/bin/true").status().unwrap().success());
-    mproc_benches::paired("process: Spawn fn vs posix_spawn /bin/true", 20, Ratio::Time, exec_floor, || {
-        black_box(
-            Builder::new().start_method(StartMethod::Spawn).spawn_fn(nothing, 7).unwrap().join().unwrap(),
-        );
-    });
+    let r = mproc_benches::paired(
+        "process: Spawn fn vs posix_spawn /bin/true",
+        20,
+        Ratio::Time,
+        exec_floor,
+        || {
+            black_box(
+                Builder::new().start_method(StartMethod::Spawn).spawn_fn(nothing, 7).unwrap().join().unwrap(),
+            );
+        },
+    );
+    target("process::start_join/spawn_fn", r, 2.0, "posix_spawn /bin/true");
     println!();
     let mut c = Criterion::default()
         .output_directory(&mproc_benches::criterion_dir())
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
+        // Figures only (the targets come from the paired rounds above).
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
         .sample_size(50)
+        .nresamples(10_000)
         .configure_from_args();
     let mut g = c.benchmark_group("process::start_join");
     g.bench_function("raw_fork_exit_waitpid", |b| b.iter(mproc_benches::sys::fork_exit_wait));
@@ -72,4 +91,5 @@ fn main() {
         Ratio::Time,
     );
     report("process::start_join", "raw_posix_spawn_true", &["spawn_fn"], Ratio::Time);
+    mproc_benches::report_targets(&targets);
 }

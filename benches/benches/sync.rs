@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use mproc_benches::{Ratio, report};
+use mproc_benches::{Ratio, Target, report};
 use mproc_ipc::{Barrier, Event, Lock, RLock, Value};
 use mproc_process::Process;
 
@@ -23,8 +23,11 @@ fn main() {
     mproc_benches::start_run();
     let mut c = Criterion::default()
         .output_directory(&mproc_benches::criterion_dir())
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
+        // The Lock and Value targets read the medians of millions of operations; 10,000
+        // resamples: they only narrow criterion's confidence intervals.
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1500))
+        .nresamples(10_000)
         .configure_from_args();
     lock(&mut c);
     value_add(&mut c);
@@ -32,11 +35,22 @@ fn main() {
     c.final_summary();
     report("sync::lock", "std_mutex", &["lock", "rlock"], Ratio::Time);
     report("sync::pingpong", "raw_pipe", &["event"], Ratio::Time);
+    // Targets (issue 15): an uncontended Lock at most 25 ns, Value += from 2 processes at
+    // least 10 M adds/s (criterion's medians), the Event ping-pong at most 1.0x the raw pipe
+    // round trip (the median of the paired rounds).
+    let mut targets = Vec::new();
+    if let Some(ns) = mproc_benches::median_ns("sync::lock", "lock") {
+        targets.push(Target::at_most("sync::lock", ns, 25.0, " ns per acquire+release"));
+    }
     if let Some(ns) = mproc_benches::median_ns("sync::value_add_2proc", "value") {
         println!("\nsync::value_add_2proc: {:.1} M adds/s from 2 processes ({ns:.1} ns per add)", 1e3 / ns);
+        targets.push(Target::at_least("sync::value_add_2proc", 1e9 / ns, 10_000_000.0, " adds/s"));
     }
-    paired_pingpong();
+    if let Some(r) = paired_pingpong() {
+        targets.push(Target::at_most("sync::pingpong/event", r, 1.0, "x the raw pipe round trip"));
+    }
     python();
+    mproc_benches::report_targets(&targets);
 }
 
 fn lock(c: &mut Criterion) {
@@ -139,22 +153,24 @@ fn pingpong(c: &mut Criterion) {
     }
 }
 
-/// The ping-pongs alternating in one loop (see `mproc_benches::paired`), across CPUs and on
-/// one CPU.
-fn paired_pingpong() {
+/// The ping-pongs alternating in one loop (see `mproc_benches::paired`): the median ratio,
+/// when measuring.
+fn paired_pingpong() -> Option<f64> {
     println!();
     let (tx, rx, pipe_child) = pipe_peer();
     let (ping, pong) = (Event::new().unwrap(), Event::new().unwrap());
     let event_child = event_peer(&ping, &pong);
     let mut buf = [1u8; 8];
     let mut floor = || pipe_round_trip(tx.as_fd(), rx.as_fd(), black_box(&mut buf));
-    mproc_benches::paired("sync pingpong: Event vs raw pipe", 2000, Ratio::Time, &mut floor, || {
-        event_round_trip(&ping, &pong)
-    });
+    let ratio =
+        mproc_benches::paired("sync pingpong: Event vs raw pipe", 2000, Ratio::Time, &mut floor, || {
+            event_round_trip(&ping, &pong)
+        });
     for child in [pipe_child, event_child] {
         child.kill().unwrap();
         let _ = child.join();
     }
+    ratio
 }
 
 /// Python's figures, measured now on this machine by `python3`.

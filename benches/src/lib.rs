@@ -279,18 +279,19 @@ pub struct Target {
     bound: f64,
     /// The target is a ceiling (ratios to an ideal) rather than a floor (rates).
     at_most: bool,
-    unit: &'static str,
+    /// Printed after the value: what it is a ratio to, or a rate's unit.
+    unit: String,
 }
 
 impl Target {
     /// `value` must be at most `bound` (a ratio to an ideal or a floor, say).
-    pub fn at_most(name: impl Into<String>, value: f64, bound: f64, unit: &'static str) -> Target {
-        Target { name: name.into(), value, bound, at_most: true, unit }
+    pub fn at_most(name: impl Into<String>, value: f64, bound: f64, unit: impl Into<String>) -> Target {
+        Target { name: name.into(), value, bound, at_most: true, unit: unit.into() }
     }
 
     /// `value` must be at least `bound` (a rate, say).
-    pub fn at_least(name: impl Into<String>, value: f64, bound: f64, unit: &'static str) -> Target {
-        Target { name: name.into(), value, bound, at_most: false, unit }
+    pub fn at_least(name: impl Into<String>, value: f64, bound: f64, unit: impl Into<String>) -> Target {
+        Target { name: name.into(), value, bound, at_most: false, unit: unit.into() }
     }
 
     /// Whether the figure meets its target.
@@ -299,8 +300,10 @@ impl Target {
     }
 }
 
-/// Prints each figure beside its target, one `target NAME: ...: met` or `...: MISSED` line
-/// each (`cargo xtask bench` gathers these lines and lists the missed ones at the end).
+/// Prints each figure beside its target, one line each, of the shape
+/// `target NAME: VALUE UNIT (target OP BOUND): met` (or `: MISSED`), which `cargo xtask bench`
+/// gathers into its summary (`xtask/src/bench.rs` parses it: keep `: ` out of names and units,
+/// and keep each name the same from run to run, so the runs line up in its table).
 pub fn report_targets(targets: &[Target]) {
     if targets.is_empty() {
         return;

@@ -2,18 +2,20 @@
 //!
 //! - `cargo xtask test [ARGS]`: rustfmt check, clippy, the examples built (some tests run
 //!   them), every test target (criterion benches run once in test mode, a smoke test), then
-//!   doc tests, then the loom model checks of the coroutine task cell (`--cfg loom`, in
+//!   doc tests, then the loom model checks of the coroutine task cell and the doorbell protocol (`--cfg loom`, in
 //!   `target/loom`). `ARGS` go to both test runs after `--`, e.g. a test name filter.
 //! - `cargo xtask proptest [--cases N]`: the property tests (named `prop_*`), in release mode
 //!   with `PROPTEST_CASES=N` (default 1024).
-//! - `cargo xtask bench [ARGS]`: the criterion benchmarks, `ARGS` after `--`; then every figure
-//!   that has a target (ipc round trips and echoes, pool rates and makespans, coroutine
-//!   ratios and allocations per task), met or missed, the missed ones listed last.
+//! - `cargo xtask bench [--runs N] [--save FILE] [--bench NAME].. [--fresh-clone] [-- ARGS]`:
+//!   every bench of `benches/`, one after another, each timed; then a summary of every figure
+//!   that has a target, met or missed, one line each, with the date, the machine and its load
+//!   (`src/bench.rs`). `--runs N` repeats the set and ends with a table across the runs.
 //! - `cargo xtask tidy`: the house rules of `STYLE.md` a machine can check (`src/tidy.rs`);
 //!   they also run as a `#[test]` of this crate.
 //!
 //! Standard library only, so it builds in a moment on a fresh machine.
 
+mod bench;
 mod tidy;
 
 use std::env;
@@ -30,8 +32,16 @@ commands:
                         to both test runs after `--`
   proptest [--cases N]  property tests (`prop_*`) in release mode with PROPTEST_CASES=N
                         (default 1024)
-  bench [ARGS]          criterion benchmarks of mproc-benches; ARGS go after `--`; then
-                        every figure with its target, and which missed
+  bench [OPTIONS] [-- ARGS]
+                        every benchmark of mproc-benches, each timed, then a summary: every
+                        figure with its target, met or missed, the machine, its load, the date
+                        (ARGS go to each bench binary, e.g. a criterion filter)
+      --runs N          run them all N times (compiled once); a table across the runs at
+                        the end says which targets held in every run
+      --save FILE       also write the summary to FILE
+      --bench NAME      only this bench (benches/benches/NAME.rs); may be repeated
+      --fresh-clone     all of it in a fresh clone of the committed HEAD in the temporary
+                        directory (compiled anew), removed afterwards unless --keep-clone
   tidy                  check SAFETY comments, unsafe_code allowances, layering, crate roots
                         and manifests under crates/
 ";
@@ -47,7 +57,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "test" => test(rest),
         "proptest" => proptest(rest),
-        "bench" => bench(rest),
+        "bench" => bench::bench(rest),
         "tidy" if rest.is_empty() => tidy(),
         "help" | "-h" | "--help" => return usage(),
         _ => {
@@ -61,7 +71,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn usage() -> ExitCode {
+pub(crate) fn usage() -> ExitCode {
     eprint!("{USAGE}");
     ExitCode::from(2)
 }
@@ -261,62 +271,6 @@ fn proptest(args: &[String]) -> Result<(), ExitCode> {
     Cargo::new(&["test", "--workspace", "--release", "--lib", "--tests", "--", "prop_"])
         .env("PROPTEST_CASES", cases.to_string())
         .run()
-}
-
-/// `cargo xtask bench [ARGS]`: the criterion benchmarks; then every figure that has a target
-/// (the benches print `target NAME: ...: met` or `...: MISSED` lines), the missed ones named.
-fn bench(extra: &[String]) -> Result<(), ExitCode> {
-    let mut args = vec!["bench".to_owned(), "-p".to_owned(), "mproc-benches".to_owned()];
-    if !extra.is_empty() {
-        args.push("--".to_owned());
-        args.extend(extra.iter().cloned());
-    }
-    println!("==> cargo {}", args.join(" "));
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut child = match Command::new(cargo)
-        .args(&args)
-        .current_dir(workspace_root())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!("xtask: could not run cargo bench: {e}");
-            return Err(ExitCode::FAILURE);
-        }
-    };
-    let mut targets = Vec::new();
-    let stdout = child.stdout.take().expect("stdout is piped");
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-        let Ok(line) = line else { break };
-        println!("{line}");
-        if line.starts_with("target ") {
-            targets.push(line);
-        }
-    }
-    let status = child.wait().map_err(|e| {
-        eprintln!("xtask: waiting for cargo bench: {e}");
-        ExitCode::FAILURE
-    })?;
-    if !targets.is_empty() {
-        let missed: Vec<&String> = targets.iter().filter(|t| t.ends_with("MISSED")).collect();
-        println!("\n==> targets: {} met, {} missed", targets.len() - missed.len(), missed.len());
-        for t in &targets {
-            println!("  {t}");
-        }
-        if !missed.is_empty() {
-            println!("missed:");
-            for t in missed {
-                println!("  {t}");
-            }
-        }
-    }
-    if status.success() {
-        Ok(())
-    } else {
-        eprintln!("xtask: cargo bench failed ({status})");
-        Err(ExitCode::FAILURE)
-    }
 }
 
 /// `cargo xtask tidy`: prints every broken rule, one `file:line: message` per line.

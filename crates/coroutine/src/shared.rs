@@ -13,6 +13,9 @@ use mproc_pool::ipc::{Awaitable, Event};
 
 use crate::io::Async;
 
+#[cfg(all(test, loom))]
+mod loom_tests;
+
 /// A shared-memory primitive of `mproc-ipc` ([`Event`], and anything [`Awaitable`]) whose
 /// doorbell is registered with the running executor's reactor, so a coroutine awaits it
 /// while the thread runs other coroutines.

@@ -47,8 +47,14 @@ impl std::error::Error for BrokenBarrier {}
 /// of the registered parties at once (`futex_waitv`; the kernel wakes them when it marks a
 /// lock "owner died"), and break the barrier instead of waiting for ever for a party that
 /// will not come. No polling (on a kernel before Linux 5.16, without `futex_waitv`, they
-/// look every 50 ms instead). A party that dies before its first `wait` was never
-/// registered: only a timeout notices it.
+/// look every 50 ms instead).
+///
+/// A thread that *receives* a barrier (deserializes it: a Spawn or ForkServer child, or a pool
+/// task, gets it in its arguments; or from a [`Connection`](crate::Connection)) registers
+/// then, before any `wait`: a party that dies before its first `wait` breaks the barrier too.
+/// Such a receiver that is no party leaves by dropping its handle (which unregisters it), or
+/// its thread's normal end. A forked child registers at its first `wait` (until then, its
+/// death is noticed only by a timeout), as does a thread given a clone.
 ///
 /// ```
 /// # fn main() -> mproc_ipc::Result<()> {
@@ -60,10 +66,31 @@ impl std::error::Error for BrokenBarrier {}
 /// assert_eq!(a + b, 1, "indexes 0 and 1");
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Barrier {
     header: Shared<Header>,
     slots: Shared<Slots>,
+}
+
+impl<'de> Deserialize<'de> for Barrier {
+    /// Registers the receiving thread as a party (see the type's docs).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "Barrier")]
+        struct Received {
+            header: Shared<Header>,
+            slots: Shared<Slots>,
+        }
+        let Received { header, slots } = Received::deserialize(deserializer)?;
+        let barrier = Barrier { header, slots };
+        if barrier.register() {
+            // Sleepers watch the presence locks registered when they went to sleep: they
+            // look again, and watch this one too.
+            let _g = barrier.lock();
+            barrier.header.1.notify_all();
+        }
+        Ok(barrier)
+    }
 }
 
 /// A thread's registration: the slot whose presence lock it holds.

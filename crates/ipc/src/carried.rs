@@ -17,8 +17,34 @@ use crate::Error;
 /// process that received it (or in this one). `Clone` shares the bytes and the fds.
 #[derive(Clone, Debug, Default)]
 pub struct Carried {
-    bytes: Arc<Vec<u8>>,
+    bytes: Bytes,
     fds: Arc<[OwnedFd]>,
+}
+
+/// A `Carried`'s bytes: encoded here, or received out of line and left in the mapping of the
+/// value that brought them (most of it: a pool task's large arguments are decoded from where
+/// they arrived, not copied out first).
+#[derive(Clone, Debug)]
+enum Bytes {
+    Owned(Arc<Vec<u8>>),
+    Mapped(crate::outofline::Mapped),
+}
+
+impl Default for Bytes {
+    fn default() -> Bytes {
+        Bytes::Owned(Arc::default())
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped(m) => m.bytes(),
+        }
+    }
 }
 
 /// The fds shared; none (most values carry none) costs no allocation.
@@ -33,7 +59,7 @@ impl Carried {
         if let Some(why) = outgoing.refused {
             return Err(Error::FdPassing(why));
         }
-        Ok(Carried { bytes: Arc::new(bytes?), fds: shared(outgoing.fds) })
+        Ok(Carried { bytes: Bytes::Owned(Arc::new(bytes?)), fds: shared(outgoing.fds) })
     }
 
     /// Decodes the value; its ends get duplicates of the fds (so it can be decoded again).
@@ -62,7 +88,7 @@ impl Serialize for ByteStr<'_> {
     }
 }
 
-struct ByteBuf(Vec<u8>);
+struct ByteBuf(Bytes);
 
 impl<'de> Deserialize<'de> for ByteBuf {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -73,10 +99,11 @@ impl<'de> Deserialize<'de> for ByteBuf {
                 f.write_str("a byte string")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.to_vec()))
+                let adopted = crate::outofline::adopt(v).map(Bytes::Mapped);
+                Ok(ByteBuf(adopted.unwrap_or_else(|| Bytes::Owned(Arc::new(v.to_vec())))))
             }
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v))
+                Ok(ByteBuf(Bytes::Owned(Arc::new(v))))
             }
         }
         deserializer.deserialize_byte_buf(V)
@@ -94,6 +121,6 @@ impl Serialize for Carried {
 impl<'de> Deserialize<'de> for Carried {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (bytes, fds) = <(ByteBuf, Vec<crate::fdpass::FdIn>)>::deserialize(deserializer)?;
-        Ok(Carried { bytes: Arc::new(bytes.0), fds: shared(fds.into_iter().map(|f| f.0).collect()) })
+        Ok(Carried { bytes: bytes.0, fds: shared(fds.into_iter().map(|f| f.0).collect()) })
     }
 }

@@ -54,17 +54,6 @@ pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
     ser::serialize(value, ser::Count::default()).map(|count| count.0).map_err(Error::Encode)
 }
 
-/// Encodes `value` into exactly `buf` (sized by [`encoded_len`]); an encoding of another
-/// length (a value that changed between the two) is an error.
-pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<()> {
-    let len = buf.len();
-    let out = ser::serialize(value, ser::ToSlice { buf, at: 0 }).map_err(Error::Encode)?;
-    if out.at != len {
-        return Err(Error::Encode(postcard::Error::SerializeBufferFull));
-    }
-    Ok(())
-}
-
 /// Encodes `value` as one whole frame in `buf`; the frame is `buf[start..]` for the returned
 /// `start`.
 ///
@@ -98,8 +87,10 @@ pub(crate) fn encode_frame_within<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     cap: usize,
 ) -> Result<Option<usize>> {
+    // Room for the longest header, its bytes written below (`resize` of a cleared `Vec`: a
+    // fixed-size fill, no copy from elsewhere).
     buf.clear();
-    buf.extend_from_slice(&[0; HEADER_MAX]);
+    buf.resize(HEADER_MAX, 0);
     let out = ser::ToVecWithin { vec: buf, end: HEADER_MAX.saturating_add(cap) };
     match ser::serialize(value, out) {
         Ok(_) => {}
@@ -132,14 +123,29 @@ pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
 thread_local! {
     /// Why the decode in progress in this thread was refused, in words postcard would drop.
     static REFUSED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// Whether [`REFUSED`] may hold a reason: checked by every decode, set by [`refuse`]. A
+    /// thread-local without a destructor, so the check is one load (`REFUSED` itself is
+    /// reached through its destructor's registration).
+    static MAY_BE_REFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Takes the reason a decode was refused, if one was given.
+#[inline]
+fn take_refusal() -> Option<String> {
+    if !MAY_BE_REFUSED.replace(false) {
+        return None;
+    }
+    REFUSED.try_with(|r| r.take()).ok().flatten()
 }
 
 /// Runs a postcard decode; a refusal recorded by [`refuse`] meanwhile becomes
 /// [`Error::Mismatch`] (postcard keeps no custom message), any other failure
 /// [`Error::Decode`].
+#[inline]
 pub(crate) fn decoding<T>(decode: impl FnOnce() -> postcard::Result<T>) -> Result<T> {
-    let _ = REFUSED.try_with(|r| r.take());
-    decode().map_err(|e| match REFUSED.try_with(|r| r.take()).ok().flatten() {
+    // A reason left by a decode that succeeded after all (a refusal it recovered from).
+    drop(take_refusal());
+    decode().map_err(|e| match take_refusal() {
         Some(why) => Error::Mismatch(why),
         None => Error::Decode(e),
     })
@@ -150,6 +156,7 @@ pub(crate) fn decoding<T>(decode: impl FnOnce() -> postcard::Result<T>) -> Resul
 pub(crate) fn refuse<E: serde::de::Error>(why: String) -> E {
     let e = E::custom(&why);
     let _ = REFUSED.try_with(|r| r.borrow_mut().get_or_insert(why).len());
+    MAY_BE_REFUSED.set(true);
     e
 }
 
@@ -269,9 +276,15 @@ mod tests {
             let theirs = postcard::to_allocvec(&value).unwrap();
             prop_assert_eq!(&ours, &theirs);
             prop_assert_eq!(encoded_len(&value).unwrap(), ours.len());
-            let mut exact = vec![0; ours.len()];
-            encode_into(&value, &mut exact).unwrap();
-            prop_assert_eq!(&exact, &ours);
+            // In pieces, as a large value is written to its memfd.
+            let mut streamed = Vec::new();
+            let sent = encode_streaming(&value, &mut Vec::new(), ours.len(), |gathered, direct| {
+                streamed.extend_from_slice(gathered);
+                streamed.extend_from_slice(direct);
+                Ok(())
+            }).unwrap();
+            prop_assert_eq!(sent, ours.len());
+            prop_assert_eq!(&streamed, &ours);
             let back: Everything = decode(&theirs).unwrap();
             prop_assert!(same(&back, &value));
         }
@@ -326,9 +339,10 @@ mod tests {
     }
 
     #[test]
-    fn a_value_that_grows_between_count_and_write_is_an_error() {
-        let mut buf = vec![0; encoded_len(&vec![1u8; 10]).unwrap()];
-        assert!(encode_into(&vec![1u8; 11], &mut buf).is_err());
-        assert!(encode_into(&vec![1u8; 9], &mut buf).is_err());
+    fn a_value_that_grows_between_count_and_write_is_an_error_or_shorter() {
+        let len = encoded_len(&vec![1u8; 10]).unwrap();
+        let stream = |v: Vec<u8>| encode_streaming(&v, &mut Vec::new(), len, |_, _| Ok(()));
+        assert!(stream(vec![1u8; 11]).is_err());
+        assert_eq!(stream(vec![1u8; 9]).unwrap(), len - 1, "the caller sees it is short");
     }
 }

@@ -17,10 +17,17 @@
 //! 3. check the state; if what it waits for is there, done,
 //! 4. sleep until the eventfd has a new event, and go to 2.
 //!
-//! and for a waker: change the state, then [`ring`](Doorbell::ring). Both sides' accesses are
-//! sequentially consistent, so either the waker sees the count (and rings, and the waiter's
-//! event loop sees an event after step 2) or the waiter's check in step 3 sees the change: no
-//! wake is lost between a check and the sleep.
+//! and for a waker: change the state, then [`ring`](Doorbell::ring). No wake is lost between
+//! a check and the sleep, in the language's memory model (C++20's, which Rust's is), not only
+//! on x86 or ARMv8 hardware: `listen` is the count's increment then a `SeqCst` fence, and
+//! `ring` a `SeqCst` fence then the count's load. Of the two fences, one comes first in the
+//! single total order of `SeqCst` fences. If the waker's does, the waiter's check (after its
+//! fence) sees the change, which was made before the waker's fence; if the waiter's does, the
+//! waker's load (after its fence) sees the waiter's increment, rings, and the waiter's event
+//! loop sees an event after step 2. So the state may be changed and read with any ordering
+//! (a queue's commit store is a `Release` store, as far as this argument goes): the fences
+//! carry it. A loom model of the protocol (`mproc-coroutine`'s `shared/loom_tests.rs`, run by
+//! `cargo xtask test`) checks it, and finds the lost wake when a fence is taken out.
 //!
 //! The eventfd is never read back: an edge-triggered epoll reports each write as a new event
 //! even while the counter is already non-zero, and a reader draining it could hide the event
@@ -33,7 +40,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{Ordering, fence};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -58,7 +65,9 @@ impl Doorbell {
     /// `listeners` sits beside.
     #[inline]
     pub fn ring(&self, listeners: &Listeners) {
-        if listeners.0.load(Ordering::SeqCst) != 0 {
+        // Orders the caller's change before the load (see the module docs).
+        fence(Ordering::SeqCst);
+        if listeners.0.load(Ordering::Relaxed) != 0 {
             self.ring_now();
         }
     }
@@ -73,7 +82,9 @@ impl Doorbell {
     /// Counts the caller in as a listener of `listeners` until the guard drops: rings from
     /// now on write the eventfd.
     pub fn listen<'a>(&self, listeners: &'a Listeners) -> Listening<'a> {
-        listeners.0.fetch_add(1, Ordering::SeqCst);
+        listeners.0.fetch_add(1, Ordering::Relaxed);
+        // Orders the increment before the caller's check of the state (see the module docs).
+        fence(Ordering::SeqCst);
         Listening { listeners }
     }
 

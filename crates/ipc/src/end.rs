@@ -176,7 +176,25 @@ impl End {
         let mut side = self.send.lock();
         self.finish_unsent(&mut side)?;
         let SendSide { buf, .. } = &mut *side;
-        let result = match self.encode(value, buf, true) {
+        // The common case in few steps: encoded whole within the inline limit with no end in
+        // it (an end met fails this first encoding), then one write.
+        let result = match codec::encode_frame_within(value, buf, self.inline_max(true)) {
+            Ok(Some(start)) => self.write_whole(&buf[start..]),
+            first => self.send_rest(value, buf, first),
+        };
+        codec::trim(buf);
+        result
+    }
+
+    /// The rest of [`send`](Self::send), after a first encoding that did not give a frame to
+    /// write as it is.
+    fn send_rest<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        buf: &mut Vec<u8>,
+        first: Result<Option<usize>>,
+    ) -> Result<()> {
+        match self.encode_rest(value, buf, true, first) {
             Ok(Some((start, fds))) => {
                 let mut io = self.io();
                 io.outgoing = RefCell::new(fds);
@@ -184,9 +202,35 @@ impl End {
             }
             Ok(None) => self.send_streaming(value, buf),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a whole frame that carries no fds, waiting for room: one `write(2)` (`send(2)`
+    /// with `MSG_NOSIGNAL` on a socket) nearly always; after a short write or an interruption
+    /// [`write_frame`] goes on.
+    #[inline]
+    fn write_whole(&self, frame: &[u8]) -> Result<()> {
+        let written = match self.kind {
+            Kind::Pipe => rustix::io::write(&self.fd, frame),
+            Kind::Socket | Kind::NetSocket => rustix::net::send(&self.fd, frame, SendFlags::NOSIGNAL),
         };
-        codec::trim(buf);
-        result
+        match written {
+            Ok(n) if n == frame.len() => Ok(()),
+            Ok(n) => write_frame(&self.io(), &frame[n..], &[]),
+            // Again, with `write_frame`'s handling of these.
+            Err(Errno::INTR | Errno::AGAIN) => write_frame(&self.io(), frame, &[]),
+            Err(e) => Err(io::Error::from(e).into()),
+        }
+    }
+
+    /// The most payload bytes a typed frame carries inline (see [`encode`](Self::encode)).
+    #[inline]
+    fn inline_max(&self, may_stream: bool) -> usize {
+        match self.kind {
+            Kind::Socket => outofline::MIN,
+            _ if may_stream => STREAM_MIN,
+            _ => usize::MAX,
+        }
     }
 
     /// Sends a large value as it is encoded, never whole in a buffer: its length first (one
@@ -241,14 +285,23 @@ impl End {
         buf: &mut Vec<u8>,
         may_stream: bool,
     ) -> Result<Option<(usize, Vec<OwnedFd>)>> {
-        let inline_max = match self.kind {
-            Kind::Socket => outofline::MIN,
-            _ if may_stream => STREAM_MIN,
-            _ => usize::MAX,
-        };
         // Without the fd tables first: a value with an end in it fails here (an end met
         // outside a send that collects), and only then is encoded again with them.
-        let first = match codec::encode_frame_within(value, buf, inline_max) {
+        let first = codec::encode_frame_within(value, buf, self.inline_max(may_stream));
+        self.encode_rest(value, buf, may_stream, first)
+    }
+
+    /// [`encode`](Self::encode) after its first encoding (without the fd tables, within the
+    /// inline limit) gave `first`.
+    fn encode_rest<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        buf: &mut Vec<u8>,
+        may_stream: bool,
+        first: Result<Option<usize>>,
+    ) -> Result<Option<(usize, Vec<OwnedFd>)>> {
+        let inline_max = self.inline_max(may_stream);
+        let first = match first {
             Err(_) if fdpass::end_met() => {
                 fds_or_refusal(fdpass::collecting(|| codec::encode_frame_within(value, buf, inline_max)))?
             }
@@ -257,7 +310,7 @@ impl End {
         let (start, fds) = match first {
             (Some(start), fds) => (start, fds),
             (None, _) if self.kind != Kind::Socket => return Ok(None),
-            (None, _) => match fds_or_refusal(fdpass::collecting(|| outofline::encode(value)))? {
+            (None, _) => match fds_or_refusal(fdpass::collecting(|| outofline::encode(value, buf)))? {
                 (Some((file, len)), mut fds) => {
                     fds.push(file);
                     let descriptor = outofline::descriptor(len);
@@ -306,7 +359,7 @@ impl End {
             buf.clear();
             buf.extend_from_slice(&header[HEADER_MAX - n..]);
             buf.extend_from_slice(payload);
-            let result = write_frame(&self.io(), buf, &[]);
+            let result = self.write_whole(buf);
             codec::trim(buf);
             return result;
         }
@@ -327,7 +380,8 @@ impl End {
     /// that check inline, the rest out of line).
     #[inline]
     fn finish_unsent(&self, side: &mut SendSide) -> Result<()> {
-        if side.pending().is_empty() {
+        // (`written` never passes `unsent`'s length: a comparison, not a slice.)
+        if side.written == side.unsent.len() {
             return Ok(());
         }
         self.write_unsent(side)
@@ -407,7 +461,27 @@ impl End {
     pub(crate) fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
         let mut side = self.recv.lock();
         let ReadSide { frames, scratch, fds } = &mut *side;
-        let result = self.read_frame(frames, fds, scratch, timeout).and_then(|mut fds| {
+        let deadline = deadline(timeout);
+        // The common case in few steps: a frame that came without fds, whole in the read-ahead
+        // buffer (or after one read), decoded where it lies.
+        if fds.is_empty() {
+            let io = self.reading(fds);
+            if let Some(frame) = frames.buffered_frame(&io, self.max_message_size, deadline)?
+                && let payload = frame.payload()
+                && !io.received_fds()
+                && outofline::announced(payload).is_none()
+            {
+                // Decoded without the fd tables; only if that fails on an end is it decoded
+                // again with them (for the precise error).
+                let result = match codec::decode(payload) {
+                    Err(_) if fdpass::end_met() => fdpass::providing(Vec::new(), || codec::decode(payload)),
+                    decoded => decoded,
+                };
+                frame.take();
+                return result;
+            }
+        }
+        let result = self.read_frame(frames, fds, scratch, deadline).and_then(|mut fds| {
             match outofline::announced(scratch) {
                 // A frame without fds is decoded without the fd tables; only if that fails on
                 // an end is it decoded again with them (for the precise error).
@@ -446,7 +520,7 @@ impl End {
         let mut side = self.recv.lock();
         let ReadSide { frames, fds, .. } = &mut *side;
         // Ends sent with a raw frame have nowhere to go: dropping them closes them.
-        self.read_frame(frames, fds, dst, timeout).map(|_fds| dst.len())
+        self.read_frame(frames, fds, dst, deadline(timeout)).map(|_fds| dst.len())
     }
 
     /// Reads one frame into `dst` and hands over the fds that came with it. Fds of frames
@@ -456,9 +530,9 @@ impl End {
         frames: &mut FrameReader,
         fds: &mut Vec<(u64, OwnedFd)>,
         dst: &mut Vec<u8>,
-        timeout: Option<Duration>,
+        deadline: Option<Instant>,
     ) -> Result<Vec<OwnedFd>> {
-        let range = frames.read_frame(&self.reading(fds), dst, self.max_message_size, deadline(timeout))?;
+        let range = frames.read_frame(&self.reading(fds), dst, self.max_message_size, deadline)?;
         if fds.is_empty() {
             return Ok(Vec::new());
         }
@@ -557,7 +631,16 @@ struct FdIo<'a> {
     nowait: bool,
 }
 
+impl FdIo<'_> {
+    /// Whether fds arrived through this reader.
+    #[inline]
+    fn received_fds(&self) -> bool {
+        self.incoming.as_ref().is_some_and(|fds| !fds.borrow().is_empty())
+    }
+}
+
 impl RawIo for FdIo<'_> {
+    #[inline]
     fn read(&self, buf: &mut [u8], at: u64) -> io::Result<usize> {
         match (&self.incoming, self.kind) {
             // Fds ride on the first bytes of a frame, its header: read those with recvmsg.

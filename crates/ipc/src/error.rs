@@ -52,8 +52,9 @@ pub enum Error {
     Decode(postcard::Error),
     /// A whole frame arrived holding a shared object (a [`Value`](crate::Value), an
     /// [`Array`](crate::Array), a [`Shared`](crate::Shared) region) of another type or shape
-    /// than the receiver's: the message names both. The frame was consumed whole, so the end
-    /// stays usable.
+    /// than the receiver's: the message names both. Or a value the decoder refuses to walk:
+    /// nested deeper than 256 levels, or counting more elements than its bytes can hold (the
+    /// message names the limit). The frame was consumed whole, so the end stays usable.
     Mismatch(String),
     /// A value holding ends (file descriptors) could not be sent: ends travel only over a
     /// duplex [`Connection`](crate::Connection), at most 253 in one message. Nothing was sent.

@@ -59,6 +59,7 @@ pub(crate) enum ShortHeader {
     Invalid(i32),
 }
 
+#[inline]
 pub(crate) fn decode_short(bytes: [u8; 4]) -> ShortHeader {
     match i32::from_be_bytes(bytes) {
         n if n >= 0 => ShortHeader::Len(n as u64),
@@ -143,6 +144,7 @@ enum Parsed {
     Need(usize),
 }
 
+#[inline]
 fn parse_header(bytes: &[u8]) -> Parsed {
     let Some(short) = bytes.first_chunk::<4>() else { return Parsed::Need(4) };
     match decode_short(*short) {
@@ -154,6 +156,31 @@ fn parse_header(bytes: &[u8]) -> Parsed {
             }
             None => Parsed::Need(HEADER_MAX),
         },
+    }
+}
+
+/// A whole frame found in the read-ahead buffer by [`FrameReader::buffered_frame`].
+pub(crate) struct Buffered<'a> {
+    header_len: usize,
+    len: usize,
+    reader: &'a mut FrameReader,
+}
+
+impl Buffered<'_> {
+    /// The frame's payload, in the read-ahead buffer.
+    #[inline]
+    pub(crate) fn payload(&self) -> &[u8] {
+        let at = self.reader.start + self.header_len;
+        &self.reader.ahead[at..at + self.len]
+    }
+
+    /// Consumes the frame: the range of stream offsets it covers (header included).
+    #[inline]
+    pub(crate) fn take(self) -> Range<u64> {
+        let frame = self.header_len + self.len;
+        let frame_start = self.reader.offset - (self.reader.end - self.reader.start) as u64;
+        self.reader.consume(frame);
+        frame_start..frame_start + frame as u64
     }
 }
 
@@ -282,6 +309,22 @@ impl FrameReader {
         max: usize,
         deadline: Option<Instant>,
     ) -> Result<Option<Range<u64>>> {
+        let Some(frame) = self.buffered_frame(io, max, deadline)? else { return Ok(None) };
+        dst.extend_from_slice(frame.payload());
+        Ok(Some(frame.take()))
+    }
+
+    /// [`small_frame`](Self::small_frame) without the copy: the next frame when it is (or one
+    /// read makes it) whole in the read-ahead buffer, its payload readable in place. The frame
+    /// is consumed when the returned [`Buffered`] is taken; until then the reader is as if it
+    /// had not been found (the next call finds it again).
+    #[inline]
+    pub(crate) fn buffered_frame(
+        &mut self,
+        io: &impl RawIo,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Buffered<'_>>> {
         if self.exact || !matches!(self.stage, Stage::Header) || !self.partial.is_empty() {
             return Ok(None);
         }
@@ -301,19 +344,24 @@ impl FrameReader {
         if len > max as u64 || len > (buffered.len() - header_len) as u64 {
             return Ok(None);
         }
-        let frame = header_len + len as usize;
-        let frame_start = self.offset - buffered.len() as u64;
-        dst.extend_from_slice(&buffered[header_len..frame]);
-        self.consume(frame);
-        Ok(Some(frame_start..frame_start + frame as u64))
+        Ok(Some(Buffered { header_len, len: len as usize, reader: self }))
     }
 
     /// After a read that filled the read-ahead buffer, doubles it (up to [`AHEAD`]) unless it
     /// holds only the start of one frame longer than itself (see [`one_big_frame`]).
     ///
     /// [`one_big_frame`]: Self::one_big_frame
+    #[inline]
     fn grow_if_filled(&mut self) {
-        if self.end == self.ahead.len() && self.ahead.len() < AHEAD && !self.exact && !self.one_big_frame() {
+        // A read that did not fill the buffer (nearly every one) decides it here.
+        if self.end == self.ahead.len() {
+            self.grow_if_worth_it();
+        }
+    }
+
+    #[cold]
+    fn grow_if_worth_it(&mut self) {
+        if self.ahead.len() < AHEAD && !self.exact && !self.one_big_frame() {
             // More may be waiting: read more at once next time.
             self.ahead.resize(self.ahead.len() * 2, 0);
         }
@@ -375,6 +423,7 @@ impl FrameReader {
     }
 
     /// Drops `n` buffered bytes from the front.
+    #[inline]
     fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {
@@ -463,6 +512,7 @@ impl FrameReader {
 
 /// One read that makes progress: waits for the deadline if there is one, and goes on after
 /// interruptions by signals.
+#[inline]
 fn read_some<I: RawIo>(
     deadline: Option<Instant>,
     io: &I,

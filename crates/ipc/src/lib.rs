@@ -129,12 +129,11 @@
 //!   gets the small descriptor, and the memfd is closed.
 //! - `poll` and [`wait`] report that bytes (or end of file) are there, not that a whole frame
 //!   is: a following `recv` may still wait for the rest of a frame a slow peer is writing.
-//! - **Known defect (open in issue 15):** do not `mem::forget` a lock's guard (of a `Lock`,
-//!   `RLock`, `Value`/`Array` lock, `Condition`) and then drop the primitive's last handle in
-//!   this process. The held lock stays linked on the thread's robust list while its memory is
-//!   unmapped, and the next robust-lock operation of that thread writes into whatever is then
-//!   mapped at that address. Dropping the guard normally, or keeping the primitive alive, is
-//!   always safe.
+//! - A lock guard that is `mem::forget`-ed keeps its lock held until its thread ends (then
+//!   the next `acquire` gets [`LockError::OwnerDied`]), as a forgotten `std` guard leaks its
+//!   lock. If the primitive's last handle in this process is dropped meanwhile, its memory
+//!   stays mapped (a page or so, leaked for the rest of the process): the held lock is linked
+//!   on its thread's robust list, which the kernel and later locks write through.
 #![deny(unsafe_code)]
 
 mod address;

@@ -36,6 +36,43 @@ use crate::sys::shm::Mapping;
 /// # Ok(()) }
 /// ```
 ///
+/// A named block, which another process (or Python) attaches to by name:
+///
+/// ```
+/// # fn main() -> mproc_ipc::Result<()> {
+/// use mproc_ipc::SharedMemory;
+/// let block = SharedMemory::create_unique(64)?; // or `create("my_name", 64)`
+/// let name = block.name().expect("named").to_owned();
+/// let other = SharedMemory::open(&name)?; // in any process: the same bytes
+/// block.write(0, b"hi");
+/// assert_eq!((&other.to_vec()[..2], other.size()), (&b"hi"[..], 64));
+/// block.unlink()?; // only an explicit unlink removes the name
+/// # Ok(()) }
+/// ```
+///
+/// Python attaches to it by the same name (and a block Python makes, Rust opens with
+/// [`open`](SharedMemory::open)). Python 3.11's resource tracker would unlink a block that
+/// a Python process merely attached to when that process ends (gh-82300), so the script
+/// unregisters it (3.13: `track=False`):
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::process::Command::new("python3").arg("-V").output().is_err() { return Ok(()); }
+/// let block = mproc_ipc::SharedMemory::create_unique(16)?;
+/// let script = "import sys
+/// from multiprocessing import shared_memory, resource_tracker
+/// shm = shared_memory.SharedMemory(name=sys.argv[1])
+/// resource_tracker.unregister(shm._name, 'shared_memory')
+/// shm.buf[:6] = b'python'
+/// shm.close()";
+/// let name = block.name().expect("named");
+/// let status = std::process::Command::new("python3").args(["-c", script, name]).status()?;
+/// assert!(status.success());
+/// assert_eq!(&block.to_vec()[..6], b"python");
+/// block.unlink()?;
+/// # Ok(()) }
+/// ```
+///
 /// A block past the process's file size limit (`ulimit -f`) is an error naming the limit
 /// (the kernel would otherwise kill the process with `SIGXFSZ` when the file is sized).
 ///

@@ -180,3 +180,91 @@ fn errors_convert_to_io_errors() {
     let err: std::io::Error = rx.recv_timeout(Duration::ZERO).unwrap_err().into();
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
 }
+
+/// A recursive type: each level is one byte on the wire (the variant index).
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+enum Nest {
+    End,
+    Deeper(Box<Nest>),
+}
+
+/// A recursive type through `Option` and a newtype struct.
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct List(Option<Box<List>>);
+
+/// Receives `payload` as one frame through a pipe in a forked child (a stack overflow kills
+/// only the child), and runs `check` on what the receive gave.
+fn recv_in_child<T: serde::de::DeserializeOwned + Send + 'static>(
+    payload: Vec<u8>,
+    check: impl FnOnce(mproc_ipc::Result<T>) -> Result<(), String>,
+) {
+    let child = in_child(&[], move || {
+        let (rx, tx) = raw_pipe::<T>();
+        let bytes = frame(&payload);
+        let writer = std::thread::spawn(move || write_all(&tx, &bytes));
+        let got = rx.recv_timeout(DEADLINE);
+        writer.join().map_err(|_| "writer panicked".to_string())?;
+        check(got)
+    });
+    assert_success(child);
+}
+
+#[test]
+fn deeply_nested_values_are_refused_not_a_stack_overflow() {
+    // A million levels: without a depth limit the decoder recurses once per byte and the
+    // receiving thread overflows its stack (the child dies of SIGSEGV/SIGABRT).
+    let mut deep = vec![1u8; 1_000_000];
+    deep.push(0);
+    recv_in_child::<Nest>(deep, |got| match got {
+        Err(e @ Error::Mismatch(_)) if e.to_string().contains("nested deeper than") => Ok(()),
+        other => Err(format!("expected a nesting error, got {other:?}")),
+    });
+    let mut deep = vec![1u8; 1_000_000];
+    deep.push(0);
+    recv_in_child::<List>(deep, |got| match got {
+        Err(e @ Error::Mismatch(_)) if e.to_string().contains("nested deeper than") => Ok(()),
+        other => Err(format!("expected a nesting error, got {other:?}")),
+    });
+    // A value nested as deep as honest data is still read.
+    let mut value = Nest::End;
+    for _ in 0..100 {
+        value = Nest::Deeper(Box::new(value));
+    }
+    let bytes = mproc_ipc::encode(&value).unwrap();
+    assert_eq!(mproc_ipc::decode_bytes::<Nest>(&bytes).unwrap(), value);
+}
+
+#[test]
+fn huge_counts_of_empty_elements_are_refused_not_a_hang() {
+    // A `Vec<()>` (or map of units) claiming 2^60 elements is ten bytes on the wire, and each
+    // element takes none: without a bound the decoder loops 2^60 times.
+    let mut varint = Vec::new();
+    let mut n = 1u64 << 60;
+    while n >= 0x80 {
+        varint.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    varint.push(n as u8);
+    recv_in_child::<Vec<()>>(varint.clone(), |got| match got {
+        Err(e @ Error::Mismatch(_)) if e.to_string().contains("elements") => Ok(()),
+        other => Err(format!("expected a count error, got {:?}", other.map(|v| v.len()))),
+    });
+    recv_in_child::<std::collections::BTreeMap<(), ()>>(varint, |got| match got {
+        Err(e @ Error::Mismatch(_)) if e.to_string().contains("elements") => Ok(()),
+        other => Err(format!("expected a count error, got {:?}", other.map(|v| v.len()))),
+    });
+    // Counts that each fit the bytes left, nested: a thousand counts of a thousand units
+    // would be (input bytes)^2 loops without a budget summed over the whole decode.
+    let mut nested = vec![0x80 | (10_000 & 0x7f) as u8, (10_000 >> 7) as u8];
+    for _ in 0..10_000 {
+        nested.extend_from_slice(&[0x80 | (10_000 & 0x7f) as u8, (10_000 >> 7) as u8]);
+    }
+    recv_in_child::<Vec<Vec<()>>>(nested, |got| match got {
+        Err(e @ Error::Mismatch(_)) if e.to_string().contains("elements") => Ok(()),
+        other => Err(format!("expected a count error, got {:?}", other.map(|v| v.len()))),
+    });
+    // Honest empty elements still decode.
+    let units = vec![(); 100_000];
+    let bytes = mproc_ipc::encode(&units).unwrap();
+    assert_eq!(mproc_ipc::decode_bytes::<Vec<()>>(&bytes).unwrap().len(), 100_000);
+}

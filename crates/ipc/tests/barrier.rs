@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use mproc_ipc::{Barrier, BrokenBarrier, pipe};
+use mproc_ipc::{Barrier, BrokenBarrier, duplex, pipe};
 
-use crate::support::{DEADLINE, assert_success, in_child, msg};
+use crate::support::{DEADLINE, Exit, assert_success, in_child, kill_self, msg};
 
 #[test]
 fn three_processes_pass_many_rounds() {
@@ -133,4 +133,54 @@ fn a_party_killed_while_the_others_sleep_wakes_them_broken() {
     assert_eq!(result, Err(BrokenBarrier));
     assert!(took < DEADLINE, "broken by the death, not by the timeout");
     assert_success(survivor);
+}
+
+/// A party that dies before its first `wait`: a process that received the barrier (as a Spawn
+/// or ForkServer child or a pool task does, in its arguments) counts as a party from then on,
+/// so its death breaks the barrier for the others, who are asleep in it already, instead of
+/// leaving them to their deadline.
+#[test]
+fn a_party_killed_before_its_first_wait_breaks_it_for_the_others() {
+    let barrier = Barrier::new(2).unwrap();
+    let (parent, child_end) = duplex::<Barrier>().unwrap();
+    let child = in_child(&[&child_end], || {
+        let _barrier = child_end.recv_timeout(DEADLINE).map_err(msg)?;
+        kill_self()
+    });
+    drop(child_end);
+    let other = barrier.clone();
+    let waiter = std::thread::spawn(move || {
+        let start = Instant::now();
+        (other.wait_timeout(DEADLINE), start.elapsed())
+    });
+    let until = Instant::now() + DEADLINE;
+    while barrier.n_waiting() < 1 {
+        assert!(Instant::now() < until, "the waiter never came");
+        std::thread::yield_now();
+    }
+    parent.send(&barrier).unwrap();
+    let (result, took) = waiter.join().unwrap();
+    assert_eq!(result, Err(BrokenBarrier));
+    assert!(took < DEADLINE, "broken by the death, not by the timeout");
+    assert_eq!(child.wait(DEADLINE), Exit::Signal(9));
+}
+
+/// A process that received the barrier and drops it without waiting leaves, and breaks
+/// nothing.
+#[test]
+fn a_receiver_that_drops_the_barrier_breaks_nothing() {
+    let barrier = Barrier::new(2).unwrap();
+    let (parent, child_end) = duplex::<Barrier>().unwrap();
+    let child = in_child(&[&child_end], || {
+        drop(child_end.recv_timeout(DEADLINE).map_err(msg)?);
+        child_end.send(&Barrier::new(1).map_err(msg)?).map_err(msg)?;
+        Ok(())
+    });
+    parent.send(&barrier).unwrap();
+    parent.recv_timeout(DEADLINE).unwrap();
+    assert_success(child);
+    let other = barrier.clone();
+    let t = std::thread::spawn(move || other.wait_timeout(DEADLINE));
+    assert!(barrier.wait_timeout(DEADLINE).is_ok());
+    assert!(t.join().unwrap().is_ok());
 }

@@ -247,17 +247,19 @@ fn a_memfd_holding_another_type_is_a_decode_error() {
     assert!(matches!(ours.recv_timeout(DEADLINE), Err(Error::Decode(_))));
 }
 
-/// Encodes as `2 MiB + step * (times asked)` bytes: another length each time.
+/// Encodes as `base + step * (times asked)` bytes (`base` 2 MiB unless said): another
+/// length each time.
 struct Shifty {
     asked: std::cell::Cell<i64>,
     step: i64,
+    base: i64,
 }
 
 impl Serialize for Shifty {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let n = self.asked.get();
         self.asked.set(n + 1);
-        vec![5u8; ((2 << 20) + self.step * n * 100_000) as usize].serialize(serializer)
+        vec![5u8; (self.base + self.step * n * 100_000) as usize].serialize(serializer)
     }
 }
 
@@ -271,9 +273,64 @@ fn a_value_that_encodes_otherwise_the_second_time_fails_and_the_stream_stays_in_
     });
     let tx = tx.cast::<Shifty>();
     for step in [1, -1] {
-        let shifty = Shifty { asked: std::cell::Cell::new(0), step };
+        let shifty = Shifty { asked: std::cell::Cell::new(0), step, base: 2 << 20 };
         assert!(matches!(tx.send(&shifty), Err(Error::Encode(_))), "step {step}");
     }
     tx.cast::<Vec<u8>>().send(&vec![9; 10]).unwrap();
     assert_eq!(reader.join().unwrap(), Some(vec![9; 10]), "the frame after the bad ones reads");
+}
+
+#[test]
+fn a_value_past_the_threshold_that_encodes_otherwise_fails_on_a_duplex_and_sends_nothing() {
+    // The memfd is written as the value is encoded a second time, after its length was
+    // counted: a value that comes out longer or shorter is an error, and no frame goes.
+    let (a, b) = duplex::<Vec<u8>>().unwrap();
+    let shifty = a.cast::<Shifty, Vec<u8>>();
+    for step in [1, -1] {
+        let value = Shifty { asked: std::cell::Cell::new(0), step, base: BIG as i64 };
+        assert!(matches!(shifty.send(&value), Err(Error::Encode(_))), "step {step}");
+    }
+    let a = shifty.cast::<Vec<u8>, Vec<u8>>();
+    a.send(&vec![9; BIG]).unwrap();
+    assert_eq!(b.recv_timeout(DEADLINE).unwrap(), vec![9; BIG], "the first frame is the good value");
+}
+
+/// The line of `/proc/self/maps` whose range holds `at`.
+fn mapping_of(at: *const u8) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let at = at as usize;
+    maps.lines()
+        .find(|line| {
+            let range = line.split(' ').next().unwrap();
+            let (lo, hi) = range.split_once('-').unwrap();
+            let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
+            (lo..hi).contains(&at)
+        })
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_large_carried_value_is_decoded_from_where_it_arrived_not_copied_out() {
+    let value = frame_value(BIG);
+    let (a, b) = duplex::<mproc_ipc::Carried>().unwrap();
+    a.send(&mproc_ipc::Carried::encode(&value).unwrap()).unwrap();
+    let got = b.recv_timeout(DEADLINE).unwrap();
+    let line = mapping_of(got.bytes().as_ptr());
+    assert!(line.contains("mproc-value"), "the bytes are not in the value's memfd: {line}");
+    assert_eq!(got.decode::<Frame>().unwrap(), value);
+    // Kept while the Carried lives (a clone shares it), unmapped once it is gone.
+    let at = got.bytes().as_ptr();
+    let copy = got.clone();
+    drop(got);
+    assert_eq!(copy.decode::<Frame>().unwrap(), value);
+    drop(copy);
+    assert!(!mapping_of(at).contains("mproc-value"), "the mapping outlived the value");
+
+    // A small Carried inside a large value is copied out: it keeps no large mapping alive.
+    let (a, b) = duplex::<(Vec<u8>, mproc_ipc::Carried)>().unwrap();
+    a.send(&(vec![1; BIG], mproc_ipc::Carried::encode(&7u32).unwrap())).unwrap();
+    let (_, small) = b.recv_timeout(DEADLINE).unwrap();
+    assert!(!mapping_of(small.bytes().as_ptr()).contains("mproc-value"));
+    assert_eq!(small.decode::<u32>().unwrap(), 7);
 }

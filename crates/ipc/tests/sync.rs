@@ -345,3 +345,45 @@ fn a_lock_is_released_only_by_its_holder_thread_and_its_end_hands_it_over() {
     std::thread::scope(|s| s.spawn(|| token.release()).join().unwrap()).unwrap();
     assert!(token.try_acquire(), "given back by another thread");
 }
+
+/// A forgotten guard, then the lock's last handle dropped: the lock stays held for ever (as a
+/// forgotten `std` guard leaks its lock), but its memory must not be unmapped while it is
+/// linked on the thread's robust list, or the next robust-list operation writes into
+/// whatever is mapped there next. In a child, so a corruption cannot take the suite down:
+/// fresh blocks (mapped where the lock's page was, if it was unmapped) must stay zero across
+/// another lock's acquire and release, and across the end of the thread that held it.
+#[test]
+fn a_forgotten_guard_and_a_dropped_lock_corrupt_no_later_mapping() {
+    assert_success(in_child(&[], || {
+        let probe = Lock::new().map_err(msg)?;
+        let mut blocks = Vec::new();
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<(), String> {
+                for _ in 0..4 {
+                    let lock = Lock::new().map_err(msg)?;
+                    std::mem::forget(lock.acquire().map_err(msg)?);
+                    drop(lock);
+                    // Likely placed at the address the lock's page had.
+                    for _ in 0..8 {
+                        blocks.push(mproc_ipc::SharedMemory::new(64).map_err(msg)?);
+                    }
+                    drop(probe.acquire().map_err(msg)?);
+                }
+                Ok(())
+            })
+            .join()
+            .map_err(|_| "the holder panicked".to_owned())?
+        })?;
+        // The holding thread has ended: the kernel walked its robust list.
+        drop(probe.acquire().map_err(msg)?);
+        for (i, block) in blocks.iter().enumerate() {
+            if block.to_vec().iter().any(|&b| b != 0) {
+                return Err(format!(
+                    "block {i} was written by a robust-list operation: {:?}",
+                    block.to_vec()
+                ));
+            }
+        }
+        Ok(())
+    }));
+}

@@ -66,6 +66,9 @@ pub(crate) struct Worker {
     pub(crate) deadline: Option<Instant>,
     /// Its connection failed: it is dead or dying.
     pub(crate) lost: bool,
+    /// A remote worker that broke the protocol (an answer it could not give): nothing more
+    /// it sends is read.
+    pub(crate) distrusted: bool,
     /// Tasks it has answered.
     pub(crate) answered: u64,
     /// Its progress word is fenced (tasks were taken back) and it has not said `Resumed`.
@@ -174,6 +177,7 @@ impl Worker {
             task_ns: FIRST_GUESS_NS,
             deadline: None,
             lost: false,
+            distrusted: false,
             answered: 0,
             fenced: false,
             claims,
@@ -214,6 +218,9 @@ impl Worker {
             FromWorker::Results { outcomes, busy_ns } => {
                 let n = outcomes.len();
                 for (id, outcome) in outcomes {
+                    if let Err(why) = self.expects(id) {
+                        return self.give_up(&why);
+                    }
                     if !self.complete(id, outcome) {
                         log::error!(
                             "mproc-pool: worker {:?} answered task #{id}, which it does not hold",
@@ -238,6 +245,7 @@ impl Worker {
                 }
             }
             FromWorker::Heartbeat => {}
+            FromWorker::Hello(_) if self.is_remote() => self.give_up("it said hello twice"),
             FromWorker::Hello(_) => {
                 log::error!("mproc-pool: worker {:?} said hello twice", self.name);
             }
@@ -253,6 +261,35 @@ impl Worker {
                 broken.get_or_insert(Error::Initializer { message });
             }
         }
+    }
+
+    /// Whether a remote worker may answer task `id` now: it answers in the order it was sent
+    /// tasks, and only those it was granted (it runs no other). A local worker's answers are
+    /// not checked here (they may repeat what its log gave).
+    fn expects(&self, id: u64) -> Result<(), String> {
+        let Claims::Remote { granted, .. } = &self.claims else { return Ok(()) };
+        match self.held.front() {
+            _ if self.answered >= *granted => {
+                Err(format!("it answered task #{id} when it had been granted no task left to run"))
+            }
+            Some(first) if first.id == id => Ok(()),
+            Some(first) => Err(format!("it answered task #{id} where task #{} was next", first.id)),
+            None => Err(format!("it answered task #{id} holding no task")),
+        }
+    }
+
+    /// A remote worker broke the protocol: nothing more it sends is taken (the handler buries
+    /// it: the tasks it was granted fail, the others go to other workers), and its connection
+    /// is shut.
+    fn give_up(&mut self, why: &str) {
+        log::error!(
+            "mproc-pool: remote worker {:?} (pid {}) broke the protocol ({why}): giving it up",
+            self.name,
+            self.pid
+        );
+        self.lost = true;
+        self.distrusted = true;
+        self.kill();
     }
 
     /// Completes task `id` with `outcome`, if it holds it (false if not: answered already).
@@ -307,9 +344,13 @@ impl Worker {
         }
     }
 
-    /// Reads every message that has arrived; false if the worker is gone.
+    /// Reads every message that has arrived; false if the worker is gone (or broke the
+    /// protocol: nothing more is read from it then).
     pub(crate) fn drain(&mut self, broken: &mut Option<Error>) -> bool {
         loop {
+            if self.distrusted {
+                return false;
+            }
             match self.conn.try_recv() {
                 Ok(Some(message)) => {
                     if let Claims::Remote { last_heard, .. } = &mut self.claims {
@@ -319,8 +360,14 @@ impl Worker {
                 }
                 Ok(None) => return true,
                 Err(e) => {
-                    if !self.lost {
+                    if !self.lost && matches!(e, mproc_process::ipc::Error::Closed) {
                         log::debug!("mproc-pool: worker {:?} connection ended: {e}", self.name);
+                    } else if !self.lost {
+                        log::error!(
+                            "mproc-pool: worker {:?} (pid {}) cannot be read: {e}",
+                            self.name,
+                            self.pid
+                        );
                     }
                     self.lost = true;
                     return false;
@@ -445,5 +492,142 @@ impl Worker {
         }
         self.batches.clear();
         self.deadline = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use mproc_process::ipc::Carried;
+
+    use super::*;
+    use crate::result::Slot;
+    use crate::wire::Bytes;
+
+    /// How each task's slot was completed: its value (one byte) or its error, in order.
+    type Log = Arc<Mutex<Vec<(u64, Result<u8, String>)>>>;
+
+    /// A remote worker whose peer is the test: the worker, the peer's end, the log of
+    /// completions. It holds tasks 1..=n (positions 1..=n), none granted yet.
+    fn remote_worker(n: u64) -> (Worker, Connection<FromWorker, ToWorker>, Log) {
+        let (ours, theirs) = Connection::<ToWorker, FromWorker>::pair().unwrap();
+        let hour = Duration::from_secs(3600);
+        let config = RemoteConfig { heartbeat: hour, silence: hour, worker_wait: hour, claim_ahead: false };
+        let mut worker = Worker::remote(ours, "hostile".into(), 7, &config).unwrap();
+        let log = Log::default();
+        fn nothing(_: Carried) -> wire::Outcome {
+            Ok(Bytes::default())
+        }
+        for id in 1..=n {
+            let log = Arc::clone(&log);
+            let hook: crate::result::Hook = Box::new(move |_slot, done| {
+                let done = done.as_ref().map(|bytes| bytes[0]).map_err(|e| e.to_string());
+                log.lock().unwrap().push((id, done));
+            });
+            let slot = Slot::new(id, "fn()", None, Some(hook));
+            worker.held.push_back(Queued {
+                id,
+                driver: wire::driver_ref(nothing),
+                input: Carried::default(),
+                slot,
+            });
+        }
+        worker.sent_batch(n as usize);
+        (worker, theirs, log)
+    }
+
+    fn results(ids: &[u64]) -> FromWorker {
+        FromWorker::Results {
+            outcomes: ids.iter().map(|&id| (id, Ok(Bytes::copy_from(&[id as u8])))).collect(),
+            busy_ns: 0,
+        }
+    }
+
+    /// What the handler does with a worker once it is lost: it reads what is left, and the
+    /// tasks it started fail; those it had not go back (here: stay unanswered).
+    fn bury(worker: &mut Worker) {
+        worker.kill();
+        worker.drain(&mut None);
+        let started = worker.claimed();
+        worker.held.truncate(started);
+        worker.fail_held(|task| Error::WorkerDied { task, worker: "hostile".into(), pid: 7, status: None });
+    }
+
+    /// Sends `messages` as the peer, then lets the pool read them: whether the worker is
+    /// still trusted afterwards.
+    fn peer_says(
+        worker: &mut Worker,
+        peer: &Connection<FromWorker, ToWorker>,
+        messages: Vec<FromWorker>,
+    ) -> bool {
+        for message in messages {
+            peer.send(&message).unwrap();
+        }
+        let alive = worker.drain(&mut None);
+        alive && !worker.lost
+    }
+
+    #[test]
+    fn an_honest_remote_worker_is_answered_in_order() {
+        let (mut worker, peer, log) = remote_worker(2);
+        assert!(peer_says(&mut worker, &peer, vec![FromWorker::Claim(1)]));
+        assert!(matches!(peer.recv_timeout(Duration::from_secs(60)), Ok(ToWorker::Grant(1))));
+        assert!(peer_says(&mut worker, &peer, vec![results(&[1]), FromWorker::Claim(2)]));
+        assert!(peer_says(&mut worker, &peer, vec![results(&[2])]));
+        assert_eq!(*log.lock().unwrap(), [(1, Ok(1)), (2, Ok(2))]);
+    }
+
+    #[test]
+    fn a_result_for_a_task_never_granted_fails_the_worker() {
+        let (mut worker, peer, log) = remote_worker(2);
+        // Task 1 was never granted: the worker cannot have run it.
+        assert!(!peer_says(&mut worker, &peer, vec![results(&[1])]), "the worker is given up");
+        bury(&mut worker);
+        assert_eq!(*log.lock().unwrap(), [], "nothing delivered; both tasks go to other workers");
+        // The pool shut the connection: the peer sees the end.
+        assert!(matches!(peer.recv_timeout(Duration::from_secs(60)), Err(mproc_process::ipc::Error::Closed)));
+    }
+
+    #[test]
+    fn a_result_for_a_task_the_worker_does_not_hold_fails_the_worker() {
+        let (mut worker, peer, log) = remote_worker(2);
+        assert!(!peer_says(&mut worker, &peer, vec![FromWorker::Claim(1), results(&[99])]));
+        bury(&mut worker);
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert!(matches!(&log[0], (1, Err(e)) if e.contains("died")), "{log:?}");
+    }
+
+    #[test]
+    fn a_duplicate_result_fails_the_worker_and_the_task_completes_once() {
+        let (mut worker, peer, log) = remote_worker(2);
+        assert!(!peer_says(&mut worker, &peer, vec![FromWorker::Claim(2), results(&[1]), results(&[1])]));
+        bury(&mut worker);
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert_eq!(log[0], (1, Ok(1)));
+        assert!(matches!(&log[1], (2, Err(e)) if e.contains("died")), "{log:?}");
+    }
+
+    #[test]
+    fn a_result_out_of_order_fails_the_worker() {
+        let (mut worker, peer, log) = remote_worker(2);
+        assert!(!peer_says(&mut worker, &peer, vec![FromWorker::Claim(2), results(&[2, 1])]));
+        bury(&mut worker);
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert!(log.iter().all(|(_, done)| matches!(done, Err(e) if e.contains("died"))), "{log:?}");
+    }
+
+    #[test]
+    fn garbage_from_a_remote_worker_fails_it() {
+        let (mut worker, peer, log) = remote_worker(1);
+        assert!(peer_says(&mut worker, &peer, vec![FromWorker::Claim(1)]));
+        peer.send_bytes(&[0xff, 0xff, 0xff]).unwrap();
+        assert!(!worker.drain(&mut None));
+        bury(&mut worker);
+        let log = log.lock().unwrap();
+        assert!(matches!(&log[..], [(1, Err(e))] if e.contains("died")), "{log:?}");
     }
 }

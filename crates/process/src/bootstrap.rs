@@ -71,9 +71,8 @@ pub(crate) struct Start {
 pub(crate) struct World {
     /// `None` if the parent's directory could not be named (it was removed).
     cwd: Option<std::path::PathBuf>,
-    /// Every variable, but mproc's own bootstrap variables: the fork server removed its own at
-    /// `init`, and a client's snapshot of its world (taken to compare with the server's)
-    /// leaves them out, so the two compare equal when nothing else changed.
+    /// Every variable, but mproc's own bootstrap variables (the fork server removed its own
+    /// at `init`; the client's snapshot it compares with leaves them out too).
     env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
@@ -155,8 +154,8 @@ pub(crate) fn run_and_report<R: Serialize>(conn: &Connection<Outcome<R>, ()>, f:
 }
 
 /// The child side of Spawn and ForkServer: read the start message, become that process, run
-/// the function, report, and exit. Never returns.
-pub(crate) fn child_main(conn: Connection<(), Start>) -> ! {
+/// the function, report, and leave with `leave` (given the exit code). Never returns.
+pub(crate) fn child_main(conn: Connection<(), Start>, leave: fn(i32) -> !) -> ! {
     let start = match conn.recv() {
         Ok(start) => start,
         Err(e) => {
@@ -189,7 +188,7 @@ pub(crate) fn child_main(conn: Connection<(), Start>) -> ! {
         }
     };
     let code = (trampoline.get())(conn.cast());
-    exit(code)
+    leave(code)
 }
 
 /// `trampoline::<A, R>`, with the types erased.
@@ -218,9 +217,9 @@ where
     run_and_report(&call_conn.cast(), move || (f.get())(args))
 }
 
-/// Leaves the process after the function ran: flushes stdout (this is a fresh process, so
-/// everything in the buffer is ours) and exits, running `atexit` hooks (which join this
-/// process's own children).
+/// How a Spawn child (and the fork server) leaves: flushes stdout (this is a fresh process,
+/// so everything in the buffer is ours) and exits, running `atexit` hooks (which join this
+/// process's own children). A fork server's child leaves its own way (`forkserver::leave`).
 pub(crate) fn exit(code: i32) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();

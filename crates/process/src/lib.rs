@@ -82,6 +82,9 @@
 //!   fork (see [`StartMethod::Fork`]).
 //! - `init()` must really come first in `main`: whatever runs before it runs again in every
 //!   Spawn child and in the fork server.
+//! - A `ForkServer` child leaves as Python's forked children do: once it has reported, it
+//!   joins its own children and flushes stdout, then ends with `_exit`, so C `atexit` hooks
+//!   do not run in it (a Spawn child exits normally, hooks and all).
 //! - Values and arguments cross as postcard (serde); a type that does not serialize fails that
 //!   child alone, with [`Error::Transfer`].
 //! - The first `Fork` start makes three fds the process keeps (two memfds where children
@@ -188,7 +191,7 @@ fn become_child_if_asked() {
     }
     if let Some(conn) = bootstrap(child) {
         take_program_name();
-        bootstrap::child_main(conn)
+        bootstrap::child_main(conn, bootstrap::exit)
     }
     if let Some(conn) = bootstrap(server) {
         take_program_name(); // which the server's children inherit
@@ -199,13 +202,24 @@ fn become_child_if_asked() {
 /// Names this process after the program, as `ps -o comm`, `pgrep -x`, `top` and `killall` show
 /// it: a spawned copy runs `/proc/self/exe`, which the kernel names `exe`. The name is what the
 /// kernel gives the program when run by its own name: the last part of `argv[0]` (which a
-/// spawned copy shares with its parent), at most 15 bytes. Written to `/proc/self/comm`, the
-/// process's (its main thread's) name, whichever thread runs this.
+/// spawned copy shares with its parent), at most 15 bytes. It is the process's name, its main
+/// thread's: set with `prctl(PR_SET_NAME)` from the main thread (where `init` runs in a
+/// spawned program: one system call), else written to `/proc/self/comm` (three, and a walk
+/// of `/proc`).
 fn take_program_name() {
     let Some(argv0) = std::env::args_os().next() else { return };
     let Some(name) = std::path::Path::new(&argv0).file_name() else { return };
     let name = name.as_encoded_bytes();
-    let _ = std::fs::write("/proc/self/comm", &name[..name.len().min(15)]);
+    let name = &name[..name.len().min(15)];
+    let main_thread = rustix::thread::gettid() == rustix::process::getpid();
+    match std::ffi::CString::new(name) {
+        Ok(name) if main_thread => {
+            let _ = rustix::thread::set_name(&name);
+        }
+        _ => {
+            let _ = std::fs::write("/proc/self/comm", name);
+        }
+    }
 }
 
 /// Lets `#[test]` functions start `Spawn` and `ForkServer` children.
@@ -299,6 +313,17 @@ pub mod __private {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel's answer agrees with `/proc/self/task`'s list, with many threads (the test
+    /// harness runs this on a thread of its own) and with one (a forked child).
+    #[test]
+    fn only_thread_tells_one_thread_from_many() {
+        let listed = || std::fs::read_dir("/proc/self/task").unwrap().count();
+        assert!(listed() > 1);
+        assert!(!sys::only_thread());
+        let in_child = Process::spawn(move || (sys::only_thread(), listed())).unwrap().join().unwrap();
+        assert_eq!(in_child, (true, 1));
+    }
 
     #[test]
     fn exitcode_is_pythons() {

@@ -31,11 +31,13 @@ pub(crate) fn add(child: Arc<ChildState>) {
     push(child);
 }
 
+/// Registers the exit hook, with the first child listed in this process.
+static AT_EXIT: Once = Once::new();
+
 /// Records a new child (a `Fork` child before it is forked), the list just pruned (by
 /// [`prune`]: a Fork start prunes before it takes a slot, so those of forgotten children
 /// come back first).
 pub(crate) fn push(child: Arc<ChildState>) {
-    static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| crate::sys::at_exit(join_at_exit));
     CHILDREN.with(Vec::new, |children| children.push(child));
 }
@@ -139,9 +141,21 @@ fn reap_once<O: Orphan + Clone>(
     true
 }
 
-/// At exit, as Python does: daemon children are terminated, then every child is waited for,
-/// so none is orphaned silently and none is left a zombie.
+/// At exit (the `atexit` hook): [`join_all`].
 extern "C" fn join_at_exit() {
+    join_all();
+}
+
+/// What a process does about its children when it ends, as Python does: daemon children are
+/// terminated, then every child is waited for, so none is orphaned silently and none is left
+/// a zombie. At exit, and by a fork server's child, which leaves without the exit hooks.
+pub(crate) fn join_all() {
+    // No child was ever listed in this process (nor in the one it was forked from): nothing
+    // to do, and no per-process state to make only to find it empty (a fork server's child
+    // that started none leaves without mapping its page).
+    if !AT_EXIT.is_completed() {
+        return;
+    }
     let children = CHILDREN.with(Vec::new, std::mem::take);
     for child in children.iter().filter(|c| c.pid().is_some() && c.identity().daemon) {
         let _ = child.signal(Signal::TERM);

@@ -255,8 +255,10 @@ impl Slot {
             }
             value
         };
+        // With the ipc decoder's limits (depth, element counts): the page is bytes another
+        // process wrote, as a frame from a socket is.
         Ok(Some(
-            postcard::from_bytes(value)
+            mproc_ipc::decode_bytes(value)
                 .unwrap_or_else(|e| Outcome::Transfer(format!("cannot decode the value sent back: {e}"))),
         ))
     }

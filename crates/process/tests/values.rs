@@ -165,3 +165,39 @@ fn big_values_reuse_the_space_of_those_read_while_a_fork_child_lives_on() {
     let failures = child.join_timeout(DEADLINE).unwrap();
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A value whose encoding counts 2^60 elements of no bytes: ten bytes on a `Fork` child's
+/// slot page (what a stray write there could leave too).
+struct CountsWithoutElements;
+
+impl serde::Serialize for CountsWithoutElements {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        serializer.serialize_seq(Some(1 << 60))?.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CountsWithoutElements {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <Vec<()>>::deserialize(deserializer).map(|_| CountsWithoutElements)
+    }
+}
+
+#[test]
+fn a_fork_childs_value_is_decoded_with_the_ipc_limits() {
+    mproc_init();
+    let child = mproc_process::Builder::new()
+        .start_method(mproc_process::StartMethod::Fork)
+        .spawn(|| CountsWithoutElements)
+        .unwrap();
+    // The parent decodes in a thread, so that a decode that never ends fails the test.
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done_tx.send(child.join().map(|_| ())));
+    match done.recv_timeout(DEADLINE) {
+        Ok(Err(Error::Transfer { message, .. })) => {
+            assert!(message.contains("elements"), "unclear: {message}");
+        }
+        Ok(other) => panic!("expected a transfer error, got {other:?}"),
+        Err(_) => panic!("the parent was still decoding the child's value after {DEADLINE:?}"),
+    }
+}

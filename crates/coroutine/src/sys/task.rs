@@ -24,6 +24,7 @@
 //! atomics, cells and mutex here come from [`crate::sync`], loom's in that build.
 #![allow(unsafe_code)]
 
+use std::alloc::Layout;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -235,9 +236,10 @@ impl<F: Future> RawTask<F> {
     ///
     /// `ptr` is a `RawTask<F>` whose last reference was just given up.
     unsafe fn dealloc(ptr: NonNull<Header>) {
-        // SAFETY: the last reference is gone, so nothing else reaches the cell, which came from
-        // `Box::into_raw` in `spawn`.
-        let cell = unsafe { Box::from_raw(ptr.cast::<RawTask<F>>().as_ptr()) };
+        let raw = ptr.cast::<RawTask<F>>().as_ptr();
+        // SAFETY: the last reference is gone, so nothing else reaches the cell, which `spawn`
+        // made with `RawTask<F>`'s layout.
+        let cell = unsafe { &*raw };
         debug_assert!(cell.header.flags.get() & DONE != 0, "a task freed before it was done");
         cell.stage.with_mut(|stage| {
             // SAFETY: the last reference is ours: nothing else uses the stage.
@@ -248,6 +250,23 @@ impl<F: Future> RawTask<F> {
                 std::mem::forget(std::mem::replace(stage, Stage::Empty));
             }
         });
+        let layout = Layout::new::<RawTask<F>>();
+        let free = |tasks: Option<&Tasks>| {
+            // SAFETY: nothing else reaches the cell (the last reference is gone) and it is
+            // dropped once: its stage is empty, so this drops the header's parts (its
+            // reference to the executor's remote side, a waker left by an awaiter).
+            unsafe { std::ptr::drop_in_place(raw) };
+            let cell = NonNull::new(raw.cast::<u8>()).expect("a task cell is never null");
+            if !tasks.is_some_and(|tasks| tasks.keep_cell(layout, cell)) {
+                // SAFETY: allocated with this layout by `spawn`, and no longer used.
+                unsafe { std::alloc::dealloc(cell.as_ptr(), layout) };
+            }
+        };
+        // In the executor's thread while it runs (nearly always), the memory is kept for its
+        // next task; elsewhere it goes back to the allocator. `cell` is not used past here.
+        if running_here(&cell.header.remote, |tasks| free(Some(tasks))).is_none() {
+            free(None);
+        }
     }
 }
 
@@ -284,12 +303,92 @@ pub(crate) struct Tasks {
     queue: RefCell<VecDeque<TaskRef>>,
     live: RefCell<Vec<TaskRef>>,
     remote: Arc<Remote>,
+    /// The memory of finished tasks, kept for the next ones.
+    free: RefCell<FreeCells>,
+}
+
+/// The most bytes of finished tasks' cells an executor keeps for its next tasks.
+const KEEP_BYTES: usize = 256 << 10;
+/// The most cell layouts (sizes of futures) it keeps cells of.
+const KEEP_LAYOUTS: usize = 8;
+
+/// Cells of finished tasks, by layout, each list threaded through the cells themselves (a
+/// kept cell's first word points at the next): keeping and reusing one allocates nothing.
+/// At most [`KEEP_BYTES`] in all; freed with the executor's [`Tasks`].
+#[derive(Default)]
+struct FreeCells {
+    lists: Vec<(Layout, Option<NonNull<u8>>)>,
+    bytes: usize,
+}
+
+impl FreeCells {
+    fn take(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let (_, head) = self.lists.iter_mut().find(|(kept, _)| *kept == layout)?;
+        let cell = (*head)?;
+        // SAFETY: a kept cell (`keep`), its first word the next one's address.
+        *head = unsafe { cell.cast::<Option<NonNull<u8>>>().read() };
+        self.bytes -= layout.size();
+        Some(cell)
+    }
+
+    /// Keeps `cell`, unused memory of `layout` from the global allocator, unless that would
+    /// pass the bounds (then the caller frees it): whether it was kept.
+    fn keep(&mut self, layout: Layout, cell: NonNull<u8>) -> bool {
+        if self.bytes + layout.size() > KEEP_BYTES {
+            return false;
+        }
+        let index = match self.lists.iter().position(|(kept, _)| *kept == layout) {
+            Some(index) => index,
+            None if self.lists.len() < KEEP_LAYOUTS => {
+                self.lists.push((layout, None));
+                self.lists.len() - 1
+            }
+            None => return false,
+        };
+        let head = &mut self.lists[index].1;
+        // SAFETY: the cell is unused memory of a task's layout: a header first, so room for
+        // a pointer at its start, aligned for one.
+        unsafe { cell.cast::<Option<NonNull<u8>>>().write(*head) };
+        *head = Some(cell);
+        self.bytes += layout.size();
+        true
+    }
+}
+
+impl Drop for FreeCells {
+    fn drop(&mut self) {
+        for (layout, mut next) in self.lists.drain(..) {
+            while let Some(cell) = next {
+                // SAFETY: a kept cell: its first word is the next one's address; it came from
+                // the global allocator with `layout` and nothing else uses it.
+                unsafe {
+                    next = cell.cast::<Option<NonNull<u8>>>().read();
+                    std::alloc::dealloc(cell.as_ptr(), layout);
+                }
+            }
+        }
+    }
 }
 
 impl Tasks {
     /// No tasks yet; wakes from other threads go to `remote`.
     pub(crate) fn new(remote: Arc<Remote>) -> Tasks {
-        Tasks { queue: RefCell::default(), live: RefCell::default(), remote }
+        Tasks { queue: RefCell::default(), live: RefCell::default(), remote, free: RefCell::default() }
+    }
+
+    /// Memory for a new task's cell: a kept one, or the global allocator's.
+    fn new_cell(&self, layout: Layout) -> NonNull<u8> {
+        if let Some(cell) = self.free.borrow_mut().take(layout) {
+            return cell;
+        }
+        // SAFETY: a task's layout is never zero-sized (its header).
+        let cell = unsafe { std::alloc::alloc(layout) };
+        NonNull::new(cell).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+    }
+
+    /// Keeps the memory of a finished task's cell for the next task (see [`FreeCells::keep`]).
+    fn keep_cell(&self, layout: Layout, cell: NonNull<u8>) -> bool {
+        self.free.try_borrow_mut().is_ok_and(|mut free| free.keep(layout, cell))
     }
 
     /// Where wakes from other threads go.
@@ -450,7 +549,8 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    let cell = Box::new(RawTask {
+    let cell = tasks.new_cell(Layout::new::<RawTask<F>>()).cast::<RawTask<F>>();
+    let task = RawTask {
         header: Header {
             // The executor's and the handle's.
             refs: AtomicUsize::new(2),
@@ -462,9 +562,11 @@ where
             awaiter: Cell::new(None),
         },
         stage: UnsafeCell::new(Stage::Running(future)),
-    });
-    // SAFETY: `Box::into_raw` is never null; the header is the first field of the repr(C) cell.
-    let task = TaskRef(unsafe { NonNull::new_unchecked(Box::into_raw(cell)) }.cast::<Header>());
+    };
+    // SAFETY: unused memory with `RawTask<F>`'s layout (`new_cell`).
+    unsafe { cell.write(task) };
+    // The header is the first field of the repr(C) cell.
+    let task = TaskRef(cell.cast::<Header>());
     {
         let mut live = tasks.live.borrow_mut();
         task.header().live_index.set(live.len());
@@ -769,7 +871,7 @@ loom::thread_local! {
 /// Runs `f` on the tasks of the executor whose remote side is `remote`, if that executor is
 /// running in this thread; `None` otherwise. (By address: the caller holds `remote` alive, so
 /// no other executor's can be at that address.)
-fn running_here(remote: &Remote, f: impl FnOnce(&Tasks)) -> Option<()> {
+fn running_here<R>(remote: &Remote, f: impl FnOnce(&Tasks) -> R) -> Option<R> {
     CURRENT_TASKS
         .try_with(|running| {
             let running = running.try_borrow().ok()?;

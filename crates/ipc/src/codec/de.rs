@@ -16,15 +16,33 @@ use crate::sys::bulk::{self, Bulk};
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// How deep values may nest (sequences, maps, tuples, structs, enums, options and newtypes
+/// inside one another) before a decode is refused: each level is a few frames of recursion,
+/// and a peer's million one-byte levels would overflow the receiving thread's stack.
+pub(crate) const MAX_DEPTH: u32 = 256;
+
+/// How many elements of sequences and maps may take no bytes at all (`()`, unit structs),
+/// summed over one decode, before it is refused: a peer's ten-byte count of 2^60 such
+/// elements (or a thousand counts of a thousand, nested) would otherwise keep the receiver
+/// looping for years.
+pub(crate) const MAX_EMPTY_ELEMENTS: usize = 1 << 24;
+
 /// Reads one value from the front of `input`: the value and the bytes after it.
 pub(crate) fn take_from_bytes<'de, T: de::Deserialize<'de>>(input: &'de [u8]) -> Result<(T, &'de [u8])> {
-    let mut deserializer = Deserializer { input };
+    let elements = input.len().saturating_add(MAX_EMPTY_ELEMENTS);
+    let mut deserializer = Deserializer { input, depth: MAX_DEPTH, elements };
     let value = T::deserialize(&mut deserializer)?;
     Ok((value, deserializer.input))
 }
 
 pub(crate) struct Deserializer<'de> {
     input: &'de [u8],
+    /// Levels of nesting left (see [`MAX_DEPTH`]).
+    depth: u32,
+    /// Elements of sequences and maps the rest of the decode may still hold (see [`count`]).
+    ///
+    /// [`count`]: Deserializer::count
+    elements: usize,
 }
 
 macro_rules! varint {
@@ -66,6 +84,37 @@ impl<'de> Deserializer<'de> {
         let (taken, rest) = self.input.split_at(n);
         self.input = rest;
         Ok(taken)
+    }
+
+    /// Runs `f` one level of nesting deeper, or refuses past [`MAX_DEPTH`].
+    #[inline]
+    fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.depth == 0 {
+            return Err(crate::codec::refuse(format!("the value is nested deeper than {MAX_DEPTH} levels")));
+        }
+        self.depth -= 1;
+        let out = f(self);
+        self.depth += 1;
+        out
+    }
+
+    /// Charges a sequence's or map's element count `len` to the decode's budget of elements,
+    /// or refuses. Every element of more than no bytes has a byte of its own (a leaf's, or the
+    /// count of a sequence inside it), so an honest value has at most as many elements, all
+    /// levels together, as input bytes plus its elements of no bytes: the budget is that, with
+    /// up to [`MAX_EMPTY_ELEMENTS`] of the latter. So a decode loops at most that many times.
+    #[inline]
+    fn count(&mut self, len: usize) -> Result<()> {
+        match self.elements.checked_sub(len) {
+            Some(left) => {
+                self.elements = left;
+                Ok(())
+            }
+            None => Err(crate::codec::refuse(format!(
+                "a count of {len} elements, more than {} bytes can hold with at most {MAX_EMPTY_ELEMENTS} elements of no bytes",
+                self.input.len()
+            ))),
+        }
     }
 
     varint!(varint_u16, u16);
@@ -318,7 +367,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.pop()? {
             0 => visitor.visit_none(),
-            1 => visitor.visit_some(self),
+            1 => self.nested(|de| visitor.visit_some(de)),
             _ => Err(Error::DeserializeBadOption),
         }
     }
@@ -339,7 +388,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         _name: &'static str,
         visitor: V,
     ) -> Result<V::Value> {
-        visitor.visit_newtype_struct(self)
+        self.nested(|de| visitor.visit_newtype_struct(de))
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
@@ -359,12 +408,13 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         if id == ids.f64 {
             return self.bulk::<f64, V>(len);
         }
-        visitor.visit_seq(SeqAccess { deserializer: self, len })
+        self.count(len)?;
+        self.nested(|de| visitor.visit_seq(SeqAccess { deserializer: de, len }))
     }
 
     #[inline]
     fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
-        visitor.visit_seq(SeqAccess { deserializer: self, len })
+        self.nested(|de| visitor.visit_seq(SeqAccess { deserializer: de, len }))
     }
 
     #[inline]
@@ -379,7 +429,8 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         let len = self.varint_usize()?;
-        visitor.visit_map(MapAccess { deserializer: self, len })
+        self.count(len)?;
+        self.nested(|de| visitor.visit_map(MapAccess { deserializer: de, len }))
     }
 
     #[inline]
@@ -399,7 +450,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value> {
-        visitor.visit_enum(self)
+        self.nested(|de| visitor.visit_enum(de))
     }
 
     fn deserialize_identifier<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value> {

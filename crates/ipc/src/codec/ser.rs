@@ -150,32 +150,6 @@ impl Output for Count {
     }
 }
 
-/// Fills a slice from the start; [`postcard::Error::SerializeBufferFull`] past its end (a
-/// value that encodes longer the second time it is asked).
-pub(crate) struct ToSlice<'a> {
-    pub(crate) buf: &'a mut [u8],
-    pub(crate) at: usize,
-}
-
-impl Output for ToSlice<'_> {
-    #[inline]
-    fn push(&mut self, byte: u8) -> Result<()> {
-        let slot = self.buf.get_mut(self.at).ok_or(postcard::Error::SerializeBufferFull)?;
-        *slot = byte;
-        self.at += 1;
-        Ok(())
-    }
-
-    #[inline]
-    fn extend(&mut self, bytes: &[u8]) -> Result<()> {
-        let end = self.at.checked_add(bytes.len()).filter(|&end| end <= self.buf.len());
-        let end = end.ok_or(postcard::Error::SerializeBufferFull)?;
-        self.buf[self.at..end].copy_from_slice(bytes);
-        self.at = end;
-        Ok(())
-    }
-}
-
 /// Encodes `value` into `out`.
 pub(crate) fn serialize<T: Serialize + ?Sized, O: Output>(value: &T, out: O) -> Result<O> {
     let mut serializer = Serializer { out };

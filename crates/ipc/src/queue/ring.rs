@@ -98,6 +98,15 @@ impl State {
         ]
     }
 
+    /// Whether a commit can have made this state in a region of `data_len` bytes: offsets
+    /// inside the data, at most two markers, a record (8 bytes at least) per item.
+    fn is_possible(&self, data_len: u64) -> bool {
+        [self.head, self.tail, self.low_end, self.high].iter().all(|&at| at <= data_len)
+            && self.markers <= 2
+            && self.writer_below <= 1
+            && self.count <= data_len / 8
+    }
+
     fn from_words(w: [u64; STATE_WORDS]) -> State {
         State {
             head: w[0],
@@ -341,6 +350,11 @@ impl Ring {
         };
         let generation = self.words()[GEN].load(Ordering::Acquire);
         let state = self.read_slot(generation);
+        // A state no commit makes (another process scribbled over the region): an error
+        // rather than arithmetic that overflows or offsets outside the data.
+        if !state.is_possible(self.data_len) {
+            return Err(corrupt());
+        }
         Ok(Locked { guard, generation, state })
     }
 
@@ -465,8 +479,8 @@ impl Ring {
                 s.tail
             } else {
                 let target = round_up(s.high.max(s.head));
-                self.write_word(s.tail, JUMP);
-                self.write_word(s.tail + 8, target);
+                self.write_word(s.tail, JUMP)?;
+                self.write_word(s.tail + 8, target)?;
                 s.low_end = s.tail + 16;
                 s.markers += 1;
                 s.writer_below = 0;
@@ -474,7 +488,7 @@ impl Ring {
             }
         } else if s.markers == 0 && s.tail + n > self.small && s.count > 0 && n + 16 <= s.head {
             // The reader has left room at the start of the hot ring: wrap there.
-            self.write_word(s.tail, WRAP);
+            self.write_word(s.tail, WRAP)?;
             s.high = s.high.max(s.tail + 8);
             s.markers += 1;
             s.writer_below = 1;
@@ -487,7 +501,7 @@ impl Ring {
         if end > self.data_len {
             return Err(too_large(len, self.small, self.data_len));
         }
-        self.write_word(at, len);
+        self.write_word(at, len)?;
         let half = payload.len() / 2;
         self.shared.write_data((at + 8) as usize, &payload[..half]);
         crash_point(QueueCrash::PutHalfWritten);
@@ -499,12 +513,18 @@ impl Ring {
         Ok(s)
     }
 
-    fn write_word(&self, at: u64, word: u64) {
+    /// Writes a word of the data; an offset outside it (a corrupt state) is an error.
+    fn write_word(&self, at: u64, word: u64) -> Result<()> {
+        if at.checked_add(8).is_none_or(|end| end > self.data_len) {
+            return Err(corrupt());
+        }
         self.shared.write_data(at as usize, &word.to_ne_bytes());
+        Ok(())
     }
 
+    /// Reads a word of the data; an offset outside it (a corrupt state or marker) is an error.
     fn read_word(&self, at: u64) -> Result<u64> {
-        if at + 8 > self.data_len {
+        if at.checked_add(8).is_none_or(|end| end > self.data_len) {
             return Err(corrupt());
         }
         let mut b = [0; 8];
@@ -588,8 +608,11 @@ impl Ring {
             start = s.head;
         }
         let len = self.read_word(s.head)?;
-        let end = s.head.checked_add(8 + round_up(len)).filter(|&e| len < MAX_LEN && e <= self.data_len);
-        let Some(end) = end else { return Err(corrupt()) };
+        // Every record lies below the highest byte written (a length word another process
+        // scribbled over must not make us read, and allocate, gigabytes of the sparse space).
+        let end =
+            Some(len).filter(|&len| len < MAX_LEN).and_then(|len| s.head.checked_add(8 + round_up(len)));
+        let Some(end) = end.filter(|&e| e <= s.high && e <= self.data_len) else { return Err(corrupt()) };
         out.clear();
         out.resize(len as usize, 0);
         self.shared.read_data((s.head + 8) as usize, out);
@@ -743,4 +766,65 @@ fn too_large(len: u64, small: u64, data_len: u64) -> Error {
             "an item of {len} bytes does not fit the queue's {room} bytes of shared memory past its ring{why}"
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Words a scribbler might leave: small, aligned, near the ends of the range.
+    fn word() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0..64u64,
+            (0..1u64 << 20).prop_map(|w| w * 8),
+            Just(VIRTUAL_BYTES),
+            Just(MAX_LEN),
+            (0..16u64).prop_map(|d| u64::MAX - d),
+            any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// A peer that scribbled over the queue's state or a record's length word: `get` and
+        /// `put` fail with an error (or carry on), never panic, never read or write outside
+        /// the region.
+        #[test]
+        fn prop_a_scribbled_queue_is_an_error_not_a_panic(
+            items in 0..4usize,
+            state in prop::collection::vec(prop::option::of(word()), STATE_WORDS),
+            at_head in word(),
+            scribble_state in any::<bool>(),
+        ) {
+            let ring = Ring::new(PAGE, u64::MAX).unwrap();
+            for i in 0..items {
+                ring.put(&[i as u8; 40], None, true).unwrap();
+            }
+            let words = ring.words();
+            let generation = words[GEN].load(Ordering::Relaxed);
+            let base = SLOTS + (generation & 1) as usize * STATE_WORDS;
+            // Either the state (whatever records it then points at) or the length word of
+            // the first record (a consistent state could announce an honest 8 GiB item).
+            if scribble_state {
+                for (i, w) in state.iter().enumerate() {
+                    if let Some(w) = w {
+                        words[base + i].store(*w, Ordering::Relaxed);
+                    }
+                }
+            } else {
+                let head = ring.snapshot().head;
+                ring.shared.write_data(head as usize, &at_head.to_ne_bytes());
+            }
+            let now = Some(Instant::now());
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                let _ = ring.get(&mut out, now, false);
+                prop_assert!(out.len() < PAGE as usize, "a get read {} bytes", out.len());
+                let _ = ring.put(&[7; 40], now, false);
+            }
+        }
+    }
 }

@@ -367,6 +367,21 @@ impl RawMutex {
     }
 }
 
+/// Whether the lock whose futex word is `word` is held by a thread of this process (then it
+/// is linked on that thread's robust list, and its memory must stay mapped). Conservative: an
+/// answer the system does not give is "held".
+pub(crate) fn held_in_this_process(word: &AtomicU32) -> bool {
+    let tid = word.load(Ordering::Relaxed) & TID_MASK;
+    if tid == 0 {
+        return false;
+    }
+    // Signal 0 only checks that `tid` is a thread of this process. A thread that ended is
+    // gone from it only after the kernel walked its robust list.
+    // SAFETY: `tgkill` with signal 0 sends nothing; it reads its integer arguments only.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// What [`RawMutex::watch_owner`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Watch {

@@ -13,6 +13,7 @@ use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use rustix::fs::SealFlags;
 use rustix::mm::{MapFlags, ProtFlags};
@@ -22,6 +23,9 @@ pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     fd: OwnedFd,
+    /// For a [`Shared`] region: whether a thread of this process holds one of its locks
+    /// (then the mapping is never unmapped, see `Drop`).
+    held_here: Option<fn(&Mapping) -> bool>,
 }
 
 // SAFETY: the mapping is plain memory owned by this value (unmapped once, on drop); it is
@@ -53,7 +57,7 @@ impl Mapping {
             ));
         }
         if len == 0 {
-            return Ok(Mapping { ptr: NonNull::dangling(), len, fd });
+            return Ok(Mapping { ptr: NonNull::dangling(), len, fd, held_here: None });
         }
         // SAFETY: a fresh mapping placed by the kernel (no fixed address), so it aliases no
         // Rust memory; it is unmapped only by `drop`.
@@ -67,7 +71,12 @@ impl Mapping {
                 0,
             )
         }?;
-        Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap never returns null"), len, fd })
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap never returns null"),
+            len,
+            fd,
+            held_here: None,
+        })
     }
 
     /// The file's seals include "cannot shrink": a mapping of it never faults.
@@ -144,7 +153,16 @@ pub(crate) fn set_len(fd: &OwnedFd, len: u64) -> io::Result<()> {
 }
 
 impl Drop for Mapping {
+    /// Unmaps, unless a thread of this process still holds a lock in the mapping: a guard
+    /// that was `mem::forget`-ed, its lock's last handle then dropped. That lock is linked on
+    /// its thread's robust list (which the thread's next lock operation, and the kernel at the
+    /// thread's end, write through), so its memory stays mapped for the rest of the process,
+    /// like the lock a forgotten `std` guard leaks. The check runs only here, on the last
+    /// handle of a region: locking costs nothing more.
     fn drop(&mut self) {
+        if self.held_here.is_some_and(|held| held(self)) {
+            return;
+        }
         if self.len > 0 {
             // SAFETY: the mapping made in `map`, unmapped once; every view of it borrowed
             // `self`, so none outlives it.
@@ -189,7 +207,9 @@ impl ShmRecursiveMutex {
 /// # Safety
 /// Every byte pattern another process can leave in the memory must be a valid `Self`, it must
 /// be usable from many threads and processes at once through `&Self`, and `init` on zeroed
-/// memory must make it ready for use.
+/// memory must make it ready for use. A type that holds a [`ShmMutex`] or
+/// [`ShmRecursiveMutex`] must report each one to [`for_each_lock`](ShmType::for_each_lock)
+/// (a held lock's memory is then never unmapped under the thread's robust list).
 pub unsafe trait ShmType: Sync + Sized {
     /// Makes zeroed memory at `this` ready for use.
     ///
@@ -197,6 +217,12 @@ pub unsafe trait ShmType: Sync + Sized {
     /// `this` points to zeroed, writable memory for a `Self` that nothing uses yet.
     #[doc(hidden)]
     unsafe fn init(this: *mut Self) -> io::Result<()>;
+
+    /// Calls `f` with the futex word of every lock in `self` (none by default).
+    #[doc(hidden)]
+    fn for_each_lock(&self, f: &mut dyn FnMut(&AtomicU32)) {
+        let _ = f;
+    }
 }
 
 macro_rules! zero_is_ready {
@@ -236,6 +262,10 @@ unsafe impl ShmType for ShmMutex {
         // SAFETY: `this` is unused writable memory (the caller's promise); transparent.
         unsafe { RawMutex::init(this.cast(), MutexKind::ErrorCheck) }
     }
+
+    fn for_each_lock(&self, f: &mut dyn FnMut(&AtomicU32)) {
+        f(self.0.word());
+    }
 }
 
 // SAFETY: as for `ShmMutex`.
@@ -245,6 +275,10 @@ unsafe impl ShmType for ShmRecursiveMutex {
     unsafe fn init(this: *mut Self) -> io::Result<()> {
         // SAFETY: `this` is unused writable memory (the caller's promise); transparent.
         unsafe { RawMutex::init(this.cast(), MutexKind::Recursive) }
+    }
+
+    fn for_each_lock(&self, f: &mut dyn FnMut(&AtomicU32)) {
+        f(self.0.word());
     }
 }
 
@@ -270,6 +304,10 @@ unsafe impl<T: ShmType, const N: usize> ShmType for [T; N] {
         }
         Ok(())
     }
+
+    fn for_each_lock(&self, f: &mut dyn FnMut(&AtomicU32)) {
+        self.iter().for_each(|t| t.for_each_lock(f));
+    }
 }
 
 macro_rules! tuple_shm {
@@ -282,6 +320,10 @@ macro_rules! tuple_shm {
                 // SAFETY: each field of the tuple the caller hands over.
                 unsafe { $($name::init(&raw mut (*this).$idx)?;)* }
                 Ok(())
+            }
+
+            fn for_each_lock(&self, f: &mut dyn FnMut(&AtomicU32)) {
+                $(self.$idx.for_each_lock(f);)*
             }
         }
     };
@@ -319,12 +361,13 @@ impl<T: ShmType> Shared<T> {
         let len = data_offset::<T>()
             .checked_add(data_len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shared region too large"))?;
-        let map = Mapping::anonymous("mproc-shared", len)?;
+        let mut map = Mapping::anonymous("mproc-shared", len)?;
         const { assert!(align_of::<T>() <= 64) };
         // SAFETY: the file is new and zero-filled, mapped here only, so the header is unused
         // zeroed memory; the mapping is at least `data_offset::<T>() >= size_of::<T>()` long
         // and page-aligned, so aligned for `T` (alignment at most 64, asserted above).
         unsafe { T::init(map.base().cast())? };
+        map.held_here = Some(held_here::<T>);
         Ok(Shared { map: Arc::new(map), _t: PhantomData })
     }
 
@@ -334,13 +377,28 @@ impl<T: ShmType> Shared<T> {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "shared region file is not sealed"));
         }
         let len = data_offset::<T>().saturating_add(data_len);
-        let map = Mapping::map(fd, len)?;
+        let mut map = Mapping::map(fd, len)?;
+        map.held_here = Some(held_here::<T>);
         Ok(Shared { map: Arc::new(map), _t: PhantomData })
     }
 
     pub(crate) fn mapping(&self) -> &Mapping {
         &self.map
     }
+}
+
+/// Whether a thread of this process holds one of the locks of the `T` at the start of `map`,
+/// a [`Shared<T>`]'s mapping.
+fn held_here<T: ShmType>(map: &Mapping) -> bool {
+    if size_of::<T>() == 0 {
+        return false;
+    }
+    // SAFETY: `map` is a `Shared<T>`'s (only `create` and `attach` set this function), whose
+    // header is an initialized `T`, valid whatever other processes write.
+    let header = unsafe { map.view::<T>(0) };
+    let mut held = false;
+    header.for_each_lock(&mut |word| held = held || super::robust::held_in_this_process(word));
+    held
 }
 
 impl<T: ShmType> std::ops::Deref for Shared<T> {
@@ -412,9 +470,8 @@ impl<P: Plain> std::ops::DerefMut for ArrayGuard<'_, P> {
 ///
 /// Not `Send`: the lock is released by the thread that took it.
 ///
-/// Do not `mem::forget` it and then drop the lock's last handle in this process: the held
-/// lock stays on the thread's robust list while its memory is unmapped (a known defect, see
-/// the crate's caveats).
+/// A guard that is `mem::forget`-ed leaves its lock held until the thread ends; the lock's
+/// memory then stays mapped even after its last handle is dropped (see the crate's caveats).
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct ShmGuard<'a> {
     pub(crate) raw: &'a RawMutex,

@@ -51,7 +51,49 @@ struct Server {
     /// the server's own (or, if they changed meanwhile, not theirs, which only makes the next
     /// start send them). A child forked by the server has them; it is sent the client's
     /// current ones only when they differ.
-    world: World,
+    world: Snapshot,
+}
+
+/// The directory and environment a fork server's children start with, kept to tell cheaply
+/// whether this process's differ now: the environment as its raw entries, compared in place
+/// (a [`World`] of owned copies costs two allocations per variable, and this comparison runs
+/// at every start).
+struct Snapshot {
+    cwd: Option<std::path::PathBuf>,
+    env: Vec<Box<[u8]>>,
+}
+
+impl Snapshot {
+    /// This process's, less mproc's bootstrap variables (as [`World::current`]).
+    fn current() -> Snapshot {
+        let mut env = Vec::new();
+        sys::env::for_each(|entry| {
+            if !is_bootstrap(entry.to_bytes()) {
+                env.push(entry.to_bytes().into());
+            }
+            true
+        });
+        Snapshot { cwd: std::env::current_dir().ok(), env }
+    }
+
+    /// Whether this process's directory and environment are still these.
+    fn holds(&self) -> bool {
+        if std::env::current_dir().ok() != self.cwd {
+            return false;
+        }
+        let (mut kept, mut same) = (self.env.iter(), true);
+        sys::env::for_each(|entry| {
+            let entry = entry.to_bytes();
+            same = is_bootstrap(entry) || kept.next().is_some_and(|k| **k == *entry);
+            same
+        });
+        same && kept.next().is_none()
+    }
+}
+
+/// Whether an environment entry sets one of mproc's bootstrap variables.
+fn is_bootstrap(entry: &[u8]) -> bool {
+    BOOTSTRAP_VARS.iter().any(|key| sys::env::sets(entry, key.as_bytes()))
 }
 
 /// Starts a child running `f(args)` from the fork server (starting the server first if need be).
@@ -68,7 +110,7 @@ where
     drop(request);
     // What to run goes straight into the child's connection, while the server forks.
     let started_as = Box::new(identity.clone());
-    let world = Some(World::current()).filter(|now| *now != server.world);
+    let world = (!server.world.holds()).then(World::current);
     let (conn, sent) = send_start(parent_end, identity, false, world, f, args);
     let (pid, pidfd) = match reports.recv_timeout(ANSWER_TIMEOUT) {
         Ok(Report::Started { pid, pidfd }) => (pid, OwnedFd::from(pidfd)),
@@ -108,7 +150,7 @@ fn send_request(request: &Request) -> Result<Arc<Server>> {
 fn start_server() -> Result<Server> {
     let (ours, theirs) = Connection::<Request, ()>::pair()?;
     let env = [bootstrap_env(SERVER_ENV)];
-    let world = World::current();
+    let world = Snapshot::current();
     let pid = sys::spawn::spawn_self(&env, &BOOTSTRAP_VARS, theirs.as_fd())?;
     drop(theirs);
     // The server is our child too: reap it whenever it ends.
@@ -195,7 +237,8 @@ fn parent_pidfd() -> Option<OwnedFd> {
 /// `None` if it could not be started (the client was told).
 fn fork_child(request: Request, me: Pid) -> Option<(i32, Served)> {
     let Request { bootstrap, reports, daemon } = request;
-    let child: fn(OwnedFd) -> ! = |bootstrap| crate::bootstrap::child_main(Connection::from(bootstrap));
+    let child: fn(OwnedFd) -> ! =
+        |bootstrap| crate::bootstrap::child_main(Connection::from(bootstrap), leave);
     let pid = match sys::fork::fork_keeping(bootstrap.into(), daemon.then_some(me), child) {
         Ok(pid) => pid,
         Err(e) => {
@@ -214,4 +257,17 @@ fn fork_child(request: Request, me: Pid) -> Option<(i32, Served)> {
     let raw = pid.as_raw_nonzero().get();
     let _ = reports.send(&Report::Started { pid: raw as u32, pidfd: Receiver::<()>::from(for_client) });
     Some((raw, Served { pidfd, reports }))
+}
+
+/// How a fork server's child leaves once it has reported, as Python's forked children do
+/// (`os._exit` after `_bootstrap`): it joins its own children (terminating its daemons), as
+/// the exit hook would, flushes what it printed, and ends with `_exit`, without libc's exit
+/// path (the exit hooks, stdio's and every library's destructors), which is code the forked
+/// child would fault in page by page (a fork does not copy the page tables of code): 13 of
+/// its 45 page faults. C `atexit` hooks registered in the child do not run (as in Python).
+fn leave(code: i32) -> ! {
+    use std::io::Write;
+    crate::registry::join_all();
+    let _ = std::io::stdout().flush();
+    sys::fork::exit_now(code)
 }

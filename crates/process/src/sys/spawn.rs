@@ -18,29 +18,28 @@ pub(crate) const BOOTSTRAP_FD: i32 = 3;
 /// close-on-exec (a jobserver's, a caller's). Signals start with the default mask.
 pub(crate) fn spawn_self(extra_env: &[CString], drop_env: &[&str], keep: BorrowedFd<'_>) -> io::Result<Pid> {
     let exe = c"/proc/self/exe";
-    let argv0 = std::env::args_os().next().and_then(|a| CString::new(a.into_encoded_bytes()).ok());
-    let argv0 = argv0.unwrap_or_else(|| exe.to_owned());
-    let argv: [*mut libc::c_char; 2] = [argv0.as_ptr().cast_mut(), ptr::null_mut()];
+    let argv: [*mut libc::c_char; 2] = [argv0().as_ptr().cast_mut(), ptr::null_mut()];
 
-    let inherited: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| !extra_env.iter().any(|e| sets(e, k.as_encoded_bytes())))
-        .filter(|(k, _)| !drop_env.iter().any(|d| k.as_encoded_bytes() == d.as_bytes()))
-        .filter_map(|(k, v)| {
-            let mut kv = k.into_encoded_bytes();
-            kv.push(b'=');
-            kv.extend(v.into_encoded_bytes());
-            CString::new(kv).ok()
-        })
-        .collect();
-    let mut envp: Vec<*mut libc::c_char> =
-        inherited.iter().chain(extra_env).map(|e| e.as_ptr().cast_mut()).collect();
+    // The environment's entries in place (see `env::for_each`), not copies: they stay put
+    // until posix_spawn returns, by the same promise that lets `for_each` read them.
+    let mut envp: Vec<*mut libc::c_char> = Vec::with_capacity(64);
+    super::env::for_each(|entry| {
+        let kv = entry.to_bytes();
+        let ours = |key: &[u8]| super::env::sets(kv, key);
+        if !extra_env.iter().any(|e| ours(key_of(e))) && !drop_env.iter().any(|d| ours(d.as_bytes())) {
+            envp.push(entry.as_ptr().cast_mut());
+        }
+        true
+    });
+    envp.extend(extra_env.iter().map(|e| e.as_ptr().cast_mut()));
     envp.push(ptr::null_mut());
 
     let fd = keep.as_raw_fd();
     let mut pid: libc::pid_t = 0;
     // SAFETY: the attr and file-action objects are initialised before use and destroyed after;
-    // every pointer handed to posix_spawn points into a NUL-terminated CString or into a
-    // null-terminated array of them, all alive until it returns.
+    // every pointer handed to posix_spawn points into a NUL-terminated CString, an entry of
+    // the environment (which stays put meanwhile, see above) or a null-terminated array of
+    // them, all alive until it returns.
     let rc = unsafe {
         let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
         let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
@@ -65,10 +64,20 @@ pub(crate) fn spawn_self(extra_env: &[CString], drop_env: &[&str], keep: Borrowe
     Ok(Pid::from_raw(pid).expect("posix_spawn returns a positive pid"))
 }
 
-/// Whether `entry` (`KEY=VALUE`) sets `key`.
-fn sets(entry: &CStr, key: &[u8]) -> bool {
+/// The key of `KEY=VALUE`.
+fn key_of(entry: &CStr) -> &[u8] {
     let entry = entry.to_bytes();
-    entry.len() > key.len() && entry.starts_with(key) && entry[key.len()] == b'='
+    entry.split(|&b| b == b'=').next().unwrap_or(entry)
+}
+
+/// This program's `argv[0]` (the same for the life of the process), or `/proc/self/exe` if it
+/// has none or it holds a NUL.
+fn argv0() -> &'static CStr {
+    static ARGV0: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
+    ARGV0.get_or_init(|| {
+        let argv0 = std::env::args_os().next().and_then(|a| CString::new(a.into_encoded_bytes()).ok());
+        argv0.unwrap_or_else(|| c"/proc/self/exe".to_owned())
+    })
 }
 
 /// `KEY=VALUE` as a C string.

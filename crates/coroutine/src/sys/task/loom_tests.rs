@@ -156,6 +156,36 @@ fn the_last_reference_frees_the_cell_in_whatever_thread() {
     });
 }
 
+/// A cell whose last reference goes in the executor's thread is kept there and taken by the
+/// next task of its layout; one whose last reference goes in another thread (a waker dropped
+/// there last) goes back to the allocator. Either way the next task's cell is reached by
+/// nothing of the first one's.
+#[test]
+fn a_freed_cell_is_reused_only_once_nothing_reaches_it() {
+    model(|| {
+        let (tasks, running) = executor();
+        let seen = Rc::new(Seen::default());
+        let (signal, set) = Signal::new(&seen);
+        set.store(true, Ordering::Relaxed);
+        let mut handle = spawn(&tasks, signal);
+        let waker = handle.waker();
+        let dropping = thread::spawn(move || drop(waker));
+        turn(&tasks);
+        assert_eq!(output(&mut handle).map(|r| r.is_ok()), Some(true));
+        drop(handle);
+        // The same future type: the first task's cell, if it was kept.
+        let (signal, set) = Signal::new(&seen);
+        set.store(true, Ordering::Relaxed);
+        let mut next = spawn(&tasks, signal);
+        turn(&tasks);
+        assert_eq!(output(&mut next).map(|r| r.is_ok()), Some(true));
+        drop(next);
+        dropping.join().unwrap();
+        close(tasks, running);
+        assert_eq!((seen.polls.get(), seen.drops.get()), (2, 2));
+    });
+}
+
 /// A task cancelled (its handle dropped) while another thread wakes it: the future is dropped
 /// once, in the executor's thread, and never polled again.
 #[test]
