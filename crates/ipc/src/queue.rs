@@ -18,7 +18,7 @@
 //!
 //! ```text
 //! header  ShmMutex | ShmCondvar not_empty | not_full | all_done | words:
-//!         magic, hot ring size, maxsize, GEN (commit word), sleeper counts,
+//!         magic, hot ring size, maxsize, GEN (commit word), sleeper counts, "waking" flags,
 //!         state slot 0 (8 words), state slot 1 (8 words)
 //! data    [0, small)             the hot ring: small items cycle through these pages
 //!         [small, small + 8 GiB) sparse: records that do not fit the ring go on past it
@@ -67,8 +67,12 @@
 //! wait) once looks keep failing, as they do when the partner waits for a CPU that busy
 //! processes hold, and never when the process may run on one CPU only; then it sleeps on its
 //! condition variable. Each wake-up is a `notify_one` after the commit, made only when someone sleeps
-//! (a count in the header). A process woken and then killed before it took the item would
-//! leave the others asleep: so every sleep lasts at most 50 ms before it looks again.
+//! (a count in the header) and no other wake-up is on its way (a flag the woken process clears
+//! when it wakes): a producer pays one `futex` wake per sleep of its consumer, not one per
+//! item put while the woken consumer waits for a CPU. A process that commits and leaves items
+//! (room) behind wakes the next sleeper the same way. A process woken and then killed before it took the item (or
+//! cleared the flag) would leave the others asleep: so every sleep lasts at most 50 ms before
+//! it looks again (and clears the flag).
 //!
 //! Coroutines (`mproc-coroutine`'s `AsyncShared<Queue<T>>`) do not sleep on the condition
 //! variables: they count themselves in the header's [`Listeners`], and wait in their event

@@ -24,9 +24,11 @@ const GEN: usize = 3; // the commit word: which slot holds the state, and how ma
 const SLEEP_GET: usize = 4; // processes asleep in get (a count only ever too high, never low)
 const SLEEP_PUT: usize = 5; // asleep in put
 const SLEEP_JOIN: usize = 6; // asleep in join
+const WAKING_GET: usize = 7; // 1: a get's wake-up is on its way (notified, not yet awake)
 const SLOTS: usize = 8; // two slots of STATE_WORDS words each, on their own cache lines
 const STATE_WORDS: usize = 8;
 const COUNT_AT: usize = 2; // `State::count`'s index in a slot (see `State::to_words`)
+const WAKING_PUT: usize = 24; // 1: a put's wake-up is on its way
 
 const MAGIC_VALUE: u64 = 0x6d70_7271_7565_7502; // "mprque" v2
 
@@ -363,15 +365,37 @@ impl Ring {
         let count = &self.words()[sleepers];
         count.fetch_add(1, Ordering::SeqCst);
         cond.wait_until(&mut locked.guard, Some(until));
+        // Awake (notified or not): the wake-up on its way, if any, may have been this one, so
+        // the next commit that finds sleepers wakes one again (at worst one wake too many).
+        // A sleeper killed between its wake-up and here leaves the flag set: the others
+        // clear it when their slice ends.
+        if let Some(waking) = waking_of(sleepers) {
+            self.words()[waking].store(0, Ordering::SeqCst);
+        }
         count.fetch_sub(1, Ordering::SeqCst);
         // The lock is held again; what it guards is the committed state, whoever held it.
         locked.generation = self.words()[GEN].load(Ordering::Acquire);
         locked.state = self.read_slot(locked.generation);
     }
 
+    /// Wakes the sleepers on `cond` (all of them) or one of them, if any sleep. One at a
+    /// time: while a wake-up is on its way (the `WAKING_` flag, cleared by the sleeper when it
+    /// wakes), a commit wakes no other, so a producer does not pay a `futex` wake for every
+    /// item while its consumer gets to a CPU; the woken one, after its own commit, wakes the
+    /// next if what they wait for is still there (see `put` and `get`).
     fn notify(&self, cond: &ShmCondvar, sleepers: usize, all: bool) {
-        if self.words()[sleepers].load(Ordering::SeqCst) > 0 {
-            if all { cond.notify_all() } else { cond.notify_one() }
+        let words = self.words();
+        if words[sleepers].load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        match waking_of(sleepers) {
+            _ if all => cond.notify_all(),
+            Some(waking) => {
+                if words[waking].load(Ordering::SeqCst) == 0 && words[waking].swap(1, Ordering::SeqCst) == 0 {
+                    cond.notify_one();
+                }
+            }
+            None => cond.notify_one(),
         }
     }
 
@@ -429,6 +453,10 @@ impl Ring {
         crash_point(QueueCrash::PutCommitted);
         drop(locked);
         self.notify(&self.shared.1, SLEEP_GET, false);
+        if self.maxsize != u64::MAX && !self.full(&state) {
+            // Room left: the next sleeping put may go on too.
+            self.notify(&self.shared.2, SLEEP_PUT, false);
+        }
         self.bell.ring(self.listeners());
         Ok(true)
     }
@@ -540,6 +568,10 @@ impl Ring {
             );
         }
         drop(locked);
+        if state.count > 0 {
+            // Items left: the next sleeping get may go on too.
+            self.notify(&self.shared.1, SLEEP_GET, false);
+        }
         if self.maxsize != u64::MAX {
             self.notify(&self.shared.2, SLEEP_PUT, false);
             self.bell.ring(self.listeners());
@@ -641,6 +673,15 @@ impl Ring {
             self.sleep(&mut locked, &self.shared.3, SLEEP_JOIN, deadline);
         }
         Ok(())
+    }
+}
+
+/// The flag that says a wake-up of `sleepers` is on its way (`join`'s wake all: none).
+fn waking_of(sleepers: usize) -> Option<usize> {
+    match sleepers {
+        SLEEP_GET => Some(WAKING_GET),
+        SLEEP_PUT => Some(WAKING_PUT),
+        _ => None,
     }
 }
 
