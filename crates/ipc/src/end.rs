@@ -307,10 +307,14 @@ impl End {
             }
             encoded => (encoded?, Vec::new()),
         };
+        // A frame with fds whose payload spells a descriptor would be read as one: such a
+        // value goes out of line (the receiver then decodes it whatever it spells).
+        let spelled = matches!(&first, (Some(start), fds)
+            if self.kind == Kind::Socket && !fds.is_empty() && outofline::is_descriptor_frame(&buf[*start..]));
         let (start, fds) = match first {
-            (Some(start), fds) => (start, fds),
+            (Some(start), fds) if !spelled => (start, fds),
             (None, _) if self.kind != Kind::Socket => return Ok(None),
-            (None, _) => match fds_or_refusal(fdpass::collecting(|| outofline::encode(value, buf)))? {
+            _ => match fds_or_refusal(fdpass::collecting(|| outofline::encode(value, buf)))? {
                 (Some((file, len)), mut fds) => {
                     fds.push(file);
                     let descriptor = outofline::descriptor(len);
@@ -320,6 +324,11 @@ impl End {
                     buf.extend_from_slice(&header[HEADER_MAX - n..]);
                     buf.extend_from_slice(&descriptor);
                     (0, fds)
+                }
+                (None, _) if spelled => {
+                    return Err(Error::OutOfLine(
+                        "a value with ends whose bytes spell a memfd descriptor must go in a memfd, and none could be made".into(),
+                    ));
                 }
                 // No memfd for it: inline after all.
                 (None, _) if may_stream => return Ok(None),
@@ -469,7 +478,6 @@ impl End {
             if let Some(frame) = frames.buffered_frame(&io, self.max_message_size, deadline)?
                 && let payload = frame.payload()
                 && !io.received_fds()
-                && outofline::announced(payload).is_none()
             {
                 // Decoded without the fd tables; only if that fails on an end is it decoded
                 // again with them (for the precise error).
@@ -482,20 +490,22 @@ impl End {
             }
         }
         let result = self.read_frame(frames, fds, scratch, deadline).and_then(|mut fds| {
-            match outofline::announced(scratch) {
-                // A frame without fds is decoded without the fd tables; only if that fails on
-                // an end is it decoded again with them (for the precise error).
-                None if fds.is_empty() => match codec::decode(scratch) {
+            // A descriptor always comes with its memfd: a frame without fds is a value, whatever
+            // its bytes spell (a sender never sends a value with ends inline if it spells one).
+            if fds.is_empty() {
+                // Decoded without the fd tables; only if that fails on an end is it decoded
+                // again with them (for the precise error).
+                return match codec::decode(scratch) {
                     Err(_) if fdpass::end_met() => fdpass::providing(fds, || codec::decode(scratch)),
                     decoded => decoded,
-                },
+                };
+            }
+            match outofline::announced(scratch) {
                 None => fdpass::providing(fds, || codec::decode(scratch)),
-                Some(len) => match fds.pop() {
-                    Some(file) => outofline::decode(file, len, self.max_message_size, fds),
-                    None => Err(Error::OutOfLine(
-                        "the frame announces a value in a memfd but carries no fd".into(),
-                    )),
-                },
+                Some(len) => {
+                    let file = fds.pop().expect("fds is not empty");
+                    outofline::decode(file, len, self.max_message_size, fds)
+                }
             }
         });
         codec::trim_scratch(scratch);

@@ -126,6 +126,14 @@ pub(crate) fn announced(payload: &[u8]) -> Option<u64> {
     (magic == &MAGIC && len.len() == 8).then(|| u64::from_le_bytes(len.try_into().expect("8 bytes")))
 }
 
+/// Whether `frame` (header and payload) is a descriptor's: a frame with fds that is one is
+/// read as an out-of-line value.
+pub(crate) fn is_descriptor_frame(frame: &[u8]) -> bool {
+    frame.len() == 4 + DESCRIPTOR_LEN
+        && frame[..4] == (DESCRIPTOR_LEN as u32).to_be_bytes()
+        && announced(&frame[4..]).is_some()
+}
+
 /// Decodes the value of `len` bytes in `file`, with `fds` for the ends inside it; `max` is
 /// the end's message limit.
 pub(crate) fn decode<T: DeserializeOwned>(

@@ -4,7 +4,7 @@
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 
-use mproc_ipc::{Connection, Error, duplex, pipe};
+use mproc_ipc::{Connection, Error, Sender, duplex, pipe};
 use serde::{Deserialize, Serialize};
 
 use crate::support::{DEADLINE, assert_success, in_child, msg};
@@ -126,6 +126,42 @@ fn a_receiver_gone_before_the_value_is_read_frees_it_and_the_sender_sees_closed(
     assert!(matches!(a.recv_timeout(DEADLINE), Err(Error::Closed)));
 }
 
+/// The 24 payload bytes of a descriptor announcing `len` (what `descriptor` frames).
+fn descriptor_payload(len: u64) -> [u8; 24] {
+    let mut payload = [0; 24];
+    payload.copy_from_slice(&descriptor(len)[4..]);
+    payload
+}
+
+#[test]
+fn a_value_whose_bytes_look_like_a_descriptor_crosses_a_pipe_and_a_duplex() {
+    // A `[u8; 24]` encodes as its 24 bytes: a value can spell a descriptor exactly.
+    let value = descriptor_payload(100);
+    let (rx, tx) = pipe::<[u8; 24]>().unwrap();
+    tx.send(&value).unwrap();
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), value);
+    let (a, b) = duplex::<[u8; 24]>().unwrap();
+    a.send(&value).unwrap();
+    assert_eq!(b.recv_timeout(DEADLINE).unwrap(), value);
+}
+
+#[test]
+fn a_value_with_an_end_whose_bytes_look_like_a_descriptor_crosses_a_duplex() {
+    // Magic, seven bytes, and the end (its index, one zero byte): the 24 bytes of a
+    // descriptor, sent with an fd, as an out-of-line value is.
+    type Spelled = ([u8; 16], [u8; 7], Sender<u8>);
+    let payload = descriptor_payload(100);
+    let (magic, rest) = payload.split_at(16);
+    assert_eq!(rest[7], 0, "the announced length's top byte is the end's index");
+    let (rx, tx) = pipe::<u8>().unwrap();
+    let (a, b) = duplex::<Spelled>().unwrap();
+    a.send(&(magic.try_into().unwrap(), rest[..7].try_into().unwrap(), tx)).unwrap();
+    let (m, r, end) = b.recv_timeout(DEADLINE).unwrap();
+    assert_eq!((&m[..], &r[..]), (magic, &rest[..7]));
+    end.send(&9).unwrap();
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), 9);
+}
+
 // ---- a peer that sends bad memfds ---------------------------------------------------------
 
 /// The payload our sender writes for a value of `len` bytes out of line (see `outofline.rs`).
@@ -207,13 +243,18 @@ fn a_short_memfd_is_refused() {
 }
 
 #[test]
-fn a_file_that_is_not_a_memfd_or_no_file_is_refused() {
+fn a_file_that_is_not_a_memfd_is_refused_and_no_file_is_no_descriptor() {
     let (ours, theirs) = raw_peer();
     let (r, _w) = rustix::pipe::pipe().unwrap();
     send_with_fds(&theirs, &descriptor(10), &[&r]);
     assert_refused_then_usable(&ours, &theirs, "not a sealable memfd");
+    // Without an fd it is no descriptor but a value (here an empty `Vec` and 23 bytes more).
     send_with_fds(&theirs, &descriptor(10), &[]);
-    assert_refused_then_usable(&ours, &theirs, "carries no fd");
+    let got = ours.recv_timeout(DEADLINE);
+    assert!(!matches!(got, Err(Error::OutOfLine(_))), "{got:?}");
+    let (good, len) = memfd(10, rustix::fs::SealFlags::WRITE | rustix::fs::SealFlags::SHRINK);
+    send_with_fds(&theirs, &descriptor(len), &[&good]);
+    assert_eq!(ours.recv_timeout(DEADLINE).unwrap(), vec![7u8; 10]);
 }
 
 #[test]
