@@ -259,7 +259,7 @@ impl Slot {
         // process wrote, as a frame from a socket is.
         Ok(Some(
             mproc_ipc::decode_bytes(value)
-                .unwrap_or_else(|e| Outcome::Transfer(format!("cannot decode the value sent back: {e}"))),
+                .unwrap_or_else(|e| Outcome::Transfer(format!("the value sent back: {e}"))),
         ))
     }
 

@@ -196,6 +196,7 @@ fn a_fork_childs_value_is_decoded_with_the_ipc_limits() {
     match done.recv_timeout(DEADLINE) {
         Ok(Err(Error::Transfer { message, .. })) => {
             assert!(message.contains("elements"), "unclear: {message}");
+            assert_eq!(message.matches("cannot decode").count(), 1, "said twice: {message}");
         }
         Ok(other) => panic!("expected a transfer error, got {other:?}"),
         Err(_) => panic!("the parent was still decoding the child's value after {DEADLINE:?}"),
