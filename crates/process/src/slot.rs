@@ -183,13 +183,19 @@ impl Slot {
             }
         };
         let mut slots = pool.lock();
-        let (index, generation) = match slots.free.pop() {
-            Some((index, generation)) => (index, generation + 1),
-            None if slots.next < MAX_SLOTS => (slots.next, 1),
+        let (index, generation, reused) = match slots.free.pop() {
+            Some((index, generation)) => (index, generation + 1, true),
+            None if slots.next < MAX_SLOTS => (slots.next, 1, false),
             None => return Err(Error::Io(std::io::Error::other("too many forked children at once"))),
         };
         // Maps the chunk of a new index first; the index counts as used once that worked.
         let (pages, page) = slots.place(index)?;
+        if reused {
+            // The last child of this slot is reaped, but it may have left a header of any
+            // generation, this one's too (a buggy or hostile child): only what the next child
+            // writes may read as its value.
+            pages.write(page, &[0; HEADER]);
+        }
         slots.next = slots.next.max(index + 1);
         let overflow = slots.overflow;
         drop(slots);
@@ -548,6 +554,34 @@ mod tests {
         header(generation, value.len());
         assert!(matches!(slot.read::<u32>().unwrap(), Some(Outcome::Value(7))));
         slot.give_back();
+    }
+
+    /// A page left holding a header of the next generation (a buggy or hostile child writes
+    /// one before it is reaped) is no value for the slot's next child: a child that leaves
+    /// nothing reads as nothing.
+    #[test]
+    fn a_header_left_for_the_next_generation_is_no_value_for_the_next_child() {
+        let slot = Slot::take().unwrap();
+        let index = slot.index;
+        let value = postcard::to_stdvec(&Outcome::Value(7u32)).unwrap();
+        let mut page = [0u8; HEADER];
+        Header { generation: slot.generation + 1, overflow: false, len: value.len(), offset: 0 }
+            .put(&mut page);
+        assert!(slot.pages.write(slot.page + HEADER, &value));
+        assert!(slot.pages.write(slot.page, &page));
+        slot.give_back();
+        // The same slot again (other tests of this binary take slots meanwhile).
+        let mut others = Vec::new();
+        let mut next = Slot::take().unwrap();
+        while next.index != index {
+            assert!(others.len() < 10_000, "slot {index} never came back");
+            others.push(next);
+            next = Slot::take().unwrap();
+        }
+        let read = next.read::<u32>().unwrap();
+        assert!(read.is_none(), "a value no child of this generation wrote: {read:?}");
+        next.give_back();
+        others.into_iter().for_each(Slot::give_back);
     }
 
     /// Slots past the first chunk (511 with 4 KiB pages) get chunks of their own, and each
