@@ -22,7 +22,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::{Cargo, descendants, workspace_root};
+use crate::{Cargo, kill_tree, workspace_root};
 
 /// The benches in the order they run; a bench file not named here runs after them.
 const ORDER: [&str; 8] = ["ipc", "listener", "process", "pool", "coroutine", "queue", "sync", "bigval"];
@@ -275,10 +275,7 @@ fn run_bench(name: &str, extra: &[String]) -> BenchRun {
                         "xtask bench: {name} ran past {} minutes: killing it",
                         BENCH_LIMIT.as_secs() / 60
                     );
-                    for pid in descendants(child.id()) {
-                        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-                    }
-                    let _ = child.kill();
+                    kill_tree(&mut child);
                 }
             }
         }

@@ -212,10 +212,7 @@ fn wait_with_limit(mut child: Child, limit: Option<Duration>, shown: &str) -> st
                 "xtask: `{shown}` ran past {} minutes: killing it and what it started",
                 limit.as_secs() / 60
             );
-            for pid in descendants(child.id()) {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            }
-            let _ = child.kill();
+            kill_tree(&mut child);
             child.wait()?;
             return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"));
         }
@@ -225,6 +222,14 @@ fn wait_with_limit(mut child: Child, limit: Option<Duration>, shown: &str) -> st
 }
 
 /// Every process below `root`, by the parent pids in /proc.
+/// Kills `child` and every process it started (SIGKILL), without reaping `child`.
+fn kill_tree(child: &mut Child) {
+    for pid in descendants(child.id()) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    let _ = child.kill();
+}
+
 fn descendants(root: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .into_iter()
