@@ -744,6 +744,11 @@ impl RawIo for FdIo<'_> {
         let mut fds = [PollFd::from_borrowed_fd(self.fd, PollFlags::IN)];
         Ok(poll_until(&mut fds, Some(deadline))? > 0)
     }
+
+    fn wait_writable(&self) -> io::Result<()> {
+        let mut fds = [PollFd::from_borrowed_fd(self.fd, PollFlags::OUT)];
+        poll_until(&mut fds, None).map(drop)
+    }
 }
 
 /// The fd traits and conversions every typed end has, written once.

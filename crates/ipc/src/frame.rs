@@ -33,6 +33,8 @@ pub(crate) trait RawIo {
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// Waits until a read would not block or `deadline` passes; `Ok(false)` on the deadline.
     fn wait_readable(&self, deadline: Instant) -> io::Result<bool>;
+    /// Waits until a write would not block (for an fd made non-blocking elsewhere).
+    fn wait_writable(&self) -> io::Result<()>;
 }
 
 /// The header for a payload of `len` bytes, right-aligned in 12 bytes: the header is
@@ -69,9 +71,16 @@ pub(crate) fn decode_short(bytes: [u8; 4]) -> ShortHeader {
 }
 
 /// Writes one whole frame: `header` then `payload`, in one `writev` where the kernel takes it,
-/// going on after short writes and interruptions.
+/// going on after short writes and interruptions, and waiting for room where the fd does not
+/// wait (made non-blocking elsewhere: a part of a frame is never reported as sent).
 pub(crate) fn write_frame(io: &impl RawIo, header: &[u8], payload: &[u8]) -> Result<()> {
-    write_some(io, header, payload).map(drop)
+    let total = header.len() + payload.len();
+    let mut written = write_some(io, header, payload)?;
+    while written < total {
+        io.wait_writable()?;
+        written = write_rest(io, &mut [IoSlice::new(header), IoSlice::new(payload)], written)?;
+    }
+    Ok(())
 }
 
 /// Writes as much of `header` then `payload` as `io` takes: all of it, unless `io` does not
@@ -616,6 +625,10 @@ mod tests {
         fn wait_readable(&self, _deadline: Instant) -> io::Result<bool> {
             // End of file is readable too: only input that has not arrived yet blocks.
             Ok(!self.available().is_empty() || self.arrived.get() == self.input.len())
+        }
+
+        fn wait_writable(&self) -> io::Result<()> {
+            Err(io::Error::other("the script has no room to wait for"))
         }
     }
 

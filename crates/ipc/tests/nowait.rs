@@ -248,3 +248,24 @@ fn ends_travel_in_frames_sent_without_waiting() {
     assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 42);
     drop(ours);
 }
+
+/// An end whose fd was made non-blocking elsewhere (by a peer library, or inherited so): a
+/// blocking send waits for room and sends the whole frame, typed or bytes, never a part of
+/// it reported as sent.
+#[test]
+fn a_blocking_send_on_an_end_made_non_blocking_elsewhere_sends_whole_frames() {
+    let (rx, tx) = pipe::<Vec<u8>>().unwrap();
+    rustix::fs::fcntl_setfl(tx.as_fd(), rustix::fs::OFlags::NONBLOCK).unwrap();
+    let big: Vec<u8> = (0..(1 << 20)).map(|i| i as u8).collect();
+    let sent = big.clone();
+    let sender = thread::spawn(move || {
+        tx.send_bytes(&sent).unwrap();
+        tx.send(&sent).unwrap();
+        tx.send(&vec![1, 2, 3]).unwrap();
+    });
+    let deadline = Duration::from_secs(60);
+    assert_eq!(rx.recv_bytes_timeout(deadline).unwrap(), big);
+    assert_eq!(rx.recv_timeout(deadline).unwrap(), big);
+    assert_eq!(rx.recv_timeout(deadline).unwrap(), vec![1, 2, 3]);
+    sender.join().unwrap();
+}
