@@ -204,28 +204,20 @@ pub(crate) fn append<'de, T: Deserialize<'de>>(input: &mut &'de [u8], values: &m
     let mut de = Deserializer::new(input);
     let len = de.varint_usize()?;
     let mut rest = de.rest();
-    macro_rules! ints {
-        ($($t:ty),*) => {$(
+    // `$decode` for the first of the types `T` is, if any.
+    macro_rules! decode_as {
+        ($decode:ident: $($t:ty),*) => {$(
             if let Some(values) = bulk::vec_mut_as::<$t, T>(values) {
-                decode_varints(&mut rest, len, values)?;
+                $decode(&mut rest, len, values)?;
                 *input = rest;
                 return Ok(());
             }
         )*};
     }
-    ints!(u64, u32, i64, i32, usize, isize, u16, i16);
-    macro_rules! bytes {
-        ($($t:ty),*) => {$(
-            if let Some(values) = bulk::vec_mut_as::<$t, T>(values) {
-                append_bulk(&mut rest, len, values)?;
-                *input = rest;
-                return Ok(());
-            }
-        )*};
-    }
-    bytes!(u8, i8);
+    decode_as!(decode_varints: u64, u32, i64, i32, usize, isize, u16, i16);
+    decode_as!(append_bulk: u8, i8);
     #[cfg(target_endian = "little")]
-    bytes!(f32, f64);
+    decode_as!(append_bulk: f32, f64);
     // Each element takes at least a byte, except a few that take none (`()`): reserved no
     // further than the bytes go either way, and counted as the decoder counts elements.
     de.count(len)?;
