@@ -31,8 +31,7 @@ pub(crate) const MAX_EMPTY_ELEMENTS: usize = 1 << 24;
 
 /// Reads one value from the front of `input`: the value and the bytes after it.
 pub(crate) fn take_from_bytes<'de, T: de::Deserialize<'de>>(input: &'de [u8]) -> Result<(T, &'de [u8])> {
-    let elements = input.len().saturating_add(MAX_EMPTY_ELEMENTS);
-    let mut deserializer = Deserializer { input, depth: MAX_DEPTH, elements };
+    let mut deserializer = Deserializer::new(input);
     let value = T::deserialize(&mut deserializer)?;
     Ok((value, deserializer.input))
 }
