@@ -479,12 +479,7 @@ impl End {
                 && let payload = frame.payload()
                 && !io.received_fds()
             {
-                // Decoded without the fd tables; only if that fails on an end is it decoded
-                // again with them (for the precise error).
-                let result = match codec::decode(payload) {
-                    Err(_) if fdpass::end_met() => fdpass::providing(Vec::new(), || codec::decode(payload)),
-                    decoded => decoded,
-                };
+                let result = decode_without_fds(payload);
                 frame.take();
                 return result;
             }
@@ -493,12 +488,7 @@ impl End {
             // A descriptor always comes with its memfd: a frame without fds is a value, whatever
             // its bytes spell (a sender never sends a value with ends inline if it spells one).
             if fds.is_empty() {
-                // Decoded without the fd tables; only if that fails on an end is it decoded
-                // again with them (for the precise error).
-                return match codec::decode(scratch) {
-                    Err(_) if fdpass::end_met() => fdpass::providing(fds, || codec::decode(scratch)),
-                    decoded => decoded,
-                };
+                return decode_without_fds(scratch);
             }
             match outofline::announced(scratch) {
                 None => fdpass::providing(fds, || codec::decode(scratch)),
@@ -621,6 +611,16 @@ fn fds_or_refusal<R>((encoded, outgoing): (Result<R>, fdpass::Outgoing)) -> Resu
     match (encoded, outgoing.refused) {
         (Err(_), Some(why)) => Err(Error::FdPassing(why)),
         (encoded, _) => Ok((encoded?, outgoing.fds)),
+    }
+}
+
+/// Decodes a payload that came without fds, without the fd tables; only if that fails on an
+/// end is it decoded again with them (for the precise error).
+#[inline]
+fn decode_without_fds<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
+    match codec::decode(payload) {
+        Err(_) if fdpass::end_met() => fdpass::providing(Vec::new(), || codec::decode(payload)),
+        decoded => decoded,
     }
 }
 
