@@ -244,10 +244,7 @@ impl End {
     fn send_streaming<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>) -> Result<()> {
         let (len, fds) = fds_or_refusal(fdpass::collecting(|| codec::encoded_len(value)))?;
         self.check_fds(&fds)?;
-        let mut header = [0; HEADER_MAX];
-        let n = encode_header(len as u64, &mut header);
-        buf.clear();
-        buf.extend_from_slice(&header[HEADER_MAX - n..]);
+        let n = header_only(buf, len as u64);
         let mut io = self.io();
         io.outgoing = RefCell::new(fds);
         let mut sent = 0;
@@ -318,10 +315,7 @@ impl End {
                 (Some((file, len)), mut fds) => {
                     fds.push(file);
                     let descriptor = outofline::descriptor(len);
-                    let mut header = [0; HEADER_MAX];
-                    let n = encode_header(descriptor.len() as u64, &mut header);
-                    buf.clear();
-                    buf.extend_from_slice(&header[HEADER_MAX - n..]);
+                    header_only(buf, descriptor.len() as u64);
                     buf.extend_from_slice(&descriptor);
                     (0, fds)
                 }
@@ -622,6 +616,15 @@ fn decode_without_fds<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
         Err(_) if fdpass::end_met() => fdpass::providing(Vec::new(), || codec::decode(payload)),
         decoded => decoded,
     }
+}
+
+/// Makes `buf` hold only the header of a frame of `len` payload bytes: the header's length.
+fn header_only(buf: &mut Vec<u8>, len: u64) -> usize {
+    let mut header = [0; HEADER_MAX];
+    let n = encode_header(len, &mut header);
+    buf.clear();
+    buf.extend_from_slice(&header[HEADER_MAX - n..]);
+    n
 }
 
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {
