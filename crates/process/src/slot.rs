@@ -183,17 +183,17 @@ impl Slot {
             }
         };
         let mut slots = pool.lock();
-        let (index, generation, reused) = match slots.free.pop() {
-            Some((index, generation)) => (index, generation + 1, true),
-            None if slots.next < MAX_SLOTS => (slots.next, 1, false),
+        let (index, generation) = match slots.free.pop() {
+            Some((index, generation)) => (index, generation + 1),
+            None if slots.next < MAX_SLOTS => (slots.next, 1),
             None => return Err(Error::Io(std::io::Error::other("too many forked children at once"))),
         };
         // Maps the chunk of a new index first; the index counts as used once that worked.
         let (pages, page) = slots.place(index)?;
-        if reused {
-            // The last child of this slot is reaped, but it may have left a header of any
-            // generation, this one's too (a buggy or hostile child): only what the next child
-            // writes may read as its value.
+        if generation > 1 {
+            // A reused slot (a new one's page is zeros of the sparse file): its last child is
+            // reaped, but it may have left a header of any generation, this one's too (a buggy
+            // or hostile child). Only what the next child writes may read as its value.
             pages.write(page, &[0; HEADER]);
         }
         slots.next = slots.next.max(index + 1);
