@@ -5,7 +5,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use mproc_coroutine::ipc::{Awaitable, Error, Queue};
-use mproc_coroutine::process::{Builder, Process, StartMethod};
 use mproc_coroutine::{AsyncShared, Executor, spawn};
 
 use crate::*;
@@ -23,10 +22,7 @@ fn get_one(queue: &Queue<u32>) {
 #[test]
 fn a_coroutine_awaits_get_while_another_process_puts() {
     let queue = Queue::<u32>::new().unwrap();
-    let (go, done, child) = when_told({
-        let queue = queue.clone();
-        move || put_three(&queue)
-    });
+    let (go, done, child) = when_told_on(&queue, put_three);
     let ex = Executor::new().unwrap();
     let got = ex.block_on(async {
         let waiting = Rc::new(AsyncShared::new(queue.clone()).unwrap());
@@ -56,10 +52,7 @@ fn a_coroutine_awaits_get_while_another_process_puts() {
 fn a_put_awaits_room_in_a_full_queue() {
     let queue = Queue::<u32>::with_maxsize(1).unwrap();
     queue.put(&1).unwrap();
-    let (go, done, child) = when_told({
-        let queue = queue.clone();
-        move || get_one(&queue)
-    });
+    let (go, done, child) = when_told_on(&queue, get_one);
     let ex = Executor::new().unwrap();
     ex.block_on(async {
         let waiting = Rc::new(AsyncShared::new(queue.clone()).unwrap());
@@ -131,10 +124,7 @@ fn cancelled_gets_and_puts_leave_the_queue_whole() {
 #[test]
 fn a_put_between_the_check_and_the_sleep_wakes_the_get() {
     let queue = Queue::<u32>::new().unwrap();
-    let (go, done, child) = when_told({
-        let queue = queue.clone();
-        move || put_three(&queue)
-    });
+    let (go, done, child) = when_told_on(&queue, put_three);
     let ex = Executor::new().unwrap();
     ex.block_on(async {
         let q = Rc::new(AsyncShared::new(queue.clone()).unwrap());
@@ -189,12 +179,7 @@ fn coroutines_in_spawned_children_await_a_queue_from_their_arguments() {
     mproc_init();
     let queue = Queue::<u32>::with_maxsize(4).unwrap();
     // The queue reaches these children in their arguments: its doorbell goes as SCM_RIGHTS.
-    let children: Vec<Process<u32>> = [StartMethod::Spawn, StartMethod::ForkServer]
-        .into_iter()
-        .map(|method| {
-            Builder::new().start_method(method).spawn_fn(spawned_getter, (queue.clone(), 50)).unwrap()
-        })
-        .collect();
+    let children = spawned_by_each(spawned_getter, &(queue.clone(), 50));
     let ex = Executor::new().unwrap();
     ex.block_on(async {
         // A bounded queue: these puts wait (as a coroutine) for the children's gets.

@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use mproc_coroutine::ipc::{Awaitable, Event};
-use mproc_coroutine::process::{Builder, Process, StartMethod};
 use mproc_coroutine::{AsyncShared, Executor, join_all, spawn, timeout};
 
 use crate::*;
@@ -24,10 +23,7 @@ fn until_listening(event: &Event, n: u32) {
 #[test]
 fn a_coroutine_awaits_an_event_set_by_another_process() {
     let event = Event::new().unwrap();
-    let (go, done, child) = when_told({
-        let event = event.clone();
-        move || event.set()
-    });
+    let (go, done, child) = when_told_on(&event, Event::set);
     let ex = Executor::new().unwrap();
     ex.block_on(async {
         let waiting = AsyncShared::new(event.clone()).unwrap();
@@ -46,10 +42,7 @@ fn a_coroutine_awaits_an_event_set_by_another_process() {
 #[test]
 fn a_set_after_the_check_and_before_the_sleep_wakes_the_coroutine() {
     let event = Event::new().unwrap();
-    let (go, done, child) = when_told({
-        let event = event.clone();
-        move || event.set()
-    });
+    let (go, done, child) = when_told_on(&event, Event::set);
     let ex = Executor::new().unwrap();
     ex.block_on(async {
         let waiting = AsyncShared::new(event.clone()).unwrap();
@@ -121,12 +114,7 @@ fn many_coroutines_in_three_processes_wake_on_one_set() {
     mproc_init();
     let event = Event::new().unwrap();
     // The event reaches these children in their arguments: its doorbell goes as SCM_RIGHTS.
-    let children: Vec<Process<u32>> = [StartMethod::Spawn, StartMethod::ForkServer]
-        .into_iter()
-        .map(|method| {
-            Builder::new().start_method(method).spawn_fn(spawned_waiters, (event.clone(), 100)).unwrap()
-        })
-        .collect();
+    let children = spawned_by_each(spawned_waiters, &(event.clone(), 100));
     let ex = Executor::new().unwrap();
     let woke = ex.block_on(async {
         // Ten handles (each registers its own fd), a hundred waits on each.

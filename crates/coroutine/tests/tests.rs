@@ -56,3 +56,29 @@ pub fn when_told(
         .unwrap();
     (go_tx, done_rx, child)
 }
+
+/// [`when_told`] with `step` run on a clone of `on` (a shared primitive the child acts on).
+pub fn when_told_on<T: Clone + Send + 'static>(
+    on: &T,
+    step: fn(&T),
+) -> (
+    mproc_coroutine::ipc::Sender<()>,
+    mproc_coroutine::ipc::Receiver<()>,
+    mproc_coroutine::process::Process<()>,
+) {
+    let on = on.clone();
+    when_told(move || step(&on))
+}
+
+/// A child of each start method that sends its arguments (Spawn, ForkServer), running `f` on
+/// a clone of `args`: what the arguments hold (a queue, an event) reaches them as SCM_RIGHTS.
+pub fn spawned_by_each<A>(f: fn(A) -> u32, args: &A) -> Vec<mproc_coroutine::process::Process<u32>>
+where
+    A: Clone + serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    use mproc_coroutine::process::{Builder, StartMethod};
+    [StartMethod::Spawn, StartMethod::ForkServer]
+        .into_iter()
+        .map(|method| Builder::new().start_method(method).spawn_fn(f, args.clone()).unwrap())
+        .collect()
+}

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use mproc_ipc::{Barrier, BrokenBarrier, duplex, pipe};
+use mproc_ipc::{Barrier, BrokenBarrier, Receiver, duplex, pipe};
 
-use crate::support::{DEADLINE, Exit, assert_success, in_child, kill_self, msg};
+use crate::support::{Child, DEADLINE, Exit, assert_success, in_child, kill_self, msg};
 
 #[test]
 fn three_processes_pass_many_rounds() {
@@ -60,11 +60,10 @@ fn abort_from_another_process_breaks_the_waiters() {
     assert_success(child);
 }
 
-/// A party that passed a round and then is killed: the others, waiting for the next round,
-/// learn that the barrier is broken instead of waiting for ever (here: for the deadline).
-#[test]
-fn a_party_killed_breaks_it_for_the_others() {
-    let barrier = Barrier::new(3).unwrap();
+/// Two more parties of a barrier of three: `doomed` passes the first round, says so on the
+/// receiver, then sleeps until it is killed; `survivor` passes the first round and expects
+/// the next one to break, by the death and not by its deadline.
+fn doomed_and_survivor(barrier: &Barrier) -> (Receiver<()>, Child, Child) {
     let (rx, tx) = pipe::<()>().unwrap();
     let doomed = in_child(&[&tx], || {
         barrier.wait_timeout(DEADLINE).map_err(msg)?;
@@ -82,6 +81,15 @@ fn a_party_killed_breaks_it_for_the_others() {
             Ok(_) => Err("the round completed without the dead party".into()),
         }
     });
+    (rx, doomed, survivor)
+}
+
+/// A party that passed a round and then is killed: the others, waiting for the next round,
+/// learn that the barrier is broken instead of waiting for ever (here: for the deadline).
+#[test]
+fn a_party_killed_breaks_it_for_the_others() {
+    let barrier = Barrier::new(3).unwrap();
+    let (rx, doomed, survivor) = doomed_and_survivor(&barrier);
     barrier.wait_timeout(DEADLINE).unwrap();
     rx.recv_timeout(DEADLINE).unwrap();
     drop(doomed); // SIGKILL, reaped
@@ -98,23 +106,7 @@ fn a_party_killed_breaks_it_for_the_others() {
 #[test]
 fn a_party_killed_while_the_others_sleep_wakes_them_broken() {
     let barrier = Barrier::new(3).unwrap();
-    let (rx, tx) = pipe::<()>().unwrap();
-    let doomed = in_child(&[&tx], || {
-        barrier.wait_timeout(DEADLINE).map_err(msg)?;
-        tx.send(&()).map_err(msg)?;
-        loop {
-            std::thread::park();
-        }
-    });
-    let survivor = in_child(&[], || {
-        barrier.wait_timeout(DEADLINE).map_err(msg)?;
-        let start = Instant::now();
-        match barrier.wait_timeout(DEADLINE) {
-            Err(BrokenBarrier) if start.elapsed() < DEADLINE => Ok(()),
-            Err(BrokenBarrier) => Err("broken only by the timeout".into()),
-            Ok(_) => Err("the round completed without the dead party".into()),
-        }
-    });
+    let (rx, doomed, survivor) = doomed_and_survivor(&barrier);
     let other = barrier.clone();
     let waiter = std::thread::spawn(move || {
         other.wait_timeout(DEADLINE).unwrap();
