@@ -36,12 +36,9 @@ fn main() {
     }
     mproc_pool::process::init();
     mproc_benches::start_run();
-    let mut c = Criterion::default()
-        .output_directory(&mproc_benches::criterion_dir())
-        .warm_up_time(Duration::from_millis(500))
+    let mut c = mproc_benches::criterion()
         .measurement_time(Duration::from_secs(2))
         .sample_size(10)
-        .nresamples(10_000)
         .configure_from_args();
     let mut targets = Vec::new();
     for mib in [1, 64, 200] {

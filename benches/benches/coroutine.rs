@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use mproc_benches::thread_cpu_time as cpu_now;
 
-use criterion::Criterion;
 use futures::task::LocalSpawnExt;
 
 #[global_allocator]
@@ -280,14 +279,11 @@ fn main() {
         return;
     }
     mproc_benches::start_run();
-    let mut crit = Criterion::default()
-        .output_directory(&mproc_benches::criterion_dir())
+    let mut crit = mproc_benches::criterion()
         // Figures only (the targets come from the paired runs); 10,000 resamples: they only
         // narrow criterion's confidence intervals.
-        .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(1))
         .sample_size(30)
-        .nresamples(10_000)
         .configure_from_args();
     for (group, _, pick) in WORKLOADS {
         let mut g = crit.benchmark_group(group);

@@ -45,14 +45,11 @@ fn main() {
         return probe(&case, n);
     }
     mproc_benches::start_run();
-    let mut c = Criterion::default()
-        .output_directory(&mproc_benches::criterion_dir())
+    let mut c = mproc_benches::criterion()
         // Short: these groups print figures only; the targets come from the paired rounds.
         // 10,000 resamples (of 100,000): the medians read back are point estimates, which
         // the resamples do not change; they only cost analysis time.
-        .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(1))
-        .nresamples(10_000)
         .configure_from_args();
     rtt_small(&mut c, "ipc::rtt_small");
     // The same with both processes on one CPU: no cross-CPU wake-ups, so the round trip is

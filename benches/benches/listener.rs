@@ -27,13 +27,10 @@ fn main() {
         return peer(&mode);
     }
     mproc_benches::start_run();
-    let mut c = Criterion::default()
-        .output_directory(&mproc_benches::criterion_dir())
+    let mut c = mproc_benches::criterion()
         // The connect target reads the median of thousands of connects (0.1-0.4 ms each);
         // 10,000 resamples: they only narrow criterion's confidence intervals.
-        .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_millis(1500))
-        .nresamples(10_000)
         .configure_from_args();
     connect(&mut c);
     rtt_small(&mut c);

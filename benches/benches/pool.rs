@@ -42,7 +42,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput};
+use criterion::Throughput;
 use mproc_benches::{Ratio, Target};
 use mproc_pool::Pool;
 
@@ -404,15 +404,12 @@ fn main() {
     let measuring = mproc_benches::measuring();
     let pool = Pool::new(2).expect("a pool of 2 workers");
     let items: Vec<u64> = (0..ITEMS).collect();
-    let mut c = Criterion::default()
-        .output_directory(&mproc_benches::criterion_dir())
+    let mut c = mproc_benches::criterion()
         // Figures only (the targets come from the direct counts below). An iteration takes
         // 25-100 ms: flat sampling takes 10 samples of a few iterations, where linear
         // sampling needs 55 at least; 10,000 resamples only narrow the confidence intervals.
-        .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(10)
-        .nresamples(10_000)
         .configure_from_args();
     let mut g = c.benchmark_group("pool");
     g.sampling_mode(criterion::SamplingMode::Flat);

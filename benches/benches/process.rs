@@ -5,7 +5,6 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::Criterion;
 use mproc_benches::{Ratio, Target, report};
 use mproc_process::{Builder, StartMethod};
 
@@ -55,13 +54,10 @@ fn main() {
     );
     target("process::start_join/spawn_fn", r, 2.0, "posix_spawn /bin/true");
     println!();
-    let mut c = Criterion::default()
-        .output_directory(&mproc_benches::criterion_dir())
+    let mut c = mproc_benches::criterion()
         // Figures only (the targets come from the paired rounds above).
-        .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50)
-        .nresamples(10_000)
         .configure_from_args();
     let mut g = c.benchmark_group("process::start_join");
     g.bench_function("raw_fork_exit_waitpid", |b| b.iter(mproc_benches::sys::fork_exit_wait));

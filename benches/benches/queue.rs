@@ -200,14 +200,11 @@ if __name__ == '__main__':
 fn main() {
     mproc_process::init();
     mproc_benches::start_run();
-    let mut c = Criterion::default()
-        .output_directory(&mproc_benches::criterion_dir())
+    let mut c = mproc_benches::criterion()
         // The ping-pong targets read the medians of some 100,000 round trips; 10,000
         // resamples: they only narrow criterion's confidence intervals.
-        .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(10)
-        .nresamples(10_000)
         .configure_from_args();
     {
         let mut g = c.benchmark_group("queue");

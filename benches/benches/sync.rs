@@ -21,13 +21,10 @@ use mproc_process::Process;
 fn main() {
     mproc_process::init();
     mproc_benches::start_run();
-    let mut c = Criterion::default()
-        .output_directory(&mproc_benches::criterion_dir())
+    let mut c = mproc_benches::criterion()
         // The Lock and Value targets read the medians of millions of operations; 10,000
         // resamples: they only narrow criterion's confidence intervals.
-        .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_millis(1500))
-        .nresamples(10_000)
         .configure_from_args();
     lock(&mut c);
     value_add(&mut c);

@@ -18,6 +18,17 @@ pub fn criterion_dir() -> PathBuf {
     target.join("criterion")
 }
 
+/// Criterion as every bench here starts it: results in [`criterion_dir`], 0.5 s of warm-up,
+/// 10,000 resamples (of criterion's default 100,000: they only narrow its confidence
+/// intervals). Each bench adds its own measurement time and sample size, then
+/// `configure_from_args()`.
+pub fn criterion() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .output_directory(&criterion_dir())
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .nresamples(10_000)
+}
+
 static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
 
 /// Marks the start of this run: [`report`] only uses results written after it. Call first.

@@ -6,14 +6,11 @@
 //! pass as a skip.
 
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use mproc_pool::{Error, Pool};
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{Mode, OFlags};
 use rustix::process::Signal;
 
@@ -198,7 +195,7 @@ fn an_srun_worker_killed_mid_task_fails_only_its_task_naming_the_host() {
         let srun = SrunPool::start(2);
         let pool = &srun.pool;
         let fifo = Fifo::new("slurm-kill");
-        let doomed = pool.apply_async(announce_and_hang, fifo.path.to_string_lossy().into_owned());
+        let doomed = pool.apply_async(announce_and_hang, fifo.path().to_string_lossy().into_owned());
         // Submitted at once, so some may wait behind the doomed task in its worker's batch:
         // those must go to the survivor. (The workers are fresh, so a worker claims one task
         // at a time: none is granted ahead of a task whose length it has not measured.)
@@ -225,43 +222,4 @@ fn an_srun_worker_killed_mid_task_fails_only_its_task_naming_the_host() {
         // Slurm reports the killed task (137: 128 + SIGKILL), the survivor left with 0.
         assert_eq!(output.status.code(), Some(137), "srun: {}", describe(&Ok(output)));
     });
-}
-
-/// A FIFO a task writes its pid to, held open read-write by the test (so the task's open
-/// never waits), removed on drop.
-struct Fifo {
-    path: PathBuf,
-    end: OwnedFd,
-}
-
-impl Fifo {
-    fn new(name: &str) -> Fifo {
-        let path = std::env::temp_dir().join(format!("mproc-pool-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        rustix::fs::mknodat(rustix::fs::CWD, &path, rustix::fs::FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)
-            .expect("mkfifo");
-        let end =
-            rustix::fs::open(&path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).expect("open the FIFO");
-        Fifo { path, end }
-    }
-
-    /// The pid a task wrote, waited for with the deadline.
-    fn read_pid(&self) -> u32 {
-        let timeout = Timespec { tv_sec: DEADLINE.as_secs() as i64, tv_nsec: 0 };
-        let mut fds = [PollFd::new(&self.end, PollFlags::IN)];
-        assert_eq!(
-            rustix::event::poll(&mut fds, Some(&timeout)).unwrap(),
-            1,
-            "no task started within {DEADLINE:?}"
-        );
-        let mut pid = [0u8; 4];
-        assert_eq!(rustix::io::read(&self.end, &mut pid).unwrap(), 4);
-        u32::from_le_bytes(pid)
-    }
-}
-
-impl Drop for Fifo {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }

@@ -2,13 +2,12 @@
 //! in another worker's batch (issue 11).
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
 
 use mproc_pool::Pool;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{Mode, OFlags};
 
-use crate::{DEADLINE, get, mproc_init, square};
+use crate::{DEADLINE, Fifo, get, mproc_init, square};
 
 /// Blocks until a byte can be read from the FIFO at `path` (the test's release), at most
 /// `DEADLINE`: true if released, false if the deadline passed first.
@@ -21,39 +20,6 @@ fn gate(path: String) -> bool {
     matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(1))
 }
 
-/// A FIFO to hold a gate task closed, removed on drop; opened read-write by the test, so a
-/// byte written before the gate task opens it waits there.
-struct Gate {
-    path: PathBuf,
-    end: OwnedFd,
-}
-
-impl Gate {
-    fn new(name: &str) -> Gate {
-        let path = std::env::temp_dir().join(format!("mproc-pool-gate-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        rustix::fs::mknodat(rustix::fs::CWD, &path, rustix::fs::FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)
-            .expect("mkfifo");
-        let end =
-            rustix::fs::open(&path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).expect("open the FIFO");
-        Gate { path, end }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn release(&self) {
-        assert_eq!(rustix::io::write(&self.end, b"x").unwrap(), 1);
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 /// The issue's case: after 5,000 trivial tasks (so batches are sized for trivial tasks), one
 /// task that blocks until released, then 39 more submitted at once. The 39 must all finish
 /// while the first still blocks: any of them left behind it in its worker's batch would wait
@@ -63,7 +29,7 @@ fn the_rest_run_while_one_task_blocks(pool: &Pool, name: &str) {
     for (x, r) in warm.into_iter().enumerate() {
         assert_eq!(get(r).unwrap(), (x * x) as u64);
     }
-    let gate_fifo = Gate::new(name);
+    let gate_fifo = Fifo::new(&format!("gate-{name}"));
     let blocked = pool.apply_async(gate, gate_fifo.path().to_string_lossy().into_owned());
     let rest: Vec<_> = (0..39u64).map(|x| pool.apply_async(square, x)).collect();
     let done: Vec<u64> = rest.into_iter().map(|r| get(r).unwrap()).collect();

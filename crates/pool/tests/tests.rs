@@ -15,9 +15,13 @@ mod sys;
 
 pub use sys::segfault;
 
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mproc_pool::{AsyncResult, Error, Pool};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::{Mode, OFlags};
 
 /// How long a test waits for anything: generous for a loaded machine, bounded so a bug never
 /// hangs the suite.
@@ -81,6 +85,55 @@ pub fn zombies() -> Vec<u32> {
         }
     }
     found
+}
+
+/// A FIFO between the test and its tasks, held open read-write by the test (so a task's open
+/// never waits, and a byte written before a task opens it waits there), removed on drop.
+pub struct Fifo {
+    path: PathBuf,
+    end: OwnedFd,
+}
+
+impl Fifo {
+    /// `mproc-pool-NAME-PID` in the temporary directory.
+    pub fn new(name: &str) -> Fifo {
+        let path = std::env::temp_dir().join(format!("mproc-pool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        rustix::fs::mknodat(rustix::fs::CWD, &path, rustix::fs::FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)
+            .expect("mkfifo");
+        let end =
+            rustix::fs::open(&path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).expect("open the FIFO");
+        Fifo { path, end }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the byte a gate task waits for.
+    pub fn release(&self) {
+        assert_eq!(rustix::io::write(&self.end, b"x").unwrap(), 1);
+    }
+
+    /// The pid a task wrote, waited for with the deadline.
+    pub fn read_pid(&self) -> u32 {
+        let timeout = Timespec { tv_sec: DEADLINE.as_secs() as i64, tv_nsec: 0 };
+        let mut fds = [PollFd::new(&self.end, PollFlags::IN)];
+        assert_eq!(
+            rustix::event::poll(&mut fds, Some(&timeout)).unwrap(),
+            1,
+            "no task started within {DEADLINE:?}"
+        );
+        let mut pid = [0u8; 4];
+        assert_eq!(rustix::io::read(&self.end, &mut pid).unwrap(), 4);
+        u32::from_le_bytes(pid)
+    }
+}
+
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 // ---- task functions: plain fns, as the pool needs -----------------------------------------
