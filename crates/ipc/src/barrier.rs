@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
-use crate::sys::shm::RawMutex;
 
 /// How many threads at once can be watched for death (more parties still work; a death
 /// among the ones past this is then noticed only by a timeout).
@@ -215,8 +214,7 @@ impl Barrier {
                 self.break_locked();
                 return Err(BrokenBarrier);
             }
-            let watched: Vec<&RawMutex> = self.slots.iter().map(|slot| slot.raw()).collect();
-            if self.header.1.wait_watching(&mut g, deadline, &watched).owner_died {
+            if self.header.1.wait_watching(&mut g, deadline, &self.slots[..]).owner_died {
                 self.break_locked();
             }
         }

@@ -86,7 +86,7 @@ use std::time::Instant;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::sys::robust::Watch;
+use crate::sys::robust::{WaitSet, Watch};
 use crate::sys::shm::{RawMutex, Taken, data_offset};
 pub use crate::sys::shm::{Shared, ShmCondvar, ShmGuard, ShmMutex, ShmRecursiveMutex, ShmType};
 
@@ -292,25 +292,31 @@ impl ShmCondvar {
 
     /// As [`wait_until`](Self::wait_until), also woken when the holder of one of `watched`
     /// (locks held by others) ends. `watched` may be empty; on a kernel without
-    /// `futex_waitv` (before Linux 5.16) the watch is a look every 50 ms.
+    /// `futex_waitv` (before Linux 5.16) the watch is a look every 50 ms. Allocates nothing:
+    /// the words it sleeps on are gathered on the stack (at most 127 watched locks are
+    /// watched; more are not looked at).
     pub(crate) fn wait_watching(
         &self,
         guard: &mut ShmGuard<'_>,
         deadline: Option<Instant>,
-        watched: &[&RawMutex],
+        watched: &[ShmMutex],
     ) -> WaitOutcome {
         use rustix::thread::futex;
         let seq = self.seq.load(Ordering::SeqCst);
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut words = Vec::new();
+        let mut words = WaitSet::new();
         let mut died = false;
         if !watched.is_empty() {
-            words.push((&self.seq, seq));
+            words.push(&self.seq, seq);
             // Armed while the lock is held: a holder that ends from now on wakes this sleep
             // (or has changed its word before the sleep starts, which then returns at once).
             for m in watched {
-                match m.watch_owner() {
-                    Watch::Held(value) => words.push((m.word(), value)),
+                match m.raw().watch_owner() {
+                    Watch::Held(value) => {
+                        if !words.push(m.raw().word(), value) {
+                            break;
+                        }
+                    }
                     Watch::Free => {}
                     Watch::Died => died = true,
                 }
@@ -323,7 +329,7 @@ impl ShmCondvar {
         let watching = words.len() > 1;
         let woken = match (died, watching) {
             (true, _) => Some(Ok(true)),
-            (false, true) => Some(crate::sys::robust::wait_any(&words, deadline)),
+            (false, true) => Some(words.wait(deadline)),
             (false, false) => None,
         };
         let woken = match woken {

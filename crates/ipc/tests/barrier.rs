@@ -176,3 +176,30 @@ fn a_receiver_that_drops_the_barrier_breaks_nothing() {
     assert!(barrier.wait_timeout(DEADLINE).is_ok());
     assert!(t.join().unwrap().is_ok());
 }
+
+/// A wait that sleeps allocates nothing in the steady state: the words it sleeps on (the
+/// condvar's and every registered party's presence lock) are gathered on the stack. The main
+/// thread always comes first, so every counted wait of its goes to sleep.
+#[test]
+fn a_sleeping_wait_allocates_nothing() {
+    const WARM_UP: usize = 4;
+    const COUNTED: usize = 50;
+    let barrier = Barrier::new(2).unwrap();
+    let other = barrier.clone();
+    let second = std::thread::spawn(move || {
+        for _ in 0..WARM_UP + COUNTED {
+            let until = Instant::now() + DEADLINE;
+            while other.n_waiting() == 0 {
+                assert!(Instant::now() < until, "the first party never came");
+                std::thread::yield_now();
+            }
+            other.wait_timeout(DEADLINE).unwrap();
+        }
+    });
+    (0..WARM_UP).for_each(|_| drop(barrier.wait_timeout(DEADLINE).unwrap()));
+    let before = crate::support::allocations();
+    (0..COUNTED).for_each(|_| drop(barrier.wait_timeout(DEADLINE).unwrap()));
+    let allocated = crate::support::allocations() - before;
+    second.join().unwrap();
+    assert_eq!(allocated, 0, "allocations over {COUNTED} sleeping waits");
+}
