@@ -196,9 +196,13 @@ fn a_sleeping_wait_allocates_nothing() {
             other.wait_timeout(DEADLINE).unwrap();
         }
     });
-    (0..WARM_UP).for_each(|_| drop(barrier.wait_timeout(DEADLINE).unwrap()));
+    (0..WARM_UP).for_each(|_| {
+        barrier.wait_timeout(DEADLINE).unwrap();
+    });
     let before = crate::support::allocations();
-    (0..COUNTED).for_each(|_| drop(barrier.wait_timeout(DEADLINE).unwrap()));
+    (0..COUNTED).for_each(|_| {
+        barrier.wait_timeout(DEADLINE).unwrap();
+    });
     let allocated = crate::support::allocations() - before;
     second.join().unwrap();
     assert_eq!(allocated, 0, "allocations over {COUNTED} sleeping waits");
