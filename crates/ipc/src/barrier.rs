@@ -1,7 +1,7 @@
 //! Python's `multiprocessing.Barrier`, which also breaks when one of its parties dies.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -53,7 +53,9 @@ impl std::error::Error for BrokenBarrier {}
 /// then, before any `wait`: a party that dies before its first `wait` breaks the barrier too.
 /// Such a receiver that is no party leaves by dropping its handle (which unregisters it), or
 /// its thread's normal end. A forked child registers at its first `wait` (until then, its
-/// death is noticed only by a timeout), as does a thread given a clone.
+/// death is noticed only by a timeout), as does a thread given a clone. A child a Fork start
+/// runs `f(args)` in (mproc-process's `spawn_fn`) registers in the barriers in `args` before
+/// `f` starts; one that runs a closure registers at its first `wait`.
 ///
 /// ```
 /// # fn main() -> mproc_ipc::Result<()> {
@@ -65,10 +67,46 @@ impl std::error::Error for BrokenBarrier {}
 /// assert_eq!(a + b, 1, "indexes 0 and 1");
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug, Serialize)]
+#[derive(Debug)]
 pub struct Barrier {
     header: Shared<Header>,
     slots: Shared<Slots>,
+}
+
+/// How many `Barrier` handles this process holds: a [`join_parties_in`] walks a value only
+/// when there is one (a forked child holds copies of its parent's, so counts them too).
+static HANDLES: AtomicUsize = AtomicUsize::new(0);
+
+impl Clone for Barrier {
+    fn clone(&self) -> Self {
+        Barrier::counted(self.header.clone(), self.slots.clone())
+    }
+}
+
+impl Serialize for Barrier {
+    /// As its fields; in a [`join_parties_in`] walk, registers the calling thread instead.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        if crate::fdpass::walking() {
+            self.join();
+            return serializer.serialize_unit();
+        }
+        let mut s = serializer.serialize_struct("Barrier", 2)?;
+        s.serialize_field("header", &self.header)?;
+        s.serialize_field("slots", &self.slots)?;
+        s.end()
+    }
+}
+
+/// Registers the calling thread as a party of every [`Barrier`] in `value` (as receiving
+/// `value` would: see the type's docs). For a child forked to run `f(value)`: it holds the
+/// barriers in `value` from its start, so its death before its first `wait` breaks them too.
+/// Free when this process holds no barrier; otherwise one walk over `value`'s encoding,
+/// writing nothing and duplicating no fd.
+pub fn join_parties_in<T: Serialize + ?Sized>(value: &T) {
+    if HANDLES.load(Ordering::Relaxed) > 0 {
+        crate::fdpass::walk(value);
+    }
 }
 
 impl<'de> Deserialize<'de> for Barrier {
@@ -81,13 +119,8 @@ impl<'de> Deserialize<'de> for Barrier {
             slots: Shared<Slots>,
         }
         let Received { header, slots } = Received::deserialize(deserializer)?;
-        let barrier = Barrier { header, slots };
-        if barrier.register() {
-            // Sleepers watch the presence locks registered when they went to sleep: they
-            // look again, and watch this one too.
-            let _g = barrier.lock();
-            barrier.header.1.notify_all();
-        }
+        let barrier = Barrier::counted(header, slots);
+        barrier.join();
         Ok(barrier)
     }
 }
@@ -117,6 +150,21 @@ fn deadline_after(timeout: Duration) -> Option<Instant> {
 }
 
 impl Barrier {
+    fn counted(header: Shared<Header>, slots: Shared<Slots>) -> Barrier {
+        HANDLES.fetch_add(1, Ordering::Relaxed);
+        Barrier { header, slots }
+    }
+
+    /// Registers this thread (if it is not yet) and then wakes the sleepers: they watch the
+    /// presence locks registered when they went to sleep, so they look again and watch this
+    /// one too.
+    fn join(&self) {
+        if self.register() {
+            let _g = self.lock();
+            self.header.1.notify_all();
+        }
+    }
+
     /// A barrier for `parties` threads (at least 1).
     pub fn new(parties: usize) -> crate::Result<Barrier> {
         if parties == 0 {
@@ -131,7 +179,7 @@ impl Barrier {
         let mut id = [0u8; 8];
         rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty())?;
         header.2[ID].store(u64::from_ne_bytes(id), Ordering::SeqCst);
-        Ok(Barrier { header, slots: Shared::new()? })
+        Ok(Barrier::counted(header, Shared::new()?))
     }
 
     /// How many parties it waits for.
@@ -286,6 +334,7 @@ const EDEADLK: i32 = rustix::io::Errno::DEADLK.raw_os_error();
 
 impl Drop for Barrier {
     fn drop(&mut self) {
+        HANDLES.fetch_sub(1, Ordering::Relaxed);
         // This thread's registration in this barrier ends with its handle.
         let id = self.header.2[ID].load(Ordering::SeqCst);
         let _ = REGISTERED.try_with(|registered| {

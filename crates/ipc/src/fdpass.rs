@@ -15,7 +15,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use serde::de::Error as _;
 use serde::ser::Error as _;
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The most fds one message can carry (the kernel's `SCM_MAX_FD`).
 pub(crate) const MAX_FDS: usize = 253;
@@ -46,6 +46,25 @@ thread_local! {
     /// tables: a send or receive that ran without them and failed does it again with them
     /// only then ([`end_met`]). No destructor, so a cheap access.
     static END_MET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+thread_local! {
+    /// Set while [`walk`] serializes a value for what serializing does besides writing.
+    static WALKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Serializes `value` into nothing, ends standing for no fd (no duplicate is made, nothing
+/// sent), for what a type's `Serialize` does when [`walking`] says so (a `Barrier` registers
+/// the calling thread as a party). Errors are ignored: the walk has no output to fail.
+pub(crate) fn walk<T: Serialize + ?Sized>(value: &T) {
+    WALKING.set(true);
+    let _ = crate::codec::encoded_len(value);
+    WALKING.set(false);
+}
+
+/// Whether this thread's serializing is a [`walk`].
+pub(crate) fn walking() -> bool {
+    WALKING.get()
 }
 
 fn note_end() {
@@ -103,6 +122,9 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 
 /// `Serialize` for an end: its fd's index in the outgoing table.
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> Result<S::Ok, S::Error> {
+    if walking() {
+        return serializer.serialize_u32(0);
+    }
     note_end();
     // A duplicate, so the table owns what it sends whatever happens to the end meanwhile.
     let index = with_tables(|t| {
