@@ -387,3 +387,13 @@ fn a_forgotten_guard_and_a_dropped_lock_corrupt_no_later_mapping() {
         Ok(())
     }));
 }
+
+/// A semaphore at the top of its counter stays there when released: its count never wraps
+/// round to 0 (which would lose every permit).
+#[test]
+fn a_semaphore_released_at_its_largest_count_keeps_its_permits() {
+    let sem = Semaphore::new(u64::MAX).unwrap();
+    sem.release();
+    assert_eq!(sem.get_value(), u64::MAX, "the count wrapped round");
+    assert!(sem.try_acquire());
+}
