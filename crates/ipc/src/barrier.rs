@@ -51,7 +51,7 @@ impl std::error::Error for BrokenBarrier {}
 /// A thread that *receives* a barrier (deserializes it: a Spawn or ForkServer child, or a pool
 /// task, gets it in its arguments; or from a [`Connection`](crate::Connection)) registers
 /// then, before any `wait`: a party that dies before its first `wait` breaks the barrier too.
-/// Such a receiver that is no party leaves by dropping its handle (which unregisters it), or
+/// Such a receiver that is no party leaves by dropping its handle (its last clone of it unregisters it), or
 /// its thread's normal end. A forked child registers at its first `wait` (until then, its
 /// death is noticed only by a timeout), as does a thread given a clone. A child a Fork start
 /// runs `f(args)` in (mproc-process's `spawn_fn`) registers in the barriers in `args` before
@@ -159,9 +159,20 @@ impl Barrier {
     /// presence locks registered when they went to sleep, so they look again and watch this
     /// one too.
     fn join(&self) {
-        if self.register() {
+        let joined = self.register();
+        if joined != Joined::Already {
             let _g = self.lock();
-            self.header.1.notify_all();
+            self.settle(joined);
+        }
+    }
+
+    /// After a registration, the lock held: a dead party's slot taken over breaks the
+    /// barrier (the death would otherwise be hidden); a new party wakes the sleepers.
+    fn settle(&self, joined: Joined) {
+        match joined {
+            Joined::OverTheDead => self.break_locked(),
+            Joined::New => self.header.1.notify_all(),
+            Joined::Already => {}
         }
     }
 
@@ -232,14 +243,12 @@ impl Barrier {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, BrokenBarrier> {
-        let new = self.register();
+        let joined = self.register();
         let s = &self.header.2;
         let mut g = self.lock();
-        if new {
-            // The waiters watch the presence locks registered when they went to sleep: a new
-            // one makes them look again, so that they watch it too.
-            self.header.1.notify_all();
-        }
+        // The waiters watch the presence locks registered when they went to sleep: a new one
+        // makes them look again, so that they watch it too.
+        self.settle(joined);
         if self.broken() {
             return Err(BrokenBarrier);
         }
@@ -281,8 +290,10 @@ impl Barrier {
         died
     }
 
-    /// Registers this thread in a free slot, unless it holds one already; whether it did now.
-    fn register(&self) -> bool {
+    /// Registers this thread in a free slot, unless it holds one already. A slot whose holder
+    /// died is free too, but taking it over clears the "owner died" that the others look
+    /// for: the caller must break the barrier then ([`Joined::OverTheDead`]).
+    fn register(&self) -> Joined {
         let id = self.header.2[ID].load(Ordering::SeqCst);
         REGISTERED.try_with(|registered| {
             let mut registered = registered.borrow_mut();
@@ -292,21 +303,21 @@ impl Barrier {
                 matches!(r.slots[r.slot].try_lock(), Err(LockError::Io(ref e)) if e.raw_os_error() == Some(EDEADLK))
             });
             if registered.iter().any(|r| r.id == id) {
-                return false;
+                return Joined::Already;
             }
             for (i, slot) in self.slots.iter().enumerate() {
-                match slot.try_lock() {
-                    Ok(g) | Err(LockError::OwnerDied(g)) => {
-                        std::mem::forget(g); // held until the registration drops
-                        registered.push(Registration { id, slots: self.slots.clone(), slot: i });
-                        return true;
-                    }
-                    Err(_) => {}
-                }
+                let (g, joined) = match slot.try_lock() {
+                    Ok(g) => (g, Joined::New),
+                    Err(LockError::OwnerDied(g)) => (g, Joined::OverTheDead),
+                    Err(_) => continue,
+                };
+                std::mem::forget(g); // held until the registration drops
+                registered.push(Registration { id, slots: self.slots.clone(), slot: i });
+                return joined;
             }
-            false
+            Joined::Already
         })
-        .unwrap_or(false)
+        .unwrap_or(Joined::Already)
     }
 
     /// Breaks the barrier: waiters now and later get [`BrokenBarrier`] until a `reset`.
@@ -329,13 +340,29 @@ impl Barrier {
     }
 }
 
+/// What a [`Barrier::register`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Joined {
+    /// Nothing: registered already (or no slot free, or the thread is ending).
+    Already,
+    /// Took a free slot.
+    New,
+    /// Took the slot of a party that died: the barrier must break.
+    OverTheDead,
+}
+
 /// What a robust mutex answers a `try_lock` by the thread that holds it.
 const EDEADLK: i32 = rustix::io::Errno::DEADLK.raw_os_error();
 
 impl Drop for Barrier {
     fn drop(&mut self) {
         HANDLES.fetch_sub(1, Ordering::Relaxed);
-        // This thread's registration in this barrier ends with its handle.
+        if self.header.handles() > 1 {
+            // A clone lives on (this thread's, or one it gave away): a party that drops a
+            // clone is still a party, and its death must still break the barrier.
+            return;
+        }
+        // This thread's registration in this barrier ends with its last handle.
         let id = self.header.2[ID].load(Ordering::SeqCst);
         let _ = REGISTERED.try_with(|registered| {
             if let Ok(mut registered) = registered.try_borrow_mut() {
