@@ -509,7 +509,9 @@ impl Ring {
         s.tail = end;
         s.high = s.high.max(end);
         s.count += 1;
-        s.unfinished += 1;
+        // Only a scribbled state holds 2^64 - 1 unfinished items (`is_possible` cannot bound
+        // them: items got but not done count too).
+        s.unfinished = s.unfinished.checked_add(1).ok_or_else(corrupt)?;
         Ok(s)
     }
 
