@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
-use crate::global::PerProcess;
+use super::wiped::PerProcess;
 
 use rustix::process::{Pid, Signal};
 
