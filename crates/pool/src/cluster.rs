@@ -4,11 +4,12 @@
 //! The worker's side is `networker.rs`; the protocol is in `ARCHITECTURE.md`.
 
 use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mproc_process::ipc::{self, Address, Connection, Listener, Receiver};
+use mproc_process::ipc::{self, Address, Connection, Incoming, Listener, Receiver, Waitable};
 
 use crate::build_id;
 use crate::error::{Error, Result};
@@ -46,9 +47,47 @@ pub(crate) struct Arrivals {
     pub(crate) new: Vec<Worker>,
     /// How many were taken in, in all.
     pub(crate) joined: usize,
-    /// Why each refused connection was refused.
+    /// Why each refused connection was refused (the first [`MAX_REASONS`]).
     pub(crate) refused: Vec<String>,
+    /// How many more were refused.
+    pub(crate) more_refused: usize,
+    /// The handler has ended: a worker admitted now is sent away.
+    pub(crate) closed: bool,
 }
+
+/// How many reasons for refusals the pool keeps (a flood of bad connections must not grow
+/// its memory without bound); the rest are counted.
+pub(crate) const MAX_REASONS: usize = 64;
+
+impl Arrivals {
+    /// Records that a connection was refused, and why.
+    pub(crate) fn refuse(&mut self, why: String) {
+        if self.refused.len() < MAX_REASONS {
+            self.refused.push(why);
+        } else {
+            self.more_refused += 1;
+        }
+    }
+
+    /// Why connections were refused: the reasons kept, and how many more there were.
+    pub(crate) fn reasons(&self) -> Vec<String> {
+        let mut reasons = self.refused.clone();
+        if self.more_refused > 0 {
+            reasons.push(format!("{} more connection(s) refused", self.more_refused));
+        }
+        reasons
+    }
+}
+
+/// How many connections the pool admits at once (the authkey handshake, the hello, the
+/// welcome), each on a thread of its own with its deadlines; more wait in the kernel's
+/// backlog until one is done. A flood of silent clients holds at most this many threads and
+/// sockets, and only for the deadlines.
+pub(crate) const MAX_ADMITTING: usize = 64;
+
+/// How long the listener waits before it accepts again after accepting failed for want of
+/// resources (no fd, no memory): it must not spin on a listener that stays readable.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -63,56 +102,132 @@ pub(crate) fn unhex(hex: &str) -> Option<Vec<u8>> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// The listener thread: takes in workers until `stop` says the pool has ended.
+/// A connection being admitted on a thread of its own.
+struct Admitting {
+    /// A duplicate of its socket, to shut it (failing its handshake at once) when the pool
+    /// ends; `None` if there was no fd to spare for one.
+    socket: Option<OwnedFd>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Logs why a connection was refused and records it, once.
+fn refuse(shared: &Shared, why: String) {
+    log::error!("mproc-pool: {why}");
+    shared.arrivals.lock().refuse(why);
+    shared.joined.notify_all();
+}
+
+/// The listener thread: takes in workers until `stop` says the pool has ended. Each connection
+/// is admitted on a thread of its own, at most [`MAX_ADMITTING`] at once: a client that
+/// connects and says nothing holds up no other.
 pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>) {
+    let (done, done_tx) = match ipc::pipe::<()>() {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            log::error!("mproc-pool: cannot listen for remote workers: {e}");
+            return;
+        }
+    };
+    let done_tx = Arc::new(done_tx);
+    let mut admitting: Vec<Admitting> = Vec::new();
     let mut n = 0u64;
+    // Accepting failed for want of resources (said once until it works again): back off.
+    let mut starved = false;
     loop {
-        let ready = match ipc::wait(&[&listener, &stop], None) {
+        admitting.retain(|a| !a.thread.is_finished());
+        let room = admitting.len() < MAX_ADMITTING;
+        let mut sources: Vec<&dyn Waitable> = vec![&stop, &done];
+        if room && !starved {
+            sources.push(&listener);
+        }
+        let ready = match ipc::wait(&sources, starved.then_some(ACCEPT_BACKOFF)) {
             Ok(ready) => ready,
             Err(e) => {
                 log::error!("mproc-pool: waiting for remote workers failed: {e}");
-                return;
+                break;
             }
         };
-        if ready.contains(&1) {
-            return;
+        if ready.contains(&0) {
+            break;
         }
-        // Readable, but the peer may have given up meanwhile: never wait here for the next
-        // one (the stop pipe would go unwatched).
-        let conn = match listener.accept_timeout::<ToWorker, FromWorker>(Duration::ZERO) {
-            Ok(conn) => conn,
-            Err(ipc::Error::Timeout) => continue,
-            Err(e) => {
-                let why = format!("a connection to {} was refused: {e}", listener.address());
-                log::error!("mproc-pool: {why}");
-                shared.arrivals.lock().refused.push(why);
-                shared.joined.notify_all();
-                continue;
-            }
-        };
-        n += 1;
-        match admit(conn, &shared, n) {
-            Ok(worker) => {
-                log::info!("mproc-pool: remote worker {:?} (pid {}) joined", worker.name, worker.pid);
-                let mut arrivals = shared.arrivals.lock();
-                arrivals.new.push(worker);
-                arrivals.joined += 1;
-                drop(arrivals);
-                shared.joined.notify_all();
-                shared.wake();
-            }
-            Err(why) => {
-                log::error!("mproc-pool: {why}");
-                shared.arrivals.lock().refused.push(why);
-                shared.joined.notify_all();
+        while let Ok(Some(())) = done.try_recv() {}
+        if !room || !(starved || ready.contains(&2)) {
+            continue;
+        }
+        // Take what has arrived, up to the bound; never wait here (the stop pipe would go
+        // unwatched).
+        while admitting.len() < MAX_ADMITTING {
+            let incoming = match listener.try_accept_incoming::<ToWorker, FromWorker>() {
+                Ok(Some(incoming)) => incoming,
+                Ok(None) => break,
+                Err(e) => {
+                    if !starved {
+                        refuse(&shared, format!("cannot accept a connection at {}: {e}", listener.address()));
+                    }
+                    starved = true;
+                    break;
+                }
+            };
+            starved = false;
+            n += 1;
+            let socket = incoming.as_fd().try_clone_to_owned().ok();
+            let (ours, done_tx) = (Arc::clone(&shared), Arc::clone(&done_tx));
+            let spawned = std::thread::Builder::new().name("mproc-pool-admit".into()).spawn(move || {
+                admit_one(incoming, &ours, n);
+                let _ = done_tx.send(&());
+            });
+            match spawned {
+                Ok(thread) => admitting.push(Admitting { socket, thread }),
+                Err(e) => {
+                    // The connection was dropped with the closure: closed.
+                    refuse(&shared, format!("cannot admit a connection: no thread for it: {e}"));
+                    starved = true;
+                    break;
+                }
             }
         }
     }
+    // The pool has ended: fail the handshakes in progress now, and let their threads end.
+    for a in &admitting {
+        if let Some(socket) = &a.socket {
+            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
+        }
+    }
+    for a in admitting {
+        let _ = a.thread.join();
+    }
 }
 
-/// The address of the peer of `conn`, for names.
-fn peer(conn: &Connection<ToWorker, FromWorker>) -> String {
-    match rustix::net::getpeername(conn) {
+/// Admits one connection: authenticates it, reads its hello, welcomes it and hands the worker
+/// to the handler; or refuses it, saying why once.
+fn admit_one(incoming: Incoming<ToWorker, FromWorker>, shared: &Shared, n: u64) {
+    let from = peer(&incoming);
+    let admitted = match incoming.authenticate() {
+        Ok(conn) => admit(conn, shared, &from, n),
+        Err(e) => Err(format!("a connection from {from} was refused: {e}")),
+    };
+    let worker = match admitted {
+        Ok(worker) => worker,
+        Err(why) => return refuse(shared, why),
+    };
+    let mut arrivals = shared.arrivals.lock();
+    if arrivals.closed {
+        drop(arrivals);
+        log::info!("mproc-pool: remote worker {:?} came as the pool ended: sent away", worker.name);
+        let _ = worker.outbox.send(ToWorker::Exit);
+        return;
+    }
+    log::info!("mproc-pool: remote worker {:?} (pid {}) joined", worker.name, worker.pid);
+    arrivals.new.push(worker);
+    arrivals.joined += 1;
+    drop(arrivals);
+    shared.joined.notify_all();
+    shared.wake();
+}
+
+/// The address of the peer connected on `socket`, for names.
+fn peer(socket: &impl AsFd) -> String {
+    match rustix::net::getpeername(socket) {
         Ok(Some(addr)) => {
             std::net::SocketAddr::try_from(addr).map_or_else(|_| "?".into(), |a| a.ip().to_string())
         }
@@ -122,10 +237,14 @@ fn peer(conn: &Connection<ToWorker, FromWorker>) -> String {
 }
 
 /// Reads a connected worker's `Hello`, checks its build, welcomes it: the worker, or why not.
-fn admit(mut conn: Connection<ToWorker, FromWorker>, shared: &Shared, n: u64) -> Result<Worker, String> {
+fn admit(
+    mut conn: Connection<ToWorker, FromWorker>,
+    shared: &Shared,
+    from: &str,
+    n: u64,
+) -> Result<Worker, String> {
     let config = &shared.config;
     let remote = config.remote.as_ref().expect("a listening pool has its remote settings");
-    let from = peer(&conn);
     conn.set_max_message_size(HELLO_BYTES);
     let hello = match conn.recv_timeout(HELLO_TIMEOUT) {
         Ok(FromWorker::Hello(hello)) => hello,
@@ -187,7 +306,7 @@ pub(crate) fn wait_for(shared: &Shared, n: usize, timeout: Duration) -> Result<(
                 wanted: n,
                 came: arrivals.joined,
                 waited: timeout,
-                refused: arrivals.refused.clone(),
+                refused: arrivals.reasons(),
             });
         }
     }

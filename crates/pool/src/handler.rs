@@ -104,9 +104,12 @@ impl Handler {
         drop(queue);
         // No more remote workers: stop the listener, and send away any that came meanwhile.
         drop(self.stop_listening.take());
-        for worker in self.shared.arrivals.lock().new.drain(..) {
+        let mut arrivals = self.shared.arrivals.lock();
+        arrivals.closed = true;
+        for worker in arrivals.new.drain(..) {
             let _ = worker.outbox.send(ToWorker::Exit);
         }
+        drop(arrivals);
         self.shared.finished.notify_all();
     }
 

@@ -248,6 +248,49 @@ fn too_few_workers_is_an_error_naming_how_many_came() {
     });
 }
 
+/// How many silent connections the slowloris test holds open: each held the old listener
+/// (one handshake at a time) for the handshake's deadline (5 s), so together they held it far
+/// past the test's deadline; the pool handshakes this many side by side (its bound is larger).
+const SILENT: usize = 40;
+
+/// Clients that connect and say nothing, or only part of their first message, do not delay
+/// another worker's admission: handshakes run side by side, each with its own deadline, and
+/// each failed one is refused (recorded once) when its client hangs up.
+#[test]
+fn silent_connections_do_not_hold_up_other_workers() {
+    use std::io::Write;
+    within(DEADLINE, || {
+        let pool = Pool::builder().processes(0).listen((std::net::Ipv4Addr::LOCALHOST, 0)).build().unwrap();
+        let launcher = pool.launcher().unwrap();
+        let address = launcher.address().to_string();
+        let mut silent: Vec<std::net::TcpStream> =
+            (0..SILENT).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+        // One sends half of a length header, one a header promising more than it sends.
+        silent[0].write_all(&[0, 0]).unwrap();
+        silent[1].write_all(&[0, 0, 0, 40, b'{']).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut workers = Workers(vec![worker(launcher.command(&exe))]);
+        // Admitted and serving while every silent connection is still open.
+        assert_eq!(get(pool.apply_async(square, 7)).unwrap(), 49);
+        assert_eq!(pool.remote_workers(), 1);
+        drop(silent);
+        // Each silent connection's handshake failed, and is recorded once.
+        crate::eventually("every silent connection refused", || {
+            match pool.wait_for_workers(usize::MAX, Duration::ZERO) {
+                Err(Error::MissingWorkers { refused, .. }) => refused.len() >= SILENT,
+                other => panic!("{other:?}"),
+            }
+        });
+        let Err(Error::MissingWorkers { refused, .. }) = pool.wait_for_workers(usize::MAX, Duration::ZERO)
+        else {
+            unreachable!()
+        };
+        assert_eq!(refused.len(), SILENT, "{refused:?}");
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
 // ---- hosts as network namespaces ----------------------------------------------------------
 
 /// Hosts as network namespaces: one for the pool, `n` for workers, each worker's joined to
