@@ -291,6 +291,45 @@ fn silent_connections_do_not_hold_up_other_workers() {
     });
 }
 
+/// Every refusal the pool reports, counting "N more connection(s) refused" as N.
+fn refusals_counted(refused: &[String]) -> usize {
+    refused
+        .iter()
+        .map(|r| match r.strip_suffix(" more connection(s) refused") {
+            Some(n) => n.parse().unwrap_or(1),
+            None => 1,
+        })
+        .sum()
+}
+
+/// A flood of connections that hang up at once is refused, each counted, but the pool keeps
+/// only so many reasons: its memory (and the `MissingWorkers` message) does not grow with
+/// the flood.
+#[test]
+fn a_flood_of_bad_connections_keeps_a_bounded_list_of_reasons() {
+    const FLOOD: usize = 300;
+    within(DEADLINE, || {
+        let pool = Pool::builder().processes(0).listen((std::net::Ipv4Addr::LOCALHOST, 0)).build().unwrap();
+        let address = pool.launcher().unwrap().address().to_string();
+        for _ in 0..FLOOD {
+            drop(std::net::TcpStream::connect(&address).unwrap());
+        }
+        let mut refused = Vec::new();
+        crate::eventually("every connection refused", || {
+            match pool.wait_for_workers(usize::MAX, Duration::ZERO) {
+                Err(Error::MissingWorkers { refused: r, .. }) => {
+                    refused = r;
+                    refusals_counted(&refused) >= FLOOD
+                }
+                other => panic!("{other:?}"),
+            }
+        });
+        assert_eq!(refusals_counted(&refused), FLOOD);
+        assert!(refused.len() <= 100, "{} reasons kept", refused.len());
+        assert!(refused[0].contains("refused"), "{refused:?}");
+    });
+}
+
 // ---- hosts as network namespaces ----------------------------------------------------------
 
 /// Hosts as network namespaces: one for the pool, `n` for workers, each worker's joined to
