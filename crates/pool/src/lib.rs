@@ -212,7 +212,8 @@ pub use error::{Error, Result};
 pub use mproc_process as process;
 pub use mproc_process::ipc;
 pub use pool::{
-    DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_WORKER_WAIT, IMap, IMapUnordered, Pool, PoolBuilder,
+    DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_WORKER_WAIT, IMap, IMapUnordered, MAX_HEARTBEAT, MAX_SILENCE,
+    MIN_HEARTBEAT, Pool, PoolBuilder,
 };
 pub use result::AsyncResult;
 
@@ -254,6 +255,12 @@ pub mod __private {
     /// [`init`](crate::init), run before the test harness's `main`.
     pub fn before_main() {
         crate::init();
+    }
+
+    /// A pool's `Welcome` as bytes, with these heartbeat settings: for tests that play the
+    /// pool to a worker.
+    pub fn welcome_bytes(heartbeat_ns: u64, silence_ns: u64) -> Vec<u8> {
+        crate::networker::welcome_bytes(heartbeat_ns, silence_ns)
     }
 }
 

@@ -330,6 +330,73 @@ fn a_flood_of_bad_connections_keeps_a_bounded_list_of_reasons() {
     });
 }
 
+/// A heartbeat interval of zero would be a busy loop on both sides of every remote
+/// connection, and one too long for its deadlines to be computed would panic the pool's
+/// handler: the builder refuses both, and silences past their bound, saying why.
+#[test]
+fn heartbeats_out_of_range_are_refused_by_the_builder() {
+    let hour = Duration::from_secs(3600);
+    for (every, silence) in [
+        (Duration::ZERO, Duration::from_secs(10)),
+        (Duration::from_micros(1), Duration::from_secs(10)),
+        (Duration::MAX, Duration::from_secs(10)),
+        (2 * hour, 10 * hour),
+        (Duration::from_secs(1), Duration::MAX),
+    ] {
+        let built = std::panic::catch_unwind(|| {
+            Pool::builder()
+                .processes(0)
+                .listen((std::net::Ipv4Addr::LOCALHOST, 0))
+                .heartbeat(every, silence)
+                .build()
+                .map(drop)
+        });
+        match built {
+            Ok(Err(e @ Error::Config(_))) => {
+                let e = e.to_string();
+                assert!(e.contains("heartbeat"), "{every:?}/{silence:?}: {e}");
+            }
+            Ok(other) => panic!("heartbeat({every:?}, {silence:?}): {other:?}"),
+            Err(_) => panic!("heartbeat({every:?}, {silence:?}): build panicked"),
+        }
+    }
+}
+
+/// A pool (here the test, by hand) whose welcome carries a heartbeat interval of zero, one
+/// past any sense, or a silence shorter than the heartbeat breaks the protocol: the worker
+/// says so and leaves (code 2) before it sends anything more, where it used to send
+/// heartbeats in a busy loop (or wait centuries between them).
+#[test]
+fn a_welcome_with_an_absurd_heartbeat_is_refused_by_the_worker() {
+    use mproc_pool::ipc::{Connection, Listener};
+    within(DEADLINE, || {
+        let second = 1_000_000_000u64;
+        for (heartbeat_ns, silence_ns) in [(0, 10 * second), (u64::MAX, u64::MAX), (second, 0)] {
+            let key = [7u8; 32];
+            let listener = Listener::bind((std::net::Ipv4Addr::LOCALHOST, 0), Some(&key)).unwrap();
+            let mut command = Command::new(std::env::current_exe().unwrap());
+            command
+                .env(mproc_pool::ADDRESS_ENV, listener.address().to_string())
+                .env(mproc_pool::AUTHKEY_ENV, "07".repeat(32))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut child = Workers(vec![worker(command)]);
+            let conn: Connection<Vec<u8>> = listener.accept_timeout(DEADLINE).unwrap();
+            conn.recv_bytes_timeout(DEADLINE).expect("the worker's hello");
+            conn.send_bytes(&mproc_pool::__private::welcome_bytes(heartbeat_ns, silence_ns)).unwrap();
+            match conn.recv_bytes_timeout(DEADLINE) {
+                Err(mproc_pool::ipc::Error::Closed) => {}
+                other => {
+                    panic!("heartbeat {heartbeat_ns} ns, silence {silence_ns} ns: the worker sent {other:?}")
+                }
+            }
+            let err = stderr_after_exit(&mut child[0], 2);
+            assert!(err.contains("heartbeat") || err.contains("silence"), "{err}");
+            assert!(err.contains("protocol"), "{err}");
+        }
+    });
+}
+
 // ---- hosts as network namespaces ----------------------------------------------------------
 
 /// Hosts as network namespaces: one for the pool, `n` for workers, each worker's joined to
