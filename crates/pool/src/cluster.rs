@@ -298,9 +298,14 @@ fn admit(
 
 /// Waits until `n` remote workers have joined `shared`'s pool (in all), or `timeout`.
 pub(crate) fn wait_for(shared: &Shared, n: usize, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    // `Duration::MAX` and the like: no deadline.
+    let deadline = Instant::now().checked_add(timeout);
     let mut arrivals = shared.arrivals.lock();
     while arrivals.joined < n {
+        let Some(deadline) = deadline else {
+            shared.joined.wait(&mut arrivals);
+            continue;
+        };
         if shared.joined.wait_until(&mut arrivals, deadline).timed_out() && arrivals.joined < n {
             return Err(Error::MissingWorkers {
                 wanted: n,

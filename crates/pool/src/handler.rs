@@ -205,7 +205,8 @@ impl Handler {
         }
         worker.sent_batch(batch.len());
         if let Some(timeout) = self.shared.config.task_timeout {
-            worker.deadline = Some(Instant::now() + timeout);
+            // `Duration::MAX` and the like: no deadline.
+            worker.deadline = Instant::now().checked_add(timeout);
         }
         if worker.outbox.send(ToWorker::Batch(batch)).is_err() {
             // Its writer has stopped: the worker is dying, and its death fails (or hands
@@ -278,7 +279,7 @@ impl Handler {
             queue.asleep = has_room;
         }
         let alone = match (&self.shared.config.remote, self.alone_since) {
-            (Some(remote), Some(since)) if !self.pending.is_empty() => Some(since + remote.worker_wait),
+            (Some(remote), Some(since)) if !self.pending.is_empty() => since.checked_add(remote.worker_wait),
             _ => None,
         };
         let deadline =

@@ -192,7 +192,8 @@ impl Worker {
     /// When a remote worker that stays silent is given up (`None` for a local one).
     pub(crate) fn silence_deadline(&self) -> Option<Instant> {
         match &self.claims {
-            Claims::Remote { last_heard, silence, .. } => Some(*last_heard + *silence),
+            // The builder bounds the silence; an overflow would be no deadline, not a panic.
+            Claims::Remote { last_heard, silence, .. } => last_heard.checked_add(*silence),
             Claims::Local(_) => None,
         }
     }

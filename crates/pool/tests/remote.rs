@@ -397,6 +397,33 @@ fn a_welcome_with_an_absurd_heartbeat_is_refused_by_the_worker() {
     });
 }
 
+/// `Duration::MAX` as a wait means no deadline (as `recv_timeout` takes it), never an
+/// `Instant` overflow: not for `worker_wait` (tasks submitted before any worker came wait
+/// for one), `wait_for_workers` or `task_timeout`.
+#[test]
+fn a_wait_of_duration_max_means_no_deadline() {
+    crate::mproc_init();
+    within(DEADLINE, || {
+        let pool = Pool::builder()
+            .processes(0)
+            .listen((std::net::Ipv4Addr::LOCALHOST, 0))
+            .worker_wait(Duration::MAX)
+            .build()
+            .unwrap();
+        let early = pool.apply_async(square, 3);
+        let exe = std::env::current_exe().unwrap();
+        let mut workers = Workers(vec![worker(pool.launcher().unwrap().command(&exe))]);
+        assert_eq!(get(early).unwrap(), 9, "the task waited for the worker");
+        pool.wait_for_workers(1, Duration::MAX).unwrap();
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+    within(DEADLINE, || {
+        let pool = Pool::builder().processes(1).task_timeout(Duration::MAX).build().unwrap();
+        assert_eq!(get(pool.apply_async(square, 4)).unwrap(), 16);
+    });
+}
+
 // ---- hosts as network namespaces ----------------------------------------------------------
 
 /// Hosts as network namespaces: one for the pool, `n` for workers, each worker's joined to
