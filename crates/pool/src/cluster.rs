@@ -13,7 +13,7 @@ use mproc_process::ipc::{self, Address, Connection, Incoming, Listener, Receiver
 
 use crate::build_id;
 use crate::error::{Error, Result};
-use crate::remote::Worker;
+use crate::remote::{Worker, send_within};
 use crate::shared::Shared;
 use crate::wire::{self, FromWorker, Hello, ToWorker, Welcome, WireTask};
 
@@ -23,7 +23,8 @@ pub const ADDRESS_ENV: &str = "MPROC_POOL_ADDR";
 /// The environment variable that holds the pool's authkey, in hex.
 pub const AUTHKEY_ENV: &str = "MPROC_POOL_AUTHKEY";
 
-/// How long a connected worker has to say who it is.
+/// How long a connected worker has to say who it is, and to take something of its welcome
+/// (or refusal) each time the pool waits for it to.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most a `Hello` may take.
 const HELLO_BYTES: usize = 64 << 10;
@@ -253,7 +254,7 @@ fn admit(
     };
     let Hello { protocol, build, program, host, pid, rank } = &hello;
     let refuse = |why: String| {
-        let _ = conn.send(&ToWorker::Refused(why.clone()));
+        let _ = send_within(&conn, &ToWorker::Refused(why.clone()), HELLO_TIMEOUT);
         Err(why)
     };
     if *protocol != wire::PROTOCOL {
@@ -289,8 +290,16 @@ fn admit(
         silence_ns: remote.silence.as_nanos() as u64,
         claim_ahead: remote.claim_ahead,
     };
-    if let Err(e) = conn.send(&ToWorker::Welcome(Box::new(welcome))) {
-        return Err(format!("remote worker {name:?} left during its welcome: {e}"));
+    match send_within(&conn, &ToWorker::Welcome(Box::new(welcome)), HELLO_TIMEOUT) {
+        Ok(()) => {}
+        Err(ipc::Error::Timeout) => {
+            // Shut, so that it sees the end rather than half a welcome that never finishes.
+            let _ = rustix::net::shutdown(&conn, rustix::net::Shutdown::Both);
+            return Err(format!(
+                "remote worker {name:?} did not read its welcome: nothing of it taken for {HELLO_TIMEOUT:?}"
+            ));
+        }
+        Err(e) => return Err(format!("remote worker {name:?} left during its welcome: {e}")),
     }
     conn.set_max_message_size(wire::frame_limit(config.max_message_size));
     Worker::remote(conn, name, *pid, remote).map_err(|e| format!("cannot take in a remote worker: {e}"))

@@ -257,6 +257,17 @@ pub mod __private {
         crate::init();
     }
 
+    /// A worker's `Hello`, from this process, as bytes: for tests that play a worker to a
+    /// pool.
+    pub fn hello_bytes() -> Vec<u8> {
+        crate::networker::hello_bytes()
+    }
+
+    /// A worker's `Heartbeat`, as bytes.
+    pub fn heartbeat_bytes() -> Vec<u8> {
+        crate::networker::heartbeat_bytes()
+    }
+
     /// A pool's `Welcome` as bytes, with these heartbeat settings: for tests that play the
     /// pool to a worker.
     pub fn welcome_bytes(heartbeat_ns: u64, silence_ns: u64) -> Vec<u8> {

@@ -80,15 +80,7 @@ fn serve(address: &str, authkey: &[u8]) -> i32 {
             Ok(conn) => conn,
             Err(e) => leave(EXIT_NOT_JOINED, &format!("cannot join the pool at {address}: {e}")),
         };
-    let hello = Hello {
-        protocol: wire::PROTOCOL,
-        build: build_id::this_build().to_string(),
-        program: build_id::this_program(),
-        host: host_name(),
-        pid: std::process::id(),
-        rank: std::env::var("SLURM_PROCID").ok().and_then(|r| r.parse().ok()),
-    };
-    if let Err(e) = conn.send(&FromWorker::Hello(hello)) {
+    if let Err(e) = conn.send(&FromWorker::Hello(hello())) {
         leave(EXIT_NOT_JOINED, &format!("cannot join the pool at {address}: {e}"));
     }
     let welcome = match conn.recv_timeout(CONNECT_TIMEOUT) {
@@ -195,6 +187,28 @@ fn timing(welcome: &wire::Welcome) -> Result<(Duration, Duration), String> {
         ));
     }
     Ok((heartbeat, silence))
+}
+
+/// Who this worker is.
+fn hello() -> Hello {
+    Hello {
+        protocol: wire::PROTOCOL,
+        build: build_id::this_build().to_string(),
+        program: build_id::this_program(),
+        host: host_name(),
+        pid: std::process::id(),
+        rank: std::env::var("SLURM_PROCID").ok().and_then(|r| r.parse().ok()),
+    }
+}
+
+/// This process's `Hello`, encoded (`__private::hello_bytes`).
+pub(crate) fn hello_bytes() -> Vec<u8> {
+    ipc::encode(&FromWorker::Hello(hello())).expect("a hello encodes")
+}
+
+/// A `Heartbeat`, encoded (`__private::heartbeat_bytes`).
+pub(crate) fn heartbeat_bytes() -> Vec<u8> {
+    ipc::encode(&FromWorker::Heartbeat).expect("a heartbeat encodes")
 }
 
 /// A `Welcome` from this process as a pool, with these heartbeat settings, encoded

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use mproc_process::ipc::{Connection, Receiver};
+use mproc_process::ipc::{self, Connection, Receiver};
 
 use crate::cluster::RemoteConfig;
 use mproc_process::{Builder, ExitStatus, Process};
@@ -19,6 +19,35 @@ use crate::shared::{Config, Queued};
 use crate::sys::Progress;
 use crate::wire::{self, Failure, FromWorker, Outcome, ToWorker, WireTask};
 use crate::worker::{self, WorkerArgs};
+
+/// Sends `message` on `conn`, giving up with [`ipc::Error::Timeout`] when the peer takes none
+/// of it for `idle` (it does not read: a blocking send would wait for it for ever). A peer
+/// that reads slowly, on a slow link, is waited for as long as it takes something.
+pub(crate) fn send_within(
+    conn: &Connection<ToWorker, FromWorker>,
+    message: &ToWorker,
+    idle: Duration,
+) -> Result<(), ipc::Error> {
+    let mut taken = conn.try_send(message)?;
+    loop {
+        if taken && conn.try_flush()? {
+            return Ok(());
+        }
+        let timeout = rustix::event::Timespec {
+            tv_sec: idle.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: idle.subsec_nanos().into(),
+        };
+        let mut fds = [rustix::event::PollFd::new(conn, rustix::event::PollFlags::OUT)];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(0) => return Err(ipc::Error::Timeout),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !taken {
+            taken = conn.try_send(message)?;
+        }
+    }
+}
 
 pub(crate) enum Body {
     Process(Option<Box<Process<()>>>),

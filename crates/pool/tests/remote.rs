@@ -424,6 +424,42 @@ fn a_wait_of_duration_max_means_no_deadline() {
     });
 }
 
+/// An initializer that keeps nothing of its (large) arguments.
+pub fn ignore_bytes(_: Vec<u8>) {}
+
+/// A client that authenticates and says hello but never reads its welcome (a large one: the
+/// initializer's arguments travel in it) is given up once its welcome makes no progress for
+/// the admission's deadline: its connection shut, its refusal recorded, no thread held.
+#[test]
+fn a_worker_that_never_reads_its_welcome_is_given_up() {
+    use mproc_pool::ipc::{Client, Connection};
+    within(DEADLINE, || {
+        let key = [9u8; 32];
+        let pool = Pool::builder()
+            .processes(0)
+            .listen((std::net::Ipv4Addr::LOCALHOST, 0))
+            .authkey(&key)
+            .initializer(ignore_bytes, vec![1u8; 64 << 20])
+            .build()
+            .unwrap();
+        let address = pool.launcher().unwrap().address().to_string();
+        let address: std::net::SocketAddr = address.parse().unwrap();
+        let conn: Connection<Vec<u8>> = Client::connect(address, Some(&key)).unwrap();
+        conn.send_bytes(&mproc_pool::__private::hello_bytes()).unwrap();
+        let refused = refusals(&pool);
+        assert!(refused[0].contains("welcome"), "{refused:?}");
+        // The pool shut the connection: what it sent ends early.
+        let mut got = 0usize;
+        loop {
+            match conn.recv_bytes_timeout(DEADLINE) {
+                Ok(bytes) => got += bytes.len(),
+                Err(_) => break,
+            }
+        }
+        assert!(got < 64 << 20, "the whole welcome came: {got} bytes");
+    });
+}
+
 // ---- hosts as network namespaces ----------------------------------------------------------
 
 /// Hosts as network namespaces: one for the pool, `n` for workers, each worker's joined to
