@@ -410,7 +410,7 @@ impl Handler {
             worker.fail_held(|task| Error::Timeout { task, worker: name.clone(), pid, timeout });
         } else {
             let how = if worker.is_remote() {
-                "was lost (its connection ended, or it fell silent)".to_string()
+                "was lost (its connection ended, or it fell silent, or stopped reading)".to_string()
             } else {
                 ended(status)
             };

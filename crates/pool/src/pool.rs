@@ -211,7 +211,8 @@ impl PoolBuilder {
 
     /// How each side of a remote worker's connection checks the other is there: it sends a
     /// heartbeat after `every` with nothing else to send, and gives the other up after
-    /// `silence` without a word (default [`DEFAULT_HEARTBEAT`], [`DEFAULT_SILENCE`]). The
+    /// `silence` without a word (default [`DEFAULT_HEARTBEAT`], [`DEFAULT_SILENCE`]); the pool
+    /// also gives up a worker that takes nothing it is sent for `silence` (it stopped reading). The
     /// pool then fails the task the worker was running ([`Error::WorkerDied`]) and hands on
     /// those it had not started; the worker leaves. `silence` is raised to at least three
     /// heartbeats.

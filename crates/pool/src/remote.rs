@@ -155,41 +155,60 @@ impl Worker {
         config: &RemoteConfig,
     ) -> Result<Worker, Error> {
         let claims = Claims::Remote { granted: 0, last_heard: Instant::now(), silence: config.silence };
-        Worker::with_writer(conn, name, pid, Body::Remote, claims, Some(config.heartbeat), format!("r{pid}"))
+        let timing = Some((config.heartbeat, config.silence));
+        Worker::with_writer(conn, name, pid, Body::Remote, claims, timing, format!("r{pid}"))
     }
 
-    /// The worker on `conn`, with its writer thread (which sends a heartbeat after each
-    /// `heartbeat` with nothing else to send, if there is one).
+    /// The worker on `conn`, with its writer thread. For a remote worker (`timing`: its
+    /// heartbeat interval and silence limit) it sends a heartbeat after each interval with
+    /// nothing else to send, and gives the worker up (shuts its connection, which the
+    /// handler sees as its end) when it takes nothing it is sent for the silence limit: a
+    /// worker that stops reading holds its tasks no longer than one that falls silent.
     fn with_writer(
         conn: Connection<ToWorker, FromWorker>,
         name: String,
         pid: u32,
         body: Body,
         claims: Claims,
-        heartbeat: Option<Duration>,
+        timing: Option<(Duration, Duration)>,
         thread: String,
     ) -> Result<Worker, Error> {
         let conn = Arc::new(conn);
         let (outbox, inbox) = mpsc::channel::<ToWorker>();
         let writer = Arc::clone(&conn);
+        let writer_name = name.clone();
         std::thread::Builder::new()
             .name(format!("mproc-pool-{thread}"))
             .spawn(move || {
                 loop {
-                    let message = match heartbeat {
+                    let message = match timing {
                         None => match inbox.recv() {
                             Ok(message) => message,
                             Err(_) => return,
                         },
-                        Some(every) => match inbox.recv_timeout(every) {
+                        Some((every, _)) => match inbox.recv_timeout(every) {
                             Ok(message) => message,
                             Err(mpsc::RecvTimeoutError::Timeout) => ToWorker::Heartbeat,
                             Err(mpsc::RecvTimeoutError::Disconnected) => return,
                         },
                     };
                     // A failed send means the worker is gone: the handler sees its death.
-                    if writer.send(&message).is_err() {
-                        return;
+                    let sent = match timing {
+                        None => writer.send(&message),
+                        Some((_, silence)) => send_within(&writer, &message, silence),
+                    };
+                    match sent {
+                        Ok(()) => {}
+                        Err(ipc::Error::Timeout) => {
+                            log::warn!(
+                                "mproc-pool: remote worker {writer_name:?} (pid {pid}) took nothing it was sent \
+                                 for {:?}: giving it up",
+                                timing.map(|t| t.1).unwrap_or_default()
+                            );
+                            let _ = rustix::net::shutdown(&*writer, rustix::net::Shutdown::Both);
+                            return;
+                        }
+                        Err(_) => return,
                     }
                 }
             })

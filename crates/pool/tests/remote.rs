@@ -460,6 +460,59 @@ fn a_worker_that_never_reads_its_welcome_is_given_up() {
     });
 }
 
+/// The length of a byte string.
+pub fn len_of(bytes: Vec<u8>) -> usize {
+    bytes.len()
+}
+
+/// A remote worker that keeps sending heartbeats but stops reading (its tasks' inputs, large,
+/// fill the connection) is given up once the pool's sends make no progress for the silence
+/// limit, like one that falls silent: the tasks it held and never started go to another
+/// worker, none is lost.
+#[test]
+fn a_worker_that_stops_reading_is_given_up_and_its_tasks_run_elsewhere() {
+    use mproc_pool::ipc::{Client, Connection};
+    within(DEADLINE, || {
+        let key = [5u8; 32];
+        let pool = Pool::builder()
+            .processes(0)
+            .listen((std::net::Ipv4Addr::LOCALHOST, 0))
+            .authkey(&key)
+            .heartbeat(Duration::from_millis(100), Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let launcher = pool.launcher().unwrap();
+        let address: std::net::SocketAddr = launcher.address().parse().unwrap();
+        let conn: Connection<Vec<u8>> = Client::connect(address, Some(&key)).unwrap();
+        conn.send_bytes(&mproc_pool::__private::hello_bytes()).unwrap();
+        conn.recv_bytes_timeout(DEADLINE).expect("the welcome");
+        pool.wait_for_workers(1, DEADLINE).unwrap();
+        // The stalled worker: heartbeats every 100 ms (never silent), reads nothing more.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let stalled = std::thread::spawn(move || {
+            let heartbeat = mproc_pool::__private::heartbeat_bytes();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(100))
+            {
+                if conn.send_bytes(&heartbeat).is_err() {
+                    break;
+                }
+            }
+        });
+        let size = 16 << 20;
+        let results: Vec<_> = (0..4).map(|_| pool.apply_async(len_of, vec![7u8; size])).collect();
+        let exe = std::env::current_exe().unwrap();
+        let mut workers = Workers(vec![worker(launcher.command(&exe))]);
+        for r in results {
+            assert_eq!(get(r).unwrap(), size, "every task ran, on the worker that reads");
+        }
+        let _ = stop.send(());
+        stalled.join().unwrap();
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
 // ---- hosts as network namespaces ----------------------------------------------------------
 
 /// Hosts as network namespaces: one for the pool, `n` for workers, each worker's joined to
