@@ -513,6 +513,69 @@ fn a_worker_that_stops_reading_is_given_up_and_its_tasks_run_elsewhere() {
     });
 }
 
+/// Set in the copy of this test binary that runs the body of
+/// `running_out_of_fds_while_accepting_is_said_once_and_survived`.
+const OUT_OF_FDS_ENV: &str = "MPROC_TEST_POOL_OUT_OF_FDS";
+
+/// A listener that cannot accept for want of fds (`EMFILE`: the connection stays in the
+/// backlog, the listener readable) says so once and waits before it tries again, rather than
+/// spinning and recording the same failure without end; once fds are free it takes workers
+/// again. Run in a copy of this test binary, whose fd limit it lowers.
+#[test]
+fn running_out_of_fds_while_accepting_is_said_once_and_survived() {
+    if std::env::var_os(OUT_OF_FDS_ENV).is_none() {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "remote::running_out_of_fds_while_accepting_is_said_once_and_survived"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(OUT_OF_FDS_ENV, "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{said}");
+        assert!(said.contains("1 passed"), "{said}");
+        return;
+    }
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let pool = Pool::builder().processes(0).listen((std::net::Ipv4Addr::LOCALHOST, 0)).build().unwrap();
+    let launcher = pool.launcher().unwrap();
+    let address: std::net::SocketAddr = launcher.address().parse().unwrap();
+    // A socket made while there are fds, connected once there are none left.
+    let client =
+        rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::STREAM, None).unwrap();
+    let hard = getrlimit(Resource::Nofile).maximum;
+    setrlimit(Resource::Nofile, Rlimit { current: Some(256), maximum: hard }).unwrap();
+    let mut filler = Vec::new();
+    loop {
+        match rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            0.into(),
+        ) {
+            Ok(fd) => filler.push(fd),
+            Err(rustix::io::Errno::MFILE) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    rustix::net::connect(&client, &address).unwrap();
+    let refused = refusals(&pool);
+    assert!(refused[0].contains("open files"), "{refused:?}");
+    drop(filler);
+    // Fds again: a worker is taken in and runs tasks.
+    let exe = std::env::current_exe().unwrap();
+    let mut workers = Workers(vec![worker(launcher.command(&exe))]);
+    assert_eq!(get(pool.apply_async(square, 5)).unwrap(), 25);
+    let Err(Error::MissingWorkers { refused, .. }) = pool.wait_for_workers(usize::MAX, Duration::ZERO) else {
+        unreachable!()
+    };
+    let out_of_fds: Vec<_> = refused.iter().filter(|r| r.contains("open files")).collect();
+    assert_eq!(out_of_fds.len(), 1, "said once: {} times, {:?}", refusals_counted(&refused), refused.last());
+    drop(client);
+    drop(pool);
+    assert_eq!(exit_code(&mut workers[0]), Some(0));
+}
+
 // ---- hosts as network namespaces ----------------------------------------------------------
 
 /// Hosts as network namespaces: one for the pool, `n` for workers, each worker's joined to
