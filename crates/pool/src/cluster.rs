@@ -3,6 +3,7 @@
 //!
 //! The worker's side is `networker.rs`; the protocol is in `ARCHITECTURE.md`.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
@@ -111,6 +112,15 @@ struct Admitting {
     thread: std::thread::JoinHandle<()>,
 }
 
+/// Sends its number on the listener thread's pipe when dropped: admission `n` is over.
+struct Done(Arc<ipc::Sender<u64>>, u64);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.0.send(&self.1);
+    }
+}
+
 /// Logs why a connection was refused and records it, once.
 fn refuse(shared: &Shared, why: String) {
     log::error!("mproc-pool: {why}");
@@ -122,7 +132,8 @@ fn refuse(shared: &Shared, why: String) {
 /// is admitted on a thread of its own, at most [`MAX_ADMITTING`] at once: a client that
 /// connects and says nothing holds up no other.
 pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>) {
-    let (done, done_tx) = match ipc::pipe::<()>() {
+    // Each admission's thread says its number here as its last act.
+    let (done, done_tx) = match ipc::pipe::<u64>() {
         Ok(pipe) => pipe,
         Err(e) => {
             log::error!("mproc-pool: cannot listen for remote workers: {e}");
@@ -130,12 +141,11 @@ pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>
         }
     };
     let done_tx = Arc::new(done_tx);
-    let mut admitting: Vec<Admitting> = Vec::new();
+    let mut admitting: HashMap<u64, Admitting> = HashMap::new();
     let mut n = 0u64;
     // Accepting failed for want of resources (said once until it works again): back off.
     let mut starved = false;
     loop {
-        admitting.retain(|a| !a.thread.is_finished());
         let room = admitting.len() < MAX_ADMITTING;
         let mut sources: Vec<&dyn Waitable> = vec![&stop, &done];
         if room && !starved {
@@ -151,7 +161,13 @@ pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>
         if ready.contains(&0) {
             break;
         }
-        while let Ok(Some(())) = done.try_recv() {}
+        while let Ok(Some(k)) = done.try_recv() {
+            // Its thread is ending: a slot for the next connection.
+            if let Some(a) = admitting.remove(&k) {
+                let _ = a.thread.join();
+            }
+        }
+        let room = admitting.len() < MAX_ADMITTING;
         if !room || !(starved || ready.contains(&2)) {
             continue;
         }
@@ -174,11 +190,14 @@ pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>
             let socket = incoming.as_fd().try_clone_to_owned().ok();
             let (ours, done_tx) = (Arc::clone(&shared), Arc::clone(&done_tx));
             let spawned = std::thread::Builder::new().name("mproc-pool-admit".into()).spawn(move || {
+                // Said as the thread ends, even by a panic: the slot is never lost.
+                let _done = Done(done_tx, n);
                 admit_one(incoming, &ours, n);
-                let _ = done_tx.send(&());
             });
             match spawned {
-                Ok(thread) => admitting.push(Admitting { socket, thread }),
+                Ok(thread) => {
+                    admitting.insert(n, Admitting { socket, thread });
+                }
                 Err(e) => {
                     // The connection was dropped with the closure: closed.
                     refuse(&shared, format!("cannot admit a connection: no thread for it: {e}"));
@@ -189,12 +208,12 @@ pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>
         }
     }
     // The pool has ended: fail the handshakes in progress now, and let their threads end.
-    for a in &admitting {
+    for a in admitting.values() {
         if let Some(socket) = &a.socket {
             let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
         }
     }
-    for a in admitting {
+    for (_, a) in admitting {
         let _ = a.thread.join();
     }
 }

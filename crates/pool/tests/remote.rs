@@ -253,6 +253,83 @@ fn too_few_workers_is_an_error_naming_how_many_came() {
 /// past the test's deadline; the pool handshakes this many side by side (its bound is larger).
 const SILENT: usize = 40;
 
+/// How many connections the pool admits at once (`MAX_ADMITTING` in `cluster.rs`).
+const MAX_ADMITTING: usize = 64;
+
+/// Connections of a test, what came on each: a challenge (the pool admits it), the end (the
+/// pool gave it up).
+struct Watched {
+    conns: Vec<Option<std::net::TcpStream>>,
+    challenged: Vec<bool>,
+    ended: Vec<bool>,
+}
+
+impl Watched {
+    /// Reads what comes until `enough` connections were challenged, checking after each look
+    /// that no more than the bound are admitted at once.
+    fn until_challenged(&mut self, enough: usize) {
+        use std::io::Read;
+        let n = self.conns.len();
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while self.challenged.iter().filter(|&&c| c).count() < enough {
+            let open: Vec<usize> = (0..n).filter(|&i| self.conns[i].is_some() && !self.ended[i]).collect();
+            let mut fds: Vec<_> = open
+                .iter()
+                .map(|&i| {
+                    rustix::event::PollFd::new(self.conns[i].as_ref().unwrap(), rustix::event::PollFlags::IN)
+                })
+                .collect();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let timeout = rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: 0 };
+            assert!(
+                rustix::event::poll(&mut fds, Some(&timeout)).unwrap() > 0,
+                "no admission within {DEADLINE:?}"
+            );
+            let ready: Vec<usize> =
+                open.iter().zip(&fds).filter(|(_, fd)| !fd.revents().is_empty()).map(|(&i, _)| i).collect();
+            drop(fds);
+            for i in ready {
+                match self.conns[i].as_mut().unwrap().read(&mut [0; 4096]) {
+                    Ok(0) | Err(_) => self.ended[i] = true,
+                    Ok(_) => self.challenged[i] = true,
+                }
+            }
+            let in_progress = (0..n).filter(|&i| self.challenged[i] && !self.ended[i]).count();
+            assert!(in_progress <= MAX_ADMITTING, "{in_progress} admissions at once");
+        }
+    }
+}
+
+/// A flood of silent clients is admitted side by side, but never more than the bound at
+/// once: each admitted one is challenged (the handshake's first message), and those past the
+/// bound wait in the backlog until one ends, then are taken in turn.
+#[test]
+fn admissions_in_progress_are_bounded() {
+    within(DEADLINE, || {
+        let pool = Pool::builder().processes(0).listen((std::net::Ipv4Addr::LOCALHOST, 0)).build().unwrap();
+        let address = pool.launcher().unwrap().address().to_string();
+        let n = MAX_ADMITTING + 36;
+        let conns = (0..n)
+            .map(|_| {
+                let conn = std::net::TcpStream::connect(&address).unwrap();
+                conn.set_nonblocking(true).unwrap();
+                Some(conn)
+            })
+            .collect();
+        let mut watched = Watched { conns, challenged: vec![false; n], ended: vec![false; n] };
+        watched.until_challenged(MAX_ADMITTING);
+        // Hang up the challenged ones: their admissions fail, and the rest are taken in.
+        for i in 0..n {
+            if watched.challenged[i] {
+                watched.conns[i] = None;
+                watched.ended[i] = true;
+            }
+        }
+        watched.until_challenged(n);
+        drop(pool);
+    });
+}
+
 /// Clients that connect and say nothing, or only part of their first message, do not delay
 /// another worker's admission: handshakes run side by side, each with its own deadline, and
 /// each failed one is refused (recorded once) when its client hangs up.
