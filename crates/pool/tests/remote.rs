@@ -527,11 +527,8 @@ fn a_worker_that_never_reads_its_welcome_is_given_up() {
         assert!(refused[0].contains("welcome"), "{refused:?}");
         // The pool shut the connection: what it sent ends early.
         let mut got = 0usize;
-        loop {
-            match conn.recv_bytes_timeout(DEADLINE) {
-                Ok(bytes) => got += bytes.len(),
-                Err(_) => break,
-            }
+        while let Ok(bytes) = conn.recv_bytes_timeout(DEADLINE) {
+            got += bytes.len();
         }
         assert!(got < 64 << 20, "the whole welcome came: {got} bytes");
     });
