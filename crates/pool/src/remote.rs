@@ -298,6 +298,10 @@ impl Worker {
             FromWorker::Hello(_) => {
                 log::error!("mproc-pool: worker {:?} said hello twice", self.name);
             }
+            // A remote worker runs its initializer before it claims anything.
+            FromWorker::InitFailed(_) if self.is_remote() && !self.never_claimed() => {
+                self.give_up("it said its initializer failed after it had claimed tasks")
+            }
             FromWorker::InitFailed(failure) => {
                 let message = match failure {
                     Failure::Panicked(m) | Failure::ItemPanicked { message: m, .. } => {
@@ -667,6 +671,22 @@ mod tests {
         let log = log.lock().unwrap();
         assert_eq!(log.len(), 2, "{log:?}");
         assert!(log.iter().all(|(_, done)| matches!(done, Err(e) if e.contains("died"))), "{log:?}");
+    }
+
+    /// A remote worker's initializer runs before it claims anything: an `InitFailed` after
+    /// a claim breaks the protocol. It is given up alone; the pool is not marked broken
+    /// (which would fail every task of every worker).
+    #[test]
+    fn an_init_failure_after_a_claim_fails_the_worker_not_the_pool() {
+        let (mut worker, peer, log) = remote_worker(2);
+        assert!(peer_says(&mut worker, &peer, vec![FromWorker::Claim(1), results(&[1])]));
+        peer.send(&FromWorker::InitFailed(Failure::Panicked("late".into()))).unwrap();
+        let mut broken = None;
+        worker.drain(&mut broken);
+        assert!(broken.is_none(), "the pool is not broken: {broken:?}");
+        assert!(worker.lost && worker.distrusted, "the worker is given up");
+        bury(&mut worker);
+        assert_eq!(*log.lock().unwrap(), [(1, Ok(1))], "task 2, never granted, goes to another worker");
     }
 
     #[test]
