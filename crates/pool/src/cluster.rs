@@ -384,12 +384,16 @@ impl Launcher {
         self
     }
 
-    /// Connects the workers to `host` (a name, an IPv4 address or a bracketed IPv6 one) at
+    /// Connects the workers to `host` (a name, an IPv4 address or an IPv6 one, bracketed or not) at
     /// the port the pool listens on: for a pool bound to `0.0.0.0` with port 0 (the kernel's
     /// choice), reached by this host's name, as in a Slurm batch script
     /// (`SLURMD_NODENAME`).
     pub fn connect_to_host(self, host: &str) -> Launcher {
         let port = self.address.rsplit_once(':').map_or("", |(_, port)| port).to_owned();
+        // An IPv6 address is bracketed (else its last group would read as the port).
+        if host.contains(':') && !host.starts_with('[') {
+            return self.connect_to(format!("[{host}]:{port}"));
+        }
         self.connect_to(format!("{host}:{port}"))
     }
 
@@ -460,6 +464,8 @@ mod tests {
         );
         assert_eq!(launcher.clone().connect_to_host("node1").address(), "node1:7000");
         assert_eq!(launcher.clone().connect_to_host("[fe80::1]").address(), "[fe80::1]:7000");
+        // An IPv6 address without brackets would read as a port of the address.
+        assert_eq!(launcher.clone().connect_to_host("fe80::1").address(), "[fe80::1]:7000");
         let ssh = launcher.clone().connect_to("head:7000").ssh("node2", "/opt/app");
         let args: Vec<_> = ssh.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
