@@ -174,11 +174,7 @@ impl Handler {
         // Within the byte budget, and within the message limit (each task's input is within
         // it: `submit` checked).
         let budget = scheduler::BATCH_BYTES.min(self.shared.config.max_message_size);
-        let n = scheduler::fit_bytes(
-            self.pending.iter().map(|t| t.input.bytes().len() + wire::PER_TASK),
-            n,
-            budget,
-        );
+        let n = scheduler::fit_bytes(self.pending.iter().map(|t| t.input.len() + wire::PER_TASK), n, budget);
         if n == 0 {
             return;
         }

@@ -604,8 +604,8 @@ impl Pool {
         }
         let limit = self.shared.config.max_message_size;
         let input = match input {
-            Ok(input) if input.bytes().len() > limit => {
-                let message = wire::past_the_limit("arguments", input.bytes().len() as u64, limit as u64);
+            Ok(input) if input.len() > limit => {
+                let message = wire::past_the_limit("arguments", input.len() as u64, limit as u64);
                 slot.complete(Err(Error::Transfer { task: slot.task(), message }));
                 return slot;
             }
