@@ -21,7 +21,8 @@ use crate::{Error, codec, fdpass, outofline};
 /// An encoding past 4 MiB (the out-of-line threshold) is written into a sealed memfd as it is
 /// encoded, never into a buffer: over a duplex connection it travels as that memfd (no copy
 /// of its bytes; the receiver maps it and decodes from the mapping), over a pipe or TCP as
-/// its bytes. Such a memfd is not counted against the receiving end's message limit: its
+/// its bytes. Like an end, such a `Carried` is encoded only by a send or inside another
+/// `Carried` (not by [`encode`](crate::encode)). Such a memfd is not counted against the receiving end's message limit: its
 /// memory is the sender's, and the receiver allocates for it only what decoding makes.
 #[derive(Clone, Debug, Default)]
 pub struct Carried {
@@ -211,9 +212,16 @@ impl Serialize for Carried {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let fds: Vec<fdpass::FdOf<'_>> = self.fds.iter().map(|fd| fdpass::FdOf(fd.as_fd())).collect();
         let out = match &self.bytes {
-            Bytes::File(file) if fdpass::file_may_travel() => {
-                Out::File(fdpass::FdOf(file.fd.as_fd()), file.len as u64)
-            }
+            Bytes::File(file) => match fdpass::file_may_travel() {
+                Some(true) => Out::File(fdpass::FdOf(file.fd.as_fd()), file.len as u64),
+                Some(false) => Out::Bytes(ByteStr(file.bytes().map_err(S::Error::custom)?)),
+                // Not mapped only to be refused: the send tries again with its fd tables.
+                None => {
+                    return Err(S::Error::custom(
+                        "a Carried in a memfd can only be encoded by a send or inside another Carried",
+                    ));
+                }
+            },
             bytes => Out::Bytes(ByteStr(bytes.get().map_err(S::Error::custom)?)),
         };
         (out, fds).serialize(serializer)

@@ -112,11 +112,12 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 }
 
 /// Whether bytes kept in a sealed memfd may go as that fd in the encoding in progress (a send
-/// on a Unix socket): if not, they go as bytes. Notes an end met, so a send that encoded
-/// without the fd tables first tries again with them.
-pub(crate) fn file_may_travel() -> bool {
+/// on a Unix socket), or must go as bytes (a pipe, TCP, inside a `Carried`); `None` outside
+/// a send, where they cannot go at all (as an end cannot): a send encodes without the fd
+/// tables first, and tries again with them only when an end was met, which this notes.
+pub(crate) fn file_may_travel() -> Option<bool> {
     note_end();
-    with_tables(|t| t.outgoing.borrow().as_ref().is_some_and(|outgoing| outgoing.files)).unwrap_or(false)
+    with_tables(|t| t.outgoing.borrow().as_ref().map(|outgoing| outgoing.files)).flatten()
 }
 
 /// `Serialize` for an end: its fd's index in the outgoing table.

@@ -604,7 +604,8 @@ impl Pool {
         }
         let limit = self.shared.config.max_message_size;
         let input = match input {
-            Ok(input) if input.len() > limit => {
+            // A memfd goes beside the message to a local worker: the limit does not bound it.
+            Ok(input) if input.len() > limit && !input.is_file() => {
                 let message = wire::past_the_limit("arguments", input.len() as u64, limit as u64);
                 slot.complete(Err(Error::Transfer { task: slot.task(), message }));
                 return slot;
