@@ -116,7 +116,7 @@ fn a_carried_memfd_is_not_bounded_by_the_receivers_message_limit() {
 enum Spelled {
     #[allow(dead_code)]
     Bytes(Vec<u8>),
-    File(mproc_ipc::Receiver<()>, u64),
+    File(Box<mproc_ipc::Receiver<()>>, u64),
 }
 
 #[test]
@@ -128,12 +128,12 @@ fn a_carried_memfd_that_could_change_is_refused_and_the_connection_goes_on() {
         let fd = rustix::fs::memfd_create("bad", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
         rustix::fs::ftruncate(&fd, 1 << 20).unwrap();
         rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
-        mproc_ipc::Receiver::<()>::from(std::os::fd::OwnedFd::from(fd))
+        Box::new(mproc_ipc::Receiver::<()>::from(fd))
     };
     for (spelled, expect) in [
         (Spelled::File(file(SealFlags::SHRINK), 1 << 20), "not sealed against writing"),
         (Spelled::File(file(SealFlags::WRITE | SealFlags::SHRINK), 2 << 20), "not the 2097152 announced"),
-        (Spelled::File(mproc_ipc::pipe::<()>().unwrap().0, 1 << 20), "not a sealable memfd"),
+        (Spelled::File(Box::new(mproc_ipc::pipe::<()>().unwrap().0), 1 << 20), "not a sealable memfd"),
     ] {
         ours.send(&(spelled, Vec::new())).unwrap();
         let err = theirs.recv_timeout(DEADLINE).unwrap_err();
