@@ -118,8 +118,10 @@ impl Carried {
         // Past the threshold: into a memfd, unless ends are inside (their fds are counted
         // once per encoding pass, so the memfd's encoder would meet them twice).
         let (_, with_ends) = refused(fdpass::collecting(|| codec::encoded_len(value)))?;
+        // (With the tables, though none is met: a large `Carried` inside goes as its bytes.)
         if with_ends.is_empty()
-            && let Some((fd, len)) = outofline::encode(value, &mut Vec::new())?
+            && let (Some((fd, len)), _) =
+                refused(fdpass::collecting(|| outofline::encode(value, &mut Vec::new())))?
         {
             let file = File { fd, len, view: OnceLock::new() };
             return Ok(Carried { bytes: Bytes::File(Arc::new(file)), fds: Arc::default() });
