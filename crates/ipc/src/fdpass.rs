@@ -25,6 +25,9 @@ pub(crate) const MAX_FDS: usize = 253;
 pub(crate) struct Outgoing {
     pub(crate) fds: Vec<OwnedFd>,
     pub(crate) refused: Option<&'static str>,
+    /// Whether the encoding is for a Unix socket, where a value's sealed memfd may go as an
+    /// fd instead of its bytes ([`file_may_travel`]).
+    pub(crate) files: bool,
 }
 
 /// The side tables of this thread's send and receive in progress. One thread-local for both,
@@ -88,9 +91,16 @@ fn with_tables<R>(f: impl FnOnce(&Tables) -> R) -> Option<R> {
 }
 
 /// Runs `encode` with fd collection on; returns its result and (duplicates of) the fds met,
-/// in order.
+/// in order. Bytes kept in a sealed memfd are encoded as their bytes.
 pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Outgoing) {
-    let outer = with_tables(|t| t.outgoing.replace(Some(Outgoing::default())));
+    collecting_for(false, encode)
+}
+
+/// [`collecting`] for a send on an end that carries fds when `files`: then bytes kept in a
+/// sealed memfd ([`Carried`](crate::Carried)'s large ones) go as the memfd, not copied.
+pub(crate) fn collecting_for<R>(files: bool, encode: impl FnOnce() -> R) -> (R, Outgoing) {
+    let fresh = Outgoing { files, ..Outgoing::default() };
+    let outer = with_tables(|t| t.outgoing.replace(Some(fresh)));
     let result = encode();
     let outgoing = outer.and_then(|outer| with_tables(|t| t.outgoing.replace(outer))).flatten();
     (result, outgoing.unwrap_or_default())
@@ -118,6 +128,15 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
         with_tables(|t| t.incoming.replace(outer));
     }
     result
+}
+
+/// Whether bytes kept in a sealed memfd may go as that fd in the encoding in progress (a send
+/// on a Unix socket), or must go as bytes (a pipe, TCP, inside a `Carried`); `None` outside
+/// a send, where they cannot go at all (as an end cannot): a send encodes without the fd
+/// tables first, and tries again with them only when an end was met, which this notes.
+pub(crate) fn file_may_travel() -> Option<bool> {
+    note_end();
+    with_tables(|t| t.outgoing.borrow().as_ref().map(|outgoing| outgoing.files)).flatten()
 }
 
 /// `Serialize` for an end: its fd's index in the outgoing table.

@@ -175,13 +175,9 @@ impl Handler {
     /// Sends worker `i` a batch of up to `n` pending tasks (fewer past the byte budget).
     fn send_batch(&mut self, i: usize, n: usize) {
         // Within the byte budget, and within the message limit (each task's input is within
-        // it: `submit` checked).
+        // it, `submit` checked, or in a memfd that goes beside the message).
         let budget = scheduler::BATCH_BYTES.min(self.shared.config.max_message_size);
-        let n = scheduler::fit_bytes(
-            self.pending.iter().map(|t| t.input.bytes().len() + wire::PER_TASK),
-            n,
-            budget,
-        );
+        let n = scheduler::fit_bytes(self.pending.iter().map(|t| t.input.len() + wire::PER_TASK), n, budget);
         if n == 0 {
             return;
         }
@@ -194,6 +190,17 @@ impl Handler {
                 let message = "its arguments hold ipc ends or shared state, which cannot reach a remote \
                                worker (an fd does not cross a TCP connection)"
                     .to_string();
+                task.slot.complete(Err(Error::Transfer { task: task.slot.task(), message }));
+                continue;
+            }
+            if remote && task.input.len() > self.shared.config.max_message_size {
+                // Past the limit, let through only to go as a memfd: a remote worker gets it
+                // inline, where the limit holds.
+                let limit = self.shared.config.max_message_size as u64;
+                let message = format!(
+                    "{} (it would reach a remote worker inline, not as a memfd)",
+                    wire::past_the_limit("arguments", task.input.len() as u64, limit)
+                );
                 task.slot.complete(Err(Error::Transfer { task: task.slot.task(), message }));
                 continue;
             }

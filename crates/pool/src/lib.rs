@@ -153,8 +153,9 @@
 //!   `task_timeout` fails with [`Error::Timeout`] and its worker is killed and replaced; a
 //!   panicking task fails with its message ([`Error::Panicked`], naming the item for `map`
 //!   and friends) and the worker lives on; an argument or value that does not serialize, or
-//!   is larger than [`max_message_size`](PoolBuilder::max_message_size), fails that task
-//!   alone ([`Error::Transfer`]). A worker the pool gives up on is killed, never waited for
+//!   is larger than [`max_message_size`](PoolBuilder::max_message_size) where it travels
+//!   inline (values past 4 MiB go to local workers as sealed memfds, unbounded by it), fails
+//!   that task alone ([`Error::Transfer`]). A worker the pool gives up on is killed, never waited for
 //!   alive. Workers that die before running a task, three in a row (an initializer that
 //!   exits, say), fail the pending tasks instead of being replaced for ever.
 //! - Retiring workers (`max_tasks_per_child`) never strand a task: their successors take

@@ -373,7 +373,8 @@ impl Stream {
     }
 
     fn push(&mut self, id: u64, outcome: wire::Outcome) {
-        let (outcome, size) = within_limit(outcome, self.limit);
+        // Over TCP every value goes inline: the limit holds for all.
+        let (outcome, size) = within_limit(outcome, self.limit, false);
         if !self.unsent.is_empty() && self.bytes + size > self.limit {
             self.flush();
         }

@@ -107,10 +107,15 @@ impl PoolBuilder {
     /// The largest task input or value, in bytes as encoded, that may cross to or from a
     /// worker (default: the machine's physical memory, and at least
     /// [`DEFAULT_MAX_MESSAGE_SIZE`](mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE), 1 GiB: a
-    /// larger value could not be held anyway). Inputs and values past 4 MiB travel in a
-    /// sealed memfd, mapped by the receiver, rather than through the socket. For `map` and
-    /// friends, a chunk's items and values count together. A task past it fails alone with
-    /// [`Error::Transfer`] (an argument at once, a value once computed), and the pool goes on.
+    /// larger value could not be held anyway). For `map` and friends, a chunk's items and
+    /// values count together. A task past it fails alone with [`Error::Transfer`] (an
+    /// argument at once, a value once computed), and the pool goes on.
+    ///
+    /// Inputs and values past 4 MiB are encoded straight into a sealed memfd, which goes to
+    /// and from a local worker (process or thread) beside a small message and is mapped
+    /// where it arrives: no copy on the way, and the limit does not bound them (their memory
+    /// is the sender's). A remote worker gets them inline over TCP, where the limit holds
+    /// (past it, the task fails alone when it would be sent there).
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = Some(bytes);
         self
@@ -630,8 +635,9 @@ impl Pool {
         }
         let limit = self.shared.config.max_message_size;
         let input = match input {
-            Ok(input) if input.bytes().len() > limit => {
-                let message = wire::past_the_limit("arguments", input.bytes().len() as u64, limit as u64);
+            // A memfd goes beside the message to a local worker: the limit does not bound it.
+            Ok(input) if input.len() > limit && !input.is_file() => {
+                let message = wire::past_the_limit("arguments", input.len() as u64, limit as u64);
                 slot.complete(Err(Error::Transfer { task: slot.task(), message }));
                 return slot;
             }

@@ -575,7 +575,7 @@ mod tests {
         for id in 1..=n {
             let log = Arc::clone(&log);
             let hook: crate::result::Hook = Box::new(move |_slot, done| {
-                let done = done.as_ref().map(|bytes| bytes[0]).map_err(|e| e.to_string());
+                let done = done.as_ref().map(|bytes| bytes.get().unwrap()[0]).map_err(|e| e.to_string());
                 log.lock().unwrap().push((id, done));
             });
             let slot = Slot::new(id, "fn()", None, Some(hook));

@@ -967,3 +967,24 @@ fn netns_a_worker_of_another_build_is_refused_naming_both() {
         assert_eq!(pool.remote_workers(), 0);
     });
 }
+
+#[test]
+fn large_values_reach_a_remote_worker_inline_and_the_limit_holds_there() {
+    within(DEADLINE, || {
+        let v: Vec<u8> = (0..(24usize << 20)).map(|i| (i * 31) as u8).collect();
+        let (pool, mut workers) = loopback(0, 1, |b| b);
+        assert!(pool.apply(crate::large::echo, v.clone()).unwrap() == v, "24 MiB there and back over TCP");
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+        // Past the limit, the memfd that lets a value reach a local worker does not cross TCP.
+        let (pool, _workers) = loopback(0, 1, |b| b.max_message_size(1 << 20));
+        match pool.apply(crate::large::echo, v.clone()) {
+            Err(Error::Transfer { message, .. }) => {
+                assert!(message.contains("max_message_size") && message.contains("remote"), "{message}")
+            }
+            Err(other) => panic!("expected a transfer error, got {other:?}"),
+            Ok(_) => panic!("a value past the limit reached a remote worker"),
+        }
+        assert_eq!(pool.apply(square, 7).unwrap(), 49, "the worker stays");
+    });
+}
