@@ -45,8 +45,10 @@ const HINT_GETS: usize = 2 * LINE + 2; // GETS
 const GETS: usize = 3 * LINE; // items ever got: the consumers' commit word
 const HEADS: usize = 3 * LINE + 1; // two slots of END_WORDS words: the next record to read
 const FREED: usize = 3 * LINE + 7; // the spill position below which whole pages are given back
-// Line 4, the consumers' hint: PUTS as they last read it (a lower bound).
+// Line 4, the consumers' hints: PUTS, and the producers' spill tail, as they last read them
+// (lower bounds).
 const HINT_PUTS: usize = 4 * LINE;
+const HINT_TAIL: usize = 4 * LINE + 1;
 // Line 5, the sleepers: written only around a sleep and a wake-up.
 const SLEEP_GET: usize = 5 * LINE; // processes asleep in get (a count only ever too high, never low)
 const SLEEP_PUT: usize = 5 * LINE + 1; // asleep in put
@@ -77,6 +79,8 @@ const MAX_POSITION: u64 = 1 << 62;
 /// spill, where records go that the ring has no room for.
 pub(crate) const VIRTUAL_BYTES: u64 = 8 << 30;
 const PAGE: u64 = 4096;
+/// The spill is given back to the system this many bytes at a time (see `give_back`).
+const PUNCH_BATCH: u64 = 16 * PAGE;
 
 /// How long a sleeping `get`/`put`/`join` sleeps before it looks again, even unwoken: a
 /// process woken by a notify and killed before it took the item leaves the others asleep
@@ -574,7 +578,10 @@ impl Ring {
         }
         let n = 8 + round_up(len);
         let mut t = t;
-        let in_ring = self.ring_fit(t.ring, n)?;
+        // Behind a jump, the ring is looked at again (its room, the consumers' line read
+        // when the hint says none) once per page of the spill, not on every put.
+        let look = t.in_spill == 0 || t.spill % PAGE + n > PAGE;
+        let in_ring = if look { self.ring_fit(t.ring, n)? } else { None };
         let at = match (t.in_spill == 1, in_ring) {
             (false, Some(at)) => {
                 if at != t.ring {
@@ -722,8 +729,13 @@ impl Ring {
                     // committed tail (a length word another process scribbled over must not
                     // make us read, and allocate, gigabytes of the sparse space).
                     let inside = if in_spill {
-                        let (_, tails) = self.read_other(PUTS, TAILS);
-                        at - self.small + n <= self.spill && h.spill + n <= tails.spill
+                        let below_tail = |tail: u64| h.spill + n <= tail;
+                        at - self.small + n <= self.spill
+                            && (below_tail(self.w(HINT_TAIL).load(Ordering::Relaxed)) || {
+                                let (_, tails) = self.read_other(PUTS, TAILS);
+                                self.w(HINT_TAIL).store(tails.spill, Ordering::Relaxed);
+                                below_tail(tails.spill)
+                            })
                     } else {
                         at + n <= self.small
                     };
@@ -760,7 +772,13 @@ impl Ring {
             return Err(corrupt());
         }
         let (from, to) = (freed / PAGE * PAGE, head / PAGE * PAGE);
-        if to > from {
+        // Pages go back in batches (a system call per 64 KiB, not per page), but for a
+        // spill cut small by a file size limit.
+        let batch = (self.spill / 4 / PAGE * PAGE).min(PUNCH_BATCH);
+        if to <= from || to - from < batch {
+            return Ok(());
+        }
+        {
             let first = from % self.spill;
             let len = to - from;
             let head_part = len.min(self.spill - first);
