@@ -10,18 +10,19 @@ use crate::error::{Error, Result};
 use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
 use crate::sys::shm::data_offset;
 
-/// The header of a queue's region: the locks (the put lock at [`PUT_LOCK`], the get lock at
-/// [`GET_LOCK`], three mutexes apart so that they never share a cache line, and the join lock),
-/// three condition variables (not empty, not full, all done), the words, and the count of
-/// coroutines listening for the doorbell.
-pub(crate) type Header = ([ShmMutex; 4], ShmCondvar, ShmCondvar, ShmCondvar, [AtomicU64; WORDS], Listeners);
+/// The header of a queue's region: the locks (see [`PUT_LOCK`]), three condition variables
+/// (not empty, not full, all done), the words, and the count of coroutines listening for the
+/// doorbell (read by every put: it must not share a line with a lock).
+pub(crate) type Header = ([ShmMutex; 9], ShmCondvar, ShmCondvar, ShmCondvar, [AtomicU64; WORDS], Listeners);
 
-/// Producers serialise on this lock (index in the header's mutexes).
-const PUT_LOCK: usize = 0;
-/// `join` sleeps holding this one (rarely taken: it may share the put lock's line).
-const JOIN_LOCK: usize = 1;
-/// Consumers serialise on this one: 120 bytes past the put lock, so on another cache line.
-const GET_LOCK: usize = 3;
+/// Producers serialise on this lock (an index in the header's mutexes, 40 bytes each): the
+/// mutexes around the put and get locks are never taken, and at least 64 bytes wide, so
+/// each of the two has its cache lines to itself, whatever lies beside the array.
+const PUT_LOCK: usize = 2;
+/// `join` sleeps holding this one (rarely taken: it may share a line with another lock).
+const JOIN_LOCK: usize = 4;
+/// Consumers serialise on this one.
+const GET_LOCK: usize = 6;
 
 /// Words in a cache line.
 const LINE: usize = 8;
