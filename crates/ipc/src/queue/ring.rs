@@ -469,8 +469,15 @@ impl Ring {
         timeout_is_error: bool,
     ) -> Result<bool> {
         let bounded = self.bounded();
-        // An unbounded queue is never full: no look before the lock.
-        if bounded && self.qsize() >= self.maxsize && deadline.is_none_or(|d| d > Instant::now()) {
+        // An unbounded queue is never full: no look before the lock; a bounded one's hint of
+        // `GETS` (the producers' line) first, the consumers' line only when it says full.
+        let hint =
+            self.w(PUTS).load(Ordering::Relaxed).saturating_sub(self.w(HINT_GETS).load(Ordering::Relaxed));
+        if bounded
+            && hint >= self.maxsize
+            && self.qsize() >= self.maxsize
+            && deadline.is_none_or(|d| d > Instant::now())
+        {
             spin_until(|| self.qsize() < self.maxsize);
         }
         let mut guard = self.lock(PUT_LOCK)?;
