@@ -301,8 +301,36 @@ impl ShmCondvar {
         deadline: Option<Instant>,
         watched: &[ShmMutex],
     ) -> WaitOutcome {
+        self.wait_from(guard, self.sequence(), deadline, watched)
+    }
+
+    /// The notify count a later [`wait_since`](Self::wait_since) sleeps on. For a condition
+    /// another process changes without holding the guard's mutex (the queue's two sides):
+    /// read it before checking the condition, and a notify made after the check's change is
+    /// not lost (the wait returns at once).
+    pub(crate) fn sequence(&self) -> u32 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    /// As [`wait_until`](Self::wait_until), sleeping only while no notify came since
+    /// `seq` (from [`sequence`](Self::sequence)).
+    pub(crate) fn wait_since(
+        &self,
+        guard: &mut ShmGuard<'_>,
+        seq: u32,
+        deadline: Option<Instant>,
+    ) -> WaitOutcome {
+        self.wait_from(guard, seq, deadline, &[])
+    }
+
+    fn wait_from(
+        &self,
+        guard: &mut ShmGuard<'_>,
+        seq: u32,
+        deadline: Option<Instant>,
+        watched: &[&RawMutex],
+    ) -> WaitOutcome {
         use rustix::thread::futex;
-        let seq = self.seq.load(Ordering::SeqCst);
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let mut words = WaitSet::new();
         let mut died = false;
