@@ -328,7 +328,7 @@ impl ShmCondvar {
         guard: &mut ShmGuard<'_>,
         seq: u32,
         deadline: Option<Instant>,
-        watched: &[&RawMutex],
+        watched: &[ShmMutex],
     ) -> WaitOutcome {
         use rustix::thread::futex;
         self.waiters.fetch_add(1, Ordering::SeqCst);
