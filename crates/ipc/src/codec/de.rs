@@ -14,6 +14,7 @@ use postcard::Error;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 
 use super::seq::{self, Varint};
+use crate::frame::StreamRead;
 use crate::sys::bulk::{self, Bulk};
 
 type Result<T> = std::result::Result<T, Error>;
@@ -36,6 +37,63 @@ pub(crate) fn take_from_bytes<'de, T: de::Deserialize<'de>>(input: &'de [u8]) ->
     Ok((value, deserializer.input))
 }
 
+/// Reads one value from a payload whose front is `input` and whose rest `more` reads as the
+/// decode needs it; the payload must hold exactly the value. Gives `more` back: how many bytes
+/// it left unread, and the error that stopped a read.
+pub(crate) fn take_streamed<'de, T: de::Deserialize<'de>>(
+    input: &'de [u8],
+    more: Refill<'de>,
+) -> (Result<T>, Refill<'de>) {
+    let elements = input.len().saturating_add(more.left).saturating_add(MAX_EMPTY_ELEMENTS);
+    let mut deserializer = Deserializer { input, depth: MAX_DEPTH, elements, more: Some(more) };
+    let value = T::deserialize(&mut deserializer);
+    let more = deserializer.more.take().expect("the refill stays");
+    match value {
+        Ok(_) if !deserializer.input.is_empty() || more.left > 0 => (Err(Error::DeserializeBadEncoding), more),
+        value => (value, more),
+    }
+}
+
+/// The part of a payload still in the stream, read as a decode needs it: a large frame is
+/// decoded as it arrives, and its sequences of bytes and floats (and long strings) are read
+/// straight into the values they become, with no copy in a receive buffer first.
+pub(crate) struct Refill<'de> {
+    read: StreamRead<'de>,
+    /// Payload bytes still in the stream.
+    pub(crate) left: usize,
+    /// Buffers for input that must be contiguous (an item cut by the end of what was read),
+    /// each filled once and then read from for the rest of the decode: the next [`REFILL`]
+    /// bytes each, and everything left in the last one.
+    spares: &'de mut [Vec<u8>],
+    /// Why a read failed (the decode itself can only say "unexpected end").
+    pub(crate) failed: Option<crate::error::Error>,
+}
+
+/// How many bytes a refill reads at least (all that is left when less is): a pipe's capacity.
+pub(crate) const REFILL: usize = 64 << 10;
+
+/// What [`RESERVE_STEP`] is to the frame reader: a sequence read from the stream gets room for
+/// at most this many more bytes before the bytes before them have arrived, so a length that
+/// claims a huge sequence costs nothing until the peer really sends it.
+const RESERVE_STEP: usize = 16 << 20;
+
+impl<'de> Refill<'de> {
+    /// `left` bytes, read by `read`, with `spares` for input that must be contiguous (at
+    /// least one; the last may hold a buffer to reuse: it takes everything left, if used).
+    pub(crate) fn new(read: StreamRead<'de>, left: usize, spares: &'de mut [Vec<u8>]) -> Self {
+        assert!(!spares.is_empty(), "a refill needs a spare buffer");
+        Refill { read, left, spares, failed: None }
+    }
+
+    /// Reads bytes of the stream into the front of `room`, keeping the error that stopped it.
+    fn read<'b>(read: &mut StreamRead<'de>, failed: &mut Option<crate::error::Error>, room: &'b mut [std::mem::MaybeUninit<u8>]) -> std::result::Result<&'b mut [u8], Error> {
+        (read)(room).map_err(|e| {
+            *failed = Some(e);
+            Error::DeserializeUnexpectedEnd
+        })
+    }
+}
+
 pub(crate) struct Deserializer<'de> {
     input: &'de [u8],
     /// Levels of nesting left (see [`MAX_DEPTH`]).
@@ -44,13 +102,95 @@ pub(crate) struct Deserializer<'de> {
     ///
     /// [`count`]: Deserializer::count
     elements: usize,
+    /// The rest of the payload, when it is still in the stream.
+    more: Option<Refill<'de>>,
 }
 
 impl<'de> Deserializer<'de> {
     /// Reads from the front of `input`.
     pub(crate) fn new(input: &'de [u8]) -> Self {
         let elements = input.len().saturating_add(MAX_EMPTY_ELEMENTS);
-        Deserializer { input, depth: MAX_DEPTH, elements }
+        Deserializer { input, depth: MAX_DEPTH, elements, more: None }
+    }
+
+    /// The bytes of the payload not read yet, in `input` and in the stream.
+    #[inline]
+    fn bytes_left(&self) -> usize {
+        self.input.len() + self.more.as_ref().map_or(0, |more| more.left)
+    }
+
+    /// Makes `input` hold at least `need` bytes (more than it does) by reading the stream, in a
+    /// spare buffer that starts with what `input` held: at least [`REFILL`] bytes more, all that
+    /// is left in the last spare. "Unexpected end" when the payload has fewer.
+    #[cold]
+    #[inline(never)]
+    fn refill(&mut self, need: usize) -> Result<()> {
+        let Some(more) = &mut self.more else { return Err(Error::DeserializeUnexpectedEnd) };
+        let short = need - self.input.len();
+        if short > more.left {
+            return Err(Error::DeserializeUnexpectedEnd);
+        }
+        let (spare, rest) = std::mem::take(&mut more.spares)
+            .split_first_mut()
+            .ok_or(Error::DeserializeUnexpectedEnd)?;
+        let want = if rest.is_empty() { more.left } else { short.max(REFILL).min(more.left) };
+        more.spares = rest;
+        spare.clear();
+        let Refill { read, failed, .. } = more;
+        bulk::extend_read(spare, self.input.len() + want, self.input, |room| Refill::read(read, failed, room))?;
+        more.left -= want;
+        let spare: &'de Vec<u8> = spare;
+        self.input = spare;
+        Ok(())
+    }
+
+    /// All of the payload in `input` (a sequence of integers is decoded from one slice).
+    #[cold]
+    fn refill_all(&mut self) -> Result<()> {
+        match self.bytes_left() {
+            all if all > self.input.len() => self.refill(all),
+            _ => Ok(()),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pop_refilled(&mut self) -> Result<u8> {
+        self.refill(1)?;
+        self.pop()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_refilled(&mut self, n: usize) -> Result<&'de [u8]> {
+        self.refill(n)?;
+        self.take(n)
+    }
+
+    /// `len` elements of a bulk type appended to `values`: from `input`, then (when the payload
+    /// is still in the stream) read straight into `values`, in steps of at most
+    /// [`RESERVE_STEP`] bytes of room.
+    fn bulk_streamed<E: Bulk>(&mut self, len: usize, values: &mut Vec<E>) -> Result<()> {
+        let n = len.checked_mul(size_of::<E>()).ok_or(Error::DeserializeUnexpectedEnd)?;
+        let Some(more) = self.more.as_mut().filter(|_| n > self.input.len()) else {
+            return seq::append_bulk(&mut self.input, len, values);
+        };
+        if n - self.input.len() > more.left {
+            return Err(Error::DeserializeUnexpectedEnd);
+        }
+        let mut prefix = std::mem::take(&mut self.input);
+        let mut done = 0;
+        while done < len {
+            let step = (len - done).min((done.max(RESERVE_STEP / size_of::<E>())).max(1));
+            let from_stream = step * size_of::<E>() - prefix.len().min(step * size_of::<E>());
+            let (now, later) = prefix.split_at(prefix.len().min(step * size_of::<E>()));
+            let Refill { read, failed, .. } = &mut *more;
+            bulk::extend_read(values, step, now, |room| Refill::read(read, failed, room))?;
+            more.left -= from_stream;
+            prefix = later;
+            done += step;
+        }
+        Ok(())
     }
 
     /// The bytes not read yet.
@@ -85,7 +225,7 @@ macro_rules! varint {
 impl<'de> Deserializer<'de> {
     #[inline]
     fn pop(&mut self) -> Result<u8> {
-        let (&first, rest) = self.input.split_first().ok_or(Error::DeserializeUnexpectedEnd)?;
+        let Some((&first, rest)) = self.input.split_first() else { return self.pop_refilled() };
         self.input = rest;
         Ok(first)
     }
@@ -93,7 +233,7 @@ impl<'de> Deserializer<'de> {
     #[inline]
     fn take(&mut self, n: usize) -> Result<&'de [u8]> {
         if n > self.input.len() {
-            return Err(Error::DeserializeUnexpectedEnd);
+            return self.take_refilled(n);
         }
         let (taken, rest) = self.input.split_at(n);
         self.input = rest;
@@ -141,16 +281,37 @@ impl<'de> Deserializer<'de> {
         usize::try_from(self.varint_u64()?).map_err(|_| Error::DeserializeBadVarint)
     }
 
-    /// The `len` elements of a `Vec<E>` as one copy, for serde's visitor of `Vec<E>`.
+    /// The `len` elements of a `Vec<E>` as one copy, for serde's visitor of `Vec<E>` (read
+    /// straight into it, if they are still in the stream).
     fn bulk<E: Bulk, V: Visitor<'de>>(&mut self, len: usize) -> Result<V::Value> {
         let mut values = Vec::new();
-        seq::append_bulk(&mut self.input, len, &mut values)?;
+        if self.more.is_some() {
+            self.bulk_streamed(len, &mut values)?;
+        } else {
+            seq::append_bulk(&mut self.input, len, &mut values)?;
+        }
         bulk::vec_as::<E, V::Value>(values).map_err(|_| Error::DeserializeBadEncoding)
+    }
+
+    /// `n` bytes as a `Vec`, read straight into it when they are still in the stream, else
+    /// `None` (the caller borrows them from `input`).
+    #[inline]
+    fn owned_bytes(&mut self, n: usize) -> Result<Option<Vec<u8>>> {
+        if self.more.is_none() || n <= self.input.len() {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        self.bulk_streamed(n, &mut bytes)?;
+        Ok(Some(bytes))
     }
 
     /// The `len` elements of a `Vec<E>` of integers in one loop, for serde's visitor of
     /// `Vec<E>`.
     fn ints<E: Varint, V: Visitor<'de>>(&mut self, len: usize) -> Result<V::Value> {
+        if self.more.is_some() {
+            // From one slice: the rest of the payload.
+            self.refill_all()?;
+        }
         let mut values = Vec::new();
         seq::decode_varints(&mut self.input, len, &mut values)?;
         bulk::vec_as::<E, V::Value>(values).map_err(|_| Error::DeserializeBadEncoding)
@@ -254,7 +415,7 @@ impl<'de> de::SeqAccess<'de> for SeqAccess<'_, 'de> {
     #[inline]
     fn size_hint(&self) -> Option<usize> {
         // Never more than the bytes left: a hostile length must not reserve memory.
-        (self.len <= self.deserializer.input.len()).then_some(self.len)
+        (self.len <= self.deserializer.bytes_left()).then_some(self.len)
     }
 }
 
@@ -394,7 +555,14 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
 
     #[inline]
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_str(visitor)
+        let n = self.varint_usize()?;
+        match self.owned_bytes(n)? {
+            None => {
+                let text = std::str::from_utf8(self.take(n)?).map_err(|_| Error::DeserializeBadUtf8)?;
+                visitor.visit_borrowed_str(text)
+            }
+            Some(bytes) => visitor.visit_string(String::from_utf8(bytes).map_err(|_| Error::DeserializeBadUtf8)?),
+        }
     }
 
     #[inline]
@@ -405,7 +573,11 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
 
     #[inline]
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_bytes(visitor)
+        let n = self.varint_usize()?;
+        match self.owned_bytes(n)? {
+            None => visitor.visit_borrowed_bytes(self.take(n)?),
+            Some(bytes) => visitor.visit_byte_buf(bytes),
+        }
     }
 
     #[inline]
