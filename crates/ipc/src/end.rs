@@ -255,7 +255,16 @@ impl End {
         let mut sent = 0;
         let (result, _fds_again) = fdpass::collecting(|| {
             codec::encode_streaming(value, buf, n + len, |gathered, direct| {
-                write_frame(&io, gathered, direct)?;
+                if direct.len() >= SPLIT_HEADER {
+                    // As in `send_bytes`: what gathered before a large slice in a write of its
+                    // own, so the slice lands in the pipe's pages at the offsets a bare write
+                    // of it would have (and the receiver's copies the alignment the floor's
+                    // have).
+                    write_frame(&io, gathered, &[])?;
+                    write_frame(&io, direct, &[])?;
+                } else {
+                    write_frame(&io, gathered, direct)?;
+                }
                 sent += gathered.len() + direct.len();
                 Ok(())
             })
