@@ -355,26 +355,25 @@ impl FrameReader {
         };
         let front = self.end - self.start;
         let (mut read, mut ended) = (0, false);
-        let (result, unread) = decode(
-            &self.ahead[self.start..self.end],
-            len - front,
-            &mut |room: &mut [MaybeUninit<u8>]| match io.read_uninit(room) {
-                Ok([]) => {
-                    ended = true;
-                    Err(Error::Truncated {
-                        expected: (header_len + len) as u64,
-                        received: (header_len + front + read) as u64,
-                    })
+        let (result, unread) =
+            decode(&self.ahead[self.start..self.end], len - front, &mut |room: &mut [MaybeUninit<u8>]| {
+                match io.read_uninit(room) {
+                    Ok([]) => {
+                        ended = true;
+                        Err(Error::Truncated {
+                            expected: (header_len + len) as u64,
+                            received: (header_len + front + read) as u64,
+                        })
+                    }
+                    Ok(got) => {
+                        read += got.len();
+                        Ok(got)
+                    }
+                    // Nothing read: called again.
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(&mut []),
+                    Err(e) => Err(e.into()),
                 }
-                Ok(got) => {
-                    read += got.len();
-                    Ok(got)
-                }
-                // Nothing read: called again.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(&mut []),
-                Err(e) => Err(e.into()),
-            },
-        );
+            });
         self.offset += read as u64;
         self.consume(front);
         self.stage = Stage::Header;

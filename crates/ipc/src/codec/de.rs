@@ -49,7 +49,9 @@ pub(crate) fn take_streamed<'de, T: de::Deserialize<'de>>(
     let value = T::deserialize(&mut deserializer);
     let more = deserializer.more.take().expect("the refill stays");
     match value {
-        Ok(_) if !deserializer.input.is_empty() || more.left > 0 => (Err(Error::DeserializeBadEncoding), more),
+        Ok(_) if !deserializer.input.is_empty() || more.left > 0 => {
+            (Err(Error::DeserializeBadEncoding), more)
+        }
         value => (value, more),
     }
 }
@@ -86,7 +88,11 @@ impl<'de> Refill<'de> {
     }
 
     /// Reads bytes of the stream into the front of `room`, keeping the error that stopped it.
-    fn read<'b>(read: &mut StreamRead<'de>, failed: &mut Option<crate::error::Error>, room: &'b mut [std::mem::MaybeUninit<u8>]) -> std::result::Result<&'b mut [u8], Error> {
+    fn read<'b>(
+        read: &mut StreamRead<'de>,
+        failed: &mut Option<crate::error::Error>,
+        room: &'b mut [std::mem::MaybeUninit<u8>],
+    ) -> std::result::Result<&'b mut [u8], Error> {
         (read)(room).map_err(|e| {
             *failed = Some(e);
             Error::DeserializeUnexpectedEnd
@@ -130,14 +136,15 @@ impl<'de> Deserializer<'de> {
         if short > more.left {
             return Err(Error::DeserializeUnexpectedEnd);
         }
-        let (spare, rest) = std::mem::take(&mut more.spares)
-            .split_first_mut()
-            .ok_or(Error::DeserializeUnexpectedEnd)?;
+        let (spare, rest) =
+            std::mem::take(&mut more.spares).split_first_mut().ok_or(Error::DeserializeUnexpectedEnd)?;
         let want = if rest.is_empty() { more.left } else { short.max(REFILL).min(more.left) };
         more.spares = rest;
         spare.clear();
         let Refill { read, failed, .. } = more;
-        bulk::extend_read(spare, self.input.len() + want, self.input, |room| Refill::read(read, failed, room))?;
+        bulk::extend_read(spare, self.input.len() + want, self.input, |room| {
+            Refill::read(read, failed, room)
+        })?;
         more.left -= want;
         let spare: &'de Vec<u8> = spare;
         self.input = spare;
@@ -561,7 +568,9 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
                 let text = std::str::from_utf8(self.take(n)?).map_err(|_| Error::DeserializeBadUtf8)?;
                 visitor.visit_borrowed_str(text)
             }
-            Some(bytes) => visitor.visit_string(String::from_utf8(bytes).map_err(|_| Error::DeserializeBadUtf8)?),
+            Some(bytes) => {
+                visitor.visit_string(String::from_utf8(bytes).map_err(|_| Error::DeserializeBadUtf8)?)
+            }
         }
     }
 
