@@ -688,7 +688,7 @@ mod tests {
 
         fn read_uninit<'b>(&self, buf: &'b mut [MaybeUninit<u8>]) -> io::Result<&'b mut [u8]> {
             let bytes = self.take(buf.len())?;
-            Ok(buf[..bytes.len()].write_copy_of_slice(bytes))
+            Ok(crate::sys::write_front(buf, bytes))
         }
 
         fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

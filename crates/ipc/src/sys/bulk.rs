@@ -188,7 +188,7 @@ pub(crate) fn extend_read<E: Bulk, Err>(
     // uninitialized bytes: the same memory and length in bytes, alignment 1, borrowed as long
     // as `spare` is.
     let bytes = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<MaybeUninit<u8>>(), size) };
-    bytes[..prefix.len()].write_copy_of_slice(prefix);
+    super::write_front(bytes, prefix);
     let mut filled = prefix.len();
     while filled < size {
         let room = &mut bytes[filled..];
