@@ -142,9 +142,10 @@ pub(crate) fn decode_streamed<T: DeserializeOwned>(
     let mut spares: [Vec<u8>; SPARES] = Default::default();
     spares[SPARES - 1] = std::mem::take(scratch);
     let (mut unread, mut failed) = (left, None);
+    let noting: de::ReadSome<'_> = &mut |room| read(room).map_err(|e| failed = Some(e)).ok();
     let result = decoding(|| {
-        let (value, more) = de::take_streamed(front, de::Refill::new(read, left, &mut spares));
-        (unread, failed) = (more.left, more.failed);
+        let (value, more) = de::take_streamed(front, de::Refill::new(noting, left, &mut spares));
+        unread = more.left;
         value
     });
     *scratch = std::mem::take(&mut spares[SPARES - 1]);
