@@ -492,16 +492,11 @@ impl End {
                 return result;
             }
         }
-        if deadline.is_none() && self.kind != Kind::Socket {
-            let io = self.io();
-            if frames.large_frame(&io, self.max_message_size, DECODE_AS_READ_MIN)?.is_some() {
-                // With the fd tables (empty): a value with an end in it fails on the end.
-                let result = frames.stream_payload(&io, |front, left, read| {
-                    fdpass::providing(Vec::new(), || codec::decode_streamed(front, left, read, scratch))
-                });
-                codec::trim_scratch(scratch);
-                return result;
-            }
+        if deadline.is_none()
+            && self.kind != Kind::Socket
+            && let Some(result) = self.recv_large(frames, scratch)
+        {
+            return result;
         }
         let result = self.read_frame(frames, fds, scratch, deadline).and_then(|mut fds| {
             // A descriptor always comes with its memfd: a frame without fds is a value, whatever
@@ -519,6 +514,29 @@ impl End {
         });
         codec::trim_scratch(scratch);
         result
+    }
+
+    /// [`recv`](Self::recv) of a frame of at least [`DECODE_AS_READ_MIN`] bytes whose payload
+    /// is not all read yet, on a stream without fds, without a deadline: decoded as it is read.
+    /// `None` for any other frame (its header read: the general path carries on).
+    #[inline(never)]
+    fn recv_large<T: DeserializeOwned>(
+        &self,
+        frames: &mut FrameReader,
+        scratch: &mut Vec<u8>,
+    ) -> Option<Result<T>> {
+        let io = self.io();
+        match frames.large_frame(&io, self.max_message_size, DECODE_AS_READ_MIN) {
+            Ok(Some(_)) => {}
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        }
+        // With the fd tables (empty): a value with an end in it fails on the end.
+        let result = frames.stream_payload(&io, |front, left, read| {
+            fdpass::providing(Vec::new(), || codec::decode_streamed(front, left, read, scratch))
+        });
+        codec::trim_scratch(scratch);
+        Some(result)
     }
 
     /// [`recv`](Self::recv) without waiting: `None` if no whole frame is there yet.
