@@ -16,6 +16,10 @@
 //!
 //! The peer is this binary again, with `MPROC_BENCH_PEER` set; it talks on its stdin (and
 //! stdout, for pipes).
+//!
+//! `MPROC_BENCH_PROBE=bytes|typed_u8|typed_f64` (with `MPROC_BENCH_MIB`, `MPROC_BENCH_N`) runs
+//! one pipe case alone, for `strace -c -f` or `perf` from outside, and prints what one value
+//! cost both processes: wall and CPU time, reads, writes and page faults.
 
 use std::hint::black_box;
 use std::os::fd::{AsFd, OwnedFd};
