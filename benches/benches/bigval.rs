@@ -20,6 +20,8 @@
 //! `MPROC_BENCH_PROBE=bytes|typed_u8|typed_f64` (with `MPROC_BENCH_MIB`, `MPROC_BENCH_N`) runs
 //! one pipe case alone, for `strace -c -f` or `perf` from outside, and prints what one value
 //! cost both processes: wall and CPU time, reads, writes and page faults.
+//! `MPROC_BENCH_PROBE=pipe_paired MPROC_BENCH_MIB=n` runs only the paired rounds of one size
+//! (with `--bench`).
 
 use std::hint::black_box;
 use std::os::fd::{AsFd, OwnedFd};
@@ -40,6 +42,10 @@ fn main() {
     }
     if let Ok(case) = std::env::var("MPROC_BENCH_PROBE") {
         let mib = std::env::var("MPROC_BENCH_MIB").map_or(1, |s| s.parse().unwrap());
+        if case == "pipe_paired" {
+            // Only the paired rounds of one size (run with `--bench`).
+            return mproc_benches::report_targets(&pipe_sizes(None, mib));
+        }
         let n = std::env::var("MPROC_BENCH_N").map_or(100, |s| s.parse().unwrap());
         return probe(&case, mib, n);
     }
@@ -51,7 +57,7 @@ fn main() {
         .configure_from_args();
     let mut targets = Vec::new();
     for mib in [1, 64, 200] {
-        targets.extend(pipe_sizes(&mut c, mib));
+        targets.extend(pipe_sizes(Some(&mut c), mib));
     }
     targets.extend(gib(&mut c));
     targets.extend(pool(&mut c));
@@ -67,8 +73,9 @@ fn flat<'a>(c: &'a mut Criterion, name: &str, bytes: usize) -> BenchmarkGroup<'a
 }
 
 /// Typed `Vec<u8>` and `Vec<f64>` against `send_bytes` of as many bytes, over a pipe: criterion
-/// figures, then the targets from alternating rounds (the ratio of the same run's floor).
-fn pipe_sizes(c: &mut Criterion, mib: usize) -> Vec<Target> {
+/// figures (without `c`, none), then the targets from alternating rounds (the ratio of the
+/// same run's floor).
+fn pipe_sizes(c: Option<&mut Criterion>, mib: usize) -> Vec<Target> {
     let n = mib * MIB;
     let group = format!("bigval::pipe_{mib}mib");
     let bytes: Vec<u8> = (0..n).map(|i| i as u8).collect();
@@ -91,11 +98,13 @@ fn pipe_sizes(c: &mut Criterion, mib: usize) -> Vec<Target> {
         f64s.send(black_box(&floats)).unwrap();
         wait_ack(&f64_ack);
     };
-    let mut g = flat(c, &group, n);
-    g.bench_function("bytes", |b| b.iter(&mut send_bytes));
-    g.bench_function("typed_u8", |b| b.iter(&mut send_u8));
-    g.bench_function("typed_f64", |b| b.iter(&mut send_f64));
-    g.finish();
+    if let Some(c) = c {
+        let mut g = flat(c, &group, n);
+        g.bench_function("bytes", |b| b.iter(&mut send_bytes));
+        g.bench_function("typed_u8", |b| b.iter(&mut send_u8));
+        g.bench_function("typed_f64", |b| b.iter(&mut send_f64));
+        g.finish();
+    }
     let (batch, rounds) = if mib == 1 {
         (20, 31)
     } else if mib <= 64 {

@@ -152,9 +152,10 @@ impl<'de> More<'de> for Refill<'de> {
         let want = if rest.is_empty() { self.left } else { short.max(REFILL).min(self.left) };
         self.spares = rest;
         spare.clear();
-        let read = &mut self.read;
-        bulk::extend_read(spare, input.len() + want, input, |room| Refill::read(read, room))?;
-        self.left -= want;
+        // What `input` holds and `want` bytes more, read in steps as a sequence of bytes is
+        // (a long string's claimed length reserves nothing before its bytes arrive).
+        let mut held = *input;
+        self.bulk::<u8>(&mut held, input.len() + want, spare)?;
         let spare: &'de Vec<u8> = spare;
         *input = spare;
         Ok(())
