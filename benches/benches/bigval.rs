@@ -16,6 +16,12 @@
 //!
 //! The peer is this binary again, with `MPROC_BENCH_PEER` set; it talks on its stdin (and
 //! stdout, for pipes).
+//!
+//! `MPROC_BENCH_PROBE=bytes|typed_u8|typed_f64` (with `MPROC_BENCH_MIB`, `MPROC_BENCH_N`) runs
+//! one pipe case alone, for `strace -c -f` or `perf` from outside, and prints what one value
+//! cost both processes: wall and CPU time, reads, writes and page faults.
+//! `MPROC_BENCH_PROBE=pipe_paired MPROC_BENCH_MIB=n` runs only the paired rounds of one size
+//! (with `--bench`).
 
 use std::hint::black_box;
 use std::os::fd::{AsFd, OwnedFd};
@@ -34,6 +40,15 @@ fn main() {
     if let Ok(mode) = std::env::var("MPROC_BENCH_PEER") {
         return peer(&mode);
     }
+    if let Ok(case) = std::env::var("MPROC_BENCH_PROBE") {
+        let mib = std::env::var("MPROC_BENCH_MIB").map_or(1, |s| s.parse().unwrap());
+        if case == "pipe_paired" {
+            // Only the paired rounds of one size (run with `--bench`).
+            return mproc_benches::report_targets(&pipe_sizes(None, mib));
+        }
+        let n = std::env::var("MPROC_BENCH_N").map_or(100, |s| s.parse().unwrap());
+        return probe(&case, mib, n);
+    }
     mproc_pool::process::init();
     mproc_benches::start_run();
     let mut c = mproc_benches::criterion()
@@ -42,7 +57,7 @@ fn main() {
         .configure_from_args();
     let mut targets = Vec::new();
     for mib in [1, 64, 200] {
-        targets.extend(pipe_sizes(&mut c, mib));
+        targets.extend(pipe_sizes(Some(&mut c), mib));
     }
     targets.extend(gib(&mut c));
     targets.extend(pool(&mut c));
@@ -58,8 +73,9 @@ fn flat<'a>(c: &'a mut Criterion, name: &str, bytes: usize) -> BenchmarkGroup<'a
 }
 
 /// Typed `Vec<u8>` and `Vec<f64>` against `send_bytes` of as many bytes, over a pipe: criterion
-/// figures, then the targets from alternating rounds (the ratio of the same run's floor).
-fn pipe_sizes(c: &mut Criterion, mib: usize) -> Vec<Target> {
+/// figures (without `c`, none), then the targets from alternating rounds (the ratio of the
+/// same run's floor).
+fn pipe_sizes(c: Option<&mut Criterion>, mib: usize) -> Vec<Target> {
     let n = mib * MIB;
     let group = format!("bigval::pipe_{mib}mib");
     let bytes: Vec<u8> = (0..n).map(|i| i as u8).collect();
@@ -82,11 +98,13 @@ fn pipe_sizes(c: &mut Criterion, mib: usize) -> Vec<Target> {
         f64s.send(black_box(&floats)).unwrap();
         wait_ack(&f64_ack);
     };
-    let mut g = flat(c, &group, n);
-    g.bench_function("bytes", |b| b.iter(&mut send_bytes));
-    g.bench_function("typed_u8", |b| b.iter(&mut send_u8));
-    g.bench_function("typed_f64", |b| b.iter(&mut send_f64));
-    g.finish();
+    if let Some(c) = c {
+        let mut g = flat(c, &group, n);
+        g.bench_function("bytes", |b| b.iter(&mut send_bytes));
+        g.bench_function("typed_u8", |b| b.iter(&mut send_u8));
+        g.bench_function("typed_f64", |b| b.iter(&mut send_f64));
+        g.finish();
+    }
     let (batch, rounds) = if mib == 1 {
         (20, 31)
     } else if mib <= 64 {
@@ -104,6 +122,68 @@ fn pipe_sizes(c: &mut Criterion, mib: usize) -> Vec<Target> {
         }
     }
     targets
+}
+
+/// `MPROC_BENCH_PROBE=bytes|typed_u8|typed_f64` (`MPROC_BENCH_MIB`, `MPROC_BENCH_N`): `n`
+/// pipe sends of one case alone, for `strace -c -f` or `perf` from outside, then what one
+/// value cost both processes: wall and CPU time, reads, writes and page faults (after a
+/// tenth as many uncounted sends).
+fn probe(case: &str, mib: usize, n: usize) {
+    let len = mib * MIB;
+    let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    let floats: Vec<f64> = (0..len / 8).map(|i| i as f64).collect();
+    let mode = match case {
+        "bytes" => "bytes",
+        "typed_u8" => "typed-u8",
+        "typed_f64" => "typed-f64",
+        other => panic!("MPROC_BENCH_PROBE: no case {other:?} (bytes, typed_u8, typed_f64)"),
+    };
+    let (tx, ack, peer) = pipe_peer(mode);
+    let send: Box<dyn Fn()> = match case {
+        "bytes" => {
+            let tx = Sender::<()>::from(tx);
+            Box::new(move || tx.send_bytes(black_box(&bytes)).unwrap())
+        }
+        "typed_u8" => {
+            let tx = Sender::<Vec<u8>>::from(tx);
+            Box::new(move || tx.send(black_box(&bytes)).unwrap())
+        }
+        _ => {
+            let tx = Sender::<Vec<f64>>::from(tx);
+            Box::new(move || tx.send(black_box(&floats)).unwrap())
+        }
+    };
+    let one = || {
+        send();
+        wait_ack(&ack);
+    };
+    (0..n / 10 + 1).for_each(|_| one());
+    let (me, them) = (std::process::id(), peer.0.id());
+    let look = || {
+        use mproc_benches::{ProcCounts, process_cpu_time};
+        (ProcCounts::of(me), ProcCounts::of(them), process_cpu_time(me), process_cpu_time(them))
+    };
+    let start = std::time::Instant::now();
+    let (a0, b0, ca0, cb0) = look();
+    (0..n).for_each(|_| one());
+    let (a1, b1, ca1, cb1) = look();
+    let wall = start.elapsed().as_secs_f64() / n as f64;
+    let n = n as f64;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
+    println!(
+        "probe {case} {mib} MiB, {n} values: {:.3} ms wall, {:.3} GB/s; sender: {:.3} ms CPU {:.2} reads {:.2} writes \
+         {:.1} faults; receiver: {:.3} ms CPU {:.2} reads {:.2} writes {:.1} faults",
+        wall * 1e3,
+        len as f64 / wall / 1e9,
+        ms(ca1 - ca0),
+        (a1.reads - a0.reads) / n,
+        (a1.writes - a0.writes) / n,
+        (a1.minflt - a0.minflt) / n,
+        ms(cb1 - cb0),
+        (b1.reads - b0.reads) / n,
+        (b1.writes - b0.writes) / n,
+        (b1.minflt - b0.minflt) / n,
+    );
 }
 
 fn gib(c: &mut Criterion) -> Vec<Target> {

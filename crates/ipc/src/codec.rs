@@ -138,6 +138,36 @@ pub(crate) fn encode_frame_within<T: Serialize + ?Sized>(
     Ok(Some(HEADER_MAX - n))
 }
 
+/// Spare buffers a decode from the stream fills for input it needs in one piece (see
+/// `de::Refill`): the first ones [`de::REFILL`] bytes each, the last all that is left.
+const SPARES: usize = 16;
+
+/// Decodes a whole payload as it is read: `front` is what is buffered and `left` bytes are
+/// still in the stream, read by `read` as the decode needs them, sequences of bytes and floats
+/// (and long strings) straight into the values they become. `scratch`, the end's receive
+/// buffer, is the last spare: used only if the decode needs all the rest in one piece (a
+/// sequence of integers, or more items cut by reads than there are spares). Returns the value,
+/// and how many payload bytes the decode left unread (after an error).
+pub(crate) fn decode_streamed<T: DeserializeOwned>(
+    front: &[u8],
+    left: usize,
+    read: crate::frame::StreamRead<'_>,
+    scratch: &mut Vec<u8>,
+) -> (Result<T>, usize) {
+    let mut spares: [Vec<u8>; SPARES] = Default::default();
+    spares[SPARES - 1] = std::mem::take(scratch);
+    let (mut unread, mut failed) = (left, None);
+    let noting: de::ReadSome<'_> = &mut |room| read(room).map_err(|e| failed = Some(e)).ok();
+    let result = decoding(|| {
+        let (value, more) = de::take_streamed(front, de::Refill::new(noting, left, &mut spares));
+        unread = more.left;
+        value
+    });
+    *scratch = std::mem::take(&mut spares[SPARES - 1]);
+    // A read that failed (the end of the stream, say) is why the decode did.
+    (failed.map_or(result, Err), unread)
+}
+
 /// Decodes a value from the front of `bytes`, ignoring what follows it (`postcard::from_bytes`).
 pub(crate) fn from_bytes<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
     decoding(|| de::take_from_bytes(bytes).map(|(value, _rest)| value))

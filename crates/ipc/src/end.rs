@@ -34,6 +34,11 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 30;
 /// socket that cannot have a memfd), not encoded whole into the send buffer first.
 const STREAM_MIN: usize = 1 << 20;
 
+/// Typed payloads from this size on are decoded as they are read, when the receive has no
+/// deadline and the stream no fds: their bytes and floats go straight from the stream into the
+/// values they become, with no copy in the receive buffer first.
+const DECODE_AS_READ_MIN: usize = 64 << 10;
+
 /// Raw payloads up to this size are copied behind their header and written as one slice.
 const SMALL_COPY: usize = 1024;
 
@@ -250,7 +255,16 @@ impl End {
         let mut sent = 0;
         let (result, _fds_again) = self.collecting(|| {
             codec::encode_streaming(value, buf, n + len, |gathered, direct| {
-                write_frame(&io, gathered, direct)?;
+                if direct.len() >= SPLIT_HEADER {
+                    // As in `send_bytes`: what gathered before a large slice in a write of its
+                    // own, so the slice lands in the pipe's pages at the offsets a bare write
+                    // of it would have (and the receiver's copies the alignment the floor's
+                    // have).
+                    write_frame(&io, gathered, &[])?;
+                    write_frame(&io, direct, &[])?;
+                } else {
+                    write_frame(&io, gathered, direct)?;
+                }
                 sent += gathered.len() + direct.len();
                 Ok(())
             })
@@ -485,6 +499,12 @@ impl End {
                 return result;
             }
         }
+        if deadline.is_none()
+            && self.kind != Kind::Socket
+            && let Some(result) = self.recv_large(frames, scratch)
+        {
+            return result;
+        }
         let result = self.read_frame(frames, fds, scratch, deadline).and_then(|mut fds| {
             // A descriptor always comes with its memfd: a frame without fds is a value, whatever
             // its bytes spell (a sender never sends a value with ends inline if it spells one).
@@ -501,6 +521,29 @@ impl End {
         });
         codec::trim_scratch(scratch);
         result
+    }
+
+    /// [`recv`](Self::recv) of a frame of at least [`DECODE_AS_READ_MIN`] bytes whose payload
+    /// is not all read yet, on a stream without fds, without a deadline: decoded as it is read.
+    /// `None` for any other frame (its header read: the general path carries on).
+    #[inline(never)]
+    fn recv_large<T: DeserializeOwned>(
+        &self,
+        frames: &mut FrameReader,
+        scratch: &mut Vec<u8>,
+    ) -> Option<Result<T>> {
+        let io = self.io();
+        match frames.large_frame(&io, self.max_message_size, DECODE_AS_READ_MIN) {
+            Ok(Some(_)) => {}
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        }
+        // With the fd tables (empty): a value with an end in it fails on the end.
+        let result = frames.stream_payload(&io, |front, left, read| {
+            fdpass::providing(Vec::new(), || codec::decode_streamed(front, left, read, scratch))
+        });
+        codec::trim_scratch(scratch);
+        Some(result)
     }
 
     /// [`recv`](Self::recv) without waiting: `None` if no whole frame is there yet.
@@ -687,6 +730,11 @@ impl RawIo for FdIo<'_> {
 
     fn read_append(&self, dst: &mut Vec<u8>, max: usize) -> io::Result<usize> {
         sys::read_append(self.fd, dst, max)
+    }
+
+    fn read_uninit<'b>(&self, buf: &'b mut [MaybeUninit<u8>]) -> io::Result<&'b mut [u8]> {
+        // A plain read: only streams without fds (not Unix sockets) decode as they read.
+        Ok(rustix::io::read(self.fd, buf)?.0)
     }
 
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

@@ -9,6 +9,7 @@
 //! reads, short writes and interruptions.
 
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::time::Instant;
 
@@ -29,6 +30,9 @@ pub(crate) trait RawIo {
     fn read(&self, buf: &mut [u8], at: u64) -> io::Result<usize>;
     /// Appends at most `max` bytes to `dst` (in its spare capacity); `Ok(0)` is end of file.
     fn read_append(&self, dst: &mut Vec<u8>, max: usize) -> io::Result<usize>;
+    /// Reads into the front of `buf`, which need not be initialized: the bytes read (none at
+    /// end of file). For a stream that carries no fds (see [`FrameReader::stream_payload`]).
+    fn read_uninit<'b>(&self, buf: &'b mut [MaybeUninit<u8>]) -> io::Result<&'b mut [u8]>;
     /// Writes some prefix of `bufs`.
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// Waits until a read would not block or `deadline` passes; `Ok(false)` on the deadline.
@@ -121,6 +125,10 @@ fn write_rest(io: &impl RawIo, bufs: &mut [IoSlice<'_>; 2], mut written: usize) 
     }
     Ok(written)
 }
+
+/// How [`FrameReader::stream_payload`] hands a decode the rest of a payload: reads into the
+/// front of the room given and returns the bytes read (none after an interruption).
+pub(crate) type StreamRead<'a> = &'a mut dyn for<'b> FnMut(&'b mut [MaybeUninit<u8>]) -> Result<&'b mut [u8]>;
 
 /// How many bytes a header read may take at once when reading ahead: a burst of small frames
 /// arrives in one `read(2)`, and a lone small frame with its header in one.
@@ -305,6 +313,74 @@ impl FrameReader {
                 }
             }
         }
+    }
+
+    /// Starts the next frame for a receive that decodes the payload as it reads it (a large
+    /// typed value, whose sequences of bytes and floats then go straight from the stream into
+    /// the values they become): reads its header, waiting without a deadline. `Some(len)` when
+    /// the payload is at least `min` bytes and not all buffered: [`stream_payload`] reads it.
+    /// `None` otherwise, or when a frame is already under way: [`read_frame`] carries on from
+    /// where this left the reader.
+    ///
+    /// [`stream_payload`]: Self::stream_payload
+    /// [`read_frame`]: Self::read_frame
+    pub(crate) fn large_frame(&mut self, io: &impl RawIo, max: usize, min: usize) -> Result<Option<usize>> {
+        if !matches!(self.stage, Stage::Header) || !self.partial.is_empty() {
+            return Ok(None);
+        }
+        let (len, header_len, start) = self.read_header(io, None)?;
+        if len > max as u64 {
+            self.stage = Stage::Skip { len: len + header_len as u64, remaining: len };
+            return Err(Error::TooLarge { len, max: max as u64 });
+        }
+        let len = len as usize;
+        self.stage = Stage::Payload { len, header_len, start };
+        Ok((len >= min && len > self.end - self.start).then_some(len))
+    }
+
+    /// Reads the payload [`large_frame`](Self::large_frame) announced as `decode(front, left,
+    /// read)` decodes it: `front` is what is buffered, `left` how many bytes are still in the
+    /// stream, and `read` reads the next of them into the front of the room it is given and
+    /// returns them (waiting without a deadline; none after an interruption, to be called
+    /// again; [`Error::Truncated`] at end of file). `decode` returns its
+    /// result and how many bytes it left unread; those are skipped (after an error), so the
+    /// stream stays at the next frame.
+    pub(crate) fn stream_payload<T>(
+        &mut self,
+        io: &impl RawIo,
+        decode: impl FnOnce(&[u8], usize, StreamRead<'_>) -> (Result<T>, usize),
+    ) -> Result<T> {
+        let Stage::Payload { len, header_len, .. } = self.stage else {
+            unreachable!("stream_payload follows large_frame")
+        };
+        let front = self.end - self.start;
+        let (mut read, mut ended) = (0, false);
+        let (result, unread) =
+            decode(&self.ahead[self.start..self.end], len - front, &mut |room: &mut [MaybeUninit<u8>]| {
+                match io.read_uninit(room) {
+                    Ok([]) => {
+                        ended = true;
+                        Err(Error::Truncated {
+                            expected: (header_len + len) as u64,
+                            received: (header_len + front + read) as u64,
+                        })
+                    }
+                    Ok(got) => {
+                        read += got.len();
+                        Ok(got)
+                    }
+                    // Nothing read: called again.
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(&mut []),
+                    Err(e) => Err(e.into()),
+                }
+            });
+        self.offset += read as u64;
+        self.consume(front);
+        self.stage = Stage::Header;
+        if unread > 0 && !ended {
+            self.skip(io, (header_len + len) as u64, unread as u64, None)?;
+        }
+        result
     }
 
     /// The common case in few steps: reading ahead, between frames, with nothing buffered or
@@ -608,6 +684,11 @@ mod tests {
             let bytes = self.take(max)?;
             dst.extend_from_slice(bytes);
             Ok(bytes.len())
+        }
+
+        fn read_uninit<'b>(&self, buf: &'b mut [MaybeUninit<u8>]) -> io::Result<&'b mut [u8]> {
+            let bytes = self.take(buf.len())?;
+            Ok(crate::sys::write_front(buf, bytes))
         }
 
         fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

@@ -23,6 +23,22 @@ pub(crate) fn read_append(fd: BorrowedFd<'_>, dst: &mut Vec<u8>, max: usize) -> 
     Ok(n)
 }
 
+/// Copies `src` to the front of `dst` (which need not be initialized) and returns those bytes,
+/// initialized (`<[MaybeUninit<u8>]>::write_copy_of_slice`, stable only since Rust 1.93).
+///
+/// # Panics
+/// If `src` is longer than `dst`.
+pub(crate) fn write_front<'a>(dst: &'a mut [std::mem::MaybeUninit<u8>], src: &[u8]) -> &'a mut [u8] {
+    let dst = &mut dst[..src.len()];
+    // SAFETY: `dst` has exactly `src.len()` bytes of room, in a distinct allocation (`dst` is
+    // borrowed mutably, `src` shared); once copied they are initialized bytes, borrowed as long
+    // as `dst` is.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast::<u8>(), src.len());
+        &mut *(dst as *mut [std::mem::MaybeUninit<u8>] as *mut [u8])
+    }
+}
+
 /// Empties `buf` and gives its pages back to the kernel lazily (`MADV_FREE`): they stay mapped
 /// and are reused without a fault if the kernel has not taken them by the next fill, and are
 /// taken first when memory runs short. For a large receive buffer kept between messages.

@@ -375,3 +375,122 @@ fn a_large_carried_value_is_decoded_from_where_it_arrived_not_copied_out() {
     assert!(!mapping_of(small.bytes().unwrap().as_ptr()).contains("mproc-value"));
     assert_eq!(small.decode::<u32>().unwrap(), 7);
 }
+
+// ---- large values over a pipe, decoded as they are read --------------------------------
+
+/// Everything a decode from the stream meets: bytes, floats and a long string read straight
+/// into their values, integers (all the rest in one piece), many short strings (more items
+/// cut by reads than the decoder has spare buffers), and small fields between them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Mixed {
+    id: u32,
+    text: String,
+    pixels: Vec<u8>,
+    tail: (u8, i64),
+    samples: Vec<f64>,
+    words: Vec<String>,
+    ints: Vec<u64>,
+    after: Option<Box<Mixed>>,
+}
+
+fn mixed(n: usize, words: usize) -> Mixed {
+    Mixed {
+        id: n as u32,
+        text: "ü".repeat(n / 2),
+        pixels: (0..n).map(|i| (i * 13) as u8).collect(),
+        tail: (7, -3),
+        samples: (0..n / 8 + 3).map(|i| i as f64 * 0.25).collect(),
+        words: (0..words).map(|i| format!("word {i} ").repeat(1 + i % 20)).collect(),
+        ints: (0..n as u64 / 64).map(|i| i * i * 1_000_003).collect(),
+        after: (n > 0).then(|| Box::new(mixed(n / 3, 3))),
+    }
+}
+
+/// Sizes around the thresholds: below decoding as read (64 KiB), past it, past streaming on
+/// the sending side (1 MiB), past a reservation step (16 MiB).
+const SIZES: [usize; 5] = [1000, 70 << 10, (1 << 20) + 5, 3 << 20, 17 << 20];
+
+#[test]
+fn large_values_decode_as_they_are_read_from_a_pipe() {
+    let (rx, tx) = pipe::<Mixed>().unwrap();
+    let child = in_child(&[&rx], || {
+        for (k, n) in SIZES.into_iter().enumerate() {
+            // A blocking receive: the one that decodes as it reads (the child is waited for
+            // with a deadline).
+            let got = rx.recv().map_err(msg)?;
+            if got != mixed(n, 30_000 * (k % 2)) {
+                return Err(format!("value {k} ({n} bytes) changed on the way"));
+            }
+            if got.pixels.capacity() != got.pixels.len() || got.samples.capacity() != got.samples.len() {
+                return Err(format!("value {k}: vectors allocated past their length"));
+            }
+        }
+        Ok(())
+    });
+    drop(rx);
+    let sender = std::thread::spawn(move || {
+        for (k, n) in SIZES.into_iter().enumerate() {
+            tx.send(&mixed(n, 30_000 * (k % 2)))?;
+        }
+        Ok::<_, Error>(())
+    });
+    assert_success(child);
+    sender.join().unwrap().unwrap();
+
+    // 200 MiB: many reservation steps.
+    let (rx, tx) = pipe::<Vec<u8>>().unwrap();
+    let child = in_child(&[&rx], || {
+        let bytes = rx.recv().map_err(msg)?;
+        if bytes.len() != 200 << 20 || bytes.iter().enumerate().any(|(i, &b)| b != i as u8) {
+            return Err("the 200 MiB Vec<u8> changed on the way".into());
+        }
+        Ok(())
+    });
+    drop(rx);
+    let sender = std::thread::spawn(move || tx.send(&(0..200 << 20).map(|i| i as u8).collect()));
+    assert_success(child);
+    sender.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_bad_large_frame_is_an_error_and_the_next_frame_reads() {
+    let (rx, tx) = pipe::<Vec<u8>>().unwrap();
+    let child = in_child(&[&rx], || {
+        let expect = |k: usize, got: Result<Vec<u8>, Error>, ok: bool| match got {
+            Ok(v) if ok && v == [k as u8; 3] => Ok(()),
+            Err(Error::Decode(_) | Error::Mismatch(_)) if !ok => Ok(()),
+            other => Err(format!("frame {k}: {other:?}")),
+        };
+        for k in 0..3 {
+            // A bad large frame, then a good small one.
+            expect(k, rx.recv(), false)?;
+            expect(k, rx.recv(), true)?;
+        }
+        match rx.recv() {
+            Err(Error::Truncated { expected, received }) if received < expected => Ok(()),
+            other => Err(format!("a frame cut short by the end of the stream: {other:?}")),
+        }
+    });
+    drop(rx);
+    let big = |n: usize| postcard::to_allocvec(&vec![1u8; n]).unwrap();
+    let mut trailing = big(1 << 20);
+    trailing.extend_from_slice(&[0; 100]);
+    let mut short = big(1 << 20);
+    short.truncate(short.len() - 100);
+    let wide = postcard::to_allocvec(&vec![u64::MAX; 1 << 17]).unwrap();
+    let raw = tx.cast::<()>();
+    let sender = std::thread::spawn(move || {
+        // Bytes past the value; a length past the payload; integers where bytes were
+        // expected (as many bytes as integers read, the rest left over).
+        for (k, bad) in [trailing, short, wide].into_iter().enumerate() {
+            raw.send_bytes(&bad)?;
+            raw.send_bytes(&postcard::to_allocvec(&vec![k as u8; 3]).unwrap())?;
+        }
+        // A header announcing 2 MiB, and 1 MiB, then the end of the stream.
+        let mut cut = ((2u32 << 20).to_be_bytes()).to_vec();
+        cut.extend_from_slice(&big(1 << 20));
+        rustix::io::write(&raw, &cut).map(drop).map_err(|e| Error::Io(std::io::Error::from(e)))
+    });
+    assert_success(child);
+    sender.join().unwrap().unwrap();
+}

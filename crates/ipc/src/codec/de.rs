@@ -36,7 +36,157 @@ pub(crate) fn take_from_bytes<'de, T: de::Deserialize<'de>>(input: &'de [u8]) ->
     Ok((value, deserializer.input))
 }
 
-pub(crate) struct Deserializer<'de> {
+/// Reads one value from a payload whose front is `input` and whose rest `more` reads as the
+/// decode needs it; the payload must hold exactly the value. Gives `more` back: how many bytes
+/// it left unread.
+pub(crate) fn take_streamed<'de, T: de::Deserialize<'de>>(
+    input: &'de [u8],
+    more: Refill<'de>,
+) -> (Result<T>, Refill<'de>) {
+    let elements = input.len().saturating_add(more.left).saturating_add(MAX_EMPTY_ELEMENTS);
+    let mut deserializer = Deserializer { input, depth: MAX_DEPTH, elements, more };
+    let value = T::deserialize(&mut deserializer);
+    let Deserializer { input, more, .. } = deserializer;
+    match value {
+        Ok(_) if !input.is_empty() || more.left > 0 => (Err(Error::DeserializeBadEncoding), more),
+        value => (value, more),
+    }
+}
+
+/// Where a [`Deserializer`] gets the payload bytes that are not in its `input` yet: nowhere
+/// ([`Whole`], a payload decoded from a slice, which compiles to exactly that), or the stream
+/// ([`Refill`]).
+pub(crate) trait More<'de> {
+    /// Whether bytes may come from the stream at all.
+    const STREAMED: bool;
+    /// Payload bytes still in the stream.
+    fn left(&self) -> usize;
+    /// Makes `input` hold at least `need` bytes (more than it does), or "unexpected end".
+    fn refill(&mut self, input: &mut &'de [u8], need: usize) -> Result<()>;
+    /// Appends `len` elements of a bulk type to `values`, taken from `input` and then the
+    /// stream.
+    fn bulk<E: Bulk>(&mut self, input: &mut &'de [u8], len: usize, values: &mut Vec<E>) -> Result<()>;
+}
+
+/// The whole payload is in the input.
+pub(crate) struct Whole;
+
+impl<'de> More<'de> for Whole {
+    const STREAMED: bool = false;
+
+    #[inline(always)]
+    fn left(&self) -> usize {
+        0
+    }
+
+    #[inline(always)]
+    fn refill(&mut self, _input: &mut &'de [u8], _need: usize) -> Result<()> {
+        Err(Error::DeserializeUnexpectedEnd)
+    }
+
+    #[inline(always)]
+    fn bulk<E: Bulk>(&mut self, input: &mut &'de [u8], len: usize, values: &mut Vec<E>) -> Result<()> {
+        seq::append_bulk(input, len, values)
+    }
+}
+
+/// The part of a payload still in the stream, read as a decode needs it: a large frame is
+/// decoded as it arrives, and its sequences of bytes and floats (and long strings) are read
+/// straight into the values they become, with no copy in a receive buffer first.
+pub(crate) struct Refill<'de> {
+    /// Reads the next bytes into the front of the room given and returns them (none after an
+    /// interruption: called again); `None` when reading failed (the caller keeps why).
+    read: ReadSome<'de>,
+    /// Payload bytes still in the stream.
+    pub(crate) left: usize,
+    /// Buffers for input that must be contiguous (an item cut by the end of what was read),
+    /// each filled once and then read from for the rest of the decode: the next [`REFILL`]
+    /// bytes each, and everything left in the last one.
+    spares: &'de mut [Vec<u8>],
+}
+
+/// How a [`Refill`] reads (see its `read`).
+pub(crate) type ReadSome<'a> =
+    &'a mut dyn for<'b> FnMut(&'b mut [std::mem::MaybeUninit<u8>]) -> Option<&'b mut [u8]>;
+
+/// How many bytes a refill reads at least (all that is left when less is): a pipe's capacity.
+pub(crate) const REFILL: usize = 64 << 10;
+
+/// What the frame reader's `RESERVE_STEP` is to it: a sequence read from the stream gets room
+/// for at most this many more bytes before the bytes before them have arrived, so a length
+/// that claims a huge sequence costs nothing until the peer really sends it.
+const RESERVE_STEP: usize = 16 << 20;
+
+impl<'de> Refill<'de> {
+    /// `left` bytes, read by `read`, with `spares` for input that must be contiguous (at
+    /// least one; the last may hold a buffer to reuse: it takes everything left, if used).
+    pub(crate) fn new(read: ReadSome<'de>, left: usize, spares: &'de mut [Vec<u8>]) -> Self {
+        assert!(!spares.is_empty(), "a refill needs a spare buffer");
+        Refill { read, left, spares }
+    }
+
+    /// Reads bytes of the stream into the front of `room`.
+    fn read<'b>(read: &mut ReadSome<'de>, room: &'b mut [std::mem::MaybeUninit<u8>]) -> Result<&'b mut [u8]> {
+        read(room).ok_or(Error::DeserializeUnexpectedEnd)
+    }
+}
+
+impl<'de> More<'de> for Refill<'de> {
+    const STREAMED: bool = true;
+
+    fn left(&self) -> usize {
+        self.left
+    }
+
+    /// Reads into a spare buffer that starts with what `input` held: at least [`REFILL`]
+    /// bytes more, all that is left in the last spare.
+    #[cold]
+    #[inline(never)]
+    fn refill(&mut self, input: &mut &'de [u8], need: usize) -> Result<()> {
+        let short = need - input.len();
+        if short > self.left {
+            return Err(Error::DeserializeUnexpectedEnd);
+        }
+        let (spare, rest) =
+            std::mem::take(&mut self.spares).split_first_mut().ok_or(Error::DeserializeUnexpectedEnd)?;
+        let want = if rest.is_empty() { self.left } else { short.max(REFILL).min(self.left) };
+        self.spares = rest;
+        spare.clear();
+        // What `input` holds and `want` bytes more, read in steps as a sequence of bytes is
+        // (a long string's claimed length reserves nothing before its bytes arrive).
+        let mut held = *input;
+        self.bulk::<u8>(&mut held, input.len() + want, spare)?;
+        let spare: &'de Vec<u8> = spare;
+        *input = spare;
+        Ok(())
+    }
+
+    /// Read straight into `values` when they are not all in `input`, in steps of at most
+    /// [`RESERVE_STEP`] bytes of room.
+    fn bulk<E: Bulk>(&mut self, input: &mut &'de [u8], len: usize, values: &mut Vec<E>) -> Result<()> {
+        let n = len.checked_mul(size_of::<E>()).ok_or(Error::DeserializeUnexpectedEnd)?;
+        if n <= input.len() {
+            return seq::append_bulk(input, len, values);
+        }
+        if n - input.len() > self.left {
+            return Err(Error::DeserializeUnexpectedEnd);
+        }
+        let mut prefix = std::mem::take(input);
+        let mut done = 0;
+        while done < len {
+            let step = (len - done).min(done.max(RESERVE_STEP / size_of::<E>()));
+            let (now, later) = prefix.split_at(prefix.len().min(step * size_of::<E>()));
+            let read = &mut self.read;
+            bulk::extend_read(values, step, now, |room| Refill::read(read, room))?;
+            self.left -= step * size_of::<E>() - now.len();
+            prefix = later;
+            done += step;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) struct Deserializer<'de, M = Whole> {
     input: &'de [u8],
     /// Levels of nesting left (see [`MAX_DEPTH`]).
     depth: u32,
@@ -44,18 +194,47 @@ pub(crate) struct Deserializer<'de> {
     ///
     /// [`count`]: Deserializer::count
     elements: usize,
+    /// Where the rest of the payload comes from.
+    more: M,
 }
 
 impl<'de> Deserializer<'de> {
     /// Reads from the front of `input`.
     pub(crate) fn new(input: &'de [u8]) -> Self {
         let elements = input.len().saturating_add(MAX_EMPTY_ELEMENTS);
-        Deserializer { input, depth: MAX_DEPTH, elements }
+        Deserializer { input, depth: MAX_DEPTH, elements, more: Whole }
     }
 
     /// The bytes not read yet.
     pub(crate) fn rest(&self) -> &'de [u8] {
         self.input
+    }
+}
+
+impl<'de, M: More<'de>> Deserializer<'de, M> {
+    /// The bytes of the payload not read yet, in `input` and in the stream.
+    #[inline]
+    fn bytes_left(&self) -> usize {
+        self.input.len() + self.more.left()
+    }
+
+    #[inline]
+    fn pop_refilled(&mut self) -> Result<u8> {
+        self.more.refill(&mut self.input, 1)?;
+        let (&first, rest) = self.input.split_first().ok_or(Error::DeserializeUnexpectedEnd)?;
+        self.input = rest;
+        Ok(first)
+    }
+
+    #[inline]
+    fn take_refilled(&mut self, n: usize) -> Result<&'de [u8]> {
+        self.more.refill(&mut self.input, n)?;
+        if n > self.input.len() {
+            return Err(Error::DeserializeUnexpectedEnd);
+        }
+        let (taken, rest) = self.input.split_at(n);
+        self.input = rest;
+        Ok(taken)
     }
 }
 
@@ -82,10 +261,10 @@ macro_rules! varint {
     };
 }
 
-impl<'de> Deserializer<'de> {
+impl<'de, M: More<'de>> Deserializer<'de, M> {
     #[inline]
     fn pop(&mut self) -> Result<u8> {
-        let (&first, rest) = self.input.split_first().ok_or(Error::DeserializeUnexpectedEnd)?;
+        let Some((&first, rest)) = self.input.split_first() else { return self.pop_refilled() };
         self.input = rest;
         Ok(first)
     }
@@ -93,7 +272,7 @@ impl<'de> Deserializer<'de> {
     #[inline]
     fn take(&mut self, n: usize) -> Result<&'de [u8]> {
         if n > self.input.len() {
-            return Err(Error::DeserializeUnexpectedEnd);
+            return self.take_refilled(n);
         }
         let (taken, rest) = self.input.split_at(n);
         self.input = rest;
@@ -141,16 +320,34 @@ impl<'de> Deserializer<'de> {
         usize::try_from(self.varint_u64()?).map_err(|_| Error::DeserializeBadVarint)
     }
 
-    /// The `len` elements of a `Vec<E>` as one copy, for serde's visitor of `Vec<E>`.
+    /// The `len` elements of a `Vec<E>` as one copy, for serde's visitor of `Vec<E>` (read
+    /// straight into it, if they are still in the stream).
     fn bulk<E: Bulk, V: Visitor<'de>>(&mut self, len: usize) -> Result<V::Value> {
         let mut values = Vec::new();
-        seq::append_bulk(&mut self.input, len, &mut values)?;
+        self.more.bulk(&mut self.input, len, &mut values)?;
         bulk::vec_as::<E, V::Value>(values).map_err(|_| Error::DeserializeBadEncoding)
+    }
+
+    /// `n` bytes as a `Vec`, read straight into it when they are still in the stream, else
+    /// `None` (the caller borrows them from `input`).
+    #[inline]
+    fn owned_bytes(&mut self, n: usize) -> Result<Option<Vec<u8>>> {
+        if !M::STREAMED || n <= self.input.len() {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        self.more.bulk(&mut self.input, n, &mut bytes)?;
+        Ok(Some(bytes))
     }
 
     /// The `len` elements of a `Vec<E>` of integers in one loop, for serde's visitor of
     /// `Vec<E>`.
     fn ints<E: Varint, V: Visitor<'de>>(&mut self, len: usize) -> Result<V::Value> {
+        if M::STREAMED && self.more.left() > 0 {
+            // From one slice: all the rest of the payload.
+            let all = self.bytes_left();
+            self.more.refill(&mut self.input, all)?;
+        }
         let mut values = Vec::new();
         seq::decode_varints(&mut self.input, len, &mut values)?;
         bulk::vec_as::<E, V::Value>(values).map_err(|_| Error::DeserializeBadEncoding)
@@ -171,7 +368,7 @@ macro_rules! vec_visitors {
             VISITORS.get_or_init(|| VecVisitors { $($(#[$cfg])* $t: visitor_of::<Vec<$t>>(),)* })
         }
 
-        impl<'de> Deserializer<'de> {
+        impl<'de, M: More<'de>> Deserializer<'de, M> {
             /// The sequence of `len` elements for `visitor`, in one copy or one loop if it is
             /// serde's visitor of a `Vec` of bytes, floats or integers; else element by element.
             fn seq<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value> {
@@ -234,12 +431,12 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
     }
 }
 
-struct SeqAccess<'a, 'de> {
-    deserializer: &'a mut Deserializer<'de>,
+struct SeqAccess<'a, 'de, M> {
+    deserializer: &'a mut Deserializer<'de, M>,
     len: usize,
 }
 
-impl<'de> de::SeqAccess<'de> for SeqAccess<'_, 'de> {
+impl<'de, M: More<'de>> de::SeqAccess<'de> for SeqAccess<'_, 'de, M> {
     type Error = Error;
 
     #[inline]
@@ -254,16 +451,16 @@ impl<'de> de::SeqAccess<'de> for SeqAccess<'_, 'de> {
     #[inline]
     fn size_hint(&self) -> Option<usize> {
         // Never more than the bytes left: a hostile length must not reserve memory.
-        (self.len <= self.deserializer.input.len()).then_some(self.len)
+        (self.len <= self.deserializer.bytes_left()).then_some(self.len)
     }
 }
 
-struct MapAccess<'a, 'de> {
-    deserializer: &'a mut Deserializer<'de>,
+struct MapAccess<'a, 'de, M> {
+    deserializer: &'a mut Deserializer<'de, M>,
     len: usize,
 }
 
-impl<'de> de::MapAccess<'de> for MapAccess<'_, 'de> {
+impl<'de, M: More<'de>> de::MapAccess<'de> for MapAccess<'_, 'de, M> {
     type Error = Error;
 
     #[inline]
@@ -286,7 +483,7 @@ impl<'de> de::MapAccess<'de> for MapAccess<'_, 'de> {
     }
 }
 
-impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
+impl<'de, M: More<'de>> de::Deserializer<'de> for &mut Deserializer<'de, M> {
     type Error = Error;
 
     fn is_human_readable(&self) -> bool {
@@ -394,7 +591,16 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
 
     #[inline]
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_str(visitor)
+        let n = self.varint_usize()?;
+        match self.owned_bytes(n)? {
+            None => {
+                let text = std::str::from_utf8(self.take(n)?).map_err(|_| Error::DeserializeBadUtf8)?;
+                visitor.visit_borrowed_str(text)
+            }
+            Some(bytes) => {
+                visitor.visit_string(String::from_utf8(bytes).map_err(|_| Error::DeserializeBadUtf8)?)
+            }
+        }
     }
 
     #[inline]
@@ -405,7 +611,11 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
 
     #[inline]
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_bytes(visitor)
+        let n = self.varint_usize()?;
+        match self.owned_bytes(n)? {
+            None => visitor.visit_borrowed_bytes(self.take(n)?),
+            Some(bytes) => visitor.visit_byte_buf(bytes),
+        }
     }
 
     #[inline]
@@ -491,7 +701,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
     }
 }
 
-impl<'de> de::VariantAccess<'de> for &mut Deserializer<'de> {
+impl<'de, M: More<'de>> de::VariantAccess<'de> for &mut Deserializer<'de, M> {
     type Error = Error;
 
     #[inline]
@@ -519,7 +729,7 @@ impl<'de> de::VariantAccess<'de> for &mut Deserializer<'de> {
     }
 }
 
-impl<'de> de::EnumAccess<'de> for &mut Deserializer<'de> {
+impl<'de, M: More<'de>> de::EnumAccess<'de> for &mut Deserializer<'de, M> {
     type Error = Error;
     type Variant = Self;
 

@@ -14,7 +14,7 @@
 
 use std::any::TypeId;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{ManuallyDrop, MaybeUninit};
 
 /// The element types the casts below may name: plain numbers, without lifetime parameters (so
 /// equal erased type ids mean equal types) and without padding.
@@ -162,4 +162,48 @@ pub(crate) fn extend_with<E: Elem, Err>(
     // counted once it has happened), within the capacity `reserve` made.
     unsafe { out.set_len(start + done) };
     result
+}
+
+/// Appends to `out` `count` elements of type `E` whose bytes are `prefix` and then what
+/// `read` reads, written straight into `out`'s spare room (after `reserve_exact(count)`): a
+/// large sequence read from a stream lands where it stays, with no buffer between and no
+/// zero-filling first. `read` fills the front of the room it is given and returns those bytes
+/// (none: it is called again); it is called until the elements are whole, and errs at the end
+/// of its stream. On its error nothing is appended (the room keeps whatever it read).
+///
+/// # Panics
+/// If `prefix` is longer than the elements, or `read` returns bytes other than the front of
+/// the room it was given.
+pub(crate) fn extend_read<E: Bulk, Err>(
+    out: &mut Vec<E>,
+    count: usize,
+    prefix: &[u8],
+    mut read: impl for<'b> FnMut(&'b mut [MaybeUninit<u8>]) -> Result<&'b mut [u8], Err>,
+) -> Result<(), Err> {
+    out.reserve_exact(count);
+    let len = out.len();
+    let spare = &mut out.spare_capacity_mut()[..count];
+    let size = size_of_val(spare);
+    // SAFETY: the bytes of `count` possibly uninitialized `E`s, viewed as possibly
+    // uninitialized bytes: the same memory and length in bytes, alignment 1, borrowed as long
+    // as `spare` is.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<MaybeUninit<u8>>(), size) };
+    super::write_front(bytes, prefix);
+    let mut filled = prefix.len();
+    while filled < size {
+        let room = &mut bytes[filled..];
+        let (front, most) = (room.as_ptr().cast::<u8>(), room.len());
+        let got = read(room)?;
+        // A `&mut [u8]` is initialized memory: at the room's front, these bytes are written.
+        assert!(
+            got.is_empty() || (std::ptr::eq(got.as_ptr(), front) && got.len() <= most),
+            "extend_read: read returned bytes other than the front of its room"
+        );
+        filled += got.len();
+    }
+    // SAFETY: all `size` bytes of the `count` elements are initialized (the prefix, then each
+    // read's bytes, checked above to be the front of what was left); every bit pattern is a
+    // valid `E` (a bulk type), and the room is within the capacity `reserve_exact` made.
+    unsafe { out.set_len(len + count) };
+    Ok(())
 }
