@@ -11,6 +11,8 @@ mod de;
 mod seq;
 mod ser;
 
+pub(crate) use ser::Run;
+
 use serde::Serialize;
 use serde::de::{Deserialize, DeserializeOwned};
 
@@ -69,6 +71,12 @@ pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 /// How many bytes `value`'s encoding takes.
 pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
     ser::serialize(value, ser::Count::default()).map(|count| count.0).map_err(Error::Encode)
+}
+
+/// How many bytes `value`'s encoding takes, and its largest sequence of bytes or floats (a
+/// `Run` of no bytes if it has none).
+pub(crate) fn encoded_len_and_run<T: Serialize + ?Sized>(value: &T) -> Result<(usize, Run)> {
+    ser::serialize(value, ser::CountRuns::default()).map(|c| (c.len, c.largest)).map_err(Error::Encode)
 }
 
 /// Encodes `value` as one whole frame in `buf`; the frame is `buf[start..]` for the returned

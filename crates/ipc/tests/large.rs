@@ -322,18 +322,21 @@ fn a_value_that_encodes_otherwise_the_second_time_fails_and_the_stream_stays_in_
 }
 
 #[test]
-fn a_value_past_the_threshold_that_encodes_otherwise_fails_on_a_duplex_and_sends_nothing() {
-    // The memfd is written as the value is encoded a second time, after its length was
-    // counted: a value that comes out longer or shorter is an error, and no frame goes.
+fn a_value_past_the_threshold_that_encodes_otherwise_fails_on_a_duplex_and_the_receiver_is_told() {
+    // The memfd goes first (early: a value that is mostly one run of bytes) and is written as
+    // the value is encoded a second time, after its length was counted: a value that comes
+    // out longer or shorter is an error for both ends, and the stream stays in step.
     let (a, b) = duplex::<Vec<u8>>().unwrap();
     let shifty = a.cast::<Shifty, Vec<u8>>();
     for step in [1, -1] {
         let value = Shifty { asked: std::cell::Cell::new(0), step, base: BIG as i64 };
         assert!(matches!(shifty.send(&value), Err(Error::Encode(_))), "step {step}");
+        let err = b.recv_timeout(DEADLINE).unwrap_err();
+        assert!(err.to_string().contains("failed to write the value whole"), "{err}");
     }
     let a = shifty.cast::<Vec<u8>, Vec<u8>>();
     a.send(&vec![9; BIG]).unwrap();
-    assert_eq!(b.recv_timeout(DEADLINE).unwrap(), vec![9; BIG], "the first frame is the good value");
+    assert_eq!(b.recv_timeout(DEADLINE).unwrap(), vec![9; BIG], "the frame after the bad ones reads");
 }
 
 /// The line of `/proc/self/maps` whose range holds `at`.
