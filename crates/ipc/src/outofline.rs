@@ -39,7 +39,6 @@ use serde::de::DeserializeOwned;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::fdpass;
-use crate::sys::bulk::Bulk;
 use crate::sys::outofline::Sealed;
 
 /// Values whose encoding passes this many bytes go out of line on a Unix socket.
@@ -158,13 +157,8 @@ fn decode_mapped<T: DeserializeOwned>(
     fds: Vec<OwnedFd>,
     ready: Option<(codec::Run, Box<dyn Any + Send>)>,
 ) -> Result<T> {
-    // The run made ready is read into its `Vec` from the file, not from the mapping: its
-    // pages are never mapped in.
-    let view = match ready {
-        None => Sealed::open(&file, len as usize),
-        Some(_) => Sealed::open_with(&file, len as usize, false),
-    };
-    let view = Arc::new(view.map_err(Error::OutOfLine)?);
+    let view = Arc::new(Sealed::open(&file, len as usize).map_err(Error::OutOfLine)?);
+    drop(file);
     /// Puts back the mapping decoded from before and its prepared run, even if a
     /// `Deserialize` panics.
     struct Restore(Option<Arc<Sealed>>, Option<Prepared>);
@@ -175,9 +169,7 @@ fn decode_mapped<T: DeserializeOwned>(
         }
     }
     let prepared = ready.map(|(run, vec)| Prepared {
-        file,
         at: view.bytes().as_ptr() as usize + run.offset,
-        offset: run.offset as u64,
         bytes: run.bytes,
         vec: Some(vec),
     });
@@ -432,12 +424,8 @@ fn ready_vec(run: codec::Run) -> Option<Box<dyn Any + Send>> {
 
 /// The run's `Vec` made ready while its value was written, while that value is decoded.
 struct Prepared {
-    /// The value's file, which the run is read from.
-    file: OwnedFd,
     /// Where the run lies in the mapping.
     at: usize,
-    /// Where it lies in the file.
-    offset: u64,
     bytes: usize,
     vec: Option<Box<dyn Any + Send>>,
 }
@@ -446,20 +434,17 @@ thread_local! {
     static PREPARED: RefCell<Option<Prepared>> = const { RefCell::new(None) };
 }
 
-/// The `count` elements in `taken` as a `Vec` made ready for them and read from the file, if
-/// `taken` is the run of the value being decoded on this thread and its elements are `E`s.
-pub(crate) fn prepared<E: Bulk>(taken: &[u8], count: usize) -> Option<Vec<E>> {
+/// The empty `Vec` made ready for `taken`, if `taken` is the run of the value being decoded on
+/// this thread and its elements are `E`s.
+pub(crate) fn prepared<E: 'static>(taken: &[u8]) -> Option<Vec<E>> {
     PREPARED.with_borrow_mut(|prepared| {
         let prepared = prepared.as_mut().filter(|p| p.at == taken.as_ptr() as usize && p.bytes == taken.len())?;
-        let mut vec = match prepared.vec.take()?.downcast::<Vec<E>>() {
-            Ok(vec) => *vec,
+        match prepared.vec.take()?.downcast::<Vec<E>>() {
+            Ok(vec) => Some(*vec),
             Err(other) => {
                 prepared.vec = Some(other);
-                return None;
+                None
             }
-        };
-        // Its room is `bytes / size_of::<E>()`, `count` (the caller checked `taken`'s length).
-        crate::sys::outofline::read_into(&prepared.file, prepared.offset, &mut vec, count).ok()?;
-        Some(vec)
+        }
     })
 }

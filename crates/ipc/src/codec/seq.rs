@@ -236,16 +236,15 @@ pub(crate) fn append_bulk<E: Bulk>(input: &mut &[u8], len: usize, out: &mut Vec<
         return Err(Error::DeserializeUnexpectedEnd);
     }
     let (taken, rest) = input.split_at(n);
-    // A large run of a value out of line may have had its `Vec` made ready (faulted in) while
-    // the sender was still writing it, and is read into it from the file (see `outofline.rs`).
-    if out.capacity() == 0
-        && n >= crate::outofline::PREPARED_MIN
-        && let Some(prepared) = crate::outofline::prepared::<E>(taken, len)
+    // A large run of a value out of line may have its `Vec` made ready (faulted in) while the
+    // sender was still writing it (see `outofline.rs`).
+    if n >= crate::outofline::PREPARED_MIN
+        && out.capacity() == 0
+        && let Some(prepared) = crate::outofline::prepared::<E>(taken)
     {
         *out = prepared;
-    } else {
-        bulk::extend_from_bytes(out, taken, len);
     }
+    bulk::extend_from_bytes(out, taken, len);
     *input = rest;
     Ok(())
 }

@@ -10,15 +10,12 @@
 
 #![allow(unsafe_code)]
 
-use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 
 use rustix::fs::SealFlags;
 use rustix::mm::{MapFlags, ProtFlags};
-
-use crate::sys::bulk::Bulk;
 
 /// A received memfd, checked and mapped read-only.
 pub(crate) struct Sealed {
@@ -31,12 +28,6 @@ impl Sealed {
     /// file is sealed against writing and shrinking and holds at least `len` bytes. The fd
     /// may be closed afterwards (the mapping keeps the file).
     pub(crate) fn open(fd: &OwnedFd, len: usize) -> Result<Sealed, String> {
-        Sealed::open_with(fd, len, true)
-    }
-
-    /// [`open`](Self::open), with the pages mapped in at once (`populate`) or as they are
-    /// read.
-    pub(crate) fn open_with(fd: &OwnedFd, len: usize, populate: bool) -> Result<Sealed, String> {
         let seals = rustix::fs::fcntl_get_seals(fd)
             .map_err(|e| format!("the value's file is not a sealable memfd ({e})"))?;
         if !seals.contains(SealFlags::WRITE | SealFlags::SHRINK) {
@@ -52,7 +43,7 @@ impl Sealed {
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ,
-                if populate { MapFlags::SHARED | MapFlags::POPULATE } else { MapFlags::SHARED },
+                MapFlags::SHARED | MapFlags::POPULATE,
                 fd,
                 0,
             )
@@ -101,30 +92,6 @@ pub(crate) fn fault_in<T>(spare: &mut [MaybeUninit<T>]) {
             bytes[at] = MaybeUninit::new(0);
         }
     }
-}
-
-/// Appends `count` elements of a bulk type (every bit pattern a value) read from `fd` at
-/// `offset` to `vec`, which has room for them: `pread(2)`, the kernel's copy, instead of a
-/// mapping's pages faulted in and copied. An error (a short file) appends nothing.
-pub(crate) fn read_into<E: Bulk>(fd: &OwnedFd, offset: u64, vec: &mut Vec<E>, count: usize) -> io::Result<()> {
-    let spare = &mut vec.spare_capacity_mut()[..count];
-    // SAFETY: the room for `count` elements, borrowed mutably for this block, as bytes.
-    let bytes = unsafe {
-        std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<MaybeUninit<u8>>(), size_of_val(spare))
-    };
-    let mut done = 0;
-    while done < bytes.len() {
-        match rustix::io::pread(fd, &mut bytes[done..], offset + done as u64) {
-            Ok((read, _)) if read.is_empty() => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok((read, _)) => done += read.len(),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    // SAFETY: the `count` elements after `len` were all written above, and any bytes are a
-    // valid `E` (a bulk type).
-    unsafe { vec.set_len(vec.len() + count) };
-    Ok(())
 }
 
 // SAFETY: `Sealed` is a read-only view of bytes no one can change; sending it to or sharing
