@@ -157,7 +157,11 @@ fn decode_mapped<T: DeserializeOwned>(
     fds: Vec<OwnedFd>,
     ready: Option<(codec::Run, Box<dyn Any + Send>)>,
 ) -> Result<T> {
-    let view = Arc::new(Sealed::open(&file, len as usize).map_err(Error::OutOfLine)?);
+    let view = match ready {
+        None => Sealed::open(&file, len as usize),
+        Some(_) => Sealed::open_with(&file, len as usize, false),
+    };
+    let view = Arc::new(view.map_err(Error::OutOfLine)?);
     drop(file);
     /// Puts back the mapping decoded from before and its prepared run, even if a
     /// `Deserialize` panics.

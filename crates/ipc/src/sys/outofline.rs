@@ -28,6 +28,13 @@ impl Sealed {
     /// file is sealed against writing and shrinking and holds at least `len` bytes. The fd
     /// may be closed afterwards (the mapping keeps the file).
     pub(crate) fn open(fd: &OwnedFd, len: usize) -> Result<Sealed, String> {
+        Sealed::open_with(fd, len, true)
+    }
+
+    /// [`open`](Self::open), with the pages mapped in at once (`populate`) or as they are
+    /// read (a fault maps in the pages around it too: cheaper for one copy of all of them into
+    /// memory faulted in already, as measured for values sent early, see `ARCHITECTURE.md`).
+    pub(crate) fn open_with(fd: &OwnedFd, len: usize, populate: bool) -> Result<Sealed, String> {
         let seals = rustix::fs::fcntl_get_seals(fd)
             .map_err(|e| format!("the value's file is not a sealable memfd ({e})"))?;
         if !seals.contains(SealFlags::WRITE | SealFlags::SHRINK) {
@@ -43,7 +50,7 @@ impl Sealed {
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ,
-                MapFlags::SHARED | MapFlags::POPULATE,
+                if populate { MapFlags::SHARED | MapFlags::POPULATE } else { MapFlags::SHARED },
                 fd,
                 0,
             )
