@@ -531,8 +531,10 @@ impl End {
             // A descriptor always comes with its memfd: a frame without fds is a value, whatever
             // its bytes spell (a sender never sends a value with ends inline if it spells one).
             Ok(with) if with.is_empty() => decode_without_fds(scratch),
-            Ok(with) if outofline::is_early(scratch) => outofline::Pending::new(scratch, self.max_message_size, with)
-                .and_then(|early| self.finish_early(frames, scratch, fds, pending, early, deadline)),
+            Ok(with) if outofline::is_early(scratch) => {
+                let early = outofline::Pending::new(scratch, self.max_message_size, with);
+                self.finish_early(frames, scratch, fds, pending, early, deadline)
+            }
             Ok(mut with) => match outofline::announced(scratch) {
                 None => fdpass::providing(with, || codec::decode(scratch)),
                 Some(len) => {

@@ -347,8 +347,12 @@ pub(crate) fn is_early(payload: &[u8]) -> bool {
 }
 
 /// An early value received whose end frame has not been read yet: its file, the fds of the
-/// ends inside it, and the run's `Vec`, made ready.
-pub(crate) struct Pending {
+/// ends inside it, and the run's `Vec`, made ready; or why it is refused (reported once its
+/// end frame is read, so the stream stays in step).
+pub(crate) struct Pending(Result<Arrived>);
+
+/// An early value that passed the checks of its descriptor.
+struct Arrived {
     file: OwnedFd,
     len: u64,
     run: codec::Run,
@@ -358,51 +362,55 @@ pub(crate) struct Pending {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Pending({} bytes)", self.len)
+        match &self.0 {
+            Ok(arrived) => write!(f, "Pending({} bytes)", arrived.len),
+            Err(e) => write!(f, "Pending(refused: {e})"),
+        }
     }
 }
 
 impl Pending {
     /// The early value whose descriptor is `payload` (see [`is_early`]), with the `fds` that
-    /// came with it (its memfd last): checked against the end's message limit `max` and for
-    /// sizes that fit, and its run's `Vec` made ready.
-    pub(crate) fn new(payload: &[u8], max: usize, mut fds: Vec<OwnedFd>) -> Result<Pending> {
+    /// came with it (its memfd last, so at least one): checked against the end's message limit
+    /// `max` and for sizes that fit, and its run's `Vec` made ready.
+    pub(crate) fn new(payload: &[u8], max: usize, mut fds: Vec<OwnedFd>) -> Pending {
         let field = |i: usize| {
             let at = EARLY_MAGIC.len() + 8 * i;
             u64::from_le_bytes(payload[at..at + 8].try_into().expect("8 bytes"))
         };
         let (len, offset, bytes, elem) = (field(0), field(1), field(2), field(3));
-        if len > max as u64 {
-            return Err(Error::TooLarge { len, max: max as u64 });
-        }
         let fits = offset.checked_add(bytes).is_some_and(|end| end <= len)
             && matches!(elem, 1 | 4 | 8)
             && bytes % elem == 0;
-        if !fits {
-            return Err(Error::OutOfLine(format!(
-                "the value's run of {bytes} bytes at {offset} (elements of {elem}) does not fit its {len} bytes"
-            )));
-        }
-        let file = fds.pop().ok_or_else(|| Error::OutOfLine("the frame announces a value in a memfd but carries no fd".into()))?;
-        let run = codec::Run { offset: offset as usize, bytes: bytes as usize, elem: elem as usize };
-        Ok(Pending { file, len, run, fds, ready: ready_vec(run) })
+        Pending(if len > max as u64 {
+            Err(Error::TooLarge { len, max: max as u64 })
+        } else if !fits {
+            Err(Error::OutOfLine(format!(
+                "the value's run of {bytes} bytes at {offset} (elements of {elem} bytes) does not fit in its {len} bytes"
+            )))
+        } else {
+            let file = fds.pop().expect("an early descriptor comes with fds");
+            let run = codec::Run { offset: offset as usize, bytes: bytes as usize, elem: elem as usize };
+            Ok(Arrived { file, len, run, fds, ready: ready_vec(run) })
+        })
     }
 
     /// The value, now that its end frame's payload `end` has come.
     pub(crate) fn finish<T: DeserializeOwned>(self, end: &[u8]) -> Result<T> {
-        match end.split_first_chunk::<16>() {
-            Some((magic, [1])) if magic == &END_MAGIC => {}
-            Some((magic, [0])) if magic == &END_MAGIC => {
-                return Err(Error::OutOfLine("the sender failed to write the value whole".into()));
-            }
+        let whole = match end.split_first_chunk::<16>() {
+            Some((magic, [whole @ (0 | 1)])) if magic == &END_MAGIC => *whole == 1,
             _ => {
                 return Err(Error::OutOfLine(
                     "a frame came where the end of a value out of line was due (its sender broke off)".into(),
                 ));
             }
+        };
+        let arrived = self.0?;
+        if !whole {
+            return Err(Error::OutOfLine("the sender failed to write the value whole".into()));
         }
-        let ready = self.ready.map(|vec| (self.run, vec));
-        decode_mapped(self.file, self.len, self.fds, ready)
+        let ready = arrived.ready.map(|vec| (arrived.run, vec));
+        decode_mapped(arrived.file, arrived.len, arrived.fds, ready)
     }
 }
 
