@@ -22,6 +22,10 @@
 //! kernel would kill the sender with `SIGXFSZ`; or `memfd_create` fails) the value goes
 //! inline, copied like any other. Pipes and TCP sockets carry no fds and always copy.
 //!
+//! A value that is mostly one run of bytes or floats goes *early* on a blocking send: its memfd
+//! first, then the value written into it, then an end frame, while the receiver makes the
+//! run's `Vec` ready (see the section on it below).
+//!
 //! A value in flight is held by the kernel as the fd in the socket's queue: if the receiver
 //! dies or closes its end before reading it, the kernel closes the fd and frees the file. The
 //! file's pages count against the sender's memory (its cgroup) until the receiver is done.
