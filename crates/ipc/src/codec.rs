@@ -8,6 +8,7 @@
 //! per element.
 
 mod de;
+pub(crate) mod ready;
 mod seq;
 mod ser;
 

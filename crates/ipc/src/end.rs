@@ -245,7 +245,12 @@ impl End {
     /// Sends a value out of line early (see `outofline.rs`): the memfd with its descriptor,
     /// then the value written into it, then the frame that ends it, saying whether the file is
     /// whole (also when an encoding panics).
-    fn send_early<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>, early: outofline::Early) -> Result<()> {
+    fn send_early<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        buf: &mut Vec<u8>,
+        early: outofline::Early,
+    ) -> Result<()> {
         let (descriptor, file) = early.descriptor()?;
         header_only(buf, descriptor.len() as u64);
         buf.extend_from_slice(&descriptor);

@@ -167,22 +167,21 @@ fn decode_mapped<T: DeserializeOwned>(
     };
     let view = Arc::new(view.map_err(Error::OutOfLine)?);
     drop(file);
-    /// Puts back the mapping decoded from before and its prepared run, even if a
-    /// `Deserialize` panics.
-    struct Restore(Option<Arc<Sealed>>, Option<Prepared>);
+    /// Puts back the mapping decoded from before, even if a `Deserialize` panics.
+    struct Restore(Option<Arc<Sealed>>);
     impl Drop for Restore {
         fn drop(&mut self) {
             DECODING.set(self.0.take());
-            PREPARED.set(self.1.take());
         }
     }
-    let prepared = ready.map(|(run, vec)| Prepared {
-        at: view.bytes().as_ptr() as usize + run.offset,
-        bytes: run.bytes,
-        vec: Some(vec),
-    });
-    let _restore = Restore(DECODING.replace(Some(view.clone())), PREPARED.replace(prepared));
-    fdpass::providing(fds, || codec::decode(view.bytes()))
+    let _restore = Restore(DECODING.replace(Some(view.clone())));
+    let decode = || fdpass::providing(fds, || codec::decode(view.bytes()));
+    match ready {
+        Some((run, vec)) => {
+            codec::ready::providing(view.bytes().as_ptr() as usize + run.offset, run.bytes, vec, decode)
+        }
+        None => decode(),
+    }
 }
 
 thread_local! {
@@ -243,7 +242,7 @@ fn file_size_limit() -> u64 {
 // the receiver makes the run's `Vec` ready, allocated and faulted in: the fresh memory a
 // decoded value needs costs about what writing the file costs, and the two overlap. Once the
 // end frame says whole, the file is checked and mapped as above, and the decode copies the run
-// into the ready `Vec` ([`prepared`]). The sender holds its end's send lock throughout, so the
+// into the ready `Vec` (`codec/ready.rs`). The sender holds its end's send lock throughout, so the
 // end frame is the next frame after the descriptor.
 //
 // A sender that fails midway (its encoding changed, no memory for the file) sends a failed end
@@ -267,10 +266,6 @@ const END_MAGIC: [u8; 16] = *b"\x00mproc:memfd<\xa5\xd2\x1e";
 /// The end frame's payload length.
 const END_LEN: usize = END_MAGIC.len() + 1;
 
-/// Runs at least this long are made ready while the sender writes them (early values have one
-/// of at least half of [`MIN`]).
-pub(crate) const PREPARED_MIN: usize = MIN / 2;
-
 /// A value that should go early: its encoding's length and largest run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Plan {
@@ -286,7 +281,7 @@ pub(crate) fn plan<T: Serialize + ?Sized>(value: &T) -> Option<Plan> {
     let early = outgoing.fds.is_empty()
         && outgoing.refused.is_none()
         && len > MIN
-        && run.bytes >= PREPARED_MIN
+        && run.bytes >= codec::ready::MIN
         && 2 * run.bytes >= len
         && len as u64 <= file_size_limit();
     early.then_some(Plan { len, run })
@@ -320,10 +315,9 @@ impl Early {
     /// Writes `value` into the file and seals it; `buf` gathers the encoding's small pieces.
     pub(crate) fn write<T: Serialize + ?Sized>(self, value: &T, buf: &mut Vec<u8>) -> Result<()> {
         buf.clear();
-        let written =
-            codec::encode_streaming(value, buf, self.plan.len, |gathered, direct| {
-                write_all(&self.file, gathered, direct).map_err(Error::Io)
-            })?;
+        let written = codec::encode_streaming(value, buf, self.plan.len, |gathered, direct| {
+            write_all(&self.file, gathered, direct).map_err(Error::Io)
+        })?;
         if written != self.plan.len {
             // A value that encodes otherwise the second time.
             return Err(Error::Encode(postcard::Error::SerializeBufferFull));
@@ -427,7 +421,7 @@ fn ready_vec(run: codec::Run) -> Option<Box<dyn Any + Send>> {
         crate::sys::outofline::fault_in(vec.spare_capacity_mut());
         Some(Box::new(vec))
     }
-    if run.bytes < PREPARED_MIN {
+    if run.bytes < codec::ready::MIN {
         return None;
     }
     match run.elem {
@@ -436,31 +430,4 @@ fn ready_vec(run: codec::Run) -> Option<Box<dyn Any + Send>> {
         8 => ready::<f64>(run.bytes),
         _ => None,
     }
-}
-
-/// The run's `Vec` made ready while its value was written, while that value is decoded.
-struct Prepared {
-    /// Where the run lies in the mapping.
-    at: usize,
-    bytes: usize,
-    vec: Option<Box<dyn Any + Send>>,
-}
-
-thread_local! {
-    static PREPARED: RefCell<Option<Prepared>> = const { RefCell::new(None) };
-}
-
-/// The empty `Vec` made ready for `taken`, if `taken` is the run of the value being decoded on
-/// this thread and its elements are `E`s.
-pub(crate) fn prepared<E: 'static>(taken: &[u8]) -> Option<Vec<E>> {
-    PREPARED.with_borrow_mut(|prepared| {
-        let prepared = prepared.as_mut().filter(|p| p.at == taken.as_ptr() as usize && p.bytes == taken.len())?;
-        match prepared.vec.take()?.downcast::<Vec<E>>() {
-            Ok(vec) => Some(*vec),
-            Err(other) => {
-                prepared.vec = Some(other);
-                None
-            }
-        }
-    })
 }

@@ -391,7 +391,8 @@ struct Around {
 #[test]
 fn values_mostly_one_run_cross_a_duplex_early_within_and_between_processes() {
     // A run past half the value, with bytes before and after it, of each element size.
-    let around = Around { head: "é".repeat(100), samples: (0..BIG / 8).map(|i| i as f64 * 0.25).collect(), tail: 7 };
+    let around =
+        Around { head: "é".repeat(100), samples: (0..BIG / 8).map(|i| i as f64 * 0.25).collect(), tail: 7 };
     let (a, b) = duplex::<Around>().unwrap();
     a.send(&around).unwrap();
     assert_eq!(b.recv_timeout(DEADLINE).unwrap(), around);

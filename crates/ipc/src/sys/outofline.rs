@@ -89,12 +89,14 @@ pub(crate) fn fault_in<T>(spare: &mut [MaybeUninit<T>]) {
     }
     // SAFETY: whole pages inside `spare`, which the caller owns mutably; populating changes
     // no byte of memory that is already there and makes zero pages of the rest.
-    let populated =
-        unsafe { rustix::mm::madvise((first as *mut u8).cast(), end - first, rustix::mm::Advice::LinuxPopulateWrite) };
+    let populated = unsafe {
+        rustix::mm::madvise((first as *mut u8).cast(), end - first, rustix::mm::Advice::LinuxPopulateWrite)
+    };
     if populated.is_err() {
         // SAFETY: `spare`'s bytes, borrowed mutably for this block; writing bytes into
         // `MaybeUninit` memory is always allowed.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<MaybeUninit<u8>>(), len) };
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<MaybeUninit<u8>>(), len) };
         for at in (first - start..end - start).step_by(page) {
             bytes[at] = MaybeUninit::new(0);
         }
