@@ -8,8 +8,11 @@
 //! per element.
 
 mod de;
+pub(crate) mod ready;
 mod seq;
 mod ser;
+
+pub(crate) use ser::Run;
 
 use serde::Serialize;
 use serde::de::{Deserialize, DeserializeOwned};
@@ -84,6 +87,12 @@ pub(crate) fn to_vec_within<T: Serialize + ?Sized>(
 /// How many bytes `value`'s encoding takes.
 pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
     ser::serialize(value, ser::Count::default()).map(|count| count.0).map_err(Error::Encode)
+}
+
+/// How many bytes `value`'s encoding takes, and its largest sequence of bytes or floats (a
+/// `Run` of no bytes if it has none).
+pub(crate) fn encoded_len_and_run<T: Serialize + ?Sized>(value: &T) -> Result<(usize, Run)> {
+    ser::serialize(value, ser::CountRuns::default()).map(|c| (c.len, c.largest)).map_err(Error::Encode)
 }
 
 /// Encodes `value` as one whole frame in `buf`; the frame is `buf[start..]` for the returned

@@ -96,6 +96,9 @@ struct ReadSide {
     frames: FrameReader,
     scratch: Vec<u8>,
     fds: Vec<(u64, OwnedFd)>,
+    /// A value out of line sent early whose end frame a receive gave up waiting for: the
+    /// next typed receive goes on with it.
+    pending: Option<outofline::Pending>,
 }
 
 /// The send side's state: the encode buffer, and the rest of a frame a non-blocking send
@@ -199,6 +202,12 @@ impl End {
         buf: &mut Vec<u8>,
         first: Result<Option<usize>>,
     ) -> Result<()> {
+        if self.kind == Kind::Socket
+            && matches!(first, Ok(None))
+            && let Some(early) = outofline::plan(value).and_then(outofline::Early::new)
+        {
+            return self.send_early(value, buf, early);
+        }
         match self.encode_rest(value, buf, true, first) {
             Ok(Some((start, fds))) => {
                 let mut io = self.io();
@@ -236,6 +245,48 @@ impl End {
             _ if may_stream => STREAM_MIN,
             _ => usize::MAX,
         }
+    }
+
+    /// Sends a value out of line early (see `outofline.rs`): the memfd with its descriptor,
+    /// then the value written into it, then the frame that ends it, saying whether the file is
+    /// whole (also when an encoding panics).
+    fn send_early<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        buf: &mut Vec<u8>,
+        early: outofline::Early,
+    ) -> Result<()> {
+        let (descriptor, file) = early.descriptor()?;
+        header_only(buf, descriptor.len() as u64);
+        buf.extend_from_slice(&descriptor);
+        let mut io = self.io();
+        io.outgoing = RefCell::new(vec![file]);
+        write_frame(&io, buf, &[])?;
+        /// Sends the end frame: failed, unless `whole` was set first.
+        struct Ending<'a> {
+            end: &'a End,
+            whole: bool,
+        }
+        impl Ending<'_> {
+            fn send(&self) -> Result<()> {
+                let payload = outofline::end_payload(self.whole);
+                let mut header = [0; HEADER_MAX];
+                let n = encode_header(payload.len() as u64, &mut header);
+                write_frame(&self.end.io(), &header[HEADER_MAX - n..], &payload)
+            }
+        }
+        impl Drop for Ending<'_> {
+            fn drop(&mut self) {
+                // Only while unwinding: a send that returns has sent it.
+                if std::thread::panicking() {
+                    let _ = self.send();
+                }
+            }
+        }
+        let mut ending = Ending { end: self, whole: false };
+        let written = early.write(value, buf);
+        ending.whole = written.is_ok();
+        written.and(ending.send())
     }
 
     /// Sends a large value as it is encoded, never whole in a buffer: its length first (one
@@ -484,8 +535,11 @@ impl End {
 
     pub(crate) fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
         let mut side = self.recv.lock();
-        let ReadSide { frames, scratch, fds } = &mut *side;
+        let ReadSide { frames, scratch, fds, pending } = &mut *side;
         let deadline = deadline(timeout);
+        if let Some(early) = pending.take() {
+            return self.finish_early(frames, scratch, fds, pending, early, deadline);
+        }
         // The common case in few steps: a frame that came without fds, whole in the read-ahead
         // buffer (or after one read), decoded where it lies.
         if fds.is_empty() {
@@ -505,20 +559,50 @@ impl End {
         {
             return result;
         }
-        let result = self.read_frame(frames, fds, scratch, deadline).and_then(|mut fds| {
+        let result = match self.read_frame(frames, fds, scratch, deadline) {
             // A descriptor always comes with its memfd: a frame without fds is a value, whatever
             // its bytes spell (a sender never sends a value with ends inline if it spells one).
-            if fds.is_empty() {
-                return decode_without_fds(scratch);
+            Ok(with) if with.is_empty() => decode_without_fds(scratch),
+            Ok(with) if outofline::is_early(scratch) => {
+                let early = outofline::Pending::new(scratch, self.max_message_size, with);
+                self.finish_early(frames, scratch, fds, pending, early, deadline)
             }
-            match outofline::announced(scratch) {
-                None => fdpass::providing(fds, || codec::decode(scratch)),
+            Ok(mut with) => match outofline::announced(scratch) {
+                None => fdpass::providing(with, || codec::decode(scratch)),
                 Some(len) => {
-                    let file = fds.pop().expect("fds is not empty");
-                    outofline::decode(file, len, self.max_message_size, fds)
+                    let file = with.pop().expect("fds is not empty");
+                    outofline::decode(file, len, self.max_message_size, with)
                 }
+            },
+            Err(e) => Err(e),
+        };
+        codec::trim_scratch(scratch);
+        result
+    }
+
+    /// Goes on with a value sent early: reads its end frame (waiting until `deadline`; on the
+    /// deadline the value stays `pending` and the receive times out), then decodes it.
+    fn finish_early<T: DeserializeOwned>(
+        &self,
+        frames: &mut FrameReader,
+        scratch: &mut Vec<u8>,
+        fds: &mut Vec<(u64, OwnedFd)>,
+        pending: &mut Option<outofline::Pending>,
+        early: outofline::Pending,
+        deadline: Option<Instant>,
+    ) -> Result<T> {
+        // Fds with the end frame (there are none from our senders) are closed.
+        let result = match self.read_frame(frames, fds, scratch, deadline) {
+            Ok(_fds) => early.finish(scratch),
+            Err(Error::Timeout) => {
+                *pending = Some(early);
+                Err(Error::Timeout)
             }
-        });
+            Err(Error::Closed) => {
+                Err(Error::OutOfLine("the sender went away before it wrote the value whole".into()))
+            }
+            Err(e) => Err(e),
+        };
         codec::trim_scratch(scratch);
         result
     }
@@ -562,7 +646,10 @@ impl End {
 
     pub(crate) fn recv_bytes_into(&self, dst: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize> {
         let mut side = self.recv.lock();
-        let ReadSide { frames, fds, .. } = &mut *side;
+        let ReadSide { frames, fds, pending, .. } = &mut *side;
+        // A typed value sent early that a typed receive left pending is dropped: its end frame
+        // comes next, as bytes.
+        *pending = None;
         // Ends sent with a raw frame have nowhere to go: dropping them closes them.
         self.read_frame(frames, fds, dst, deadline(timeout)).map(|_fds| dst.len())
     }

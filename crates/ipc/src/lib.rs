@@ -54,7 +54,10 @@
 //! [`decode_bytes`] give them to layers that keep values as bytes). On a duplex
 //! [`Connection`], a typed value whose encoding passes 4 MiB does not go through the socket
 //! at all: it is encoded straight into a memfd, sealed against writing and shrinking, and
-//! passed with a small frame; the receiver maps it and decodes from the mapping. Pipes and TCP
+//! passed with a small frame; the receiver maps it and decodes from the mapping. A value that
+//! is mostly one run of bytes or floats (a `Vec<u8>`, a `Vec<f64>`) goes early on a blocking
+//! `send`: the memfd first, so the receiver makes the decoded `Vec`'s memory ready while the
+//! sender still writes, then a small frame that says the file is whole. Pipes and TCP
 //! carry no fds and copy, as does a send under a file size limit (`ulimit -f`) smaller than
 //! the value (a memfd past it would kill the sender with `SIGXFSZ`).
 //!
@@ -126,7 +129,12 @@
 //! - A large value sent out of line is memory the sender allocated (a memfd, counted against
 //!   its memory cgroup) until the receiver has decoded it; if the receiver dies first, the
 //!   kernel frees it with the socket's queue. A raw receive (`recv_bytes`) of such a frame
-//!   gets the small descriptor, and the memfd is closed.
+//!   gets the small descriptor, and the memfd is closed. A receive that times out while a
+//!   value sent early is still being written keeps it (the next receive goes on with it);
+//!   until then the receiving end holds the value's ready memory. A sender that fails, panics
+//!   or dies while it writes such a value is an [`Error::OutOfLine`] for the receiver, and
+//!   the sender gets its error too (a value that no memory can be found for midway is not
+//!   sent inline then, as one that finds none at first is).
 //! - `poll` and [`wait`] report that bytes (or end of file) are there, not that a whole frame
 //!   is: a following `recv` may still wait for the rest of a frame a slow peer is writing.
 //! - A lock guard that is `mem::forget`-ed keeps its lock held until its thread ends (then

@@ -322,18 +322,21 @@ fn a_value_that_encodes_otherwise_the_second_time_fails_and_the_stream_stays_in_
 }
 
 #[test]
-fn a_value_past_the_threshold_that_encodes_otherwise_fails_on_a_duplex_and_sends_nothing() {
-    // The memfd is written as the value is encoded a second time, after its length was
-    // counted: a value that comes out longer or shorter is an error, and no frame goes.
+fn a_value_past_the_threshold_that_encodes_otherwise_fails_on_a_duplex_and_the_receiver_is_told() {
+    // The memfd goes first (early: a value that is mostly one run of bytes) and is written as
+    // the value is encoded a second time, after its length was counted: a value that comes
+    // out longer or shorter is an error for both ends, and the stream stays in step.
     let (a, b) = duplex::<Vec<u8>>().unwrap();
     let shifty = a.cast::<Shifty, Vec<u8>>();
     for step in [1, -1] {
         let value = Shifty { asked: std::cell::Cell::new(0), step, base: BIG as i64 };
         assert!(matches!(shifty.send(&value), Err(Error::Encode(_))), "step {step}");
+        let err = b.recv_timeout(DEADLINE).unwrap_err();
+        assert!(err.to_string().contains("failed to write the value whole"), "{err}");
     }
     let a = shifty.cast::<Vec<u8>, Vec<u8>>();
     a.send(&vec![9; BIG]).unwrap();
-    assert_eq!(b.recv_timeout(DEADLINE).unwrap(), vec![9; BIG], "the first frame is the good value");
+    assert_eq!(b.recv_timeout(DEADLINE).unwrap(), vec![9; BIG], "the frame after the bad ones reads");
 }
 
 /// The line of `/proc/self/maps` whose range holds `at`.
@@ -493,4 +496,243 @@ fn a_bad_large_frame_is_an_error_and_the_next_frame_reads() {
     });
     assert_success(child);
     sender.join().unwrap().unwrap();
+}
+
+// ---- values sent early: the memfd first, then the value written, then an end frame ---------
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Around {
+    head: String,
+    samples: Vec<f64>,
+    tail: u32,
+}
+
+#[test]
+fn values_mostly_one_run_cross_a_duplex_early_within_and_between_processes() {
+    // A run past half the value, with bytes before and after it, of each element size.
+    let around =
+        Around { head: "é".repeat(100), samples: (0..BIG / 8).map(|i| i as f64 * 0.25).collect(), tail: 7 };
+    let (a, b) = duplex::<Around>().unwrap();
+    a.send(&around).unwrap();
+    assert_eq!(b.recv_timeout(DEADLINE).unwrap(), around);
+    let floats: Vec<f32> = (0..BIG / 4).map(|i| i as f32).collect();
+    let (a, b) = duplex::<Vec<f32>>().unwrap();
+    a.send(&floats).unwrap();
+    assert_eq!(b.recv_timeout(DEADLINE).unwrap(), floats);
+    let (ours, theirs) = duplex::<Vec<u8>>().unwrap();
+    let child = in_child(&[&theirs], || {
+        let bytes = theirs.recv_timeout(DEADLINE).map_err(msg)?;
+        theirs.send(&bytes).map_err(msg)
+    });
+    drop(theirs);
+    let bytes: Vec<u8> = (0..BIG).map(|i| (i * 13) as u8).collect();
+    ours.send(&bytes).unwrap();
+    assert_eq!(ours.recv_timeout(DEADLINE).unwrap(), bytes);
+    assert_success(child);
+}
+
+/// The encoding of `vec![7u8; n]`, and where its bytes start.
+fn sevens(n: usize) -> (Vec<u8>, u64) {
+    let bytes = postcard::to_allocvec(&vec![7u8; n]).unwrap();
+    let at = (bytes.len() - n) as u64;
+    (bytes, at)
+}
+
+/// An early descriptor frame: a value of `len` bytes whose run of `bytes` lies at `offset`,
+/// in elements of `elem` bytes (what our sender writes, see `outofline.rs`).
+fn early(len: u64, offset: u64, bytes: u64, elem: u64) -> Vec<u8> {
+    let mut payload = b"\x00mproc:memfd>\x5a\x2d\xe1".to_vec();
+    for field in [len, offset, bytes, elem] {
+        payload.extend_from_slice(&field.to_le_bytes());
+    }
+    framed(payload)
+}
+
+/// The frame that ends an early value: its file is `whole` and sealed, or the sender failed.
+fn early_end(whole: bool) -> Vec<u8> {
+    let mut payload = b"\x00mproc:memfd<\xa5\xd2\x1e".to_vec();
+    payload.push(u8::from(whole));
+    framed(payload)
+}
+
+fn framed(payload: Vec<u8>) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// A memfd, writable and unsealed.
+fn open_memfd() -> OwnedFd {
+    use rustix::fs::MemfdFlags;
+    rustix::fs::memfd_create("early", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap()
+}
+
+fn write_file(fd: &OwnedFd, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        let k = rustix::io::write(fd, bytes).unwrap();
+        bytes = &bytes[k..];
+    }
+}
+
+const N: usize = 3 << 20; // a run past `outofline::PREPARED_MIN`: its `Vec` is made ready
+
+#[test]
+fn an_early_value_waits_past_a_timeout_and_the_next_receive_gets_it() {
+    use rustix::fs::SealFlags;
+    let (ours, theirs) = raw_peer();
+    let (bytes, at) = sevens(N);
+    let file = open_memfd();
+    send_with_fds(&theirs, &early(bytes.len() as u64, at, N as u64, 1), &[&file]);
+    // The value is not written yet: a receive times out and keeps it; so does a wait.
+    assert!(matches!(ours.recv_timeout(std::time::Duration::ZERO), Err(Error::Timeout)));
+    assert!(!mproc_ipc::wait_one(&ours, Some(std::time::Duration::ZERO)).unwrap());
+    write_file(&file, &bytes);
+    rustix::fs::fcntl_add_seals(&file, SealFlags::WRITE | SealFlags::SHRINK).unwrap();
+    send_with_fds(&theirs, &early_end(true), &[]);
+    assert!(mproc_ipc::wait_one(&ours, Some(DEADLINE)).unwrap());
+    assert_eq!(ours.recv_timeout(DEADLINE).unwrap(), vec![7u8; N]);
+    assert_refused_then_usable_after(&ours, &theirs, None);
+}
+
+/// The good value after a refused one reads (see [`assert_refused_then_usable`]); `expect`:
+/// the refusal to read first, if any.
+fn assert_refused_then_usable_after(ours: &Connection<u8, Vec<u8>>, theirs: &OwnedFd, expect: Option<&str>) {
+    match expect {
+        Some(expect) => assert_refused_then_usable(ours, theirs, expect),
+        None => {
+            let (good, len) = memfd(10, rustix::fs::SealFlags::WRITE | rustix::fs::SealFlags::SHRINK);
+            send_with_fds(theirs, &descriptor(len), &[&good]);
+            assert_eq!(ours.recv_timeout(DEADLINE).unwrap(), vec![7u8; 10]);
+        }
+    }
+}
+
+#[test]
+fn an_early_value_its_sender_failed_to_write_is_an_error_and_the_stream_stays_in_step() {
+    let (ours, theirs) = raw_peer();
+    let (bytes, at) = sevens(N);
+    let file = open_memfd();
+    send_with_fds(&theirs, &early(bytes.len() as u64, at, N as u64, 1), &[&file]);
+    write_file(&file, &bytes[..bytes.len() / 2]);
+    send_with_fds(&theirs, &early_end(false), &[]);
+    assert_refused_then_usable_after(&ours, &theirs, Some("the sender failed to write the value whole"));
+}
+
+#[test]
+fn an_early_value_whose_file_is_unsealed_or_short_is_refused() {
+    use rustix::fs::SealFlags;
+    let (ours, theirs) = raw_peer();
+    let (bytes, at) = sevens(N);
+    for (seals, cut, expect) in [
+        (SealFlags::SHRINK, 0, "not sealed against writing and shrinking"),
+        (SealFlags::WRITE | SealFlags::SHRINK, 1, "not the 3145732 announced"),
+    ] {
+        let file = open_memfd();
+        send_with_fds(&theirs, &early(bytes.len() as u64, at, N as u64, 1), &[&file]);
+        write_file(&file, &bytes[..bytes.len() - cut]);
+        rustix::fs::fcntl_add_seals(&file, seals).unwrap();
+        send_with_fds(&theirs, &early_end(true), &[]);
+        assert_refused_then_usable_after(&ours, &theirs, Some(expect));
+    }
+}
+
+#[test]
+fn an_early_value_with_sizes_that_do_not_fit_is_refused_once_it_ends() {
+    let (mut ours, theirs) = raw_peer();
+    ours.set_max_message_size(8 << 20);
+    let len = (N + 4) as u64;
+    for (descriptor, expect) in [
+        (early(len, 4, N as u64 + 1, 1), "does not fit"),
+        (early(len, u64::MAX, 2, 1), "does not fit"),
+        (early(len, 4, N as u64, 3), "does not fit"),
+        (early(len, 4, N as u64 - 4, 8), "does not fit"),
+        (early(9 << 20, 4, N as u64, 1), "exceeds"),
+    ] {
+        let file = open_memfd();
+        send_with_fds(&theirs, &descriptor, &[&file]);
+        // Refused only once the end frame is read: the stream stays in step.
+        assert!(matches!(ours.recv_timeout(std::time::Duration::ZERO), Err(Error::Timeout)));
+        send_with_fds(&theirs, &early_end(true), &[]);
+        assert_refused_then_usable_after(&ours, &theirs, Some(expect));
+    }
+}
+
+#[test]
+fn a_frame_where_an_early_value_should_end_is_an_error() {
+    let (ours, theirs) = raw_peer();
+    let (bytes, at) = sevens(N);
+    let file = open_memfd();
+    send_with_fds(&theirs, &early(bytes.len() as u64, at, N as u64, 1), &[&file]);
+    send_with_fds(&theirs, &framed(vec![0]), &[]);
+    assert_refused_then_usable_after(&ours, &theirs, Some("its sender broke off"));
+}
+
+#[test]
+fn an_early_value_whose_sender_is_gone_midway_is_an_error_not_a_hang() {
+    let (ours, theirs) = raw_peer();
+    let (bytes, at) = sevens(N);
+    let file = open_memfd();
+    send_with_fds(&theirs, &early(bytes.len() as u64, at, N as u64, 1), &[&file]);
+    write_file(&file, &bytes[..N / 2]);
+    drop(theirs);
+    let err = ours.recv_timeout(DEADLINE).unwrap_err();
+    assert!(err.to_string().contains("went away before it wrote the value whole"), "{err}");
+    assert!(matches!(ours.recv_timeout(DEADLINE), Err(Error::Closed)));
+}
+
+/// A run of bytes, then a field that kills its process the second time it is encoded: a
+/// sender killed while it writes an early value (the first encoding only counts).
+#[derive(Serialize)]
+struct KilledMidway(Vec<u8>, Killer);
+
+struct Killer(std::cell::Cell<u32>);
+
+impl Serialize for Killer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.set(self.0.get() + 1);
+        if self.0.get() == 2 {
+            crate::support::kill_self();
+        }
+        serializer.serialize_u8(1)
+    }
+}
+
+/// A run of bytes, then a field that panics the second time it is encoded.
+#[derive(Serialize)]
+struct PanicsMidway(Vec<u8>, Panicker);
+
+struct Panicker(std::cell::Cell<u32>);
+
+impl Serialize for Panicker {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.set(self.0.get() + 1);
+        assert_ne!(self.0.get(), 2, "a Serialize that panics midway (expected by the test)");
+        serializer.serialize_u8(1)
+    }
+}
+
+#[test]
+fn a_sender_killed_or_panicking_midway_through_an_early_value_is_an_error_for_the_receiver() {
+    let (ours, theirs) = duplex::<(Vec<u8>, u8)>().unwrap();
+    let theirs = theirs.cast::<KilledMidway, (Vec<u8>, u8)>();
+    let child = in_child(&[&theirs], || {
+        theirs.send(&KilledMidway(vec![3; BIG], Killer(Default::default()))).map_err(msg)?;
+        Err("the sender outlived its own SIGKILL".into())
+    });
+    drop(theirs);
+    let err = ours.recv_timeout(DEADLINE).unwrap_err();
+    assert!(err.to_string().contains("went away before it wrote the value whole"), "{err}");
+    assert!(matches!(child.wait(DEADLINE), crate::support::Exit::Signal(_)));
+    // A panic: the sender sends the end frame as it unwinds.
+    let (a, b) = duplex::<(Vec<u8>, u8)>().unwrap();
+    let panics = a.cast::<PanicsMidway, (Vec<u8>, u8)>();
+    let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        panics.send(&PanicsMidway(vec![3; BIG], Panicker(Default::default())))
+    }));
+    assert!(sent.is_err(), "the send panicked");
+    let err = b.recv_timeout(DEADLINE).unwrap_err();
+    assert!(err.to_string().contains("the sender failed to write the value whole"), "{err}");
+    let a = panics.cast::<(Vec<u8>, u8), (Vec<u8>, u8)>();
+    a.send(&(vec![4; BIG], 2)).unwrap();
+    assert_eq!(b.recv_timeout(DEADLINE).unwrap(), (vec![4; BIG], 2));
 }

@@ -236,6 +236,14 @@ pub(crate) fn append_bulk<E: Bulk>(input: &mut &[u8], len: usize, out: &mut Vec<
         return Err(Error::DeserializeUnexpectedEnd);
     }
     let (taken, rest) = input.split_at(n);
+    // A large run of a value out of line may have its `Vec` made ready (faulted in) while the
+    // sender was still writing it (see `ready.rs`).
+    if n >= super::ready::MIN
+        && out.capacity() == 0
+        && let Some(prepared) = super::ready::take::<E>(taken)
+    {
+        *out = prepared;
+    }
     bulk::extend_from_bytes(out, taken, len);
     *input = rest;
     Ok(())

@@ -18,6 +18,13 @@ type Result<T> = std::result::Result<T, postcard::Error>;
 pub(crate) trait Output {
     fn push(&mut self, byte: u8) -> Result<()>;
     fn extend(&mut self, bytes: &[u8]) -> Result<()>;
+
+    /// The memory of a sequence of bytes or floats (`bytes`, elements of `elem` bytes each),
+    /// after its length: [`extend`](Self::extend) but for [`CountRuns`], which notes it.
+    #[inline]
+    fn run(&mut self, _elem: usize, bytes: &[u8]) -> Result<()> {
+        self.extend(bytes)
+    }
 }
 
 /// Slices up to this long are appended byte by byte rather than with `memcpy`.
@@ -148,6 +155,46 @@ impl Output for Count {
     fn extend(&mut self, bytes: &[u8]) -> Result<()> {
         self.0 += bytes.len();
         Ok(())
+    }
+}
+
+/// The largest sequence of bytes or floats in an encoding (see [`CountRuns`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Run {
+    /// Where its memory starts in the encoding (after its length).
+    pub(crate) offset: usize,
+    /// Its memory's length in bytes.
+    pub(crate) bytes: usize,
+    /// The size of its elements: 1 (`u8`, `i8`), 4 (`f32`) or 8 (`f64`).
+    pub(crate) elem: usize,
+}
+
+/// Counts the bytes an encoding takes, as [`Count`], and notes its largest sequence of bytes
+/// or floats (the first of the largest).
+#[derive(Default)]
+pub(crate) struct CountRuns {
+    pub(crate) len: usize,
+    pub(crate) largest: Run,
+}
+
+impl Output for CountRuns {
+    #[inline]
+    fn push(&mut self, _byte: u8) -> Result<()> {
+        self.len += 1;
+        Ok(())
+    }
+
+    #[inline]
+    fn extend(&mut self, bytes: &[u8]) -> Result<()> {
+        self.len += bytes.len();
+        Ok(())
+    }
+
+    fn run(&mut self, elem: usize, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > self.largest.bytes {
+            self.largest = Run { offset: self.len, bytes: bytes.len(), elem };
+        }
+        self.extend(bytes)
     }
 }
 
@@ -394,7 +441,7 @@ impl<O: Output> ser::Serializer for &mut Serializer<O> {
     {
         if let Some((len, bytes)) = bulk::bulk_bytes(&iter) {
             self.varint_usize(len)?;
-            return self.out.extend(bytes);
+            return self.out.run(bytes.len().checked_div(len).unwrap_or(1), bytes);
         }
         macro_rules! ints {
             ($($t:ty),*) => {$(

@@ -10,6 +10,7 @@
 
 #![allow(unsafe_code)]
 
+use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 
@@ -27,6 +28,13 @@ impl Sealed {
     /// file is sealed against writing and shrinking and holds at least `len` bytes. The fd
     /// may be closed afterwards (the mapping keeps the file).
     pub(crate) fn open(fd: &OwnedFd, len: usize) -> Result<Sealed, String> {
+        Sealed::open_with(fd, len, true)
+    }
+
+    /// [`open`](Self::open), with the pages mapped in at once (`populate`) or as they are
+    /// read (a fault maps in the pages around it too: cheaper for one copy of all of them into
+    /// memory faulted in already, as measured for values sent early, see `ARCHITECTURE.md`).
+    pub(crate) fn open_with(fd: &OwnedFd, len: usize, populate: bool) -> Result<Sealed, String> {
         let seals = rustix::fs::fcntl_get_seals(fd)
             .map_err(|e| format!("the value's file is not a sealable memfd ({e})"))?;
         if !seals.contains(SealFlags::WRITE | SealFlags::SHRINK) {
@@ -42,7 +50,7 @@ impl Sealed {
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ,
-                MapFlags::SHARED | MapFlags::POPULATE,
+                if populate { MapFlags::SHARED | MapFlags::POPULATE } else { MapFlags::SHARED },
                 fd,
                 0,
             )
@@ -64,6 +72,34 @@ impl Drop for Sealed {
     fn drop(&mut self) {
         // SAFETY: the mapping `open` made, unmapped once; no slice from `bytes` outlives `self`.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Faults in the pages of `spare`, memory about to be written (a `Vec`'s room): one
+/// `madvise(MADV_POPULATE_WRITE)` instead of a page fault per 4 KiB as it is written; where the
+/// kernel lacks it (before 5.14), a zero byte written on each page. The contents stay
+/// uninitialized as far as the caller knows.
+pub(crate) fn fault_in<T>(spare: &mut [MaybeUninit<T>]) {
+    let page = rustix::param::page_size();
+    let (start, len) = (spare.as_mut_ptr() as usize, size_of_val(spare));
+    let first = start.next_multiple_of(page);
+    let end = (start + len) / page * page;
+    if end <= first {
+        return;
+    }
+    // SAFETY: whole pages inside `spare`, which the caller owns mutably; populating changes
+    // no byte of memory that is already there and makes zero pages of the rest.
+    let populated = unsafe {
+        rustix::mm::madvise((first as *mut u8).cast(), end - first, rustix::mm::Advice::LinuxPopulateWrite)
+    };
+    if populated.is_err() {
+        // SAFETY: `spare`'s bytes, borrowed mutably for this block; writing bytes into
+        // `MaybeUninit` memory is always allowed.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<MaybeUninit<u8>>(), len) };
+        for at in (first - start..end - start).step_by(page) {
+            bytes[at] = MaybeUninit::new(0);
+        }
     }
 }
 
