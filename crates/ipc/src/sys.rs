@@ -63,3 +63,4 @@ pub(crate) mod bulk;
 pub(crate) mod outofline;
 pub(crate) mod robust;
 pub(crate) mod shm;
+pub(crate) mod small;
