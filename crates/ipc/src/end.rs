@@ -141,7 +141,6 @@ impl End {
         }
     }
 
-    #[inline]
     fn io(&self) -> FdIo<'_> {
         FdIo {
             fd: self.fd.as_fd(),
@@ -158,7 +157,6 @@ impl End {
     }
 
     /// An [`FdIo`] that keeps the fds arriving with frames in `fds`.
-    #[inline]
     fn reading<'a>(&'a self, fds: &'a mut Vec<(u64, OwnedFd)>) -> FdIo<'a> {
         FdIo { incoming: Some(RefCell::new(fds)), ..self.io() }
     }
@@ -502,58 +500,20 @@ impl End {
     #[inline]
     pub(crate) fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
         let mut side = self.recv.lock();
+        // A small value in few steps and few cache lines and pages (see `send`): a blocking
+        // receive on an end that never carries fds (a pipe, TCP) of a frame whole in the
+        // read-ahead buffer, or after one `read(2)`, decoded where it lies. A frame that does
+        // not decode is left where it is, for the general path to decode again and say why.
         if timeout.is_none()
-            && let Some(value) = self.recv_small(&mut side)?
-        {
-            return Ok(value);
-        }
-        self.recv_general(&mut side, timeout)
-    }
-
-    /// A blocking receive of a small value in few steps and few cache lines and pages (see
-    /// [`send`](Self::send)): a frame whole in the read-ahead buffer, or after one read, that
-    /// came without fds, decoded where it lies. `None` when that is not the case (nothing is
-    /// lost: the general path carries on from there); a frame that does not decode is left
-    /// where it is, for the general path to decode again and say why.
-    #[inline]
-    fn recv_small<T: DeserializeOwned>(&self, side: &mut ReadSide) -> Result<Option<T>> {
-        let ReadSide { frames, fds, .. } = side;
-        let max = self.max_message_size;
-        if self.kind != Kind::Socket {
-            // No fds ever come: a plain `read(2)`.
-            if let Some(frame) = frames.buffered_frame(&PlainFd(self.fd.as_fd()), max, None)?
-                && let Some(value) = codec::decode_quiet(frame.payload())
-            {
-                frame.take();
-                return Ok(Some(value));
-            }
-            return Ok(None);
-        }
-        self.recv_small_socket(frames, fds)
-    }
-
-    /// [`recv_small`](Self::recv_small) on a Unix socket, where fds may come (read with
-    /// `recvmsg(2)`): in a function of its own, so a pipe's receive does not carry the room
-    /// for their control message in its stack frame.
-    #[inline(never)]
-    fn recv_small_socket<T: DeserializeOwned>(
-        &self,
-        frames: &mut FrameReader,
-        fds: &mut Vec<(u64, OwnedFd)>,
-    ) -> Result<Option<T>> {
-        let max = self.max_message_size;
-        if !fds.is_empty() {
-            return Ok(None);
-        }
-        let io = self.reading(fds);
-        if let Some(frame) = frames.buffered_frame(&io, max, None)?
-            && !io.received_fds()
+            && self.kind != Kind::Socket
+            && let Some(frame) =
+                side.frames.buffered_frame(&PlainFd(self.fd.as_fd()), self.max_message_size, None)?
             && let Some(value) = codec::decode_quiet(frame.payload())
         {
             frame.take();
-            return Ok(Some(value));
+            return Ok(value);
         }
-        Ok(None)
+        self.recv_general(&mut side, timeout)
     }
 
     /// [`recv`](Self::recv) of any frame, with the receive lock held.
