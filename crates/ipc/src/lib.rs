@@ -168,7 +168,7 @@ pub use doorbell::{Awaitable, Doorbell, Listeners, Listening};
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{AuthError, Error, Result};
-pub use listener::{Client, ClientBuilder, Listener, ListenerBuilder};
+pub use listener::{Client, ClientBuilder, Incoming, Listener, ListenerBuilder};
 pub use pipe::{Receiver, Sender, pipe};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
 pub use shared_memory::SharedMemory;

@@ -104,9 +104,12 @@ impl Handler {
         drop(queue);
         // No more remote workers: stop the listener, and send away any that came meanwhile.
         drop(self.stop_listening.take());
-        for worker in self.shared.arrivals.lock().new.drain(..) {
+        let mut arrivals = self.shared.arrivals.lock();
+        arrivals.closed = true;
+        for worker in arrivals.new.drain(..) {
             let _ = worker.outbox.send(ToWorker::Exit);
         }
+        drop(arrivals);
         self.shared.finished.notify_all();
     }
 
@@ -202,7 +205,8 @@ impl Handler {
         }
         worker.sent_batch(batch.len());
         if let Some(timeout) = self.shared.config.task_timeout {
-            worker.deadline = Some(Instant::now() + timeout);
+            // `Duration::MAX` and the like: no deadline.
+            worker.deadline = Instant::now().checked_add(timeout);
         }
         if worker.outbox.send(ToWorker::Batch(batch)).is_err() {
             // Its writer has stopped: the worker is dying, and its death fails (or hands
@@ -275,7 +279,7 @@ impl Handler {
             queue.asleep = has_room;
         }
         let alone = match (&self.shared.config.remote, self.alone_since) {
-            (Some(remote), Some(since)) if !self.pending.is_empty() => Some(since + remote.worker_wait),
+            (Some(remote), Some(since)) if !self.pending.is_empty() => since.checked_add(remote.worker_wait),
             _ => None,
         };
         let deadline =
@@ -406,7 +410,7 @@ impl Handler {
             worker.fail_held(|task| Error::Timeout { task, worker: name.clone(), pid, timeout });
         } else {
             let how = if worker.is_remote() {
-                "was lost (its connection ended, or it fell silent)".to_string()
+                "was lost (its connection ended, or it fell silent, or stopped reading)".to_string()
             } else {
                 ended(status)
             };
