@@ -19,6 +19,7 @@ use serde::de::{Deserialize, DeserializeOwned};
 
 use crate::error::{Error, Result};
 use crate::frame::{HEADER_MAX, encode_header};
+use crate::sys::small::SmallFrame;
 
 /// Encodes `value` as the bytes a typed send carries: postcard's (so `postcard::from_bytes`
 /// reads them), with slices and vectors of bytes and floats copied whole.
@@ -175,6 +176,29 @@ pub(crate) fn decode_streamed<T: DeserializeOwned>(
     *scratch = std::mem::take(&mut spares[SPARES - 1]);
     // A read that failed (the end of the stream, say) is why the decode did.
     (failed.map_or(result, Err), unread)
+}
+
+/// The small-message path's encoding: `value` as one whole frame in `frame` (on the caller's
+/// stack), if it fits. `None` if it does not, or if the encoding fails for any reason: the
+/// caller then takes the general path, which encodes again and says why.
+#[inline]
+pub(crate) fn encode_small<'a, T: Serialize + ?Sized>(
+    value: &T,
+    frame: &'a mut SmallFrame,
+) -> Option<&'a [u8]> {
+    ser::serialize(value, &mut *frame).ok()?;
+    Some(frame.frame())
+}
+
+/// The small-message path's decoding: `payload` as a `T`, if it is one whole. `None` if not,
+/// without a word on why and without looking at the thread's refusal note: the caller then
+/// decodes it again by the general path ([`decode`]), which says why.
+#[inline]
+pub(crate) fn decode_quiet<T: DeserializeOwned>(payload: &[u8]) -> Option<T> {
+    match de::take_from_bytes(payload) {
+        Ok((value, [])) => Some(value),
+        _ => None,
+    }
 }
 
 /// Decodes a value from the front of `bytes`, ignoring what follows it (`postcard::from_bytes`).

@@ -68,6 +68,7 @@ impl<S, R> Connection<S, R> {
 
     /// Sends `value` as one frame (postcard inside CPython's framing). [`Error::Closed`] if
     /// the peer is gone.
+    #[inline]
     pub fn send(&self, value: &S) -> Result<()>
     where
         S: Serialize,
@@ -109,6 +110,7 @@ impl<S, R> Connection<S, R> {
     ///
     /// [`Error::Closed`] when the peer is gone and everything it sent was read;
     /// [`Error::Decode`] if the frame is not an `R` (the next receive goes on after it).
+    #[inline]
     pub fn recv(&self) -> Result<R>
     where
         R: DeserializeOwned,

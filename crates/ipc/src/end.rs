@@ -25,6 +25,7 @@ use crate::fdpass;
 use crate::frame::{FrameReader, HEADER_MAX, RawIo, encode_header, write_frame, write_some};
 use crate::outofline;
 use crate::sys;
+use crate::sys::small::SmallFrame;
 use crate::wait::{far_future, poll_until};
 
 /// The largest message an end accepts unless told otherwise: 1 GiB.
@@ -180,7 +181,31 @@ impl End {
         self.max_message_size = max;
     }
 
+    /// Sends `value` as one frame, waiting for room.
+    #[inline]
     pub(crate) fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        // A small value in few steps and, above all, few cache lines and pages: what a small
+        // message costs beyond the system calls is mostly the lines and pages its code and
+        // data take after the context switch that brought it (each a miss). So: encoded on
+        // the stack behind its header (no send buffer), then one `write(2)` (`send(2)` on a
+        // socket) under the send lock. A value too large for that, with an end in it, or
+        // failing to encode, and a send after a partial non-blocking one, take the general path
+        // (which encodes again).
+        let mut small = SmallFrame::new();
+        if let Some(frame) = codec::encode_small(value, &mut small) {
+            let side = self.send.lock();
+            if side.written == side.unsent.len() {
+                let result = self.write_whole(frame);
+                drop(side);
+                return result;
+            }
+        }
+        self.send_general(value)
+    }
+
+    /// [`send`](Self::send) of any value.
+    #[inline(never)]
+    fn send_general<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
         let mut side = self.send.lock();
         self.finish_unsent(&mut side)?;
         let SendSide { buf, .. } = &mut *side;
@@ -228,6 +253,16 @@ impl End {
             Kind::Pipe => rustix::io::write(&self.fd, frame),
             Kind::Socket | Kind::NetSocket => rustix::net::send(&self.fd, frame, SendFlags::NOSIGNAL),
         };
+        match written {
+            Ok(n) if n == frame.len() => Ok(()),
+            written => self.write_whole_rest(frame, written),
+        }
+    }
+
+    /// [`write_whole`](Self::write_whole) after a first write that did not take the whole frame.
+    #[cold]
+    #[inline(never)]
+    fn write_whole_rest(&self, frame: &[u8], written: rustix::io::Result<usize>) -> Result<()> {
         match written {
             Ok(n) if n == frame.len() => Ok(()),
             Ok(n) => write_frame(&self.io(), &frame[n..], &[]),
@@ -533,9 +568,30 @@ impl End {
         self.flush_unsent(&mut self.send.lock())
     }
 
+    /// Receives one value: blocking (`None`) or until the deadline `timeout` from now.
+    #[inline]
     pub(crate) fn recv<T: DeserializeOwned>(&self, timeout: Option<Duration>) -> Result<T> {
         let mut side = self.recv.lock();
-        let ReadSide { frames, scratch, fds, pending } = &mut *side;
+        // A small value in few steps and few cache lines and pages (see `send`): a blocking
+        // receive on an end that never carries fds (a pipe, TCP) of a frame whole in the
+        // read-ahead buffer, or after one `read(2)`, decoded where it lies. A frame that does
+        // not decode is left where it is, for the general path to decode again and say why.
+        if timeout.is_none()
+            && self.kind != Kind::Socket
+            && let Some(frame) =
+                side.frames.buffered_frame(&PlainFd(self.fd.as_fd()), self.max_message_size, None)?
+            && let Some(value) = codec::decode_quiet(frame.payload())
+        {
+            frame.take();
+            return Ok(value);
+        }
+        self.recv_general(&mut side, timeout)
+    }
+
+    /// [`recv`](Self::recv) of any frame, with the receive lock held.
+    #[inline(never)]
+    fn recv_general<T: DeserializeOwned>(&self, side: &mut ReadSide, timeout: Option<Duration>) -> Result<T> {
+        let ReadSide { frames, scratch, fds, pending } = side;
         let deadline = deadline(timeout);
         if let Some(early) = pending.take() {
             return self.finish_early(frames, scratch, fds, pending, early, deadline);
@@ -766,6 +822,39 @@ fn header_only(buf: &mut Vec<u8>, len: u64) -> usize {
 
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {
     timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future))
+}
+
+/// [`RawIo`] on a file descriptor that carries no fds, for the small-message path: plain
+/// `read(2)`, nothing to set up or tear down around it.
+struct PlainFd<'a>(BorrowedFd<'a>);
+
+impl RawIo for PlainFd<'_> {
+    #[inline]
+    fn read(&self, buf: &mut [u8], _at: u64) -> io::Result<usize> {
+        Ok(rustix::io::read(self.0, buf)?)
+    }
+
+    fn read_append(&self, dst: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+        sys::read_append(self.0, dst, max)
+    }
+
+    fn read_uninit<'b>(&self, buf: &'b mut [MaybeUninit<u8>]) -> io::Result<&'b mut [u8]> {
+        Ok(rustix::io::read(self.0, buf)?.0)
+    }
+
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Ok(rustix::io::writev(self.0, bufs)?)
+    }
+
+    fn wait_readable(&self, deadline: Instant) -> io::Result<bool> {
+        let mut fds = [PollFd::from_borrowed_fd(self.0, PollFlags::IN)];
+        Ok(poll_until(&mut fds, Some(deadline))? > 0)
+    }
+
+    fn wait_writable(&self) -> io::Result<()> {
+        let mut fds = [PollFd::from_borrowed_fd(self.0, PollFlags::OUT)];
+        poll_until(&mut fds, None).map(drop)
+    }
 }
 
 /// [`RawIo`] on a real file descriptor.

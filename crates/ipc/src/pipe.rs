@@ -56,6 +56,7 @@ impl<T> Sender<T> {
 
     /// Sends `value` as one frame (postcard inside CPython's framing). Blocks while the pipe
     /// is full. [`Error::Closed`] if the receiving end is gone everywhere.
+    #[inline]
     pub fn send(&self, value: &T) -> Result<()>
     where
         T: Serialize,
@@ -121,6 +122,7 @@ impl<T> Receiver<T> {
     ///
     /// [`Error::Closed`] when the sender is gone and everything sent was read;
     /// [`Error::Decode`] if the frame is not a `T` (the next receive goes on after it).
+    #[inline]
     pub fn recv(&self) -> Result<T>
     where
         T: DeserializeOwned,

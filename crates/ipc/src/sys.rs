@@ -1,8 +1,10 @@
 //! The only `unsafe` of `mproc-ipc`.
 //!
-//! Two things need it: reading straight into a `Vec`'s spare capacity (so a large message is
-//! not zero-filled before the kernel overwrites it), and `FromRawFd`, whose contract is unsafe
-//! by definition. Each block below says why it is sound.
+//! Here: reading straight into a `Vec`'s spare capacity (so a large message is not zero-filled
+//! before the kernel overwrites it), and `FromRawFd`, whose contract is unsafe by definition;
+//! in the modules below, the codec's bulk casts, shared memory, the robust lock, the
+//! out-of-line mapping, and a small frame built on the stack without a zero fill
+//! (`small.rs`). Each block says why it is sound.
 //!
 //! This is the bottom of the crate: it names no end type. `FromRawFd` is a macro here that
 //! each handle module (`pipe`, `duplex`) invokes for its types.
@@ -79,3 +81,4 @@ pub(crate) mod bulk;
 pub(crate) mod outofline;
 pub(crate) mod robust;
 pub(crate) mod shm;
+pub(crate) mod small;

@@ -182,3 +182,33 @@ fn raw_and_typed_over_two_pipes() {
     assert!(matches!(to_parent_rx.recv_timeout(DEADLINE), Err(Error::Closed)));
     assert_success(child);
 }
+
+/// Values from nothing to past what a small send builds on the stack (256 bytes, its 4-byte
+/// header included), typed over a pipe and a duplex connection: the frame on the wire is the
+/// header and postcard's bytes, and a typed receive gives the value back, whichever path
+/// (small or general) each side took. A thread does it all, so a broken frame (a receive
+/// that would wait for bytes never sent) fails the test at the deadline instead of hanging.
+#[test]
+fn values_around_the_small_frame_size_are_postcards_bytes() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (rx, tx) = pipe::<Vec<u8>>().unwrap();
+        let (a, b) = duplex::<(String, Vec<u32>)>().unwrap();
+        for len in 0..300usize {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            tx.send(&bytes).unwrap();
+            assert_eq!(rx.recv_bytes().unwrap(), postcard::to_allocvec(&bytes).unwrap(), "pipe, {len} bytes");
+            tx.send(&bytes).unwrap();
+            assert_eq!(rx.recv().unwrap(), bytes, "pipe, {len} bytes");
+            // Varints of every length, pushed one at a time, and a string extended whole.
+            let value =
+                ("é".repeat(len % 7), (0..len as u32 / 3).map(|i| i.wrapping_mul(0x0101_0101)).collect());
+            a.send(&value).unwrap();
+            assert_eq!(b.recv_bytes().unwrap(), postcard::to_allocvec(&value).unwrap(), "duplex, {len}");
+            a.send(&value).unwrap();
+            assert_eq!(b.recv().unwrap(), value, "duplex, {len}");
+        }
+        done_tx.send(()).unwrap();
+    });
+    done_rx.recv_timeout(DEADLINE).expect("every value came back before the deadline");
+}

@@ -30,6 +30,7 @@ pub(crate) const MAX_DEPTH: u32 = 256;
 pub(crate) const MAX_EMPTY_ELEMENTS: usize = 1 << 24;
 
 /// Reads one value from the front of `input`: the value and the bytes after it.
+#[inline]
 pub(crate) fn take_from_bytes<'de, T: de::Deserialize<'de>>(input: &'de [u8]) -> Result<(T, &'de [u8])> {
     let mut deserializer = Deserializer::new(input);
     let value = T::deserialize(&mut deserializer)?;
@@ -200,6 +201,7 @@ pub(crate) struct Deserializer<'de, M = Whole> {
 
 impl<'de> Deserializer<'de> {
     /// Reads from the front of `input`.
+    #[inline]
     pub(crate) fn new(input: &'de [u8]) -> Self {
         let elements = input.len().saturating_add(MAX_EMPTY_ELEMENTS);
         Deserializer { input, depth: MAX_DEPTH, elements, more: Whole }

@@ -11,6 +11,7 @@ use serde::{Serialize, ser};
 
 use super::seq;
 use crate::sys::bulk;
+use crate::sys::small::SmallFrame;
 
 type Result<T> = std::result::Result<T, postcard::Error>;
 
@@ -79,6 +80,20 @@ impl Output for ToVecWithin<'_> {
         }
         self.vec.extend_from_slice(bytes);
         Ok(())
+    }
+}
+
+/// Appends to a frame on the stack: [`postcard::Error::SerializeBufferFull`] once it is full
+/// (a value too large for the small-message path).
+impl Output for &mut SmallFrame {
+    #[inline]
+    fn push(&mut self, byte: u8) -> Result<()> {
+        if SmallFrame::push(self, byte) { Ok(()) } else { Err(postcard::Error::SerializeBufferFull) }
+    }
+
+    #[inline]
+    fn extend(&mut self, bytes: &[u8]) -> Result<()> {
+        if SmallFrame::extend(self, bytes) { Ok(()) } else { Err(postcard::Error::SerializeBufferFull) }
     }
 }
 
@@ -199,6 +214,7 @@ impl Output for CountRuns {
 }
 
 /// Encodes `value` into `out`.
+#[inline]
 pub(crate) fn serialize<T: Serialize + ?Sized, O: Output>(value: &T, out: O) -> Result<O> {
     let mut serializer = Serializer { out };
     value.serialize(&mut serializer)?;
