@@ -360,11 +360,9 @@ impl Ring {
 
     /// Sleeps on `cond` until notified or `deadline` (at most [`SLICE`]).
     fn sleep(&self, locked: &mut Locked<'_>, cond: &ShmCondvar, sleepers: usize, deadline: Option<Instant>) {
-        let slice = Instant::now() + SLICE;
-        let until = deadline.map_or(slice, |d| d.min(slice));
         let count = &self.words()[sleepers];
         count.fetch_add(1, Ordering::SeqCst);
-        cond.wait_until(&mut locked.guard, Some(until));
+        cond.wait_slice(&mut locked.guard, deadline, SLICE);
         // Awake (notified or not): the wake-up on its way, if any, may have been this one, so
         // the next commit that finds sleepers wakes one again (at worst one wake too many).
         // A sleeper killed between its wake-up and here leaves the flag set: the others
