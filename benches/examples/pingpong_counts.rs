@@ -22,9 +22,8 @@ use mproc_process::Process;
 /// Voluntary and involuntary context switches of process `pid` so far.
 fn switches(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
-    };
+    let field =
+        |name: &str| status.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0);
     (field("voluntary_ctxt_switches:"), field("nonvoluntary_ctxt_switches:"))
 }
 
@@ -107,6 +106,33 @@ fn main() {
             let trip = move || {
                 ping.set();
                 pong.wait();
+                pong.clear();
+            };
+            (Box::new(trip), child)
+        }
+        touch if touch.starts_with("touch") => {
+            // Event, plus a read of one word in each of `k` pages after each wake-up: what a
+            // page touched after a context switch costs (no PCID: the TLB starts empty).
+            let k: usize = touch["touch".len()..].parse().unwrap();
+            let pages: &'static [u8] = Vec::leak(vec![1u8; k * 4096 + 4096]);
+            let (ping, pong) = (Event::new().unwrap(), Event::new().unwrap());
+            let sum = move || (0..k).map(|i| black_box(pages[i * 4096]) as u64).sum::<u64>();
+            let child = {
+                let (ping, pong) = (ping.clone(), pong.clone());
+                Process::spawn(move || {
+                    loop {
+                        ping.wait();
+                        black_box(sum());
+                        ping.clear();
+                        pong.set();
+                    }
+                })
+                .unwrap()
+            };
+            let trip = move || {
+                ping.set();
+                pong.wait();
+                black_box(sum());
                 pong.clear();
             };
             (Box::new(trip), child)

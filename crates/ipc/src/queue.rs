@@ -65,8 +65,12 @@
 //! system call) for as long as looking has lately paid in this process: up to 20 µs while a
 //! partner on another CPU keeps answering in time, not at all (but for a probe every 64th
 //! wait) once looks keep failing, as they do when the partner waits for a CPU that busy
-//! processes hold, and never when the process may run on one CPU only; then it sleeps on its
-//! condition variable. Each wake-up is a `notify_one` after the commit, made only when someone sleeps
+//! processes hold. A process that may run on one CPU only looks by giving the CPU away
+//! (`sched_yield`, twice at most; a partner that is runnable there runs and answers, and a
+//! ping-pong costs two yields and two switches per round trip, no `futex` call), again only
+//! while such looks pay (see `spin.rs`). Then it sleeps on its condition variable, for at
+//! most a slice given to the kernel as the `futex` wait's relative timeout (no clock read
+//! without a deadline). Each wake-up is a `notify_one` after the commit, made only when someone sleeps
 //! (a count in the header) and no other wake-up is on its way (a flag the woken process clears
 //! when it wakes): a producer pays one `futex` wake per sleep of its consumer, not one per
 //! item put while the woken consumer waits for a CPU. A process that commits and leaves items
