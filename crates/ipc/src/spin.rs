@@ -96,7 +96,7 @@ fn yield_until(cond: &impl Fn() -> bool) -> bool {
     }
     let start = Instant::now();
     for _ in 0..YIELDS {
-        let _ = rustix::thread::sched_yield();
+        rustix::thread::sched_yield();
         if cond() {
             // A slow one stops the looks at once: one more such costs more than many
             // sleeps would.
