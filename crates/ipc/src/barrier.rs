@@ -1,13 +1,12 @@
 //! Python's `multiprocessing.Barrier`, which also breaks when one of its parties dies.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
-use crate::sys::shm::RawMutex;
 
 /// How many threads at once can be watched for death (more parties still work; a death
 /// among the ones past this is then noticed only by a timeout).
@@ -52,9 +51,11 @@ impl std::error::Error for BrokenBarrier {}
 /// A thread that *receives* a barrier (deserializes it: a Spawn or ForkServer child, or a pool
 /// task, gets it in its arguments; or from a [`Connection`](crate::Connection)) registers
 /// then, before any `wait`: a party that dies before its first `wait` breaks the barrier too.
-/// Such a receiver that is no party leaves by dropping its handle (which unregisters it), or
+/// Such a receiver that is no party leaves by dropping its handle (its last clone of it unregisters it), or
 /// its thread's normal end. A forked child registers at its first `wait` (until then, its
-/// death is noticed only by a timeout), as does a thread given a clone.
+/// death is noticed only by a timeout), as does a thread given a clone. A child a Fork start
+/// runs `f(args)` in (mproc-process's `spawn_fn`) registers in the barriers in `args` before
+/// `f` starts; one that runs a closure registers at its first `wait`.
 ///
 /// ```
 /// # fn main() -> mproc_ipc::Result<()> {
@@ -66,10 +67,46 @@ impl std::error::Error for BrokenBarrier {}
 /// assert_eq!(a + b, 1, "indexes 0 and 1");
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug, Serialize)]
+#[derive(Debug)]
 pub struct Barrier {
     header: Shared<Header>,
     slots: Shared<Slots>,
+}
+
+/// How many `Barrier` handles this process holds: a [`join_parties_in`] walks a value only
+/// when there is one (a forked child holds copies of its parent's, so counts them too).
+static HANDLES: AtomicUsize = AtomicUsize::new(0);
+
+impl Clone for Barrier {
+    fn clone(&self) -> Self {
+        Barrier::counted(self.header.clone(), self.slots.clone())
+    }
+}
+
+impl Serialize for Barrier {
+    /// As its fields; in a [`join_parties_in`] walk, registers the calling thread instead.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        if crate::fdpass::walking() {
+            self.join();
+            return serializer.serialize_unit();
+        }
+        let mut s = serializer.serialize_struct("Barrier", 2)?;
+        s.serialize_field("header", &self.header)?;
+        s.serialize_field("slots", &self.slots)?;
+        s.end()
+    }
+}
+
+/// Registers the calling thread as a party of every [`Barrier`] in `value` (as receiving
+/// `value` would: see the type's docs). For a child forked to run `f(value)`: it holds the
+/// barriers in `value` from its start, so its death before its first `wait` breaks them too.
+/// Free when this process holds no barrier; otherwise one walk over `value`'s encoding,
+/// writing nothing and duplicating no fd.
+pub fn join_parties_in<T: Serialize + ?Sized>(value: &T) {
+    if HANDLES.load(Ordering::Relaxed) > 0 {
+        crate::fdpass::walk(value);
+    }
 }
 
 impl<'de> Deserialize<'de> for Barrier {
@@ -82,13 +119,8 @@ impl<'de> Deserialize<'de> for Barrier {
             slots: Shared<Slots>,
         }
         let Received { header, slots } = Received::deserialize(deserializer)?;
-        let barrier = Barrier { header, slots };
-        if barrier.register() {
-            // Sleepers watch the presence locks registered when they went to sleep: they
-            // look again, and watch this one too.
-            let _g = barrier.lock();
-            barrier.header.1.notify_all();
-        }
+        let barrier = Barrier::counted(header, slots);
+        barrier.join();
         Ok(barrier)
     }
 }
@@ -118,6 +150,32 @@ fn deadline_after(timeout: Duration) -> Option<Instant> {
 }
 
 impl Barrier {
+    fn counted(header: Shared<Header>, slots: Shared<Slots>) -> Barrier {
+        HANDLES.fetch_add(1, Ordering::Relaxed);
+        Barrier { header, slots }
+    }
+
+    /// Registers this thread (if it is not yet) and then wakes the sleepers: they watch the
+    /// presence locks registered when they went to sleep, so they look again and watch this
+    /// one too.
+    fn join(&self) {
+        let joined = self.register();
+        if joined != Joined::Already {
+            let _g = self.lock();
+            self.settle(joined);
+        }
+    }
+
+    /// After a registration, the lock held: a dead party's slot taken over breaks the
+    /// barrier (the death would otherwise be hidden); a new party wakes the sleepers.
+    fn settle(&self, joined: Joined) {
+        match joined {
+            Joined::OverTheDead => self.break_locked(),
+            Joined::New => self.header.1.notify_all(),
+            Joined::Already => {}
+        }
+    }
+
     /// A barrier for `parties` threads (at least 1).
     pub fn new(parties: usize) -> crate::Result<Barrier> {
         if parties == 0 {
@@ -132,7 +190,7 @@ impl Barrier {
         let mut id = [0u8; 8];
         rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty())?;
         header.2[ID].store(u64::from_ne_bytes(id), Ordering::SeqCst);
-        Ok(Barrier { header, slots: Shared::new()? })
+        Ok(Barrier::counted(header, Shared::new()?))
     }
 
     /// How many parties it waits for.
@@ -185,14 +243,12 @@ impl Barrier {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, BrokenBarrier> {
-        let new = self.register();
+        let joined = self.register();
         let s = &self.header.2;
         let mut g = self.lock();
-        if new {
-            // The waiters watch the presence locks registered when they went to sleep: a new
-            // one makes them look again, so that they watch it too.
-            self.header.1.notify_all();
-        }
+        // The waiters watch the presence locks registered when they went to sleep: a new one
+        // makes them look again, so that they watch it too.
+        self.settle(joined);
         if self.broken() {
             return Err(BrokenBarrier);
         }
@@ -215,8 +271,7 @@ impl Barrier {
                 self.break_locked();
                 return Err(BrokenBarrier);
             }
-            let watched: Vec<&RawMutex> = self.slots.iter().map(|slot| slot.raw()).collect();
-            if self.header.1.wait_watching(&mut g, deadline, &watched).owner_died {
+            if self.header.1.wait_watching(&mut g, deadline, &self.slots[..]).owner_died {
                 self.break_locked();
             }
         }
@@ -235,8 +290,10 @@ impl Barrier {
         died
     }
 
-    /// Registers this thread in a free slot, unless it holds one already; whether it did now.
-    fn register(&self) -> bool {
+    /// Registers this thread in a free slot, unless it holds one already. A slot whose holder
+    /// died is free too, but taking it over clears the "owner died" that the others look
+    /// for: the caller must break the barrier then ([`Joined::OverTheDead`]).
+    fn register(&self) -> Joined {
         let id = self.header.2[ID].load(Ordering::SeqCst);
         REGISTERED.try_with(|registered| {
             let mut registered = registered.borrow_mut();
@@ -246,21 +303,21 @@ impl Barrier {
                 matches!(r.slots[r.slot].try_lock(), Err(LockError::Io(ref e)) if e.raw_os_error() == Some(EDEADLK))
             });
             if registered.iter().any(|r| r.id == id) {
-                return false;
+                return Joined::Already;
             }
             for (i, slot) in self.slots.iter().enumerate() {
-                match slot.try_lock() {
-                    Ok(g) | Err(LockError::OwnerDied(g)) => {
-                        std::mem::forget(g); // held until the registration drops
-                        registered.push(Registration { id, slots: self.slots.clone(), slot: i });
-                        return true;
-                    }
-                    Err(_) => {}
-                }
+                let (g, joined) = match slot.try_lock() {
+                    Ok(g) => (g, Joined::New),
+                    Err(LockError::OwnerDied(g)) => (g, Joined::OverTheDead),
+                    Err(_) => continue,
+                };
+                std::mem::forget(g); // held until the registration drops
+                registered.push(Registration { id, slots: self.slots.clone(), slot: i });
+                return joined;
             }
-            false
+            Joined::Already
         })
-        .unwrap_or(false)
+        .unwrap_or(Joined::Already)
     }
 
     /// Breaks the barrier: waiters now and later get [`BrokenBarrier`] until a `reset`.
@@ -283,12 +340,29 @@ impl Barrier {
     }
 }
 
+/// What a [`Barrier::register`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Joined {
+    /// Nothing: registered already (or no slot free, or the thread is ending).
+    Already,
+    /// Took a free slot.
+    New,
+    /// Took the slot of a party that died: the barrier must break.
+    OverTheDead,
+}
+
 /// What a robust mutex answers a `try_lock` by the thread that holds it.
 const EDEADLK: i32 = rustix::io::Errno::DEADLK.raw_os_error();
 
 impl Drop for Barrier {
     fn drop(&mut self) {
-        // This thread's registration in this barrier ends with its handle.
+        HANDLES.fetch_sub(1, Ordering::Relaxed);
+        if self.header.handles() > 1 {
+            // A clone lives on (this thread's, or one it gave away): a party that drops a
+            // clone is still a party, and its death must still break the barrier.
+            return;
+        }
+        // This thread's registration in this barrier ends with its last handle.
         let id = self.header.2[ID].load(Ordering::SeqCst);
         let _ = REGISTERED.try_with(|registered| {
             if let Ok(mut registered) = registered.try_borrow_mut() {

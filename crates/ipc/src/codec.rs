@@ -66,6 +66,21 @@ pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// `value`'s encoding as a new `Vec` that starts with room for `capacity` bytes; `None` (after
+/// encoding part of it) once it would pass `cap` bytes.
+pub(crate) fn to_vec_within<T: Serialize + ?Sized>(
+    value: &T,
+    capacity: usize,
+    cap: usize,
+) -> Result<Option<Vec<u8>>> {
+    let mut vec = Vec::with_capacity(capacity.min(cap));
+    match ser::serialize(value, ser::ToVecWithin { vec: &mut vec, end: cap }) {
+        Ok(_) => Ok(Some(vec)),
+        Err(postcard::Error::SerializeBufferFull) => Ok(None),
+        Err(e) => Err(Error::Encode(e)),
+    }
+}
+
 /// How many bytes `value`'s encoding takes.
 pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
     ser::serialize(value, ser::Count::default()).map(|count| count.0).map_err(Error::Encode)

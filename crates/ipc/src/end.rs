@@ -242,13 +242,13 @@ impl End {
     /// so the stream stays in step (the receiver's decode of it fails or gives a wrong value),
     /// and the send reports [`Error::Encode`].
     fn send_streaming<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>) -> Result<()> {
-        let (len, fds) = fds_or_refusal(fdpass::collecting(|| codec::encoded_len(value)))?;
+        let (len, fds) = fds_or_refusal(self.collecting(|| codec::encoded_len(value)))?;
         self.check_fds(&fds)?;
         let n = header_only(buf, len as u64);
         let mut io = self.io();
         io.outgoing = RefCell::new(fds);
         let mut sent = 0;
-        let (result, _fds_again) = fdpass::collecting(|| {
+        let (result, _fds_again) = self.collecting(|| {
             codec::encode_streaming(value, buf, n + len, |gathered, direct| {
                 write_frame(&io, gathered, direct)?;
                 sent += gathered.len() + direct.len();
@@ -299,8 +299,9 @@ impl End {
     ) -> Result<Option<(usize, Vec<OwnedFd>)>> {
         let inline_max = self.inline_max(may_stream);
         let first = match first {
-            Err(_) if fdpass::end_met() => {
-                fds_or_refusal(fdpass::collecting(|| codec::encode_frame_within(value, buf, inline_max)))?
+            // (Too long inline and a memfd met: with the tables, the memfd may go as an fd.)
+            Err(_) | Ok(None) if fdpass::end_met() => {
+                fds_or_refusal(self.collecting(|| codec::encode_frame_within(value, buf, inline_max)))?
             }
             encoded => (encoded?, Vec::new()),
         };
@@ -311,7 +312,7 @@ impl End {
         let (start, fds) = match first {
             (Some(start), fds) if !spelled => (start, fds),
             (None, _) if self.kind != Kind::Socket => return Ok(None),
-            _ => match fds_or_refusal(fdpass::collecting(|| outofline::encode(value, buf)))? {
+            _ => match fds_or_refusal(self.collecting(|| outofline::encode(value, buf)))? {
                 (Some((file, len)), mut fds) => {
                     fds.push(file);
                     let descriptor = outofline::descriptor(len);
@@ -326,11 +327,17 @@ impl End {
                 }
                 // No memfd for it: inline after all.
                 (None, _) if may_stream => return Ok(None),
-                (None, _) => fds_or_refusal(fdpass::collecting(|| codec::encode_frame(value, buf)))?,
+                (None, _) => fds_or_refusal(self.collecting(|| codec::encode_frame(value, buf)))?,
             },
         };
         self.check_fds(&fds)?;
         Ok(Some((start, fds)))
+    }
+
+    /// Runs `encode` collecting the fds it meets ([`fdpass::collecting_for`]): on a Unix
+    /// socket, bytes kept in a sealed memfd go as the memfd.
+    fn collecting<R>(&self, encode: impl FnOnce() -> R) -> (R, fdpass::Outgoing) {
+        fdpass::collecting_for(self.kind == Kind::Socket, encode)
     }
 
     /// Whether this end can carry `fds` with a frame.

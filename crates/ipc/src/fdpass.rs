@@ -15,7 +15,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use serde::de::Error as _;
 use serde::ser::Error as _;
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The most fds one message can carry (the kernel's `SCM_MAX_FD`).
 pub(crate) const MAX_FDS: usize = 253;
@@ -25,6 +25,9 @@ pub(crate) const MAX_FDS: usize = 253;
 pub(crate) struct Outgoing {
     pub(crate) fds: Vec<OwnedFd>,
     pub(crate) refused: Option<&'static str>,
+    /// Whether the encoding is for a Unix socket, where a value's sealed memfd may go as an
+    /// fd instead of its bytes ([`file_may_travel`]).
+    pub(crate) files: bool,
 }
 
 /// The side tables of this thread's send and receive in progress. One thread-local for both,
@@ -48,6 +51,25 @@ thread_local! {
     static END_MET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+thread_local! {
+    /// Set while [`walk`] serializes a value for what serializing does besides writing.
+    static WALKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Serializes `value` into nothing, ends standing for no fd (no duplicate is made, nothing
+/// sent), for what a type's `Serialize` does when [`walking`] says so (a `Barrier` registers
+/// the calling thread as a party). Errors are ignored: the walk has no output to fail.
+pub(crate) fn walk<T: Serialize + ?Sized>(value: &T) {
+    WALKING.set(true);
+    let _ = crate::codec::encoded_len(value);
+    WALKING.set(false);
+}
+
+/// Whether this thread's serializing is a [`walk`].
+pub(crate) fn walking() -> bool {
+    WALKING.get()
+}
+
 fn note_end() {
     END_MET.set(true);
 }
@@ -69,9 +91,16 @@ fn with_tables<R>(f: impl FnOnce(&Tables) -> R) -> Option<R> {
 }
 
 /// Runs `encode` with fd collection on; returns its result and (duplicates of) the fds met,
-/// in order.
+/// in order. Bytes kept in a sealed memfd are encoded as their bytes.
 pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Outgoing) {
-    let outer = with_tables(|t| t.outgoing.replace(Some(Outgoing::default())));
+    collecting_for(false, encode)
+}
+
+/// [`collecting`] for a send on an end that carries fds when `files`: then bytes kept in a
+/// sealed memfd ([`Carried`](crate::Carried)'s large ones) go as the memfd, not copied.
+pub(crate) fn collecting_for<R>(files: bool, encode: impl FnOnce() -> R) -> (R, Outgoing) {
+    let fresh = Outgoing { files, ..Outgoing::default() };
+    let outer = with_tables(|t| t.outgoing.replace(Some(fresh)));
     let result = encode();
     let outgoing = outer.and_then(|outer| with_tables(|t| t.outgoing.replace(outer))).flatten();
     (result, outgoing.unwrap_or_default())
@@ -101,8 +130,20 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Whether bytes kept in a sealed memfd may go as that fd in the encoding in progress (a send
+/// on a Unix socket), or must go as bytes (a pipe, TCP, inside a `Carried`); `None` outside
+/// a send, where they cannot go at all (as an end cannot): a send encodes without the fd
+/// tables first, and tries again with them only when an end was met, which this notes.
+pub(crate) fn file_may_travel() -> Option<bool> {
+    note_end();
+    with_tables(|t| t.outgoing.borrow().as_ref().map(|outgoing| outgoing.files)).flatten()
+}
+
 /// `Serialize` for an end: its fd's index in the outgoing table.
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> Result<S::Ok, S::Error> {
+    if walking() {
+        return serializer.serialize_u32(0);
+    }
     note_end();
     // A duplicate, so the table owns what it sends whatever happens to the end meanwhile.
     let index = with_tables(|t| {
@@ -143,7 +184,10 @@ macro_rules! impl_end_serde {
     ($name:ident < $($g:ident),* >) => {
         impl<$($g),*> serde::Serialize for $name<$($g),*> {
             fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
-                if let Err(why) = self.end.check_transferable() {
+                // A walk sends nothing: an end that could not go now does not stop it.
+                if !$crate::fdpass::walking()
+                    && let Err(why) = self.end.check_transferable()
+                {
                     return Err($crate::fdpass::refuse(why));
                 }
                 $crate::fdpass::serialize_fd(std::os::fd::AsFd::as_fd(self), serializer)

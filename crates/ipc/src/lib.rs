@@ -169,7 +169,7 @@ pub use doorbell::{Awaitable, Doorbell, Listeners, Listening};
 pub use duplex::{Connection, duplex};
 pub use end::DEFAULT_MAX_MESSAGE_SIZE;
 pub use error::{AuthError, Error, Result};
-pub use listener::{Client, ClientBuilder, Listener, ListenerBuilder};
+pub use listener::{Client, ClientBuilder, Incoming, Listener, ListenerBuilder};
 pub use pipe::{Receiver, Sender, pipe};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
 pub use shared_memory::SharedMemory;
@@ -181,7 +181,7 @@ pub use sync::{
 pub use value::{Array, ArrayGuard, ArrayResult, Plain, Value, ValueGuard, ValueResult};
 pub use wait::{Waitable, wait, wait_one};
 
-/// For mproc's own tests: not part of the API.
+/// For mproc's own tests and crates: not part of the API.
 #[doc(hidden)]
 pub mod __private {
     /// Makes this process write to pipes without `RWF_NOWAIT`, as on a kernel that refuses
@@ -190,6 +190,7 @@ pub mod __private {
         crate::end::refuse_pipe_nowait();
     }
 
+    pub use crate::barrier::join_parties_in;
     pub use crate::queue::QueueCrash;
 
     /// Arms `point`: this process kills itself with `SIGKILL` when a queue operation of

@@ -1,6 +1,7 @@
 //! Connections between processes that did not start one another: Python's
 //! `multiprocessing.connection.Listener` and `Client`, over Unix and TCP sockets.
 
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener, UnixStream};
@@ -181,6 +182,29 @@ impl Listener {
         open(fd, self.handshake.as_ref(), true)
     }
 
+    /// Takes a connection that has arrived, without waiting for one and without its
+    /// handshake: `Ok(None)` if none is waiting. [`Incoming::authenticate`] then runs the
+    /// handshake (with its deadline), on any thread: a server that authenticates connections
+    /// side by side is not held up by a peer that connects and says nothing, as it is with
+    /// [`accept`](Self::accept), which authenticates one connection at a time.
+    pub fn try_accept_incoming<S, R>(&self) -> Result<Option<Incoming<S, R>>> {
+        loop {
+            match rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC) {
+                Ok(fd) => {
+                    return Ok(Some(Incoming {
+                        fd,
+                        handshake: self.handshake.clone(),
+                        _marker: PhantomData,
+                    }));
+                }
+                Err(Errno::AGAIN) => return Ok(None),
+                // A peer that gave up before we took it; a signal.
+                Err(Errno::CONNABORTED | Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Stops listening (dropping the listener does the same), removing its socket file.
     pub fn close(self) {}
 }
@@ -267,6 +291,36 @@ impl ListenerBuilder {
             }
         };
         Ok(Listener { fd, address, handshake: self.auth.handshake(), socket_file })
+    }
+}
+
+/// A connection a [`Listener`] took ([`Listener::try_accept_incoming`]) and has not
+/// authenticated yet: [`authenticate`](Self::authenticate) makes it a [`Connection`]. Its fd
+/// ([`AsFd`]) is the connected socket, close-on-exec: shutting it down (`shutdown(2)`, on a
+/// duplicate too) fails a handshake in progress at once.
+pub struct Incoming<S, R = S> {
+    fd: OwnedFd,
+    handshake: Option<Handshake>,
+    _marker: PhantomData<fn(S) -> R>,
+}
+
+impl<S, R> std::fmt::Debug for Incoming<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming").field("fd", &self.fd).finish_non_exhaustive()
+    }
+}
+
+impl<S, R> Incoming<S, R> {
+    /// Runs the handshake, as [`Listener::accept`] does (with the listener's key and
+    /// deadline; nothing when it has no key): the connection, or why this peer failed.
+    pub fn authenticate(self) -> Result<Connection<S, R>> {
+        open(self.fd, self.handshake.as_ref(), true)
+    }
+}
+
+impl<S, R> AsFd for Incoming<S, R> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

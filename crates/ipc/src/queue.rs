@@ -1,102 +1,125 @@
 //! Queues between processes: Python's `multiprocessing.Queue`, `SimpleQueue` and
 //! `JoinableQueue`, kept in shared memory.
 //!
-//! A [`Queue`] is a region of shared memory (a sealed memfd, see [`crate::shm`]) holding a
-//! robust process-shared mutex, three condition variables, the queue's state, and the items'
-//! bytes, plus a [`Doorbell`] (an eventfd) for coroutines. There is no feeder thread and no
-//! pipe: `put` encodes the value (postcard) in the calling thread, copies it into the region
-//! under the lock, and commits; `get` copies the first item out under the lock, commits, and
-//! decodes after unlocking. So:
+//! A [`Queue`] is a region of shared memory (a sealed memfd, see [`crate::shm`]) holding two
+//! robust process-shared mutexes (one for producers, one for consumers), three condition
+//! variables, each side's state, and the items' bytes, plus a [`Doorbell`] (an eventfd) for
+//! coroutines. There is no feeder thread and no pipe: `put` encodes the value (postcard) in
+//! the calling thread, copies it into the region under the put lock, and commits; `get`
+//! copies the first item out under the get lock, commits, and decodes after unlocking. So:
 //!
 //! - a value that does not serialize fails *in `put`*, before anything is locked or written;
 //! - when `put` returns, the item is in memory that belongs to no single process: the producer
 //!   may exit or be killed at once and the item is still there;
-//! - a process killed at any instruction (holding the lock, half way through an item or
-//!   through the state) leaves the queue whole, by the commit protocol below.
+//! - a process killed at any instruction (holding a lock, half way through an item or
+//!   through its side's state) leaves the queue whole, by the commit protocol below.
 //!
 //! # Layout
 //!
 //! ```text
-//! header  ShmMutex | ShmCondvar not_empty | not_full | all_done | words:
-//!         magic, hot ring size, maxsize, GEN (commit word), sleeper counts, "waking" flags,
-//!         state slot 0 (8 words), state slot 1 (8 words)
+//! header  mutexes (put lock, get lock, join lock, each on lines of its own) | ShmCondvar
+//!         not_empty | not_full | all_done | words, one 64-byte line per writer:
+//!           constants   magic, ring size, maxsize
+//!           producers   PUTS (commit word), two slots of tails; their hints of the consumers
+//!           consumers   GETS (commit word), two slots of heads, FREED; their hints of PUTS
+//!           sleepers    counts and "waking" flags;   done   task_done calls
 //! data    [0, small)             the hot ring: small items cycle through these pages
-//!         [small, small + 8 GiB) sparse: records that do not fit the ring go on past it
+//!         [small, small + 8 GiB) the spill, sparse: records the ring has no room for
 //!                                (less under `ulimit -f`: see Limits)
 //! ```
 //!
-//! A record is an 8-byte length and the postcard bytes, padded to 8, always contiguous. Two
-//! markers redirect the reader: `WRAP` (the next record is at offset 0) and `JUMP` (a target
-//! offset follows). The state is `head` (the next record or marker to read), `tail` (where
-//! the next record goes), `count`, the number of markers between them, whether the writer is
-//! filling the segment at 0 below the reader's (`writer_below`), that segment's end, the
-//! highest byte written since the queue was last empty, and `unfinished` (items not yet
-//! `task_done`).
+//! A record is an 8-byte length and the postcard bytes, padded to 8, always contiguous. The
+//! ring and the spill are each a byte stream whose positions only grow (a position is at
+//! `position % size` in its area); three markers steer the reader: `WRAP` (the rest of this
+//! cycle of the area is padding: a record never crosses the area's end), `JUMP` in the ring
+//! (the next record is in the spill) and `RETURN` in the spill (back to the ring). Each
+//! side's state is its position in both streams and which stream it is in; the count of
+//! items is `PUTS - GETS`.
 //!
-//! Where a record goes: after the tail while it fits in the hot ring; else wrapped to 0
-//! (a `WRAP` at the tail) if the reader has left room there; else on past the ring's end,
-//! into the sparse space. Behind a wrap, the writer fills `[0, head)` and, when a record does
-//! not fit below the head, `JUMP`s past the highest byte written. So an item of any size is
-//! placed at once (never split, never waiting for a reader), and at most two markers are
-//! ever pending. Whole pages past the hot ring are given back (`fallocate(PUNCH_HOLE)`) as
-//! the reader leaves them, and everything past it when the queue empties, when `head` and
-//! `tail` go back to 0.
+//! Where a record goes: after the ring's tail while the ring has room for it (keeping 8
+//! bytes for a `JUMP`); else, behind a `JUMP`, at the spill's tail, and on in the spill
+//! until the ring has room again (`RETURN`; looked at once per page of the spill). So an
+//! item of any size is placed at once (never split, never waiting for a reader). Whole
+//! pages of the spill are given back (`fallocate(PUNCH_HOLE)`, 64 KiB at a time) once the
+//! reader has left them; the ring's pages stay.
 //!
 //! # Commit protocol
 //!
-//! Every change runs under the mutex and ends in one store. The state lives in two slots;
-//! the commit word `GEN` names the current one (`GEN & 1`). An operation reads the current
-//! slot, writes whatever it writes *outside* the live data (a new record and its markers go
-//! past the tail, in free space), writes the new state into the other slot, and then stores
-//! `GEN + 1`: that store is the commit. So for a process killed anywhere:
+//! Each side changes its state under its own lock, and ends the change with one store of its
+//! commit word: `PUTS` (items ever put) for producers, `GETS` for consumers. The word also
+//! names the side's current state slot (`word & 1`): an operation reads the current slot,
+//! writes whatever it writes *outside* the live data (a producer's record and markers go
+//! past the committed tail, where no consumer reads; a consumer writes nothing but its
+//! state), writes its new state into the other slot, and then stores the word plus one:
+//! that store is the commit. So for a process killed anywhere:
 //!
 //! - before the commit store, nothing it did is visible: the record or state it was writing
-//!   lies in memory no one reads, and is overwritten by the next operation; the next locker
-//!   gets the mutex with "owner died" and has nothing to repair (it reads the state `GEN`
-//!   names, which is whole);
-//! - after it, the operation happened, whole.
+//!   lies in memory no one reads, and is overwritten by the next operation of its side; the
+//!   next locker gets the mutex with "owner died" and has nothing to repair (it reads the
+//!   state the commit word names, which is whole);
+//! - after it, the operation happened, whole. (A consumer killed between its commit and
+//!   giving the pages it left back leaves `FREED` behind; the next get gives them back.)
 //!
-//! `qsize`, `empty` and `full` read the state without the lock, as a seqlock: the slot `GEN`
-//! names, then `GEN` again (a commit writes only the other slot, and a reader that saw any of
-//! its stores sees `GEN` move, and reads again). All three come from one state, the same one
-//! a `put` or `get` that returned had committed.
+//! Neither side writes the other's lines: a producer learns the consumers' position (for
+//! room) and `GETS` (for `maxsize`) by reading them, and keeps what it read as a hint on its
+//! own line, a lower bound it reads again only when the hint says no room; a consumer keeps
+//! `PUTS` so. A 1→1 put in the steady state is then an uncontended lock, a copy and a store.
+//! Room: producers write ring positions below the consumers' ring position plus the ring's
+//! size, and spill positions below `FREED`'s page plus the spill's size, so they never write
+//! what a reader has yet to read, nor a page a reader is about to give back.
+//!
+//! `qsize`, `empty` and `full` agree at every moment: each reads `GETS`, `PUTS`, then
+//! `GETS` again, and retries until the two reads of `GETS` are equal. `GETS` only grows, so
+//! it held that value all the while, in particular when `PUTS` was read: `PUTS - GETS` is the
+//! number of items at that instant (never more than `maxsize`, never below 0, since a get
+//! commits only an item already committed). A put that returned has stored `PUTS`, a get
+//! that returned `GETS`, so each call counts exactly the operations that returned before it.
+//! `empty` and `full` are this count compared (as before, one read each; each is true of
+//! one moment during its call). The same for `join`: `DONE` (task_done calls, never more
+//! than `PUTS`) read before `PUTS`, equal only if they were equal when `PUTS` was read.
 //!
 //! Waits: a blocking `get` (`put` on a full queue) first looks without the lock (busy, no
 //! system call) for as long as looking has lately paid in this process: up to 20 µs while a
 //! partner on another CPU keeps answering in time, not at all (but for a probe every 64th
 //! wait) once looks keep failing, as they do when the partner waits for a CPU that busy
-//! processes hold. A process that may run on one CPU only looks by giving the CPU away
-//! (`sched_yield`, twice at most; a partner that is runnable there runs and answers, and a
-//! ping-pong costs two yields and two switches per round trip, no `futex` call), again only
-//! while such looks pay (see `spin.rs`). Then it sleeps on its condition variable, for at
-//! most a slice given to the kernel as the `futex` wait's relative timeout (no clock read
-//! without a deadline). Each wake-up is a `notify_one` after the commit, made only when someone sleeps
-//! (a count in the header) and no other wake-up is on its way (a flag the woken process clears
-//! when it wakes): a producer pays one `futex` wake per sleep of its consumer, not one per
-//! item put while the woken consumer waits for a CPU. A process that commits and leaves items
-//! (room) behind wakes the next sleeper the same way. A process woken and then killed before it took the item (or
-//! cleared the flag) would leave the others asleep: so every sleep lasts at most 50 ms before
-//! it looks again (and clears the flag).
+//! processes hold, and never when the process may run on one CPU only; then it sleeps on its
+//! condition variable, holding its side's lock. The other side changes the condition without
+//! that lock, so a sleeper counts itself in, reads the condition variable's notify count,
+//! looks again, and sleeps only while the count is unchanged; the other side stores its
+//! commit word and then reads the sleeper count (both `SeqCst`): either it sees the sleeper
+//! and notifies (moving the count), or the sleeper's look sees its commit. Each wake-up is a
+//! `notify_one` after the commit, made only when someone sleeps and no other wake-up is on
+//! its way (a flag the woken process clears when it wakes): a producer pays one `futex` wake
+//! per sleep of its consumer, not one per item put while the woken consumer waits for a CPU.
+//! A process that commits and leaves items (room) behind wakes the next sleeper the same way.
+//! A process woken and then killed before it took the item (or cleared the flag) would leave
+//! the others asleep: so every sleep lasts at most 50 ms before it looks again (and clears
+//! the flag).
 //!
 //! Coroutines (`mproc-coroutine`'s `AsyncShared<Queue<T>>`) do not sleep on the condition
 //! variables: they count themselves in the header's [`Listeners`], and wait in their event
 //! loop for the queue's [`Doorbell`] (see [`crate::Doorbell`]'s protocol), which a put rings
 //! after its commit, and a get of a bounded queue too, only while the count is not zero (one
-//! load otherwise). The commit word's store and the snapshot's first load of it are
-//! sequentially consistent, as the count's updates and loads are: a coroutine that counted
-//! itself in and then found the queue unchanged is rung by the commit it missed.
+//! load otherwise). The ring puts a `SeqCst` fence between the commit and its load of the
+//! count, and `listen` one between the count's update and the coroutine's look: a coroutine
+//! that counted itself in and then found the queue unchanged is rung by the commit it missed.
 //!
 //! # Limits
 //!
 //! An item, and all the items in a queue at once, fit in the 8 GiB of sparse space past the
-//! hot ring (beyond that `put` fails with an error, the queue unchanged). Under a file size
+//! hot ring (beyond that `put` fails with an error, the queue unchanged). A record never
+//! crosses the spill's end, so one larger than what is left of the spill's current cycle
+//! starts the next cycle, and must fit below the reader's page a cycle on: an item more than
+//! half the spill's size may not fit even in an empty queue (4 GiB by default; less under a
+//! file size limit). Under a file size
 //! limit (`ulimit -f`, `RLIMIT_FSIZE`) of the process that makes the queue, the memfd may not
 //! grow past it (the kernel would kill the process with `SIGXFSZ`), so the sparse space is
 //! cut to what the limit leaves past the header and the ring, and a `put` past that room fails
 //! with an error naming the limit; a limit that does not leave the ring and a page past it
 //! fails `Queue::new` with an error naming `ulimit -f`. Memory is used only
 //! by the pages written: the hot ring once it cycled (256 KiB by default, see
-//! [`QueueBuilder::ring_bytes`]) plus the pages of large items while they are queued. Items
+//! [`QueueBuilder::ring_bytes`]) plus the spill's pages of items while they are queued (and
+//! up to 64 KiB more, given back in batches). Items
 //! are postcard: ends (file descriptors) cannot travel inside them.
 
 mod ring;

@@ -208,6 +208,13 @@ impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (fd, name, size) = <(crate::fdpass::FdIn, Option<String>, u64)>::deserialize(deserializer)?;
         let size = usize::try_from(size).map_err(D::Error::custom)?;
+        // An anonymous block is sealed against shrinking (so a mapping of it never faults);
+        // a peer's file that is not could be shrunk under the mapping (`SIGBUS`).
+        if name.is_none() && !Mapping::cannot_shrink(&fd.0) {
+            return Err(crate::codec::refuse(
+                "an anonymous shared memory block whose file is not sealed against shrinking".into(),
+            ));
+        }
         let map = Mapping::map(fd.0, size)
             .map_err(|e| D::Error::custom(format!("cannot map shared memory: {e}")))?;
         Ok(SharedMemory { map: Arc::new(map), name })

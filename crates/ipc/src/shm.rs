@@ -86,7 +86,7 @@ use std::time::Instant;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::sys::robust::Watch;
+use crate::sys::robust::{WaitSet, Watch};
 use crate::sys::shm::{RawMutex, Taken, data_offset};
 pub use crate::sys::shm::{Shared, ShmCondvar, ShmGuard, ShmMutex, ShmRecursiveMutex, ShmType};
 
@@ -274,18 +274,6 @@ macro_rules! mutex_api {
 mutex_api!(ShmMutex);
 mutex_api!(ShmRecursiveMutex);
 
-/// Locks `guard`'s mutex again after a condvar's sleep; whether its owner died meanwhile.
-fn relock(guard: &mut ShmGuard<'_>) -> bool {
-    loop {
-        match guard.raw.lock_until(None) {
-            Ok(Some(taken)) => break taken == Taken::OwnerDied,
-            // Cannot time out without a deadline; an error would mean the mutex is
-            // broken: keep trying rather than return without the lock.
-            _ => std::thread::yield_now(),
-        }
-    }
-}
-
 /// How a [`ShmCondvar`] wait ended. The lock is held again in every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitOutcome {
@@ -304,25 +292,59 @@ impl ShmCondvar {
 
     /// As [`wait_until`](Self::wait_until), also woken when the holder of one of `watched`
     /// (locks held by others) ends. `watched` may be empty; on a kernel without
-    /// `futex_waitv` (before Linux 5.16) the watch is a look every 50 ms.
+    /// `futex_waitv` (before Linux 5.16) the watch is a look every 50 ms. Allocates nothing:
+    /// the words it sleeps on are gathered on the stack (at most 127 watched locks are
+    /// watched; more are not looked at).
     pub(crate) fn wait_watching(
         &self,
         guard: &mut ShmGuard<'_>,
         deadline: Option<Instant>,
-        watched: &[&RawMutex],
+        watched: &[ShmMutex],
+    ) -> WaitOutcome {
+        self.wait_from(guard, self.sequence(), deadline, watched)
+    }
+
+    /// The notify count a later [`wait_since`](Self::wait_since) sleeps on. For a condition
+    /// another process changes without holding the guard's mutex (the queue's two sides):
+    /// read it before checking the condition, and a notify made after the check's change is
+    /// not lost (the wait returns at once).
+    pub(crate) fn sequence(&self) -> u32 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    /// As [`wait_until`](Self::wait_until), sleeping only while no notify came since
+    /// `seq` (from [`sequence`](Self::sequence)).
+    pub(crate) fn wait_since(
+        &self,
+        guard: &mut ShmGuard<'_>,
+        seq: u32,
+        deadline: Option<Instant>,
+    ) -> WaitOutcome {
+        self.wait_from(guard, seq, deadline, &[])
+    }
+
+    fn wait_from(
+        &self,
+        guard: &mut ShmGuard<'_>,
+        seq: u32,
+        deadline: Option<Instant>,
+        watched: &[ShmMutex],
     ) -> WaitOutcome {
         use rustix::thread::futex;
-        let seq = self.seq.load(Ordering::SeqCst);
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut words = Vec::new();
+        let mut words = WaitSet::new();
         let mut died = false;
         if !watched.is_empty() {
-            words.push((&self.seq, seq));
+            words.push(&self.seq, seq);
             // Armed while the lock is held: a holder that ends from now on wakes this sleep
             // (or has changed its word before the sleep starts, which then returns at once).
             for m in watched {
-                match m.watch_owner() {
-                    Watch::Held(value) => words.push((m.word(), value)),
+                match m.raw().watch_owner() {
+                    Watch::Held(value) => {
+                        if !words.push(m.raw().word(), value) {
+                            break;
+                        }
+                    }
                     Watch::Free => {}
                     Watch::Died => died = true,
                 }
@@ -335,7 +357,7 @@ impl ShmCondvar {
         let watching = words.len() > 1;
         let woken = match (died, watching) {
             (true, _) => Some(Ok(true)),
-            (false, true) => Some(crate::sys::robust::wait_any(&words, deadline)),
+            (false, true) => Some(words.wait(deadline)),
             (false, false) => None,
         };
         let woken = match woken {
@@ -374,39 +396,15 @@ impl ShmCondvar {
         // A 50 ms slice that ran out is not the caller's deadline.
         timed_out &= asked.is_some_and(|d| Instant::now() >= d);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
-        WaitOutcome { timed_out, owner_died: relock(guard) }
-    }
-
-    /// As [`wait_until`](Self::wait_until), sleeping at most `slice` (a sleeper's own look
-    /// now and then, whatever the deadline). Without a deadline it reads no clock: the kernel
-    /// gets `slice` as the futex wait's relative timeout. A wake-up after a sleep is what
-    /// costs here (with both processes on one CPU, every round trip through a queue is two
-    /// of them), and a clock read in a process just switched to touches three more pages
-    /// (libc's `clock_gettime`, the vDSO's code and data) than the wake-up itself.
-    pub(crate) fn wait_slice(
-        &self,
-        guard: &mut ShmGuard<'_>,
-        deadline: Option<Instant>,
-        slice: std::time::Duration,
-    ) -> WaitOutcome {
-        use rustix::thread::futex;
-        let seq = self.seq.load(Ordering::SeqCst);
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        let _ = guard.raw.unlock();
-        let left = deadline.map_or(slice, |d| d.saturating_duration_since(Instant::now()).min(slice));
-        let mut timed_out = left.is_zero();
-        if !timed_out {
-            let ts = futex::Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
-            // Shared (not private): the word is in memory other processes map. Woken, the
-            // value changed before the sleep (AGAIN), or a signal (INTR): all look like a
-            // (possibly spurious) wake-up.
-            timed_out = futex::wait(&self.seq, futex::Flags::empty(), seq, Some(&ts))
-                == Err(rustix::io::Errno::TIMEDOUT);
-        }
-        // A slice that ran out is not the caller's deadline.
-        timed_out &= deadline.is_some_and(|d| Instant::now() >= d);
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        WaitOutcome { timed_out, owner_died: relock(guard) }
+        let owner_died = loop {
+            match guard.raw.lock_until(None) {
+                Ok(Some(taken)) => break taken == Taken::OwnerDied,
+                // Cannot time out without a deadline; an error would mean the mutex is
+                // broken: keep trying rather than return without the lock.
+                _ => std::thread::yield_now(),
+            }
+        };
+        WaitOutcome { timed_out, owner_died }
     }
 
     /// Wakes one waiter (if any).

@@ -227,10 +227,12 @@ impl Semaphore {
     }
 
     /// Returns a permit, waking the waiters. All of them: if only one were woken and it died
-    /// before taking the permit, the others would sleep on with a permit free.
+    /// before taking the permit, the others would sleep on with a permit free. A semaphore
+    /// with `u64::MAX` permits keeps that many (more could never be taken anyway): its count
+    /// never wraps round to 0.
     pub fn release(&self) {
         let (m, cv, value, _) = &*self.shared;
-        value.fetch_add(1, Ordering::SeqCst);
+        let _ = value.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_add(1));
         // Under the lock, so a waiter between its check and its sleep sees the change.
         let _g = internal(m);
         cv.notify_all();

@@ -18,6 +18,31 @@ fn name<P>() -> &'static str {
     std::any::type_name::<P>()
 }
 
+/// Reads an element type's name and compares it with `P`'s where it lies (no copy, so a
+/// received `Value` or `Array` allocates nothing for it): `None` if it is `P`'s, else the name
+/// found (copied only then, for the error).
+struct NameOf<P>(std::marker::PhantomData<P>);
+
+impl<'de, P> serde::de::DeserializeSeed<'de> for NameOf<P> {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<P> serde::de::Visitor<'_> for NameOf<P> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an element type's name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, found: &str) -> Result<Self::Value, E> {
+        Ok((found != name::<P>()).then(|| found.to_owned()))
+    }
+}
+
 /// Deserializes what a `Value<P>` (`LEN` false) or `Array<P>` (`LEN` true) sent: the name of
 /// its element type, then its region (and length), refusing another element type with an
 /// error naming both (before the region's own check, which cannot name the type it found),
@@ -34,13 +59,15 @@ impl<'de, P: Plain, const LEN: bool> serde::de::Visitor<'de> for Incoming<P, LEN
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let what = if LEN { "Array" } else { "Value" };
         let missing = || A::Error::custom("a shared value cut short");
-        let found: String = seq.next_element()?.ok_or_else(missing)?;
-        if found != name::<P>() {
+        if let Some(found) =
+            seq.next_element_seed(NameOf::<P>(std::marker::PhantomData))?.ok_or_else(missing)?
+        {
             return Err(crate::codec::refuse(format!(
                 "a {what}<{found}> was received as a {what}<{}>",
                 name::<P>()
             )));
         }
+        let found = name::<P>();
         let shared: Region<P> = seq.next_element()?.ok_or_else(missing)?;
         let len = if LEN { seq.next_element::<u64>()?.ok_or_else(missing)? } else { 1 };
         let len = usize::try_from(len).map_err(A::Error::custom)?;

@@ -176,3 +176,89 @@ fn a_receiver_that_drops_the_barrier_breaks_nothing() {
     assert!(barrier.wait_timeout(DEADLINE).is_ok());
     assert!(t.join().unwrap().is_ok());
 }
+
+/// A wait that sleeps allocates nothing in the steady state: the words it sleeps on (the
+/// condvar's and every registered party's presence lock) are gathered on the stack. The main
+/// thread always comes first, so every counted wait of its goes to sleep.
+#[test]
+fn a_sleeping_wait_allocates_nothing() {
+    const WARM_UP: usize = 4;
+    const COUNTED: usize = 50;
+    let barrier = Barrier::new(2).unwrap();
+    let other = barrier.clone();
+    let second = std::thread::spawn(move || {
+        for _ in 0..WARM_UP + COUNTED {
+            let until = Instant::now() + DEADLINE;
+            while other.n_waiting() == 0 {
+                assert!(Instant::now() < until, "the first party never came");
+                std::thread::yield_now();
+            }
+            other.wait_timeout(DEADLINE).unwrap();
+        }
+    });
+    (0..WARM_UP).for_each(|_| {
+        barrier.wait_timeout(DEADLINE).unwrap();
+    });
+    let before = crate::support::allocations();
+    (0..COUNTED).for_each(|_| {
+        barrier.wait_timeout(DEADLINE).unwrap();
+    });
+    let allocated = crate::support::allocations() - before;
+    second.join().unwrap();
+    assert_eq!(allocated, 0, "allocations over {COUNTED} sleeping waits");
+}
+
+/// A party's registration lasts as long as it holds the barrier: dropping a clone of its
+/// handle (here a receiving process's) leaves it a party, so its death still breaks the
+/// barrier for the others instead of leaving them to their deadline.
+#[test]
+fn a_party_that_dropped_a_clone_still_breaks_it_when_killed() {
+    let barrier = Barrier::new(2).unwrap();
+    let (parent, child_end) = duplex::<Barrier>().unwrap();
+    let (rx, tx) = pipe::<()>().unwrap();
+    let child = in_child(&[&child_end, &tx], || {
+        let received = child_end.recv_timeout(DEADLINE).map_err(msg)?;
+        drop(received.clone());
+        tx.send(&()).map_err(msg)?;
+        kill_self()
+    });
+    drop((child_end, tx));
+    let other = barrier.clone();
+    let waiter = std::thread::spawn(move || {
+        let start = Instant::now();
+        (other.wait_timeout(DEADLINE), start.elapsed())
+    });
+    let until = Instant::now() + DEADLINE;
+    while barrier.n_waiting() < 1 {
+        assert!(Instant::now() < until, "the waiter never came");
+        std::thread::yield_now();
+    }
+    parent.send(&barrier).unwrap();
+    rx.recv_timeout(DEADLINE).unwrap();
+    let (result, took) = waiter.join().unwrap();
+    assert_eq!(result, Err(BrokenBarrier));
+    assert!(took < DEADLINE, "broken by the death, not by the timeout");
+    assert_eq!(child.wait(DEADLINE), Exit::Signal(9));
+}
+
+/// A party killed before any other comes to wait: the first to come finds the dead party's
+/// presence lock "owner died" and must break the barrier, not take the slot over (which would
+/// hide the death) and sleep out its deadline.
+#[test]
+fn a_party_killed_before_anyone_waits_breaks_it_for_the_first_to_wait() {
+    let barrier = Barrier::new(2).unwrap();
+    let (parent, child_end) = duplex::<Barrier>().unwrap();
+    let (rx, tx) = pipe::<()>().unwrap();
+    let child = in_child(&[&child_end, &tx], || {
+        let _barrier = child_end.recv_timeout(DEADLINE).map_err(msg)?;
+        tx.send(&()).map_err(msg)?;
+        kill_self()
+    });
+    drop((child_end, tx));
+    parent.send(&barrier).unwrap();
+    rx.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(child.wait(DEADLINE), Exit::Signal(9)); // dead and reaped: its lock reads "owner died"
+    let start = Instant::now();
+    assert_eq!(barrier.wait_timeout(DEADLINE), Err(BrokenBarrier));
+    assert!(start.elapsed() < DEADLINE, "broken by the death, not by the timeout");
+}

@@ -357,11 +357,11 @@ fn a_large_carried_value_is_decoded_from_where_it_arrived_not_copied_out() {
     let (a, b) = duplex::<mproc_ipc::Carried>().unwrap();
     a.send(&mproc_ipc::Carried::encode(&value).unwrap()).unwrap();
     let got = b.recv_timeout(DEADLINE).unwrap();
-    let line = mapping_of(got.bytes().as_ptr());
+    let line = mapping_of(got.bytes().unwrap().as_ptr());
     assert!(line.contains("mproc-value"), "the bytes are not in the value's memfd: {line}");
     assert_eq!(got.decode::<Frame>().unwrap(), value);
     // Kept while the Carried lives (a clone shares it), unmapped once it is gone.
-    let at = got.bytes().as_ptr();
+    let at = got.bytes().unwrap().as_ptr();
     let copy = got.clone();
     drop(got);
     assert_eq!(copy.decode::<Frame>().unwrap(), value);
@@ -372,6 +372,6 @@ fn a_large_carried_value_is_decoded_from_where_it_arrived_not_copied_out() {
     let (a, b) = duplex::<(Vec<u8>, mproc_ipc::Carried)>().unwrap();
     a.send(&(vec![1; BIG], mproc_ipc::Carried::encode(&7u32).unwrap())).unwrap();
     let (_, small) = b.recv_timeout(DEADLINE).unwrap();
-    assert!(!mapping_of(small.bytes().as_ptr()).contains("mproc-value"));
+    assert!(!mapping_of(small.bytes().unwrap().as_ptr()).contains("mproc-value"));
     assert_eq!(small.decode::<u32>().unwrap(), 7);
 }

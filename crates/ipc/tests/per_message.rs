@@ -161,3 +161,44 @@ fn a_small_message_is_one_write_and_one_read() {
     // What the floor does: one write(2) there, one read(2) back.
     assert_eq!((typed, raw), ((1.0, 1.0), (1.0, 1.0)), "(reads, writes) per message: typed, raw");
 }
+
+/// A received `Value` or `Array` costs what its region costs to receive, no more: the element
+/// type's name that goes with it is compared where it lies, not copied into a `String`.
+#[test]
+fn a_received_value_allocates_only_for_its_region() {
+    let (a, b) = duplex::<()>().unwrap();
+    let region = mproc_ipc::Shared::<mproc_ipc::ShmMutex>::new().unwrap();
+    let (a, b) = (
+        a.cast::<mproc_ipc::Shared<mproc_ipc::ShmMutex>, ()>(),
+        b.cast::<(), mproc_ipc::Shared<mproc_ipc::ShmMutex>>(),
+    );
+    let bare = receive_allocations(|| a.send(&region).unwrap(), || drop(b.recv().unwrap()));
+    let value = mproc_ipc::Value::new(7u64).unwrap();
+    let (a, b) = (a.cast::<mproc_ipc::Value<u64>, ()>(), b.cast::<(), mproc_ipc::Value<u64>>());
+    let as_value = receive_allocations(|| a.send(&value).unwrap(), || drop(b.recv().unwrap()));
+    let array = mproc_ipc::Array::<u64>::zeroed(4).unwrap();
+    let (a, b) = (a.cast::<mproc_ipc::Array<u64>, ()>(), b.cast::<(), mproc_ipc::Array<u64>>());
+    let as_array = receive_allocations(|| a.send(&array).unwrap(), || drop(b.recv().unwrap()));
+    assert_eq!(
+        (as_value, as_array),
+        (bare, bare),
+        "allocations over {COUNTED} receives (a Value<u64>, an Array<u64>) against a bare region"
+    );
+}
+
+/// Allocations made by `COUNTED` calls of `recv` (each after a `send`, not counted), after
+/// `WARM_UP` uncounted rounds.
+fn receive_allocations(send: impl Fn(), recv: impl Fn()) -> u64 {
+    (0..WARM_UP).for_each(|_| {
+        send();
+        recv();
+    });
+    (0..COUNTED)
+        .map(|_| {
+            send();
+            let before = allocations();
+            recv();
+            allocations() - before
+        })
+        .sum()
+}

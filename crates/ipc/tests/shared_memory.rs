@@ -171,3 +171,22 @@ fn a_block_past_the_file_size_limit_is_an_error_not_a_killed_process() {
         Ok(())
     }));
 }
+
+/// An anonymous block is a file sealed against shrinking, so a mapping of it never faults: a
+/// peer that sends an unsealed file as one (which it could shrink under the receiver's
+/// mapping, a `SIGBUS` at the next access) is refused, not mapped.
+#[test]
+fn an_anonymous_block_whose_file_could_shrink_is_refused() {
+    use rustix::fs::MemfdFlags;
+    let memfd = rustix::fs::memfd_create("unsealed", MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&memfd, 4096).unwrap();
+    let (a, b) = duplex::<()>().unwrap();
+    // What a SharedMemory sends: its fd, its name (none: anonymous) and its size.
+    let a = a.cast::<(mproc_ipc::Receiver<()>, Option<String>, u64), ()>();
+    let b = b.cast::<(), SharedMemory>();
+    a.send(&(mproc_ipc::Receiver::from(memfd.try_clone().unwrap()), None, 4096)).unwrap();
+    match b.recv_timeout(DEADLINE) {
+        Err(e) => assert!(e.to_string().contains("sealed"), "{e}"),
+        other => panic!("an unsealed anonymous block was taken: {other:?}"),
+    }
+}

@@ -427,3 +427,35 @@ fn a_forgotten_guard_and_a_dropped_lock_corrupt_no_later_mapping() {
         Ok(())
     }));
 }
+
+/// A semaphore at the top of its counter stays there when released: its count never wraps
+/// round to 0 (which would lose every permit).
+#[test]
+fn a_semaphore_released_at_its_largest_count_keeps_its_permits() {
+    let sem = Semaphore::new(u64::MAX).unwrap();
+    sem.release();
+    assert_eq!(sem.get_value(), u64::MAX, "the count wrapped round");
+    assert!(sem.try_acquire());
+}
+
+/// A notify with no one waiting is lost, as in Python: a later wait is not woken by it. And
+/// timeouts at both ends: zero does not sleep, `Duration::MAX` is no deadline.
+#[test]
+fn a_notify_with_no_waiter_is_not_remembered_and_extreme_timeouts_work() {
+    let cond = Condition::new().unwrap();
+    let mut g = cond.acquire().unwrap();
+    g.notify();
+    g.notify_all();
+    assert_eq!(g.wait_timeout(Duration::from_millis(20)).ok(), Some(false), "woken by an old notify");
+    assert_eq!(g.wait_timeout(Duration::ZERO).ok(), Some(false));
+    drop(g);
+    let lock = Lock::new().unwrap();
+    let held = lock.acquire_timeout(Duration::MAX).unwrap();
+    assert!(matches!(lock.acquire_timeout(Duration::ZERO), Err(LockError::Io(_) | LockError::Timeout)));
+    drop(held);
+    let sem = Semaphore::new(1).unwrap();
+    assert!(sem.acquire_timeout(Duration::MAX) && !sem.acquire_timeout(Duration::ZERO));
+    let event = Event::new().unwrap();
+    event.set();
+    assert!(event.wait_timeout(Duration::MAX) && event.wait_timeout(Duration::ZERO));
+}

@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod barrier;
+mod carried;
 mod fds;
 mod large;
 mod listener;

@@ -3,16 +3,18 @@
 //!
 //! The worker's side is `networker.rs`; the protocol is in `ARCHITECTURE.md`.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mproc_process::ipc::{self, Address, Connection, Listener, Receiver};
+use mproc_process::ipc::{self, Address, Connection, Incoming, Listener, Receiver, Waitable};
 
 use crate::build_id;
 use crate::error::{Error, Result};
-use crate::remote::Worker;
+use crate::remote::{Worker, send_within};
 use crate::shared::Shared;
 use crate::wire::{self, FromWorker, Hello, ToWorker, Welcome, WireTask};
 
@@ -22,7 +24,8 @@ pub const ADDRESS_ENV: &str = "MPROC_POOL_ADDR";
 /// The environment variable that holds the pool's authkey, in hex.
 pub const AUTHKEY_ENV: &str = "MPROC_POOL_AUTHKEY";
 
-/// How long a connected worker has to say who it is.
+/// How long a connected worker has to say who it is, and to take something of its welcome
+/// (or refusal) each time the pool waits for it to.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most a `Hello` may take.
 const HELLO_BYTES: usize = 64 << 10;
@@ -46,9 +49,47 @@ pub(crate) struct Arrivals {
     pub(crate) new: Vec<Worker>,
     /// How many were taken in, in all.
     pub(crate) joined: usize,
-    /// Why each refused connection was refused.
+    /// Why each refused connection was refused (the first [`MAX_REASONS`]).
     pub(crate) refused: Vec<String>,
+    /// How many more were refused.
+    pub(crate) more_refused: usize,
+    /// The handler has ended: a worker admitted now is sent away.
+    pub(crate) closed: bool,
 }
+
+/// How many reasons for refusals the pool keeps (a flood of bad connections must not grow
+/// its memory without bound); the rest are counted.
+pub(crate) const MAX_REASONS: usize = 64;
+
+impl Arrivals {
+    /// Records that a connection was refused, and why.
+    pub(crate) fn refuse(&mut self, why: String) {
+        if self.refused.len() < MAX_REASONS {
+            self.refused.push(why);
+        } else {
+            self.more_refused += 1;
+        }
+    }
+
+    /// Why connections were refused: the reasons kept, and how many more there were.
+    pub(crate) fn reasons(&self) -> Vec<String> {
+        let mut reasons = self.refused.clone();
+        if self.more_refused > 0 {
+            reasons.push(format!("{} more connection(s) refused", self.more_refused));
+        }
+        reasons
+    }
+}
+
+/// How many connections the pool admits at once (the authkey handshake, the hello, the
+/// welcome), each on a thread of its own with its deadlines; more wait in the kernel's
+/// backlog until one is done. A flood of silent clients holds at most this many threads and
+/// sockets, and only for the deadlines.
+pub(crate) const MAX_ADMITTING: usize = 64;
+
+/// How long the listener waits before it accepts again after accepting failed for want of
+/// resources (no fd, no memory): it must not spin on a listener that stays readable.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -63,56 +104,150 @@ pub(crate) fn unhex(hex: &str) -> Option<Vec<u8>> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// The listener thread: takes in workers until `stop` says the pool has ended.
-pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>) {
-    let mut n = 0u64;
-    loop {
-        let ready = match ipc::wait(&[&listener, &stop], None) {
-            Ok(ready) => ready,
-            Err(e) => {
-                log::error!("mproc-pool: waiting for remote workers failed: {e}");
-                return;
-            }
-        };
-        if ready.contains(&1) {
-            return;
-        }
-        // Readable, but the peer may have given up meanwhile: never wait here for the next
-        // one (the stop pipe would go unwatched).
-        let conn = match listener.accept_timeout::<ToWorker, FromWorker>(Duration::ZERO) {
-            Ok(conn) => conn,
-            Err(ipc::Error::Timeout) => continue,
-            Err(e) => {
-                let why = format!("a connection to {} was refused: {e}", listener.address());
-                log::error!("mproc-pool: {why}");
-                shared.arrivals.lock().refused.push(why);
-                shared.joined.notify_all();
-                continue;
-            }
-        };
-        n += 1;
-        match admit(conn, &shared, n) {
-            Ok(worker) => {
-                log::info!("mproc-pool: remote worker {:?} (pid {}) joined", worker.name, worker.pid);
-                let mut arrivals = shared.arrivals.lock();
-                arrivals.new.push(worker);
-                arrivals.joined += 1;
-                drop(arrivals);
-                shared.joined.notify_all();
-                shared.wake();
-            }
-            Err(why) => {
-                log::error!("mproc-pool: {why}");
-                shared.arrivals.lock().refused.push(why);
-                shared.joined.notify_all();
-            }
-        }
+/// A connection being admitted on a thread of its own.
+struct Admitting {
+    /// A duplicate of its socket, to shut it (failing its handshake at once) when the pool
+    /// ends; `None` if there was no fd to spare for one.
+    socket: Option<OwnedFd>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Sends its number on the listener thread's pipe when dropped: admission `n` is over.
+struct Done(Arc<ipc::Sender<u64>>, u64);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.0.send(&self.1);
     }
 }
 
-/// The address of the peer of `conn`, for names.
-fn peer(conn: &Connection<ToWorker, FromWorker>) -> String {
-    match rustix::net::getpeername(conn) {
+/// Logs why a connection was refused and records it, once.
+fn refuse(shared: &Shared, why: String) {
+    log::error!("mproc-pool: {why}");
+    shared.arrivals.lock().refuse(why);
+    shared.joined.notify_all();
+}
+
+/// The listener thread: takes in workers until `stop` says the pool has ended. Each connection
+/// is admitted on a thread of its own, at most [`MAX_ADMITTING`] at once: a client that
+/// connects and says nothing holds up no other.
+pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>) {
+    // Each admission's thread says its number here as its last act.
+    let (done, done_tx) = match ipc::pipe::<u64>() {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            log::error!("mproc-pool: cannot listen for remote workers: {e}");
+            return;
+        }
+    };
+    let done_tx = Arc::new(done_tx);
+    let mut admitting: HashMap<u64, Admitting> = HashMap::new();
+    let mut n = 0u64;
+    // Accepting failed for want of resources (said once until it works again): back off.
+    let mut starved = false;
+    loop {
+        let room = admitting.len() < MAX_ADMITTING;
+        let mut sources: Vec<&dyn Waitable> = vec![&stop, &done];
+        if room && !starved {
+            sources.push(&listener);
+        }
+        let ready = match ipc::wait(&sources, starved.then_some(ACCEPT_BACKOFF)) {
+            Ok(ready) => ready,
+            Err(e) => {
+                log::error!("mproc-pool: waiting for remote workers failed: {e}");
+                break;
+            }
+        };
+        if ready.contains(&0) {
+            break;
+        }
+        while let Ok(Some(k)) = done.try_recv() {
+            // Its thread is ending: a slot for the next connection.
+            if let Some(a) = admitting.remove(&k) {
+                let _ = a.thread.join();
+            }
+        }
+        let room = admitting.len() < MAX_ADMITTING;
+        if !room || !(starved || ready.contains(&2)) {
+            continue;
+        }
+        // Take what has arrived, up to the bound; never wait here (the stop pipe would go
+        // unwatched).
+        while admitting.len() < MAX_ADMITTING {
+            let incoming = match listener.try_accept_incoming::<ToWorker, FromWorker>() {
+                Ok(Some(incoming)) => incoming,
+                Ok(None) => break,
+                Err(e) => {
+                    if !starved {
+                        refuse(&shared, format!("cannot accept a connection at {}: {e}", listener.address()));
+                    }
+                    starved = true;
+                    break;
+                }
+            };
+            starved = false;
+            n += 1;
+            let socket = incoming.as_fd().try_clone_to_owned().ok();
+            let (ours, done_tx) = (Arc::clone(&shared), Arc::clone(&done_tx));
+            let spawned = std::thread::Builder::new().name("mproc-pool-admit".into()).spawn(move || {
+                // Said as the thread ends, even by a panic: the slot is never lost.
+                let _done = Done(done_tx, n);
+                admit_one(incoming, &ours, n);
+            });
+            match spawned {
+                Ok(thread) => {
+                    admitting.insert(n, Admitting { socket, thread });
+                }
+                Err(e) => {
+                    // The connection was dropped with the closure: closed.
+                    refuse(&shared, format!("cannot admit a connection: no thread for it: {e}"));
+                    starved = true;
+                    break;
+                }
+            }
+        }
+    }
+    // The pool has ended: fail the handshakes in progress now, and let their threads end.
+    for a in admitting.values() {
+        if let Some(socket) = &a.socket {
+            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
+        }
+    }
+    for (_, a) in admitting {
+        let _ = a.thread.join();
+    }
+}
+
+/// Admits one connection: authenticates it, reads its hello, welcomes it and hands the worker
+/// to the handler; or refuses it, saying why once.
+fn admit_one(incoming: Incoming<ToWorker, FromWorker>, shared: &Shared, n: u64) {
+    let from = peer(&incoming);
+    let admitted = match incoming.authenticate() {
+        Ok(conn) => admit(conn, shared, &from, n),
+        Err(e) => Err(format!("a connection from {from} was refused: {e}")),
+    };
+    let worker = match admitted {
+        Ok(worker) => worker,
+        Err(why) => return refuse(shared, why),
+    };
+    let mut arrivals = shared.arrivals.lock();
+    if arrivals.closed {
+        drop(arrivals);
+        log::info!("mproc-pool: remote worker {:?} came as the pool ended: sent away", worker.name);
+        let _ = worker.outbox.send(ToWorker::Exit);
+        return;
+    }
+    log::info!("mproc-pool: remote worker {:?} (pid {}) joined", worker.name, worker.pid);
+    arrivals.new.push(worker);
+    arrivals.joined += 1;
+    drop(arrivals);
+    shared.joined.notify_all();
+    shared.wake();
+}
+
+/// The address of the peer connected on `socket`, for names.
+fn peer(socket: &impl AsFd) -> String {
+    match rustix::net::getpeername(socket) {
         Ok(Some(addr)) => {
             std::net::SocketAddr::try_from(addr).map_or_else(|_| "?".into(), |a| a.ip().to_string())
         }
@@ -122,10 +257,14 @@ fn peer(conn: &Connection<ToWorker, FromWorker>) -> String {
 }
 
 /// Reads a connected worker's `Hello`, checks its build, welcomes it: the worker, or why not.
-fn admit(mut conn: Connection<ToWorker, FromWorker>, shared: &Shared, n: u64) -> Result<Worker, String> {
+fn admit(
+    mut conn: Connection<ToWorker, FromWorker>,
+    shared: &Shared,
+    from: &str,
+    n: u64,
+) -> Result<Worker, String> {
     let config = &shared.config;
     let remote = config.remote.as_ref().expect("a listening pool has its remote settings");
-    let from = peer(&conn);
     conn.set_max_message_size(HELLO_BYTES);
     let hello = match conn.recv_timeout(HELLO_TIMEOUT) {
         Ok(FromWorker::Hello(hello)) => hello,
@@ -134,7 +273,7 @@ fn admit(mut conn: Connection<ToWorker, FromWorker>, shared: &Shared, n: u64) ->
     };
     let Hello { protocol, build, program, host, pid, rank } = &hello;
     let refuse = |why: String| {
-        let _ = conn.send(&ToWorker::Refused(why.clone()));
+        let _ = send_within(&conn, &ToWorker::Refused(why.clone()), HELLO_TIMEOUT);
         Err(why)
     };
     if *protocol != wire::PROTOCOL {
@@ -170,8 +309,16 @@ fn admit(mut conn: Connection<ToWorker, FromWorker>, shared: &Shared, n: u64) ->
         silence_ns: remote.silence.as_nanos() as u64,
         claim_ahead: remote.claim_ahead,
     };
-    if let Err(e) = conn.send(&ToWorker::Welcome(Box::new(welcome))) {
-        return Err(format!("remote worker {name:?} left during its welcome: {e}"));
+    match send_within(&conn, &ToWorker::Welcome(Box::new(welcome)), HELLO_TIMEOUT) {
+        Ok(()) => {}
+        Err(ipc::Error::Timeout) => {
+            // Shut, so that it sees the end rather than half a welcome that never finishes.
+            let _ = rustix::net::shutdown(&conn, rustix::net::Shutdown::Both);
+            return Err(format!(
+                "remote worker {name:?} did not read its welcome: nothing of it taken for {HELLO_TIMEOUT:?}"
+            ));
+        }
+        Err(e) => return Err(format!("remote worker {name:?} left during its welcome: {e}")),
     }
     conn.set_max_message_size(wire::frame_limit(config.max_message_size));
     Worker::remote(conn, name, *pid, remote).map_err(|e| format!("cannot take in a remote worker: {e}"))
@@ -179,15 +326,20 @@ fn admit(mut conn: Connection<ToWorker, FromWorker>, shared: &Shared, n: u64) ->
 
 /// Waits until `n` remote workers have joined `shared`'s pool (in all), or `timeout`.
 pub(crate) fn wait_for(shared: &Shared, n: usize, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    // `Duration::MAX` and the like: no deadline.
+    let deadline = Instant::now().checked_add(timeout);
     let mut arrivals = shared.arrivals.lock();
     while arrivals.joined < n {
+        let Some(deadline) = deadline else {
+            shared.joined.wait(&mut arrivals);
+            continue;
+        };
         if shared.joined.wait_until(&mut arrivals, deadline).timed_out() && arrivals.joined < n {
             return Err(Error::MissingWorkers {
                 wanted: n,
                 came: arrivals.joined,
                 waited: timeout,
-                refused: arrivals.refused.clone(),
+                refused: arrivals.reasons(),
             });
         }
     }
@@ -232,12 +384,16 @@ impl Launcher {
         self
     }
 
-    /// Connects the workers to `host` (a name, an IPv4 address or a bracketed IPv6 one) at
+    /// Connects the workers to `host` (a name, an IPv4 address or an IPv6 one, bracketed or not) at
     /// the port the pool listens on: for a pool bound to `0.0.0.0` with port 0 (the kernel's
     /// choice), reached by this host's name, as in a Slurm batch script
     /// (`SLURMD_NODENAME`).
     pub fn connect_to_host(self, host: &str) -> Launcher {
         let port = self.address.rsplit_once(':').map_or("", |(_, port)| port).to_owned();
+        // An IPv6 address is bracketed (else its last group would read as the port).
+        if host.contains(':') && !host.starts_with('[') {
+            return self.connect_to(format!("[{host}]:{port}"));
+        }
         self.connect_to(format!("{host}:{port}"))
     }
 
@@ -308,6 +464,8 @@ mod tests {
         );
         assert_eq!(launcher.clone().connect_to_host("node1").address(), "node1:7000");
         assert_eq!(launcher.clone().connect_to_host("[fe80::1]").address(), "[fe80::1]:7000");
+        // An IPv6 address without brackets would read as a port of the address.
+        assert_eq!(launcher.clone().connect_to_host("fe80::1").address(), "[fe80::1]:7000");
         let ssh = launcher.clone().connect_to("head:7000").ssh("node2", "/opt/app");
         let args: Vec<_> = ssh.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(

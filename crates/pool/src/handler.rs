@@ -104,9 +104,12 @@ impl Handler {
         drop(queue);
         // No more remote workers: stop the listener, and send away any that came meanwhile.
         drop(self.stop_listening.take());
-        for worker in self.shared.arrivals.lock().new.drain(..) {
+        let mut arrivals = self.shared.arrivals.lock();
+        arrivals.closed = true;
+        for worker in arrivals.new.drain(..) {
             let _ = worker.outbox.send(ToWorker::Exit);
         }
+        drop(arrivals);
         self.shared.finished.notify_all();
     }
 
@@ -172,13 +175,9 @@ impl Handler {
     /// Sends worker `i` a batch of up to `n` pending tasks (fewer past the byte budget).
     fn send_batch(&mut self, i: usize, n: usize) {
         // Within the byte budget, and within the message limit (each task's input is within
-        // it: `submit` checked).
+        // it, `submit` checked, or in a memfd that goes beside the message).
         let budget = scheduler::BATCH_BYTES.min(self.shared.config.max_message_size);
-        let n = scheduler::fit_bytes(
-            self.pending.iter().map(|t| t.input.bytes().len() + wire::PER_TASK),
-            n,
-            budget,
-        );
+        let n = scheduler::fit_bytes(self.pending.iter().map(|t| t.input.len() + wire::PER_TASK), n, budget);
         if n == 0 {
             return;
         }
@@ -194,6 +193,17 @@ impl Handler {
                 task.slot.complete(Err(Error::Transfer { task: task.slot.task(), message }));
                 continue;
             }
+            if remote && task.input.len() > self.shared.config.max_message_size {
+                // Past the limit, let through only to go as a memfd: a remote worker gets it
+                // inline, where the limit holds.
+                let limit = self.shared.config.max_message_size as u64;
+                let message = format!(
+                    "{} (it would reach a remote worker inline, not as a memfd)",
+                    wire::past_the_limit("arguments", task.input.len() as u64, limit)
+                );
+                task.slot.complete(Err(Error::Transfer { task: task.slot.task(), message }));
+                continue;
+            }
             batch.push(WireTask { id: task.id, driver: task.driver, input: task.input.clone() });
             worker.held.push_back(task);
         }
@@ -202,7 +212,8 @@ impl Handler {
         }
         worker.sent_batch(batch.len());
         if let Some(timeout) = self.shared.config.task_timeout {
-            worker.deadline = Some(Instant::now() + timeout);
+            // `Duration::MAX` and the like: no deadline.
+            worker.deadline = Instant::now().checked_add(timeout);
         }
         if worker.outbox.send(ToWorker::Batch(batch)).is_err() {
             // Its writer has stopped: the worker is dying, and its death fails (or hands
@@ -275,7 +286,7 @@ impl Handler {
             queue.asleep = has_room;
         }
         let alone = match (&self.shared.config.remote, self.alone_since) {
-            (Some(remote), Some(since)) if !self.pending.is_empty() => Some(since + remote.worker_wait),
+            (Some(remote), Some(since)) if !self.pending.is_empty() => since.checked_add(remote.worker_wait),
             _ => None,
         };
         let deadline =
@@ -406,7 +417,7 @@ impl Handler {
             worker.fail_held(|task| Error::Timeout { task, worker: name.clone(), pid, timeout });
         } else {
             let how = if worker.is_remote() {
-                "was lost (its connection ended, or it fell silent)".to_string()
+                "was lost (its connection ended, or it fell silent, or stopped reading)".to_string()
             } else {
                 ended(status)
             };

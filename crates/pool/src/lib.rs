@@ -72,15 +72,19 @@
 //! is: a worker of another build is refused, and both sides say so, naming both builds (a
 //! task names its function by its place in the binary, so only the pool's own build can run
 //! it). A remote worker is named `RemoteWorker-N@HOST (ADDRESS)` (with its Slurm rank when
-//! `srun` started it) in errors and logs.
+//! `srun` started it) in errors and logs. Connections are admitted side by side (up to 64 at
+//! once, each with its deadlines), so a client that connects and says nothing, or never
+//! reads its welcome, delays no other worker; each refused connection is logged once and
+//! kept (the first 64 reasons, then a count) for [`Error::MissingWorkers`].
 //!
 //! The guarantees below hold for remote workers too, with the network in the place of the
 //! kernel: a worker that is killed, whose host goes away or whose link is cut fails only what
 //! it had started (see below) with [`Error::WorkerDied`], and the tasks it had not started go
 //! to other workers. Each side sends a heartbeat when it has sent nothing else for a while
 //! and gives the other up after a silence ([`PoolBuilder::heartbeat`], default 1 s and
-//! 10 s): a half-open connection never hangs the pool, and a worker whose pool ended or
-//! cannot be reached leaves. A remote worker runs a task only once the pool has granted it
+//! 10 s; the pool also gives up a worker that takes nothing it is sent for that long): a
+//! half-open connection never hangs the pool, and a worker whose pool ended or cannot be
+//! reached leaves. A remote worker runs a task only once the pool has granted it
 //! (by message: it asks for the next task when it sends the last one's value), so the pool
 //! always knows which task it may have started: when it is lost, that one fails, its
 //! finished tasks' values have all arrived, and nothing runs twice. This costs a round trip
@@ -149,8 +153,9 @@
 //!   `task_timeout` fails with [`Error::Timeout`] and its worker is killed and replaced; a
 //!   panicking task fails with its message ([`Error::Panicked`], naming the item for `map`
 //!   and friends) and the worker lives on; an argument or value that does not serialize, or
-//!   is larger than [`max_message_size`](PoolBuilder::max_message_size), fails that task
-//!   alone ([`Error::Transfer`]). A worker the pool gives up on is killed, never waited for
+//!   is larger than [`max_message_size`](PoolBuilder::max_message_size) where it travels
+//!   inline (values past 4 MiB go to local workers as sealed memfds, unbounded by it), fails
+//!   that task alone ([`Error::Transfer`]). A worker the pool gives up on is killed, never waited for
 //!   alive. Workers that die before running a task, three in a row (an initializer that
 //!   exits, say), fail the pending tasks instead of being replaced for ever.
 //! - Retiring workers (`max_tasks_per_child`) never strand a task: their successors take
@@ -212,7 +217,8 @@ pub use error::{Error, Result};
 pub use mproc_process as process;
 pub use mproc_process::ipc;
 pub use pool::{
-    DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_WORKER_WAIT, IMap, IMapUnordered, Pool, PoolBuilder,
+    DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_WORKER_WAIT, IMap, IMapUnordered, MAX_HEARTBEAT, MAX_SILENCE,
+    MIN_HEARTBEAT, Pool, PoolBuilder,
 };
 pub use result::AsyncResult;
 
@@ -254,6 +260,23 @@ pub mod __private {
     /// [`init`](crate::init), run before the test harness's `main`.
     pub fn before_main() {
         crate::init();
+    }
+
+    /// A worker's `Hello`, from this process, as bytes: for tests that play a worker to a
+    /// pool.
+    pub fn hello_bytes() -> Vec<u8> {
+        crate::networker::hello_bytes()
+    }
+
+    /// A worker's `Heartbeat`, as bytes.
+    pub fn heartbeat_bytes() -> Vec<u8> {
+        crate::networker::heartbeat_bytes()
+    }
+
+    /// A pool's `Welcome` as bytes, with these heartbeat settings: for tests that play the
+    /// pool to a worker.
+    pub fn welcome_bytes(heartbeat_ns: u64, silence_ns: u64) -> Vec<u8> {
+        crate::networker::welcome_bytes(heartbeat_ns, silence_ns)
     }
 }
 

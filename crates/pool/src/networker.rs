@@ -19,6 +19,7 @@ use mproc_process::ipc::{self, Client, Connection};
 
 use crate::build_id;
 use crate::cluster::{ADDRESS_ENV, AUTHKEY_ENV, unhex};
+use crate::pool::{MAX_HEARTBEAT, MAX_SILENCE, MIN_HEARTBEAT};
 use crate::wire::{self, FromWorker, Hello, ToWorker, WireTask};
 use crate::worker::{run, within_limit};
 
@@ -79,15 +80,7 @@ fn serve(address: &str, authkey: &[u8]) -> i32 {
             Ok(conn) => conn,
             Err(e) => leave(EXIT_NOT_JOINED, &format!("cannot join the pool at {address}: {e}")),
         };
-    let hello = Hello {
-        protocol: wire::PROTOCOL,
-        build: build_id::this_build().to_string(),
-        program: build_id::this_program(),
-        host: host_name(),
-        pid: std::process::id(),
-        rank: std::env::var("SLURM_PROCID").ok().and_then(|r| r.parse().ok()),
-    };
-    if let Err(e) = conn.send(&FromWorker::Hello(hello)) {
+    if let Err(e) = conn.send(&FromWorker::Hello(hello())) {
         leave(EXIT_NOT_JOINED, &format!("cannot join the pool at {address}: {e}"));
     }
     let welcome = match conn.recv_timeout(CONNECT_TIMEOUT) {
@@ -106,8 +99,11 @@ fn serve(address: &str, authkey: &[u8]) -> i32 {
     mproc_process::__private::join_family(&family, welcome.name.clone(), welcome.pool.clone());
     let limit = welcome.max_message_size;
     conn.set_max_message_size(wire::frame_limit(limit));
-    let (name, heartbeat, silence) =
-        (welcome.name, Duration::from_nanos(welcome.heartbeat_ns), Duration::from_nanos(welcome.silence_ns));
+    let (heartbeat, silence) = match timing(&welcome) {
+        Ok(timing) => timing,
+        Err(why) => leave(EXIT_NOT_JOINED, &format!("the pool at {address} broke the protocol: {why}")),
+    };
+    let name = welcome.name;
     if let Some(init) = welcome.init
         && let Err(failure) = run(init)
     {
@@ -171,6 +167,65 @@ fn serve(address: &str, authkey: &[u8]) -> i32 {
     // Let the writer send what is left, then leave.
     drop(stream);
     0
+}
+
+/// The heartbeat interval and the silence limit a welcome gives, if they are within what a
+/// pool may give (`PoolBuilder::heartbeat`): a heartbeat of zero would be a busy loop, one of
+/// centuries no heartbeat at all.
+fn timing(welcome: &wire::Welcome) -> Result<(Duration, Duration), String> {
+    let (heartbeat, silence) =
+        (Duration::from_nanos(welcome.heartbeat_ns), Duration::from_nanos(welcome.silence_ns));
+    if !(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&heartbeat) {
+        return Err(format!(
+            "its heartbeat interval, {heartbeat:?}, is not within {MIN_HEARTBEAT:?} and {MAX_HEARTBEAT:?}"
+        ));
+    }
+    if !(heartbeat..=MAX_SILENCE).contains(&silence) {
+        return Err(format!(
+            "its silence limit, {silence:?}, is not within its heartbeat interval ({heartbeat:?}) and \
+             {MAX_SILENCE:?}"
+        ));
+    }
+    Ok((heartbeat, silence))
+}
+
+/// Who this worker is.
+fn hello() -> Hello {
+    Hello {
+        protocol: wire::PROTOCOL,
+        build: build_id::this_build().to_string(),
+        program: build_id::this_program(),
+        host: host_name(),
+        pid: std::process::id(),
+        rank: std::env::var("SLURM_PROCID").ok().and_then(|r| r.parse().ok()),
+    }
+}
+
+/// This process's `Hello`, encoded (`__private::hello_bytes`).
+pub(crate) fn hello_bytes() -> Vec<u8> {
+    ipc::encode(&FromWorker::Hello(hello())).expect("a hello encodes")
+}
+
+/// A `Heartbeat`, encoded (`__private::heartbeat_bytes`).
+pub(crate) fn heartbeat_bytes() -> Vec<u8> {
+    ipc::encode(&FromWorker::Heartbeat).expect("a heartbeat encodes")
+}
+
+/// A `Welcome` from this process as a pool, with these heartbeat settings, encoded
+/// (`__private::welcome_bytes`).
+pub(crate) fn welcome_bytes(heartbeat_ns: u64, silence_ns: u64) -> Vec<u8> {
+    let me = mproc_process::current_process();
+    let welcome = wire::Welcome {
+        name: "a test's worker".into(),
+        pool: (me.pid(), me.name().to_string()),
+        family: mproc_process::__private::family_keys().to_vec(),
+        init: None,
+        max_message_size: 1 << 20,
+        heartbeat_ns,
+        silence_ns,
+        claim_ahead: false,
+    };
+    ipc::encode(&ToWorker::Welcome(Box::new(welcome))).expect("a welcome encodes")
 }
 
 /// The worker's view of its stream of tasks.
@@ -318,7 +373,8 @@ impl Stream {
     }
 
     fn push(&mut self, id: u64, outcome: wire::Outcome) {
-        let (outcome, size) = within_limit(outcome, self.limit);
+        // Over TCP every value goes inline: the limit holds for all.
+        let (outcome, size) = within_limit(outcome, self.limit, false);
         if !self.unsent.is_empty() && self.bytes + size > self.limit {
             self.flush();
         }

@@ -94,15 +94,28 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long either side of a remote worker's connection may stay silent before the other
 /// gives it up, by default.
 pub const DEFAULT_SILENCE: Duration = Duration::from_secs(10);
+/// The shortest heartbeat interval a pool takes: a shorter one (zero above all) would keep
+/// both sides of every remote connection busy sending heartbeats.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(1);
+/// The longest heartbeat interval a pool takes.
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+/// The longest silence a pool takes: a lost remote worker (or pool) is always noticed within
+/// a day.
+pub const MAX_SILENCE: Duration = Duration::from_secs(24 * 3600);
 
 impl PoolBuilder {
     /// The largest task input or value, in bytes as encoded, that may cross to or from a
     /// worker (default: the machine's physical memory, and at least
     /// [`DEFAULT_MAX_MESSAGE_SIZE`](mproc_process::ipc::DEFAULT_MAX_MESSAGE_SIZE), 1 GiB: a
-    /// larger value could not be held anyway). Inputs and values past 4 MiB travel in a
-    /// sealed memfd, mapped by the receiver, rather than through the socket. For `map` and
-    /// friends, a chunk's items and values count together. A task past it fails alone with
-    /// [`Error::Transfer`] (an argument at once, a value once computed), and the pool goes on.
+    /// larger value could not be held anyway). For `map` and friends, a chunk's items and
+    /// values count together. A task past it fails alone with [`Error::Transfer`] (an
+    /// argument at once, a value once computed), and the pool goes on.
+    ///
+    /// Inputs and values past 4 MiB are encoded straight into a sealed memfd, which goes to
+    /// and from a local worker (process or thread) beside a small message and is mapped
+    /// where it arrives: no copy on the way, and the limit does not bound them (their memory
+    /// is the sender's). A remote worker gets them inline over TCP, where the limit holds
+    /// (past it, the task fails alone when it would be sent there).
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = Some(bytes);
         self
@@ -203,10 +216,15 @@ impl PoolBuilder {
 
     /// How each side of a remote worker's connection checks the other is there: it sends a
     /// heartbeat after `every` with nothing else to send, and gives the other up after
-    /// `silence` without a word (default [`DEFAULT_HEARTBEAT`], [`DEFAULT_SILENCE`]). The
+    /// `silence` without a word (default [`DEFAULT_HEARTBEAT`], [`DEFAULT_SILENCE`]); the pool
+    /// also gives up a worker that takes nothing it is sent for `silence` (it stopped reading). The
     /// pool then fails the task the worker was running ([`Error::WorkerDied`]) and hands on
     /// those it had not started; the worker leaves. `silence` is raised to at least three
     /// heartbeats.
+    ///
+    /// `every` must be within [`MIN_HEARTBEAT`] and [`MAX_HEARTBEAT`] (zero would be a busy
+    /// loop), and `silence` at most [`MAX_SILENCE`]: [`build`](Self::build) refuses others
+    /// ([`Error::Config`]). A worker refuses a pool that sends others.
     pub fn heartbeat(mut self, every: Duration, silence: Duration) -> Self {
         self.heartbeat = Some((every, silence));
         self
@@ -246,6 +264,22 @@ impl PoolBuilder {
                 "max_tasks_per_child must be at least 1 (leave it unset for workers that never retire)",
             ));
         }
+        let (heartbeat, silence) = self.heartbeat.unwrap_or((DEFAULT_HEARTBEAT, DEFAULT_SILENCE));
+        if heartbeat < MIN_HEARTBEAT {
+            return Err(Error::Config(
+                "the heartbeat interval must be at least MIN_HEARTBEAT (1 ms): a shorter one, zero above \
+                 all, would keep every remote connection busy with heartbeats",
+            ));
+        }
+        if heartbeat > MAX_HEARTBEAT {
+            return Err(Error::Config("the heartbeat interval must be at most MAX_HEARTBEAT (1 hour)"));
+        }
+        if silence > MAX_SILENCE {
+            return Err(Error::Config(
+                "the heartbeat's silence limit must be at most MAX_SILENCE (1 day): a lost worker must \
+                 be noticed",
+            ));
+        }
         let (init, init_name) = match self.init {
             None => (None, ""),
             Some((driver, Ok(input), name)) => (Some((driver, input)), name),
@@ -260,14 +294,11 @@ impl PoolBuilder {
             start_method: self.start_method,
             task_timeout: self.task_timeout,
             threads: self.threads,
-            remote: self.listen.as_ref().map(|_| {
-                let (heartbeat, silence) = self.heartbeat.unwrap_or((DEFAULT_HEARTBEAT, DEFAULT_SILENCE));
-                RemoteConfig {
-                    heartbeat,
-                    silence: silence.max(3 * heartbeat),
-                    worker_wait: self.worker_wait.unwrap_or(DEFAULT_WORKER_WAIT),
-                    claim_ahead: self.remote_claim_ahead,
-                }
+            remote: self.listen.as_ref().map(|_| RemoteConfig {
+                heartbeat,
+                silence: silence.max(3 * heartbeat),
+                worker_wait: self.worker_wait.unwrap_or(DEFAULT_WORKER_WAIT),
+                claim_ahead: self.remote_claim_ahead,
             }),
         };
         let listener = match &self.listen {
@@ -604,8 +635,9 @@ impl Pool {
         }
         let limit = self.shared.config.max_message_size;
         let input = match input {
-            Ok(input) if input.bytes().len() > limit => {
-                let message = wire::past_the_limit("arguments", input.bytes().len() as u64, limit as u64);
+            // A memfd goes beside the message to a local worker: the limit does not bound it.
+            Ok(input) if input.len() > limit && !input.is_file() => {
+                let message = wire::past_the_limit("arguments", input.len() as u64, limit as u64);
                 slot.complete(Err(Error::Transfer { task: slot.task(), message }));
                 return slot;
             }

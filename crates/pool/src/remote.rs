@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use mproc_process::ipc::{Connection, Receiver};
+use mproc_process::ipc::{self, Connection, Receiver};
 
 use crate::cluster::RemoteConfig;
 use mproc_process::{Builder, ExitStatus, Process};
@@ -19,6 +19,35 @@ use crate::shared::{Config, Queued};
 use crate::sys::Progress;
 use crate::wire::{self, Failure, FromWorker, Outcome, ToWorker, WireTask};
 use crate::worker::{self, WorkerArgs};
+
+/// Sends `message` on `conn`, giving up with [`ipc::Error::Timeout`] when the peer takes none
+/// of it for `idle` (it does not read: a blocking send would wait for it for ever). A peer
+/// that reads slowly, on a slow link, is waited for as long as it takes something.
+pub(crate) fn send_within(
+    conn: &Connection<ToWorker, FromWorker>,
+    message: &ToWorker,
+    idle: Duration,
+) -> Result<(), ipc::Error> {
+    let mut taken = conn.try_send(message)?;
+    loop {
+        if taken && conn.try_flush()? {
+            return Ok(());
+        }
+        let timeout = rustix::event::Timespec {
+            tv_sec: idle.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: idle.subsec_nanos().into(),
+        };
+        let mut fds = [rustix::event::PollFd::new(conn, rustix::event::PollFlags::OUT)];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(0) => return Err(ipc::Error::Timeout),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !taken {
+            taken = conn.try_send(message)?;
+        }
+    }
+}
 
 pub(crate) enum Body {
     Process(Option<Box<Process<()>>>),
@@ -126,41 +155,60 @@ impl Worker {
         config: &RemoteConfig,
     ) -> Result<Worker, Error> {
         let claims = Claims::Remote { granted: 0, last_heard: Instant::now(), silence: config.silence };
-        Worker::with_writer(conn, name, pid, Body::Remote, claims, Some(config.heartbeat), format!("r{pid}"))
+        let timing = Some((config.heartbeat, config.silence));
+        Worker::with_writer(conn, name, pid, Body::Remote, claims, timing, format!("r{pid}"))
     }
 
-    /// The worker on `conn`, with its writer thread (which sends a heartbeat after each
-    /// `heartbeat` with nothing else to send, if there is one).
+    /// The worker on `conn`, with its writer thread. For a remote worker (`timing`: its
+    /// heartbeat interval and silence limit) it sends a heartbeat after each interval with
+    /// nothing else to send, and gives the worker up (shuts its connection, which the
+    /// handler sees as its end) when it takes nothing it is sent for the silence limit: a
+    /// worker that stops reading holds its tasks no longer than one that falls silent.
     fn with_writer(
         conn: Connection<ToWorker, FromWorker>,
         name: String,
         pid: u32,
         body: Body,
         claims: Claims,
-        heartbeat: Option<Duration>,
+        timing: Option<(Duration, Duration)>,
         thread: String,
     ) -> Result<Worker, Error> {
         let conn = Arc::new(conn);
         let (outbox, inbox) = mpsc::channel::<ToWorker>();
         let writer = Arc::clone(&conn);
+        let writer_name = name.clone();
         std::thread::Builder::new()
             .name(format!("mproc-pool-{thread}"))
             .spawn(move || {
                 loop {
-                    let message = match heartbeat {
+                    let message = match timing {
                         None => match inbox.recv() {
                             Ok(message) => message,
                             Err(_) => return,
                         },
-                        Some(every) => match inbox.recv_timeout(every) {
+                        Some((every, _)) => match inbox.recv_timeout(every) {
                             Ok(message) => message,
                             Err(mpsc::RecvTimeoutError::Timeout) => ToWorker::Heartbeat,
                             Err(mpsc::RecvTimeoutError::Disconnected) => return,
                         },
                     };
                     // A failed send means the worker is gone: the handler sees its death.
-                    if writer.send(&message).is_err() {
-                        return;
+                    let sent = match timing {
+                        None => writer.send(&message),
+                        Some((_, silence)) => send_within(&writer, &message, silence),
+                    };
+                    match sent {
+                        Ok(()) => {}
+                        Err(ipc::Error::Timeout) => {
+                            log::warn!(
+                                "mproc-pool: remote worker {writer_name:?} (pid {pid}) took nothing it was sent \
+                                 for {:?}: giving it up",
+                                timing.map(|t| t.1).unwrap_or_default()
+                            );
+                            let _ = rustix::net::shutdown(&*writer, rustix::net::Shutdown::Both);
+                            return;
+                        }
+                        Err(_) => return,
                     }
                 }
             })
@@ -192,7 +240,8 @@ impl Worker {
     /// When a remote worker that stays silent is given up (`None` for a local one).
     pub(crate) fn silence_deadline(&self) -> Option<Instant> {
         match &self.claims {
-            Claims::Remote { last_heard, silence, .. } => Some(*last_heard + *silence),
+            // The builder bounds the silence; an overflow would be no deadline, not a panic.
+            Claims::Remote { last_heard, silence, .. } => last_heard.checked_add(*silence),
             Claims::Local(_) => None,
         }
     }
@@ -248,6 +297,10 @@ impl Worker {
             FromWorker::Hello(_) if self.is_remote() => self.give_up("it said hello twice"),
             FromWorker::Hello(_) => {
                 log::error!("mproc-pool: worker {:?} said hello twice", self.name);
+            }
+            // A remote worker runs its initializer before it claims anything.
+            FromWorker::InitFailed(_) if self.is_remote() && !self.never_claimed() => {
+                self.give_up("it said its initializer failed after it had claimed tasks")
             }
             FromWorker::InitFailed(failure) => {
                 let message = match failure {
@@ -522,7 +575,7 @@ mod tests {
         for id in 1..=n {
             let log = Arc::clone(&log);
             let hook: crate::result::Hook = Box::new(move |_slot, done| {
-                let done = done.as_ref().map(|bytes| bytes[0]).map_err(|e| e.to_string());
+                let done = done.as_ref().map(|bytes| bytes.get().unwrap()[0]).map_err(|e| e.to_string());
                 log.lock().unwrap().push((id, done));
             });
             let slot = Slot::new(id, "fn()", None, Some(hook));
@@ -618,6 +671,22 @@ mod tests {
         let log = log.lock().unwrap();
         assert_eq!(log.len(), 2, "{log:?}");
         assert!(log.iter().all(|(_, done)| matches!(done, Err(e) if e.contains("died"))), "{log:?}");
+    }
+
+    /// A remote worker's initializer runs before it claims anything: an `InitFailed` after
+    /// a claim breaks the protocol. It is given up alone; the pool is not marked broken
+    /// (which would fail every task of every worker).
+    #[test]
+    fn an_init_failure_after_a_claim_fails_the_worker_not_the_pool() {
+        let (mut worker, peer, log) = remote_worker(2);
+        assert!(peer_says(&mut worker, &peer, vec![FromWorker::Claim(1), results(&[1])]));
+        peer.send(&FromWorker::InitFailed(Failure::Panicked("late".into()))).unwrap();
+        let mut broken = None;
+        worker.drain(&mut broken);
+        assert!(broken.is_none(), "the pool is not broken: {broken:?}");
+        assert!(worker.lost && worker.distrusted, "the worker is given up");
+        bury(&mut worker);
+        assert_eq!(*log.lock().unwrap(), [(1, Ok(1))], "task 2, never granted, goes to another worker");
     }
 
     #[test]

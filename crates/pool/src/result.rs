@@ -158,7 +158,7 @@ pub(crate) type Decode<R> = fn(value: &mut Option<R>, bytes: &Bytes, slot: &Slot
 
 /// Decodes one task's value.
 pub(crate) fn decode_value<R: DeserializeOwned>(bytes: &Bytes, task: impl FnOnce() -> String) -> Result<R> {
-    mproc_process::ipc::decode_bytes(bytes).map_err(|e| Error::Transfer {
+    bytes.get().and_then(mproc_process::ipc::decode_bytes).map_err(|e| Error::Transfer {
         task: task(),
         message: format!("cannot decode the value: {}", crate::wire::decode_error(&e)),
     })
@@ -186,9 +186,11 @@ pub(crate) fn decode_chunks<T: DeserializeOwned>(
     let values = values.get_or_insert_with(|| Vec::with_capacity(items));
     // Through ipc's decoder: integers, bytes and floats straight into `values` in one loop or
     // one copy; a length read from the bytes reserves no more than the bytes can hold.
-    mproc_process::ipc::decode_append(bytes, values).map_err(|e| Error::Transfer {
-        task: slot.task(),
-        message: format!("cannot decode the values: {}", crate::wire::decode_error(&e)),
+    bytes.get().and_then(|bytes| mproc_process::ipc::decode_append(bytes, values)).map_err(|e| {
+        Error::Transfer {
+            task: slot.task(),
+            message: format!("cannot decode the values: {}", crate::wire::decode_error(&e)),
+        }
     })
 }
 

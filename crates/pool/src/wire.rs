@@ -13,11 +13,11 @@ use mproc_process::ipc::Carried;
 use serde::de::{DeserializeOwned, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Bytes that serialize as one byte string (postcard: a length and the bytes), not as a
-/// sequence of `u8` values. A few bytes (most tasks' values) are kept inline: no allocation
+/// A task's encoded value. A few bytes (most tasks' values) are kept inline: no allocation
 /// where they are made, none where they are received. More are shared: cloning them (to
-/// keep a task's input until it is answered, or to hand an outcome to a callback) copies
-/// nothing.
+/// hand an outcome to a callback) copies nothing. A value encoded in the worker past
+/// ipc's out-of-line threshold is a [`Carried`] in a sealed memfd: it goes to a local worker's
+/// pool as the memfd (no copy) and is decoded in the caller from the mapping.
 #[derive(Clone)]
 pub(crate) enum Bytes {
     /// At most [`INLINE`] bytes: the first `len` of `bytes`.
@@ -26,6 +26,7 @@ pub(crate) enum Bytes {
         bytes: [u8; INLINE],
     },
     Shared(Arc<Vec<u8>>),
+    Carried(Carried),
 }
 
 /// The most bytes a [`Bytes`] keeps inline (it is then as large as a `Vec`).
@@ -42,6 +43,30 @@ impl Bytes {
             Bytes::Shared(Arc::new(v.to_vec()))
         }
     }
+
+    /// The bytes (those of a memfd made here are mapped on the first call).
+    pub(crate) fn get(&self) -> Result<&[u8], mproc_process::ipc::Error> {
+        match self {
+            Bytes::Inline { len, bytes } => Ok(&bytes[..usize::from(*len)]),
+            Bytes::Shared(v) => Ok(v),
+            Bytes::Carried(c) => c.bytes(),
+        }
+    }
+
+    /// How many bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Bytes::Inline { len, .. } => usize::from(*len),
+            Bytes::Shared(v) => v.len(),
+            Bytes::Carried(c) => c.len(),
+        }
+    }
+
+    /// Whether the bytes travel to a local worker's pool as a memfd, not within a message
+    /// (so the pool's message limit does not bound them).
+    pub(crate) fn is_file(&self) -> bool {
+        matches!(self, Bytes::Carried(c) if c.is_file())
+    }
 }
 
 impl Default for Bytes {
@@ -50,20 +75,9 @@ impl Default for Bytes {
     }
 }
 
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Bytes::Shared(v) => v,
-        }
-    }
-}
-
 impl PartialEq for Bytes {
     fn eq(&self, other: &Bytes) -> bool {
-        **self == **other
+        matches!((self.get(), other.get()), (Ok(a), Ok(b)) if a == b)
     }
 }
 
@@ -81,32 +95,71 @@ impl fmt::Debug for Bytes {
     }
 }
 
+/// A byte string, not a sequence of `u8` values (postcard: a length and the bytes).
+struct ByteStr<'a>(&'a [u8]);
+
+impl Serialize for ByteStr<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+/// How [`Bytes`] go: a byte string, or a [`Carried`] (which may go as its memfd).
+#[derive(Serialize)]
+enum Out<'a> {
+    Plain(ByteStr<'a>),
+    Carried(&'a Carried),
+}
+
+/// [`Out`], received.
+#[derive(Deserialize)]
+enum In {
+    Plain(Plain),
+    Carried(Carried),
+}
+
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self)
+        match self {
+            Bytes::Carried(c) => Out::Carried(c),
+            plain => Out::Plain(ByteStr(plain.get().map_err(serde::ser::Error::custom)?)),
+        }
+        .serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match In::deserialize(deserializer)? {
+            In::Plain(plain) => plain.0,
+            In::Carried(c) => Bytes::Carried(c),
+        })
+    }
+}
+
+/// A byte string received as inline or shared [`Bytes`].
+struct Plain(Bytes);
+
+impl<'de> Deserialize<'de> for Plain {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct BytesVisitor;
         impl<'de> Visitor<'de> for BytesVisitor {
-            type Value = Bytes;
+            type Value = Plain;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a byte string")
             }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes::copy_from(v))
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Plain, E> {
+                Ok(Plain(Bytes::copy_from(v)))
             }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                Ok(Bytes::from(v))
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Plain, E> {
+                Ok(Plain(Bytes::from(v)))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Plain, A::Error> {
                 let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
                 while let Some(b) = seq.next_element()? {
                     v.push(b);
                 }
-                Ok(Bytes::from(v))
+                Ok(Plain(Bytes::from(v)))
             }
         }
         deserializer.deserialize_byte_buf(BytesVisitor)
@@ -274,16 +327,25 @@ fn encode<T: Serialize>(value: &T, capacity: usize) -> Outcome {
         }
     }
     // Larger ones through ipc's codec (bytes and floats copied whole, short pieces without
-    // a `memcpy` call each).
-    mproc_process::ipc::encode_with_capacity(value, capacity.max(2 * INLINE))
-        .map(Bytes::from)
-        .map_err(|e| Failure::Encode(format!("cannot encode the result: {}", encode_error(&e))))
+    // a `memcpy` call each); past the out-of-line threshold, written into a memfd as they are
+    // encoded, which goes to the pool as it is.
+    let cannot = |e: &mproc_process::ipc::Error| {
+        Failure::Encode(format!("cannot encode the result: {}", encode_error(e)))
+    };
+    match Carried::encode_with_capacity(value, capacity.max(2 * INLINE)) {
+        // A value is decoded without fds: one with ends fails here as it would inline.
+        Ok(c) if c.n_fds() > 0 => Err(cannot(&mproc_process::ipc::Error::FdPassing(
+            "a task's value cannot hold ipc ends (pass them in its arguments)",
+        ))),
+        Ok(c) => Ok(Bytes::Carried(c)),
+        Err(e) => Err(cannot(&e)),
+    }
 }
 
 /// What a chunk's values' encoding is first given room for: often about as much as its
 /// items' took (up to 64 MiB; past that it grows as it must).
 fn values_guess(input: &Carried) -> usize {
-    input.bytes().len().min(64 << 20)
+    input.len().min(64 << 20)
 }
 
 /// What a single task's value is first given room for: inline, if it fits.

@@ -59,7 +59,7 @@ impl Unsent<'_> {
         outcome: Outcome,
         since: &mut Instant,
     ) -> mproc_process::ipc::Result<()> {
-        let (outcome, size) = within_limit(outcome, self.limit);
+        let (outcome, size) = within_limit(outcome, self.limit, true);
         if !self.outcomes.is_empty() && self.bytes + size > self.limit {
             self.flush(conn, since)?;
         }
@@ -161,10 +161,11 @@ pub(crate) fn serve(
     }
 }
 
-/// `outcome`, or its failure if its value is past `limit`; and its size in a message.
-pub(crate) fn within_limit(outcome: Outcome, limit: usize) -> (Outcome, usize) {
+/// `outcome`, or its failure if its value is past `limit` (unless it is in a memfd and
+/// `files` says the connection carries it as one); and its size in a message.
+pub(crate) fn within_limit(outcome: Outcome, limit: usize, files: bool) -> (Outcome, usize) {
     let outcome = match outcome {
-        Ok(value) if value.len() > limit => {
+        Ok(value) if value.len() > limit && !(files && value.is_file()) => {
             Err(Failure::TooLarge { size: value.len() as u64, limit: limit as u64 })
         }
         other => other,

@@ -248,6 +248,408 @@ fn too_few_workers_is_an_error_naming_how_many_came() {
     });
 }
 
+/// How many silent connections the slowloris test holds open: each held the old listener
+/// (one handshake at a time) for the handshake's deadline (5 s), so together they held it far
+/// past the test's deadline; the pool handshakes this many side by side (its bound is larger).
+const SILENT: usize = 40;
+
+/// How many connections the pool admits at once (`MAX_ADMITTING` in `cluster.rs`).
+const MAX_ADMITTING: usize = 64;
+
+/// Connections of a test, what came on each: a challenge (the pool admits it), the end (the
+/// pool gave it up).
+struct Watched {
+    conns: Vec<Option<std::net::TcpStream>>,
+    challenged: Vec<bool>,
+    ended: Vec<bool>,
+}
+
+impl Watched {
+    /// Reads what comes until `enough` connections were challenged, checking after each look
+    /// that no more than the bound are admitted at once.
+    fn until_challenged(&mut self, enough: usize) {
+        use std::io::Read;
+        let n = self.conns.len();
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while self.challenged.iter().filter(|&&c| c).count() < enough {
+            let open: Vec<usize> = (0..n).filter(|&i| self.conns[i].is_some() && !self.ended[i]).collect();
+            let mut fds: Vec<_> = open
+                .iter()
+                .map(|&i| {
+                    rustix::event::PollFd::new(self.conns[i].as_ref().unwrap(), rustix::event::PollFlags::IN)
+                })
+                .collect();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let timeout = rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: 0 };
+            assert!(
+                rustix::event::poll(&mut fds, Some(&timeout)).unwrap() > 0,
+                "no admission within {DEADLINE:?}"
+            );
+            let ready: Vec<usize> =
+                open.iter().zip(&fds).filter(|(_, fd)| !fd.revents().is_empty()).map(|(&i, _)| i).collect();
+            drop(fds);
+            for i in ready {
+                match self.conns[i].as_mut().unwrap().read(&mut [0; 4096]) {
+                    Ok(0) | Err(_) => self.ended[i] = true,
+                    Ok(_) => self.challenged[i] = true,
+                }
+            }
+            let in_progress = (0..n).filter(|&i| self.challenged[i] && !self.ended[i]).count();
+            assert!(in_progress <= MAX_ADMITTING, "{in_progress} admissions at once");
+        }
+    }
+}
+
+/// A flood of silent clients is admitted side by side, but never more than the bound at
+/// once: each admitted one is challenged (the handshake's first message), and those past the
+/// bound wait in the backlog until one ends, then are taken in turn.
+#[test]
+fn admissions_in_progress_are_bounded() {
+    within(DEADLINE, || {
+        let pool = Pool::builder().processes(0).listen((std::net::Ipv4Addr::LOCALHOST, 0)).build().unwrap();
+        let address = pool.launcher().unwrap().address().to_string();
+        let n = MAX_ADMITTING + 36;
+        let conns = (0..n)
+            .map(|_| {
+                let conn = std::net::TcpStream::connect(&address).unwrap();
+                conn.set_nonblocking(true).unwrap();
+                Some(conn)
+            })
+            .collect();
+        let mut watched = Watched { conns, challenged: vec![false; n], ended: vec![false; n] };
+        watched.until_challenged(MAX_ADMITTING);
+        // Hang up the challenged ones: their admissions fail, and the rest are taken in.
+        for i in 0..n {
+            if watched.challenged[i] {
+                watched.conns[i] = None;
+                watched.ended[i] = true;
+            }
+        }
+        watched.until_challenged(n);
+        drop(pool);
+    });
+}
+
+/// Clients that connect and say nothing, or only part of their first message, do not delay
+/// another worker's admission: handshakes run side by side, each with its own deadline, and
+/// each failed one is refused (recorded once) when its client hangs up.
+#[test]
+fn silent_connections_do_not_hold_up_other_workers() {
+    use std::io::Write;
+    within(DEADLINE, || {
+        let pool = Pool::builder().processes(0).listen((std::net::Ipv4Addr::LOCALHOST, 0)).build().unwrap();
+        let launcher = pool.launcher().unwrap();
+        let address = launcher.address().to_string();
+        let mut silent: Vec<std::net::TcpStream> =
+            (0..SILENT).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+        // One sends half of a length header, one a header promising more than it sends.
+        silent[0].write_all(&[0, 0]).unwrap();
+        silent[1].write_all(&[0, 0, 0, 40, b'{']).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut workers = Workers(vec![worker(launcher.command(&exe))]);
+        // Admitted and serving while every silent connection is still open.
+        assert_eq!(get(pool.apply_async(square, 7)).unwrap(), 49);
+        assert_eq!(pool.remote_workers(), 1);
+        drop(silent);
+        // Each silent connection's handshake failed, and is recorded once.
+        crate::eventually("every silent connection refused", || {
+            match pool.wait_for_workers(usize::MAX, Duration::ZERO) {
+                Err(Error::MissingWorkers { refused, .. }) => refused.len() >= SILENT,
+                other => panic!("{other:?}"),
+            }
+        });
+        let Err(Error::MissingWorkers { refused, .. }) = pool.wait_for_workers(usize::MAX, Duration::ZERO)
+        else {
+            unreachable!()
+        };
+        assert_eq!(refused.len(), SILENT, "{refused:?}");
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
+/// Every refusal the pool reports, counting "N more connection(s) refused" as N.
+fn refusals_counted(refused: &[String]) -> usize {
+    refused
+        .iter()
+        .map(|r| match r.strip_suffix(" more connection(s) refused") {
+            Some(n) => n.parse().unwrap_or(1),
+            None => 1,
+        })
+        .sum()
+}
+
+/// A flood of connections that hang up at once is refused, each counted, but the pool keeps
+/// only so many reasons: its memory (and the `MissingWorkers` message) does not grow with
+/// the flood.
+#[test]
+fn a_flood_of_bad_connections_keeps_a_bounded_list_of_reasons() {
+    const FLOOD: usize = 300;
+    within(DEADLINE, || {
+        let pool = Pool::builder().processes(0).listen((std::net::Ipv4Addr::LOCALHOST, 0)).build().unwrap();
+        let address = pool.launcher().unwrap().address().to_string();
+        for _ in 0..FLOOD {
+            drop(std::net::TcpStream::connect(&address).unwrap());
+        }
+        let mut refused = Vec::new();
+        crate::eventually("every connection refused", || {
+            match pool.wait_for_workers(usize::MAX, Duration::ZERO) {
+                Err(Error::MissingWorkers { refused: r, .. }) => {
+                    refused = r;
+                    refusals_counted(&refused) >= FLOOD
+                }
+                other => panic!("{other:?}"),
+            }
+        });
+        assert_eq!(refusals_counted(&refused), FLOOD);
+        assert!(refused.len() <= 100, "{} reasons kept", refused.len());
+        assert!(refused[0].contains("refused"), "{refused:?}");
+    });
+}
+
+/// A heartbeat interval of zero would be a busy loop on both sides of every remote
+/// connection, and one too long for its deadlines to be computed would panic the pool's
+/// handler: the builder refuses both, and silences past their bound, saying why.
+#[test]
+fn heartbeats_out_of_range_are_refused_by_the_builder() {
+    let hour = Duration::from_secs(3600);
+    for (every, silence) in [
+        (Duration::ZERO, Duration::from_secs(10)),
+        (Duration::from_micros(1), Duration::from_secs(10)),
+        (Duration::MAX, Duration::from_secs(10)),
+        (2 * hour, 10 * hour),
+        (Duration::from_secs(1), Duration::MAX),
+    ] {
+        let built = std::panic::catch_unwind(|| {
+            Pool::builder()
+                .processes(0)
+                .listen((std::net::Ipv4Addr::LOCALHOST, 0))
+                .heartbeat(every, silence)
+                .build()
+                .map(drop)
+        });
+        match built {
+            Ok(Err(e @ Error::Config(_))) => {
+                let e = e.to_string();
+                assert!(e.contains("heartbeat"), "{every:?}/{silence:?}: {e}");
+            }
+            Ok(other) => panic!("heartbeat({every:?}, {silence:?}): {other:?}"),
+            Err(_) => panic!("heartbeat({every:?}, {silence:?}): build panicked"),
+        }
+    }
+}
+
+/// A pool (here the test, by hand) whose welcome carries a heartbeat interval of zero, one
+/// past any sense, or a silence shorter than the heartbeat breaks the protocol: the worker
+/// says so and leaves (code 2) before it sends anything more, where it used to send
+/// heartbeats in a busy loop (or wait centuries between them).
+#[test]
+fn a_welcome_with_an_absurd_heartbeat_is_refused_by_the_worker() {
+    use mproc_pool::ipc::{Connection, Listener};
+    within(DEADLINE, || {
+        let second = 1_000_000_000u64;
+        for (heartbeat_ns, silence_ns) in [(0, 10 * second), (u64::MAX, u64::MAX), (second, 0)] {
+            let key = [7u8; 32];
+            let listener = Listener::bind((std::net::Ipv4Addr::LOCALHOST, 0), Some(&key)).unwrap();
+            let mut command = Command::new(std::env::current_exe().unwrap());
+            command
+                .env(mproc_pool::ADDRESS_ENV, listener.address().to_string())
+                .env(mproc_pool::AUTHKEY_ENV, "07".repeat(32))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut child = Workers(vec![worker(command)]);
+            let conn: Connection<Vec<u8>> = listener.accept_timeout(DEADLINE).unwrap();
+            conn.recv_bytes_timeout(DEADLINE).expect("the worker's hello");
+            conn.send_bytes(&mproc_pool::__private::welcome_bytes(heartbeat_ns, silence_ns)).unwrap();
+            match conn.recv_bytes_timeout(DEADLINE) {
+                Err(mproc_pool::ipc::Error::Closed) => {}
+                other => {
+                    panic!("heartbeat {heartbeat_ns} ns, silence {silence_ns} ns: the worker sent {other:?}")
+                }
+            }
+            let err = stderr_after_exit(&mut child[0], 2);
+            assert!(err.contains("heartbeat") || err.contains("silence"), "{err}");
+            assert!(err.contains("protocol"), "{err}");
+        }
+    });
+}
+
+/// `Duration::MAX` as a wait means no deadline (as `recv_timeout` takes it), never an
+/// `Instant` overflow: not for `worker_wait` (tasks submitted before any worker came wait
+/// for one), `wait_for_workers` or `task_timeout`.
+#[test]
+fn a_wait_of_duration_max_means_no_deadline() {
+    crate::mproc_init();
+    within(DEADLINE, || {
+        let pool = Pool::builder()
+            .processes(0)
+            .listen((std::net::Ipv4Addr::LOCALHOST, 0))
+            .worker_wait(Duration::MAX)
+            .build()
+            .unwrap();
+        let early = pool.apply_async(square, 3);
+        let exe = std::env::current_exe().unwrap();
+        let mut workers = Workers(vec![worker(pool.launcher().unwrap().command(&exe))]);
+        assert_eq!(get(early).unwrap(), 9, "the task waited for the worker");
+        pool.wait_for_workers(1, Duration::MAX).unwrap();
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+    within(DEADLINE, || {
+        let pool = Pool::builder().processes(1).task_timeout(Duration::MAX).build().unwrap();
+        assert_eq!(get(pool.apply_async(square, 4)).unwrap(), 16);
+    });
+}
+
+/// An initializer that keeps nothing of its (large) arguments.
+pub fn ignore_bytes(_: Vec<u8>) {}
+
+/// A client that authenticates and says hello but never reads its welcome (a large one: the
+/// initializer's arguments travel in it) is given up once its welcome makes no progress for
+/// the admission's deadline: its connection shut, its refusal recorded, no thread held.
+#[test]
+fn a_worker_that_never_reads_its_welcome_is_given_up() {
+    use mproc_pool::ipc::{Client, Connection};
+    within(DEADLINE, || {
+        let key = [9u8; 32];
+        let pool = Pool::builder()
+            .processes(0)
+            .listen((std::net::Ipv4Addr::LOCALHOST, 0))
+            .authkey(&key)
+            .initializer(ignore_bytes, vec![1u8; 64 << 20])
+            .build()
+            .unwrap();
+        let address = pool.launcher().unwrap().address().to_string();
+        let address: std::net::SocketAddr = address.parse().unwrap();
+        let conn: Connection<Vec<u8>> = Client::connect(address, Some(&key)).unwrap();
+        conn.send_bytes(&mproc_pool::__private::hello_bytes()).unwrap();
+        let refused = refusals(&pool);
+        assert!(refused[0].contains("welcome"), "{refused:?}");
+        // The pool shut the connection: what it sent ends early.
+        let mut got = 0usize;
+        while let Ok(bytes) = conn.recv_bytes_timeout(DEADLINE) {
+            got += bytes.len();
+        }
+        assert!(got < 64 << 20, "the whole welcome came: {got} bytes");
+    });
+}
+
+/// The length of a byte string.
+pub fn len_of(bytes: Vec<u8>) -> usize {
+    bytes.len()
+}
+
+/// A remote worker that keeps sending heartbeats but stops reading (its tasks' inputs, large,
+/// fill the connection) is given up once the pool's sends make no progress for the silence
+/// limit, like one that falls silent: the tasks it held and never started go to another
+/// worker, none is lost.
+#[test]
+fn a_worker_that_stops_reading_is_given_up_and_its_tasks_run_elsewhere() {
+    use mproc_pool::ipc::{Client, Connection};
+    within(DEADLINE, || {
+        let key = [5u8; 32];
+        let pool = Pool::builder()
+            .processes(0)
+            .listen((std::net::Ipv4Addr::LOCALHOST, 0))
+            .authkey(&key)
+            .heartbeat(Duration::from_millis(100), Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let launcher = pool.launcher().unwrap();
+        let address: std::net::SocketAddr = launcher.address().parse().unwrap();
+        let conn: Connection<Vec<u8>> = Client::connect(address, Some(&key)).unwrap();
+        conn.send_bytes(&mproc_pool::__private::hello_bytes()).unwrap();
+        conn.recv_bytes_timeout(DEADLINE).expect("the welcome");
+        pool.wait_for_workers(1, DEADLINE).unwrap();
+        // The stalled worker: heartbeats every 100 ms (never silent), reads nothing more.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let stalled = std::thread::spawn(move || {
+            let heartbeat = mproc_pool::__private::heartbeat_bytes();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(100))
+            {
+                if conn.send_bytes(&heartbeat).is_err() {
+                    break;
+                }
+            }
+        });
+        let size = 16 << 20;
+        let results: Vec<_> = (0..4).map(|_| pool.apply_async(len_of, vec![7u8; size])).collect();
+        let exe = std::env::current_exe().unwrap();
+        let mut workers = Workers(vec![worker(launcher.command(&exe))]);
+        for r in results {
+            assert_eq!(get(r).unwrap(), size, "every task ran, on the worker that reads");
+        }
+        let _ = stop.send(());
+        stalled.join().unwrap();
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
+/// Set in the copy of this test binary that runs the body of
+/// `running_out_of_fds_while_accepting_is_said_once_and_survived`.
+const OUT_OF_FDS_ENV: &str = "MPROC_TEST_POOL_OUT_OF_FDS";
+
+/// A listener that cannot accept for want of fds (`EMFILE`: the connection stays in the
+/// backlog, the listener readable) says so once and waits before it tries again, rather than
+/// spinning and recording the same failure without end; once fds are free it takes workers
+/// again. Run in a copy of this test binary, whose fd limit it lowers.
+#[test]
+fn running_out_of_fds_while_accepting_is_said_once_and_survived() {
+    if std::env::var_os(OUT_OF_FDS_ENV).is_none() {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "remote::running_out_of_fds_while_accepting_is_said_once_and_survived"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(OUT_OF_FDS_ENV, "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{said}");
+        assert!(said.contains("1 passed"), "{said}");
+        return;
+    }
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let pool = Pool::builder().processes(0).listen((std::net::Ipv4Addr::LOCALHOST, 0)).build().unwrap();
+    let launcher = pool.launcher().unwrap();
+    let address: std::net::SocketAddr = launcher.address().parse().unwrap();
+    // A socket made while there are fds, connected once there are none left.
+    let client =
+        rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::STREAM, None).unwrap();
+    let hard = getrlimit(Resource::Nofile).maximum;
+    setrlimit(Resource::Nofile, Rlimit { current: Some(256), maximum: hard }).unwrap();
+    let mut filler = Vec::new();
+    loop {
+        match rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            0.into(),
+        ) {
+            Ok(fd) => filler.push(fd),
+            Err(rustix::io::Errno::MFILE) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    rustix::net::connect(&client, &address).unwrap();
+    let refused = refusals(&pool);
+    assert!(refused[0].contains("open files"), "{refused:?}");
+    drop(filler);
+    // Fds again: a worker is taken in and runs tasks.
+    let exe = std::env::current_exe().unwrap();
+    let mut workers = Workers(vec![worker(launcher.command(&exe))]);
+    assert_eq!(get(pool.apply_async(square, 5)).unwrap(), 25);
+    let Err(Error::MissingWorkers { refused, .. }) = pool.wait_for_workers(usize::MAX, Duration::ZERO) else {
+        unreachable!()
+    };
+    let out_of_fds: Vec<_> = refused.iter().filter(|r| r.contains("open files")).collect();
+    assert_eq!(out_of_fds.len(), 1, "said once: {} times, {:?}", refusals_counted(&refused), refused.last());
+    drop(client);
+    drop(pool);
+    assert_eq!(exit_code(&mut workers[0]), Some(0));
+}
+
 // ---- hosts as network namespaces ----------------------------------------------------------
 
 /// Hosts as network namespaces: one for the pool, `n` for workers, each worker's joined to
@@ -563,5 +965,26 @@ fn netns_a_worker_of_another_build_is_refused_naming_both() {
             assert!(said.contains("other_build"), "names the worker's program: {said}");
         }
         assert_eq!(pool.remote_workers(), 0);
+    });
+}
+
+#[test]
+fn large_values_reach_a_remote_worker_inline_and_the_limit_holds_there() {
+    within(DEADLINE, || {
+        let v: Vec<u8> = (0..(24usize << 20)).map(|i| (i * 31) as u8).collect();
+        let (pool, mut workers) = loopback(0, 1, |b| b);
+        assert!(pool.apply(crate::large::echo, v.clone()).unwrap() == v, "24 MiB there and back over TCP");
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+        // Past the limit, the memfd that lets a value reach a local worker does not cross TCP.
+        let (pool, _workers) = loopback(0, 1, |b| b.max_message_size(1 << 20));
+        match pool.apply(crate::large::echo, v.clone()) {
+            Err(Error::Transfer { message, .. }) => {
+                assert!(message.contains("max_message_size") && message.contains("remote"), "{message}")
+            }
+            Err(other) => panic!("expected a transfer error, got {other:?}"),
+            Ok(_) => panic!("a value past the limit reached a remote worker"),
+        }
+        assert_eq!(pool.apply(square, 7).unwrap(), 49, "the worker stays");
     });
 }

@@ -29,6 +29,14 @@ pub(crate) const SERVER_ENV: &str = "MPROC_FORKSERVER";
 /// none of those its parent was started with, only the one set for it.
 pub(crate) const BOOTSTRAP_VARS: [&str; 2] = [CHILD_ENV, SERVER_ENV];
 
+/// Whether an environment entry (`KEY=VALUE`, or a bare key) is one of mproc's bootstrap
+/// variables: the one test behind what a Spawn start passes on, what a fork server's child is
+/// sent ([`World`]) and what its client compares with the server's.
+pub(crate) fn is_bootstrap_var(entry: &[u8]) -> bool {
+    let key = sys::env::key_of(entry);
+    BOOTSTRAP_VARS.iter().any(|var| key == var.as_bytes())
+}
+
 /// Whether `init()` ran in this program (or it is a child that `init()` made one).
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
@@ -79,11 +87,9 @@ pub(crate) struct World {
 impl World {
     /// This process's.
     pub(crate) fn current() -> World {
-        let ours =
-            |key: &std::ffi::OsString| BOOTSTRAP_VARS.iter().any(|v| key.as_encoded_bytes() == v.as_bytes());
         World {
             cwd: std::env::current_dir().ok(),
-            env: std::env::vars_os().filter(|(k, _)| !ours(k)).collect(),
+            env: std::env::vars_os().filter(|(k, _)| !is_bootstrap_var(k.as_encoded_bytes())).collect(),
         }
     }
 
@@ -224,4 +230,19 @@ pub(crate) fn exit(code: i32) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bootstrap_variable_is_known_by_its_whole_key_as_an_entry_or_a_bare_key() {
+        for yes in ["MPROC_CHILD=1:3", "MPROC_CHILD=", "MPROC_CHILD", "MPROC_FORKSERVER=7:3"] {
+            assert!(is_bootstrap_var(yes.as_bytes()), "{yes}");
+        }
+        for no in ["MPROC_CHILDREN=1", "MPROC_CHIL=1", "XMPROC_CHILD=1", "PATH=MPROC_CHILD=1", ""] {
+            assert!(!is_bootstrap_var(no.as_bytes()), "{no}");
+        }
+    }
 }

@@ -158,7 +158,14 @@ impl<'a> Builder<'a> {
         match self.start_method.unwrap_or_default() {
             StartMethod::Fork => {
                 let close = self.close_numbers();
-                on_long_lived_thread(daemon, move || start::fork::start(identity, &close, move || f(args)))
+                on_long_lived_thread(daemon, move || {
+                    start::fork::start(identity, &close, move || {
+                        // As a Spawn child's at receiving them: the barriers in `args` count
+                        // this child as a party from its start, not from its first wait.
+                        mproc_ipc::__private::join_parties_in(&args);
+                        f(args)
+                    })
+                })
             }
             StartMethod::Spawn => {
                 on_long_lived_thread(daemon, move || start::spawn::start(identity, f, &args))

@@ -81,3 +81,43 @@ fn a_child_killed_holding_a_lock_hands_it_over_with_owner_died_for_every_start_m
         assert!(matches!(lock.acquire_timeout(DEADLINE), Err(LockError::OwnerDied(_))), "{method:?}");
     }
 }
+
+fn hold_barrier_and_report(args: (Barrier, mproc_process::ipc::Sender<()>)) {
+    let (_barrier, report) = args;
+    report.send(&()).unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A child given a barrier in its arguments is a party from its start, whatever the start
+/// method: killed before its first `wait`, it breaks the barrier for a party already asleep
+/// in it, which learns at the death instead of sleeping out its deadline.
+#[test]
+fn a_child_killed_before_its_first_barrier_wait_breaks_it_for_every_start_method() {
+    mproc_init();
+    for method in METHODS {
+        let barrier = Barrier::new(2).unwrap();
+        let other = barrier.clone();
+        let waiter = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            (other.wait_timeout(DEADLINE), start.elapsed())
+        });
+        let until = std::time::Instant::now() + DEADLINE;
+        while barrier.n_waiting() < 1 {
+            assert!(std::time::Instant::now() < until, "{method:?}: the waiter never came");
+            std::thread::yield_now();
+        }
+        let (rx, tx) = pipe::<()>().unwrap();
+        let child = Builder::new()
+            .start_method(method)
+            .spawn_fn(hold_barrier_and_report, (barrier.clone(), tx))
+            .unwrap();
+        rx.recv_timeout(DEADLINE).unwrap();
+        child.kill().unwrap();
+        assert!(matches!(child.join(), Err(Error::Signaled { signal: 9, .. })), "{method:?}");
+        let (result, took) = waiter.join().unwrap();
+        assert!(result.is_err(), "{method:?}: the round completed without the dead party");
+        assert!(took < DEADLINE, "{method:?}: broken only by the timeout, not by the death");
+    }
+}

@@ -1,4 +1,4 @@
-//! The untyped queue in shared memory: its layout, the commit protocol, and the waits.
+//! The untyped queue in shared memory: its layout, the two commit protocols, and the waits.
 //!
 //! See the [`queue`](crate::queue) module doc for the design; this file is its mechanism.
 
@@ -11,37 +11,78 @@ use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
 use crate::spin::spin_until;
 use crate::sys::shm::data_offset;
 
-/// The header of a queue's region: the lock, three condition variables, the words, and the
-/// count of coroutines listening for the doorbell.
-pub(crate) type Header = (ShmMutex, ShmCondvar, ShmCondvar, ShmCondvar, [AtomicU64; WORDS], Listeners);
+/// The header of a queue's region: the locks (see [`PUT_LOCK`]), three condition variables
+/// (not empty, not full, all done), the words, and the count of coroutines listening for the
+/// doorbell (read by every put: it must not share a line with a lock).
+pub(crate) type Header = ([ShmMutex; 9], ShmCondvar, ShmCondvar, ShmCondvar, [AtomicU64; WORDS], Listeners);
 
-const WORDS: usize = 40;
+/// Producers serialise on this lock (an index in the header's mutexes, 40 bytes each): the
+/// mutexes around the put and get locks are never taken, and at least 64 bytes wide, so
+/// each of the two has its cache lines to itself, whatever lies beside the array.
+const PUT_LOCK: usize = 2;
+/// `join` sleeps holding this one (rarely taken: it may share a line with another lock).
+const JOIN_LOCK: usize = 4;
+/// Consumers serialise on this one.
+const GET_LOCK: usize = 6;
 
-// Word indexes in the header's array.
+/// Words in a cache line.
+const LINE: usize = 8;
+/// Seven lines of words, plus one line of slack: the lines start at the first word on a
+/// 64-byte boundary (the same in every process: mappings are page-aligned).
+const WORDS: usize = 8 * LINE;
+
+// Word indexes, from the first line-aligned word. Each line is written by one side only.
+// Line 0, written once: the queue's constants.
 const MAGIC: usize = 0;
 const SMALL: usize = 1; // the hot ring's size in bytes
 const MAXSIZE: usize = 2; // the most items, u64::MAX for none
-const GEN: usize = 3; // the commit word: which slot holds the state, and how many commits
-const SLEEP_GET: usize = 4; // processes asleep in get (a count only ever too high, never low)
-const SLEEP_PUT: usize = 5; // asleep in put
-const SLEEP_JOIN: usize = 6; // asleep in join
-const WAKING_GET: usize = 7; // 1: a get's wake-up is on its way (notified, not yet awake)
-const SLOTS: usize = 8; // two slots of STATE_WORDS words each, on their own cache lines
-const STATE_WORDS: usize = 8;
-const COUNT_AT: usize = 2; // `State::count`'s index in a slot (see `State::to_words`)
-const WAKING_PUT: usize = 24; // 1: a put's wake-up is on its way
+// Line 1, the producers' (under the put lock): their commit word and state slots.
+const PUTS: usize = LINE; // items ever put: the producers' commit word
+const TAILS: usize = LINE + 1; // two slots of END_WORDS words: where the next record goes
+// Line 2, the producers' hints: what they last read of the consumers' side (lower bounds).
+const HINT_HEAD: usize = 2 * LINE; // the consumers' ring position
+const HINT_FREED: usize = 2 * LINE + 1; // the consumers' FREED
+const HINT_GETS: usize = 2 * LINE + 2; // GETS
+// Line 3, the consumers' (under the get lock): their commit word and state slots.
+const GETS: usize = 3 * LINE; // items ever got: the consumers' commit word
+const HEADS: usize = 3 * LINE + 1; // two slots of END_WORDS words: the next record to read
+const FREED: usize = 3 * LINE + 7; // the spill position below which whole pages are given back
+// Line 4, the consumers' hints: PUTS, and the producers' spill tail, as they last read them
+// (lower bounds).
+const HINT_PUTS: usize = 4 * LINE;
+const HINT_TAIL: usize = 4 * LINE + 1;
+// Line 5, the sleepers: written only around a sleep and a wake-up.
+const SLEEP_GET: usize = 5 * LINE; // processes asleep in get (a count only ever too high, never low)
+const SLEEP_PUT: usize = 5 * LINE + 1; // asleep in put
+const SLEEP_JOIN: usize = 5 * LINE + 2; // asleep in join
+const WAKING_GET: usize = 5 * LINE + 3; // 1: a get's wake-up is on its way (notified, not yet awake)
+const WAKING_PUT: usize = 5 * LINE + 4; // 1: a put's wake-up is on its way
+// Line 6: `task_done` calls ever made (items put minus these are unfinished).
+const DONE: usize = 6 * LINE;
 
-const MAGIC_VALUE: u64 = 0x6d70_7271_7565_7502; // "mprque" v2
+/// Words of one side's state slot (see [`Ends`]).
+const END_WORDS: usize = 3;
+
+const MAGIC_VALUE: u64 = 0x6d70_7271_7565_7503; // "mprque" v3
 
 /// A record's header word above this is a marker, not a length.
+/// `WRAP`: the rest of this cycle of the ring (or of the spill) is padding; go on at the
+/// start of the next.
 const WRAP: u64 = u64::MAX;
+/// In the ring: the next record is in the spill, at the reader's spill position.
 const JUMP: u64 = u64::MAX - 1;
+/// In the spill: the next record is in the ring, at the reader's ring position.
+const RETURN: u64 = u64::MAX - 2;
 const MAX_LEN: u64 = 1 << 62;
+/// A position in either stream is below this (see [`Ends::is_possible`]).
+const MAX_POSITION: u64 = 1 << 62;
 
-/// Bytes of address space (sparse: only written pages use memory) past the hot ring, where
-/// records that do not fit the ring go.
+/// Bytes of address space (sparse: only written pages use memory) past the hot ring: the
+/// spill, where records go that the ring has no room for.
 pub(crate) const VIRTUAL_BYTES: u64 = 8 << 30;
 const PAGE: u64 = 4096;
+/// The spill is given back to the system this many bytes at a time (see `give_back`).
+const PUNCH_BATCH: u64 = 16 * PAGE;
 
 /// How long a sleeping `get`/`put`/`join` sleeps before it looks again, even unwoken: a
 /// process woken by a notify and killed before it took the item leaves the others asleep
@@ -53,64 +94,31 @@ const SLICE: Duration = Duration::from_millis(50);
 /// lock for a copy and a commit.
 const LOCK_TRIES: u32 = 64;
 
-/// A range of whole pages of the data, `[from, to)`.
-type Pages = (u64, u64);
-
-/// The queue's state: what one commit publishes.
+/// One side's state: positions in two byte streams that only grow. The ring stream is at
+/// `position % small` in the data, the spill stream at `small + position % spill`. For the
+/// producers (`TAILS`) it is where the next record goes; for the consumers (`HEADS`) where
+/// the next one to read starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct State {
-    /// Where the next record (or marker) to read starts, a byte offset in the data.
-    head: u64,
-    /// Where the next record goes.
-    tail: u64,
-    /// Items in the queue.
-    count: u64,
-    /// Markers between head and tail (0, 1 or 2).
-    markers: u64,
-    /// 1 while the writer fills the segment at 0, below the reader's (after a wrap).
-    writer_below: u64,
-    /// The end of the segment at 0 while the reader is above it.
-    low_end: u64,
-    /// The highest byte written since the queue was last empty.
-    high: u64,
-    /// Items put and not yet `task_done` (every queue counts them; `JoinableQueue` reads).
-    unfinished: u64,
+struct Ends {
+    ring: u64,
+    spill: u64,
+    /// 1 while this side is in the spill stream (after a `JUMP`, before a `RETURN`).
+    in_spill: u64,
 }
 
-impl State {
-    fn to_words(self) -> [u64; STATE_WORDS] {
-        [
-            self.head,
-            self.tail,
-            self.count,
-            self.markers,
-            self.writer_below,
-            self.low_end,
-            self.high,
-            self.unfinished,
-        ]
+impl Ends {
+    fn to_words(self) -> [u64; END_WORDS] {
+        [self.ring, self.spill, self.in_spill]
     }
 
-    /// Whether a commit can have made this state in a region of `data_len` bytes: offsets
-    /// inside the data, at most two markers, a record (8 bytes at least) per item.
-    fn is_possible(&self, data_len: u64) -> bool {
-        [self.head, self.tail, self.low_end, self.high].iter().all(|&at| at <= data_len)
-            && self.markers <= 2
-            && self.writer_below <= 1
-            && self.count <= data_len / 8
+    fn from_words(w: [u64; END_WORDS]) -> Ends {
+        Ends { ring: w[0], spill: w[1], in_spill: w[2] }
     }
 
-    fn from_words(w: [u64; STATE_WORDS]) -> State {
-        State {
-            head: w[0],
-            tail: w[1],
-            count: w[2],
-            markers: w[3],
-            writer_below: w[4],
-            low_end: w[5],
-            high: w[6],
-            unfinished: w[7],
-        }
+    /// Whether commits can have made these: positions below 2^62 (bytes ever written; at
+    /// 10 GB/s a queue takes 14 years to get there), so no sum overflows.
+    fn is_possible(&self) -> bool {
+        self.ring < MAX_POSITION && self.spill < MAX_POSITION && self.in_spill <= 1
     }
 }
 
@@ -195,20 +203,26 @@ pub(crate) struct Ring {
     bell: Doorbell,
     /// The hot ring's size (bytes).
     small: u64,
-    /// The data's whole size (bytes): the hot ring and the sparse space past it.
-    data_len: u64,
+    /// The spill's size (bytes): the sparse space past the ring.
+    spill: u64,
     maxsize: u64,
-}
-
-/// An operation's view of the state under the lock.
-struct Locked<'a> {
-    guard: ShmGuard<'a>,
-    generation: u64,
-    state: State,
+    /// The index of the first word on a cache line: word `i` of the layout is `base + i`.
+    base: usize,
 }
 
 fn round_up(x: u64) -> u64 {
     x.next_multiple_of(8)
+}
+
+/// The start of the cycle after the one `at` is in (cycles of `size` bytes).
+fn next_cycle(at: u64, size: u64) -> u64 {
+    (at / size + 1) * size
+}
+
+/// Where a record of `n` bytes (its header included) goes in a stream of cycles of `size`
+/// bytes whose tail is at `tail`: there, or at the next cycle when it would cross the end.
+fn fit(tail: u64, n: u64, size: u64) -> u64 {
+    if tail % size + n > size { next_cycle(tail, size) } else { tail }
 }
 
 impl Ring {
@@ -232,26 +246,27 @@ impl Ring {
         let data_len = full.min(allowed);
         let shared = Shared::<Header>::with_data(data_len as usize)?;
         let bell = Doorbell::new()?;
-        let words = &shared.4;
-        words[SMALL].store(small, Ordering::Relaxed);
-        words[MAXSIZE].store(maxsize, Ordering::Relaxed);
-        words[MAGIC].store(MAGIC_VALUE, Ordering::Release);
-        Ok(Ring { shared, bell, small, data_len, maxsize })
+        let base = line_start(&shared);
+        let ring = Ring { shared, bell, small, spill: data_len - small, maxsize, base };
+        ring.w(SMALL).store(small, Ordering::Relaxed);
+        ring.w(MAXSIZE).store(maxsize, Ordering::Relaxed);
+        ring.w(MAGIC).store(MAGIC_VALUE, Ordering::Release);
+        Ok(ring)
     }
 
     /// A queue another process made (its region and its doorbell).
     pub(crate) fn attach(shared: Shared<Header>, bell: Doorbell) -> std::result::Result<Ring, &'static str> {
-        let words = &shared.4;
-        if words[MAGIC].load(Ordering::Acquire) != MAGIC_VALUE {
+        let base = line_start(&shared);
+        let word = |i: usize| shared.4[base + i].load(Ordering::Acquire);
+        if word(MAGIC) != MAGIC_VALUE {
             return Err("the shared region is not a queue");
         }
-        let small = words[SMALL].load(Ordering::Relaxed);
-        let maxsize = words[MAXSIZE].load(Ordering::Relaxed);
+        let (small, maxsize) = (word(SMALL), word(MAXSIZE));
         let data_len = shared.data_len() as u64;
         if small < PAGE || !small.is_multiple_of(PAGE) || small >= data_len {
             return Err("the queue's header is corrupt");
         }
-        Ok(Ring { shared, bell, small, data_len, maxsize })
+        Ok(Ring { spill: data_len - small, shared, bell, small, maxsize, base })
     }
 
     pub(crate) fn shared(&self) -> &Shared<Header> {
@@ -266,8 +281,10 @@ impl Ring {
         &self.shared.5
     }
 
-    fn words(&self) -> &[AtomicU64; WORDS] {
-        &self.shared.4
+    /// Word `i` of the layout.
+    #[inline(always)]
+    fn w(&self, i: usize) -> &AtomicU64 {
+        &self.shared.4[self.base + i]
     }
 
     /// The most items, `None` for no bound.
@@ -275,55 +292,92 @@ impl Ring {
         (self.maxsize != u64::MAX).then_some(self.maxsize)
     }
 
-    /// The state as last committed, read without the lock (a seqlock read of the slot the
-    /// commit word names).
-    pub(crate) fn snapshot(&self) -> State {
-        let words = self.words();
+    fn bounded(&self) -> bool {
+        self.maxsize != u64::MAX
+    }
+
+    /// Items in the queue at one moment during the call: `GETS`, `PUTS`, `GETS` again, until
+    /// the two reads of `GETS` agree (it only grows, so it did not move in between, and
+    /// `PUTS` minus it was the count when `PUTS` was read).
+    pub(crate) fn qsize(&self) -> u64 {
         loop {
-            // SeqCst, as the commit's store: a coroutine that counted itself a listener and
-            // then finds the queue unchanged is seen by the committer's doorbell (see `ring`).
-            let generation = words[GEN].load(Ordering::SeqCst);
-            let state = self.read_slot(generation);
-            fence(Ordering::Acquire);
-            if words[GEN].load(Ordering::Relaxed) == generation {
-                return state;
+            let gets = self.w(GETS).load(Ordering::SeqCst);
+            let puts = self.w(PUTS).load(Ordering::SeqCst);
+            if self.w(GETS).load(Ordering::SeqCst) == gets {
+                return puts.saturating_sub(gets);
             }
             std::hint::spin_loop();
         }
     }
 
-    fn read_slot(&self, generation: u64) -> State {
-        let base = SLOTS + (generation & 1) as usize * STATE_WORDS;
-        let words = self.words();
-        State::from_words(std::array::from_fn(|i| words[base + i].load(Ordering::Relaxed)))
+    /// Items put and not yet `task_done`, at one moment: `DONE` read first (it never passes
+    /// `PUTS`, and only grows, so a `DONE` equal to a later `PUTS` was equal to it then).
+    fn unfinished(&self) -> u64 {
+        let done = self.w(DONE).load(Ordering::SeqCst);
+        self.w(PUTS).load(Ordering::SeqCst).saturating_sub(done)
     }
 
-    /// Publishes `state` as the new one: written to the slot not in use, then made current by
-    /// one store of the commit word. Under the lock.
-    fn commit(&self, locked: &mut Locked<'_>, state: State, half: QueueCrash) {
-        let next = locked.generation.wrapping_add(1);
-        let base = SLOTS + (next & 1) as usize * STATE_WORDS;
-        let words = self.words();
+    /// Whether an item may be there, without a lock: the consumers' hint of `PUTS` first
+    /// (their own line), `PUTS` itself only when the hint says none.
+    fn maybe_item(&self) -> bool {
+        let gets = self.w(GETS).load(Ordering::Relaxed);
+        self.w(HINT_PUTS).load(Ordering::Relaxed) > gets || self.w(PUTS).load(Ordering::Acquire) > gets
+    }
+
+    /// Reads the state slot that commit `commit` names (a slot pair at `slots`).
+    fn read_slot(&self, slots: usize, commit: u64) -> Ends {
+        let at = slots + (commit & 1) as usize * END_WORDS;
+        Ends::from_words(std::array::from_fn(|i| self.w(at + i).load(Ordering::Relaxed)))
+    }
+
+    /// The other side's state as last committed, without its lock: a seqlock read of the
+    /// slot its commit word names (a commit writes only the other slot, and a reader that
+    /// saw any of its stores sees the commit word move, and reads again).
+    fn read_other(&self, commit_word: usize, slots: usize) -> (u64, Ends) {
+        loop {
+            let commit = self.w(commit_word).load(Ordering::Acquire);
+            let ends = self.read_slot(slots, commit);
+            fence(Ordering::Acquire);
+            if self.w(commit_word).load(Ordering::Relaxed) == commit {
+                return (commit, ends);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Publishes `ends` as one side's new state with one more item put (got): written to the
+    /// slot not in use, then made current by one store of the side's commit word. Under the
+    /// side's lock.
+    fn commit(
+        &self,
+        commit_word: usize,
+        slots: usize,
+        commit: u64,
+        ends: Ends,
+        half: QueueCrash,
+        order: Ordering,
+    ) {
+        let next = commit.wrapping_add(1);
+        let at = slots + (next & 1) as usize * END_WORDS;
         // A reader that sees any of the stores below also sees a commit word past the one it
-        // started from (see `snapshot`), and retries.
+        // started from (see `read_other`), and retries.
         fence(Ordering::Release);
-        for (i, w) in state.to_words().into_iter().enumerate() {
-            words[base + i].store(w, Ordering::Relaxed);
-            if i == STATE_WORDS / 2 {
+        for (i, w) in ends.to_words().into_iter().enumerate() {
+            self.w(at + i).store(w, Ordering::Relaxed);
+            if i == 0 {
                 crash_point(half);
             }
         }
-        words[GEN].store(next, Ordering::SeqCst);
-        locked.generation = next;
-        locked.state = state;
+        self.w(commit_word).store(next, order);
     }
 
-    /// Takes the lock (a dead holder's lock too: the state needs no repair, since nothing a
-    /// holder writes counts before its commit) and reads the state. Without a deadline: the
-    /// lock is only ever held for a copy and a commit (never across a wait), and a dead
-    /// holder's is handed over at once.
-    fn lock(&self) -> Result<Locked<'_>> {
-        let mut taken = self.shared.0.try_lock();
+    /// Takes lock `which` (a dead holder's lock too: the side's state needs no repair, since
+    /// nothing a holder writes counts before its commit). Without a deadline: the lock is
+    /// only ever held for a copy and a commit (never across a wait), and a dead holder's is
+    /// handed over at once.
+    fn lock(&self, which: usize) -> Result<ShmGuard<'_>> {
+        let mutex = &self.shared.0[which];
+        let mut taken = mutex.try_lock();
         for _ in 0..LOCK_TRIES {
             if !matches!(taken, Err(LockError::Timeout)) {
                 break;
@@ -331,87 +385,70 @@ impl Ring {
             for _ in 0..8 {
                 std::hint::spin_loop();
             }
-            taken = self.shared.0.try_lock();
+            taken = mutex.try_lock();
         }
         if matches!(taken, Err(LockError::Timeout)) {
-            taken = self.shared.0.lock_until(None);
+            taken = mutex.lock_until(None);
         }
-        let guard = match taken {
-            Ok(guard) | Err(LockError::OwnerDied(guard)) => guard,
-            Err(LockError::Timeout) => return Err(Error::Timeout),
-            Err(LockError::Io(e)) => return Err(Error::Io(e)),
-        };
-        let generation = self.words()[GEN].load(Ordering::Acquire);
-        let state = self.read_slot(generation);
-        // A state no commit makes (another process scribbled over the region): an error
-        // rather than arithmetic that overflows or offsets outside the data.
-        if !state.is_possible(self.data_len) {
-            return Err(corrupt());
+        match taken {
+            Ok(guard) | Err(LockError::OwnerDied(guard)) => Ok(guard),
+            Err(LockError::Timeout) => Err(Error::Timeout),
+            Err(LockError::Io(e)) => Err(Error::Io(e)),
         }
-        Ok(Locked { guard, generation, state })
     }
 
-    /// Sleeps on `cond` until notified or `deadline` (at most [`SLICE`]).
-    fn sleep(&self, locked: &mut Locked<'_>, cond: &ShmCondvar, sleepers: usize, deadline: Option<Instant>) {
-        let count = &self.words()[sleepers];
+    /// Sleeps on `cond` (holding the lock `guard` is of) until notified or `deadline` (at
+    /// most [`SLICE`]), unless `ready` is true once counted as a sleeper. The other side
+    /// changes what `ready` reads without this lock, so the order is what keeps a wake-up
+    /// from being lost: count in (`sleepers`), read the notify count, look (`ready`), sleep
+    /// only while that count is unchanged. The other side stores its commit word, then
+    /// loads the count (both `SeqCst`): it sees this sleeper (and notifies, which moves the
+    /// notify count), or this look sees its commit.
+    fn sleep(
+        &self,
+        guard: &mut ShmGuard<'_>,
+        cond: &ShmCondvar,
+        sleepers: usize,
+        deadline: Option<Instant>,
+        ready: impl Fn() -> bool,
+    ) {
+        let slice = Instant::now() + SLICE;
+        let until = deadline.map_or(slice, |d| d.min(slice));
+        let count = self.w(sleepers);
         count.fetch_add(1, Ordering::SeqCst);
-        cond.wait_slice(&mut locked.guard, deadline, SLICE);
+        let seq = cond.sequence();
+        if !ready() {
+            cond.wait_since(guard, seq, Some(until));
+        }
         // Awake (notified or not): the wake-up on its way, if any, may have been this one, so
         // the next commit that finds sleepers wakes one again (at worst one wake too many).
         // A sleeper killed between its wake-up and here leaves the flag set: the others
         // clear it when their slice ends.
         if let Some(waking) = waking_of(sleepers) {
-            self.words()[waking].store(0, Ordering::SeqCst);
+            self.w(waking).store(0, Ordering::SeqCst);
         }
         count.fetch_sub(1, Ordering::SeqCst);
-        // The lock is held again; what it guards is the committed state, whoever held it.
-        locked.generation = self.words()[GEN].load(Ordering::Acquire);
-        locked.state = self.read_slot(locked.generation);
     }
 
     /// Wakes the sleepers on `cond` (all of them) or one of them, if any sleep. One at a
     /// time: while a wake-up is on its way (the `WAKING_` flag, cleared by the sleeper when it
     /// wakes), a commit wakes no other, so a producer does not pay a `futex` wake for every
     /// item while its consumer gets to a CPU; the woken one, after its own commit, wakes the
-    /// next if what they wait for is still there (see `put` and `get`).
+    /// next if what they wait for is still there (see `put` and `get`). The caller's commit
+    /// is ordered before this load (a `SeqCst` store or fence).
     fn notify(&self, cond: &ShmCondvar, sleepers: usize, all: bool) {
-        let words = self.words();
-        if words[sleepers].load(Ordering::SeqCst) == 0 {
+        if self.w(sleepers).load(Ordering::SeqCst) == 0 {
             return;
         }
         match waking_of(sleepers) {
             _ if all => cond.notify_all(),
             Some(waking) => {
-                if words[waking].load(Ordering::SeqCst) == 0 && words[waking].swap(1, Ordering::SeqCst) == 0 {
+                let flag = self.w(waking);
+                if flag.load(Ordering::SeqCst) == 0 && flag.swap(1, Ordering::SeqCst) == 0 {
                     cond.notify_one();
                 }
             }
             None => cond.notify_one(),
-        }
-    }
-
-    fn full(&self, state: &State) -> bool {
-        state.count >= self.maxsize
-    }
-
-    /// Items in the queue, from one snapshot.
-    pub(crate) fn qsize(&self) -> u64 {
-        self.snapshot_count()
-    }
-
-    /// The committed state's `count` alone, read as [`snapshot`](Self::snapshot) reads the
-    /// whole state: three loads.
-    fn snapshot_count(&self) -> u64 {
-        let words = self.words();
-        loop {
-            let generation = words[GEN].load(Ordering::SeqCst);
-            let count =
-                words[SLOTS + (generation & 1) as usize * STATE_WORDS + COUNT_AT].load(Ordering::Relaxed);
-            fence(Ordering::Acquire);
-            if words[GEN].load(Ordering::Relaxed) == generation {
-                return count;
-            }
-            std::hint::spin_loop();
         }
     }
 
@@ -424,27 +461,54 @@ impl Ring {
         deadline: Option<Instant>,
         timeout_is_error: bool,
     ) -> Result<bool> {
-        // An unbounded queue is never full: no look before the lock.
-        if self.maxsize != u64::MAX
-            && self.snapshot_count() >= self.maxsize
+        let bounded = self.bounded();
+        // An unbounded queue is never full: no look before the lock; a bounded one's hint of
+        // `GETS` (the producers' line) first, the consumers' line only when it says full.
+        let hint =
+            self.w(PUTS).load(Ordering::Relaxed).saturating_sub(self.w(HINT_GETS).load(Ordering::Relaxed));
+        if bounded
+            && hint >= self.maxsize
+            && self.qsize() >= self.maxsize
             && deadline.is_none_or(|d| d > Instant::now())
         {
-            spin_until(|| self.snapshot_count() < self.maxsize);
+            spin_until(|| self.qsize() < self.maxsize);
         }
-        let mut locked = self.lock()?;
+        let mut guard = self.lock(PUT_LOCK)?;
         crash_point(QueueCrash::PutLocked);
-        while self.full(&locked.state) {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
+        let mut puts = self.w(PUTS).load(Ordering::Relaxed);
+        if bounded {
+            loop {
+                // Read again after a sleep: other producers put while the lock was free.
+                puts = self.w(PUTS).load(Ordering::Relaxed);
+                if puts.wrapping_sub(self.w(HINT_GETS).load(Ordering::Relaxed)) < self.maxsize {
+                    break;
+                }
+                let gets = self.w(GETS).load(Ordering::SeqCst);
+                if gets > puts {
+                    return Err(corrupt());
+                }
+                self.w(HINT_GETS).store(gets, Ordering::Relaxed);
+                if puts - gets < self.maxsize {
+                    break;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
+                }
+                let room = || puts - self.w(GETS).load(Ordering::SeqCst).min(puts) < self.maxsize;
+                self.sleep(&mut guard, &self.shared.2, SLEEP_PUT, deadline, room);
             }
-            self.sleep(&mut locked, &self.shared.2, SLEEP_PUT, deadline);
         }
-        let state = self.place(&locked.state, payload)?;
-        self.commit(&mut locked, state, QueueCrash::PutStateHalfWritten);
+        let tails = self.read_slot(TAILS, puts);
+        if !tails.is_possible() {
+            return Err(corrupt());
+        }
+        let tails = self.place(tails, payload)?;
+        // SeqCst: ordered before the loads of the sleeper counts below (see `sleep`).
+        self.commit(PUTS, TAILS, puts, tails, QueueCrash::PutStateHalfWritten, Ordering::SeqCst);
         crash_point(QueueCrash::PutCommitted);
-        drop(locked);
+        drop(guard);
         self.notify(&self.shared.1, SLEEP_GET, false);
-        if self.maxsize != u64::MAX && !self.full(&state) {
+        if bounded && self.w(SLEEP_PUT).load(Ordering::SeqCst) > 0 && self.qsize() < self.maxsize {
             // Room left: the next sleeping put may go on too.
             self.notify(&self.shared.2, SLEEP_PUT, false);
         }
@@ -452,70 +516,127 @@ impl Ring {
         Ok(true)
     }
 
-    /// Writes a record of `payload` past the tail (markers first where it goes elsewhere) and
-    /// returns the state that makes it the last item. Nothing written here counts until that
-    /// state is committed.
-    fn place(&self, s: &State, payload: &[u8]) -> Result<State> {
+    /// Whether a record of `n` bytes fits the ring at `tail` (keeping 8 bytes for a `JUMP`
+    /// after it): where it goes. Reads the consumers' ring position only when the hint of it
+    /// says no.
+    fn ring_fit(&self, tail: u64, n: u64) -> Result<Option<u64>> {
+        if n + 8 > self.small {
+            return Ok(None);
+        }
+        let at = fit(tail, n, self.small);
+        let end = at + n + 8;
+        if end <= self.w(HINT_HEAD).load(Ordering::Relaxed).saturating_add(self.small) {
+            return Ok(Some(at));
+        }
+        let (_, heads) = self.read_other(GETS, HEADS);
+        if heads.ring > tail || tail - heads.ring > self.small {
+            return Err(corrupt());
+        }
+        self.w(HINT_HEAD).store(heads.ring, Ordering::Relaxed);
+        Ok((end <= heads.ring + self.small).then_some(at))
+    }
+
+    /// Where a record of `n` bytes goes in the spill at `tail` (keeping 8 bytes for a
+    /// `RETURN` after it): an error if the spill has no room for it now. Producers write
+    /// only below the page the consumers' `FREED` is in, plus the spill's size: every page
+    /// the consumers give back later lies past that, a cycle before.
+    fn spill_fit(&self, tail: u64, len: u64, n: u64) -> Result<u64> {
+        let too_large = || too_large(len, self.small, self.small + self.spill);
+        if n + 8 > self.spill {
+            return Err(too_large());
+        }
+        let at = fit(tail, n, self.spill);
+        let end = at + n + 8;
+        let room = |freed: u64| end <= (freed / PAGE * PAGE).saturating_add(self.spill);
+        if room(self.w(HINT_FREED).load(Ordering::Relaxed)) {
+            return Ok(at);
+        }
+        let freed = self.w(FREED).load(Ordering::Acquire);
+        if freed > tail {
+            return Err(corrupt());
+        }
+        self.w(HINT_FREED).store(freed, Ordering::Relaxed);
+        if room(freed) { Ok(at) } else { Err(too_large()) }
+    }
+
+    /// The data offset of ring position `at`.
+    fn ring_at(&self, at: u64) -> u64 {
+        at % self.small
+    }
+
+    /// The data offset of spill position `at`.
+    fn spill_at(&self, at: u64) -> u64 {
+        self.small + at % self.spill
+    }
+
+    /// Writes a record of `payload` past the tails (markers first where it goes elsewhere)
+    /// and returns the tails past it. Nothing written here counts until they are committed:
+    /// it lies past the committed tails, where no consumer reads.
+    fn place(&self, t: Ends, payload: &[u8]) -> Result<Ends> {
         let len = payload.len() as u64;
         if len >= MAX_LEN {
-            return Err(too_large(len, self.small, self.data_len));
+            return Err(too_large(len, self.small, self.small + self.spill));
         }
         let n = 8 + round_up(len);
-        let mut s = *s;
-        let at = if s.writer_below == 1 {
-            // Filling [0, tail) below the reader's segment: room up to the head, keeping 16
-            // bytes for a jump; else jump past everything written.
-            if s.tail + n + 16 <= s.head {
-                s.low_end = s.tail + n;
-                s.tail
-            } else {
-                let target = round_up(s.high.max(s.head));
-                self.write_word(s.tail, JUMP)?;
-                self.write_word(s.tail + 8, target)?;
-                s.low_end = s.tail + 16;
-                s.markers += 1;
-                s.writer_below = 0;
-                target
+        let mut t = t;
+        // Behind a jump, the ring is looked at again (its room, the consumers' line read
+        // when the hint says none) once per page of the spill, not on every put.
+        let look = t.in_spill == 0 || t.spill % PAGE + n > PAGE;
+        let in_ring = if look { self.ring_fit(t.ring, n)? } else { None };
+        let at = match (t.in_spill == 1, in_ring) {
+            (false, Some(at)) => {
+                if at != t.ring {
+                    self.write_word(self.ring_at(t.ring), WRAP)?;
+                }
+                t.ring = at + n;
+                self.ring_at(at)
             }
-        } else if s.markers == 0 && s.tail + n > self.small && s.count > 0 && n + 16 <= s.head {
-            // The reader has left room at the start of the hot ring: wrap there.
-            self.write_word(s.tail, WRAP)?;
-            s.high = s.high.max(s.tail + 8);
-            s.markers += 1;
-            s.writer_below = 1;
-            s.low_end = n;
-            0
-        } else {
-            s.tail
+            (true, Some(at)) => {
+                // Room in the ring again: back to it.
+                self.write_word(self.spill_at(t.spill), RETURN)?;
+                t.spill += 8;
+                t.in_spill = 0;
+                if at != t.ring {
+                    self.write_word(self.ring_at(t.ring), WRAP)?;
+                }
+                t.ring = at + n;
+                self.ring_at(at)
+            }
+            (in_spill, None) => {
+                let at = self.spill_fit(t.spill, len, n)?;
+                if !in_spill {
+                    // The ring always keeps 8 bytes for this.
+                    self.write_word(self.ring_at(t.ring), JUMP)?;
+                    t.ring += 8;
+                    t.in_spill = 1;
+                }
+                if at != t.spill {
+                    self.write_word(self.spill_at(t.spill), WRAP)?;
+                }
+                t.spill = at + n;
+                self.spill_at(at)
+            }
         };
-        let end = at + n;
-        if end > self.data_len {
-            return Err(too_large(len, self.small, self.data_len));
-        }
         self.write_word(at, len)?;
         let half = payload.len() / 2;
         self.shared.write_data((at + 8) as usize, &payload[..half]);
         crash_point(QueueCrash::PutHalfWritten);
         self.shared.write_data((at + 8) as usize + half, &payload[half..]);
-        s.tail = end;
-        s.high = s.high.max(end);
-        s.count += 1;
-        s.unfinished += 1;
-        Ok(s)
+        Ok(t)
     }
 
-    /// Writes a word of the data; an offset outside it (a corrupt state) is an error.
+    /// Writes a word of the data at offset `at`.
     fn write_word(&self, at: u64, word: u64) -> Result<()> {
-        if at.checked_add(8).is_none_or(|end| end > self.data_len) {
+        if at.checked_add(8).is_none_or(|end| end > self.small + self.spill) {
             return Err(corrupt());
         }
         self.shared.write_data(at as usize, &word.to_ne_bytes());
         Ok(())
     }
 
-    /// Reads a word of the data; an offset outside it (a corrupt state or marker) is an error.
+    /// Reads a word of the data at offset `at`.
     fn read_word(&self, at: u64) -> Result<u64> {
-        if at.checked_add(8).is_none_or(|end| end > self.data_len) {
+        if at.checked_add(8).is_none_or(|end| end > self.small + self.spill) {
             return Err(corrupt());
         }
         let mut b = [0; 8];
@@ -531,121 +652,171 @@ impl Ring {
         deadline: Option<Instant>,
         timeout_is_error: bool,
     ) -> Result<bool> {
-        if self.snapshot_count() == 0 {
+        if !self.maybe_item() {
             if deadline.is_some_and(|d| d <= Instant::now()) {
                 return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
             }
-            spin_until(|| self.snapshot_count() > 0);
+            spin_until(|| self.maybe_item());
         }
-        let mut locked = self.lock()?;
+        let mut guard = self.lock(GET_LOCK)?;
         crash_point(QueueCrash::GetLocked);
-        while locked.state.count == 0 {
+        let mut gets = self.w(GETS).load(Ordering::Relaxed);
+        let mut puts = self.w(HINT_PUTS).load(Ordering::Relaxed);
+        while puts <= gets {
+            // Read again after a sleep: other consumers got while the lock was free.
+            gets = self.w(GETS).load(Ordering::Relaxed);
+            puts = self.w(PUTS).load(Ordering::SeqCst);
+            if puts < gets {
+                return Err(corrupt());
+            }
+            self.w(HINT_PUTS).store(puts, Ordering::Relaxed);
+            if puts > gets {
+                break;
+            }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
             }
-            self.sleep(&mut locked, &self.shared.1, SLEEP_GET, deadline);
+            let ready = || self.w(PUTS).load(Ordering::SeqCst) > gets;
+            self.sleep(&mut guard, &self.shared.1, SLEEP_GET, deadline, ready);
         }
-        let (state, punch) = self.take(&locked.state, out)?;
-        self.commit(&mut locked, state, QueueCrash::GetStateHalfWritten);
+        let heads = self.read_slot(HEADS, gets);
+        if !heads.is_possible() {
+            return Err(corrupt());
+        }
+        // A consumer killed after its commit may have left pages to give back.
+        self.give_back(heads.spill)?;
+        let heads = self.take(heads, out)?;
+        let bounded = self.bounded();
+        // SeqCst in a bounded queue: ordered before the load of the sleeping puts' count.
+        let order = if bounded { Ordering::SeqCst } else { Ordering::Release };
+        self.commit(GETS, HEADS, gets, heads, QueueCrash::GetStateHalfWritten, order);
         crash_point(QueueCrash::GetCommitted);
-        for (from, to) in punch.into_iter().flatten() {
-            // Gives the pages of records read back to the system (they read as zeroes when next
-            // written). Only pages no live record touches; an error only keeps them in use.
-            let _ = rustix::fs::fallocate(
-                self.shared.mapping().fd(),
-                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-                crate::sys::shm::data_offset::<Header>() as u64 + from,
-                to - from,
-            );
-        }
-        drop(locked);
-        if state.count > 0 {
+        self.give_back(heads.spill)?;
+        drop(guard);
+        if puts > gets + 1 {
             // Items left: the next sleeping get may go on too.
             self.notify(&self.shared.1, SLEEP_GET, false);
         }
-        if self.maxsize != u64::MAX {
+        if bounded {
             self.notify(&self.shared.2, SLEEP_PUT, false);
             self.bell.ring(self.listeners());
         }
         Ok(true)
     }
 
-    /// Copies the first record out; returns the state without it, and the pages (past the hot
-    /// ring) that no live record touches any more.
-    fn take(&self, s: &State, out: &mut Vec<u8>) -> Result<(State, [Option<Pages>; 2])> {
-        let mut s = *s;
-        let mut start = s.head;
-        let mut punch = [None, None];
-        // Follow the markers to the record.
-        loop {
-            let marker = s.head;
-            let word = self.read_word(marker)?;
-            if word != WRAP && word != JUMP {
-                break;
+    /// Copies the first record out (following the markers before it); returns the heads past
+    /// it. Under the get lock, with an item committed.
+    fn take(&self, h: Ends, out: &mut Vec<u8>) -> Result<Ends> {
+        let mut h = h;
+        // At most two markers precede a record (a put writes at most two).
+        for _ in 0..3 {
+            let in_spill = h.in_spill == 1;
+            let at = if in_spill { self.spill_at(h.spill) } else { self.ring_at(h.ring) };
+            let word = self.read_word(at)?;
+            match word {
+                WRAP if in_spill => h.spill = next_cycle(h.spill, self.spill),
+                WRAP => h.ring = next_cycle(h.ring, self.small),
+                JUMP if !in_spill => {
+                    h.ring += 8;
+                    h.in_spill = 1;
+                }
+                RETURN if in_spill => {
+                    h.spill += 8;
+                    h.in_spill = 0;
+                }
+                len if len < MAX_LEN => {
+                    let n = 8 + round_up(len);
+                    // A record lies inside its cycle, and in the spill below the producers'
+                    // committed tail (a length word another process scribbled over must not
+                    // make us read, and allocate, gigabytes of the sparse space).
+                    let inside = if in_spill {
+                        let below_tail = |tail: u64| h.spill + n <= tail;
+                        at - self.small + n <= self.spill
+                            && (below_tail(self.w(HINT_TAIL).load(Ordering::Relaxed)) || {
+                                let (_, tails) = self.read_other(PUTS, TAILS);
+                                self.w(HINT_TAIL).store(tails.spill, Ordering::Relaxed);
+                                below_tail(tails.spill)
+                            })
+                    } else {
+                        at + n <= self.small
+                    };
+                    if !inside {
+                        return Err(corrupt());
+                    }
+                    out.clear();
+                    out.resize(len as usize, 0);
+                    self.shared.read_data((at + 8) as usize, out);
+                    if in_spill {
+                        h.spill += n;
+                    } else {
+                        h.ring += n;
+                    }
+                    return Ok(h);
+                }
+                _ => return Err(corrupt()),
             }
-            if s.markers == 0 {
-                return Err(corrupt());
-            }
-            // The segment left: its whole pages before the marker's (which the next segment
-            // may share).
-            punch[0] = self.dead_pages(&s, start, marker);
-            if word == WRAP {
-                s.head = 0;
-                s.writer_below = 0;
-            } else {
-                s.head = self.read_word(marker + 8)?;
-            }
-            s.markers -= 1;
-            start = s.head;
         }
-        let len = self.read_word(s.head)?;
-        // Every record lies below the highest byte written (a length word another process
-        // scribbled over must not make us read, and allocate, gigabytes of the sparse space).
-        let end =
-            Some(len).filter(|&len| len < MAX_LEN).and_then(|len| s.head.checked_add(8 + round_up(len)));
-        let Some(end) = end.filter(|&e| e <= s.high && e <= self.data_len) else { return Err(corrupt()) };
-        out.clear();
-        out.resize(len as usize, 0);
-        self.shared.read_data((s.head + 8) as usize, out);
-        s.head = end;
-        s.count -= 1;
-        if s.count == 0 {
-            // Empty: start again at the hot ring's start, and give back whatever lies past it.
-            if s.high > self.small {
-                punch = [Some((self.small, s.high.next_multiple_of(PAGE))), None];
-            }
-            s = State { unfinished: s.unfinished, ..State::default() };
-        } else {
-            punch[1] = self.dead_pages(&s, start, end);
-        }
-        Ok((s, punch))
+        Err(corrupt())
     }
 
-    /// The whole pages of `[from, to)`, just read, that no live record touches: past the hot
-    /// ring (whose pages stay), and above the segment at 0 while the reader is still above it
-    /// (a wrap ahead of the reader: that segment's last page may be this one's first).
-    fn dead_pages(&self, s: &State, from: u64, to: u64) -> Option<Pages> {
-        let mut from = (from / PAGE * PAGE).max(self.small);
-        let wrap_ahead = s.markers == 2 || (s.markers == 1 && s.writer_below == 1);
-        if wrap_ahead {
-            from = from.max(s.low_end.next_multiple_of(PAGE));
+    /// Gives back to the system the whole spill pages below `head` (the consumers' committed
+    /// spill position) not given back yet, and moves `FREED` up to it. Under the get lock,
+    /// after the commit: a consumer killed in between leaves `FREED` behind, and the next get
+    /// gives the pages back. Producers never write below `FREED`'s page plus the spill's
+    /// size (see `spill_fit`), so these pages are no one's.
+    fn give_back(&self, head: u64) -> Result<()> {
+        let freed = self.w(FREED).load(Ordering::Relaxed);
+        if freed == head {
+            return Ok(());
         }
-        let to = to / PAGE * PAGE;
-        (to > from).then_some((from, to))
+        if freed > head || head - freed > self.spill {
+            return Err(corrupt());
+        }
+        let (from, to) = (freed / PAGE * PAGE, head / PAGE * PAGE);
+        // Pages go back in batches (a system call per 64 KiB, not per page), but for a
+        // spill cut small by a file size limit.
+        let batch = (self.spill / 4 / PAGE * PAGE).min(PUNCH_BATCH);
+        if to <= from || to - from < batch {
+            return Ok(());
+        }
+        {
+            let first = from % self.spill;
+            let len = to - from;
+            let head_part = len.min(self.spill - first);
+            self.punch(self.small + first, head_part);
+            if len > head_part {
+                self.punch(self.small, len - head_part);
+            }
+        }
+        self.w(FREED).store(head, Ordering::Release);
+        Ok(())
+    }
+
+    /// Gives the pages of `[at, at + len)` of the data back to the system (they read as zeroes
+    /// when next written). An error only keeps them in use.
+    fn punch(&self, at: u64, len: u64) {
+        let _ = rustix::fs::fallocate(
+            self.shared.mapping().fd(),
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            data_offset::<Header>() as u64 + at,
+            len,
+        );
     }
 
     /// Marks one item done; `Err(Misuse)` if none is unfinished. Wakes `join` at zero.
     pub(crate) fn task_done(&self) -> Result<()> {
-        let mut locked = self.lock()?;
-        let mut s = locked.state;
-        if s.unfinished == 0 {
-            return Err(Error::Misuse("task_done() called more times than items were put"));
+        let done = self.w(DONE);
+        let mut d = done.load(Ordering::SeqCst);
+        loop {
+            if d >= self.w(PUTS).load(Ordering::SeqCst) {
+                return Err(Error::Misuse("task_done() called more times than items were put"));
+            }
+            match done.compare_exchange(d, d + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break,
+                Err(now) => d = now,
+            }
         }
-        s.unfinished -= 1;
-        let done = s.unfinished == 0;
-        self.commit(&mut locked, s, QueueCrash::PutStateHalfWritten);
-        drop(locked);
-        if done {
+        if self.unfinished() == 0 {
             self.notify(&self.shared.3, SLEEP_JOIN, true);
         }
         Ok(())
@@ -653,18 +824,25 @@ impl Ring {
 
     /// Waits until every item put is done.
     pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<()> {
-        if self.snapshot().unfinished == 0 {
+        if self.unfinished() == 0 {
             return Ok(());
         }
-        let mut locked = self.lock()?;
-        while locked.state.unfinished > 0 {
+        let mut guard = self.lock(JOIN_LOCK)?;
+        while self.unfinished() > 0 {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout);
             }
-            self.sleep(&mut locked, &self.shared.3, SLEEP_JOIN, deadline);
+            self.sleep(&mut guard, &self.shared.3, SLEEP_JOIN, deadline, || self.unfinished() == 0);
         }
         Ok(())
     }
+}
+
+/// The index of the first of `shared`'s words that starts a cache line: the same in every
+/// process, since the region is mapped at a page boundary.
+fn line_start(shared: &Shared<Header>) -> usize {
+    let addr = shared.4.as_ptr() as usize;
+    (64 - addr % 64) % 64 / 8
 }
 
 /// The flag that says a wake-up of `sleepers` is on its way (`join`'s wake all: none).
@@ -721,34 +899,40 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-        /// A peer that scribbled over the queue's state or a record's length word: `get` and
-        /// `put` fail with an error (or carry on), never panic, never read or write outside
-        /// the region.
+        /// A peer that scribbled over one side's state (its commit word, slots and hints) or a
+        /// record's length word: `get` and `put` fail with an error (or carry on), never
+        /// panic, never read or write outside the region.
         #[test]
         fn prop_a_scribbled_queue_is_an_error_not_a_panic(
             items in 0..4usize,
-            state in prop::collection::vec(prop::option::of(word()), STATE_WORDS),
+            state in prop::collection::vec(prop::option::of(word()), 2 * LINE),
             at_head in word(),
-            scribble_state in any::<bool>(),
+            scribble in 0..3u8,
         ) {
             let ring = Ring::new(PAGE, u64::MAX).unwrap();
             for i in 0..items {
                 ring.put(&[i as u8; 40], None, true).unwrap();
             }
-            let words = ring.words();
-            let generation = words[GEN].load(Ordering::Relaxed);
-            let base = SLOTS + (generation & 1) as usize * STATE_WORDS;
-            // Either the state (whatever records it then points at) or the length word of
-            // the first record (a consistent state could announce an honest 8 GiB item).
-            if scribble_state {
-                for (i, w) in state.iter().enumerate() {
-                    if let Some(w) = w {
-                        words[base + i].store(*w, Ordering::Relaxed);
+            // The producers' two lines, the consumers' two, or the length word of the first
+            // record (a consistent state could announce an honest 8 GiB item).
+            let lines = match scribble {
+                0 => Some(PUTS),
+                1 => Some(GETS),
+                _ => None,
+            };
+            match lines {
+                Some(first) => {
+                    for (i, w) in state.iter().enumerate() {
+                        if let Some(w) = w {
+                            ring.w(first + i).store(*w, Ordering::Relaxed);
+                        }
                     }
                 }
-            } else {
-                let head = ring.snapshot().head;
-                ring.shared.write_data(head as usize, &at_head.to_ne_bytes());
+                None => {
+                    let gets = ring.w(GETS).load(Ordering::Relaxed);
+                    let head = ring.read_slot(HEADS, gets).ring;
+                    ring.shared.write_data(ring.ring_at(head) as usize, &at_head.to_ne_bytes());
+                }
             }
             let now = Some(Instant::now());
             let mut out = Vec::new();

@@ -343,7 +343,7 @@ impl RawMutex {
 }
 
 impl RawMutex {
-    /// The futex word (for a wait on several words, [`wait_any`]).
+    /// The futex word (for a wait on several words, [`WaitSet`]).
     pub(crate) fn word(&self) -> &AtomicU32 {
         &self.word
     }
@@ -395,6 +395,7 @@ pub(crate) enum Watch {
 }
 
 /// The kernel's `struct futex_waitv` (linux/futex.h).
+#[derive(Clone, Copy)]
 #[repr(C)]
 struct FutexWaitv {
     val: u64,
@@ -406,51 +407,79 @@ struct FutexWaitv {
 /// `FUTEX2_SIZE_U32`: a 32-bit futex (shared: without `FUTEX2_PRIVATE`).
 const FUTEX2_SIZE_U32: u32 = 0x02;
 
-/// Sleeps until one of `words` is woken, or one differs from its expected value when the
-/// sleep starts, or `deadline` passes (`futex_waitv(2)`, Linux 5.16). `Ok(false)`: the
-/// deadline passed. `ENOSYS` on an older kernel; at most 128 words.
-pub(crate) fn wait_any(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> io::Result<bool> {
-    let waitv: Vec<FutexWaitv> = words
-        .iter()
-        .map(|(word, val)| FutexWaitv {
-            val: u64::from(*val),
+/// How many words one `futex_waitv(2)` takes at most (the kernel's `FUTEX_WAITV_MAX`).
+pub(crate) const WAITV_MAX: usize = 128;
+
+/// The words one [`wait`](WaitSet::wait) sleeps on, gathered on the stack (a wait allocates
+/// nothing): each with the value it must still hold when the sleep starts.
+pub(crate) struct WaitSet<'a> {
+    waitv: [FutexWaitv; WAITV_MAX],
+    len: usize,
+    /// The words are borrowed for as long as the set lives.
+    _words: std::marker::PhantomData<&'a AtomicU32>,
+}
+
+impl<'a> WaitSet<'a> {
+    pub(crate) fn new() -> Self {
+        let empty = FutexWaitv { val: 0, uaddr: 0, flags: 0, reserved: 0 };
+        WaitSet { waitv: [empty; WAITV_MAX], len: 0, _words: std::marker::PhantomData }
+    }
+
+    /// Adds `word`, expected to hold `val`; `false` (and nothing added) when the set is full.
+    pub(crate) fn push(&mut self, word: &'a AtomicU32, val: u32) -> bool {
+        let Some(slot) = self.waitv.get_mut(self.len) else { return false };
+        *slot = FutexWaitv {
+            val: u64::from(val),
             uaddr: word.as_ptr() as u64,
             flags: FUTEX2_SIZE_U32,
             reserved: 0,
-        })
-        .collect();
-    let abs = deadline.map(|d| {
-        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-        let left = d.saturating_duration_since(Instant::now());
-        let mut sec = now.tv_sec.saturating_add(left.as_secs() as i64);
-        let mut nsec = now.tv_nsec + i64::from(left.subsec_nanos());
-        if nsec >= 1_000_000_000 {
-            nsec -= 1_000_000_000;
-            sec = sec.saturating_add(1);
-        }
-        libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as _ }
-    });
-    let ts = abs.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `waitv` is a valid array of `words.len()` entries, each naming a live atomic
-    // word (borrowed for the call); `ts` is null or a valid timespec on the stack; the
-    // kernel only reads them.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_futex_waitv,
-            waitv.as_ptr(),
-            waitv.len() as libc::c_uint,
-            0 as libc::c_uint,
-            ts,
-            libc::CLOCK_MONOTONIC,
-        )
-    };
-    if rc >= 0 {
-        return Ok(true);
+        };
+        self.len += 1;
+        true
     }
-    match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::ETIMEDOUT) => Ok(false),
-        // A word already differed (EAGAIN) or a signal came (EINTR): look again.
-        e if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => Ok(true),
-        e => Err(e),
+
+    /// How many words it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Sleeps until one of the words is woken, or one differs from its expected value when
+    /// the sleep starts, or `deadline` passes (`futex_waitv(2)`, Linux 5.16). `Ok(false)`:
+    /// the deadline passed. `ENOSYS` on an older kernel.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let abs = deadline.map(|d| {
+            let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+            let left = d.saturating_duration_since(Instant::now());
+            let mut sec = now.tv_sec.saturating_add(left.as_secs() as i64);
+            let mut nsec = now.tv_nsec + i64::from(left.subsec_nanos());
+            if nsec >= 1_000_000_000 {
+                nsec -= 1_000_000_000;
+                sec = sec.saturating_add(1);
+            }
+            libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as _ }
+        });
+        let ts = abs.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: the first `len` entries of `waitv` are valid, each naming a live atomic word
+        // (borrowed for `'a`, which outlives `self`); `ts` is null or a valid timespec on the
+        // stack; the kernel only reads them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_futex_waitv,
+                self.waitv.as_ptr(),
+                self.len as libc::c_uint,
+                0 as libc::c_uint,
+                ts,
+                libc::CLOCK_MONOTONIC,
+            )
+        };
+        if rc >= 0 {
+            return Ok(true);
+        }
+        match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ETIMEDOUT) => Ok(false),
+            // A word already differed (EAGAIN) or a signal came (EINTR): look again.
+            e if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => Ok(true),
+            e => Err(e),
+        }
     }
 }

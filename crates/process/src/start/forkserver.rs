@@ -19,7 +19,7 @@ use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::bootstrap::{BOOTSTRAP_VARS, SERVER_ENV, Start, World};
+use crate::bootstrap::{self, SERVER_ENV, Start, World, is_bootstrap_var};
 use crate::child::{ChildState, Exit, Report};
 use crate::error::{Error, Result};
 use crate::global::PerProcess;
@@ -68,7 +68,7 @@ impl Snapshot {
     fn current() -> Snapshot {
         let mut env = Vec::new();
         sys::env::for_each(|entry| {
-            if !is_bootstrap(entry.to_bytes()) {
+            if !is_bootstrap_var(entry.to_bytes()) {
                 env.push(entry.to_bytes().into());
             }
             true
@@ -84,16 +84,11 @@ impl Snapshot {
         let (mut kept, mut same) = (self.env.iter(), true);
         sys::env::for_each(|entry| {
             let entry = entry.to_bytes();
-            same = is_bootstrap(entry) || kept.next().is_some_and(|k| **k == *entry);
+            same = is_bootstrap_var(entry) || kept.next().is_some_and(|k| **k == *entry);
             same
         });
         same && kept.next().is_none()
     }
-}
-
-/// Whether an environment entry sets one of mproc's bootstrap variables.
-fn is_bootstrap(entry: &[u8]) -> bool {
-    BOOTSTRAP_VARS.iter().any(|key| sys::env::sets(entry, key.as_bytes()))
 }
 
 /// Starts a child running `f(args)` from the fork server (starting the server first if need be).
@@ -151,7 +146,7 @@ fn start_server() -> Result<Server> {
     let (ours, theirs) = Connection::<Request, ()>::pair()?;
     let env = [bootstrap_env(SERVER_ENV)];
     let world = Snapshot::current();
-    let pid = sys::spawn::spawn_self(&env, &BOOTSTRAP_VARS, theirs.as_fd())?;
+    let pid = sys::spawn::spawn_self(&env, bootstrap::is_bootstrap_var, theirs.as_fd())?;
     drop(theirs);
     // The server is our child too: reap it whenever it ends.
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;

@@ -8,7 +8,7 @@ use rustix::process::PidfdFlags;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bootstrap::{self, BOOTSTRAP_VARS, CHILD_ENV, Start};
+use crate::bootstrap::{self, CHILD_ENV, Start};
 use crate::child::{ChildState, Exit};
 use crate::error::Result;
 use crate::identity::Identity;
@@ -25,7 +25,7 @@ where
     bootstrap::check_initialized()?;
     let (parent_end, child_end) = Connection::<Start, ()>::pair()?;
     let env = [bootstrap_env(CHILD_ENV)];
-    let pid = sys::spawn::spawn_self(&env, &BOOTSTRAP_VARS, child_end.as_fd())?;
+    let pid = sys::spawn::spawn_self(&env, bootstrap::is_bootstrap_var, child_end.as_fd())?;
     drop(child_end);
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
     let daemon = identity.daemon;

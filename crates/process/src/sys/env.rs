@@ -38,7 +38,8 @@ pub(crate) fn for_each(mut f: impl FnMut(&CStr) -> bool) {
     }
 }
 
-/// Whether `entry` (`KEY=VALUE`) sets `key`.
-pub(crate) fn sets(entry: &[u8], key: &[u8]) -> bool {
-    entry.len() > key.len() && entry.starts_with(key) && entry[key.len()] == b'='
+/// The key of `KEY=VALUE` (up to the first `=`; all of an entry without one, so a bare key
+/// is its own key).
+pub(crate) fn key_of(entry: &[u8]) -> &[u8] {
+    entry.split(|&b| b == b'=').next().unwrap_or(entry)
 }

@@ -6,7 +6,9 @@
 //! [`fork_then`] and [`fork_keeping`], which keep those promises for their callers.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+
+use super::wiped::PerProcess;
 
 use rustix::process::{Pid, Signal};
 
@@ -71,7 +73,7 @@ impl Drop for ExitOnUnwind {
 /// must not take a lock another thread may hold (it would wait for ever; see [`fork`]).
 #[inline(always)]
 pub(crate) fn fork_then<K>(close: &[i32], kept: K, child: impl FnOnce(K) -> Never) -> io::Result<(Pid, K)> {
-    // Made before the fork, in the parent: the child only duplicates it.
+    // Made once per process, before the fork, in the parent: the child only duplicates it.
     let dead = if close.is_empty() { None } else { Some(dead_end()?) };
     // SAFETY: the child side below runs `close_copies` and then `child`, which cannot return
     // (there is no `Never` to return); a panic unwinding out of it meets `ExitOnUnwind`, which ends the child before it
@@ -80,7 +82,7 @@ pub(crate) fn fork_then<K>(close: &[i32], kept: K, child: impl FnOnce(K) -> Neve
     match unsafe { fork() }? {
         Forked::Child => {
             let _unwound = ExitOnUnwind;
-            if let Some(dead) = &dead {
+            if let Some(dead) = dead {
                 // SAFETY: each fd in `close` is open (the caller holds it for the call) and
                 // is replaced, not closed: its number stays taken, so whatever owns it in the
                 // child (if it is ever used) reaches a dead end, never a reused number.
@@ -128,10 +130,26 @@ pub(crate) fn fork_keeping(keep: OwnedFd, die_with: Option<Pid>, child: fn(Owned
     }
 }
 
-/// The read end of a pipe whose write end is closed: reads see end of file, writes fail.
-fn dead_end() -> io::Result<OwnedFd> {
-    let (read, _write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    Ok(read)
+/// This process's dead end: the read end of a pipe whose write end is closed (reads see end
+/// of file, writes fail). Made at the first start that needs one and kept open for the life
+/// of the process (one fd, close-on-exec), so a start does not make a pipe and close it each
+/// time; a forked child that needs one makes its own (per-process state).
+fn dead_end() -> io::Result<BorrowedFd<'static>> {
+    static DEAD_END: PerProcess<Option<OwnedFd>> = PerProcess::new();
+    let raw = DEAD_END.with(
+        || None,
+        |dead| -> io::Result<i32> {
+            if dead.is_none() {
+                let (read, _write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+                *dead = Some(read);
+            }
+            Ok(dead.as_ref().map_or(-1, |fd| fd.as_raw_fd()))
+        },
+    )?;
+    // SAFETY: `raw` is the fd of the `OwnedFd` in this process's `DEAD_END`, which is never
+    // dropped nor replaced (a `PerProcess` value lives as long as its process), so it stays
+    // open for `'static`.
+    Ok(unsafe { BorrowedFd::borrow_raw(raw) })
 }
 
 /// In a freshly forked child: makes the child's copies of `fds` (ends of the parent's that
@@ -145,7 +163,7 @@ fn dead_end() -> io::Result<OwnedFd> {
 /// Each fd in `fds` is open, and nothing in this process relies, for memory safety, on which
 /// file one of them names (mproc's ends do not: their calls fail on a dead end).
 #[inline]
-unsafe fn close_copies(fds: &[i32], dead: &OwnedFd) {
+unsafe fn close_copies(fds: &[i32], dead: BorrowedFd<'_>) {
     for &fd in fds {
         // SAFETY: see above: `fd` is open, and replacing the file it names breaks nothing.
         unsafe { libc::dup3(dead.as_raw_fd(), fd, libc::O_CLOEXEC) };

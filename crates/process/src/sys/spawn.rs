@@ -1,5 +1,6 @@
 //! `posix_spawn(3)` of this same program: the `Spawn` start method and the fork server.
 
+use super::env::key_of;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -11,12 +12,16 @@ use rustix::process::Pid;
 pub(crate) const BOOTSTRAP_FD: i32 = 3;
 
 /// Starts this program again (`/proc/self/exe`) with this process's `argv[0]` and no other
-/// argument, and this process's environment plus `extra_env` (`KEY=VALUE`), less every variable named in `drop_env` (the
-/// bootstrap variables this process itself was started with: the new program must see only
-/// the one meant for it). The new program holds only stdio and `keep`,
+/// argument, and this process's environment plus `extra_env` (`KEY=VALUE`, each replacing an
+/// entry of the same key), less every entry `drop_env` picks (the bootstrap variables this
+/// process itself was started with: the new program must see only the one meant for it). The new program holds only stdio and `keep`,
 /// as fd [`BOOTSTRAP_FD`]: every other fd is closed, even those inherited without
 /// close-on-exec (a jobserver's, a caller's). Signals start with the default mask.
-pub(crate) fn spawn_self(extra_env: &[CString], drop_env: &[&str], keep: BorrowedFd<'_>) -> io::Result<Pid> {
+pub(crate) fn spawn_self(
+    extra_env: &[CString],
+    drop_env: fn(&[u8]) -> bool,
+    keep: BorrowedFd<'_>,
+) -> io::Result<Pid> {
     let exe = c"/proc/self/exe";
     let argv: [*mut libc::c_char; 2] = [argv0().as_ptr().cast_mut(), ptr::null_mut()];
 
@@ -25,8 +30,8 @@ pub(crate) fn spawn_self(extra_env: &[CString], drop_env: &[&str], keep: Borrowe
     let mut envp: Vec<*mut libc::c_char> = Vec::with_capacity(64);
     super::env::for_each(|entry| {
         let kv = entry.to_bytes();
-        let ours = |key: &[u8]| super::env::sets(kv, key);
-        if !extra_env.iter().any(|e| ours(key_of(e))) && !drop_env.iter().any(|d| ours(d.as_bytes())) {
+        let key = key_of(kv);
+        if !drop_env(kv) && !extra_env.iter().any(|e| key_of(e.to_bytes()) == key) {
             envp.push(entry.as_ptr().cast_mut());
         }
         true
@@ -62,12 +67,6 @@ pub(crate) fn spawn_self(extra_env: &[CString], drop_env: &[&str], keep: Borrowe
         return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(Pid::from_raw(pid).expect("posix_spawn returns a positive pid"))
-}
-
-/// The key of `KEY=VALUE`.
-fn key_of(entry: &CStr) -> &[u8] {
-    let entry = entry.to_bytes();
-    entry.split(|&b| b == b'=').next().unwrap_or(entry)
 }
 
 /// This program's `argv[0]` (the same for the life of the process), or `/proc/self/exe` if it
