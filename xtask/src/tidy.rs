@@ -42,6 +42,7 @@ const MODULE_ORDER: &[(&str, &[&str])] = &[
             "fdpass",
             "outofline",
             "shm",
+            "spin",
             "doorbell",
             "sync",
             "value",

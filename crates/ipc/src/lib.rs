@@ -163,6 +163,7 @@ mod pipe;
 mod queue;
 mod shared_memory;
 mod shm;
+mod spin;
 mod sync;
 mod sys;
 mod value;

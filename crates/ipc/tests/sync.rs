@@ -142,6 +142,46 @@ fn event_ping_pong_between_processes() {
     assert!(!ping.is_set() && !pong.is_set());
 }
 
+/// Both processes on one CPU, where a wait looks by giving the CPU away (`sched_yield`)
+/// before it sleeps: every round trip completes, through the looks, the sleeps, or both
+/// (events and queues, each 2000 round trips).
+#[test]
+fn event_and_queue_ping_pong_on_one_cpu() {
+    let (ping, pong) = (Event::new().unwrap(), Event::new().unwrap());
+    let (there, back) = (mproc_ipc::Queue::<u32>::new().unwrap(), mproc_ipc::Queue::<u32>::new().unwrap());
+    let pair = in_child(&[], || {
+        let mut one = rustix::thread::CpuSet::new();
+        one.set(rustix::thread::sched_getcpu());
+        rustix::thread::sched_setaffinity(None, &one).map_err(msg)?;
+        let partner = in_child(&[], || {
+            for i in 0..2000 {
+                if !ping.wait_timeout(DEADLINE) {
+                    return Err("no ping".into());
+                }
+                ping.clear();
+                pong.set();
+                let v = there.get_timeout(DEADLINE).map_err(msg)?;
+                back.put(&(v + i)).map_err(msg)?;
+            }
+            Ok(())
+        });
+        for i in 0..2000 {
+            ping.set();
+            if !pong.wait_timeout(DEADLINE) {
+                return Err("no pong".into());
+            }
+            pong.clear();
+            there.put(&i).map_err(msg)?;
+            if back.get_timeout(DEADLINE).map_err(msg)? != 2 * i {
+                return Err("wrong answer".into());
+            }
+        }
+        assert_success(partner);
+        Ok(())
+    });
+    assert_success(pair);
+}
+
 #[test]
 fn an_event_waiter_killed_mid_wait_leaves_set_working() {
     let event = Event::new().unwrap();

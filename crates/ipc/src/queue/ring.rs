@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::doorbell::{Doorbell, Listeners};
 use crate::error::{Error, Result};
 use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
+use crate::spin::spin_until;
 use crate::sys::shm::data_offset;
 
 /// The header of a queue's region: the locks (see [`PUT_LOCK`]), three condition variables
@@ -87,14 +88,6 @@ const PUNCH_BATCH: u64 = 16 * PAGE;
 /// process woken by a notify and killed before it took the item leaves the others asleep
 /// with an item there; they find it within this time.
 const SLICE: Duration = Duration::from_millis(50);
-
-/// The longest a blocking call looks (without the lock) for its condition before it sleeps:
-/// about what a sleep and a wake-up cost. How long it looks up to that is learnt (see
-/// `spin_until`).
-const SPIN_NS: u32 = 20_000;
-
-/// The shortest look: below it a blocking call sleeps at once (but for a probe now and then).
-const SPIN_MIN_NS: u32 = 1_000;
 
 /// How many times `lock` tries the mutex (spinning between tries) before it sleeps on it:
 /// glibc's robust mutexes sleep at once on contention, where the holder only ever holds the
@@ -859,65 +852,6 @@ fn waking_of(sleepers: usize) -> Option<usize> {
         SLEEP_PUT => Some(WAKING_PUT),
         _ => None,
     }
-}
-
-/// Looks for `cond` (busy, without a system call) for as long as looking has lately paid:
-/// a partner running on another CPU is met without a sleep and a wake-up, and when the
-/// partner is not running (the CPUs are busy with other work, so it waits for one) the looks
-/// stop, since they only delay it. The budget is this process's, in nanoseconds: a look that
-/// succeeded after `t` sets it to `2t` (within [`SPIN_MIN_NS`] and [`SPIN_NS`]); one that
-/// failed halves it. Below [`SPIN_MIN_NS`] it does not look, except every 64th wait, which
-/// looks for [`SPIN_NS`] (long enough for a partner to be woken and answer) to learn whether
-/// looking pays again. A process that may run on one CPU only does not look at all: its
-/// partner cannot run while it looks.
-fn spin_until(cond: impl Fn() -> bool) {
-    use std::sync::atomic::AtomicU32;
-    // The budget (ns), and waits since the last probe in the top 8 bits.
-    static BUDGET: AtomicU32 = AtomicU32::new(SPIN_MIN_NS);
-    if !several_cpus() {
-        return;
-    }
-    let word = BUDGET.load(Ordering::Relaxed);
-    let (mut budget, waits) = (word & 0xff_ffff, word >> 24);
-    if budget < SPIN_MIN_NS {
-        if waits < 63 {
-            BUDGET.store(((waits + 1) << 24) | budget, Ordering::Relaxed);
-            return;
-        }
-        budget = SPIN_NS;
-    }
-    let start = Instant::now();
-    let limit = Duration::from_nanos(u64::from(budget));
-    loop {
-        for _ in 0..16 {
-            std::hint::spin_loop();
-            if cond() {
-                let took = start.elapsed().as_nanos().min(u128::from(SPIN_NS)) as u32;
-                BUDGET.store((2 * took).clamp(SPIN_MIN_NS, SPIN_NS), Ordering::Relaxed);
-                return;
-            }
-        }
-        if start.elapsed() >= limit {
-            BUDGET.store(budget / 2, Ordering::Relaxed);
-            return;
-        }
-    }
-}
-
-/// Whether this process may run on more than one CPU: its affinity mask, asked again every
-/// 256 calls (it can change at run time) so that a wait costs no system call.
-fn several_cpus() -> bool {
-    use std::sync::atomic::AtomicU32;
-    // The count of CPUs in the low 16 bits (0: not asked yet), calls since asked above.
-    static CACHED: AtomicU32 = AtomicU32::new(0);
-    let cached = CACHED.fetch_add(1 << 16, Ordering::Relaxed);
-    let (cpus, calls) = (cached & 0xffff, cached >> 16);
-    if cpus != 0 && calls < 256 {
-        return cpus > 1;
-    }
-    let cpus = rustix::thread::sched_getaffinity(None).map_or(2, |set| set.count()).clamp(1, 0xffff);
-    CACHED.store(cpus, Ordering::Relaxed);
-    cpus > 1
 }
 
 fn corrupt() -> Error {
