@@ -128,18 +128,15 @@ fn refuse(shared: &Shared, why: String) {
     shared.joined.notify_all();
 }
 
+/// The pipe on which each admission's thread says its number as its last act. Made by the
+/// pool's builder before the listener thread starts (and passed to [`listen`]), so that a
+/// process short of fds fails `build` instead of leaving a listener that never listens.
+pub(crate) type DonePipe = (Receiver<u64>, ipc::Sender<u64>);
+
 /// The listener thread: takes in workers until `stop` says the pool has ended. Each connection
 /// is admitted on a thread of its own, at most [`MAX_ADMITTING`] at once: a client that
 /// connects and says nothing holds up no other.
-pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>) {
-    // Each admission's thread says its number here as its last act.
-    let (done, done_tx) = match ipc::pipe::<u64>() {
-        Ok(pipe) => pipe,
-        Err(e) => {
-            log::error!("mproc-pool: cannot listen for remote workers: {e}");
-            return;
-        }
-    };
+pub(crate) fn listen(listener: Listener, shared: Arc<Shared>, stop: Receiver<()>, (done, done_tx): DonePipe) {
     let done_tx = Arc::new(done_tx);
     let mut admitting: HashMap<u64, Admitting> = HashMap::new();
     let mut n = 0u64;

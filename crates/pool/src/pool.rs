@@ -327,10 +327,11 @@ impl PoolBuilder {
             None => (None, None),
             Some((listener, launcher)) => {
                 let (stop_rx, stop_tx) = mproc_process::ipc::pipe::<()>()?;
+                let done = mproc_process::ipc::pipe::<u64>()?;
                 let listening = Arc::clone(&shared);
                 std::thread::Builder::new()
                     .name("mproc-pool-listen".into())
-                    .spawn(move || cluster::listen(listener, listening, stop_rx))
+                    .spawn(move || cluster::listen(listener, listening, stop_rx, done))
                     .map_err(io)?;
                 (Some(stop_tx), Some(launcher))
             }
