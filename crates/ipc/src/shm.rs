@@ -274,6 +274,18 @@ macro_rules! mutex_api {
 mutex_api!(ShmMutex);
 mutex_api!(ShmRecursiveMutex);
 
+/// Locks `guard`'s mutex again after a condvar's sleep; whether its owner died meanwhile.
+fn relock(guard: &mut ShmGuard<'_>) -> bool {
+    loop {
+        match guard.raw.lock_until(None) {
+            Ok(Some(taken)) => break taken == Taken::OwnerDied,
+            // Cannot time out without a deadline; an error would mean the mutex is
+            // broken: keep trying rather than return without the lock.
+            _ => std::thread::yield_now(),
+        }
+    }
+}
+
 /// How a [`ShmCondvar`] wait ended. The lock is held again in every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitOutcome {
@@ -313,14 +325,36 @@ impl ShmCondvar {
     }
 
     /// As [`wait_until`](Self::wait_until), sleeping only while no notify came since
-    /// `seq` (from [`sequence`](Self::sequence)).
+    /// `seq` (from [`sequence`](Self::sequence)), and at most `slice` (a sleeper's own look
+    /// now and then, whatever the deadline). Without a deadline it reads no clock: the kernel
+    /// gets `slice` as the futex wait's relative timeout. A wake-up after a sleep is what
+    /// costs here (with both processes on one CPU every round trip through a queue is two of
+    /// them), and a clock read in a process just switched to touches pages (libc's
+    /// `clock_gettime`, the vDSO's code and data) the wake-up itself does not.
     pub(crate) fn wait_since(
         &self,
         guard: &mut ShmGuard<'_>,
         seq: u32,
         deadline: Option<Instant>,
+        slice: std::time::Duration,
     ) -> WaitOutcome {
-        self.wait_from(guard, seq, deadline, &[])
+        use rustix::thread::futex;
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let _ = guard.raw.unlock();
+        let left = deadline.map_or(slice, |d| d.saturating_duration_since(Instant::now()).min(slice));
+        let mut timed_out = left.is_zero();
+        if !timed_out {
+            let ts = futex::Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
+            // Shared (not private): the word is in memory other processes map. Woken, the
+            // value changed before the sleep (AGAIN), or a signal (INTR): all look like a
+            // (possibly spurious) wake-up.
+            timed_out = futex::wait(&self.seq, futex::Flags::empty(), seq, Some(&ts))
+                == Err(rustix::io::Errno::TIMEDOUT);
+        }
+        // A slice that ran out is not the caller's deadline.
+        timed_out &= deadline.is_some_and(|d| Instant::now() >= d);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        WaitOutcome { timed_out, owner_died: relock(guard) }
     }
 
     fn wait_from(
@@ -396,15 +430,7 @@ impl ShmCondvar {
         // A 50 ms slice that ran out is not the caller's deadline.
         timed_out &= asked.is_some_and(|d| Instant::now() >= d);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
-        let owner_died = loop {
-            match guard.raw.lock_until(None) {
-                Ok(Some(taken)) => break taken == Taken::OwnerDied,
-                // Cannot time out without a deadline; an error would mean the mutex is
-                // broken: keep trying rather than return without the lock.
-                _ => std::thread::yield_now(),
-            }
-        };
-        WaitOutcome { timed_out, owner_died }
+        WaitOutcome { timed_out, owner_died: relock(guard) }
     }
 
     /// Wakes one waiter (if any).

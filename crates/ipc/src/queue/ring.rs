@@ -412,13 +412,11 @@ impl Ring {
         deadline: Option<Instant>,
         ready: impl Fn() -> bool,
     ) {
-        let slice = Instant::now() + SLICE;
-        let until = deadline.map_or(slice, |d| d.min(slice));
         let count = self.w(sleepers);
         count.fetch_add(1, Ordering::SeqCst);
         let seq = cond.sequence();
         if !ready() {
-            cond.wait_since(guard, seq, Some(until));
+            cond.wait_since(guard, seq, deadline, SLICE);
         }
         // Awake (notified or not): the wake-up on its way, if any, may have been this one, so
         // the next commit that finds sleepers wakes one again (at worst one wake too many).
