@@ -106,6 +106,18 @@ pub(crate) fn collecting_for<R>(files: bool, encode: impl FnOnce() -> R) -> (R, 
     (result, outgoing.unwrap_or_default())
 }
 
+/// Runs `measure`, a pass that only sizes a value whose encoding a later pass writes, then
+/// drops the fds it added to the outgoing table: the later pass adds them again at the same
+/// indices, so both passes encode the same bytes and each fd goes once.
+pub(crate) fn measuring<R>(measure: impl FnOnce() -> R) -> R {
+    let mark = with_tables(|t| t.outgoing.borrow().as_ref().map(|outgoing| outgoing.fds.len())).flatten();
+    let result = measure();
+    if let Some(mark) = mark {
+        with_tables(|t| t.outgoing.borrow_mut().as_mut().map(|outgoing| outgoing.fds.truncate(mark)));
+    }
+    result
+}
+
 /// An end cannot go, for the reason `why`: the send reports it as
 /// [`Error::FdPassing`](crate::Error::FdPassing) (postcard would keep only "custom error").
 pub(crate) fn refuse<E: serde::ser::Error>(why: &'static str) -> E {

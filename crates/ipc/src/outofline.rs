@@ -61,7 +61,8 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut Vec<u8>,
 ) -> Result<Option<(OwnedFd, usize)>> {
-    let len = codec::encoded_len(value)?;
+    // The ends met are the writing pass's to collect (see `fdpass::measuring`).
+    let len = fdpass::measuring(|| codec::encoded_len(value))?;
     if len as u64 > file_size_limit() {
         return Ok(None);
     }

@@ -736,3 +736,25 @@ fn a_sender_killed_or_panicking_midway_through_an_early_value_is_an_error_for_th
     a.send(&(vec![4; BIG], 2)).unwrap();
     assert_eq!(b.recv_timeout(DEADLINE).unwrap(), (vec![4; BIG], 2));
 }
+
+/// A large value with many ends in it goes out of line with each end's fd once: the length
+/// pass and the writing pass of the memfd must not each add the ends to the fd table (their
+/// indices would then differ between the passes, past 127 in one and not in the other, and
+/// twice the fds would count against the 253 a frame may carry).
+#[test]
+fn a_large_value_with_many_ends_goes_out_of_line_with_each_fd_once() {
+    const ENDS: usize = 120;
+    let (ours, theirs) = duplex::<(Vec<u8>, Vec<Sender<u64>>)>().unwrap();
+    let (receivers, senders): (Vec<_>, Vec<_>) = (0..ENDS).map(|_| pipe::<u64>().unwrap()).unzip();
+    let sent = std::thread::spawn(move || ours.send(&(vec![7u8; BIG], senders)).map(|()| ours));
+    let got = theirs.recv_timeout(DEADLINE);
+    let _ours = sent.join().unwrap().unwrap();
+    let (bytes, ends) = got.unwrap();
+    assert_eq!((bytes.len(), ends.len()), (BIG, ENDS));
+    for (i, end) in ends.iter().enumerate() {
+        end.send(&(i as u64)).unwrap();
+    }
+    for (i, rx) in receivers.iter().enumerate() {
+        assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), i as u64, "end {i} is not the one sent");
+    }
+}
