@@ -90,30 +90,11 @@ fn main() {
             };
             (Box::new(trip), child)
         }
-        "event" => {
-            let (ping, pong) = (Event::new().unwrap(), Event::new().unwrap());
-            let child = {
-                let (ping, pong) = (ping.clone(), pong.clone());
-                Process::spawn(move || {
-                    loop {
-                        ping.wait();
-                        ping.clear();
-                        pong.set();
-                    }
-                })
-                .unwrap()
-            };
-            let trip = move || {
-                ping.set();
-                pong.wait();
-                pong.clear();
-            };
-            (Box::new(trip), child)
-        }
-        touch if touch.starts_with("touch") => {
-            // Event, plus a read of one word in each of `k` pages after each wake-up: what a
-            // page touched after a context switch costs (no PCID: the TLB starts empty).
-            let k: usize = touch["touch".len()..].parse().unwrap();
+        event if event == "event" || event.starts_with("touch") => {
+            // Events; `touchK`: plus a read of one word in each of `K` pages after each
+            // wake-up: what a page touched after a context switch costs (no PCID: the TLB
+            // starts empty).
+            let k: usize = event.strip_prefix("touch").map_or(0, |k| k.parse().unwrap());
             let pages: &'static [u8] = Vec::leak(vec![1u8; k * 4096 + 4096]);
             let (ping, pong) = (Event::new().unwrap(), Event::new().unwrap());
             let sum = move || (0..k).map(|i| black_box(pages[i * 4096]) as u64).sum::<u64>();
