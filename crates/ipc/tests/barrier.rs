@@ -121,9 +121,7 @@ fn a_party_killed_while_the_others_sleep_wakes_them_broken() {
         std::thread::yield_now();
     }
     drop(doomed); // SIGKILL, reaped
-    let (result, took) = waiter.join().unwrap();
-    assert_eq!(result, Err(BrokenBarrier));
-    assert!(took < DEADLINE, "broken by the death, not by the timeout");
+    assert_broken_by_the_death(waiter);
     assert_success(survivor);
 }
 
@@ -140,20 +138,9 @@ fn a_party_killed_before_its_first_wait_breaks_it_for_the_others() {
         kill_self()
     });
     drop(child_end);
-    let other = barrier.clone();
-    let waiter = std::thread::spawn(move || {
-        let start = Instant::now();
-        (other.wait_timeout(DEADLINE), start.elapsed())
-    });
-    let until = Instant::now() + DEADLINE;
-    while barrier.n_waiting() < 1 {
-        assert!(Instant::now() < until, "the waiter never came");
-        std::thread::yield_now();
-    }
+    let waiter = a_waiter(&barrier);
     parent.send(&barrier).unwrap();
-    let (result, took) = waiter.join().unwrap();
-    assert_eq!(result, Err(BrokenBarrier));
-    assert!(took < DEADLINE, "broken by the death, not by the timeout");
+    assert_broken_by_the_death(waiter);
     assert_eq!(child.wait(DEADLINE), Exit::Signal(9));
 }
 
@@ -223,21 +210,10 @@ fn a_party_that_dropped_a_clone_still_breaks_it_when_killed() {
         kill_self()
     });
     drop((child_end, tx));
-    let other = barrier.clone();
-    let waiter = std::thread::spawn(move || {
-        let start = Instant::now();
-        (other.wait_timeout(DEADLINE), start.elapsed())
-    });
-    let until = Instant::now() + DEADLINE;
-    while barrier.n_waiting() < 1 {
-        assert!(Instant::now() < until, "the waiter never came");
-        std::thread::yield_now();
-    }
+    let waiter = a_waiter(&barrier);
     parent.send(&barrier).unwrap();
     rx.recv_timeout(DEADLINE).unwrap();
-    let (result, took) = waiter.join().unwrap();
-    assert_eq!(result, Err(BrokenBarrier));
-    assert!(took < DEADLINE, "broken by the death, not by the timeout");
+    assert_broken_by_the_death(waiter);
     assert_eq!(child.wait(DEADLINE), Exit::Signal(9));
 }
 
@@ -261,4 +237,26 @@ fn a_party_killed_before_anyone_waits_breaks_it_for_the_first_to_wait() {
     let start = Instant::now();
     assert_eq!(barrier.wait_timeout(DEADLINE), Err(BrokenBarrier));
     assert!(start.elapsed() < DEADLINE, "broken by the death, not by the timeout");
+}
+
+/// A thread waiting on `barrier` (returned once it waits): its result and how long it waited.
+fn a_waiter(barrier: &Barrier) -> std::thread::JoinHandle<(Result<usize, BrokenBarrier>, Duration)> {
+    let other = barrier.clone();
+    let waiter = std::thread::spawn(move || {
+        let start = Instant::now();
+        (other.wait_timeout(DEADLINE), start.elapsed())
+    });
+    let until = Instant::now() + DEADLINE;
+    while barrier.n_waiting() < 1 {
+        assert!(Instant::now() < until, "the waiter never came");
+        std::thread::yield_now();
+    }
+    waiter
+}
+
+/// `waiter` was told the barrier is broken, before its deadline: by a party's death.
+fn assert_broken_by_the_death(waiter: std::thread::JoinHandle<(Result<usize, BrokenBarrier>, Duration)>) {
+    let (result, took) = waiter.join().unwrap();
+    assert_eq!(result, Err(BrokenBarrier));
+    assert!(took < DEADLINE, "broken by the death, not by the timeout");
 }
