@@ -582,18 +582,13 @@ impl Ring {
         let look = t.in_spill == 0 || t.spill % PAGE + n > PAGE;
         let in_ring = if look { self.ring_fit(t.ring, n)? } else { None };
         let at = match (t.in_spill == 1, in_ring) {
-            (false, Some(at)) => {
-                if at != t.ring {
-                    self.write_word(self.ring_at(t.ring), WRAP)?;
+            (in_spill, Some(at)) => {
+                if in_spill {
+                    // Room in the ring again: back to it.
+                    self.write_word(self.spill_at(t.spill), RETURN)?;
+                    t.spill += 8;
+                    t.in_spill = 0;
                 }
-                t.ring = at + n;
-                self.ring_at(at)
-            }
-            (true, Some(at)) => {
-                // Room in the ring again: back to it.
-                self.write_word(self.spill_at(t.spill), RETURN)?;
-                t.spill += 8;
-                t.in_spill = 0;
                 if at != t.ring {
                     self.write_word(self.ring_at(t.ring), WRAP)?;
                 }
