@@ -415,6 +415,16 @@ impl Ring {
         let count = self.w(sleepers);
         count.fetch_add(1, Ordering::SeqCst);
         let seq = cond.sequence();
+        // A wake-up flagged as on its way is not for this sleeper, which has just come: the
+        // flag may even be stale (set by a commit that found a sleeper counted who then left
+        // without sleeping), and left set it would keep every commit from waking this one,
+        // which would sleep out its slice with an item there. Cleared, the next commit wakes
+        // (at worst one wake too many for an earlier sleeper). A flag set after this store
+        // was set by a notify that moves the count after `seq` was read: the wait below
+        // returns at once.
+        if let Some(waking) = waking_of(sleepers) {
+            self.w(waking).store(0, Ordering::SeqCst);
+        }
         if !ready() {
             cond.wait_since(guard, seq, deadline, SLICE);
         }
@@ -430,7 +440,7 @@ impl Ring {
 
     /// Wakes the sleepers on `cond` (all of them) or one of them, if any sleep. One at a
     /// time: while a wake-up is on its way (the `WAKING_` flag, cleared by the sleeper when it
-    /// wakes), a commit wakes no other, so a producer does not pay a `futex` wake for every
+    /// wakes, and by every sleeper as it comes, whose wake-up it cannot be), a commit wakes no other, so a producer does not pay a `futex` wake for every
     /// item while its consumer gets to a CPU; the woken one, after its own commit, wakes the
     /// next if what they wait for is still there (see `put` and `get`). The caller's commit
     /// is ordered before this load (a `SeqCst` store or fence).
@@ -887,6 +897,58 @@ mod tests {
             (0..16u64).prop_map(|d| u64::MAX - d),
             any::<u64>(),
         ]
+    }
+
+    /// Waits (at most 10 s) until a thread sleeps in the kernel on `cond`.
+    fn until_asleep(cond: &ShmCondvar) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cond.waiters.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no thread went to sleep on the condvar");
+            std::thread::yield_now();
+        }
+    }
+
+    /// The condvar puts (2) or gets (1) sleep on.
+    fn cond(ring: &Ring, which: u8) -> &ShmCondvar {
+        if which == 1 { &ring.shared.1 } else { &ring.shared.2 }
+    }
+
+    /// A notify that comes after its sleeper left (the sleeper saw the item and never slept,
+    /// or woke on its own) leaves the "wake-up on its way" flag set: the next sleeper must
+    /// still be woken by the next commit, not sleep out its slice with an item there.
+    #[test]
+    fn a_wake_up_sent_after_its_sleeper_left_does_not_silence_the_next() {
+        for (sleepers, cond_of) in [(SLEEP_GET, 1), (SLEEP_PUT, 2)] {
+            let ring = Ring::new(PAGE, if cond_of == 1 { u64::MAX } else { 1 }).unwrap();
+            // The race: a sleeper counted in, a commit's notify, the sleeper gone.
+            ring.w(sleepers).fetch_add(1, Ordering::SeqCst);
+            ring.notify(cond(&ring, cond_of), sleepers, false);
+            ring.w(sleepers).fetch_sub(1, Ordering::SeqCst);
+            if cond_of == 2 {
+                ring.put(&[1; 8], None, true).unwrap();
+            }
+            std::thread::scope(|s| {
+                let sleeper = s.spawn(|| {
+                    let mut out = Vec::new();
+                    let later = Some(Instant::now() + Duration::from_secs(30));
+                    if cond_of == 1 {
+                        ring.get(&mut out, later, true).unwrap();
+                    } else {
+                        ring.put(&[2; 8], later, true).unwrap();
+                    }
+                });
+                let cond = cond(&ring, cond_of);
+                until_asleep(cond);
+                let before = cond.sequence();
+                if cond_of == 1 {
+                    ring.put(&[1; 8], None, true).unwrap();
+                } else {
+                    ring.get(&mut Vec::new(), None, true).unwrap();
+                }
+                assert_ne!(cond.sequence(), before, "the commit did not wake the sleeper");
+                sleeper.join().unwrap();
+            });
+        }
     }
 
     proptest! {
