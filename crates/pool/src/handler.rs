@@ -289,8 +289,17 @@ impl Handler {
             (Some(remote), Some(since)) if !self.pending.is_empty() => since.checked_add(remote.worker_wait),
             _ => None,
         };
-        let deadline =
-            self.workers.iter().flat_map(|w| [w.deadline, w.silence_deadline()]).flatten().chain(alone).min();
+        let now = Instant::now();
+        for worker in &mut self.workers {
+            worker.note_claims(now);
+        }
+        let deadline = self
+            .workers
+            .iter()
+            .flat_map(|w| [w.deadline, w.silence_deadline(), w.claim_deadline()])
+            .flatten()
+            .chain(alone)
+            .min();
         let sentinels: Vec<Option<std::os::fd::BorrowedFd<'_>>> =
             self.workers.iter().map(Worker::sentinel).collect();
         let mut sources: Vec<&dyn Waitable> = vec![&self.wake];
@@ -358,6 +367,22 @@ impl Handler {
                     worker.lost = true;
                     dead.push((i, false));
                 }
+            } else if worker.claim_deadline().is_some_and(|d| d <= now) {
+                // Read what has come first (its claim may be right there).
+                let alive = worker.drain(&mut broken);
+                worker.note_claims(now);
+                if !alive || worker.claim_deadline().is_some_and(|d| d <= now) {
+                    log::warn!(
+                        "mproc-pool: remote worker {:?} (pid {}) held {} task(s) and claimed none for its \
+                         silence limit (stalled, though it still sends heartbeats): giving it up, its \
+                         tasks go to other workers",
+                        worker.name,
+                        worker.pid,
+                        worker.held.len()
+                    );
+                    worker.lost = true;
+                    dead.push((i, false));
+                }
             }
         }
         if let Some(error) = broken {
@@ -417,7 +442,8 @@ impl Handler {
             worker.fail_held(|task| Error::Timeout { task, worker: name.clone(), pid, timeout });
         } else {
             let how = if worker.is_remote() {
-                "was lost (its connection ended, or it fell silent, or stopped reading)".to_string()
+                "was lost (its connection ended, or it fell silent, stopped reading or stopped claiming)"
+                    .to_string()
             } else {
                 ended(status)
             };

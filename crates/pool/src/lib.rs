@@ -278,6 +278,27 @@ pub mod __private {
     pub fn welcome_bytes(heartbeat_ns: u64, silence_ns: u64) -> Vec<u8> {
         crate::networker::welcome_bytes(heartbeat_ns, silence_ns)
     }
+
+    /// A pool's `Batch` of one task, `f(arg)` numbered `id`, as bytes: for tests that play
+    /// the pool to a worker (the worker must have joined this process's family: a
+    /// [`welcome_bytes`] welcome).
+    pub fn apply_bytes<A, R>(f: fn(A) -> R, arg: &A, id: u64) -> Vec<u8>
+    where
+        A: serde::Serialize + serde::de::DeserializeOwned + 'static,
+        R: serde::Serialize + 'static,
+    {
+        crate::networker::apply_bytes(f, arg, id)
+    }
+
+    /// A pool's `Grant` of the positions of the worker's stream up to `through`, as bytes.
+    pub fn grant_bytes(through: u64) -> Vec<u8> {
+        crate::networker::grant_bytes(through)
+    }
+
+    /// A pool's `Heartbeat`, as bytes.
+    pub fn pool_heartbeat_bytes() -> Vec<u8> {
+        crate::networker::pool_heartbeat_bytes()
+    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,14 @@
 //! the next only once the last one's outcome is sent, and with the pool's
 //! `remote_claim_ahead` it asks ahead by about two round trips of short tasks so that they do
 //! not wait for grants, sending outcomes at least every millisecond. It heartbeats when it
-//! has sent nothing else for a heartbeat interval, and leaves if it hears nothing from the pool for the pool's silence
-//! limit: a pool that ended, crashed or can no longer be reached never leaves it behind.
+//! has sent nothing else for a heartbeat interval, and leaves (code 3) if it hears nothing
+//! from the pool for the pool's silence limit, or if the pool takes nothing it sends for that
+//! long (a pool whose handler is stuck while its writer heartbeats, or a host gone without a
+//! FIN): a pool that ended, crashed, stopped reading or can no longer be reached never leaves
+//! it behind. Looking up the pool's name and connecting share one deadline,
+//! [`CONNECT_TIMEOUT`] from the start (a resolver that does not answer holds the worker no
+//! longer than a host that does not), the handshake and the welcome at most as long again
+//! each: a worker that cannot join says why and leaves (code 2).
 
 use std::collections::VecDeque;
 use std::net::ToSocketAddrs;
@@ -20,10 +26,12 @@ use mproc_process::ipc::{self, Client, Connection};
 use crate::build_id;
 use crate::cluster::{ADDRESS_ENV, AUTHKEY_ENV, unhex};
 use crate::pool::{MAX_HEARTBEAT, MAX_SILENCE, MIN_HEARTBEAT};
+use crate::remote::send_within;
 use crate::wire::{self, FromWorker, Hello, ToWorker, WireTask};
 use crate::worker::{run, within_limit};
 
-/// How long connecting and the authkey handshake may take.
+/// How long joining may take: looking up the pool's name and connecting together; then the
+/// authkey handshake, and the welcome, each.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// A worker sends what it has finished at least this often.
 const FLUSH_AFTER: Duration = Duration::from_millis(1);
@@ -70,16 +78,15 @@ fn host_name() -> String {
 
 /// Connects to the pool at `address`, joins it and serves it; the exit code.
 fn serve(address: &str, authkey: &[u8]) -> i32 {
-    let resolved = match address.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(addr)) => addr,
-        Ok(None) => leave(EXIT_NOT_JOINED, &format!("the pool's address {address:?} names no host")),
-        Err(e) => leave(EXIT_NOT_JOINED, &format!("the pool's address {address:?}: {e}")),
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let resolved = match resolve(address, CONNECT_TIMEOUT) {
+        Ok(resolved) => resolved,
+        Err(why) => leave(EXIT_NOT_JOINED, &format!("cannot join the pool at {address}: {why}")),
     };
-    let mut conn: Connection<FromWorker, ToWorker> =
-        match Client::builder(resolved).authkey(authkey).handshake_timeout(CONNECT_TIMEOUT).connect() {
-            Ok(conn) => conn,
-            Err(e) => leave(EXIT_NOT_JOINED, &format!("cannot join the pool at {address}: {e}")),
-        };
+    let mut conn: Connection<FromWorker, ToWorker> = match connect(&resolved, authkey, deadline) {
+        Ok(conn) => conn,
+        Err(e) => leave(EXIT_NOT_JOINED, &format!("cannot join the pool at {address}: {e}")),
+    };
     if let Err(e) = conn.send(&FromWorker::Hello(hello())) {
         leave(EXIT_NOT_JOINED, &format!("cannot join the pool at {address}: {e}"));
     }
@@ -140,9 +147,14 @@ fn serve(address: &str, authkey: &[u8]) -> i32 {
             }
         }
     });
-    // The writer: what the main thread sends, and a heartbeat when it has sent nothing.
+    // The writer: what the main thread sends, and a heartbeat when it has sent nothing. A
+    // pool that takes nothing of it for the silence limit (its handler stuck while its writer
+    // heartbeats, or its host gone without a FIN) is given up as a silent one is: what this
+    // worker finishes could never reach it.
     let (outbox, outgoing) = mpsc::channel::<FromWorker>();
     let writer = Arc::clone(&conn);
+    let writer_name = name.clone();
+    let pool = address.to_string();
     let spawned = spawned.and_then(|_| {
         std::thread::Builder::new().name("mproc-pool-writer".into()).spawn(move || {
             loop {
@@ -151,9 +163,18 @@ fn serve(address: &str, authkey: &[u8]) -> i32 {
                     Err(mpsc::RecvTimeoutError::Timeout) => FromWorker::Heartbeat,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 };
-                // A failed send: the reader sees the end of the stream.
-                if writer.send(&message).is_err() {
-                    return;
+                match send_within(&writer, &message, silence) {
+                    Ok(()) => {}
+                    Err(ipc::Error::Timeout) => leave(
+                        EXIT_POOL_SILENT,
+                        &format!(
+                            "worker {writer_name:?}: the pool at {pool} took nothing we sent for {silence:?} \
+                             (it stopped reading: its handler is stuck, or its host cannot be reached): \
+                             leaving"
+                        ),
+                    ),
+                    // A failed send: the reader sees the end of the stream.
+                    Err(_) => return,
                 }
             }
         })
@@ -167,6 +188,59 @@ fn serve(address: &str, authkey: &[u8]) -> i32 {
     // Let the writer send what is left, then leave.
     drop(stream);
     0
+}
+
+/// The socket addresses of `address` (`host:port`), looked up within `timeout`: the lookup
+/// runs on a thread of its own, left behind if it is slower (a resolver that does not
+/// answer can take minutes, and the worker then leaves). Why not, said for the user.
+fn resolve(address: &str, timeout: Duration) -> Result<Vec<std::net::SocketAddr>, String> {
+    // An IP address and port needs no lookup (and no thread).
+    if let Ok(addr) = address.parse::<std::net::SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let (tx, rx) = mpsc::channel();
+    let name = address.to_string();
+    std::thread::Builder::new()
+        .name("mproc-pool-resolve".into())
+        .spawn(move || {
+            let _ = tx.send(name.to_socket_addrs().map(Iterator::collect::<Vec<_>>));
+        })
+        .map_err(|e| format!("cannot start a thread to look up its name: {e}"))?;
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
+        Ok(Ok(_)) => Err(format!("the name {host:?} has no address (check the name)")),
+        Ok(Err(e)) => {
+            Err(format!("cannot look up the name {host:?}: {e} (check the name, and this host's DNS)"))
+        }
+        Err(_) => Err(format!(
+            "the name {host:?} did not resolve within {timeout:?} (check the name, and this host's DNS: \
+             /etc/resolv.conf; or give the workers the pool's IP address, `Launcher::connect_to`)"
+        )),
+    }
+}
+
+/// A connection to the first of `addrs` that takes one, authenticated with `authkey`, by
+/// `deadline`; the last one's error if none does (the first past connecting, an
+/// authentication failure say, at once: another address of the pool would say the same).
+fn connect(
+    addrs: &[std::net::SocketAddr],
+    authkey: &[u8],
+    deadline: Instant,
+) -> Result<Connection<FromWorker, ToWorker>, ipc::Error> {
+    let mut last = ipc::Error::Timeout;
+    for &addr in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match Client::builder(addr).authkey(authkey).handshake_timeout(left).connect() {
+            Ok(conn) => return Ok(conn),
+            Err(e @ ipc::Error::Io(_)) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
 }
 
 /// The heartbeat interval and the silence limit a welcome gives, if they are within what a
@@ -226,6 +300,28 @@ pub(crate) fn welcome_bytes(heartbeat_ns: u64, silence_ns: u64) -> Vec<u8> {
         claim_ahead: false,
     };
     ipc::encode(&ToWorker::Welcome(Box::new(welcome))).expect("a welcome encodes")
+}
+
+/// A `Batch` of one task, `f(arg)` with id `id`, as a pool sends it, encoded
+/// (`__private::apply_bytes`).
+pub(crate) fn apply_bytes<A, R>(f: fn(A) -> R, arg: &A, id: u64) -> Vec<u8>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned + 'static,
+    R: serde::Serialize + 'static,
+{
+    let input = wire::input(f, arg).expect("the arguments encode");
+    let task = WireTask { id, driver: wire::driver_ref(wire::apply_driver::<A, R>), input };
+    ipc::encode(&ToWorker::Batch(vec![task])).expect("a batch encodes")
+}
+
+/// A pool's `Grant` of the positions up to `through`, encoded (`__private::grant_bytes`).
+pub(crate) fn grant_bytes(through: u64) -> Vec<u8> {
+    ipc::encode(&ToWorker::Grant(through)).expect("a grant encodes")
+}
+
+/// A pool's `Heartbeat`, encoded (`__private::pool_heartbeat_bytes`).
+pub(crate) fn pool_heartbeat_bytes() -> Vec<u8> {
+    ipc::encode(&ToWorker::Heartbeat).expect("a heartbeat encodes")
 }
 
 /// The worker's view of its stream of tasks.

@@ -216,11 +216,14 @@ impl PoolBuilder {
 
     /// How each side of a remote worker's connection checks the other is there: it sends a
     /// heartbeat after `every` with nothing else to send, and gives the other up after
-    /// `silence` without a word (default [`DEFAULT_HEARTBEAT`], [`DEFAULT_SILENCE`]); the pool
-    /// also gives up a worker that takes nothing it is sent for `silence` (it stopped reading). The
-    /// pool then fails the task the worker was running ([`Error::WorkerDied`]) and hands on
-    /// those it had not started; the worker leaves. `silence` is raised to at least three
-    /// heartbeats.
+    /// `silence` without a word (default [`DEFAULT_HEARTBEAT`], [`DEFAULT_SILENCE`]). Each
+    /// side also gives up the other when it takes nothing it is sent for `silence` (it stopped
+    /// reading, though it may still send heartbeats), and the pool gives up a worker that holds
+    /// tasks and claims none of them for `silence` (it stalled). The pool then fails the task
+    /// the worker was running ([`Error::WorkerDied`]) and hands on those it had not started;
+    /// the worker leaves (exit code 3, naming the pool's address, when it is the one that gave
+    /// up: what it would finish could never reach the pool). `silence` is raised to at least
+    /// three heartbeats.
     ///
     /// `every` must be within [`MIN_HEARTBEAT`] and [`MAX_HEARTBEAT`] (zero would be a busy
     /// loop), and `silence` at most [`MAX_SILENCE`]: [`build`](Self::build) refuses others

@@ -22,10 +22,11 @@ use crate::worker::{self, WorkerArgs};
 
 /// Sends `message` on `conn`, giving up with [`ipc::Error::Timeout`] when the peer takes none
 /// of it for `idle` (it does not read: a blocking send would wait for it for ever). A peer
-/// that reads slowly, on a slow link, is waited for as long as it takes something.
-pub(crate) fn send_within(
-    conn: &Connection<ToWorker, FromWorker>,
-    message: &ToWorker,
+/// that reads slowly, on a slow link, is waited for as long as it takes something. Both
+/// sides of a remote connection send this way: the pool to a worker, a worker to its pool.
+pub(crate) fn send_within<S: serde::Serialize, R>(
+    conn: &Connection<S, R>,
+    message: &S,
     idle: Duration,
 ) -> Result<(), ipc::Error> {
     let mut taken = conn.try_send(message)?;
@@ -67,8 +68,12 @@ pub(crate) enum Claims {
         granted: u64,
         /// When it was last heard from.
         last_heard: Instant,
-        /// How long it may stay silent.
+        /// How long it may stay silent, and hold tasks without claiming one.
         silence: Duration,
+        /// Since when (as the handler saw it) it has held tasks and run none: it claims the
+        /// next the moment it has none to run, so one that claims nothing for `silence` is
+        /// stalled (`note_claims`).
+        idle_since: Option<Instant>,
     },
 }
 
@@ -154,7 +159,12 @@ impl Worker {
         pid: u32,
         config: &RemoteConfig,
     ) -> Result<Worker, Error> {
-        let claims = Claims::Remote { granted: 0, last_heard: Instant::now(), silence: config.silence };
+        let claims = Claims::Remote {
+            granted: 0,
+            last_heard: Instant::now(),
+            silence: config.silence,
+            idle_since: None,
+        };
         let timing = Some((config.heartbeat, config.silence));
         Worker::with_writer(conn, name, pid, Body::Remote, claims, timing, format!("r{pid}"))
     }
@@ -243,6 +253,30 @@ impl Worker {
             // The builder bounds the silence; an overflow would be no deadline, not a panic.
             Claims::Remote { last_heard, silence, .. } => last_heard.checked_add(*silence),
             Claims::Local(_) => None,
+        }
+    }
+
+    /// Notes, at `now`, whether a remote worker holds tasks and runs none of them (none
+    /// granted and unanswered): since when, if it does.
+    pub(crate) fn note_claims(&mut self, now: Instant) {
+        let idle = !self.held.is_empty() && self.claimed() == 0;
+        if let Claims::Remote { idle_since, .. } = &mut self.claims {
+            match (idle, *idle_since) {
+                (false, _) => *idle_since = None,
+                (true, None) => *idle_since = Some(now),
+                (true, Some(_)) => {}
+            }
+        }
+    }
+
+    /// When a remote worker that holds tasks and claims none of them is given up as stalled
+    /// (`None` if it runs one, holds none, or is local), as of the last [`note_claims`].
+    ///
+    /// [`note_claims`]: Self::note_claims
+    pub(crate) fn claim_deadline(&self) -> Option<Instant> {
+        match &self.claims {
+            Claims::Remote { idle_since: Some(since), silence, .. } => since.checked_add(*silence),
+            _ => None,
         }
     }
 

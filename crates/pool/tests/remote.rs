@@ -587,6 +587,125 @@ fn a_worker_that_stops_reading_is_given_up_and_its_tasks_run_elsewhere() {
     });
 }
 
+/// `n` zero bytes: a large value from a small argument.
+pub fn zeros(n: usize) -> Vec<u8> {
+    vec![0; n]
+}
+
+/// Sends `heartbeat` on `conn` every 100 ms, from a thread, until the returned sender is
+/// dropped (or the connection fails): a peer that is never silent, whatever else it does.
+fn heartbeats(
+    conn: std::sync::Arc<mproc_pool::ipc::Connection<Vec<u8>>>,
+    heartbeat: Vec<u8>,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            stopped.recv_timeout(Duration::from_millis(100))
+        {
+            if conn.send_bytes(&heartbeat).is_err() {
+                break;
+            }
+        }
+    });
+    (stop, thread)
+}
+
+/// A pool (here the test, by hand) that keeps sending heartbeats but stops reading (its
+/// handler stuck, say, while its writer thread lives on) never lets the worker's outcomes
+/// through: the worker's writer, whose sends make no progress for the silence limit, gives
+/// the pool up and the worker leaves (code 3) naming the pool's address, as it does a pool
+/// that falls silent. It used to block in its send for ever, and the worker with it.
+#[test]
+fn a_worker_whose_pool_stops_reading_leaves_naming_the_pool() {
+    use mproc_pool::ipc::{Connection, Listener};
+    within(DEADLINE, || {
+        let key = [3u8; 32];
+        let listener = Listener::bind((std::net::Ipv4Addr::LOCALHOST, 0), Some(&key)).unwrap();
+        let address = listener.address().to_string();
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .env(mproc_pool::ADDRESS_ENV, &address)
+            .env(mproc_pool::AUTHKEY_ENV, "03".repeat(32))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = Workers(vec![worker(command)]);
+        let conn: Connection<Vec<u8>> = listener.accept_timeout(DEADLINE).unwrap();
+        conn.recv_bytes_timeout(DEADLINE).expect("the worker's hello");
+        let (heartbeat, silence) = (Duration::from_millis(100), Duration::from_secs(1));
+        let welcome =
+            mproc_pool::__private::welcome_bytes(heartbeat.as_nanos() as u64, silence.as_nanos() as u64);
+        conn.send_bytes(&welcome).unwrap();
+        // Tasks whose values (64 MB in all, each within the welcome's 1 MiB limit) fill the
+        // connection many times over, all granted.
+        const TASKS: u64 = 64;
+        for id in 1..=TASKS {
+            conn.send_bytes(&mproc_pool::__private::apply_bytes(zeros, &1_000_000, id)).unwrap();
+        }
+        conn.send_bytes(&mproc_pool::__private::grant_bytes(TASKS)).unwrap();
+        // From here the pool reads nothing, and is never silent.
+        let conn = std::sync::Arc::new(conn);
+        let (stop, beating) = heartbeats(conn, mproc_pool::__private::pool_heartbeat_bytes());
+        let err = stderr_after_exit(&mut child[0], 3);
+        assert!(err.contains(&address), "names the pool: {err}");
+        assert!(err.contains("took nothing"), "says why: {err}");
+        drop(stop);
+        beating.join().unwrap();
+    });
+}
+
+/// A worker that joins, keeps sending heartbeats and reading what it is sent, but never
+/// claims a task (its main thread stalled before its first claim) holds the tasks sent to it
+/// no longer than a silent one: once it has claimed nothing for the silence limit while it
+/// holds tasks and runs none, the pool gives it up (shuts its connection) and hands the
+/// tasks, none of which it may run (none was granted), to another worker. They used to stay
+/// with it for ever, unless a `task_timeout` was set.
+#[test]
+fn a_worker_that_never_claims_is_given_up_and_its_tasks_run_elsewhere() {
+    use mproc_pool::ipc::{Client, Connection};
+    within(DEADLINE, || {
+        let key = [6u8; 32];
+        let pool = Pool::builder()
+            .processes(0)
+            .listen((std::net::Ipv4Addr::LOCALHOST, 0))
+            .authkey(&key)
+            .heartbeat(Duration::from_millis(100), Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let launcher = pool.launcher().unwrap();
+        let address: std::net::SocketAddr = launcher.address().parse().unwrap();
+        let conn: Connection<Vec<u8>> = Client::connect(address, Some(&key)).unwrap();
+        conn.send_bytes(&mproc_pool::__private::hello_bytes()).unwrap();
+        conn.recv_bytes_timeout(DEADLINE).expect("the welcome");
+        pool.wait_for_workers(1, DEADLINE).unwrap();
+        // The stalled worker: heartbeats every 100 ms and reads all it is sent (so it is
+        // neither silent nor deaf), claims nothing.
+        let conn = std::sync::Arc::new(conn);
+        let (stop, beating) = heartbeats(conn.clone(), mproc_pool::__private::heartbeat_bytes());
+        let results: Vec<_> = (0..4u64).map(|x| pool.apply_async(square, x)).collect();
+        // The only worker so far: the tasks go to it.
+        let sent = conn.recv_bytes_timeout(DEADLINE).expect("a batch for the stalled worker");
+        assert!(!sent.is_empty());
+        let exe = std::env::current_exe().unwrap();
+        let mut workers = Workers(vec![worker(launcher.command(&exe))]);
+        for (x, r) in results.into_iter().enumerate() {
+            assert_eq!(get(r).unwrap(), (x * x) as u64, "every task ran, on the worker that claims");
+        }
+        // The pool gave the stalled worker up: its connection ends.
+        loop {
+            match conn.recv_bytes_timeout(DEADLINE) {
+                Ok(_) => {}
+                Err(mproc_pool::ipc::Error::Closed) => break,
+                Err(e) => panic!("the stalled worker's connection: {e}"),
+            }
+        }
+        drop(stop);
+        beating.join().unwrap();
+        drop(pool);
+        assert_eq!(exit_code(&mut workers[0]), Some(0));
+    });
+}
+
 /// Set in the copy of this test binary that runs the body of
 /// `running_out_of_fds_while_accepting_is_said_once_and_survived`.
 const OUT_OF_FDS_ENV: &str = "MPROC_TEST_POOL_OUT_OF_FDS";
@@ -777,6 +896,8 @@ struct Cleanup(Vec<String>);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for ns in &self.0 {
+            // A test's resolver settings for the namespace, if it made any.
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
             if let Err(e) = ip(&["netns", "del", ns]) {
                 eprintln!("cleanup: {e}");
             }
@@ -897,6 +1018,36 @@ fn netns_a_link_cut_mid_task_fails_only_its_task_and_the_worker_leaves() {
         assert_eq!(exit_code(&mut workers[struck]), Some(3), "the cut-off worker leaves: pool silent");
         drop(pool);
         assert_eq!(exit_code(&mut workers[1 - struck]), Some(0));
+    });
+}
+
+/// A worker whose pool address is a name its host's resolver is slow to answer for (here a
+/// DNS server that never answers, waited for 30 s a try, five tries) gives up at its join
+/// deadline, naming the name and what to check, instead of waiting on the resolver for
+/// minutes (the lookup had no deadline).
+#[test]
+fn netns_a_pool_name_that_resolves_slowly_is_given_up_naming_it() {
+    let Some((hosts, _cleanup)) = Hosts::new(1) else { return };
+    within(DEADLINE, move || {
+        // The DNS server: a socket in the pool's namespace that reads nothing.
+        let _dns = hosts.in_pool_ns(|| std::net::UdpSocket::bind("10.77.1.1:53").unwrap());
+        // Host 1's resolver asks it (`ip netns exec` mounts this file on /etc/resolv.conf).
+        let dir = format!("/etc/netns/{}", hosts.hosts[0]);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(format!("{dir}/resolv.conf"), "nameserver 10.77.1.1\noptions timeout:30 attempts:5\n")
+            .unwrap();
+        let name = "pool.mproc.test";
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &hosts.hosts[0]])
+            .arg(std::env::current_exe().unwrap())
+            .env(mproc_pool::ADDRESS_ENV, format!("{name}:{PORT}"))
+            .env(mproc_pool::AUTHKEY_ENV, "00".repeat(32))
+            .stderr(Stdio::piped());
+        let mut workers = Workers(vec![worker(command)]);
+        let err = stderr_after_exit(&mut workers[0], 2);
+        assert!(err.contains(name), "names the name: {err}");
+        assert!(err.contains("did not resolve"), "says why: {err}");
     });
 }
 
