@@ -205,7 +205,7 @@ impl Handler {
                 continue;
             }
             batch.push(WireTask { id: task.id, driver: task.driver, input: task.input.clone() });
-            worker.held.push_back(task);
+            worker.hold(task);
         }
         if batch.is_empty() {
             return;

@@ -3,7 +3,8 @@
 //! the pool ends, then exits. [`crate::init`] makes it one.
 //!
 //! It shares no memory with the pool, so it claims tasks by message: it runs a task only once
-//! the pool has granted its position in the stream (`Claim` / `Grant`): by default it claims
+//! the pool has granted its position in the stream (`Claim` / `Grant`; the pool may take back
+//! any it has not granted, with `Revoke`, and the worker drops them): by default it claims
 //! the next only once the last one's outcome is sent, and with the pool's
 //! `remote_claim_ahead` it asks ahead by about two round trips of short tasks so that they do
 //! not wait for grants, sending outcomes at least every millisecond. It heartbeats when it
@@ -327,10 +328,11 @@ pub(crate) fn pool_heartbeat_bytes() -> Vec<u8> {
 /// The worker's view of its stream of tasks.
 struct Stream {
     outbox: mpsc::Sender<FromWorker>,
-    queue: VecDeque<WireTask>,
-    /// Positions: tasks received, run, granted, asked for.
+    /// The tasks received and not started, each with its position (in order; those the pool
+    /// revoked leave holes).
+    queue: VecDeque<(u64, WireTask)>,
+    /// Positions: of the last task received, the last granted, the last asked for.
     received: u64,
-    started: u64,
     granted: u64,
     asked: u64,
     asked_at: Instant,
@@ -358,7 +360,6 @@ impl Stream {
             outbox,
             queue: VecDeque::new(),
             received: 0,
-            started: 0,
             granted: 0,
             asked: 0,
             asked_at: now,
@@ -384,10 +385,10 @@ impl Stream {
                     Err(mpsc::TryRecvError::Disconnected) => return,
                 }
             }
-            if self.started < self.granted
-                && let Some(task) = self.queue.pop_front()
+            if let Some(&(position, _)) = self.queue.front()
+                && position <= self.granted
+                && let Some((_, task)) = self.queue.pop_front()
             {
-                self.started += 1;
                 // Ask for the next ones while this one runs.
                 self.ask_running();
                 let start = Instant::now();
@@ -397,7 +398,7 @@ impl Stream {
                 self.busy_ns += ns as u64;
                 self.task_ns = if self.task_ns == 0.0 { ns } else { 0.8 * self.task_ns + 0.2 * ns };
                 self.push(id, outcome);
-                if self.since.elapsed() >= FLUSH_AFTER || self.started >= self.granted {
+                if self.since.elapsed() >= FLUSH_AFTER || !self.may_run_next() {
                     self.flush();
                 }
                 continue;
@@ -418,8 +419,17 @@ impl Stream {
     fn take(&mut self, message: ToWorker) {
         match message {
             ToWorker::Batch(tasks) => {
-                self.received += tasks.len() as u64;
-                self.queue.extend(tasks);
+                for task in tasks {
+                    self.received += 1;
+                    self.queue.push_back((self.received, task));
+                }
+            }
+            // The pool took back the tasks past `at` it had sent so far (it granted none of
+            // them: it never revokes a granted one, and a pool that did would find the
+            // worker running it anyway, never a task dropped after it started).
+            ToWorker::Revoke(at) => {
+                let keep = at.max(self.granted);
+                self.queue.retain(|&(position, _)| position <= keep);
             }
             ToWorker::Grant(through) => {
                 if through >= self.asked {
@@ -429,10 +439,14 @@ impl Stream {
                 self.granted = self.granted.max(through);
             }
             ToWorker::Exit => self.exiting = true,
-            // The pool never takes tasks back from a remote worker (it has no progress word
-            // to fence): nothing to resume.
+            // `Resume` is for a local worker's fence (a remote one is sent `Revoke`).
             ToWorker::Resume | ToWorker::Heartbeat | ToWorker::Welcome(_) | ToWorker::Refused(_) => {}
         }
+    }
+
+    /// Whether the next task received may run now (it was granted).
+    fn may_run_next(&self) -> bool {
+        self.queue.front().is_some_and(|&(position, _)| position <= self.granted)
     }
 
     /// How many tasks to claim beyond the next one needed: none unless claiming ahead is on;
@@ -446,21 +460,24 @@ impl Stream {
         }
     }
 
-    /// While task `started` runs: asks for the tasks after it that about two round trips of
-    /// work cover, if any.
+    /// While a task runs: asks for the tasks after it that about two round trips of work
+    /// cover, if any.
     fn ask_running(&mut self) {
-        self.ask(self.started + self.ahead());
+        self.ask(self.ahead());
     }
 
     /// With nothing granted to run: asks for the next task, and those after it that about
     /// two round trips of work cover.
     fn ask_idle(&mut self) {
-        self.ask(self.started + 1 + self.ahead());
+        self.ask(1 + self.ahead());
     }
 
-    /// Claims the positions up to `through` (those received), unless asked already.
-    fn ask(&mut self, through: u64) {
-        let want = self.received.min(through);
+    /// Claims the next `n` tasks of the queue (those received), unless asked already.
+    fn ask(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let Some(&(want, _)) = self.queue.get(n as usize - 1).or(self.queue.back()) else { return };
         if want > self.asked && want > self.granted {
             self.asked = want;
             self.asked_at = Instant::now();
@@ -525,7 +542,8 @@ mod tests {
         assert_eq!(claims(&out), [1], "only the first");
         stream.take(ToWorker::Grant(1));
         // Runs task 1 (long: 10 round trips).
-        stream.started = 1;
+        assert!(stream.may_run_next());
+        stream.queue.pop_front();
         stream.rtt_ns = 1_000.0;
         stream.task_ns = 10_000.0;
         stream.ask_running();
@@ -541,7 +559,7 @@ mod tests {
         let mut stream = Stream::new(outbox, 1 << 20);
         stream.claim_ahead = true;
         stream.take(tasks(1..100));
-        stream.started = 1;
+        stream.queue.pop_front();
         stream.granted = 1;
         stream.asked = 1;
         stream.rtt_ns = 10_000.0;
@@ -550,13 +568,38 @@ mod tests {
         assert_eq!(claims(&out), [21], "task 1 runs, 20 tasks (two round trips) ahead");
     }
 
+    /// A `Revoke` drops the tasks past its position received before it, and no later grant
+    /// lets them run (a claim the pool read after its `Revoke` covers only these holes);
+    /// the tasks sent after it take the positions after the last one sent.
+    #[test]
+    fn revoked_tasks_are_dropped_and_positions_go_on() {
+        let (outbox, out) = mpsc::channel();
+        let mut stream = Stream::new(outbox, 1 << 20);
+        stream.take(tasks(1..6)); // positions 1..=5
+        stream.take(ToWorker::Grant(2));
+        stream.queue.pop_front(); // runs task 1
+        stream.take(ToWorker::Revoke(2));
+        assert_eq!(stream.queue.iter().map(|(p, t)| (*p, t.id)).collect::<Vec<_>>(), [(2, 2)]);
+        stream.queue.pop_front(); // runs task 2
+        stream.take(tasks(10..12)); // positions 6 and 7
+        assert!(!stream.may_run_next(), "not granted yet");
+        // A grant that answers a claim made before the revoke: it covers the holes only.
+        stream.take(ToWorker::Grant(4));
+        assert!(!stream.may_run_next(), "position 6 is past the grant");
+        stream.ask_idle();
+        assert_eq!(claims(&out), [6], "the next task's position");
+        stream.take(ToWorker::Grant(6));
+        assert!(stream.may_run_next());
+        assert_eq!(stream.queue.front().map(|(_, t)| t.id), Some(10));
+    }
+
     /// Unless claiming ahead is on, even short tasks are claimed one at a time.
     #[test]
     fn without_claiming_ahead_short_tasks_are_claimed_one_at_a_time() {
         let (outbox, out) = mpsc::channel();
         let mut stream = Stream::new(outbox, 1 << 20);
         stream.take(tasks(1..100));
-        stream.started = 1;
+        stream.queue.pop_front();
         stream.granted = 1;
         stream.asked = 1;
         stream.rtt_ns = 10_000.0;

@@ -670,6 +670,7 @@ impl Pool {
             driver: wire::driver_ref(driver),
             input,
             slot: Arc::clone(&slot),
+            position: 0,
         });
         let wake = std::mem::take(&mut queue.asleep);
         drop(queue);

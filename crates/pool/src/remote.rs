@@ -2,6 +2,15 @@
 //! `networker.rs` for a remote one): its connection, the writer thread that sends to it, the
 //! tasks it holds, how it claims them (its progress word, or grants by message), and how it
 //! is started, read from, reaped and killed.
+//!
+//! Taking unstarted tasks back, exactly once: from a local worker by fencing its progress
+//! word (`claim.rs`), then `Resume`. From a remote worker without asking: it runs only the
+//! stream positions granted to it, so the held tasks past `granted` are the pool's to take;
+//! `Revoke(granted)`, sent after every grant so far, makes it drop them. Positions are never
+//! reused, so a claim it sent before it read the `Revoke` grants only the holes, never a task
+//! sent since. A remote worker that holds tasks and claims none of them for its silence limit
+//! (stalled, though its writer thread may still heartbeat) is given up, and all it holds goes
+//! to other workers (`note_claims`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, mpsc};
@@ -63,9 +72,13 @@ pub(crate) enum Claims {
     /// Through their shared progress word (`claim.rs`).
     Local(Progress),
     /// By message (`networker.rs`): it runs only the positions of its stream the pool granted.
+    /// Positions count every task ever sent to it (the first is 1) and are never reused:
+    /// tasks taken back (`Revoke`) leave holes, which a grant may cover harmlessly.
     Remote {
-        /// The positions granted (the first task ever sent is position 1).
+        /// The positions granted: every position up to this one.
         granted: u64,
+        /// The position of the last task sent.
+        last_position: u64,
         /// When it was last heard from.
         last_heard: Instant,
         /// How long it may stay silent, and hold tasks without claiming one.
@@ -161,6 +174,7 @@ impl Worker {
     ) -> Result<Worker, Error> {
         let claims = Claims::Remote {
             granted: 0,
+            last_position: 0,
             last_heard: Instant::now(),
             silence: config.silence,
             idle_since: None,
@@ -318,10 +332,13 @@ impl Worker {
             }
             FromWorker::Resumed => self.fenced = false,
             FromWorker::Claim(through) => {
-                if let Claims::Remote { granted, .. } = &mut self.claims {
-                    // It cannot claim what was not sent to it; the pool never takes back
-                    // from a remote worker, so the rest is granted as asked.
-                    *granted = (*granted).max(through.min(self.sent));
+                if let Claims::Remote { granted, last_position, .. } = &mut self.claims {
+                    // It cannot claim what was not sent to it; the rest is granted as asked.
+                    // A claim sent before the worker read a `Revoke` may name positions
+                    // taken back since: it covers only those holes (every task sent after
+                    // the `Revoke` has a later position than any the worker had), and the
+                    // worker, which dropped them, runs none of them.
+                    *granted = (*granted).max(through.min(*last_position));
                     if self.outbox.send(ToWorker::Grant(*granted)).is_err() {
                         self.lost = true;
                     }
@@ -356,7 +373,7 @@ impl Worker {
     fn expects(&self, id: u64) -> Result<(), String> {
         let Claims::Remote { granted, .. } = &self.claims else { return Ok(()) };
         match self.held.front() {
-            _ if self.answered >= *granted => {
+            Some(first) if first.position > *granted => {
                 Err(format!("it answered task #{id} when it had been granted no task left to run"))
             }
             Some(first) if first.id == id => Ok(()),
@@ -516,11 +533,8 @@ impl Worker {
             Claims::Local(progress) => {
                 claim::claimed_prefix(self.held.iter().map(|h| h.id), claim::last_claim(progress.word()))
             }
-            // The held tasks are the positions after those answered, in order (nothing is
-            // taken back from a remote worker): those granted are its.
-            Claims::Remote { granted, .. } => {
-                (granted.saturating_sub(self.answered) as usize).min(self.held.len())
-            }
+            // The held tasks are in the order of their positions: those granted are its.
+            Claims::Remote { granted, .. } => self.held.iter().take_while(|h| h.position <= *granted).count(),
         }
     }
 
@@ -537,22 +551,34 @@ impl Worker {
             sent: if self.is_remote() { 0 } else { self.sent },
             task_ns: self.task_ns,
             held: self.held.len(),
-            // Nothing is taken back from a remote worker (no progress word to fence): all it
-            // holds counts as its.
-            claimed: if self.fenced || self.is_remote() { self.held.len() } else { self.claimed() },
+            claimed: if self.fenced { self.held.len() } else { self.claimed() },
         }
     }
 
-    /// Takes back every task it has not claimed (by the fence of `claim.rs`, then `Resume`),
-    /// in the order they were sent: none if it is fenced already.
-    pub(crate) fn take_back(&mut self) -> Vec<Queued> {
-        let Claims::Local(progress) = &self.claims else { return Vec::new() };
-        if self.fenced {
-            return Vec::new();
+    /// Sends it `task` (to go in the batch being made): it holds it now, at the next
+    /// position of its stream if it is remote.
+    pub(crate) fn hold(&mut self, mut task: Queued) {
+        if let Claims::Remote { last_position, .. } = &mut self.claims {
+            *last_position += 1;
+            task.position = *last_position;
         }
-        let Some(last) = claim::fence(progress.word()) else { return Vec::new() };
-        self.fenced = true;
-        let keep = claim::claimed_prefix(self.held.iter().map(|h| h.id), last);
+        self.held.push_back(task);
+    }
+
+    /// Takes back every task it has not claimed, in the order they were sent: from a local
+    /// worker by the fence of `claim.rs` (then `Resume`; none if it is fenced already), from
+    /// a remote one those it was not granted (then `Revoke`: it runs only what it was
+    /// granted, so the pool knows without asking).
+    pub(crate) fn take_back(&mut self) -> Vec<Queued> {
+        let keep = match &self.claims {
+            _ if self.fenced => return Vec::new(),
+            Claims::Local(progress) => {
+                let Some(last) = claim::fence(progress.word()) else { return Vec::new() };
+                self.fenced = true;
+                claim::claimed_prefix(self.held.iter().map(|h| h.id), last)
+            }
+            Claims::Remote { .. } => self.claimed(),
+        };
         let taken: Vec<Queued> = self.held.drain(keep..).collect();
         // The batches in flight now end at `keep`.
         let mut left = keep;
@@ -566,7 +592,13 @@ impl Worker {
         if self.held.is_empty() {
             self.deadline = None;
         }
-        if self.outbox.send(ToWorker::Resume).is_err() {
+        let told = match &self.claims {
+            Claims::Local(_) => ToWorker::Resume,
+            // Sent after every grant so far (the writer keeps the order): the worker drops
+            // exactly the positions past `granted`, which the pool took.
+            Claims::Remote { granted, .. } => ToWorker::Revoke(*granted),
+        };
+        if self.outbox.send(told).is_err() {
             self.lost = true;
         }
         taken
@@ -613,11 +645,12 @@ mod tests {
                 log.lock().unwrap().push((id, done));
             });
             let slot = Slot::new(id, "fn()", None, Some(hook));
-            worker.held.push_back(Queued {
+            worker.hold(Queued {
                 id,
                 driver: wire::driver_ref(nothing),
                 input: Carried::default(),
                 slot,
+                position: 0,
             });
         }
         worker.sent_batch(n as usize);
@@ -663,6 +696,35 @@ mod tests {
         assert!(peer_says(&mut worker, &peer, vec![results(&[1]), FromWorker::Claim(2)]));
         assert!(peer_says(&mut worker, &peer, vec![results(&[2])]));
         assert_eq!(*log.lock().unwrap(), [(1, Ok(1)), (2, Ok(2))]);
+    }
+
+    /// Taking back from a remote worker takes exactly what it was not granted, and says so
+    /// with `Revoke` after the grants; a claim it made before it read the `Revoke` grants
+    /// only the holes, never a task sent later; the next task takes the next position.
+    #[test]
+    fn a_take_back_revokes_what_was_not_granted() {
+        let (mut worker, peer, log) = remote_worker(4);
+        assert!(peer_says(&mut worker, &peer, vec![FromWorker::Claim(1)]));
+        let taken: Vec<u64> = worker.take_back().iter().map(|t| t.id).collect();
+        assert_eq!(taken, [2, 3, 4], "all but the granted one");
+        assert!(matches!(peer.recv_timeout(Duration::from_secs(60)), Ok(ToWorker::Grant(1))));
+        assert!(matches!(peer.recv_timeout(Duration::from_secs(60)), Ok(ToWorker::Revoke(1))));
+        assert!(worker.take_back().is_empty(), "nothing left to take");
+        // A task sent after the take-back: position 5.
+        let slot = crate::result::Slot::new(9, "fn()", None, None);
+        worker.hold(Queued {
+            id: 9,
+            driver: wire::driver_ref(|_| Ok(Bytes::default())),
+            input: Carried::default(),
+            slot,
+            position: 0,
+        });
+        assert_eq!(worker.held.back().map(|t| t.position), Some(5));
+        // The stale claim (positions 2 and 3, taken back): granted, but task 9 is not.
+        assert!(peer_says(&mut worker, &peer, vec![FromWorker::Claim(3), results(&[1])]));
+        assert_eq!(worker.claimed(), 0, "task 9 is not granted");
+        assert!(!peer_says(&mut worker, &peer, vec![results(&[9])]), "an answer to it breaks the protocol");
+        assert_eq!(*log.lock().unwrap(), [(1, Ok(1))]);
     }
 
     #[test]

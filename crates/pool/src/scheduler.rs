@@ -15,7 +15,8 @@
 //!   workers busy. The rule that does: **no worker sits idle while tasks it could run wait
 //!   unstarted in another worker's batch.** When nothing is pending and a worker that could
 //!   take tasks holds none, the pool takes back the unstarted tasks of the worker with the
-//!   most of them (`claim.rs` makes that exactly-once) and hands them out again, so the idle
+//!   most of them (`claim.rs` makes that exactly-once for a local worker, the grants and
+//!   `Revoke` of `remote.rs` for a remote one) and hands them out again, so the idle
 //!   worker gets its share. A worker not running any task yet keeps the next one it would
 //!   start: taking it would only move it (and with one task at a time, nothing is ever
 //!   taken back).

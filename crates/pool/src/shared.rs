@@ -39,6 +39,8 @@ pub(crate) struct Queued {
     pub(crate) driver: FnRef<Driver>,
     pub(crate) input: Carried,
     pub(crate) slot: Arc<Slot>,
+    /// Its position in a remote worker's stream, once sent to one (`Claims::Remote`).
+    pub(crate) position: u64,
 }
 
 /// What callers and the handler share.

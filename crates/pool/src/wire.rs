@@ -247,6 +247,10 @@ pub(crate) enum ToWorker {
     Welcome(Box<Welcome>),
     /// To a remote worker, after its [`FromWorker::Hello`]: you are not taken, and why.
     Refused(String),
+    /// To a remote worker: the tasks of your stream past this position that came before
+    /// this message are taken back (none of them was granted): drop them. Positions are not
+    /// reused: the next task sent has the position after the last one sent.
+    Revoke(u64),
 }
 
 /// What a remote worker learns from the pool when it is taken (`ToWorker::Welcome`).
@@ -285,8 +289,8 @@ pub(crate) struct Hello {
     pub(crate) rank: Option<u32>,
 }
 
-/// The version of the pool's remote protocol (`Hello`).
-pub(crate) const PROTOCOL: u32 = 1;
+/// The version of the pool's remote protocol (`Hello`); 2: `Revoke`.
+pub(crate) const PROTOCOL: u32 = 2;
 
 /// From a worker to the pool.
 #[derive(Debug, Serialize, Deserialize)]

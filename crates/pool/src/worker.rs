@@ -136,7 +136,13 @@ pub(crate) fn serve(
             // Told to leave, or the pool is gone: nothing more will come.
             Ok(ToWorker::Exit) | Err(_) => return,
             // Only for remote workers (`networker.rs`).
-            Ok(ToWorker::Grant(_) | ToWorker::Heartbeat | ToWorker::Welcome(_) | ToWorker::Refused(_)) => {
+            Ok(
+                ToWorker::Grant(_)
+                | ToWorker::Revoke(_)
+                | ToWorker::Heartbeat
+                | ToWorker::Welcome(_)
+                | ToWorker::Refused(_),
+            ) => {
                 continue;
             }
         };

@@ -174,6 +174,32 @@ fn a_killed_warm_remote_worker_fails_only_its_task() {
     });
 }
 
+/// A remote worker deep in a long task does not keep the tasks sent to it behind that task
+/// while another worker has nothing to do: the pool takes back those it never granted (a
+/// `Revoke`, which the worker obeys before any later grant) and hands them to the idle one,
+/// as it does a local worker's unclaimed tasks. They used to wait for the long task.
+#[test]
+fn tasks_behind_a_long_one_on_a_remote_worker_go_to_an_idle_worker() {
+    within(DEADLINE, || {
+        let (pool, mut workers) = loopback(0, 2, |b| b);
+        let out = {
+            let (a, b) = workers.split_at_mut(1);
+            lines(&mut [&mut a[0], &mut b[0]])
+        };
+        let blocked = pool.apply_async(announce_then_block, ());
+        let (struck, line) = out.recv_timeout(DEADLINE).expect("the blocking task starts");
+        assert_eq!(line, format!("started {}", workers[struck].id()));
+        // Half of these go to the blocked worker, behind its task.
+        let behind: Vec<_> = (0..40u64).map(|x| pool.apply_async(square, x)).collect();
+        for (x, r) in behind.into_iter().enumerate() {
+            assert_eq!(get(r).unwrap(), (x * x) as u64, "a task sent behind the long one");
+        }
+        workers[struck].kill().unwrap();
+        assert!(matches!(get(blocked), Err(Error::WorkerDied { .. })));
+        assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100, "the other worker goes on");
+    });
+}
+
 #[test]
 fn max_tasks_per_child_does_not_starve_remote_workers() {
     within(DEADLINE, || {
