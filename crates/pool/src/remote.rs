@@ -577,6 +577,8 @@ impl Worker {
                 self.fenced = true;
                 claim::claimed_prefix(self.held.iter().map(|h| h.id), last)
             }
+            // Nothing ungranted: nothing to take, nothing to tell it.
+            Claims::Remote { .. } if self.claimed() == self.held.len() => return Vec::new(),
             Claims::Remote { .. } => self.claimed(),
         };
         let taken: Vec<Queued> = self.held.drain(keep..).collect();
@@ -710,6 +712,10 @@ mod tests {
         assert!(matches!(peer.recv_timeout(Duration::from_secs(60)), Ok(ToWorker::Grant(1))));
         assert!(matches!(peer.recv_timeout(Duration::from_secs(60)), Ok(ToWorker::Revoke(1))));
         assert!(worker.take_back().is_empty(), "nothing left to take");
+        assert!(
+            matches!(peer.recv_timeout(Duration::ZERO), Err(mproc_process::ipc::Error::Timeout)),
+            "nor a Revoke"
+        );
         // A task sent after the take-back: position 5.
         let slot = crate::result::Slot::new(9, "fn()", None, None);
         worker.hold(Queued {
