@@ -30,11 +30,7 @@ fn cpu_ns() -> u64 {
 fn switches() -> (i64, i64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     };
     (field("voluntary_ctxt_switches:"), field("nonvoluntary_ctxt_switches:"))
 }
@@ -45,32 +41,46 @@ struct Side {
     voluntary: i64,
     involuntary: i64,
     hand_overs: u64,
+    /// The most adds the other process made while this one waited for the lock once.
+    longest_wait: u64,
 }
 
 fn add(value: &Value<u64>, n: u64) -> Side {
     let (cpu, (vol, invol)) = (cpu_ns(), switches());
-    let mut left = u64::MAX;
-    let mut hand_overs = 0;
+    // The value this process left (none yet: 0, what a look finds if nobody added yet).
+    let mut left = 0;
+    let (mut hand_overs, mut longest_wait) = (0, 0);
     for _ in 0..n {
         let mut v = value.get_lock().unwrap();
-        hand_overs += u64::from(*v != left);
+        if *v != left {
+            hand_overs += 1;
+            longest_wait = longest_wait.max(*v - left);
+        }
         *v += 1;
         left = *v;
     }
     let (vol2, invol2) = switches();
-    Side { cpu_ns: cpu_ns() - cpu, voluntary: vol2 - vol, involuntary: invol2 - invol, hand_overs }
+    Side {
+        cpu_ns: cpu_ns() - cpu,
+        voluntary: vol2 - vol,
+        involuntary: invol2 - invol,
+        hand_overs,
+        longest_wait,
+    }
 }
 
 fn print(who: &str, s: &Side, n: u64) {
     println!(
         "  {who}: CPU {:.1} ns/add, {} voluntary + {} involuntary context switches \
-         ({:.4}/add), {} hand-overs (a run of {:.1} adds on average)",
+         ({:.4}/add), {} hand-overs (a run of {:.1} adds on average; \
+         the longest wait: {} adds of the other)",
         s.cpu_ns as f64 / n as f64,
         s.voluntary,
         s.involuntary,
         (s.voluntary + s.involuntary) as f64 / n as f64,
         s.hand_overs,
         n as f64 / s.hand_overs.max(1) as f64,
+        s.longest_wait,
     );
 }
 
@@ -84,7 +94,7 @@ fn main() {
         child_ready.wait().unwrap();
         let side = add(&child_value, n);
         child_done.wait().unwrap();
-        (side.cpu_ns, side.voluntary, side.involuntary, side.hand_overs)
+        (side.cpu_ns, side.voluntary, side.involuntary, side.hand_overs, side.longest_wait)
     })
     .unwrap();
     ready.wait().unwrap();
@@ -92,8 +102,8 @@ fn main() {
     let parent = add(&value, n);
     done.wait().unwrap();
     let elapsed = start.elapsed();
-    let (cpu_ns, voluntary, involuntary, hand_overs) = child.join().unwrap();
-    let child = Side { cpu_ns, voluntary, involuntary, hand_overs };
+    let (cpu_ns, voluntary, involuntary, hand_overs, longest_wait) = child.join().unwrap();
+    let child = Side { cpu_ns, voluntary, involuntary, hand_overs, longest_wait };
     assert_eq!(value.get(), 2 * n, "adds were lost");
     println!(
         "value_add_2proc: {:.2} M adds/s ({:.1} ns per add, {n} adds in each of 2 processes)",
