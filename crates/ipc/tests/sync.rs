@@ -241,6 +241,31 @@ fn value_add_under_its_lock_from_two_processes() {
 }
 
 #[test]
+fn neither_of_two_processes_hammering_a_lock_starves() {
+    // Each process adds to its own slot under the lock, as fast as it can, until both slots
+    // reach `TURNS`: the lock is never free for long, so a waiter gets it only if the holder
+    // leaves it a chance. One that never does fails this at the deadline, not with a hang.
+    const TURNS: u64 = 100_000;
+    let counts = Array::<u64>::zeroed(2).unwrap();
+    let hammer = |me: usize| -> Result<(), String> {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let mut g = counts.get_lock_timeout(DEADLINE).map_err(msg)?;
+            g[me] += 1;
+            if g[0] >= TURNS && g[1] >= TURNS {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("process {me} starved: {} and {} turns", g[0], g[1]));
+            }
+        }
+    };
+    let child = in_child(&[], || hammer(1));
+    hammer(0).unwrap();
+    assert_success(child);
+}
+
+#[test]
 fn a_value_holder_killed_is_reported_by_get_lock() {
     let v = Value::new(7u8).unwrap();
     let (rx, tx) = pipe::<()>().unwrap();
