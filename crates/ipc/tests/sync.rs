@@ -265,6 +265,29 @@ fn neither_of_two_processes_hammering_a_lock_starves() {
     assert_success(child);
 }
 
+/// A waiter that finds the lock held past its spin sleeps on the futex, and the holder's
+/// release wakes it: it gets the lock at once, not at its deadline.
+#[test]
+fn a_waiter_asleep_on_a_held_lock_is_woken_by_its_release() {
+    let lock = Lock::new().unwrap();
+    let (rx, tx) = pipe::<()>().unwrap();
+    let held = lock.acquire().unwrap();
+    let child = in_child(&[&tx], || {
+        let _g = lock.acquire_timeout(DEADLINE).map_err(msg)?;
+        tx.send(&()).map_err(msg)
+    });
+    // Asleep in the kernel, as the kernel says (its wait channel), not as a timer guesses.
+    let wchan = format!("/proc/{}/wchan", child.pid());
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("futex")) {
+        assert!(std::time::Instant::now() < deadline, "the waiter never slept on the lock");
+        std::thread::yield_now();
+    }
+    drop(held);
+    rx.recv_timeout(DEADLINE).expect("the sleeping waiter was not woken by the release");
+    assert_success(child);
+}
+
 #[test]
 fn a_value_holder_killed_is_reported_by_get_lock() {
     let v = Value::new(7u8).unwrap();
