@@ -1,8 +1,11 @@
 //! `Async<T>`: an ipc end or a child process, awaited instead of blocked on.
 
 use std::fmt;
+use std::future::{Future, poll_fn};
 use std::io;
+use std::pin::pin;
 use std::rc::Rc;
+use std::task::Poll;
 
 use mproc_pool::ipc::{self, Connection, Receiver, Sender, Waitable};
 use mproc_pool::process::{self, Process};
@@ -185,11 +188,45 @@ impl<S: Serialize> Async<Sender<S>> {
 
 impl<R: DeserializeOwned> Async<Process<R>> {
     /// Waits for the child to end (through its pidfd, or for a fork server's child the
-    /// server's report of its end), then joins it, which then does not wait.
+    /// server's report of its end), then joins it, which then does not wait. A child that
+    /// sends its value (Spawn, ForkServer) has it read as it comes meanwhile: one larger than
+    /// its connection's buffer is written only as it is read, and the child cannot end before.
     pub async fn join(self) -> process::Result<R> {
+        let value = self.receive_value().await?;
         while self.get_ref().is_alive() {
             self.event(false).await;
         }
-        self.into_inner().join()
+        match value {
+            Some(value) => self.into_inner().join_received(value),
+            None => self.into_inner().join(),
+        }
+    }
+
+    /// Reads the child's value as it comes on its connection ([`Process::value_fd`]), until it
+    /// is all in or the connection closes; `None` for a child without one (a Fork child) and
+    /// for one that ended without sending it.
+    async fn receive_value(&self) -> process::Result<Option<process::Received<R>>> {
+        let Some(fd) = self.get_ref().value_fd() else { return Ok(None) };
+        // A duplicate, registered beside the end's fd: the connection goes with the join.
+        let value = Async::new(fd.try_clone_to_owned()?)?;
+        loop {
+            // Ended first: all it sent is then in the connection, to be read now.
+            let ended = !self.get_ref().is_alive();
+            if let Some(received) = self.get_ref().try_receive()? {
+                return Ok(Some(received));
+            }
+            if ended {
+                // Sent no value, and the connection stays open (a copy of the child's end
+                // lives on elsewhere): the join tells how it ended.
+                return Ok(None);
+            }
+            // More of the value, or the child's end (it died before sending it all).
+            let (mut more, mut end) = (pin!(value.event(false)), pin!(self.event(false)));
+            poll_fn(|cx| match (more.as_mut().poll(cx), end.as_mut().poll(cx)) {
+                (Poll::Pending, Poll::Pending) => Poll::Pending,
+                _ => Poll::Ready(()),
+            })
+            .await;
+        }
     }
 }

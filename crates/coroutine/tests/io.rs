@@ -418,3 +418,44 @@ fn readable_resolves_on_an_end_with_data_now() {
         assert_eq!(bounded(rx.recv()).await.unwrap(), 8);
     });
 }
+
+fn big_value(len: usize) -> Vec<u8> {
+    vec![7; len]
+}
+
+/// A child whose value is larger than its connection's buffer (Spawn, ForkServer: the value
+/// comes on the connection) is awaited to its end: the value is read while waiting, so the
+/// child is not left blocked in its send with the parent waiting for its exit.
+#[test]
+fn a_child_whose_value_is_larger_than_its_connection_buffer_is_awaited() {
+    mproc_init();
+    let ex = Executor::new().unwrap();
+    for method in [StartMethod::Fork, StartMethod::ForkServer, StartMethod::Spawn] {
+        let child = Builder::new().start_method(method).spawn_fn(big_value, 2 << 20).unwrap();
+        let value = ex.block_on(async {
+            timeout(Duration::from_secs(30), async { Async::new(child).unwrap().join().await }).await
+        });
+        let value = value.unwrap_or_else(|_| panic!("{method:?}: the child's end was not seen within 30 s"));
+        assert_eq!(value.unwrap().len(), 2 << 20, "{method:?}");
+    }
+}
+
+fn abort_before_the_value(_: ()) -> u8 {
+    std::process::abort()
+}
+
+/// A child that dies before it sends its value is awaited to its end, and the join says how
+/// it ended.
+#[test]
+fn a_child_that_dies_before_its_value_is_awaited() {
+    mproc_init();
+    let ex = Executor::new().unwrap();
+    for method in [StartMethod::Fork, StartMethod::ForkServer, StartMethod::Spawn] {
+        let child = Builder::new().start_method(method).spawn_fn(abort_before_the_value, ()).unwrap();
+        let joined = ex.block_on(bounded(async { Async::new(child).unwrap().join().await }));
+        match joined {
+            Err(mproc_coroutine::process::Error::Signaled { signal, .. }) => assert_eq!(signal, 6, "{method:?}"),
+            other => panic!("{method:?}: {other:?}"),
+        }
+    }
+}

@@ -114,7 +114,7 @@ pub use error::{Error, Result};
 pub use fnref::{FnPtr, FnRef};
 pub use identity::{ParentProcess, ProcessInfo, cpu_count, current_process, parent_process};
 pub use mproc_ipc as ipc;
-pub use process::Process;
+pub use process::{Process, Received};
 pub use status::ExitStatus;
 
 impl<R> Process<R> {

@@ -1,7 +1,7 @@
 //! `Process<R>`: the handle of one child.
 
 use std::fmt;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -132,29 +132,79 @@ impl<R: DeserializeOwned> Process<R> {
     /// Joins until `deadline`; `need_status`: the exit status must be known afterwards (the
     /// handle lives on), else a fork server's child is let go once its value is in.
     fn join_until(&mut self, deadline: Option<Instant>, need_status: bool) -> Result<R> {
-        let (outcome, status) = match self.result.as_ref().ok_or(Error::AlreadyJoined)? {
+        match self.result.as_ref().ok_or(Error::AlreadyJoined)? {
             Source::Connection(conn) => {
                 let outcome = receive_outcome(conn, &self.state, deadline)?;
-                if outcome.is_some() && !need_status && self.state.let_go() {
-                    self.result = None;
-                    return self.outcome(outcome, None);
-                }
-                // The child sends its value last thing before it exits: wait for the exit
-                // too, so the status is known and the child reaped.
-                match self.state.wait_status(deadline) {
-                    Ok(Some(status)) => (outcome, Some(status)),
-                    Ok(None) if outcome.is_some() => (outcome, None), // lingering: reaped later
-                    Ok(None) => return Err(Error::Timeout),
-                    Err(e) => return Err(e),
-                }
+                self.join_with(outcome, deadline, need_status)
             }
-            Source::Slot => match self.state.wait_status(deadline)? {
-                Some(status) => (self.state.take_outcome()?, Some(status)),
-                None => return Err(Error::Timeout),
-            },
+            Source::Slot => {
+                let Some(status) = self.state.wait_status(deadline)? else { return Err(Error::Timeout) };
+                let outcome = self.state.take_outcome()?;
+                self.result = None;
+                self.outcome(outcome, Some(status))
+            }
+        }
+    }
+
+    /// Joins a child whose outcome came on its connection (`None`: it closed without one).
+    fn join_with(
+        &mut self,
+        outcome: Option<Outcome<R>>,
+        deadline: Option<Instant>,
+        need_status: bool,
+    ) -> Result<R> {
+        if outcome.is_some() && !need_status && self.state.let_go() {
+            self.result = None;
+            return self.outcome(outcome, None);
+        }
+        // The child sends its value last thing before it exits: wait for the exit too, so
+        // the status is known and the child reaped.
+        let status = match self.state.wait_status(deadline)? {
+            Some(status) => Some(status),
+            None if outcome.is_some() => None, // lingering: reaped later
+            None => return Err(Error::Timeout),
         };
         self.result = None;
         self.outcome(outcome, status)
+    }
+
+    /// For an event loop that joins without blocking its thread: the fd on which the child's
+    /// value is to come. A Spawn or ForkServer child sends it on a connection before it ends,
+    /// and a value larger than the connection's buffer is written only as it is read: until
+    /// then the child cannot end. So wait for this fd beside the [`Waitable`] one (the end),
+    /// call [`try_receive`](Self::try_receive) each time it is readable, and join with
+    /// [`join_received`](Self::join_received) once the value is in and the child has ended.
+    /// `None` for a Fork child (it leaves its value in shared memory) and a joined one.
+    ///
+    /// [`Waitable`]: mproc_ipc::Waitable
+    pub fn value_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.result {
+            Some(Source::Connection(conn)) => Some(conn.as_fd()),
+            _ => None,
+        }
+    }
+
+    /// Reads what has come of the child's value on [`value_fd`](Self::value_fd), without
+    /// waiting: `Some` once it is all in (or the connection closed without it), for
+    /// [`join_received`](Self::join_received); `None` while more is to come, and for a child
+    /// with no `value_fd`.
+    pub fn try_receive(&self) -> Result<Option<Received<R>>> {
+        let Some(Source::Connection(conn)) = &self.result else { return Ok(None) };
+        let outcome = match conn.try_recv() {
+            Ok(None) => return Ok(None),
+            Ok(Some(outcome)) => Ok(outcome),
+            Err(e) => Err(e),
+        };
+        Ok(Some(Received(received(outcome, &self.state)?)))
+    }
+
+    /// Joins the child whose value [`try_receive`](Self::try_receive) gave, waiting for its
+    /// end (no time at all once its [`Waitable`](mproc_ipc::Waitable) fd is ready).
+    pub fn join_received(mut self, value: Received<R>) -> Result<R> {
+        if self.result.is_none() {
+            return Err(Error::AlreadyJoined);
+        }
+        self.join_with(value.0, None, false)
     }
 
     fn outcome(&self, outcome: Option<Outcome<R>>, status: Option<ExitStatus>) -> Result<R> {
@@ -190,15 +240,33 @@ fn receive_outcome<R: DeserializeOwned>(
         (false, _) => conn.recv_timeout(Duration::ZERO),
     };
     match received {
-        Ok(outcome) => Ok(Some(outcome)),
-        Err(mproc_ipc::Error::Closed | mproc_ipc::Error::Truncated { .. }) => Ok(None),
         Err(mproc_ipc::Error::Timeout) if ready.contains(&1) => Ok(None),
         Err(mproc_ipc::Error::Timeout) => Err(Error::Timeout),
+        other => self::received(other, state),
+    }
+}
+
+/// The outcome a receive on a child's connection gave: `None` if the connection closed
+/// without one.
+fn received<R>(got: mproc_ipc::Result<Outcome<R>>, state: &ChildState) -> Result<Option<Outcome<R>>> {
+    match got {
+        Ok(outcome) => Ok(Some(outcome)),
+        Err(mproc_ipc::Error::Closed | mproc_ipc::Error::Truncated { .. }) => Ok(None),
         Err(mproc_ipc::Error::Decode(e)) => Err(Error::Transfer {
             name: state.identity().name.clone(),
             message: format!("cannot decode the value sent back: {e}"),
         }),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A child's value (or its absence) as it came on its connection, taken by
+/// [`Process::try_receive`] for [`Process::join_received`].
+pub struct Received<R>(Option<Outcome<R>>);
+
+impl<R> fmt::Debug for Received<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Received(..)" } else { "Received(nothing)" })
     }
 }
 
