@@ -454,7 +454,9 @@ fn a_child_that_dies_before_its_value_is_awaited() {
         let child = Builder::new().start_method(method).spawn_fn(abort_before_the_value, ()).unwrap();
         let joined = ex.block_on(bounded(async { Async::new(child).unwrap().join().await }));
         match joined {
-            Err(mproc_coroutine::process::Error::Signaled { signal, .. }) => assert_eq!(signal, 6, "{method:?}"),
+            Err(mproc_coroutine::process::Error::Signaled { signal, .. }) => {
+                assert_eq!(signal, 6, "{method:?}")
+            }
             other => panic!("{method:?}: {other:?}"),
         }
     }

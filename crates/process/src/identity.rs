@@ -88,6 +88,14 @@ pub(crate) fn become_child(identity: Box<Identity>) {
     CHILDREN_STARTED.store(0, Ordering::Relaxed);
 }
 
+/// Whether this process has started (or tried to start) a child: if not, it has none to join.
+/// A load of a word the parent's memory had, where a Fork child looks before it leaves (the
+/// registry's per-process page it may never have touched).
+#[inline(always)]
+pub(crate) fn started_children() -> bool {
+    CHILDREN_STARTED.load(Ordering::Relaxed) != 0
+}
+
 /// The identity of a new child of this process.
 pub(crate) fn child_identity(name: Option<String>, daemon: bool) -> Identity {
     let me = me();

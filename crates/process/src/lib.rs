@@ -82,9 +82,10 @@
 //!   fork (see [`StartMethod::Fork`]).
 //! - `init()` must really come first in `main`: whatever runs before it runs again in every
 //!   Spawn child and in the fork server.
-//! - A `ForkServer` child leaves as Python's forked children do: once it has reported, it
-//!   joins its own children and flushes stdout, then ends with `_exit`, so C `atexit` hooks
-//!   do not run in it (a Spawn child exits normally, hooks and all).
+//! - A `ForkServer` or `Fork` child leaves as Python's forked children do: once it has
+//!   reported (or left its value), it joins its own children and flushes stdout, then ends
+//!   with `_exit`, so C `atexit` hooks do not run in it (a Spawn child exits normally, hooks
+//!   and all).
 //! - Values and arguments cross as postcard (serde); a type that does not serialize fails that
 //!   child alone, with [`Error::Transfer`].
 //! - The first `Fork` start makes three fds the process keeps (two memfds where children

@@ -329,3 +329,64 @@ fn active_children_while_another_thread_forks_lists_only_started_children() {
         },
     );
 }
+
+fn wait_for_go(go: mproc_process::ipc::Receiver<()>) -> u8 {
+    let _ = go.recv_timeout(DEADLINE);
+    0
+}
+
+/// In a Fork child: starts a child that runs until told, reports its pid, drops its handle
+/// and returns.
+fn leave_a_child_running(
+    (method, go, report): (usize, mproc_process::ipc::Receiver<()>, mproc_process::ipc::Sender<u32>),
+) -> u8 {
+    let child = start(METHODS[method], wait_for_go, go);
+    report.send(&child.pid()).unwrap();
+    0
+}
+
+/// Whether process `pid`'s main thread sleeps in `waitid` (x86_64's system call 247), from
+/// `/proc/PID/syscall`.
+fn in_waitid(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| s.starts_with("247 "))
+}
+
+/// A Fork child ends as the others do (as Python's forked children do): it joins its own
+/// children before it leaves, so none runs on orphaned. Seen without timing: once the Fork
+/// child's function returned, it must sleep waiting for its child (which runs until told),
+/// not end.
+#[test]
+fn a_fork_child_joins_its_own_children_before_it_ends() {
+    mproc_init();
+    for method in [StartMethod::Fork, StartMethod::Spawn] {
+        let index = METHODS.iter().position(|&m| m == method).unwrap();
+        let (go_rx, go_tx) = mproc_process::ipc::pipe::<()>().unwrap();
+        let (pid_rx, pid_tx) = mproc_process::ipc::pipe::<u32>().unwrap();
+        let mut middle = Builder::new()
+            .start_method(StartMethod::Fork)
+            .close_in_child(&go_tx)
+            .close_in_child(&pid_rx)
+            .spawn_fn(leave_a_child_running, (index, go_rx, pid_tx))
+            .unwrap();
+        let grandchild = pid_rx.recv_timeout(DEADLINE).unwrap();
+        // Polling /proc, the only way to see where a process sleeps, with a deadline.
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while !in_waitid(middle.pid()) {
+            if crate::gone(middle.pid()) {
+                crate::kill_if_alive(grandchild);
+                panic!(
+                    "{method:?}: the Fork child ended with its child {grandchild} still running, not joined"
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{method:?}: the Fork child neither ended nor waited"
+            );
+            std::thread::yield_now();
+        }
+        assert!(!crate::gone(grandchild), "{method:?}: the grandchild ended untold");
+        go_tx.send(&()).unwrap();
+        assert_eq!(middle.join_timeout(DEADLINE).unwrap(), 0, "{method:?}");
+        assert!(crate::gone(grandchild), "{method:?}: the grandchild outlived the join of its parent");
+    }
+}

@@ -67,13 +67,19 @@ where
 }
 
 /// The child side, once it has become the child: run `f`, leave the outcome in the slot,
-/// exit. Never returns. Inlined, with what it calls, so the child runs code from few pages:
+/// join its own children, exit. Never returns. Inlined, with what it calls, so the child runs code from few pages:
 /// each new page of code it runs costs it a page fault (a fork does not copy the page tables
 /// of code).
 #[inline(always)]
 fn child<R: Serialize>(stdout: &std::io::Stdout, slot: SlotWriter<'_>, f: impl FnOnce() -> R) -> ! {
     let (outcome, code) = bootstrap::run(f);
     slot.write(&outcome);
+    // As every child leaves (and as Python's forked children do): its own children are joined
+    // and its daemons terminated, so none runs on orphaned. Nothing to look at in one that
+    // started none.
+    if identity::started_children() {
+        crate::registry::join_all();
+    }
     // Flush what the child itself printed (through the handle the parent took, which saves
     // the child a call), then leave without running the parent's exit hooks or destructors
     // of the parent's state.
