@@ -390,3 +390,67 @@ fn a_fork_child_joins_its_own_children_before_it_ends() {
         assert!(crate::gone(grandchild), "{method:?}: the grandchild outlived the join of its parent");
     }
 }
+
+/// The pids of process `parent`'s children (running or zombies), from `/proc`.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok() && crate::ppid(pid) == parent
+        })
+        .collect()
+}
+
+/// In a Fork child: its fork server, its file limit then lowered (`prlimit`) to leave it
+/// room for `free` more fds, and children from it (each running until told) until a start
+/// fails. Every child the server forked must be tracked and reaped, that of the failed start
+/// too: once the others are joined, the server has no child left. (An even `free`: per child
+/// the server keeps two fds, its pidfd and report connection, so the last start has two, for
+/// the ends a request brings; the pidfd it then opens, and its copy for the client, find
+/// none.)
+fn fork_server_out_of_fds(free: u64) -> Result<String, String> {
+    use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
+    start(StartMethod::ForkServer, square, 3).join().unwrap(); // starts the server
+    let server = *children_of(std::process::id()).first().ok_or("no fork server")?;
+    let held = std::fs::read_dir(format!("/proc/{server}/fd")).unwrap().count() as u64;
+    // (The hard limit stays the server's, inherited from this process.)
+    let limit = Rlimit { current: Some(held + free), maximum: getrlimit(Resource::Nofile).maximum };
+    prlimit(Pid::from_raw(server as i32), Resource::Nofile, limit).map_err(|e| e.to_string())?;
+    let (mut running, mut gos) = (Vec::new(), Vec::new());
+    let failed = loop {
+        let (go_rx, go_tx) = mproc_process::ipc::pipe::<()>().unwrap();
+        gos.push(go_tx);
+        match Builder::new().start_method(StartMethod::ForkServer).spawn_fn(wait_for_go, go_rx) {
+            Ok(child) => running.push(child),
+            Err(e) => break e.to_string(),
+        }
+        if running.len() > free as usize {
+            return Err(format!("{free} fds free: no start failed"));
+        }
+    };
+    drop(gos);
+    for mut child in running {
+        child.join_timeout(DEADLINE).map_err(|e| format!("{free} fds free: {e}"))?;
+    }
+    match children_of(server).as_slice() {
+        [] => Ok(failed),
+        left => Err(format!(
+            "{free} fds free: the server holds children {left:?} after a start failed with '{failed}'"
+        )),
+    }
+}
+
+#[test]
+fn a_fork_server_out_of_fds_leaves_no_child_unreaped() {
+    mproc_init();
+    for free in [2, 6] {
+        let mut tester = Builder::new()
+            .start_method(StartMethod::Fork)
+            .spawn(move || fork_server_out_of_fds(free))
+            .unwrap();
+        let failed = tester.join_timeout(DEADLINE).unwrap().unwrap();
+        assert!(failed.contains("ulimit -n"), "{free} fds free: the failed start says what to do: {failed}");
+    }
+}

@@ -109,9 +109,11 @@ where
     let (conn, sent) = send_start(parent_end, identity, false, world, f, args);
     let (pid, pidfd) = match reports.recv_timeout(ANSWER_TIMEOUT) {
         Ok(Report::Started { pid, pidfd }) => (pid, OwnedFd::from(pidfd)),
-        Ok(Report::Failed(why)) => return Err(Error::ForkServer(why)),
-        Ok(other) => return Err(Error::ForkServer(format!("unexpected answer {other:?}"))),
-        Err(e) => return Err(Error::ForkServer(format!("no answer: {e}"))),
+        Ok(Report::Failed(why)) => return Err(Error::ForkServer(format!("{:?}: {why}", started_as.name))),
+        Ok(other) => {
+            return Err(Error::ForkServer(format!("{:?}: unexpected answer {other:?}", started_as.name)));
+        }
+        Err(e) => return Err(Error::ForkServer(format!("{:?}: no answer: {e}", started_as.name))),
     };
     let pid = Pid::from_raw(pid as i32).ok_or_else(|| Error::ForkServer("pid 0".into()))?;
     let exit = Exit::Server { pidfd, reports: Box::new(reports) };
@@ -241,17 +243,32 @@ fn fork_child(request: Request, me: Pid) -> Option<(i32, Served)> {
             return None;
         }
     };
-    let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-        Ok(fd) => fd,
+    let (pidfd, for_client) = match pidfds(pid) {
+        Ok(fds) => fds,
         Err(e) => {
-            let _ = reports.send(&Report::Failed(format!("pidfd_open failed: {e}")));
+            // A child nothing watches would be a zombie nobody reaps: it goes at once, and is
+            // reaped here (unreaped until then, its pid still names it).
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            while let Err(rustix::io::Errno::INTR) =
+                rustix::process::waitid(WaitId::Pid(pid), WaitIdOptions::EXITED)
+            {}
+            let _ = reports.send(&Report::Failed(format!(
+                "cannot watch the child it forked ({e}), so it was stopped; if the server is out of \
+                 fds (too many children at once), raise the file limit (ulimit -n)"
+            )));
             return None;
         }
     };
-    let for_client = pidfd.try_clone().ok()?;
     let raw = pid.as_raw_nonzero().get();
     let _ = reports.send(&Report::Started { pid: raw as u32, pidfd: Receiver::<()>::from(for_client) });
     Some((raw, Served { pidfd, reports }))
+}
+
+/// The pidfd of the child `pid` just forked, and a copy for the client.
+fn pidfds(pid: Pid) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
+    let for_client = pidfd.try_clone()?;
+    Ok((pidfd, for_client))
 }
 
 /// How a fork server's child leaves once it has reported, as Python's forked children do
