@@ -31,7 +31,9 @@ pub enum StartMethod {
     /// the only one that runs closures. In a parent with other threads the child starts with
     /// a copy of memory in which another thread may hold a lock (of a logger, an allocator
     /// other than glibc's, your own `Mutex`): touching it in the child hangs. mproc's own
-    /// locks and stdio are safe.
+    /// locks and stdio are safe. So is a panic in the child only if no other thread was
+    /// panicking or capturing a backtrace at the fork: the standard library's panic hook takes
+    /// its backtrace lock, which that thread then holds for ever in the child.
     Fork,
     /// Ask the fork server, a small one-thread copy of this program started on first use, to
     /// fork the child. Safe whatever threads the parent runs, and cheap per child.
@@ -186,6 +188,8 @@ impl<'a> Builder<'a> {
         if identity::is_daemon() {
             return Err(Error::DaemonCannotStart);
         }
+        // What a dropped handle will need, made while a failure can still be reported.
+        crate::registry::prepare()?;
         Ok(identity::child_identity(self.name.clone(), self.daemon))
     }
 }

@@ -79,7 +79,8 @@
 //!   the parent held, so a child reading until end of file waits for ever on an end whose
 //!   other side it also holds; [`Builder::close_in_child`] closes the child's copy. In a
 //!   multi-threaded parent the child must not touch locks other threads may have held at the
-//!   fork (see [`StartMethod::Fork`]).
+//!   fork (see [`StartMethod::Fork`]), the standard library's panic hook's among them: a
+//!   child's panic hangs if another thread was panicking (or capturing a backtrace) then.
 //! - `init()` must really come first in `main`: whatever runs before it runs again in every
 //!   Spawn child and in the fork server.
 //! - A `ForkServer` or `Fork` child leaves as Python's forked children do: once it has
@@ -88,7 +89,9 @@
 //!   and all).
 //! - Values and arguments cross as postcard (serde); a type that does not serialize fails that
 //!   child alone, with [`Error::Transfer`].
-//! - The first `Fork` start makes three fds the process keeps (two memfds where children
+//! - The first start makes two fds the process keeps (the reaper's wake-up pipe, so that a
+//!   handle dropped when the process is out of fds still has its child reaped), and the
+//!   first `Fork` start three more (two memfds where children
 //!   leave their values, and a pipe end that stands for an ended child) and maps 2 MiB of
 //!   address space per 511 `Fork` children running at once. The memfds obey the file size
 //!   limit (`ulimit -f`): under a very low one, a `Fork` start or a big value fails with a

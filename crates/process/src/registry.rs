@@ -12,12 +12,60 @@ use crate::global::PerProcess;
 
 /// The children not reaped yet.
 static CHILDREN: PerProcess<Vec<Arc<ChildState>>> = PerProcess::new();
-/// The reaper thread's wake-up pipe and the children it watches (handles dropped).
+/// The reaper's wake-up pipe and the children it watches (handles dropped).
 static REAPER: PerProcess<Option<Reaper>> = PerProcess::new();
 
+/// The reaper: a thread, started at the first dropped handle of a running child, that reaps
+/// such children as they end. Its pipe is made with the first child (see [`prepare`]).
 struct Reaper {
     wake: OwnedFd,
+    /// The pipe's read end, until the thread is started with it.
+    wake_rx: Option<OwnedFd>,
     orphans: Arc<parking_lot::Mutex<Vec<Arc<ChildState>>>>,
+}
+
+impl Reaper {
+    fn new() -> std::io::Result<Reaper> {
+        let (wake_rx, wake) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        Ok(Reaper { wake, wake_rx: Some(wake_rx), orphans: Arc::default() })
+    }
+
+    /// Starts the thread, unless it runs. If it cannot be started, the orphans wait in the
+    /// list for the next try (and are joined at exit meanwhile).
+    fn start(&mut self) {
+        let Some(wake_rx) = self.wake_rx.take() else { return };
+        let watched = Arc::clone(&self.orphans);
+        // Made by hand (not `spawn`'s move), so a failed start gives the read end back.
+        let wake_rx = Arc::new(wake_rx);
+        let kept = Arc::clone(&wake_rx);
+        let started = std::thread::Builder::new()
+            .name("mproc-reaper".into())
+            // After each round the children it reaped are forgotten (their state, pidfd
+            // included, freed): a reaped child holds no fd.
+            .spawn(move || {
+                while reap_once(&IpcWait, &kept, &watched) {
+                    prune();
+                }
+            });
+        if started.is_err() {
+            self.wake_rx = Arc::into_inner(wake_rx);
+        }
+    }
+}
+
+/// Makes the reaper's pipe (not its thread), before this process's first child: a handle
+/// dropped later, when the process may be out of fds, then needs none (as a child's end is
+/// watched by a pidfd or, out of fds, by one made ready beforehand: see `child::prepare_ended`).
+pub(crate) fn prepare() -> crate::Result<()> {
+    REAPER.with(
+        || None,
+        |reaper| {
+            if reaper.is_none() {
+                *reaper = Some(Reaper::new()?);
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Forgets the children mproc is done with (freeing their state).
@@ -61,29 +109,18 @@ pub(crate) fn adopt(child: Arc<ChildState>) {
     REAPER.with(
         || None,
         |reaper| {
-            let reaper = reaper.get_or_insert_with(start_reaper);
+            // Made before the first child (`prepare`), unless this child came another way.
+            if reaper.is_none() {
+                *reaper = Reaper::new().ok();
+            }
+            // Without one (out of fds), the child stays listed: joined at exit, reaped by
+            // `active_children` meanwhile.
+            let Some(reaper) = reaper else { return };
             reaper.orphans.lock().push(child);
+            reaper.start();
             let _ = rustix::io::write(&reaper.wake, &[1]);
         },
     );
-}
-
-fn start_reaper() -> Reaper {
-    let (wake_rx, wake) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe for the reaper");
-    let orphans: Arc<parking_lot::Mutex<Vec<Arc<ChildState>>>> = Arc::default();
-    let watched = Arc::clone(&orphans);
-    std::thread::Builder::new()
-        .name("mproc-reaper".into())
-        // After each round the children it reaped are forgotten (their state, pidfd
-        // included, freed): a reaped child holds no fd.
-        .spawn(move || {
-            while reap_once(&IpcWait, &wake_rx, &watched) {
-                prune();
-            }
-        })
-        .expect("thread for the reaper");
-    Reaper { wake, orphans }
 }
 
 /// A child the reaper watches: where its end shows, and whether it has ended (reaping it).

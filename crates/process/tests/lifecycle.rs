@@ -454,3 +454,49 @@ fn a_fork_server_out_of_fds_leaves_no_child_unreaped() {
         assert!(failed.contains("ulimit -n"), "{free} fds free: the failed start says what to do: {failed}");
     }
 }
+
+/// Opens `/dev/null` until this process is out of fds; what it opened.
+fn all_fds() -> Vec<std::fs::File> {
+    std::iter::from_fn(|| std::fs::File::open("/dev/null").ok()).take(1 << 20).collect()
+}
+
+/// A handle dropped while its child runs and the process is out of fds hands the child to the
+/// reaper all the same (no panic in `drop`), and the child is reaped once it ends. Run in a
+/// Fork child, which may run out of fds on its own.
+#[test]
+fn a_handle_dropped_with_no_fd_to_spare_still_has_its_child_reaped() {
+    mproc_init();
+    let mut tester = Builder::new()
+        .start_method(StartMethod::Fork)
+        .spawn(|| {
+            let (go_rx, go_tx) = mproc_process::ipc::pipe::<()>().unwrap();
+            let child = Builder::new()
+                .start_method(StartMethod::Fork)
+                .close_in_child(&go_tx)
+                .spawn(move || {
+                    let _ = go_rx.recv_timeout(DEADLINE);
+                })
+                .unwrap();
+            let held = all_fds();
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(child)));
+            drop(held);
+            if let Err(payload) = dropped {
+                return Err(format!(
+                    "dropping the handle panicked: {}",
+                    mproc_process::panic_message(&*payload)
+                ));
+            }
+            drop(go_tx);
+            // Polling /proc for the reap, with a deadline: what it waits for is event-driven.
+            let deadline = std::time::Instant::now() + DEADLINE;
+            while !crate::children().is_empty() {
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("children {:?} not reaped", crate::children()));
+                }
+                std::thread::yield_now();
+            }
+            Ok(())
+        })
+        .unwrap();
+    tester.join_timeout(DEADLINE).unwrap().unwrap();
+}
