@@ -406,10 +406,11 @@ fn children_of(parent: u32) -> Vec<u32> {
 /// In a Fork child: its fork server, its file limit then lowered (`prlimit`) to leave it
 /// room for `free` more fds, and children from it (each running until told) until a start
 /// fails. Every child the server forked must be tracked and reaped, that of the failed start
-/// too: once the others are joined, the server has no child left. (An even `free`: per child
-/// the server keeps two fds, its pidfd and report connection, so the last start has two, for
-/// the ends a request brings; the pidfd it then opens, and its copy for the client, find
-/// none.)
+/// too: once the others are joined, the server has no child left. (Per child the server
+/// keeps two fds, its pidfd and report connection. With an even `free`, the last start has
+/// two, for the ends a request brings; the pidfd it then opens, and its copy for the client,
+/// find none. With an odd one, the copy is made, and the copy the report carrying it needs
+/// is not.)
 fn fork_server_out_of_fds(free: u64) -> Result<String, String> {
     use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
     start(StartMethod::ForkServer, square, 3).join().unwrap(); // starts the server
@@ -445,7 +446,7 @@ fn fork_server_out_of_fds(free: u64) -> Result<String, String> {
 #[test]
 fn a_fork_server_out_of_fds_leaves_no_child_unreaped() {
     mproc_init();
-    for free in [2, 6] {
+    for free in [2, 3, 6, 7] {
         let mut tester = Builder::new()
             .start_method(StartMethod::Fork)
             .spawn(move || fork_server_out_of_fds(free))

@@ -245,23 +245,31 @@ fn fork_child(request: Request, me: Pid) -> Option<(i32, Served)> {
     };
     let (pidfd, for_client) = match pidfds(pid) {
         Ok(fds) => fds,
-        Err(e) => {
-            // A child nothing watches would be a zombie nobody reaps: it goes at once, and is
-            // reaped here (unreaped until then, its pid still names it).
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            while let Err(rustix::io::Errno::INTR) =
-                rustix::process::waitid(WaitId::Pid(pid), WaitIdOptions::EXITED)
-            {}
-            let _ = reports.send(&Report::Failed(format!(
-                "cannot watch the child it forked ({e}), so it was stopped; if the server is out of \
-                 fds (too many children at once), raise the file limit (ulimit -n)"
-            )));
-            return None;
-        }
+        Err(e) => return stop(pid, &reports, &format!("cannot watch the child it forked ({e})")),
     };
     let raw = pid.as_raw_nonzero().get();
-    let _ = reports.send(&Report::Started { pid: raw as u32, pidfd: Receiver::<()>::from(for_client) });
-    Some((raw, Served { pidfd, reports }))
+    match reports.send(&Report::Started { pid: raw as u32, pidfd: Receiver::<()>::from(for_client) }) {
+        // Told, or the client is gone (the child then leaves on its own, and is reaped here).
+        Ok(()) | Err(mproc_ipc::Error::Closed) => Some((raw, Served { pidfd, reports })),
+        // Not told (the pidfd it carries could not be duplicated: out of fds): the client
+        // would wait for an answer that never comes.
+        Err(e) => stop(pid, &reports, &format!("cannot tell the client about the child it forked ({e})")),
+    }
+}
+
+/// Stops a child just forked that cannot be started as it should (`why`), and tells the
+/// client: a child nothing watched would be a zombie nobody reaps, so it is killed and
+/// reaped here (unreaped until then, its pid still names it).
+fn stop(pid: Pid, reports: &Connection<Report, ()>, why: &str) -> Option<(i32, Served)> {
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    while let Err(rustix::io::Errno::INTR) = rustix::process::waitid(WaitId::Pid(pid), WaitIdOptions::EXITED)
+    {
+    }
+    let _ = reports.send(&Report::Failed(format!(
+        "{why}, so it was stopped; if the server is out of fds (too many children at once), raise \
+         the file limit (ulimit -n)"
+    )));
+    None
 }
 
 /// The pidfd of the child `pid` just forked, and a copy for the client.
