@@ -90,10 +90,11 @@ const YIELD_PROBE: u32 = 256;
 /// [`YIELD_PROBE`]th wait (a probe on a busy CPU may cost a time slice of others'). One slow
 /// look alone does not stop them: an interrupt, a daemon's wake-up or the hypervisor taking
 /// the CPU makes one now and then on a quiet machine, and each would cost the next
-/// [`YIELD_PROBE`] waits a `futex` sleep and wake-up (on one CPU, quiet, 12% of the round
-/// trips slept so, at 1.75 µs of CPU per round trip against 1.61 µs). The time is read from
-/// the CPU's counter ([`ticks`](crate::sys::ticks)), not the clock: two clock reads per wait
-/// cost a process just switched to the vDSO's pages (1.61 µs against 1.53 µs).
+/// [`YIELD_PROBE`] waits a `futex` sleep and wake-up (queue ping-pong on one CPU under
+/// `SCHED_FIFO` on a shared VM: 12% of the round trips slept so, at 1.77 µs of CPU per round
+/// trip against 1.62 µs). The time is read from the CPU's counter
+/// ([`ticks`](crate::sys::ticks)), not the clock: two clock reads per wait cost a process
+/// just switched to the vDSO's pages (1.62 µs against 1.57 µs).
 fn yield_until(cond: &impl Fn() -> bool) -> bool {
     // Looks in a row that did not pay (low 8 bits, at most YIELD_FAILS), waits since the
     // last look above them.
