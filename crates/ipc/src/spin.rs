@@ -68,6 +68,10 @@ const YIELDS: u32 = 2;
 /// for a probe every [`YIELD_PROBE`]th wait).
 const YIELD_FAILS: u32 = 4;
 
+/// A look on one CPU that took more than this many [`ticks`](crate::sys::ticks) was slow
+/// (other processes ran meanwhile): about 15 to 60 µs, [`SPIN_NS`] on a 3 GHz counter.
+const SLOW_TICKS: u64 = 60_000;
+
 /// How often a process on one CPU whose looks stopped paying tries one again.
 const YIELD_PROBE: u32 = 256;
 
@@ -78,12 +82,19 @@ const YIELD_PROBE: u32 = 256;
 /// sleep costs a `futex` wait and the partner's `futex` wake besides (and a pipe's round
 /// trip two `read`s and two `write`s).
 ///
-/// A look pays when the condition came within [`SPIN_NS`]. It does not when the partner was
-/// asleep (the look only cost a system call), nor when other processes were runnable on the
-/// CPU: a yield puts this process behind them for their whole time slices, where a sleeper
-/// woken by its partner would run soon (the scheduler credits sleepers). After
+/// A look pays when the condition came within [`SLOW_TICKS`]. It does not when the partner
+/// was asleep (the look only cost a system call), nor when other processes were runnable on
+/// the CPU: a yield puts this process behind them for their whole time slices, where a
+/// sleeper woken by its partner would run soon (the scheduler credits sleepers). After
 /// [`YIELD_FAILS`] looks in a row that did not pay, it stops looking, but for a probe every
-/// [`YIELD_PROBE`]th wait (a probe on a busy CPU may cost a time slice of others').
+/// [`YIELD_PROBE`]th wait (a probe on a busy CPU may cost a time slice of others'). One slow
+/// look alone does not stop them: an interrupt, a daemon's wake-up or the hypervisor taking
+/// the CPU makes one now and then on a quiet machine, and each would cost the next
+/// [`YIELD_PROBE`] waits a `futex` sleep and wake-up (queue ping-pong on one CPU under
+/// `SCHED_FIFO` on a shared VM: 12% of the round trips slept so, at 1.77 µs of CPU per round
+/// trip against 1.62 µs). The time is read from the CPU's counter
+/// ([`ticks`](crate::sys::ticks)), not the clock: two clock reads per wait cost a process
+/// just switched to the vDSO's pages (1.62 µs against 1.57 µs).
 fn yield_until(cond: &impl Fn() -> bool) -> bool {
     // Looks in a row that did not pay (low 8 bits, at most YIELD_FAILS), waits since the
     // last look above them.
@@ -94,14 +105,12 @@ fn yield_until(cond: &impl Fn() -> bool) -> bool {
         FAILS.store(((waits + 1) << 8) | fails, Ordering::Relaxed);
         return false;
     }
-    let start = Instant::now();
+    let start = crate::sys::ticks();
     for _ in 0..YIELDS {
         rustix::thread::sched_yield();
         if cond() {
-            // A slow one stops the looks at once: one more such costs more than many
-            // sleeps would.
-            let paid = start.elapsed() <= Duration::from_nanos(u64::from(SPIN_NS));
-            FAILS.store(if paid { 0 } else { YIELD_FAILS }, Ordering::Relaxed);
+            let paid = crate::sys::ticks().wrapping_sub(start) <= SLOW_TICKS;
+            FAILS.store(if paid { 0 } else { (fails + 1).min(YIELD_FAILS) }, Ordering::Relaxed);
             return true;
         }
     }
