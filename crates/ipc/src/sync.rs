@@ -167,10 +167,63 @@ type SemState = (ShmMutex, ShmCondvar, AtomicU64, AtomicU64);
 /// assert_eq!(sem.get_value(), 1);
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug)]
 pub struct Semaphore {
     shared: Shared<SemState>,
+}
+
+/// A semaphore's wire form: its region and its kind, so that a [`BoundedSemaphore`] is never
+/// received as a [`Semaphore`] (whose `release` ignores the bound) nor the other way round.
+/// The bound itself is in the region (`SemState`'s last field), so every process holding a
+/// bounded semaphore checks the same bound.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Semaphore")]
+struct SemWire<S> {
+    bounded: bool,
+    shared: S,
+}
+
+impl Serialize for Semaphore {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SemWire { bounded: false, shared: &self.shared }.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Semaphore {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        received_semaphore(deserializer, false).map(|shared| Semaphore { shared })
+    }
+}
+
+impl Serialize for BoundedSemaphore {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SemWire { bounded: true, shared: &self.sem.shared }.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for BoundedSemaphore {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        received_semaphore(deserializer, true).map(|shared| BoundedSemaphore { sem: Semaphore { shared } })
+    }
+}
+
+/// The region of a received semaphore, if it is of the kind expected (`bounded`).
+fn received_semaphore<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    bounded: bool,
+) -> Result<Shared<SemState>, D::Error> {
+    let wire = SemWire::<Shared<SemState>>::deserialize(deserializer)?;
+    if wire.bounded == bounded {
+        return Ok(wire.shared);
+    }
+    let (sent, expected) = if wire.bounded {
+        ("a BoundedSemaphore", "a Semaphore (which could release it past its bound)")
+    } else {
+        ("a Semaphore", "a BoundedSemaphore")
+    };
+    Err(crate::codec::refuse(format!(
+        "{sent} was received as {expected}: receive each kind of semaphore as its own type"
+    )))
 }
 
 impl Semaphore {
@@ -255,8 +308,11 @@ impl Semaphore {
 /// assert!(sem.release().is_ok());
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// Its kind travels with it: received as a plain [`Semaphore`] (or a `Semaphore` received as
+/// a `BoundedSemaphore`), it is refused with an error. Its bound is in the shared memory, so
+/// it holds in every process that holds the semaphore.
+#[derive(Clone, Debug)]
 pub struct BoundedSemaphore {
     sem: Semaphore,
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use mproc_ipc::{
-    Array, BoundedSemaphore, Condition, Event, Lock, LockError, RLock, ReleasedTooManyTimes, Semaphore,
-    Value, duplex, pipe,
+    Array, BoundedSemaphore, Condition, Connection, Event, Lock, LockError, RLock, ReleasedTooManyTimes,
+    Semaphore, Value, duplex, pipe,
 };
 
 use crate::support::{DEADLINE, assert_success, in_child, msg};
@@ -506,4 +506,42 @@ fn a_notify_with_no_waiter_is_not_remembered_and_extreme_timeouts_work() {
     let event = Event::new().unwrap();
     event.set();
     assert!(event.wait_timeout(Duration::MAX) && event.wait_timeout(Duration::ZERO));
+}
+
+/// A semaphore's kind travels with it: a `BoundedSemaphore` received where a `Semaphore` is
+/// expected (which could then be released past the bound), or the other way round, is
+/// refused with an error naming both kinds, and the connection goes on.
+#[test]
+fn a_semaphore_is_received_only_as_its_own_kind() {
+    let bounded = BoundedSemaphore::new(1).unwrap();
+    let (tx, rx) = duplex::<BoundedSemaphore>().unwrap();
+    let rx: Connection<(), Semaphore> = rx.cast();
+    tx.send(&bounded).unwrap();
+    match rx.recv_timeout(DEADLINE) {
+        Err(e) => assert!(e.to_string().contains("BoundedSemaphore"), "unclear refusal: {e}"),
+        Ok(plain) => {
+            plain.release();
+            panic!(
+                "a BoundedSemaphore received as a Semaphore, released to {} past its bound 1",
+                bounded.get_value()
+            );
+        }
+    }
+    let plain = Semaphore::new(0).unwrap();
+    let tx: Connection<Semaphore, ()> = tx.cast();
+    let rx: Connection<(), BoundedSemaphore> = rx.cast();
+    tx.send(&plain).unwrap();
+    match rx.recv_timeout(DEADLINE) {
+        Err(e) => assert!(e.to_string().contains("BoundedSemaphore"), "unclear refusal: {e}"),
+        Ok(_) => panic!("a Semaphore received as a BoundedSemaphore"),
+    }
+    // Each still arrives as its own kind, bound and all.
+    let tx: Connection<BoundedSemaphore, ()> = tx.cast();
+    let rx: Connection<(), BoundedSemaphore> = rx.cast();
+    tx.send(&bounded).unwrap();
+    let received = rx.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(received.release(), Err(ReleasedTooManyTimes));
+    assert!(received.try_acquire());
+    assert_eq!(bounded.get_value(), 0, "the same semaphore");
+    assert!(bounded.release().is_ok());
 }
