@@ -16,6 +16,7 @@
 //! or interactively: `salloc --ntasks=4 ./target/release/examples/srun`.
 
 use std::net::Ipv4Addr;
+use std::process::Child;
 use std::time::Duration;
 
 use mproc_pool::Pool;
@@ -42,7 +43,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let launcher = pool.launcher().expect("the pool listens").connect_to_host(&host);
     // srun --ntasks=N --export=ALL,MPROC_POOL_ADDR=node01:PORT,MPROC_POOL_AUTHKEY=... PROGRAM
-    let mut srun = launcher.srun(workers, std::env::current_exe()?).spawn()?;
+    // From here on every error path kills and reaps srun (see `Srun`).
+    let mut srun = Srun::from(launcher.srun(workers, std::env::current_exe()?).spawn()?);
     pool.wait_for_workers(workers, Duration::from_secs(120))?;
 
     let squares = pool.map(square, 0..1_000_000u64)?;
@@ -56,4 +58,61 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let status = srun.wait()?;
     println!("srun: {status}");
     Ok(())
+}
+
+/// The `srun` child, killed and reaped if dropped before it is waited for: whatever fails
+/// after the launch (`wait_for_workers` most likely: too few workers came in time), `main`
+/// returns its error without leaving `srun` and its workers running.
+struct Srun(Option<Child>);
+
+impl From<Child> for Srun {
+    fn from(child: Child) -> Srun {
+        Srun(Some(child))
+    }
+}
+
+impl Srun {
+    /// Waits for `srun` to end (once the pool is dropped, its workers leave and it does).
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = self.0.as_mut().expect("waited for once").wait()?;
+        self.0 = None;
+        Ok(status)
+    }
+}
+
+impl Drop for Srun {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    /// `main` returning an error after starting `srun` (here: `wait_for_workers` failing)
+    /// leaves no `srun` behind: it is killed and reaped.
+    #[test]
+    fn an_error_after_the_launch_kills_and_reaps_srun() {
+        // Stands for srun: runs until its stdin closes, which this test holds open.
+        let mut child = Command::new("cat").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let stdin_held = child.stdin.take();
+        let pid = child.id();
+        let run = move || -> Result<(), Box<dyn std::error::Error>> {
+            let mut srun = Srun::from(child);
+            Err("no workers came")?;
+            srun.wait()?;
+            Ok(())
+        };
+        assert!(run().is_err());
+        // Reaped: gone from /proc (a live child, or a zombie not waited for, is still there).
+        let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        drop(stdin_held);
+        assert!(gone, "srun (pid {pid}) left running or unreaped after the error");
+    }
 }
