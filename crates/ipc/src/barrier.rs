@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -41,8 +42,8 @@ impl std::error::Error for BrokenBarrier {}
 ///
 /// A barrier is also broken when a party dies. A thread that waits on a barrier registers in
 /// it (it holds a robust presence lock, released when the thread ends or drops its last use
-/// of the barrier); a process killed, or ending without dropping the barrier, leaves the
-/// lock "owner died". Waiters sleep on the barrier's condition *and* on the presence locks
+/// of the barrier); a process killed, or ending without dropping the barrier (other than an
+/// mproc child whose function returned: see below), leaves the lock "owner died". Waiters sleep on the barrier's condition *and* on the presence locks
 /// of the registered parties at once (`futex_waitv`; the kernel wakes them when it marks a
 /// lock "owner died"), and break the barrier instead of waiting for ever for a party that
 /// will not come. No polling (on a kernel before Linux 5.16, without `futex_waitv`, they
@@ -51,11 +52,21 @@ impl std::error::Error for BrokenBarrier {}
 /// A thread that *receives* a barrier (deserializes it: a Spawn or ForkServer child, or a pool
 /// task, gets it in its arguments; or from a [`Connection`](crate::Connection)) registers
 /// then, before any `wait`: a party that dies before its first `wait` breaks the barrier too.
-/// Such a receiver that is no party leaves by dropping its handle (its last clone of it unregisters it), or
-/// its thread's normal end. A forked child registers at its first `wait` (until then, its
-/// death is noticed only by a timeout), as does a thread given a clone. A child a Fork start
-/// runs `f(args)` in (mproc-process's `spawn_fn`) registers in the barriers in `args` before
-/// `f` starts; one that runs a closure registers at its first `wait`.
+/// A child a Fork start runs `f(args)` in (mproc-process's `spawn_fn`) registers in the
+/// barriers in `args` before `f` starts; one that runs a closure (`Builder::spawn`), in the
+/// barriers the closure owns, before it starts ([`closure_parties`]). A forked child of
+/// another making, or a thread given a clone,
+/// registers at its first `wait` (until then, its death is noticed only by a timeout).
+///
+/// A party leaves (and breaks nothing) when its process drops its last handle on the barrier,
+/// when its thread ends normally, or when the function of an mproc child returns (its
+/// process then exits without dropping anything, and that exit is not a death).
+///
+/// A thread is one party however many handles on the barrier it holds: a process maps a
+/// barrier once, and a barrier received again (two clones in one message, or sent twice)
+/// shares that mapping and counts with its other handles. Dropping some of them leaves the
+/// thread a party; its threads are parties each (as Python's threads waiting on one
+/// `Barrier`), counted by who waits, not by handles.
 ///
 /// ```
 /// # fn main() -> mproc_ipc::Result<()> {
@@ -69,8 +80,42 @@ impl std::error::Error for BrokenBarrier {}
 /// ```
 #[derive(Debug)]
 pub struct Barrier {
+    inner: Arc<Inner>,
+}
+
+/// A barrier's regions, mapped once per process: every handle on it in this process shares
+/// them (see [`LIVE`]).
+#[derive(Debug)]
+struct Inner {
     header: Shared<Header>,
     slots: Shared<Slots>,
+}
+
+/// The barriers this process holds, by id: a barrier received again shares the mapping the
+/// process has (so its handles are counted together, and it costs no more fds), and a child
+/// forked to run a closure looks for the ones it owns among them ([`closure_parties`]). Kept under
+/// [`crate::sys::forks::locked`]: a forked child starts its own afresh.
+static LIVE: Mutex<Live> = Mutex::new(Live { forks: 0, entries: Vec::new() });
+
+struct Live {
+    /// The count of forks the entries were made at: another is a forked child's copy.
+    forks: u64,
+    entries: Vec<(u64, Weak<Inner>)>,
+}
+
+/// Runs `f` on this process's [`LIVE`] entries (the dead ones gone).
+fn live<R>(f: impl FnOnce(&mut Vec<(u64, Weak<Inner>)>) -> R) -> R {
+    crate::sys::forks::locked(|forks| {
+        let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
+        if live.forks != forks {
+            // A forked child: the parent's barriers are the parent's (their handles here are
+            // copies, counted with the parent's).
+            live.forks = forks;
+            live.entries.clear();
+        }
+        live.entries.retain(|(_, inner)| inner.strong_count() > 0);
+        f(&mut live.entries)
+    })
 }
 
 /// How many `Barrier` handles this process holds: a [`join_parties_in`] walks a value only
@@ -79,7 +124,7 @@ static HANDLES: AtomicUsize = AtomicUsize::new(0);
 
 impl Clone for Barrier {
     fn clone(&self) -> Self {
-        Barrier::counted(self.header.clone(), self.slots.clone())
+        Barrier::counted(self.inner.clone())
     }
 }
 
@@ -88,12 +133,12 @@ impl Serialize for Barrier {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         if crate::fdpass::walking() {
-            self.join();
+            self.inner.join();
             return serializer.serialize_unit();
         }
         let mut s = serializer.serialize_struct("Barrier", 2)?;
-        s.serialize_field("header", &self.header)?;
-        s.serialize_field("slots", &self.slots)?;
+        s.serialize_field("header", &self.inner.header)?;
+        s.serialize_field("slots", &self.inner.slots)?;
         s.end()
     }
 }
@@ -109,6 +154,117 @@ pub fn join_parties_in<T: Serialize + ?Sized>(value: &T) {
     }
 }
 
+/// The parent's side of [`closure_parties`]: after the fork (once the parent has dropped its
+/// copy of the closure), [`tell`](Self::tell) tells the child which barriers it owns.
+pub struct ClosureParties {
+    held: Vec<Arc<Inner>>,
+    before: Vec<usize>,
+    tell: std::io::PipeWriter,
+}
+
+/// The child's side of [`closure_parties`], moved into the closure the child runs:
+/// [`join`](Self::join) registers it in the barriers its closure owns, before the closure
+/// starts.
+pub struct ChildParties {
+    held: Vec<Arc<Inner>>,
+    told: std::io::PipeReader,
+}
+
+impl std::fmt::Debug for ClosureParties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClosureParties({} barriers)", self.held.len())
+    }
+}
+
+impl std::fmt::Debug for ChildParties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChildParties({} barriers)", self.held.len())
+    }
+}
+
+/// For a child forked to run a closure: which barriers the closure owns, so that the child
+/// is a party of those from its start (as a `spawn_fn` child is of the barriers in its
+/// arguments). `None` (and free) when this process holds no barrier.
+///
+/// The closure cannot be walked as arguments are, but its handles can be counted: the
+/// barriers it owns (captured, at any depth) are those whose handle count in this process
+/// falls, past the child side's own handle, when the parent drops its copy of the closure
+/// after the fork. Make the two sides, move the child's into the closure with `f`, fork,
+/// then call [`ClosureParties::tell`] in the parent. The child must not keep its copy of
+/// [`ClosureParties::fd`] open (a parent that dies before telling then leaves the child
+/// registered in nothing instead of waiting for ever). A handle of such a barrier cloned or
+/// dropped by another thread of the parent meanwhile can blur the count: the child then
+/// registers at its first `wait` instead, or in a barrier it does not use.
+pub fn closure_parties() -> crate::Result<Option<(ClosureParties, ChildParties)>> {
+    if HANDLES.load(Ordering::Relaxed) == 0 {
+        return Ok(None);
+    }
+    let held: Vec<Arc<Inner>> =
+        live(|entries| entries.iter().filter_map(|(_, inner)| inner.upgrade()).collect());
+    if held.is_empty() {
+        return Ok(None);
+    }
+    let (told, tell) = std::io::pipe()?;
+    let child = ChildParties { held: held.clone(), told };
+    let before = held.iter().map(Arc::strong_count).collect();
+    Ok(Some((ClosureParties { held, before, tell }, child)))
+}
+
+impl ClosureParties {
+    /// The fd the child must close (`Builder::close_in_child`'s way) as it starts.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.tell.as_fd()
+    }
+
+    /// In the parent, after the fork: tells the child which barriers its closure owns (one
+    /// byte per barrier of the child's side, 1 for a party). The parent's copy of the
+    /// closure (with the child's side in it) must be dropped by now.
+    pub fn tell(self) {
+        use std::io::Write;
+        let flags: Vec<u8> = self
+            .held
+            .iter()
+            .zip(&self.before)
+            // The child side's handle, and at least one of the closure's own.
+            .map(|(inner, &before)| u8::from(before.saturating_sub(Arc::strong_count(inner)) >= 2))
+            .collect();
+        let mut tell = self.tell;
+        // A child that is gone reads nothing: nothing to do about it.
+        let _ = tell.write_all(&flags);
+    }
+}
+
+impl ChildParties {
+    /// In the child, before its closure starts: registers the calling thread as a party of
+    /// each barrier the closure owns (told by the parent; none if the parent ends first).
+    pub fn join(self) {
+        use std::io::Read;
+        let mut flags = vec![0u8; self.held.len()];
+        let mut told = self.told;
+        if told.read_exact(&mut flags).is_err() {
+            return;
+        }
+        for (inner, flag) in self.held.iter().zip(flags) {
+            if flag == 1 {
+                inner.join();
+            }
+        }
+    }
+}
+
+/// Ends every registration of the calling thread: a child ending normally (its function has
+/// returned) leaves the barriers it held, whose other parties must not take its end for a
+/// death. Its registrations would otherwise stay held until the process ends, when the
+/// kernel marks them "owner died", as for a process killed.
+pub fn leave_barriers() {
+    let _ = REGISTERED.try_with(|registered| {
+        if let Ok(mut registered) = registered.try_borrow_mut() {
+            registered.clear();
+        }
+    });
+}
+
 impl<'de> Deserialize<'de> for Barrier {
     /// Registers the receiving thread as a party (see the type's docs).
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -119,9 +275,21 @@ impl<'de> Deserialize<'de> for Barrier {
             slots: Shared<Slots>,
         }
         let Received { header, slots } = Received::deserialize(deserializer)?;
-        let barrier = Barrier::counted(header, slots);
-        barrier.join();
-        Ok(barrier)
+        let id = header.2[ID].load(Ordering::SeqCst);
+        // The mapping this process has of it, if any (the new one is then dropped).
+        let (inner, unused) = live(|entries| {
+            match entries.iter().filter(|(i, _)| *i == id).find_map(|(_, inner)| inner.upgrade()) {
+                Some(known) => (known, Some((header, slots))),
+                None => {
+                    let inner = Arc::new(Inner { header, slots });
+                    entries.push((id, Arc::downgrade(&inner)));
+                    (inner, None)
+                }
+            }
+        });
+        drop(unused); // unmapped outside the lock (a fork waits for it)
+        inner.join();
+        Ok(Barrier::counted(inner))
     }
 }
 
@@ -150,11 +318,69 @@ fn deadline_after(timeout: Duration) -> Option<Instant> {
 }
 
 impl Barrier {
-    fn counted(header: Shared<Header>, slots: Shared<Slots>) -> Barrier {
+    fn counted(inner: Arc<Inner>) -> Barrier {
         HANDLES.fetch_add(1, Ordering::Relaxed);
-        Barrier { header, slots }
+        Barrier { inner }
     }
 
+    /// A barrier for `parties` threads (at least 1).
+    pub fn new(parties: usize) -> crate::Result<Barrier> {
+        if parties == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a barrier needs at least 1 party",
+            )
+            .into());
+        }
+        let header = Shared::<Header>::new()?;
+        header.2[PARTIES].store(parties as u64, Ordering::SeqCst);
+        let mut id = [0u8; 8];
+        rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty())?;
+        header.2[ID].store(u64::from_ne_bytes(id), Ordering::SeqCst);
+        let inner = Arc::new(Inner { header, slots: Shared::new()? });
+        live(|entries| entries.push((u64::from_ne_bytes(id), Arc::downgrade(&inner))));
+        Ok(Barrier::counted(inner))
+    }
+
+    /// How many parties it waits for.
+    pub fn parties(&self) -> usize {
+        self.inner.parties()
+    }
+
+    /// How many are waiting now.
+    pub fn n_waiting(&self) -> usize {
+        self.inner.n_waiting()
+    }
+
+    /// Whether it is broken.
+    pub fn broken(&self) -> bool {
+        self.inner.broken()
+    }
+
+    /// Waits until every party waits; returns this thread's index (0 to `parties - 1`, a
+    /// different one for each), or [`BrokenBarrier`].
+    pub fn wait(&self) -> Result<usize, BrokenBarrier> {
+        self.inner.wait_until(None)
+    }
+
+    /// As [`wait`](Barrier::wait), at most `timeout`: a timeout breaks the barrier (for every
+    /// waiter), as in Python.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, BrokenBarrier> {
+        self.inner.wait_until(deadline_after(timeout))
+    }
+
+    /// Breaks the barrier: waiters now and later get [`BrokenBarrier`] until a `reset`.
+    pub fn abort(&self) {
+        self.inner.abort();
+    }
+
+    /// Makes the barrier whole and empty again; threads waiting now get [`BrokenBarrier`].
+    pub fn reset(&self) {
+        self.inner.reset();
+    }
+}
+
+impl Inner {
     /// Registers this thread (if it is not yet) and then wakes the sleepers: they watch the
     /// presence locks registered when they went to sleep, so they look again and watch this
     /// one too.
@@ -176,49 +402,20 @@ impl Barrier {
         }
     }
 
-    /// A barrier for `parties` threads (at least 1).
-    pub fn new(parties: usize) -> crate::Result<Barrier> {
-        if parties == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "a barrier needs at least 1 party",
-            )
-            .into());
-        }
-        let header = Shared::<Header>::new()?;
-        header.2[PARTIES].store(parties as u64, Ordering::SeqCst);
-        let mut id = [0u8; 8];
-        rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty())?;
-        header.2[ID].store(u64::from_ne_bytes(id), Ordering::SeqCst);
-        Ok(Barrier::counted(header, Shared::new()?))
-    }
-
     /// How many parties it waits for.
-    pub fn parties(&self) -> usize {
+    fn parties(&self) -> usize {
         self.header.2[PARTIES].load(Ordering::SeqCst) as usize
     }
 
     /// How many are waiting now.
-    pub fn n_waiting(&self) -> usize {
+    fn n_waiting(&self) -> usize {
         self.header.2[COUNT].load(Ordering::SeqCst) as usize
     }
 
     /// Whether it is broken.
-    pub fn broken(&self) -> bool {
+    fn broken(&self) -> bool {
         let s = &self.header.2;
         s[BROKEN].load(Ordering::SeqCst) == s[GENERATION].load(Ordering::SeqCst) + 1
-    }
-
-    /// Waits until every party waits; returns this thread's index (0 to `parties - 1`, a
-    /// different one for each), or [`BrokenBarrier`].
-    pub fn wait(&self) -> Result<usize, BrokenBarrier> {
-        self.wait_until(None)
-    }
-
-    /// As [`wait`](Barrier::wait), at most `timeout`: a timeout breaks the barrier (for every
-    /// waiter), as in Python.
-    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, BrokenBarrier> {
-        self.wait_until(deadline_after(timeout))
     }
 
     fn lock(&self) -> ShmGuard<'_> {
@@ -321,13 +518,13 @@ impl Barrier {
     }
 
     /// Breaks the barrier: waiters now and later get [`BrokenBarrier`] until a `reset`.
-    pub fn abort(&self) {
+    fn abort(&self) {
         let _g = self.lock();
         self.break_locked();
     }
 
     /// Makes the barrier whole and empty again; threads waiting now get [`BrokenBarrier`].
-    pub fn reset(&self) {
+    fn reset(&self) {
         let _g = self.lock();
         let s = &self.header.2;
         let generation = s[GENERATION].load(Ordering::SeqCst);
@@ -357,13 +554,13 @@ const EDEADLK: i32 = rustix::io::Errno::DEADLK.raw_os_error();
 impl Drop for Barrier {
     fn drop(&mut self) {
         HANDLES.fetch_sub(1, Ordering::Relaxed);
-        if self.header.handles() > 1 {
+        if Arc::strong_count(&self.inner) > 1 {
             // A clone lives on (this thread's, or one it gave away): a party that drops a
             // clone is still a party, and its death must still break the barrier.
             return;
         }
         // This thread's registration in this barrier ends with its last handle.
-        let id = self.header.2[ID].load(Ordering::SeqCst);
+        let id = self.inner.header.2[ID].load(Ordering::SeqCst);
         let _ = REGISTERED.try_with(|registered| {
             if let Ok(mut registered) = registered.try_borrow_mut() {
                 registered.retain(|r| r.id != id);

@@ -198,7 +198,9 @@ pub mod __private {
         crate::end::refuse_pipe_nowait();
     }
 
-    pub use crate::barrier::join_parties_in;
+    pub use crate::barrier::{
+        ChildParties, ClosureParties, closure_parties, join_parties_in, leave_barriers,
+    };
     pub use crate::queue::QueueCrash;
 
     /// Arms `point`: this process kills itself with `SIGKILL` when a queue operation of

@@ -260,3 +260,55 @@ fn assert_broken_by_the_death(waiter: std::thread::JoinHandle<(Result<usize, Bro
     assert_eq!(result, Err(BrokenBarrier));
     assert!(took < DEADLINE, "broken by the death, not by the timeout");
 }
+
+/// A barrier received twice in one process (here two clones in one message) is one party
+/// there: dropping one of the handles leaves the process a party, so its death still breaks
+/// the barrier for the others instead of leaving them to their deadline.
+#[test]
+fn a_party_that_received_it_twice_and_dropped_one_still_breaks_it_when_killed() {
+    let barrier = Barrier::new(2).unwrap();
+    let (parent, child_end) = duplex::<(Barrier, Barrier)>().unwrap();
+    let (rx, tx) = pipe::<()>().unwrap();
+    let child = in_child(&[&child_end, &tx], || {
+        let (first, _second) = child_end.recv_timeout(DEADLINE).map_err(msg)?;
+        drop(first);
+        tx.send(&()).map_err(msg)?;
+        kill_self()
+    });
+    drop((child_end, tx));
+    let waiter = a_waiter(&barrier);
+    parent.send(&(barrier.clone(), barrier.clone())).unwrap();
+    rx.recv_timeout(DEADLINE).unwrap();
+    assert_broken_by_the_death(waiter);
+    assert_eq!(child.wait(DEADLINE), Exit::Signal(9));
+}
+
+/// The number of open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Receiving a barrier the process already holds maps nothing more: every handle on it
+/// shares one mapping (and no fd), however many times it arrives.
+#[test]
+fn a_barrier_received_again_shares_the_mapping_it_has() {
+    const TIMES: usize = 20;
+    let barrier = Barrier::new(2).unwrap();
+    let (parent, child_end) = duplex::<Barrier>().unwrap();
+    let child = in_child(&[&child_end], || {
+        let first = child_end.recv_timeout(DEADLINE).map_err(msg)?;
+        let before = open_fds();
+        let again: Vec<Barrier> =
+            (0..TIMES).map(|_| child_end.recv_timeout(DEADLINE).map_err(msg)).collect::<Result<_, _>>()?;
+        let added = open_fds() - before;
+        drop((first, again));
+        match added {
+            0 => Ok(()),
+            n => Err(format!("{n} fds held for the same barrier received {TIMES} times more")),
+        }
+    });
+    for _ in 0..=TIMES {
+        parent.send(&barrier).unwrap();
+    }
+    assert_success(child);
+}

@@ -139,10 +139,13 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Runs `f`, catching a panic: its outcome, and the exit code that goes with it.
 #[inline(always)]
 pub(crate) fn run<R>(f: impl FnOnce() -> R) -> (Outcome<R>, i32) {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    let out = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(value) => (Outcome::Value(value), 0),
         Err(payload) => (Outcome::Panicked(panic_message(&*payload)), EXIT_PANICKED),
-    }
+    };
+    // An end, not a death: the barriers this child was a party of must not break at its exit.
+    mproc_ipc::__private::leave_barriers();
+    out
 }
 
 /// Runs `f`, catching a panic, and sends the outcome on `conn`; returns the exit code.

@@ -133,6 +133,10 @@ impl<'a> Builder<'a> {
     /// Forks a child that runs `f` and sends back its value. Closures can only be started by
     /// [`StartMethod::Fork`]; any other method set on this builder is an error (use
     /// [`spawn_fn`](Self::spawn_fn)).
+    ///
+    /// The child is a party of every [`Barrier`](mproc_ipc::Barrier) the closure owns from
+    /// its start, as a `spawn_fn` child is of those in its arguments: killed before its first
+    /// `wait`, it breaks them (ending normally, it leaves them).
     pub fn spawn<F, R>(self, f: F) -> Result<Process<R>>
     where
         F: FnOnce() -> R + Send + 'static,
@@ -145,7 +149,21 @@ impl<'a> Builder<'a> {
         }
         let identity = self.child_identity()?;
         let close = self.close_numbers();
-        on_long_lived_thread(identity.daemon, move || start::fork::start(identity, &close, f))
+        on_long_lived_thread(identity.daemon, move || {
+            // The barriers the closure owns count the child as a party from its start (as
+            // a spawn_fn child is of those in its arguments): found by their handle counts
+            // once this side has dropped its copy of the closure, and told to the child.
+            let Some((parties, child_parties)) = mproc_ipc::__private::closure_parties()? else {
+                return start::fork::start(identity, &close, f);
+            };
+            let close = [&close[..], &[parties.fd().as_raw_fd()]].concat();
+            let started = start::fork::start(identity, &close, move || {
+                child_parties.join();
+                f()
+            });
+            parties.tell();
+            started
+        })
     }
 
     /// Starts a child that runs `f(args)` by the chosen start method and sends back its value.

@@ -382,12 +382,6 @@ impl<T: ShmType> Shared<T> {
         Ok(Shared { map: Arc::new(map), _t: PhantomData })
     }
 
-    /// How many handles share this mapping in this process (clones of one handle; a region
-    /// received again is mapped again, and counted apart).
-    pub(crate) fn handles(&self) -> usize {
-        Arc::strong_count(&self.map)
-    }
-
     pub(crate) fn mapping(&self) -> &Mapping {
         &self.map
     }
