@@ -40,33 +40,33 @@ impl std::error::Error for BrokenBarrier {}
 /// Python's `multiprocessing.Barrier(parties)`: `wait` returns once `parties` threads (in any
 /// processes) wait on it, then it is ready for the next round.
 ///
-/// A barrier is also broken when a party dies. A thread that waits on a barrier registers in
-/// it (it holds a robust presence lock, released when the thread ends or drops its last use
-/// of the barrier); a process killed, or ending without dropping the barrier (other than an
-/// mproc child whose function returned: see below), leaves the lock "owner died". Waiters sleep on the barrier's condition *and* on the presence locks
-/// of the registered parties at once (`futex_waitv`; the kernel wakes them when it marks a
-/// lock "owner died"), and break the barrier instead of waiting for ever for a party that
-/// will not come. No polling (on a kernel before Linux 5.16, without `futex_waitv`, they
-/// look every 50 ms instead).
+/// A barrier is also broken when a party dies. A thread that waits on a barrier registers in it (it
+/// holds a robust presence lock, released when the thread ends or drops its last use of the
+/// barrier); a process killed, or ending without dropping the barrier (other than an mproc child
+/// whose function returned: see below), leaves the lock "owner died". Waiters sleep on the
+/// barrier's condition *and* on the presence locks of the registered parties at once
+/// (`futex_waitv`; the kernel wakes them when it marks a lock "owner died"), and break the barrier
+/// instead of waiting for ever for a party that will not come. No polling (on a kernel before Linux
+/// 5.16, without `futex_waitv`, they look every 50 ms instead).
 ///
 /// A thread that *receives* a barrier (deserializes it: a Spawn or ForkServer child, or a pool
-/// task, gets it in its arguments; or from a [`Connection`](crate::Connection)) registers
-/// then, before any `wait`: a party that dies before its first `wait` breaks the barrier too.
-/// A child a Fork start runs `f(args)` in (mproc-process's `spawn_fn`) registers in the
-/// barriers in `args` before `f` starts; one that runs a closure (`Builder::spawn`), in the
-/// barriers the closure owns, before it starts ([`closure_parties`]). A forked child of
-/// another making, or a thread given a clone,
-/// registers at its first `wait` (until then, its death is noticed only by a timeout).
+/// task, gets it in its arguments; or from a [`Connection`](crate::Connection)) registers then,
+/// before any `wait`: a party that dies before its first `wait` breaks the barrier too. A child a
+/// Fork start runs `f(args)` in (mproc-process's `spawn_fn`) registers in the barriers in `args`
+/// before `f` starts; one that runs a closure (`Builder::spawn`), in the barriers the closure owns,
+/// before it starts (found by handle counts, see mproc-ipc's `__private::closure_parties`). A
+/// forked child of another making, or a thread given a clone, registers at its first `wait` (until
+/// then, its death is noticed only by a timeout).
 ///
-/// A party leaves (and breaks nothing) when its process drops its last handle on the barrier,
-/// when its thread ends normally, or when the function of an mproc child returns (its
-/// process then exits without dropping anything, and that exit is not a death).
+/// A party leaves (and breaks nothing) when its process drops its last handle on the barrier, when
+/// its thread ends normally, or when the function of an mproc child returns (its process then exits
+/// without dropping anything, and that exit is not a death).
 ///
-/// A thread is one party however many handles on the barrier it holds: a process maps a
-/// barrier once, and a barrier received again (two clones in one message, or sent twice)
-/// shares that mapping and counts with its other handles. Dropping some of them leaves the
-/// thread a party; its threads are parties each (as Python's threads waiting on one
-/// `Barrier`), counted by who waits, not by handles.
+/// A thread is one party however many handles on the barrier it holds: a process maps a barrier
+/// once, and a barrier received again (two clones in one message, or sent twice) shares that
+/// mapping and counts with its other handles. Dropping some of them leaves the thread a party; its
+/// threads are parties each (as Python's threads waiting on one `Barrier`), counted by who waits,
+/// not by handles.
 ///
 /// ```
 /// # fn main() -> mproc_ipc::Result<()> {
@@ -93,8 +93,8 @@ struct Inner {
 
 /// The barriers this process holds, by id: a barrier received again shares the mapping the
 /// process has (so its handles are counted together, and it costs no more fds), and a child
-/// forked to run a closure looks for the ones it owns among them ([`closure_parties`]). Kept under
-/// [`crate::sys::forks::locked`]: a forked child starts its own afresh.
+/// forked to run a closure looks for the ones it owns among them ([`closure_parties`]). Kept
+/// under [`crate::sys::forks::locked`]: a forked child starts its own afresh.
 static LIVE: Mutex<Live> = Mutex::new(Live { forks: 0, entries: Vec::new() });
 
 struct Live {

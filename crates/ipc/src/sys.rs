@@ -3,8 +3,8 @@
 //! Here: reading straight into a `Vec`'s spare capacity (so a large message is not zero-filled
 //! before the kernel overwrites it), and `FromRawFd`, whose contract is unsafe by definition;
 //! in the modules below, the codec's bulk casts, shared memory, the robust lock, the
-//! out-of-line mapping, the fork handlers of a process-wide lock (`forks.rs`), and a small frame built on the stack without a zero fill
-//! (`small.rs`). Each block says why it is sound.
+//! out-of-line mapping, the fork handlers of a process-wide lock (`forks.rs`), and a small
+//! frame built on the stack without a zero fill (`small.rs`). Each block says why it is sound.
 //!
 //! This is the bottom of the crate: it names no end type. `FromRawFd` is a macro here that
 //! each handle module (`pipe`, `duplex`) invokes for its types.
