@@ -160,7 +160,15 @@ pub struct ClosureParties {
     held: Vec<Arc<Inner>>,
     before: Vec<usize>,
     tell: std::io::PipeWriter,
+    /// A read end of the parent's own, open while it tells: a child already gone then makes
+    /// the write land in the pipe, not fail with `EPIPE` (or `SIGPIPE`).
+    _read_end: std::io::PipeReader,
 }
+
+/// At most this many of the parent's barriers are looked at for a closure child (the flags
+/// then fit in a pipe's buffer, so telling never waits); one past them registers at its
+/// first `wait`.
+const CLOSURE_BARRIERS: usize = 4096;
 
 /// The child's side of [`closure_parties`], moved into the closure the child runs:
 /// [`join`](Self::join) registers it in the barriers its closure owns, before the closure
@@ -199,15 +207,17 @@ pub fn closure_parties() -> crate::Result<Option<(ClosureParties, ChildParties)>
     if HANDLES.load(Ordering::Relaxed) == 0 {
         return Ok(None);
     }
-    let held: Vec<Arc<Inner>> =
-        live(|entries| entries.iter().filter_map(|(_, inner)| inner.upgrade()).collect());
+    let held: Vec<Arc<Inner>> = live(|entries| {
+        entries.iter().filter_map(|(_, inner)| inner.upgrade()).take(CLOSURE_BARRIERS).collect()
+    });
     if held.is_empty() {
         return Ok(None);
     }
     let (told, tell) = std::io::pipe()?;
+    let _read_end = told.try_clone()?;
     let child = ChildParties { held: held.clone(), told };
     let before = held.iter().map(Arc::strong_count).collect();
-    Ok(Some((ClosureParties { held, before, tell }, child)))
+    Ok(Some((ClosureParties { held, before, tell, _read_end }, child)))
 }
 
 impl ClosureParties {

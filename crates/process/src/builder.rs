@@ -161,7 +161,9 @@ impl<'a> Builder<'a> {
                 child_parties.join();
                 f()
             });
-            parties.tell();
+            if started.is_ok() {
+                parties.tell();
+            }
             started
         })
     }
