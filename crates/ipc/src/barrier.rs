@@ -157,7 +157,7 @@ pub fn join_parties_in<T: Serialize + ?Sized>(value: &T) {
 /// The parent's side of [`closure_parties`]: after the fork (once the parent has dropped its
 /// copy of the closure), [`tell`](Self::tell) tells the child which barriers it owns.
 pub struct ClosureParties {
-    held: Vec<Arc<Inner>>,
+    held: Vec<Weak<Inner>>,
     before: Vec<usize>,
     tell: std::io::PipeWriter,
     /// A read end of the parent's own, open while it tells: a child already gone then makes
@@ -174,7 +174,7 @@ const CLOSURE_BARRIERS: usize = 4096;
 /// [`join`](Self::join) registers it in the barriers its closure owns, before the closure
 /// starts.
 pub struct ChildParties {
-    held: Vec<Arc<Inner>>,
+    held: Vec<Weak<Inner>>,
     told: std::io::PipeReader,
 }
 
@@ -196,8 +196,7 @@ impl std::fmt::Debug for ChildParties {
 ///
 /// The closure cannot be walked as arguments are, but its handles can be counted: the
 /// barriers it owns (captured, at any depth) are those whose handle count in this process
-/// falls, past the child side's own handle, when the parent drops its copy of the closure
-/// after the fork. Make the two sides, move the child's into the closure with `f`, fork,
+/// falls when the parent drops its copy of the closure after the fork. Make the two sides, move the child's into the closure with `f`, fork,
 /// then call [`ClosureParties::tell`] in the parent. The child must not keep its copy of
 /// [`ClosureParties::fd`] open (a parent that dies before telling then leaves the child
 /// registered in nothing instead of waiting for ever). A handle of such a barrier cloned or
@@ -207,16 +206,17 @@ pub fn closure_parties() -> crate::Result<Option<(ClosureParties, ChildParties)>
     if HANDLES.load(Ordering::Relaxed) == 0 {
         return Ok(None);
     }
-    let held: Vec<Arc<Inner>> = live(|entries| {
-        entries.iter().filter_map(|(_, inner)| inner.upgrade()).take(CLOSURE_BARRIERS).collect()
-    });
+    // Weak: the handle counts are the handles' only (another spawn's lists, made meanwhile,
+    // count nothing).
+    let held: Vec<Weak<Inner>> =
+        live(|entries| entries.iter().map(|(_, inner)| inner.clone()).take(CLOSURE_BARRIERS).collect());
     if held.is_empty() {
         return Ok(None);
     }
     let (told, tell) = std::io::pipe()?;
     let _read_end = told.try_clone()?;
     let child = ChildParties { held: held.clone(), told };
-    let before = held.iter().map(Arc::strong_count).collect();
+    let before = held.iter().map(Weak::strong_count).collect();
     Ok(Some((ClosureParties { held, before, tell, _read_end }, child)))
 }
 
@@ -236,8 +236,7 @@ impl ClosureParties {
             .held
             .iter()
             .zip(&self.before)
-            // The child side's handle, and at least one of the closure's own.
-            .map(|(inner, &before)| u8::from(before.saturating_sub(Arc::strong_count(inner)) >= 2))
+            .map(|(inner, &before)| u8::from(before > inner.strong_count()))
             .collect();
         let mut tell = self.tell;
         // A child that is gone reads nothing: nothing to do about it.
@@ -256,7 +255,8 @@ impl ChildParties {
             return;
         }
         for (inner, flag) in self.held.iter().zip(flags) {
-            if flag == 1 {
+            // Alive here: the parent's handles on it are in this copy of its memory.
+            if let Some(inner) = inner.upgrade().filter(|_| flag == 1) {
                 inner.join();
             }
         }
