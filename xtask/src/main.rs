@@ -2,8 +2,8 @@
 //!
 //! - `cargo xtask test [ARGS]`: rustfmt check, clippy, the examples built (some tests run
 //!   them), every test target (criterion benches run once in test mode, a smoke test), then
-//!   doc tests, then the loom model checks of the coroutine task cell and the doorbell protocol (`--cfg loom`, in
-//!   `target/loom`). `ARGS` go to both test runs after `--`, e.g. a test name filter.
+//!   doc tests, then the loom model checks of the coroutine task cell, the doorbell protocol
+//!   and the queue's sleep/wake protocol (`--cfg loom`, in `target/loom`). `ARGS` go to both test runs after `--`, e.g. a test name filter.
 //! - `cargo xtask proptest [--cases N]`: the property tests (named `prop_*`), in release mode
 //!   with `PROPTEST_CASES=N` (default 1024).
 //! - `cargo xtask bench [--runs N] [--save FILE] [--bench NAME].. [--fresh-clone] [-- ARGS]`:
@@ -28,8 +28,8 @@ usage: cargo xtask <command> [args]
 
 commands:
   test [ARGS]           rustfmt check, clippy, all test targets (benches run once as a smoke
-                        test), doc tests, the coroutine task cell's loom model checks; ARGS go
-                        to both test runs after `--`
+                        test), doc tests, the loom model checks (coroutine task cell,
+                        doorbell, queue sleep/wake); ARGS go to both test runs after `--`
   proptest [--cases N]  property tests (`prop_*`) in release mode with PROPTEST_CASES=N
                         (default 1024)
   bench [OPTIONS] [-- ARGS]
@@ -153,8 +153,8 @@ impl Cargo {
 /// How long one test step may run (a normal run takes a minute or two).
 const TEST_STEP_LIMIT: Duration = Duration::from_secs(30 * 60);
 
-/// How long the loom step may run (it builds in about a minute and a half on 2 cores and
-/// runs in seconds).
+/// How long the loom step may run (it builds in about two and a half minutes on 2 cores and
+/// runs in about a minute, most of it the queue's sleep/wake model).
 const LOOM_STEP_LIMIT: Duration = Duration::from_secs(10 * 60);
 
 /// `cargo xtask test`: format, lints, every test target, doc tests, mproc-ipc's `pickle`
@@ -190,13 +190,28 @@ fn test(extra: &[String]) -> Result<(), ExitCode> {
 
 /// The loom model checks of the coroutine task cell's cross-thread protocol
 /// (`crates/coroutine/src/sys/task/loom_tests.rs`): the crate's unit tests built with
-/// `--cfg loom`, which swaps its atomics, cells and mutex for loom's (`src/sync.rs`). Their
-/// own target directory, so the normal build is not rebuilt with the changed `RUSTFLAGS`.
+/// `--cfg loom`, which swaps its atomics, cells and mutex for loom's (`src/sync.rs`); then
+/// those of the queue's sleep/wake protocol (`crates/ipc/src/queue/wake/loom_tests.rs`, only
+/// them of mproc-ipc's unit tests). Their own target directory, so the normal build is not
+/// rebuilt with the changed `RUSTFLAGS`.
 fn loom() -> Result<(), ExitCode> {
     Cargo::new(&["test", "-p", "mproc-coroutine", "--lib", "--target-dir", "target/loom"])
         .env("RUSTFLAGS", "--cfg loom".to_owned())
         .timeout(LOOM_STEP_LIMIT)
-        .run()
+        .run()?;
+    Cargo::new(&[
+        "test",
+        "-p",
+        "mproc-ipc",
+        "--lib",
+        "--target-dir",
+        "target/loom",
+        "--",
+        "queue::wake::loom_tests",
+    ])
+    .env("RUSTFLAGS", "--cfg loom".to_owned())
+    .timeout(LOOM_STEP_LIMIT)
+    .run()
 }
 
 /// Waits for `child`; past `limit`, kills it and every process it started, and fails.

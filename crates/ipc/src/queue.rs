@@ -123,6 +123,7 @@
 //! are postcard: ends (file descriptors) cannot travel inside them.
 
 mod ring;
+mod wake;
 
 use std::cell::RefCell;
 use std::marker::PhantomData;

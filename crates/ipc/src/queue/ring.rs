@@ -3,13 +3,15 @@
 //! See the [`queue`](crate::queue) module doc for the design; this file is its mechanism.
 
 use std::sync::atomic::{AtomicU64, Ordering, fence};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::doorbell::{Doorbell, Listeners};
 use crate::error::{Error, Result};
 use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
 use crate::spin::spin_until;
 use crate::sys::shm::data_offset;
+
+use super::wake::{self, Stop, Words};
 
 /// The header of a queue's region: the locks (see [`PUT_LOCK`]), three condition variables
 /// (not empty, not full, all done), the words, and the count of coroutines listening for the
@@ -37,26 +39,26 @@ const MAGIC: usize = 0;
 const SMALL: usize = 1; // the hot ring's size in bytes
 const MAXSIZE: usize = 2; // the most items, u64::MAX for none
 // Line 1, the producers' (under the put lock): their commit word and state slots.
-const PUTS: usize = LINE; // items ever put: the producers' commit word
+pub(super) const PUTS: usize = LINE; // items ever put: the producers' commit word
 const TAILS: usize = LINE + 1; // two slots of END_WORDS words: where the next record goes
 // Line 2, the producers' hints: what they last read of the consumers' side (lower bounds).
 const HINT_HEAD: usize = 2 * LINE; // the consumers' ring position
 const HINT_FREED: usize = 2 * LINE + 1; // the consumers' FREED
-const HINT_GETS: usize = 2 * LINE + 2; // GETS
+pub(super) const HINT_GETS: usize = 2 * LINE + 2; // GETS
 // Line 3, the consumers' (under the get lock): their commit word and state slots.
-const GETS: usize = 3 * LINE; // items ever got: the consumers' commit word
+pub(super) const GETS: usize = 3 * LINE; // items ever got: the consumers' commit word
 const HEADS: usize = 3 * LINE + 1; // two slots of END_WORDS words: the next record to read
 const FREED: usize = 3 * LINE + 7; // the spill position below which whole pages are given back
 // Line 4, the consumers' hints: PUTS, and the producers' spill tail, as they last read them
 // (lower bounds).
-const HINT_PUTS: usize = 4 * LINE;
+pub(super) const HINT_PUTS: usize = 4 * LINE;
 const HINT_TAIL: usize = 4 * LINE + 1;
 // Line 5, the sleepers: written only around a sleep and a wake-up.
-const SLEEP_GET: usize = 5 * LINE; // processes asleep in get (a count only ever too high, never low)
-const SLEEP_PUT: usize = 5 * LINE + 1; // asleep in put
-const SLEEP_JOIN: usize = 5 * LINE + 2; // asleep in join
-const WAKING_GET: usize = 5 * LINE + 3; // 1: a get's wake-up is on its way (notified, not yet awake)
-const WAKING_PUT: usize = 5 * LINE + 4; // 1: a put's wake-up is on its way
+pub(super) const SLEEP_GET: usize = 5 * LINE; // processes asleep in get (a count only ever too high, never low)
+pub(super) const SLEEP_PUT: usize = 5 * LINE + 1; // asleep in put
+pub(super) const SLEEP_JOIN: usize = 5 * LINE + 2; // asleep in join
+pub(super) const WAKING_GET: usize = 5 * LINE + 3; // 1: a get's wake-up is on its way (notified, not yet awake)
+pub(super) const WAKING_PUT: usize = 5 * LINE + 4; // 1: a put's wake-up is on its way
 // Line 6: `task_done` calls ever made (items put minus these are unfinished).
 const DONE: usize = 6 * LINE;
 
@@ -83,11 +85,6 @@ pub(crate) const VIRTUAL_BYTES: u64 = 8 << 30;
 const PAGE: u64 = 4096;
 /// The spill is given back to the system this many bytes at a time (see `give_back`).
 const PUNCH_BATCH: u64 = 16 * PAGE;
-
-/// How long a sleeping `get`/`put`/`join` sleeps before it looks again, even unwoken: a
-/// process woken by a notify and killed before it took the item leaves the others asleep
-/// with an item there; they find it within this time.
-const SLICE: Duration = Duration::from_millis(50);
 
 /// How many times `lock` tries the mutex (spinning between tries) before it sleeps on it:
 /// glibc's robust mutexes sleep at once on contention, where the holder only ever holds the
@@ -296,18 +293,9 @@ impl Ring {
         self.maxsize != u64::MAX
     }
 
-    /// Items in the queue at one moment during the call: `GETS`, `PUTS`, `GETS` again, until
-    /// the two reads of `GETS` agree (it only grows, so it did not move in between, and
-    /// `PUTS` minus it was the count when `PUTS` was read).
+    /// Items in the queue at one moment during the call (see [`wake::qsize`]).
     pub(crate) fn qsize(&self) -> u64 {
-        loop {
-            let gets = self.w(GETS).load(Ordering::SeqCst);
-            let puts = self.w(PUTS).load(Ordering::SeqCst);
-            if self.w(GETS).load(Ordering::SeqCst) == gets {
-                return puts.saturating_sub(gets);
-            }
-            std::hint::spin_loop();
-        }
+        wake::qsize(&self.words())
     }
 
     /// Items put and not yet `task_done`, at one moment: `DONE` read first (it never passes
@@ -397,13 +385,13 @@ impl Ring {
         }
     }
 
-    /// Sleeps on `cond` (holding the lock `guard` is of) until notified or `deadline` (at
-    /// most [`SLICE`]), unless `ready` is true once counted as a sleeper. The other side
-    /// changes what `ready` reads without this lock, so the order is what keeps a wake-up
-    /// from being lost: count in (`sleepers`), read the notify count, look (`ready`), sleep
-    /// only while that count is unchanged. The other side stores its commit word, then
-    /// loads the count (both `SeqCst`): it sees this sleeper (and notifies, which moves the
-    /// notify count), or this look sees its commit.
+    /// The header's words, from the first on a cache line, for the sleep/wake protocol.
+    #[inline(always)]
+    fn words(&self) -> Words<'_, AtomicU64> {
+        Words(&self.shared.4[self.base..])
+    }
+
+    /// Sleeps on `cond` (see [`wake::sleep`]).
     fn sleep(
         &self,
         guard: &mut ShmGuard<'_>,
@@ -412,52 +400,12 @@ impl Ring {
         deadline: Option<Instant>,
         ready: impl Fn() -> bool,
     ) {
-        let count = self.w(sleepers);
-        count.fetch_add(1, Ordering::SeqCst);
-        let seq = cond.sequence();
-        // A wake-up flagged as on its way is not for this sleeper, which has just come: the
-        // flag may even be stale (set by a commit that found a sleeper counted who then left
-        // without sleeping), and left set it would keep every commit from waking this one,
-        // which would sleep out its slice with an item there. Cleared, the next commit wakes
-        // (at worst one wake too many for an earlier sleeper). A flag set after this store
-        // was set by a notify that moves the count after `seq` was read: the wait below
-        // returns at once.
-        if let Some(waking) = waking_of(sleepers) {
-            self.w(waking).store(0, Ordering::SeqCst);
-        }
-        if !ready() {
-            cond.wait_since(guard, seq, deadline, SLICE);
-        }
-        // Awake (notified or not): the wake-up on its way, if any, may have been this one, so
-        // the next commit that finds sleepers wakes one again (at worst one wake too many).
-        // A sleeper killed between its wake-up and here leaves the flag set: the others
-        // clear it when their slice ends.
-        if let Some(waking) = waking_of(sleepers) {
-            self.w(waking).store(0, Ordering::SeqCst);
-        }
-        count.fetch_sub(1, Ordering::SeqCst);
+        wake::sleep(&self.words(), guard, cond, sleepers, deadline, ready);
     }
 
-    /// Wakes the sleepers on `cond` (all of them) or one of them, if any sleep. One at a
-    /// time: while a wake-up is on its way (the `WAKING_` flag, cleared by the sleeper when it
-    /// wakes, and by every sleeper as it comes, whose wake-up it cannot be), a commit wakes no other, so a producer does not pay a `futex` wake for every
-    /// item while its consumer gets to a CPU; the woken one, after its own commit, wakes the
-    /// next if what they wait for is still there (see `put` and `get`). The caller's commit
-    /// is ordered before this load (a `SeqCst` store or fence).
+    /// Wakes the sleepers on `cond` (see [`wake::notify`]).
     fn notify(&self, cond: &ShmCondvar, sleepers: usize, all: bool) {
-        if self.w(sleepers).load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        match waking_of(sleepers) {
-            _ if all => cond.notify_all(),
-            Some(waking) => {
-                let flag = self.w(waking);
-                if flag.load(Ordering::SeqCst) == 0 && flag.swap(1, Ordering::SeqCst) == 0 {
-                    cond.notify_one();
-                }
-            }
-            None => cond.notify_one(),
-        }
+        wake::notify(&self.words(), cond, sleepers, all);
     }
 
     /// Puts one record of `payload`. `deadline`: `Some(now)` never waits, `None` waits as long
@@ -483,43 +431,20 @@ impl Ring {
         }
         let mut guard = self.lock(PUT_LOCK)?;
         crash_point(QueueCrash::PutLocked);
-        let mut puts = self.w(PUTS).load(Ordering::Relaxed);
-        if bounded {
-            loop {
-                // Read again after a sleep: other producers put while the lock was free.
-                puts = self.w(PUTS).load(Ordering::Relaxed);
-                if puts.wrapping_sub(self.w(HINT_GETS).load(Ordering::Relaxed)) < self.maxsize {
-                    break;
-                }
-                let gets = self.w(GETS).load(Ordering::SeqCst);
-                if gets > puts {
-                    return Err(corrupt());
-                }
-                self.w(HINT_GETS).store(gets, Ordering::Relaxed);
-                if puts - gets < self.maxsize {
-                    break;
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
-                }
-                let room = || puts - self.w(GETS).load(Ordering::SeqCst).min(puts) < self.maxsize;
-                self.sleep(&mut guard, &self.shared.2, SLEEP_PUT, deadline, room);
-            }
-        }
+        let puts = match wake::until_room(&self.words(), self.maxsize, &mut guard, &self.shared.2, deadline) {
+            Ok(puts) => puts,
+            Err(Stop::Corrupt) => return Err(corrupt()),
+            Err(Stop::Timeout) => return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) },
+        };
         let tails = self.read_slot(TAILS, puts);
         if !tails.is_possible() {
             return Err(corrupt());
         }
         let tails = self.place(tails, payload)?;
-        // SeqCst: ordered before the loads of the sleeper counts below (see `sleep`).
-        self.commit(PUTS, TAILS, puts, tails, QueueCrash::PutStateHalfWritten, Ordering::SeqCst);
+        self.commit(PUTS, TAILS, puts, tails, QueueCrash::PutStateHalfWritten, wake::PUT_COMMIT);
         crash_point(QueueCrash::PutCommitted);
         drop(guard);
-        self.notify(&self.shared.1, SLEEP_GET, false);
-        if bounded && self.w(SLEEP_PUT).load(Ordering::SeqCst) > 0 && self.qsize() < self.maxsize {
-            // Room left: the next sleeping put may go on too.
-            self.notify(&self.shared.2, SLEEP_PUT, false);
-        }
+        wake::after_put(&self.words(), &self.shared.1, &self.shared.2, self.maxsize);
         self.bell.ring(self.listeners());
         Ok(true)
     }
@@ -663,25 +588,11 @@ impl Ring {
         }
         let mut guard = self.lock(GET_LOCK)?;
         crash_point(QueueCrash::GetLocked);
-        let mut gets = self.w(GETS).load(Ordering::Relaxed);
-        let mut puts = self.w(HINT_PUTS).load(Ordering::Relaxed);
-        while puts <= gets {
-            // Read again after a sleep: other consumers got while the lock was free.
-            gets = self.w(GETS).load(Ordering::Relaxed);
-            puts = self.w(PUTS).load(Ordering::SeqCst);
-            if puts < gets {
-                return Err(corrupt());
-            }
-            self.w(HINT_PUTS).store(puts, Ordering::Relaxed);
-            if puts > gets {
-                break;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
-            }
-            let ready = || self.w(PUTS).load(Ordering::SeqCst) > gets;
-            self.sleep(&mut guard, &self.shared.1, SLEEP_GET, deadline, ready);
-        }
+        let (gets, puts) = match wake::until_item(&self.words(), &mut guard, &self.shared.1, deadline) {
+            Ok(both) => both,
+            Err(Stop::Corrupt) => return Err(corrupt()),
+            Err(Stop::Timeout) => return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) },
+        };
         let heads = self.read_slot(HEADS, gets);
         if !heads.is_possible() {
             return Err(corrupt());
@@ -690,18 +601,13 @@ impl Ring {
         self.give_back(heads.spill)?;
         let heads = self.take(heads, out)?;
         let bounded = self.bounded();
-        // SeqCst in a bounded queue: ordered before the load of the sleeping puts' count.
-        let order = if bounded { Ordering::SeqCst } else { Ordering::Release };
+        let order = wake::get_commit(bounded);
         self.commit(GETS, HEADS, gets, heads, QueueCrash::GetStateHalfWritten, order);
         crash_point(QueueCrash::GetCommitted);
         self.give_back(heads.spill)?;
         drop(guard);
-        if puts > gets + 1 {
-            // Items left: the next sleeping get may go on too.
-            self.notify(&self.shared.1, SLEEP_GET, false);
-        }
+        wake::after_get(&self.words(), &self.shared.1, &self.shared.2, gets, puts, bounded);
         if bounded {
-            self.notify(&self.shared.2, SLEEP_PUT, false);
             self.bell.ring(self.listeners());
         }
         Ok(true)
@@ -848,15 +754,6 @@ fn line_start(shared: &Shared<Header>) -> usize {
     (64 - addr % 64) % 64 / 8
 }
 
-/// The flag that says a wake-up of `sleepers` is on its way (`join`'s wake all: none).
-fn waking_of(sleepers: usize) -> Option<usize> {
-    match sleepers {
-        SLEEP_GET => Some(WAKING_GET),
-        SLEEP_PUT => Some(WAKING_PUT),
-        _ => None,
-    }
-}
-
 fn corrupt() -> Error {
     Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, "the queue's shared memory is corrupt"))
 }
@@ -884,6 +781,8 @@ fn too_large(len: u64, small: u64, data_len: u64) -> Error {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    use std::time::Duration;
 
     use super::*;
 
