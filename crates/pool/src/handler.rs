@@ -175,9 +175,11 @@ impl Handler {
     /// Sends worker `i` a batch of up to `n` pending tasks (fewer past the byte budget).
     fn send_batch(&mut self, i: usize, n: usize) {
         // Within the byte budget, and within the message limit (each task's input is within
-        // it, `submit` checked, or in a memfd that goes beside the message).
+        // it, `submit` checked, or in a memfd that goes beside the message); within the fds
+        // one message carries (each task's are, `submit` checked).
         let budget = scheduler::BATCH_BYTES.min(self.shared.config.max_message_size);
-        let n = scheduler::fit_bytes(self.pending.iter().map(|t| t.input.len() + wire::PER_TASK), n, budget);
+        let sizes = self.pending.iter().map(|t| (t.input.len() + wire::PER_TASK, wire::fds_of(&t.input)));
+        let n = scheduler::fit(sizes, n, budget);
         if n == 0 {
             return;
         }

@@ -118,7 +118,7 @@ pub(crate) fn serve(
     if let Some(init) = init
         && let Err(failure) = run(init)
     {
-        let _ = conn.send(&FromWorker::InitFailed(failure));
+        let _ = conn.send(&FromWorker::InitFailed(failure.cut_to(limit)));
         return;
     }
     let mut claimer = Claimer::new(progress.word());
@@ -168,13 +168,15 @@ pub(crate) fn serve(
 }
 
 /// `outcome`, or its failure if its value is past `limit` (unless it is in a memfd and
-/// `files` says the connection carries it as one); and its size in a message.
+/// `files` says the connection carries it as one), a failure's message cut to fit it; and its
+/// size in a message.
 pub(crate) fn within_limit(outcome: Outcome, limit: usize, files: bool) -> (Outcome, usize) {
     let outcome = match outcome {
         Ok(value) if value.len() > limit && !(files && value.is_file()) => {
             Err(Failure::TooLarge { size: value.len() as u64, limit: limit as u64 })
         }
-        other => other,
+        Ok(value) => Ok(value),
+        Err(failure) => Err(failure.cut_to(limit)),
     };
     let size = wire::PER_TASK
         + match &outcome {
