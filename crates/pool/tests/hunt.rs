@@ -188,3 +188,51 @@ fn a_thread_pool_joined_inside_its_own_task_says_so_instead_of_hanging() {
         pool.join().unwrap();
     });
 }
+
+/// Several threads use one pool at once (`map`, `imap_unordered`, `apply_async_with`) while
+/// another closes it, then terminates it: every call returns (a value or an error), none
+/// waits for ever.
+#[test]
+fn a_pool_used_from_several_threads_while_it_is_closed_and_terminated_never_hangs() {
+    within(DEADLINE, || {
+        let pool = Arc::new(pool(2));
+        let (started, all_started) = mpsc::channel::<()>();
+        let users: Vec<_> = (0..4u64)
+            .map(|k| {
+                let (pool, started) = (Arc::clone(&pool), started.clone());
+                std::thread::spawn(move || {
+                    for round in 0..200u64 {
+                        if round == 20 {
+                            // Work is in flight from every thread: the pool may end now.
+                            let _ = started.send(());
+                        }
+                        match k {
+                            0 => drop(pool.map(square, 0..100u64)),
+                            1 => pool.imap_unordered(square, 0..50u64).for_each(drop),
+                            2 => {
+                                let (tx, rx) = mpsc::channel();
+                                let err = tx.clone();
+                                drop(pool.apply_async_with(
+                                    square,
+                                    round,
+                                    move |v| drop(tx.send(Ok(v))),
+                                    move |e| drop(err.send(Err(e))),
+                                ));
+                                rx.recv_timeout(DEADLINE).expect("a callback runs");
+                            }
+                            _ => drop(get(pool.apply_async(square, round))),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..4 {
+            all_started.recv_timeout(DEADLINE).unwrap();
+        }
+        pool.close();
+        pool.terminate();
+        for user in users {
+            user.join().unwrap();
+        }
+    });
+}
