@@ -356,7 +356,15 @@ impl Handler {
                 continue;
             }
             if worker.deadline.is_some_and(|d| d <= now) {
-                dead.push((i, true));
+                if worker.claimed() > 0 {
+                    dead.push((i, true));
+                } else {
+                    // It has not started the task (its initializer still runs, or it is slow
+                    // to read): the task's clock starts again rather than the worker being
+                    // killed for it, which its successor, in its initializer again, would be
+                    // too, for ever.
+                    worker.deadline = self.shared.config.task_timeout.and_then(|t| now.checked_add(t));
+                }
             } else if worker.silence_deadline().is_some_and(|d| d <= now) {
                 // Read what has come before giving it up (its heartbeat may be right there).
                 let alive = worker.drain(&mut broken);

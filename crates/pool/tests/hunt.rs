@@ -3,6 +3,7 @@
 //! threads.
 
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use mproc_pool::process::ipc::{self, Receiver};
 use mproc_pool::{Error, Pool};
@@ -234,5 +235,30 @@ fn a_pool_used_from_several_threads_while_it_is_closed_and_terminated_never_hang
         for user in users {
             user.join().unwrap();
         }
+    });
+}
+
+/// An initializer that takes three times the pool's task timeout.
+fn slow_init(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// A task timeout is a task's: a worker still in its initializer when the timeout of the task
+/// it was sent passes has not started it, and is not killed for it (old: killed and replaced
+/// at every deadline, each successor in its initializer again: the task never ran).
+#[test]
+fn a_task_timeout_does_not_kill_a_worker_still_in_its_initializer() {
+    within(DEADLINE, || {
+        mproc_init();
+        let timeout = Duration::from_millis(200);
+        let pool = Pool::builder()
+            .processes(1)
+            .task_timeout(timeout)
+            .initializer(slow_init, 3 * timeout.as_millis() as u64)
+            .build()
+            .unwrap();
+        assert_eq!(get(pool.apply_async(square, 3)).unwrap(), 9);
+        // The task timeout still holds for tasks.
+        assert!(matches!(get(pool.apply_async(endless, ())), Err(Error::Timeout { .. })));
     });
 }
