@@ -356,14 +356,20 @@ impl Handler {
                 continue;
             }
             if worker.deadline.is_some_and(|d| d <= now) {
-                if worker.claimed() > 0 {
-                    dead.push((i, true));
-                } else {
-                    // It has not started the task (its initializer still runs, or it is slow
-                    // to read): the task's clock starts again rather than the worker being
-                    // killed for it, which its successor, in its initializer again, would be
-                    // too, for ever.
-                    worker.deadline = self.shared.config.task_timeout.and_then(|t| now.checked_add(t));
+                // A task's clock starts when it starts: a worker that has not started it (its
+                // initializer still runs, or it is slow to read) is not killed for it (its
+                // successor, in its initializer again, would be too, for ever); one that
+                // started it late has the rest of its time.
+                let timeout = self.shared.config.task_timeout.unwrap_or_default();
+                let left = match worker.claimed() {
+                    0 => Some(timeout),
+                    _ => {
+                        worker.running_for().and_then(|ran| timeout.checked_sub(ran)).filter(|d| !d.is_zero())
+                    }
+                };
+                match left {
+                    Some(left) => worker.deadline = now.checked_add(left),
+                    None => dead.push((i, true)),
                 }
             } else if worker.silence_deadline().is_some_and(|d| d <= now) {
                 // Read what has come before giving it up (its heartbeat may be right there).

@@ -162,8 +162,8 @@ impl PoolBuilder {
 
     /// A task running longer than `timeout` fails with [`Error::Timeout`] and its worker is
     /// killed and replaced. With a timeout each worker holds one task at a time (its clock
-    /// starts when it is sent, and again if the worker has not started it by then: one in its
-    /// initializer is not killed for the task it was sent), so small tasks are not batched.
+    /// starts when the worker starts it: one still in its initializer is not killed for the
+    /// task it was sent), so small tasks are not batched.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self

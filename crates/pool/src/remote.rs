@@ -153,11 +153,12 @@ impl Worker {
             let name = format!("PoolThread-{n}");
             let theirs_progress = Progress::map(&progress_fd).map_err(io)?;
             let pool = config.id;
+            let timed = config.task_timeout.is_some();
             std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
                     shared::serve_as(pool, Role::Worker);
-                    worker::serve(&theirs, init, &theirs_progress, limit)
+                    worker::serve(&theirs, init, &theirs_progress, limit, timed)
                 })
                 .map_err(io)?;
             (name, std::process::id(), Body::Thread)
@@ -170,7 +171,13 @@ impl Worker {
             let progress = Receiver::from(progress_fd);
             let process = builder.spawn_fn(
                 worker::worker_main,
-                WorkerArgs { conn: theirs, init, progress, max_message_size: limit },
+                WorkerArgs {
+                    conn: theirs,
+                    init,
+                    progress,
+                    max_message_size: limit,
+                    timed: config.task_timeout.is_some(),
+                },
             )?;
             (name, process.pid(), Body::Process(Some(Box::new(process))))
         };
@@ -318,6 +325,18 @@ impl Worker {
         match &self.claims {
             Claims::Remote { idle_since: Some(since), silence, .. } => since.checked_add(*silence),
             _ => None,
+        }
+    }
+
+    /// How long ago a local worker started its last claimed task (by its start word, which it
+    /// writes under a `task_timeout`); `None` for a remote worker.
+    pub(crate) fn running_for(&self) -> Option<Duration> {
+        match &self.claims {
+            Claims::Local(progress) => {
+                let started = progress.started_ns().load(std::sync::atomic::Ordering::Relaxed);
+                Some(Duration::from_nanos(crate::sys::now_ns().saturating_sub(started)))
+            }
+            Claims::Remote { .. } => None,
         }
     }
 

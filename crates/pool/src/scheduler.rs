@@ -9,8 +9,7 @@
 //!   of a round trip; never more than its fair share of what is pending (the pending tasks
 //!   divided among the workers with room), so one worker does not take everything; two
 //!   batches in flight per worker, so it never waits for its next batch to travel. With a
-//!   `task_timeout`, one task at a time (its clock starts when it is sent, and again if it was
-//!   not started by then).
+//!   `task_timeout`, one task at a time (its clock starts when the worker starts it).
 //! - Estimates go stale (a worker that ran thousands of trivial tasks sizes its batch for
 //!   more of them, and the next tasks may take 50 ms each), so batching alone cannot keep
 //!   workers busy. The rule that does: **no worker sits idle while tasks it could run wait
