@@ -219,7 +219,7 @@ fn a_pool_used_from_several_threads_while_it_is_closed_and_terminated_never_hang
                                     move |v| drop(tx.send(Ok(v))),
                                     move |e| drop(err.send(Err(e))),
                                 ));
-                                rx.recv_timeout(DEADLINE).expect("a callback runs");
+                                drop(rx.recv_timeout(DEADLINE).expect("a callback runs"));
                             }
                             _ => drop(get(pool.apply_async(square, round))),
                         }
