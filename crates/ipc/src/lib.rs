@@ -189,6 +189,11 @@ pub use sync::{
 pub use value::{Array, ArrayGuard, ArrayResult, Plain, Value, ValueGuard, ValueResult};
 pub use wait::{Waitable, wait, wait_one};
 
+/// The most ends (ipc ends, shared state, sync primitives, memfds: each an fd) one message
+/// over a duplex [`Connection`] carries: the kernel's `SCM_MAX_FD`. A message with more fails
+/// with [`Error::FdPassing`], and nothing is sent.
+pub const MAX_ENDS: usize = fdpass::MAX_FDS;
+
 /// For mproc's own tests and crates: not part of the API.
 #[doc(hidden)]
 pub mod __private {

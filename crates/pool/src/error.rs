@@ -75,6 +75,10 @@ pub enum Error {
     AlreadyTaken,
     /// `join` on a pool that is neither closed nor terminated (as Python, which raises).
     NotClosed,
+    /// `join` from one of the pool's own tasks (on a thread worker, see
+    /// [`PoolBuilder::threads`](crate::PoolBuilder::threads)): it would wait for that task,
+    /// which is waiting in `join`, for ever.
+    JoinInOwnTask,
     /// A worker could not be started.
     Start(Arc<mproc_process::Error>),
     /// The pool's configuration cannot work (the message says which setting and why).
@@ -135,6 +139,10 @@ impl fmt::Display for Error {
             Error::NotReady => f.write_str("the result is not ready yet"),
             Error::AlreadyTaken => f.write_str("the result was already taken"),
             Error::NotClosed => f.write_str("join needs a closed or terminated pool: call close() first"),
+            Error::JoinInOwnTask => f.write_str(
+                "join was called from one of the pool's own tasks, which it would wait for for ever: \
+                 join the pool from outside it (dropping it there closes it without waiting)",
+            ),
             Error::Start(e) => write!(f, "cannot start a pool worker: {e}"),
             Error::Config(why) => f.write_str(why),
             Error::ForkedCopy { owner, pid } => write!(

@@ -175,9 +175,11 @@ impl Handler {
     /// Sends worker `i` a batch of up to `n` pending tasks (fewer past the byte budget).
     fn send_batch(&mut self, i: usize, n: usize) {
         // Within the byte budget, and within the message limit (each task's input is within
-        // it, `submit` checked, or in a memfd that goes beside the message).
+        // it, `submit` checked, or in a memfd that goes beside the message); within the fds
+        // one message carries (each task's are, `submit` checked).
         let budget = scheduler::BATCH_BYTES.min(self.shared.config.max_message_size);
-        let n = scheduler::fit_bytes(self.pending.iter().map(|t| t.input.len() + wire::PER_TASK), n, budget);
+        let sizes = self.pending.iter().map(|t| (t.input.len() + wire::PER_TASK, wire::fds_of(&t.input)));
+        let n = scheduler::fit(sizes, n, budget);
         if n == 0 {
             return;
         }
@@ -354,7 +356,21 @@ impl Handler {
                 continue;
             }
             if worker.deadline.is_some_and(|d| d <= now) {
-                dead.push((i, true));
+                // A task's clock starts when it starts: a worker that has not started it (its
+                // initializer still runs, or it is slow to read) is not killed for it (its
+                // successor, in its initializer again, would be too, for ever); one that
+                // started it late has the rest of its time.
+                let timeout = self.shared.config.task_timeout.unwrap_or_default();
+                let left = match worker.claimed() {
+                    0 => Some(timeout),
+                    _ => {
+                        worker.running_for().and_then(|ran| timeout.checked_sub(ran)).filter(|d| !d.is_zero())
+                    }
+                };
+                match left {
+                    Some(left) => worker.deadline = now.checked_add(left),
+                    None => dead.push((i, true)),
+                }
             } else if worker.silence_deadline().is_some_and(|d| d <= now) {
                 // Read what has come before giving it up (its heartbeat may be right there).
                 let alive = worker.drain(&mut broken);

@@ -154,8 +154,9 @@
 //!   panicking task fails with its message ([`Error::Panicked`], naming the item for `map`
 //!   and friends) and the worker lives on; an argument or value that does not serialize, or
 //!   is larger than [`max_message_size`](PoolBuilder::max_message_size) where it travels
-//!   inline (values past 4 MiB go to local workers as sealed memfds, unbounded by it), fails
-//!   that task alone ([`Error::Transfer`]). A worker the pool gives up on is killed, never waited for
+//!   inline (values past 4 MiB go to local workers as sealed memfds, unbounded by it), or
+//!   that holds more ipc ends and shared state than one message carries (252), fails that
+//!   task alone ([`Error::Transfer`]); a panic message past the limit is cut to it. A worker the pool gives up on is killed, never waited for
 //!   alive. Workers that die before running a task, three in a row (an initializer that
 //!   exits, say), fail the pending tasks instead of being replaced for ever.
 //! - Retiring workers (`max_tasks_per_child`) never strand a task: their successors take
@@ -179,7 +180,11 @@
 //! - Tasks are plain `fn` items, not closures: a worker is another process, and only a
 //!   function of this same program can be named there (see [`process::FnRef`]).
 //! - Dropping a pool waits for its tasks: an endless task keeps the drop waiting (unless the
-//!   pool has a `task_timeout`); [`terminate`](Pool::terminate) does not wait.
+//!   pool has a `task_timeout`); [`terminate`](Pool::terminate) does not wait. A pool dropped
+//!   by one of its own tasks (on a thread worker) closes and cannot wait for them (one is
+//!   the task dropping it): its tasks still run; [`join`](Pool::join) there fails with
+//!   [`Error::JoinInOwnTask`]. One dropped by its own callback waits for its tasks, not for
+//!   its callback thread (which it runs on).
 //! - A task that fails because its worker died is not retried: it may have had effects.
 //! - Workers are daemons, and a daemon may not have children (it is killed with its parent,
 //!   which would orphan them): a task cannot start a `Process` or a process `Pool`

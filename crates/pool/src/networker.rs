@@ -115,7 +115,7 @@ fn serve(address: &str, authkey: &[u8]) -> i32 {
     if let Some(init) = welcome.init
         && let Err(failure) = run(init)
     {
-        let _ = conn.send(&FromWorker::InitFailed(failure));
+        let _ = conn.send(&FromWorker::InitFailed(failure.cut_to(limit)));
         return EXIT_INIT_FAILED;
     }
     let conn = Arc::new(conn);

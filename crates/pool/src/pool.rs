@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::remote::Worker;
 use crate::result::{AsyncResult, Done, Hook, Slot, decode_chunks, decode_one, decode_value};
-use crate::shared::{Config, Queue, Queued, Shared};
+use crate::scheduler;
+use crate::shared::{self, Config, Queue, Queued, Role, Shared};
 use mproc_process::ipc::{Address, Carried, Listener};
 
 use crate::wire::{self, Driver};
@@ -161,7 +162,8 @@ impl PoolBuilder {
 
     /// A task running longer than `timeout` fails with [`Error::Timeout`] and its worker is
     /// killed and replaced. With a timeout each worker holds one task at a time (its clock
-    /// starts when it is sent), so small tasks are not batched.
+    /// starts when the worker starts it: one still in its initializer is not killed for the
+    /// task it was sent), so small tasks are not batched.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -289,6 +291,7 @@ impl PoolBuilder {
             Some((_, Err(message), _)) => return Err(Error::Initializer { message }),
         };
         let config = Config {
+            id: shared::next_pool_id(),
             processes,
             init,
             init_name,
@@ -594,13 +597,18 @@ impl Pool {
     }
 
     /// Waits until every task is done and every worker has left. The pool must be closed (or
-    /// terminated) first, as in Python: otherwise [`Error::NotClosed`].
+    /// terminated) first, as in Python: otherwise [`Error::NotClosed`]. From one of the pool's
+    /// own tasks (on a thread worker), which it would wait for for ever, it fails at once
+    /// with [`Error::JoinInOwnTask`] unless the pool is terminated (which waits for no task).
     pub fn join(&self) -> Result<()> {
         self.owned()?;
         {
             let queue = self.shared.queue.lock();
             if !queue.closed && !queue.terminate {
                 return Err(Error::NotClosed);
+            }
+            if !queue.terminate && self.role() == Some(Role::Worker) {
+                return Err(Error::JoinInOwnTask);
             }
         }
         if let Some(handler) = self.handler.lock().take() {
@@ -612,6 +620,11 @@ impl Pool {
             self.shared.finished.wait(&mut queue);
         }
         Ok(())
+    }
+
+    /// How the calling thread serves this pool, if it is one of its own.
+    fn role(&self) -> Option<Role> {
+        shared::role_in(self.shared.config.id)
     }
 
     /// `Ok` in the process that built the pool; in a forked child (which has a copy of the
@@ -642,6 +655,17 @@ impl Pool {
             // A memfd goes beside the message to a local worker: the limit does not bound it.
             Ok(input) if input.len() > limit && !input.is_file() => {
                 let message = wire::past_the_limit("arguments", input.len() as u64, limit as u64);
+                slot.complete(Err(Error::Transfer { task: slot.task(), message }));
+                return slot;
+            }
+            // No message to a worker could carry it.
+            Ok(input) if wire::fds_of(&input) > scheduler::BATCH_FDS => {
+                let message = format!(
+                    "cannot send the arguments: they hold {} ipc ends or shared state, past the {} \
+                     one message to a worker carries (pass fewer, or share one)",
+                    input.n_fds(),
+                    scheduler::BATCH_FDS - usize::from(input.is_file()),
+                );
                 slot.complete(Err(Error::Transfer { task: slot.task(), message }));
                 return slot;
             }
@@ -686,9 +710,13 @@ impl Pool {
             let mut callbacks = self.callbacks.lock();
             let (tx, _) = callbacks.get_or_insert_with(|| {
                 let (tx, rx) = mpsc::channel::<Job>();
+                let pool = self.shared.config.id;
                 let thread = std::thread::Builder::new()
                     .name("mproc-pool-callbacks".into())
-                    .spawn(move || rx.into_iter().for_each(run_callback))
+                    .spawn(move || {
+                        shared::serve_as(pool, Role::Callbacks);
+                        rx.into_iter().for_each(run_callback)
+                    })
                     .expect("a thread for the pool's callbacks");
                 (tx, thread)
             });
@@ -711,11 +739,23 @@ impl Drop for Pool {
             return;
         }
         self.close();
+        let role = self.role();
+        if role == Some(Role::Worker) {
+            // Dropped by one of its own tasks, which waiting for every task would wait for
+            // for ever: closed, its handler finishes the tasks and ends on its own, and the
+            // callback thread once the last callback has run.
+            drop(self.handler.lock().take());
+            drop(self.callbacks.lock().take());
+            return;
+        }
         let _ = self.join();
-        // Every task is done: the callback thread runs what is queued and ends.
+        // Every task is done: the callback thread runs what is queued and ends (or, dropped
+        // by a callback, ends after it: it cannot wait for itself).
         if let Some((tx, thread)) = self.callbacks.lock().take() {
             drop(tx);
-            let _ = thread.join();
+            if role != Some(Role::Callbacks) {
+                let _ = thread.join();
+            }
         }
     }
 }

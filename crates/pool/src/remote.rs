@@ -24,7 +24,7 @@ use mproc_process::{Builder, ExitStatus, Process};
 use crate::claim;
 use crate::error::Error;
 use crate::scheduler::{self, FIRST_GUESS_NS, Load};
-use crate::shared::{Config, Queued};
+use crate::shared::{self, Config, Queued, Role};
 use crate::sys::Progress;
 use crate::wire::{self, Failure, FromWorker, Outcome, ToWorker, WireTask};
 use crate::worker::{self, WorkerArgs};
@@ -56,6 +56,17 @@ pub(crate) fn send_within<S: serde::Serialize, R>(
         if !taken {
             taken = conn.try_send(message)?;
         }
+    }
+}
+
+/// Whether a failed send says the peer is gone (its end closed), not that the message could
+/// not go.
+fn peer_gone(e: &ipc::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        ipc::Error::Closed => true,
+        ipc::Error::Io(e) => matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+        _ => false,
     }
 }
 
@@ -141,9 +152,14 @@ impl Worker {
         let (name, pid, body) = if config.threads {
             let name = format!("PoolThread-{n}");
             let theirs_progress = Progress::map(&progress_fd).map_err(io)?;
+            let pool = config.id;
+            let timed = config.task_timeout.is_some();
             std::thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || worker::serve(&theirs, init, &theirs_progress, limit))
+                .spawn(move || {
+                    shared::serve_as(pool, Role::Worker);
+                    worker::serve(&theirs, init, &theirs_progress, limit, timed)
+                })
                 .map_err(io)?;
             (name, std::process::id(), Body::Thread)
         } else {
@@ -155,7 +171,13 @@ impl Worker {
             let progress = Receiver::from(progress_fd);
             let process = builder.spawn_fn(
                 worker::worker_main,
-                WorkerArgs { conn: theirs, init, progress, max_message_size: limit },
+                WorkerArgs {
+                    conn: theirs,
+                    init,
+                    progress,
+                    max_message_size: limit,
+                    timed: config.task_timeout.is_some(),
+                },
             )?;
             (name, process.pid(), Body::Process(Some(Box::new(process))))
         };
@@ -232,7 +254,19 @@ impl Worker {
                             let _ = rustix::net::shutdown(&*writer, rustix::net::Shutdown::Both);
                             return;
                         }
-                        Err(_) => return,
+                        Err(e) => {
+                            // The worker is gone (the handler sees its end); or this message
+                            // could not go, and the worker would wait for it for ever: its
+                            // connection is shut, and the handler buries it as lost.
+                            if !peer_gone(&e) {
+                                log::error!(
+                                    "mproc-pool: cannot send to worker {writer_name:?} (pid {pid}): {e}; \
+                                     giving it up"
+                                );
+                            }
+                            let _ = rustix::net::shutdown(&*writer, rustix::net::Shutdown::Both);
+                            return;
+                        }
                     }
                 }
             })
@@ -291,6 +325,18 @@ impl Worker {
         match &self.claims {
             Claims::Remote { idle_since: Some(since), silence, .. } => since.checked_add(*silence),
             _ => None,
+        }
+    }
+
+    /// How long ago a local worker started its last claimed task (by its start word, which it
+    /// writes under a `task_timeout`); `None` for a remote worker.
+    pub(crate) fn running_for(&self) -> Option<Duration> {
+        match &self.claims {
+            Claims::Local(progress) => {
+                let started = progress.started_ns().load(std::sync::atomic::Ordering::Relaxed);
+                Some(Duration::from_nanos(crate::sys::now_ns().saturating_sub(started)))
+            }
+            Claims::Remote { .. } => None,
         }
     }
 

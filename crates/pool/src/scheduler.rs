@@ -9,7 +9,7 @@
 //!   of a round trip; never more than its fair share of what is pending (the pending tasks
 //!   divided among the workers with room), so one worker does not take everything; two
 //!   batches in flight per worker, so it never waits for its next batch to travel. With a
-//!   `task_timeout`, one task at a time (its clock starts when it is sent).
+//!   `task_timeout`, one task at a time (its clock starts when the worker starts it).
 //! - Estimates go stale (a worker that ran thousands of trivial tasks sizes its batch for
 //!   more of them, and the next tasks may take 50 ms each), so batching alone cannot keep
 //!   workers busy. The rule that does: **no worker sits idle while tasks it could run wait
@@ -31,6 +31,10 @@ pub(crate) const BATCH_WORK: Duration = Duration::from_micros(500);
 pub(crate) const BATCH_MAX: usize = 4096;
 /// The most input bytes in one batch (a batch takes at least one task whatever its size).
 pub(crate) const BATCH_BYTES: usize = 1 << 20;
+/// The most fds (the ends and shared state in tasks' arguments, and their memfds) one batch
+/// carries: what one message carries ([`MAX_ENDS`](mproc_process::ipc::MAX_ENDS)), less one
+/// for the memfd of a message that goes out of line. A batch past it could not be sent at all.
+pub(crate) const BATCH_FDS: usize = mproc_process::ipc::MAX_ENDS - 1;
 /// What a task is assumed to take before any has been measured.
 pub(crate) const FIRST_GUESS_NS: f64 = 20_000.0;
 
@@ -129,17 +133,18 @@ pub(crate) fn observe(task_ns: f64, busy_ns: u64, n: usize) -> f64 {
     if n == 0 { task_ns } else { 0.5 * task_ns + 0.5 * (busy_ns as f64 / n as f64) }
 }
 
-/// How many of the next tasks, with input sizes `sizes`, fit one batch of at most `n`:
-/// `budget` bytes (at most [`BATCH_BYTES`], less under a lower message limit), and always at
-/// least one task.
-pub(crate) fn fit_bytes(sizes: impl IntoIterator<Item = usize>, n: usize, budget: usize) -> usize {
-    let mut bytes = 0;
+/// How many of the next tasks, with inputs of `(bytes, fds)` each, fit one batch of at most
+/// `n`: `budget` bytes (at most [`BATCH_BYTES`], less under a lower message limit) and at most
+/// [`BATCH_FDS`] fds, and always at least one task (`submit` refused any past those alone).
+pub(crate) fn fit(tasks: impl IntoIterator<Item = (usize, usize)>, n: usize, budget: usize) -> usize {
+    let (mut bytes, mut fds) = (0, 0);
     let mut count = 0;
-    for size in sizes.into_iter().take(n) {
-        if count > 0 && bytes + size > budget {
+    for (size, ends) in tasks.into_iter().take(n) {
+        if count > 0 && (bytes + size > budget || fds + ends > BATCH_FDS) {
             break;
         }
         bytes += size;
+        fds += ends;
         count += 1;
     }
     count
@@ -263,13 +268,22 @@ mod tests {
 
     #[test]
     fn a_batch_stops_at_its_byte_budget_but_holds_one_task() {
-        assert_eq!(fit_bytes([10, 10, 10], 2, BATCH_BYTES), 2);
-        assert_eq!(fit_bytes([BATCH_BYTES, 1], 5, BATCH_BYTES), 1);
-        assert_eq!(fit_bytes([BATCH_BYTES + 1, 1], 5, BATCH_BYTES), 1);
-        assert_eq!(fit_bytes([BATCH_BYTES / 2, BATCH_BYTES / 2, 1], 5, BATCH_BYTES), 2);
-        assert_eq!(fit_bytes([], 5, BATCH_BYTES), 0);
+        let sized = |sizes: &[usize]| sizes.iter().map(|&s| (s, 0)).collect::<Vec<_>>();
+        assert_eq!(fit(sized(&[10, 10, 10]), 2, BATCH_BYTES), 2);
+        assert_eq!(fit(sized(&[BATCH_BYTES, 1]), 5, BATCH_BYTES), 1);
+        assert_eq!(fit(sized(&[BATCH_BYTES + 1, 1]), 5, BATCH_BYTES), 1);
+        assert_eq!(fit(sized(&[BATCH_BYTES / 2, BATCH_BYTES / 2, 1]), 5, BATCH_BYTES), 2);
+        assert_eq!(fit(sized(&[]), 5, BATCH_BYTES), 0);
         // A lower message limit: smaller batches, still one task at least.
-        assert_eq!(fit_bytes([600, 600, 600], 5, 1000), 1);
-        assert_eq!(fit_bytes([400, 600, 600], 5, 1000), 2);
+        assert_eq!(fit(sized(&[600, 600, 600]), 5, 1000), 1);
+        assert_eq!(fit(sized(&[400, 600, 600]), 5, 1000), 2);
+    }
+
+    #[test]
+    fn a_batch_carries_no_more_fds_than_a_message() {
+        assert_eq!(fit(vec![(10, 1); 1000], 1000, BATCH_BYTES), BATCH_FDS);
+        assert_eq!(fit(vec![(10, 100); 5], 5, BATCH_BYTES), 2);
+        assert_eq!(fit([(10, BATCH_FDS), (10, 1)], 5, BATCH_BYTES), 1);
+        assert_eq!(fit([(10, 0), (10, BATCH_FDS), (10, 0), (10, 1)], 5, BATCH_BYTES), 3);
     }
 }

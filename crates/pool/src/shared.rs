@@ -1,8 +1,10 @@
 //! What the pool's callers and its handler thread share: the configuration, the queue of
 //! submitted tasks, and the handler's wake-up pipe.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mproc_process::ipc::Sender;
@@ -19,6 +21,8 @@ use crate::wire::Driver;
 /// How the pool was configured.
 #[derive(Clone)]
 pub(crate) struct Config {
+    /// This pool among the process's pools (from 1), for [`Role`].
+    pub(crate) id: u64,
     pub(crate) processes: usize,
     pub(crate) init: Option<(FnRef<Driver>, Carried)>,
     /// The initializer's type, for errors.
@@ -74,4 +78,34 @@ impl Shared {
     pub(crate) fn wake(&self) {
         let _ = self.wake.send_bytes(&[]);
     }
+}
+
+/// What a thread of the pool's own does: a pool dropped or joined there must not wait for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A thread worker (`PoolBuilder::threads`): it runs the pool's tasks.
+    Worker,
+    /// The callback thread: it runs the callbacks.
+    Callbacks,
+}
+
+thread_local! {
+    /// The pool (its [`Config::id`]) this thread serves, and how; none on other threads.
+    static SERVES: Cell<Option<(u64, Role)>> = const { Cell::new(None) };
+}
+
+/// A new pool's [`Config::id`].
+pub(crate) fn next_pool_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Marks this thread as serving pool `id` as `role`, for the rest of its life.
+pub(crate) fn serve_as(id: u64, role: Role) {
+    SERVES.with(|serves| serves.set(Some((id, role))));
+}
+
+/// How this thread serves pool `id`, if it does.
+pub(crate) fn role_in(id: u64) -> Option<Role> {
+    SERVES.with(|serves| serves.get()).filter(|&(pool, _)| pool == id).map(|(_, role)| role)
 }

@@ -6,6 +6,8 @@
 //!   takes back the tasks it has not claimed, each with one atomic operation and no syscall
 //!   (the protocol is `claim.rs`); when the worker dies the pool reads it to tell the tasks
 //!   that had started (failed with it) from those that never did (handed to another worker).
+//! - The start word: with a `task_timeout`, when the worker claimed its task (`CLOCK_MONOTONIC`,
+//!   nanoseconds), so the task's clock starts when it starts, not when it was sent.
 //! - The outcome log: the worker appends there each outcome as it finishes a task, and
 //!   empties it once it has sent them; when the worker dies the pool reads what is left, so a
 //!   task that finished is delivered even though its outcome never left the worker.
@@ -23,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::MemfdFlags;
 use rustix::mm::{MapFlags, ProtFlags};
 
-/// Where the log's words start: after the progress word and the log's length, a cache line
-/// from the word the pool and the worker both write.
+/// Where the log's words start: after the progress word, the start word and the log's
+/// length, a cache line from the word the pool and the worker both write.
 const LOG_AT: usize = 64;
 /// The most bytes the log holds: what a worker finishes between two sends is far less
 /// (it sends at least every millisecond); an outcome too big for it is sent at once instead.
@@ -100,6 +102,11 @@ impl Progress {
         &self.words()[0]
     }
 
+    /// When the worker claimed its last task, by [`now_ns`] (written only with a task timeout).
+    pub(crate) fn started_ns(&self) -> &AtomicU64 {
+        &self.words()[2]
+    }
+
     /// The log's length in bytes (of whole records).
     fn log_len(&self) -> &AtomicU64 {
         &self.words()[1]
@@ -159,6 +166,12 @@ impl Progress {
         }
         records
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in the pool and its workers.
+pub(crate) fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
 impl Drop for Progress {

@@ -191,6 +191,34 @@ pub(crate) enum Failure {
     },
 }
 
+impl Failure {
+    /// The failure with its message cut to at most `limit` bytes (a panic message may be as
+    /// large as the values an `assert_eq!` prints; past the message limit it could not be
+    /// sent, and the worker would seem to die): the start of it, and how much was cut.
+    pub(crate) fn cut_to(self, limit: usize) -> Failure {
+        let cut = |message: String| {
+            if message.len() <= limit {
+                return message;
+            }
+            let note = format!("... ({} bytes cut: past the pool's message limit)", message.len());
+            let mut keep = limit.saturating_sub(note.len());
+            while !message.is_char_boundary(keep) {
+                keep -= 1;
+            }
+            let mut message = message;
+            message.truncate(keep);
+            message + &note
+        };
+        match self {
+            Failure::Panicked(m) => Failure::Panicked(cut(m)),
+            Failure::ItemPanicked { item, message } => Failure::ItemPanicked { item, message: cut(message) },
+            Failure::Encode(m) => Failure::Encode(cut(m)),
+            Failure::Decode(m) => Failure::Decode(cut(m)),
+            too_large @ Failure::TooLarge { .. } => too_large,
+        }
+    }
+}
+
 /// What a message may hold per task beyond the task's input or value: its id, its driver,
 /// the lengths (postcard varints), a failure's tag.
 pub(crate) const PER_TASK: usize = 64;
@@ -362,6 +390,12 @@ pub(crate) fn input<F: mproc_process::FnPtr, A: Serialize + ?Sized>(
     args: &A,
 ) -> Result<Carried, mproc_process::ipc::Error> {
     Carried::encode(&(FnRef::new(f), args))
+}
+
+/// How many fds a task's input takes in a message: those of the ends and shared state in its
+/// arguments, and its memfd if it has one.
+pub(crate) fn fds_of(input: &Carried) -> usize {
+    input.n_fds() + usize::from(input.is_file())
 }
 
 /// Why arguments could not be encoded, said once (an ipc `Encode` error would repeat

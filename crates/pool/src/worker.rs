@@ -25,6 +25,8 @@ pub(crate) struct WorkerArgs {
     pub(crate) progress: Receiver<()>,
     /// The pool's `max_message_size`.
     pub(crate) max_message_size: usize,
+    /// The pool has a `task_timeout`: the worker says when it starts each task.
+    pub(crate) timed: bool,
 }
 
 /// The worker process's function.
@@ -34,7 +36,7 @@ pub(crate) fn worker_main(mut args: WorkerArgs) {
         Err(e) => panic!("mproc-pool worker: cannot map the progress word: {e}"),
     };
     args.conn.set_max_message_size(wire::frame_limit(args.max_message_size));
-    serve(&args.conn, args.init, &progress, args.max_message_size);
+    serve(&args.conn, args.init, &progress, args.max_message_size, args.timed);
 }
 
 /// The outcomes finished and not sent yet, each also in the shared log (`sys.rs`) so that
@@ -108,17 +110,19 @@ impl Unsent<'_> {
 }
 
 /// Runs the initializer, then batches until told to leave or the pool is gone. Values and
-/// messages stay within `limit` (the pool's `max_message_size`).
+/// messages stay within `limit` (the pool's `max_message_size`); `timed` (a `task_timeout`):
+/// says when each task starts.
 pub(crate) fn serve(
     conn: &Connection<FromWorker, ToWorker>,
     init: Option<WireTask>,
     progress: &Progress,
     limit: usize,
+    timed: bool,
 ) {
     if let Some(init) = init
         && let Err(failure) = run(init)
     {
-        let _ = conn.send(&FromWorker::InitFailed(failure));
+        let _ = conn.send(&FromWorker::InitFailed(failure.cut_to(limit)));
         return;
     }
     let mut claimer = Claimer::new(progress.word());
@@ -149,6 +153,10 @@ pub(crate) fn serve(
         let mut since = Instant::now();
         for task in tasks {
             let id = task.id;
+            if timed {
+                // Before the claim, which publishes it: a pool that sees the claim sees when.
+                progress.started_ns().store(sys::now_ns(), std::sync::atomic::Ordering::Relaxed);
+            }
             if !claimer.claim(id) {
                 // The pool took back the rest (and everything up to its `Resume`).
                 break;
@@ -168,13 +176,15 @@ pub(crate) fn serve(
 }
 
 /// `outcome`, or its failure if its value is past `limit` (unless it is in a memfd and
-/// `files` says the connection carries it as one); and its size in a message.
+/// `files` says the connection carries it as one), a failure's message cut to fit it; and its
+/// size in a message.
 pub(crate) fn within_limit(outcome: Outcome, limit: usize, files: bool) -> (Outcome, usize) {
     let outcome = match outcome {
         Ok(value) if value.len() > limit && !(files && value.is_file()) => {
             Err(Failure::TooLarge { size: value.len() as u64, limit: limit as u64 })
         }
-        other => other,
+        Ok(value) => Ok(value),
+        Err(failure) => Err(failure.cut_to(limit)),
     };
     let size = wire::PER_TASK
         + match &outcome {

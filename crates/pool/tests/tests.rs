@@ -7,6 +7,7 @@ mod api;
 mod edges;
 mod errors;
 mod failures;
+mod hunt;
 mod large;
 mod props;
 mod remote;
