@@ -3,12 +3,12 @@
 //! See the [`queue`](crate::queue) module doc for the design; this file is its mechanism.
 
 use std::sync::atomic::{AtomicU64, Ordering, fence};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::doorbell::{Doorbell, Listeners};
 use crate::error::{Error, Result};
 use crate::shm::{LockError, Shared, ShmCondvar, ShmGuard, ShmMutex};
-use crate::spin::spin_until;
+use crate::spin::{several_cpus, spin_until};
 use crate::sys::shm::data_offset;
 
 use super::wake::{self, Stop, Words};
@@ -85,6 +85,13 @@ pub(crate) const VIRTUAL_BYTES: u64 = 8 << 30;
 const PAGE: u64 = 4096;
 /// The spill is given back to the system this many bytes at a time (see `give_back`).
 const PUNCH_BATCH: u64 = 16 * PAGE;
+
+/// A consumer that finds fewer items than this committed past the ones it knew of, none of
+/// them waited for, is close behind a producer that is putting: see [`Ring::let_a_run_come`].
+const RUN: u64 = 16;
+
+/// How long a consumer close behind its producer lets it put before it takes (a few puts).
+const RUN_WAIT: Duration = Duration::from_nanos(600);
 
 /// How many times `lock` tries the mutex (spinning between tries) before it sleeps on it:
 /// glibc's robust mutexes sleep at once on contention, where the holder only ever holds the
@@ -580,11 +587,18 @@ impl Ring {
         deadline: Option<Instant>,
         timeout_is_error: bool,
     ) -> Result<bool> {
-        if !self.maybe_item() {
-            if deadline.is_some_and(|d| d <= Instant::now()) {
-                return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
+        let gets = self.w(GETS).load(Ordering::Relaxed);
+        if self.w(HINT_PUTS).load(Ordering::Relaxed) <= gets {
+            // What the consumers know of is taken: a look at `PUTS`.
+            let puts = self.w(PUTS).load(Ordering::Acquire);
+            if puts <= gets {
+                if deadline.is_some_and(|d| d <= Instant::now()) {
+                    return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
+                }
+                spin_until(|| self.maybe_item());
+            } else if puts - gets < RUN {
+                self.let_a_run_come();
             }
-            spin_until(|| self.maybe_item());
         }
         let mut guard = self.lock(GET_LOCK)?;
         crash_point(QueueCrash::GetLocked);
@@ -611,6 +625,26 @@ impl Ring {
             self.bell.ring(self.listeners());
         }
         Ok(true)
+    }
+
+    /// Waits [`RUN_WAIT`] (busy, touching no shared memory) before a get that found a few
+    /// items put while it was away: its producer is putting now, and a consumer that took each
+    /// item as soon as it was committed would read `PUTS` and the record's line while the
+    /// producer writes them, so both lines would travel between the two CPUs for every item,
+    /// and both sides would run at the speed of those transfers (3-4 times slower: a regime
+    /// that once begun holds, since the consumer never falls behind again). Let a few items
+    /// come first, and the consumer takes them as a run (one look at `PUTS`, lines the
+    /// producer has left), falling a run behind, where it stays while the producer puts. A
+    /// consumer that waited for its item (a ping-pong) takes it at once; on one CPU the
+    /// producer cannot put meanwhile, so it does not wait.
+    fn let_a_run_come(&self) {
+        if !several_cpus() {
+            return;
+        }
+        let start = Instant::now();
+        while start.elapsed() < RUN_WAIT {
+            std::hint::spin_loop();
+        }
     }
 
     /// Copies the first record out (following the markers before it); returns the heads past
