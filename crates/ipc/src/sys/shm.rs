@@ -377,6 +377,7 @@ impl<T: ShmType> Shared<T> {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "shared region file is not sealed"));
         }
         let len = data_offset::<T>().saturating_add(data_len);
+        const { assert!(align_of::<T>() <= 64) };
         let mut map = Mapping::map(fd, len)?;
         map.held_here = Some(held_here::<T>);
         Ok(Shared { map: Arc::new(map), _t: PhantomData })
@@ -404,10 +405,21 @@ fn held_here<T: ShmType>(map: &Mapping) -> bool {
 impl<T: ShmType> std::ops::Deref for Shared<T> {
     type Target = T;
 
+    /// Without `view`'s checks (the hot path of every queue and lock operation): they hold
+    /// from the region's making on.
+    #[inline]
     fn deref(&self) -> &T {
-        // SAFETY: the header was initialized by the region's creator before it was shared
-        // (`create`), and `T: ShmType` is valid whatever other processes write.
-        unsafe { self.map.view::<T>(0) }
+        if size_of::<T>() == 0 {
+            // SAFETY: as below (a zero-sized `T`'s mapping may be empty: checked).
+            return unsafe { self.map.view::<T>(0) };
+        }
+        // SAFETY: `create` and `attach` made the mapping at least `data_offset::<T>() >=
+        // size_of::<T>()` bytes long (so, `T` not zero-sized, a real mapping from `mmap`),
+        // at a page boundary, so aligned for `T` (alignment at most 64, asserted in both); it
+        // lives as long as `self.map`. The header was initialized by the region's creator
+        // before it was shared (`create`), and `T: ShmType` is valid whatever other processes
+        // write.
+        unsafe { &*self.map.base().cast::<T>() }
     }
 }
 
