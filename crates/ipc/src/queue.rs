@@ -64,6 +64,11 @@
 //! room) and `GETS` (for `maxsize`) by reading them, and keeps what it read as a hint on its
 //! own line, a lower bound it reads again only when the hint says no room; a consumer keeps
 //! `PUTS` so. A 1→1 put in the steady state is then an uncontended lock, a copy and a store.
+//! A consumer that finds a few items put while it was away (its producer is putting, on
+//! another CPU) lets a run come (600 ns) before it takes them: taking each item as soon as it
+//! is committed, it would read `PUTS` and the record's line while the producer writes them,
+//! and both lines would cross between the CPUs for every item (both sides three times
+//! slower).
 //! Room: producers write ring positions below the consumers' ring position plus the ring's
 //! size, and spill positions below `FREED`'s page plus the spill's size, so they never write
 //! what a reader has yet to read, nor a page a reader is about to give back.
