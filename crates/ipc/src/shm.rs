@@ -108,6 +108,7 @@ impl<T: ShmType> Shared<T> {
 
     /// Copies `dst.len()` data bytes from `offset` into `dst`. Panics if the range is outside
     /// the data.
+    #[inline]
     pub fn read_data(&self, offset: usize, dst: &mut [u8]) {
         assert!(
             offset.checked_add(dst.len()).is_some_and(|end| end <= self.data_len()),
@@ -117,6 +118,7 @@ impl<T: ShmType> Shared<T> {
     }
 
     /// Copies `src` into the data bytes at `offset`. Panics if the range is outside the data.
+    #[inline]
     pub fn write_data(&self, offset: usize, src: &[u8]) {
         assert!(
             offset.checked_add(src.len()).is_some_and(|end| end <= self.data_len()),

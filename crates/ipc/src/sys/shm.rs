@@ -118,6 +118,7 @@ impl Mapping {
     /// The bytes are plain data that another process may be writing at the same moment (then
     /// the copy is some mix of old and new bytes: callers that need a consistent copy hold a
     /// lock around it). No Rust reference to the mapping is made.
+    #[inline]
     pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
         assert!(offset.checked_add(dst.len()).is_some_and(|end| end <= self.len), "read out of range");
         // SAFETY: the source range lies in the mapping (checked above), which lives as long
@@ -127,6 +128,7 @@ impl Mapping {
     }
 
     /// Copies `src` into the mapping at `offset`. Panics if out of range.
+    #[inline]
     pub(crate) fn write(&self, offset: usize, src: &[u8]) {
         assert!(offset.checked_add(src.len()).is_some_and(|end| end <= self.len), "write out of range");
         // SAFETY: the destination range lies in the mapping (checked above), memory no Rust
