@@ -267,7 +267,15 @@ impl ChildParties {
 /// returned) leaves the barriers it held, whose other parties must not take its end for a
 /// death. Its registrations would otherwise stay held until the process ends, when the
 /// kernel marks them "owner died", as for a process killed.
+///
+/// Free when this process holds no barrier handle (a thread's registrations end with the
+/// process's last handle): a forked child that held none touches no thread-local here, whose
+/// first use would register a destructor and fault in pages the fork shared with its parent.
+#[inline]
 pub fn leave_barriers() {
+    if HANDLES.load(Ordering::Relaxed) == 0 {
+        return;
+    }
     let _ = REGISTERED.try_with(|registered| {
         if let Ok(mut registered) = registered.try_borrow_mut() {
             registered.clear();
