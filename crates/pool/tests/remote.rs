@@ -571,22 +571,8 @@ pub fn len_of(bytes: Vec<u8>) -> usize {
 /// worker, none is lost.
 #[test]
 fn a_worker_that_stops_reading_is_given_up_and_its_tasks_run_elsewhere() {
-    use mproc_pool::ipc::{Client, Connection};
     within(DEADLINE, || {
-        let key = [5u8; 32];
-        let pool = Pool::builder()
-            .processes(0)
-            .listen((std::net::Ipv4Addr::LOCALHOST, 0))
-            .authkey(&key)
-            .heartbeat(Duration::from_millis(100), Duration::from_secs(1))
-            .build()
-            .unwrap();
-        let launcher = pool.launcher().unwrap();
-        let address: std::net::SocketAddr = launcher.address().parse().unwrap();
-        let conn: Connection<Vec<u8>> = Client::connect(address, Some(&key)).unwrap();
-        conn.send_bytes(&mproc_pool::__private::hello_bytes()).unwrap();
-        conn.recv_bytes_timeout(DEADLINE).expect("the welcome");
-        pool.wait_for_workers(1, DEADLINE).unwrap();
+        let (pool, launcher, conn) = pool_with_a_worker_by_hand([5u8; 32]);
         // The stalled worker: heartbeats every 100 ms (never silent), reads nothing more.
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let stalled = std::thread::spawn(move || {
@@ -611,6 +597,29 @@ fn a_worker_that_stops_reading_is_given_up_and_its_tasks_run_elsewhere() {
         drop(pool);
         assert_eq!(exit_code(&mut workers[0]), Some(0));
     });
+}
+
+/// A pool with no workers of its own, listening on loopback (heartbeat 100 ms, silence 1 s),
+/// and its one worker played by the test: a connection that has said hello and read its
+/// welcome.
+fn pool_with_a_worker_by_hand(
+    key: [u8; 32],
+) -> (Pool, mproc_pool::Launcher, mproc_pool::ipc::Connection<Vec<u8>>) {
+    use mproc_pool::ipc::{Client, Connection};
+    let pool = Pool::builder()
+        .processes(0)
+        .listen((std::net::Ipv4Addr::LOCALHOST, 0))
+        .authkey(&key)
+        .heartbeat(Duration::from_millis(100), Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let launcher = pool.launcher().unwrap();
+    let address: std::net::SocketAddr = launcher.address().parse().unwrap();
+    let conn: Connection<Vec<u8>> = Client::connect(address, Some(&key)).unwrap();
+    conn.send_bytes(&mproc_pool::__private::hello_bytes()).unwrap();
+    conn.recv_bytes_timeout(DEADLINE).expect("the welcome");
+    pool.wait_for_workers(1, DEADLINE).unwrap();
+    (pool, launcher, conn)
 }
 
 /// `n` zero bytes: a large value from a small argument.
@@ -688,22 +697,8 @@ fn a_worker_whose_pool_stops_reading_leaves_naming_the_pool() {
 /// with it for ever, unless a `task_timeout` was set.
 #[test]
 fn a_worker_that_never_claims_is_given_up_and_its_tasks_run_elsewhere() {
-    use mproc_pool::ipc::{Client, Connection};
     within(DEADLINE, || {
-        let key = [6u8; 32];
-        let pool = Pool::builder()
-            .processes(0)
-            .listen((std::net::Ipv4Addr::LOCALHOST, 0))
-            .authkey(&key)
-            .heartbeat(Duration::from_millis(100), Duration::from_secs(1))
-            .build()
-            .unwrap();
-        let launcher = pool.launcher().unwrap();
-        let address: std::net::SocketAddr = launcher.address().parse().unwrap();
-        let conn: Connection<Vec<u8>> = Client::connect(address, Some(&key)).unwrap();
-        conn.send_bytes(&mproc_pool::__private::hello_bytes()).unwrap();
-        conn.recv_bytes_timeout(DEADLINE).expect("the welcome");
-        pool.wait_for_workers(1, DEADLINE).unwrap();
+        let (pool, launcher, conn) = pool_with_a_worker_by_hand([6u8; 32]);
         // The stalled worker: heartbeats every 100 ms and reads all it is sent (so it is
         // neither silent nor deaf), claims nothing.
         let conn = std::sync::Arc::new(conn);

@@ -98,16 +98,7 @@ fn a_child_killed_before_its_first_barrier_wait_breaks_it_for_every_start_method
     mproc_init();
     for method in METHODS {
         let barrier = Barrier::new(2).unwrap();
-        let other = barrier.clone();
-        let waiter = std::thread::spawn(move || {
-            let start = std::time::Instant::now();
-            (other.wait_timeout(DEADLINE), start.elapsed())
-        });
-        let until = std::time::Instant::now() + DEADLINE;
-        while barrier.n_waiting() < 1 {
-            assert!(std::time::Instant::now() < until, "{method:?}: the waiter never came");
-            std::thread::yield_now();
-        }
+        let waiter = a_barrier_waiter(&barrier);
         let (rx, tx) = pipe::<()>().unwrap();
         let child = Builder::new()
             .start_method(method)
