@@ -440,8 +440,7 @@ impl Ring {
         crash_point(QueueCrash::PutLocked);
         let puts = match wake::until_room(&self.words(), self.maxsize, &mut guard, &self.shared.2, deadline) {
             Ok(puts) => puts,
-            Err(Stop::Corrupt) => return Err(corrupt()),
-            Err(Stop::Timeout) => return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) },
+            Err(stop) => return stopped(stop, timeout_is_error),
         };
         let tails = self.read_slot(TAILS, puts);
         if !tails.is_possible() {
@@ -593,7 +592,7 @@ impl Ring {
             let puts = self.w(PUTS).load(Ordering::Acquire);
             if puts <= gets {
                 if deadline.is_some_and(|d| d <= Instant::now()) {
-                    return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) };
+                    return stopped(Stop::Timeout, timeout_is_error);
                 }
                 spin_until(|| self.maybe_item());
             } else if puts - gets < RUN {
@@ -604,8 +603,7 @@ impl Ring {
         crash_point(QueueCrash::GetLocked);
         let (gets, puts) = match wake::until_item(&self.words(), &mut guard, &self.shared.1, deadline) {
             Ok(both) => both,
-            Err(Stop::Corrupt) => return Err(corrupt()),
-            Err(Stop::Timeout) => return if timeout_is_error { Err(Error::Timeout) } else { Ok(false) },
+            Err(stop) => return stopped(stop, timeout_is_error),
         };
         let heads = self.read_slot(HEADS, gets);
         if !heads.is_possible() {
@@ -786,6 +784,16 @@ impl Ring {
 fn line_start(shared: &Shared<Header>) -> usize {
     let addr = shared.4.as_ptr() as usize;
     (64 - addr % 64) % 64 / 8
+}
+
+/// What a put or get that stopped waiting returns: a timeout is `Ok(false)` unless
+/// `timeout_is_error`.
+fn stopped(stop: Stop, timeout_is_error: bool) -> Result<bool> {
+    match stop {
+        Stop::Corrupt => Err(corrupt()),
+        Stop::Timeout if timeout_is_error => Err(Error::Timeout),
+        Stop::Timeout => Ok(false),
+    }
 }
 
 fn corrupt() -> Error {
